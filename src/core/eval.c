@@ -1,0 +1,153 @@
+/* eval.c — evaluation of lazy graphs.
+ *
+ * 1. An iterative DFS from the requested arrays collects every unevaluated
+ *    array once (shared subgraphs run once), in topological order.
+ * 2. Each array's kernel runs on its device's backend. After it has run,
+ *    the array detaches from its graph: it drops its inputs, so an
+ *    intermediate whose last consumer has run is freed at once (bounded
+ *    peak memory for long chains).
+ * 3. On failure (out of memory, missing kernel) evaluation stops; arrays
+ *    already computed keep their data, the rest keep their graph, and
+ *    everything stays valid.
+ */
+#include <string.h>
+
+#include "array_impl.h"
+
+static _Thread_local int tl_trace_depth;
+static _Thread_local int tl_default_device = MX_CPU;
+static uint64_t g_mark = 1;
+
+void mx__trace_push(void) { tl_trace_depth++; }
+void mx__trace_pop(void) { tl_trace_depth--; }
+bool mx__tracing(void) { return tl_trace_depth > 0; }
+int mx__default_device_now(void) { return tl_default_device; }
+
+mx_device mx_default_device(void) { return (mx_device)tl_default_device; }
+bool mx_device_available(mx_device d) { return mx__backend_get((int)d) != NULL; }
+int mx_set_default_device(mx_device d) {
+  if (!mx_device_available(d))
+    return mx__set_error(MX_ERR_UNSUPPORTED, "device %d (%s) is not available in this build",
+                         (int)d, d == MX_GPU ? "gpu" : "cpu");
+  int prev = tl_default_device;
+  tl_default_device = (int)d;
+  return prev;
+}
+
+typedef struct {
+  mx_array **v;
+  size_t n, cap;
+} vec;
+
+static int vec_push(vec *s, mx_array *a) {
+  if (s->n == s->cap) {
+    size_t nc = s->cap ? s->cap * 2 : 64;
+    mx_array **nv = realloc(s->v, sizeof *nv * nc);
+    if (!nv) return mx__set_error(MX_ERR_OOM, "eval: out of memory sorting the graph");
+    s->v = nv;
+    s->cap = nc;
+  }
+  s->v[s->n++] = a;
+  return MX_OK;
+}
+
+/* Post-order DFS without recursion. The stack holds (array, next input). */
+static int topo_sort(mx_array **roots, int n, vec *order) {
+  uint64_t mark = __atomic_add_fetch(&g_mark, 1, __ATOMIC_RELAXED);
+  vec stack = {0};
+  size_t *next = NULL, next_cap = 0;
+  int st = MX_OK;
+  for (int r = 0; r < n && !st; r++) {
+    mx_array *root = roots[r];
+    if (!root || root->buf || root->mark == mark) continue;
+    root->mark = mark;
+    if ((st = vec_push(&stack, root))) break;
+    if (next_cap < stack.cap) {
+      size_t *nn = realloc(next, sizeof *nn * stack.cap);
+      if (!nn) { st = mx__set_error(MX_ERR_OOM, "eval: out of memory"); break; }
+      next = nn;
+      next_cap = stack.cap;
+    }
+    next[stack.n - 1] = 0;
+    while (stack.n && !st) {
+      mx_array *x = stack.v[stack.n - 1];
+      size_t *ni = &next[stack.n - 1];
+      if ((int)*ni < x->ninputs) {
+        mx_array *in = x->inputs[(*ni)++];
+        if (in->buf || in->mark == mark) continue;
+        in->mark = mark;
+        if ((st = vec_push(&stack, in))) break;
+        if (next_cap < stack.cap) {
+          size_t *nn = realloc(next, sizeof *nn * stack.cap);
+          if (!nn) { st = mx__set_error(MX_ERR_OOM, "eval: out of memory"); break; }
+          next = nn;
+          next_cap = stack.cap;
+        }
+        next[stack.n - 1] = 0;
+      } else {
+        stack.n--;
+        st = vec_push(order, x);
+      }
+    }
+  }
+  free(stack.v);
+  free(next);
+  return st;
+}
+
+static void detach(mx_array *a) {
+  mx_array **inputs = a->inputs;
+  int n = a->ninputs;
+  a->inputs = NULL;
+  a->ninputs = 0;
+  a->op = NULL;
+  free(a->params);
+  a->params = NULL;
+  a->params_size = 0;
+  for (int i = 0; i < n; i++) mx_array_free(inputs[i]);
+  free(inputs);
+}
+
+int mx_eval(mx_array **arrays, int n) {
+  if (n < 0 || (n > 0 && !arrays))
+    return mx__set_error(MX_ERR_INVALID_ARG, "eval: invalid array list");
+  vec order = {0};
+  int st = topo_sort(arrays, n, &order);
+  /* Lifetimes: every array in `order` is held by a root or by a consumer
+   * that comes later in the order, so it is alive when visited; detaching
+   * a consumer can only free arrays that were already visited. */
+  for (size_t i = 0; i < order.n && !st; i++) {
+    mx_array *a = order.v[i];
+    if (!a->op) {
+      st = mx__set_error(MX_ERR_INTERNAL, "eval: array without data or op");
+      break;
+    }
+    const mx__backend *be = mx__backend_get(a->device);
+    mx__kernel_fn k = be ? be->kernels[a->op->id] : NULL;
+    if (!k) {
+      st = mx__set_error(MX_ERR_NO_KERNEL, "eval: op '%s' has no kernel on the %s backend",
+                         mx__op_names[a->op->id], be ? be->name : "unavailable");
+      break;
+    }
+    for (int j = 0; j < a->ninputs && !st; j++) {
+      mx_array *in = a->inputs[j];
+      if (!in->buf) st = mx__set_error(MX_ERR_INTERNAL, "eval: input not evaluated");
+    }
+    if (st) break;
+    st = k(a, a->inputs);
+    if (st) {
+      if (a->buf) {
+        mx__buffer_release(a->buf);
+        a->buf = NULL;
+      }
+      mx__prefix_error("eval of '%s'", mx__op_names[a->op->id]);
+      break;
+    }
+    MX_ASSERT(a->buf);
+    if (!tl_trace_depth) detach(a);
+  }
+  free(order.v);
+  return st;
+}
+
+int mx_array_eval(mx_array *a) { return mx_eval(&a, 1); }

@@ -1,0 +1,31 @@
+/* internal.h — helpers shared by every part of libmxc (not installed). */
+#ifndef MXC_INTERNAL_H
+#define MXC_INTERNAL_H
+
+#include "mxc/base.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+/* Set the thread's last error; returns status so callers can
+ * `return mx__set_error(MX_ERR_SHAPE, "...")`. */
+int mx__set_error(int status, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Prepend context to the current error message ("loading x.safetensors: ..."). */
+int mx__prefix_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Broken internal invariant: a bug in mxc, never a user error. */
+#define MX_ASSERT(cond)                                                        \
+  do {                                                                         \
+    if (!(cond)) {                                                             \
+      fprintf(stderr, "mxc: internal assertion failed: %s (%s:%d)\n", #cond,  \
+              __FILE__, __LINE__);                                             \
+      abort();                                                                 \
+    }                                                                          \
+  } while (0)
+
+#define MX_UNUSED(x) (void)(x)
+#define MX_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MX_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+#endif

@@ -1,0 +1,328 @@
+/* opcases_elementwise.c — op-parity cases for unary, binary, where, clip,
+ * astype and creation ops. References are plain C on float64. */
+#include <math.h>
+#include <string.h>
+
+#include "support/harness.h"
+#include "array_impl.h"
+
+/* ---- unary ---------------------------------------------------------------- */
+typedef struct {
+  const char *name;
+  mx_array *(*fn)(mx_array *);
+  double (*ref)(double);
+} unary_entry;
+
+static double r_neg(double x) { return -x; }
+static double r_sign(double x) { return (x > 0) - (x < 0); }
+static double r_square(double x) { return x * x; }
+static double r_rsqrt(double x) { return 1 / sqrt(x); }
+static double r_recip(double x) { return 1 / x; }
+static double r_sigmoid(double x) { return 1 / (1 + exp(-x)); }
+static double r_erfinv(double y) { /* bisection on erf: independent of the library's method */
+  double lo = -6, hi = 6;
+  for (int i = 0; i < 200; i++) {
+    double m = 0.5 * (lo + hi);
+    if (erf(m) < y) lo = m;
+    else hi = m;
+  }
+  return 0.5 * (lo + hi);
+}
+static double r_round(double x) { return nearbyint(x); }
+static double r_not(double x) { return x == 0; }
+static double r_isnan(double x) { return isnan(x); }
+static double r_isinf(double x) { return isinf(x); }
+static double r_id(double x) { return x; }
+
+static const unary_entry unary_ops[] = {
+    {"negative", mx_negative, r_neg},   {"abs", mx_abs, fabs},
+    {"sign", mx_sign, r_sign},          {"square", mx_square, r_square},
+    {"sqrt", mx_sqrt, sqrt},            {"rsqrt", mx_rsqrt, r_rsqrt},
+    {"reciprocal", mx_reciprocal, r_recip}, {"exp", mx_exp, exp},
+    {"expm1", mx_expm1, expm1},         {"log", mx_log, log},
+    {"log1p", mx_log1p, log1p},         {"sin", mx_sin, sin},
+    {"cos", mx_cos, cos},               {"tanh", mx_tanh, tanh},
+    {"sigmoid", mx_sigmoid, r_sigmoid}, {"erf", mx_erf, erf},
+    {"erfinv", mx_erfinv, r_erfinv},    {"floor", mx_floor, floor},
+    {"ceil", mx_ceil, ceil},            {"round", mx_round, r_round},
+    {"logical_not", mx_logical_not, r_not}, {"isnan", mx_isnan, r_isnan},
+    {"isinf", mx_isinf, r_isinf},       {"stop_gradient", mx_stop_gradient, r_id},
+};
+
+static mx_array *b_unary(const mx_opcase *c, mx_array **in) { return unary_ops[c->ip[0]].fn(in[0]); }
+static int f_unary(const mx_opcase *c, const double *const *in, double *out, int64_t *shape, int *nd) {
+  int64_t n = oc_size(c->shape[0], c->ndim[0]);
+  for (int64_t i = 0; i < n; i++) out[i] = unary_ops[c->ip[0]].ref(in[0][i]);
+  memcpy(shape, c->shape[0], sizeof(int64_t) * (size_t)c->ndim[0]);
+  *nd = c->ndim[0];
+  return 0;
+}
+
+#define UNF(i, lo_, hi_, fl, ...)                                                           \
+  {.op = NULL, .desc = "unary", .nin = 1, .ndim = {2}, .shape = {{7, 33}}, .lo = lo_,       \
+   .hi = hi_, .flags = fl, .ip = {i}, .build = b_unary, .ref = f_unary, __VA_ARGS__}
+#define UN(i, lo_, hi_, ...) UNF(i, lo_, hi_, OC_NONCONTIG, __VA_ARGS__)
+
+/* ---- binary ------------------------------------------------------------------ */
+typedef struct {
+  const char *name;
+  mx_array *(*fn)(mx_array *, mx_array *);
+  double (*ref)(double, double);
+} binary_entry;
+static double r_add(double a, double b) { return a + b; }
+static double r_sub(double a, double b) { return a - b; }
+static double r_mul(double a, double b) { return a * b; }
+static double r_div(double a, double b) { return a / b; }
+static double r_max(double a, double b) { return a > b ? a : b; }
+static double r_min(double a, double b) { return a < b ? a : b; }
+static double r_eq(double a, double b) { return a == b; }
+static double r_ne(double a, double b) { return a != b; }
+static double r_lt(double a, double b) { return a < b; }
+static double r_le(double a, double b) { return a <= b; }
+static double r_gt(double a, double b) { return a > b; }
+static double r_ge(double a, double b) { return a >= b; }
+static double r_and(double a, double b) { return a != 0 && b != 0; }
+static double r_or(double a, double b) { return a != 0 || b != 0; }
+static const binary_entry binary_ops[] = {
+    {"add", mx_add, r_add},           {"subtract", mx_subtract, r_sub},
+    {"multiply", mx_multiply, r_mul}, {"divide", mx_divide, r_div},
+    {"power", mx_power, pow},         {"maximum", mx_maximum, r_max},
+    {"minimum", mx_minimum, r_min},   {"equal", mx_equal, r_eq},
+    {"not_equal", mx_not_equal, r_ne}, {"less", mx_less, r_lt},
+    {"less_equal", mx_less_equal, r_le}, {"greater", mx_greater, r_gt},
+    {"greater_equal", mx_greater_equal, r_ge}, {"logical_and", mx_logical_and, r_and},
+    {"logical_or", mx_logical_or, r_or},
+};
+static mx_array *b_binary(const mx_opcase *c, mx_array **in) {
+  return binary_ops[c->ip[0]].fn(in[0], in[1]);
+}
+static int f_binary(const mx_opcase *c, const double *const *in, double *out, int64_t *shape, int *nd) {
+  oc_bcast_shape(c, 2, shape, nd);
+  int64_t n = oc_size(shape, *nd), idx[8];
+  for (int64_t i = 0; i < n; i++) {
+    oc_unravel(i, shape, *nd, idx);
+    double a = in[0][oc_bcast_offset(idx, *nd, c->shape[0], c->ndim[0])];
+    double b = in[1][oc_bcast_offset(idx, *nd, c->shape[1], c->ndim[1])];
+    out[i] = binary_ops[c->ip[0]].ref(a, b);
+  }
+  return 0;
+}
+#define BINF(i, lo_, hi_, fl, ...)                                                          \
+  {.op = NULL, .desc = "broadcast (4,1,5) x (3,1)", .nin = 2, .ndim = {3, 2},               \
+   .shape = {{4, 1, 5}, {3, 1}}, .lo = lo_, .hi = hi_, .flags = fl, .ip = {i},              \
+   .build = b_binary, .ref = f_binary, __VA_ARGS__}
+#define BIN(i, lo_, hi_, ...) BINF(i, lo_, hi_, OC_NONCONTIG, __VA_ARGS__)
+#define BIN2F(i, lo_, hi_, fl, ...)                                                         \
+  {.op = NULL, .desc = "same shape (6,40)", .nin = 2, .ndim = {2, 2},                       \
+   .shape = {{6, 40}, {6, 40}}, .lo = lo_, .hi = hi_, .flags = fl, .ip = {i},               \
+   .build = b_binary, .ref = f_binary, __VA_ARGS__}
+#define BIN2(i, lo_, hi_, ...) BIN2F(i, lo_, hi_, OC_NONCONTIG, __VA_ARGS__)
+
+/* ---- where / clip / astype ------------------------------------------------------- */
+static mx_array *b_where(const mx_opcase *c, mx_array **in) { MX_UNUSED(c); return mx_where(in[0], in[1], in[2]); }
+static int f_where(const mx_opcase *c, const double *const *in, double *out, int64_t *shape, int *nd) {
+  oc_bcast_shape(c, 3, shape, nd);
+  int64_t n = oc_size(shape, *nd), idx[8];
+  for (int64_t i = 0; i < n; i++) {
+    oc_unravel(i, shape, *nd, idx);
+    double cnd = in[0][oc_bcast_offset(idx, *nd, c->shape[0], c->ndim[0])];
+    out[i] = cnd != 0 ? in[1][oc_bcast_offset(idx, *nd, c->shape[1], c->ndim[1])]
+                      : in[2][oc_bcast_offset(idx, *nd, c->shape[2], c->ndim[2])];
+  }
+  return 0;
+}
+static mx_array *b_clip(const mx_opcase *c, mx_array **in) { return mx_clip_scalar(in[0], c->dp[0], c->dp[1]); }
+static int f_clip(const mx_opcase *c, const double *const *in, double *out, int64_t *shape, int *nd) {
+  int64_t n = oc_size(c->shape[0], c->ndim[0]);
+  for (int64_t i = 0; i < n; i++) out[i] = fmin(fmax(in[0][i], c->dp[0]), c->dp[1]);
+  memcpy(shape, c->shape[0], sizeof(int64_t) * (size_t)c->ndim[0]);
+  *nd = c->ndim[0];
+  return 0;
+}
+static const mx_dtype astype_targets[] = {MX_BOOL, MX_UINT8, MX_UINT32, MX_INT32, MX_INT64,
+                                          MX_FLOAT16, MX_BFLOAT16, MX_FLOAT32, MX_FLOAT64};
+static mx_array *b_astype(const mx_opcase *c, mx_array **in) {
+  mx_array *x = mx_astype(in[0], astype_targets[c->ip[0]]);
+  mx_array *y = mx_astype(x, MX_FLOAT64);
+  mx_array_free(x);
+  return y;
+}
+static int f_astype(const mx_opcase *c, const double *const *in, double *out, int64_t *shape, int *nd) {
+  int64_t n = oc_size(c->shape[0], c->ndim[0]);
+  mx_dtype t = astype_targets[c->ip[0]];
+  for (int64_t i = 0; i < n; i++) {
+    double x = in[0][i];
+    switch (t) {
+      case MX_BOOL: x = x != 0; break;
+      case MX_UINT8: case MX_UINT32: case MX_INT32: case MX_INT64: x = trunc(x); break;
+      case MX_FLOAT16: x = mx__f16_to_f32(mx__f32_to_f16((float)x)); break;
+      case MX_BFLOAT16: x = mx__bf16_to_f32(mx__f32_to_bf16((float)x)); break;
+      case MX_FLOAT32: x = (float)x; break;
+      default: break;
+    }
+    out[i] = x;
+  }
+  memcpy(shape, c->shape[0], sizeof(int64_t) * (size_t)c->ndim[0]);
+  *nd = c->ndim[0];
+  return 0;
+}
+
+/* ---- creation ---------------------------------------------------------------------- */
+static mx_array *b_create(const mx_opcase *c, mx_array **in) {
+  int64_t s[2] = {3, 5};
+  mx_dtype dt = MX_FLOAT32;
+  mx_array *r = NULL;
+  switch (c->ip[0]) {
+    case 0: r = mx_zeros(s, 2, dt); break;
+    case 1: r = mx_ones(s, 2, dt); break;
+    case 2: r = mx_full(s, 2, 2.5, dt); break;
+    case 3: r = mx_zeros_like(in[0]); break;
+    case 4: r = mx_ones_like(in[0]); break;
+    case 5: r = mx_full_like(in[0], -1.5); break;
+    case 6: r = mx_arange(-2, 5, 0.5, MX_FLOAT32); break;
+    case 7: r = mx_linspace(-1, 2, 7, MX_FLOAT64); break;
+    case 8: r = mx_eye(3, 5, 1, MX_INT32); break;
+    case 9: r = mx_identity(4, MX_FLOAT32); break;
+    case 10: r = mx_tri(3, 5, 0, MX_FLOAT32); break;
+    case 11: r = mx_tril(in[0], 0); break;
+    case 12: r = mx_triu(in[0], 1); break;
+    case 13: { /* from data (copy) */
+      const double *d = mx_array_data(in[0]);
+      r = d ? mx_array_from_data(d, mx_array_shape(in[0]), 2, MX_FLOAT64) : NULL;
+      break;
+    }
+    case 14: { /* from data, no copy, Fortran-ordered strides */
+      static double buf[15];
+      const double *d = mx_array_data(in[0]);
+      for (int i = 0; d && i < 3; i++)
+        for (int j = 0; j < 5; j++) buf[j * 3 + i] = d[i * 5 + j];
+      int64_t st[2] = {1, 3};
+      r = mx_array_from_data_strided(buf, s, st, 2, MX_FLOAT64, NULL, NULL);
+      break;
+    }
+  }
+  return r;
+}
+static int f_create(const mx_opcase *c, const double *const *in, double *out, int64_t *shape, int *nd) {
+  *nd = 2;
+  shape[0] = 3;
+  shape[1] = 5;
+  switch (c->ip[0]) {
+    case 0: case 1: case 2:
+      for (int i = 0; i < 15; i++) out[i] = c->ip[0] == 0 ? 0 : c->ip[0] == 1 ? 1 : 2.5;
+      break;
+    case 3: case 4: case 5:
+      for (int i = 0; i < 15; i++) out[i] = c->ip[0] == 3 ? 0 : c->ip[0] == 4 ? 1 : -1.5;
+      break;
+    case 6:
+      *nd = 1;
+      shape[0] = 14;
+      for (int i = 0; i < 14; i++) out[i] = -2 + 0.5 * i;
+      break;
+    case 7:
+      *nd = 1;
+      shape[0] = 7;
+      for (int i = 0; i < 7; i++) out[i] = -1 + 3.0 * i / 6;
+      break;
+    case 8:
+      for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 5; j++) out[i * 5 + j] = (j - i == 1);
+      break;
+    case 9:
+      shape[0] = shape[1] = 4;
+      for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) out[i * 4 + j] = i == j;
+      break;
+    case 10:
+      for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 5; j++) out[i * 5 + j] = j <= i;
+      break;
+    case 11: case 12:
+      for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 5; j++) {
+          bool keep = c->ip[0] == 11 ? j <= i : j >= i + 1;
+          out[i * 5 + j] = keep ? in[0][i * 5 + j] : 0;
+        }
+      break;
+    case 13: case 14:
+      memcpy(out, in[0], sizeof(double) * 15);
+      break;
+  }
+  return 0;
+}
+#define CR(name, i)                                                                          \
+  {.op = name, .desc = "creation", .nin = 1, .ndim = {2}, .shape = {{3, 5}}, .lo = -2,       \
+   .hi = 2, OC_DT(MX_FLOAT64), .flags = OC_NO_GRAD, .ip = {i},             \
+   .build = b_create, .ref = f_create}
+
+#define FL OC_FLOATS
+#define NG (OC_NONCONTIG | OC_NO_GRAD)
+static mx_opcase cases[] = {
+    UN(0, -3, 3, OC_DT(MX_FLOAT32, MX_FLOAT64, MX_FLOAT16, MX_BFLOAT16, MX_INT32, MX_INT64)),
+    UN(1, -3, 3, OC_DT(MX_FLOAT32, MX_FLOAT64, MX_FLOAT16, MX_BFLOAT16, MX_INT32, MX_UINT8)),
+    UNF(2, -3, 3, NG, OC_DT(MX_FLOAT32, MX_FLOAT64, MX_INT32)),
+    UN(3, -3, 3, OC_DT(MX_FLOAT32, MX_FLOAT64, MX_FLOAT16, MX_BFLOAT16, MX_INT64)),
+    UN(4, 0.1, 4, FL), UN(5, 0.1, 4, FL), UN(6, 0.2, 3, FL), UN(7, -3, 3, FL),
+    UN(8, -2, 2, FL), UN(9, 0.1, 5, FL), UN(10, -0.5, 3, FL), UN(11, -4, 4, FL),
+    UN(12, -4, 4, FL), UN(13, -3, 3, FL), UN(14, -6, 6, FL), UN(15, -2, 2, FL),
+    UN(16, -0.9, 0.9, FL),
+    UNF(17, -3, 3, NG, OC_DT(MX_FLOAT32, MX_FLOAT64, MX_INT32)),
+    UNF(18, -3, 3, NG, OC_DT(MX_FLOAT32, MX_FLOAT64)),
+    UNF(19, -3, 3, NG, OC_DT(MX_FLOAT32, MX_FLOAT64, MX_BFLOAT16)),
+    UNF(20, -2, 2, NG, OC_DT(MX_FLOAT32, MX_INT32, MX_BOOL)),
+    UNF(21, -2, 2, NG, OC_DT(MX_FLOAT32, MX_INT32)),
+    UNF(22, -2, 2, NG, OC_DT(MX_FLOAT32, MX_INT32)),
+    UNF(23, -2, 2, NG, FL),
+    BIN(0, -3, 3, OC_ALL_NUMERIC),
+    BIN(1, -3, 3, OC_DT(MX_FLOAT32, MX_FLOAT64, MX_FLOAT16, MX_BFLOAT16, MX_INT32, MX_INT64)),
+    BIN(2, -3, 3, OC_ALL_NUMERIC), BIN(3, 0.5, 3, FL), BIN(4, 0.5, 2, FL),
+    BIN(5, -3, 3, OC_ALL_NUMERIC), BIN(6, -3, 3, OC_ALL_NUMERIC),
+    BINF(7, -2, 2, NG, OC_DT(MX_INT32, MX_FLOAT32)),
+    BINF(8, -2, 2, NG, OC_DT(MX_INT32, MX_FLOAT32)),
+    BINF(9, -3, 3, NG, OC_ALL_NUMERIC),
+    BINF(10, -3, 3, NG, OC_F32_F64),
+    BINF(11, -3, 3, NG, OC_F32_F64),
+    BINF(12, -3, 3, NG, OC_F32_F64),
+    BINF(13, -1, 2, NG, OC_DT(MX_BOOL, MX_INT32)),
+    BINF(14, -1, 2, NG, OC_DT(MX_BOOL, MX_INT32)),
+    BIN2(0, -3, 3, OC_FLOATS), BIN2(2, -3, 3, OC_DT(MX_INT64, MX_UINT32)),
+    BIN2F(4, 0, 4, NG, OC_DT(MX_INT32, MX_INT64)),
+    {.op = "add", .desc = "empty dim", .nin = 2, .ndim = {2, 1}, .shape = {{0, 3}, {3}},
+     .lo = -1, .hi = 1, OC_DT(MX_FLOAT32), .ip = {0}, .build = b_binary,
+     .ref = f_binary, .flags = OC_NO_GRAD},
+    {.op = "multiply", .desc = "0-d x 1-size", .nin = 2, .ndim = {0, 3}, .shape = {{0}, {1, 1, 1}},
+     .lo = -1, .hi = 1, OC_F32_F64, .ip = {2}, .build = b_binary, .ref = f_binary},
+    {.op = "where", .desc = "3-way broadcast", .nin = 3, .ndim = {2, 2, 1},
+     .shape = {{4, 6}, {1, 6}, {1}}, .kind = {OC_IN_BOOL, 0, 0}, .lo = -3, .hi = 3,
+     OC_DT(MX_FLOAT32, MX_FLOAT64, MX_INT32, MX_FLOAT16), .flags = OC_NONCONTIG,
+     .build = b_where, .ref = f_where},
+    {.op = "clip", .desc = "scalar bounds", .nin = 1, .ndim = {2}, .shape = {{5, 9}}, .lo = -3,
+     .hi = 3, OC_DT(MX_FLOAT32, MX_FLOAT64, MX_INT32), .flags = OC_NONCONTIG,
+     .dp = {-1, 1.5}, .build = b_clip, .ref = f_clip},
+#define AST(i) {.op = "astype", .desc = "to each dtype", .nin = 1, .ndim = {2}, .shape = {{4, 9}}, \
+     .lo = -3, .hi = 300, OC_DT(MX_FLOAT32, MX_FLOAT64, MX_INT32), \
+     .flags = NG, .ip = {i}, .build = b_astype, .ref = f_astype}
+    AST(0), AST(3), AST(4), AST(5), AST(6), AST(7), AST(8),
+    {.op = "astype", .desc = "to unsigned", .nin = 1, .ndim = {1}, .shape = {{17}}, .lo = 0,
+     .hi = 250, OC_DT(MX_FLOAT32, MX_INT64), .flags = OC_NO_GRAD, .ip = {1},
+     .build = b_astype, .ref = f_astype},
+    {.op = "astype", .desc = "to uint32", .nin = 1, .ndim = {1}, .shape = {{17}}, .lo = 0,
+     .hi = 1e6, OC_DT(MX_FLOAT64, MX_INT64), .flags = OC_NO_GRAD, .ip = {2},
+     .build = b_astype, .ref = f_astype},
+    CR("zeros", 0), CR("ones", 1), CR("full", 2), CR("zeros_like", 3), CR("ones_like", 4),
+    CR("full_like", 5), CR("arange", 6), CR("linspace", 7), CR("eye", 8), CR("identity", 9),
+    CR("tri", 10), CR("tril", 11), CR("triu", 12), CR("array_from_data", 13),
+    CR("array_from_data_nocopy", 14),
+};
+
+static int fill_names(void) {
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    if (cases[i].op) continue;
+    if (cases[i].build == b_unary) cases[i].op = unary_ops[cases[i].ip[0]].name;
+    else if (cases[i].build == b_binary) cases[i].op = binary_ops[cases[i].ip[0]].name;
+  }
+  return 0;
+}
+__attribute__((constructor)) static void init_names(void) { fill_names(); }
+
+const mx_opcase_table mx_opcases_elementwise = {cases, (int)(sizeof cases / sizeof *cases)};
