@@ -16,7 +16,7 @@
 
 typedef struct block {
   struct block *lru_prev, *lru_next; /* global LRU list (head = most recent) */
-  struct block *next_same;           /* free list of one size class */
+  struct block *next_same, *prev_same; /* free list of one size class */
   void *ptr;
   size_t capacity;
   int cls;
@@ -83,10 +83,10 @@ static void lru_unlink(block *b) {
 }
 
 static void class_unlink(block *b) {
-  block **pp = &A.free_by_class[b->device][b->cls];
-  while (*pp && *pp != b) pp = &(*pp)->next_same;
-  if (*pp) *pp = b->next_same;
-  b->next_same = NULL;
+  if (b->prev_same) b->prev_same->next_same = b->next_same;
+  else A.free_by_class[b->device][b->cls] = b->next_same;
+  if (b->next_same) b->next_same->prev_same = b->prev_same;
+  b->next_same = b->prev_same = NULL;
 }
 
 static void device_free(int device, void *p) {
@@ -132,11 +132,10 @@ mx__buffer *mx__buffer_new(size_t nbytes, int device) {
   }
   /* 1. reuse a cached block of the same class */
   block *hit = NULL;
-  for (block **pp = &A.free_by_class[device][cls]; *pp; pp = &(*pp)->next_same) {
-    if ((*pp)->capacity >= cap && (cls < NCLASSES - 1 || (*pp)->capacity <= cap + cap / 8)) {
-      hit = *pp;
-      *pp = hit->next_same;
-      hit->next_same = NULL;
+  for (block *b = A.free_by_class[device][cls]; b; b = b->next_same) {
+    if (b->capacity >= cap && (cls < NCLASSES - 1 || b->capacity <= cap + cap / 8)) {
+      hit = b;
+      class_unlink(b);
       break;
     }
   }
@@ -224,6 +223,7 @@ void mx__buffer_release(mx__buffer *b) {
   if (blk) {
     *blk = (block){.ptr = b->ptr, .capacity = b->capacity, .cls = cls, .device = b->device};
     blk->next_same = A.free_by_class[b->device][cls];
+    if (blk->next_same) blk->next_same->prev_same = blk;
     A.free_by_class[b->device][cls] = blk;
     blk->lru_next = A.lru_head;
     if (A.lru_head) A.lru_head->lru_prev = blk;
