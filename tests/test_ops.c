@@ -11,7 +11,12 @@
 #define OC_ENABLED(X) \
   X(elementwise)      \
   X(shape)            \
-  X(reduce)
+  X(reduce)           \
+  X(indexing)         \
+  X(linalg)           \
+  X(fast)             \
+  X(sort)             \
+  X(random)
 
 static const mx_opcase_table *tables[] = {
 #define OC_REF(f) &mx_opcases_##f,

@@ -21,5 +21,6 @@
 #include "mxc/random.h"
 #include "mxc/map.h"
 #include "mxc/transforms.h"
+#include "mxc/io.h"
 
 #endif

@@ -14,6 +14,11 @@ static void init(void) {
   mx__cpu_register_elementwise(k);
   mx__cpu_register_shape(k);
   mx__cpu_register_reduce(k);
+  mx__cpu_register_indexing(k);
+  mx__cpu_register_linalg(k);
+  mx__cpu_register_fast(k);
+  mx__cpu_register_sort(k);
+  mx__cpu_register_random(k);
 }
 
 const mx__backend *mx__cpu_backend_init(void);

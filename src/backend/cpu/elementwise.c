@@ -6,6 +6,7 @@
 
 #include "cpu.h"
 #include "types.h"
+#include "vmath.h"
 
 /* abs/sign on unsigned types compare with 0 by design */
 #pragma GCC diagnostic ignored "-Wtype-limits"
@@ -38,6 +39,7 @@ static mx__inner_fn astype_fns[MX_DTYPE_COUNT][MX_DTYPE_COUNT];
 #define GEN(x, FN) _Generic((x), float: FN##f, default: FN)(x)
 static inline float erfinvf_(float x) { return (float)mx__erfinv(x); }
 static inline double erfinv_(double x) { return mx__erfinv(x); }
+#define VEXP(x) _Generic((x), float: mx__vexpf, default: exp)(x)
 #define ERFINV(x) _Generic((x), float: erfinvf_, default: erfinv_)(x)
 
 #define DEF_UF(TAG, OP, EXPR) UNARY_LOOP(u_##OP##_##TAG, TAG, TAG, EXPR)
@@ -46,14 +48,14 @@ static inline double erfinv_(double x) { return mx__erfinv(x); }
   X(SQRT, GEN(x, sqrt))                                  \
   X(RSQRT, 1 / GEN(x, sqrt))                             \
   X(RECIPROCAL, 1 / x)                                   \
-  X(EXP, GEN(x, exp))                                    \
+  X(EXP, VEXP(x))                                        \
   X(EXPM1, GEN(x, expm1))                                \
   X(LOG, GEN(x, log))                                    \
   X(LOG1P, GEN(x, log1p))                                \
   X(SIN, GEN(x, sin))                                    \
   X(COS, GEN(x, cos))                                    \
   X(TANH, GEN(x, tanh))                                  \
-  X(SIGMOID, 1 / (1 + GEN(-x, exp)))                     \
+  X(SIGMOID, 1 / (1 + VEXP(-x)))                        \
   X(ERF, GEN(x, erf))                                    \
   X(ERFINV, ERFINV(x))                                   \
   X(FLOOR, GEN(x, floor))                                \

@@ -10,6 +10,7 @@
 #include "cpu.h"
 #include "ops/reduce_params.h"
 #include "types.h"
+#include "vmath.h"
 
 #define BLOCK 8192
 
@@ -443,7 +444,7 @@ typedef struct {
       }                                                                           \
     }                                                                             \
   }
-DEF_SM(sm_f, float, expf, logf)
+DEF_SM(sm_f, float, mx__vexpf, logf)
 DEF_SM(sm_d, double, exp, log)
 
 static void sm_task(void *c, int64_t b, int64_t e) {

@@ -1,0 +1,923 @@
+/* fast.c (cpu) — fused kernels of rms_norm, layer_norm, rope and
+ * scaled_dot_product_attention.
+ *
+ * f16/bf16/f32 compute in float32 (accumulations too), f64 in float64.
+ * Inputs may be strided (rows are gathered into a float scratch row when
+ * they are not contiguous float32). Each output row is computed by one
+ * thread in a fixed order, so results do not depend on the thread count.
+ *
+ * Attention is computed in blocks (flash-attention style): for a block of
+ * query rows, scores against a block of keys, an online softmax (running
+ * max and sum), and the probability-weighted values accumulated in f32;
+ * the (Tq, Tk) score matrix is never materialised. Inner loops use GNU C
+ * vector types so they vectorise on any target. */
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+#include "cpu.h"
+#include "ops/fast_params.h"
+#include "types.h"
+
+typedef float v8f __attribute__((vector_size(32)));
+
+static inline v8f ld8(const float *p) {
+  v8f v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+static inline void st8(float *p, v8f v) { memcpy(p, &v, sizeof v); }
+static inline float hsum8(v8f v) {
+  return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+}
+
+/* ---- row loads and stores ------------------------------------------------ */
+
+/* n elements of dtype dt at p (element stride st) as float32 into dst. */
+static void load_f32(const void *p, mx_dtype dt, int64_t st, int64_t n, float *dst) {
+  switch (dt) {
+    case MX_FLOAT32: {
+      const float *a = p;
+      if (st == 1) memcpy(dst, a, sizeof(float) * (size_t)n);
+      else for (int64_t i = 0; i < n; i++) dst[i] = a[i * st];
+      break;
+    }
+    case MX_FLOAT16: {
+      const uint16_t *a = p;
+      for (int64_t i = 0; i < n; i++) dst[i] = mx__f16_to_f32(a[i * st]);
+      break;
+    }
+    case MX_BFLOAT16: {
+      const uint16_t *a = p;
+      for (int64_t i = 0; i < n; i++) dst[i] = mx__bf16_to_f32(a[i * st]);
+      break;
+    }
+    case MX_FLOAT64: {
+      const double *a = p;
+      for (int64_t i = 0; i < n; i++) dst[i] = (float)a[i * st];
+      break;
+    }
+    default: MX_ASSERT(!"fast: unexpected dtype");
+  }
+}
+
+/* n elements of a float dtype at p (stride st) as float64 into dst. */
+static void load_f64(const void *p, mx_dtype dt, int64_t st, int64_t n, double *dst) {
+  if (dt == MX_FLOAT64) {
+    const double *a = p;
+    for (int64_t i = 0; i < n; i++) dst[i] = a[i * st];
+    return;
+  }
+  for (int64_t i = 0; i < n; i++) {
+    float f;
+    load_f32((const char *)p + i * st * (int64_t)mx_dtype_size(dt), dt, 1, 1, &f);
+    dst[i] = f;
+  }
+}
+
+/* A row of a float array as float32: the data itself when it is
+ * contiguous float32, else a converted copy in scratch. */
+static const float *row_f32(const mx_array *a, int64_t off, int64_t st, int64_t n,
+                            float *scratch) {
+  const char *p = (const char *)mx__data(a) + off * (int64_t)mx_dtype_size(a->dtype);
+  if (a->dtype == MX_FLOAT32 && st == 1) return (const float *)p;
+  load_f32(p, a->dtype, st, n, scratch);
+  return scratch;
+}
+
+/* Element offset of row r of a, rows running over the first nlead axes. */
+static int64_t row_offset(const mx_array *a, int nlead, int64_t r) {
+  int64_t off = 0;
+  for (int d = nlead - 1; d >= 0; d--) {
+    int64_t i = r % a->shape[d];
+    r /= a->shape[d];
+    off += i * a->strides[d];
+  }
+  return off;
+}
+
+/* Convert a float32 row to the output dtype (contiguous). */
+static void store_f32(void *dst, mx_dtype dt, const float *src, int64_t n) {
+  if (dt == MX_FLOAT32) {
+    if (dst != src) memcpy(dst, src, sizeof(float) * (size_t)n);
+    return;
+  }
+  mx__cpu_convert(src, MX_FLOAT32, dst, dt, n);
+}
+
+/* A 1-d parameter (weight/bias) as float32 / float64, contiguous. */
+static float *param_f32(const mx_array *a, int64_t n) {
+  float *r = malloc(sizeof(float) * (size_t)(n ? n : 1));
+  if (r) load_f32(mx__data(a), a->dtype, a->strides[0], n, r);
+  return r;
+}
+static double *param_f64(const mx_array *a, int64_t n) {
+  double *r = malloc(sizeof(double) * (size_t)(n ? n : 1));
+  if (r) load_f64(mx__data(a), a->dtype, a->strides[0], n, r);
+  return r;
+}
+
+static int oom(const char *op, size_t bytes) {
+  return mx__set_error(MX_ERR_OOM, "%s: cannot allocate %zu bytes of scratch", op, bytes);
+}
+
+/* ---- vector reductions ------------------------------------------------------ */
+static float sum_f32(const float *x, int64_t n) {
+  v8f a0 = {0}, a1 = {0};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    a0 += ld8(x + i);
+    a1 += ld8(x + i + 8);
+  }
+  float s = hsum8(a0 + a1);
+  for (; i < n; i++) s += x[i];
+  return s;
+}
+/* sum (x - c)^2 */
+static float sumsq_f32(const float *x, int64_t n, float c) {
+  v8f a0 = {0}, a1 = {0};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    v8f d0 = ld8(x + i) - c, d1 = ld8(x + i + 8) - c;
+    a0 += d0 * d0;
+    a1 += d1 * d1;
+  }
+  float s = hsum8(a0 + a1);
+  for (; i < n; i++) s += (x[i] - c) * (x[i] - c);
+  return s;
+}
+
+/* ======================================================================
+ * rms_norm / layer_norm: one row (the last axis) at a time
+ * ====================================================================== */
+typedef struct {
+  mx_array *out, *x;
+  bool layer;             /* layer_norm (centre, bias) or rms_norm */
+  double eps;
+  int64_t D;
+  const float *w, *b;     /* float32 weight/bias (NULL: none) */
+  const double *w64, *b64;
+  int failed;
+} norm_ctx;
+
+static void norm_rows_f32(void *c_, int64_t r0, int64_t r1) {
+  norm_ctx *c = c_;
+  int64_t D = c->D, st = c->x->strides[c->x->ndim - 1];
+  int nlead = c->x->ndim - 1;
+  mx_dtype odt = c->out->dtype;
+  float *buf = malloc(sizeof(float) * (size_t)(2 * D + 1));
+  if (!buf) {
+    __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  float *ybuf = buf + D;
+  const float *w = c->w, *b = c->b;
+  float eps = (float)c->eps;
+  for (int64_t r = r0; r < r1; r++) {
+    const float *x = row_f32(c->x, row_offset(c->x, nlead, r), st, D, buf);
+    float *y = odt == MX_FLOAT32 ? (float *)mx__data(c->out) + r * D : ybuf;
+    float mu = 0;
+    if (c->layer) mu = sum_f32(x, D) / (float)D;
+    float n = 1.0f / sqrtf(sumsq_f32(x, D, mu) / (float)D + eps);
+    if (w && b) for (int64_t i = 0; i < D; i++) y[i] = (x[i] - mu) * n * w[i] + b[i];
+    else if (w) for (int64_t i = 0; i < D; i++) y[i] = (x[i] - mu) * n * w[i];
+    else if (b) for (int64_t i = 0; i < D; i++) y[i] = (x[i] - mu) * n + b[i];
+    else for (int64_t i = 0; i < D; i++) y[i] = (x[i] - mu) * n;
+    if (y == ybuf)
+      store_f32((char *)mx__data(c->out) + r * D * (int64_t)mx_dtype_size(odt), odt, y, D);
+  }
+  free(buf);
+}
+
+static void norm_rows_f64(void *c_, int64_t r0, int64_t r1) {
+  norm_ctx *c = c_;
+  int64_t D = c->D, st = c->x->strides[c->x->ndim - 1];
+  int nlead = c->x->ndim - 1;
+  const double *w = c->w64, *b = c->b64;
+  for (int64_t r = r0; r < r1; r++) {
+    const double *x = (const double *)mx__data(c->x) + row_offset(c->x, nlead, r);
+    double *y = (double *)mx__data(c->out) + r * D;
+    double mu = 0, ss = 0;
+    if (c->layer) {
+      for (int64_t i = 0; i < D; i++) mu += x[i * st];
+      mu /= (double)D;
+    }
+    for (int64_t i = 0; i < D; i++) ss += (x[i * st] - mu) * (x[i * st] - mu);
+    double n = 1.0 / sqrt(ss / (double)D + c->eps);
+    for (int64_t i = 0; i < D; i++) {
+      double v = (x[i * st] - mu) * n;
+      if (w) v *= w[i];
+      if (b) v += b[i];
+      y[i] = v;
+    }
+  }
+}
+
+static int norm_kernel(mx_array *out, mx_array **in, bool layer, double eps, mx_array *w,
+                       mx_array *b) {
+  int s = mx__array_alloc_data(out);
+  if (s) return s;
+  mx_array *x = in[0];
+  norm_ctx c = {.out = out, .x = x, .layer = layer, .eps = eps, .D = x->shape[x->ndim - 1]};
+  if (out->size == 0) return MX_OK;
+  int64_t rows = out->size / c.D;
+  int64_t grain = MX_MAX(1, 16384 / c.D);
+  const char *op = layer ? "layer_norm" : "rms_norm";
+  if (x->dtype == MX_FLOAT64) {
+    double *w64 = w ? param_f64(w, c.D) : NULL, *b64 = b ? param_f64(b, c.D) : NULL;
+    if ((w && !w64) || (b && !b64)) s = oom(op, sizeof(double) * (size_t)c.D);
+    c.w64 = w64;
+    c.b64 = b64;
+    if (!s) mx__parallel_for(rows, grain, norm_rows_f64, &c);
+    free(w64);
+    free(b64);
+  } else {
+    float *w32 = w ? param_f32(w, c.D) : NULL, *b32 = b ? param_f32(b, c.D) : NULL;
+    if ((w && !w32) || (b && !b32)) s = oom(op, sizeof(float) * (size_t)c.D);
+    c.w = w32;
+    c.b = b32;
+    if (!s) mx__parallel_for(rows, grain, norm_rows_f32, &c);
+    if (!s && c.failed) s = oom(op, sizeof(float) * 2 * (size_t)c.D);
+    free(w32);
+    free(b32);
+  }
+  return s;
+}
+
+static int k_rms_norm(mx_array *out, mx_array **in) {
+  const mx__rms_norm_params *p = MX__PARAMS(out, mx__rms_norm_params);
+  return norm_kernel(out, in, false, p->eps, p->has_weight ? in[1] : NULL, NULL);
+}
+
+static int k_layer_norm(mx_array *out, mx_array **in) {
+  const mx__layer_norm_params *p = MX__PARAMS(out, mx__layer_norm_params);
+  mx_array *w = p->has_weight ? in[1] : NULL;
+  mx_array *b = p->has_bias ? in[p->has_weight ? 2 : 1] : NULL;
+  return norm_kernel(out, in, true, p->eps, w, b);
+}
+
+/* ======================================================================
+ * rope
+ * ====================================================================== */
+
+/* cos/sin table (T, half): theta = (offset + t) * scale * inv_freq[i].
+ * Per frequency, exact sin/cos (float64) every ROPE_SEED positions and
+ * angle-addition steps in between, which is accurate to ~1e-15 and avoids
+ * a sin/cos per table entry. */
+#define ROPE_SEED 16
+typedef struct {
+  const double *inv; /* (half) */
+  double offset, scale;
+  int64_t T;
+  int half;
+  bool f64, forward;
+  float *c32, *s32;
+  double *c64, *s64;
+} rope_table_ctx;
+
+static void rope_table_rows(void *c_, int64_t b0, int64_t b1) {
+  const rope_table_ctx *c = c_;
+  int h = c->half;
+  double sgn = c->forward ? 1.0 : -1.0;
+  for (int64_t blk = b0; blk < b1; blk++) {
+    int64_t t0 = blk * ROPE_SEED, t1 = MX_MIN(c->T, t0 + ROPE_SEED);
+    for (int i = 0; i < h; i++) {
+      double step = c->scale * c->inv[i];
+      double th = (c->offset + (double)t0) * step;
+      double cs = cos(th), sn = sin(th), dc = cos(step), ds = sin(step);
+      for (int64_t t = t0; t < t1; t++) {
+        int64_t k = t * h + i;
+        if (c->f64) {
+          c->c64[k] = cs;
+          c->s64[k] = sgn * sn;
+        } else {
+          c->c32[k] = (float)cs;
+          c->s32[k] = (float)(sgn * sn);
+        }
+        double nc = cs * dc - sn * ds;
+        sn = sn * dc + cs * ds;
+        cs = nc;
+      }
+    }
+  }
+}
+
+typedef struct {
+  mx_array *out, *x;
+  const mx__rope_params *p;
+  int64_t T, D, rows;
+  const float *c32, *s32;
+  const double *c64, *s64;
+  int failed;
+} rope_ctx;
+
+/* Rotate one row: o = rot(x) over the first dims features, copy the rest. */
+static void rope_row_f32(const float *x, float *o, const float *cs, const float *sn, int half,
+                         int64_t D, bool trad) {
+  int dims = 2 * half;
+  if (trad) {
+    for (int i = 0; i < half; i++) {
+      float a = x[2 * i], b = x[2 * i + 1];
+      o[2 * i] = a * cs[i] - b * sn[i];
+      o[2 * i + 1] = a * sn[i] + b * cs[i];
+    }
+  } else {
+    for (int i = 0; i < half; i++) {
+      float a = x[i], b = x[i + half];
+      o[i] = a * cs[i] - b * sn[i];
+      o[i + half] = a * sn[i] + b * cs[i];
+    }
+  }
+  for (int64_t i = dims; i < D; i++) o[i] = x[i];
+}
+
+static void rope_rows_f32(void *c_, int64_t r0, int64_t r1) {
+  rope_ctx *c = c_;
+  int64_t D = c->D, T = c->T, st = c->x->strides[c->x->ndim - 1];
+  int half = c->p->dims / 2, nlead = c->x->ndim - 1;
+  mx_dtype odt = c->out->dtype;
+  float *buf = malloc(sizeof(float) * (size_t)(2 * D));
+  if (!buf) {
+    __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  for (int64_t r = r0; r < r1; r++) {
+    int64_t t = r % T;
+    const float *x = row_f32(c->x, row_offset(c->x, nlead, r), st, D, buf);
+    float *o = odt == MX_FLOAT32 ? (float *)mx__data(c->out) + r * D : buf + D;
+    rope_row_f32(x, o, c->c32 + t * half, c->s32 + t * half, half, D, c->p->traditional);
+    if (o == buf + D)
+      store_f32((char *)mx__data(c->out) + r * D * (int64_t)mx_dtype_size(odt), odt, o, D);
+  }
+  free(buf);
+}
+
+static void rope_rows_f64(void *c_, int64_t r0, int64_t r1) {
+  rope_ctx *c = c_;
+  int64_t D = c->D, T = c->T, st = c->x->strides[c->x->ndim - 1];
+  int half = c->p->dims / 2, nlead = c->x->ndim - 1;
+  bool trad = c->p->traditional;
+  for (int64_t r = r0; r < r1; r++) {
+    int64_t t = r % T;
+    const double *x = (const double *)mx__data(c->x) + row_offset(c->x, nlead, r);
+    double *o = (double *)mx__data(c->out) + r * D;
+    const double *cs = c->c64 + t * half, *sn = c->s64 + t * half;
+    for (int i = 0; i < half; i++) {
+      int64_t ia = trad ? 2 * i : i, ib = trad ? 2 * i + 1 : i + half;
+      double a = x[ia * st], b = x[ib * st];
+      o[ia] = a * cs[i] - b * sn[i];
+      o[ib] = a * sn[i] + b * cs[i];
+    }
+    for (int64_t i = 2 * half; i < D; i++) o[i] = x[i * st];
+  }
+}
+
+static int k_rope(mx_array *out, mx_array **in) {
+  const mx__rope_params *p = MX__PARAMS(out, mx__rope_params);
+  int s = mx__array_alloc_data(out);
+  if (s) return s;
+  if (out->size == 0) return MX_OK;
+  mx_array *x = in[0];
+  int half = p->dims / 2;
+  int64_t T = x->shape[x->ndim - 2], D = x->shape[x->ndim - 1];
+  bool f64 = x->dtype == MX_FLOAT64;
+  size_t esz = f64 ? sizeof(double) : sizeof(float);
+  size_t tbytes = (size_t)(T * half) * esz;
+  /* the tables come from the buffer cache: no page faults on every call */
+  double *inv = malloc(sizeof(double) * (size_t)half);
+  mx__buffer *tb = mx__buffer_new(2 * tbytes, 0);
+  if (!inv || !tb) {
+    free(inv);
+    if (tb) mx__buffer_release(tb);
+    return tb ? oom("rope", sizeof(double) * (size_t)half) : mx_last_status();
+  }
+  void *tc = tb->ptr, *ts = (char *)tb->ptr + tbytes;
+  if (p->has_freqs) {
+    load_f64(mx__data(in[1]), in[1]->dtype, in[1]->strides[0], half, inv);
+    for (int i = 0; i < half; i++) inv[i] = 1.0 / inv[i];
+  } else {
+    double lb = log(p->base) / half;
+    for (int i = 0; i < half; i++) inv[i] = exp(-(double)i * lb);
+  }
+  rope_table_ctx tcx = {.inv = inv, .offset = (double)p->offset, .scale = p->scale, .T = T,
+                        .half = half, .f64 = f64, .forward = p->forward,
+                        .c32 = tc, .s32 = ts, .c64 = tc, .s64 = ts};
+  int64_t nblk = (T + ROPE_SEED - 1) / ROPE_SEED;
+  mx__parallel_for(nblk, MX_MAX(1, 4096 / (ROPE_SEED * half)), rope_table_rows, &tcx);
+  rope_ctx c = {.out = out, .x = x, .p = p, .T = T, .D = D, .rows = out->size / D,
+                .c32 = tc, .s32 = ts, .c64 = tc, .s64 = ts};
+  int64_t grain = MX_MAX(1, 16384 / D);
+  mx__parallel_for(c.rows, grain, f64 ? rope_rows_f64 : rope_rows_f32, &c);
+  if (c.failed) s = oom("rope", sizeof(float) * 2 * (size_t)D);
+  free(inv);
+  mx__buffer_release(tb);
+  return s;
+}
+
+/* ======================================================================
+ * scaled_dot_product_attention
+ * ====================================================================== */
+
+/* ---- float32 vector helpers for the online softmax ------------------------- */
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+static inline v8f splat(float x) { return (v8f){x, x, x, x, x, x, x, x}; }
+/* m ? a : b per lane (m from a vector comparison: all ones or zero) */
+static inline v8f vsel(v8i m, v8f a, v8f b) { return (v8f)((m & (v8i)a) | (~m & (v8i)b)); }
+
+/* exp(x) for x <= 0 (softmax arguments), 8 lanes: Cody-Waite reduction
+ * x = n ln2 + r, |r| <= ln2/2, and a degree-6 polynomial for e^r (the
+ * Cephes expf coefficients, ~1 ulp). Below -87 (and -inf) the result is 0;
+ * NaN propagates. */
+static inline v8f exp_neg8(v8f x) {
+  const v8f lo = splat(-87.0f), zero = splat(0.0f);
+  v8f xc = vsel(x > lo, x, lo); /* NaN -> lo, so the int conversion is defined */
+  xc = vsel(xc < zero, xc, zero);
+  const v8f magic = splat(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer */
+  v8f n = (xc * splat(1.44269504088896341f) + magic) - magic;
+  v8f r = xc - n * splat(0.693359375f);
+  r = r - n * splat(-2.12194440e-4f);
+  v8f p = splat(1.9875691500e-4f);
+  p = p * r + splat(1.3981999507e-3f);
+  p = p * r + splat(8.3334519073e-3f);
+  p = p * r + splat(4.1665795894e-2f);
+  p = p * r + splat(1.6666665459e-1f);
+  p = p * r + splat(5.0000001201e-1f);
+  p = p * r * r + r + splat(1.0f);
+  v8i e = (__builtin_convertvector(n, v8i) + 127) << 23; /* 2^n, n in [-126, 0] */
+  v8f y = p * (v8f)e;
+  y = vsel(x < lo, zero, y);
+  return vsel(x != x, x, y);
+}
+
+/* Largest of s[0..n) (NaN skipped); -inf when n == 0. */
+static float row_max(const float *s, int64_t n) {
+  v8f m = splat(-INFINITY);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    v8f v = ld8(s + i);
+    m = vsel(v > m, v, m);
+  }
+  float r = -INFINITY;
+  for (int k = 0; k < 8; k++) r = m[k] > r ? m[k] : r;
+  for (; i < n; i++) r = s[i] > r ? s[i] : r;
+  return r;
+}
+
+/* s[j] = exp(s[j] - m) for j < n; returns their sum. */
+static float row_exp_sum(float *s, int64_t n, float m) {
+  v8f acc = splat(0.0f), mv = splat(m);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    v8f e = exp_neg8(ld8(s + i) - mv);
+    st8(s + i, e);
+    acc += e;
+  }
+  if (i < n) { /* tail padded with -inf, whose exp is 0 */
+    v8f t = splat(-INFINITY);
+    memcpy(&t, s + i, sizeof(float) * (size_t)(n - i));
+    v8f e = exp_neg8(t - mv);
+    memcpy(s + i, &e, sizeof(float) * (size_t)(n - i));
+    acc += e;
+  }
+  return hsum8(acc);
+}
+
+/* Block sizes: query rows per task, keys per step. */
+#define SDPA_BQ 16
+#define SDPA_BK 128
+
+/* S[i][j] = q_i . k_j for nq query rows (stride D) and nk keys (stride ldk). */
+static void qk_block(const float *Q, int64_t nq, int64_t D, const float *K, int64_t ldk,
+                     int64_t nk, float *S, int64_t lds) {
+  int64_t D8 = D & ~(int64_t)7;
+  int64_t i = 0;
+  for (; i + 4 <= nq; i += 4) {
+    const float *q0 = Q + i * D, *q1 = q0 + D, *q2 = q1 + D, *q3 = q2 + D;
+    int64_t j = 0;
+    for (; j + 2 <= nk; j += 2) {
+      const float *k0 = K + j * ldk, *k1 = k0 + ldk;
+      v8f a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
+      for (int64_t d = 0; d < D8; d += 8) {
+        v8f kv0 = ld8(k0 + d), kv1 = ld8(k1 + d), qv;
+        qv = ld8(q0 + d); a00 += qv * kv0; a01 += qv * kv1;
+        qv = ld8(q1 + d); a10 += qv * kv0; a11 += qv * kv1;
+        qv = ld8(q2 + d); a20 += qv * kv0; a21 += qv * kv1;
+        qv = ld8(q3 + d); a30 += qv * kv0; a31 += qv * kv1;
+      }
+      float s00 = hsum8(a00), s01 = hsum8(a01), s10 = hsum8(a10), s11 = hsum8(a11);
+      float s20 = hsum8(a20), s21 = hsum8(a21), s30 = hsum8(a30), s31 = hsum8(a31);
+      for (int64_t d = D8; d < D; d++) {
+        s00 += q0[d] * k0[d]; s01 += q0[d] * k1[d];
+        s10 += q1[d] * k0[d]; s11 += q1[d] * k1[d];
+        s20 += q2[d] * k0[d]; s21 += q2[d] * k1[d];
+        s30 += q3[d] * k0[d]; s31 += q3[d] * k1[d];
+      }
+      float *s = S + i * lds + j;
+      s[0] = s00; s[1] = s01;
+      s[lds] = s10; s[lds + 1] = s11;
+      s[2 * lds] = s20; s[2 * lds + 1] = s21;
+      s[3 * lds] = s30; s[3 * lds + 1] = s31;
+    }
+    for (; j < nk; j++) {
+      const float *k0 = K + j * ldk;
+      v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+      for (int64_t d = 0; d < D8; d += 8) {
+        v8f kv = ld8(k0 + d);
+        a0 += ld8(q0 + d) * kv; a1 += ld8(q1 + d) * kv;
+        a2 += ld8(q2 + d) * kv; a3 += ld8(q3 + d) * kv;
+      }
+      float s0 = hsum8(a0), s1 = hsum8(a1), s2 = hsum8(a2), s3 = hsum8(a3);
+      for (int64_t d = D8; d < D; d++) {
+        s0 += q0[d] * k0[d]; s1 += q1[d] * k0[d];
+        s2 += q2[d] * k0[d]; s3 += q3[d] * k0[d];
+      }
+      S[i * lds + j] = s0; S[(i + 1) * lds + j] = s1;
+      S[(i + 2) * lds + j] = s2; S[(i + 3) * lds + j] = s3;
+    }
+  }
+  for (; i < nq; i++) { /* remaining rows: one query against 4 keys at a time */
+    const float *q0 = Q + i * D;
+    int64_t j = 0;
+    for (; j + 4 <= nk; j += 4) {
+      const float *k0 = K + j * ldk, *k1 = k0 + ldk, *k2 = k1 + ldk, *k3 = k2 + ldk;
+      v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+      for (int64_t d = 0; d < D8; d += 8) {
+        v8f qv = ld8(q0 + d);
+        a0 += qv * ld8(k0 + d); a1 += qv * ld8(k1 + d);
+        a2 += qv * ld8(k2 + d); a3 += qv * ld8(k3 + d);
+      }
+      float s0 = hsum8(a0), s1 = hsum8(a1), s2 = hsum8(a2), s3 = hsum8(a3);
+      for (int64_t d = D8; d < D; d++) {
+        s0 += q0[d] * k0[d]; s1 += q0[d] * k1[d];
+        s2 += q0[d] * k2[d]; s3 += q0[d] * k3[d];
+      }
+      float *s = S + i * lds + j;
+      s[0] = s0; s[1] = s1; s[2] = s2; s[3] = s3;
+    }
+    for (; j < nk; j++) {
+      const float *k0 = K + j * ldk;
+      v8f a0 = {0};
+      for (int64_t d = 0; d < D8; d += 8) a0 += ld8(q0 + d) * ld8(k0 + d);
+      float s0 = hsum8(a0);
+      for (int64_t d = D8; d < D; d++) s0 += q0[d] * k0[d];
+      S[i * lds + j] = s0;
+    }
+  }
+}
+
+/* O[i] += sum_j P[i][j] v_j for nq rows (P stride lds, O stride ldo).
+ * Keys go in chunks of PV_JC so that the value rows of a chunk are read
+ * together (sequential memory) while the accumulators stay in registers. */
+#define PV_JC 8
+static void pv_block(const float *P, int64_t nq, int64_t lds, int64_t nk, const float *V,
+                     int64_t ldv, int64_t Dv, float *O, int64_t ldo) {
+  for (int64_t j0 = 0; j0 < nk; j0 += PV_JC) {
+    int64_t j1 = MX_MIN(nk, j0 + PV_JC);
+    int64_t i = 0;
+    for (; i + 4 <= nq; i += 4) {
+      const float *p0 = P + i * lds, *p1 = p0 + lds, *p2 = p1 + lds, *p3 = p2 + lds;
+      float *o0 = O + i * ldo, *o1 = o0 + ldo, *o2 = o1 + ldo, *o3 = o2 + ldo;
+      int64_t d = 0;
+      for (; d + 16 <= Dv; d += 16) {
+        v8f a00 = ld8(o0 + d), a01 = ld8(o0 + d + 8), a10 = ld8(o1 + d), a11 = ld8(o1 + d + 8);
+        v8f a20 = ld8(o2 + d), a21 = ld8(o2 + d + 8), a30 = ld8(o3 + d), a31 = ld8(o3 + d + 8);
+        for (int64_t j = j0; j < j1; j++) {
+          const float *vj = V + j * ldv + d;
+          v8f v0 = ld8(vj), v1 = ld8(vj + 8);
+          a00 += p0[j] * v0; a01 += p0[j] * v1;
+          a10 += p1[j] * v0; a11 += p1[j] * v1;
+          a20 += p2[j] * v0; a21 += p2[j] * v1;
+          a30 += p3[j] * v0; a31 += p3[j] * v1;
+        }
+        st8(o0 + d, a00); st8(o0 + d + 8, a01); st8(o1 + d, a10); st8(o1 + d + 8, a11);
+        st8(o2 + d, a20); st8(o2 + d + 8, a21); st8(o3 + d, a30); st8(o3 + d + 8, a31);
+      }
+      for (; d < Dv; d++) {
+        float a0 = o0[d], a1 = o1[d], a2 = o2[d], a3 = o3[d];
+        for (int64_t j = j0; j < j1; j++) {
+          float vj = V[j * ldv + d];
+          a0 += p0[j] * vj; a1 += p1[j] * vj; a2 += p2[j] * vj; a3 += p3[j] * vj;
+        }
+        o0[d] = a0; o1[d] = a1; o2[d] = a2; o3[d] = a3;
+      }
+    }
+    for (; i < nq; i++) {
+      const float *p0 = P + i * lds;
+      float *o0 = O + i * ldo;
+      int64_t d = 0;
+      for (; d + 32 <= Dv; d += 32) {
+        v8f a0 = ld8(o0 + d), a1 = ld8(o0 + d + 8), a2 = ld8(o0 + d + 16), a3 = ld8(o0 + d + 24);
+        for (int64_t j = j0; j < j1; j++) {
+          const float *vj = V + j * ldv + d;
+          a0 += p0[j] * ld8(vj); a1 += p0[j] * ld8(vj + 8);
+          a2 += p0[j] * ld8(vj + 16); a3 += p0[j] * ld8(vj + 24);
+        }
+        st8(o0 + d, a0); st8(o0 + d + 8, a1); st8(o0 + d + 16, a2); st8(o0 + d + 24, a3);
+      }
+      for (; d + 8 <= Dv; d += 8) {
+        v8f a0 = ld8(o0 + d);
+        for (int64_t j = j0; j < j1; j++) a0 += p0[j] * ld8(V + j * ldv + d);
+        st8(o0 + d, a0);
+      }
+      for (; d < Dv; d++) {
+        float a0 = o0[d];
+        for (int64_t j = j0; j < j1; j++) a0 += p0[j] * V[j * ldv + d];
+        o0[d] = a0;
+      }
+    }
+  }
+}
+
+/* Keys or values as float32 rows base + b*sb + h*sh + t*st, contiguous
+ * along the feature axis: the input itself (contiguous float32 rows), a
+ * converted copy made once (when many row blocks read it), or NULL: each
+ * task converts the key block it needs (decoding, where a kv head is read
+ * by one or two tasks). */
+typedef struct {
+  const float *base;
+  int64_t sb, sh, st;
+  mx__buffer *owned;
+} kv_view;
+
+typedef struct {
+  const mx_array *a;
+  float *dst;
+} conv_ctx;
+
+/* Rows [j0, j0 + n) of head (b, h) of a 4-d float array as float32. */
+static void load_rows_f32(const mx_array *a, int64_t b, int64_t h, int64_t j0, int64_t n,
+                          float *dst) {
+  int64_t d = a->shape[3];
+  size_t es = mx_dtype_size(a->dtype);
+  const char *base =
+      (const char *)mx__data(a) + (b * a->strides[0] + h * a->strides[1]) * (int64_t)es;
+  for (int64_t j = 0; j < n; j++)
+    load_f32(base + (j0 + j) * a->strides[2] * (int64_t)es, a->dtype, a->strides[3], d, dst + j * d);
+}
+
+static void conv_heads(void *c_, int64_t r0, int64_t r1) {
+  const conv_ctx *c = c_;
+  const mx_array *a = c->a;
+  int64_t T = a->shape[2], d = a->shape[3];
+  for (int64_t r = r0; r < r1; r++)
+    load_rows_f32(a, r / a->shape[1], r % a->shape[1], 0, T, c->dst + r * T * d);
+}
+
+static int make_kv_view(mx_array *a, bool convert_once, kv_view *v) {
+  memset(v, 0, sizeof *v);
+  if (a->dtype == MX_FLOAT32 && (a->strides[3] == 1 || a->shape[3] <= 1)) {
+    v->base = mx__data(a);
+    v->sb = a->strides[0];
+    v->sh = a->strides[1];
+    v->st = a->strides[2];
+    return MX_OK;
+  }
+  if (!convert_once) return MX_OK;
+  v->owned = mx__buffer_new(sizeof(float) * (size_t)(a->size ? a->size : 1), 0);
+  if (!v->owned) return mx_last_status();
+  conv_ctx c = {a, v->owned->ptr};
+  int64_t heads = a->shape[0] * a->shape[1], work = MX_MAX(1, a->shape[2] * a->shape[3]);
+  mx__parallel_for(heads, MX_MAX(1, 16384 / work), conv_heads, &c);
+  v->base = v->owned->ptr;
+  v->st = a->shape[3];
+  v->sh = a->shape[2] * v->st;
+  v->sb = a->shape[1] * v->sh;
+  return MX_OK;
+}
+
+typedef struct {
+  mx_array *out, *q, *k, *v, *mask;
+  const mx__sdpa_params *p;
+  int64_t B, Hq, Hkv, G, Tq, Tk, D, Dv, off; /* off = Tk - Tq (causal diagonal) */
+  int64_t nblk;                              /* row blocks per (b, kv head) */
+  int64_t ms[4];                             /* mask strides broadcast to (B, Hq, Tq, Tk) */
+  kv_view kv, vv;
+  int failed;
+} sdpa_ctx;
+
+/* Mask strides broadcast to 4-d (0 on broadcast axes). */
+static void mask_strides(const mx_array *m, const int64_t *full, int64_t *st) {
+  for (int d = 0; d < 4; d++) {
+    int md = d - (4 - m->ndim);
+    st[d] = (md < 0 || (m->shape[md] == 1 && full[d] != 1)) ? 0 : m->strides[md];
+  }
+}
+
+/* n mask values (stride st) as float32: booleans as 0/1. */
+static void load_mask(const void *p, mx_dtype dt, int64_t st, int64_t n, float *dst) {
+  if (dt == MX_BOOL) {
+    const uint8_t *a = p;
+    for (int64_t i = 0; i < n; i++) dst[i] = a[i * st] ? 1.0f : 0.0f;
+  } else {
+    load_f32(p, dt, st, n, dst);
+  }
+}
+
+/* One task: SDPA_BQ rows r = t * G + g (query head hk * G + g at position
+ * t) of kv head (b, hk) against every key, with an online softmax. */
+static void sdpa_tasks_f32(void *c_, int64_t t0, int64_t t1) {
+  sdpa_ctx *c = c_;
+  const int64_t D = c->D, Dv = c->Dv, G = c->G, Tq = c->Tq, Tk = c->Tk;
+  const int kind = c->p->mask_kind;
+  const bool causal = c->p->causal;
+  const float low = -FLT_MAX;
+  size_t nfl = (size_t)(SDPA_BQ * D + SDPA_BQ * SDPA_BK + SDPA_BQ * Dv + 2 * SDPA_BQ + SDPA_BK);
+  if (!c->kv.base) nfl += (size_t)(SDPA_BK * D);
+  if (!c->vv.base) nfl += (size_t)(SDPA_BK * Dv);
+  float *buf = malloc(sizeof(float) * nfl);
+  if (!buf) {
+    __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  float *Qs = buf, *S = Qs + SDPA_BQ * D, *O = S + SDPA_BQ * SDPA_BK, *m = O + SDPA_BQ * Dv;
+  float *l = m + SDPA_BQ, *mrow = l + SDPA_BQ, *kbuf = mrow + SDPA_BK;
+  float *vbuf = kbuf + (c->kv.base ? 0 : SDPA_BK * D);
+  int64_t rt[SDPA_BQ], rh[SDPA_BQ];
+  const char *mbase = c->mask ? mx__data(c->mask) : NULL;
+  mx_dtype mdt = c->mask ? c->mask->dtype : MX_FLOAT32;
+  int64_t mes = (int64_t)mx_dtype_size(mdt);
+  mx_dtype odt = c->out->dtype;
+  int64_t oes = (int64_t)mx_dtype_size(odt);
+  float scale = (float)c->p->scale;
+  for (int64_t task = t0; task < t1; task++) {
+    /* the last row blocks first: with a causal mask they are the longest,
+     * and handing out long tasks first balances the threads */
+    int64_t nbh = c->B * c->Hkv, blk = c->nblk - 1 - task / nbh, bh = task % nbh;
+    int64_t b = bh / c->Hkv, hk = bh % c->Hkv;
+    int64_t r0 = blk * SDPA_BQ, nr = MX_MIN(SDPA_BQ, G * Tq - r0);
+    for (int64_t i = 0; i < nr; i++) {
+      int64_t r = r0 + i;
+      rt[i] = r / G;
+      rh[i] = hk * G + r % G;
+      const mx_array *q = c->q;
+      int64_t qoff = b * q->strides[0] + rh[i] * q->strides[1] + rt[i] * q->strides[2];
+      const float *qr = row_f32(q, qoff, q->strides[3], D, Qs + i * D);
+      for (int64_t d = 0; d < D; d++) Qs[i * D + d] = qr[d] * scale;
+      m[i] = -INFINITY;
+      l[i] = 0;
+    }
+    memset(O, 0, sizeof(float) * (size_t)(nr * Dv));
+    /* with a causal mask alone, keys past the last row's diagonal add
+     * exactly 0 (unless a row has no key at all: then every key counts) */
+    int64_t kend = Tk;
+    if (causal && kind == MX__SDPA_MASK_NONE && rt[0] + c->off >= 0)
+      kend = MX_MIN(Tk, rt[nr - 1] + c->off + 1);
+    for (int64_t j0 = 0; j0 < kend; j0 += SDPA_BK) {
+      int64_t nk = MX_MIN(SDPA_BK, kend - j0);
+      const float *K, *V;
+      int64_t ldk, ldv;
+      if (c->kv.base) {
+        K = c->kv.base + b * c->kv.sb + hk * c->kv.sh + j0 * c->kv.st;
+        ldk = c->kv.st;
+      } else {
+        load_rows_f32(c->k, b, hk, j0, nk, kbuf);
+        K = kbuf;
+        ldk = D;
+      }
+      if (c->vv.base) {
+        V = c->vv.base + b * c->vv.sb + hk * c->vv.sh + j0 * c->vv.st;
+        ldv = c->vv.st;
+      } else {
+        load_rows_f32(c->v, b, hk, j0, nk, vbuf);
+        V = vbuf;
+        ldv = Dv;
+      }
+      if (nr <= 4 && j0 + SDPA_BK < kend) { /* few rows (decoding): memory bound */
+        int64_t nn = MX_MIN(SDPA_BK, kend - j0 - SDPA_BK);
+        if (c->kv.base)
+          for (int64_t j = 0; j < nn; j++)
+            for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(K + (SDPA_BK + j) * ldk + d);
+        if (c->vv.base)
+          for (int64_t j = 0; j < nn; j++)
+            for (int64_t d = 0; d < Dv; d += 16) __builtin_prefetch(V + (SDPA_BK + j) * ldv + d);
+      }
+      qk_block(Qs, nr, D, K, ldk, nk, S, SDPA_BK);
+      for (int64_t i = 0; i < nr; i++) {
+        float *s = S + i * SDPA_BK;
+        if (kind) {
+          int64_t moff = b * c->ms[0] + rh[i] * c->ms[1] + rt[i] * c->ms[2] + j0 * c->ms[3];
+          load_mask(mbase + moff * mes, mdt, c->ms[3], nk, mrow);
+          if (kind == MX__SDPA_MASK_BOOL)
+            for (int64_t j = 0; j < nk; j++) s[j] = mrow[j] != 0 ? s[j] : low;
+          else
+            for (int64_t j = 0; j < nk; j++) s[j] += mrow[j];
+        }
+        if (causal) {
+          int64_t lim = rt[i] + c->off - j0; /* keys j <= lim are kept */
+          for (int64_t j = MX_MAX(0, lim + 1); j < nk; j++) s[j] = low;
+        }
+        float mx = row_max(s, nk);
+        float mnew = mx > m[i] ? mx : m[i];
+        if (mnew == -INFINITY) { /* every score so far is -inf: weights 0 */
+          memset(s, 0, sizeof(float) * (size_t)nk);
+          continue;
+        }
+        float alpha = expf(m[i] - mnew);
+        l[i] = l[i] * alpha + row_exp_sum(s, nk, mnew);
+        m[i] = mnew;
+        if (alpha != 1.0f)
+          for (int64_t d = 0; d < Dv; d++) O[i * Dv + d] *= alpha;
+      }
+      pv_block(S, nr, SDPA_BK, nk, V, ldv, Dv, O, Dv);
+    }
+    for (int64_t i = 0; i < nr; i++) {
+      float *o = O + i * Dv;
+      /* l == 0: every score -inf, NaN as softmax gives; Tk == 0: zeros */
+      float inv = Tk == 0 ? 0.0f : l[i] == 0 ? NAN : 1.0f / l[i];
+      for (int64_t d = 0; d < Dv; d++) o[d] = Tk == 0 ? 0.0f : o[d] * inv;
+      int64_t orow = ((b * c->Hq + rh[i]) * Tq + rt[i]) * Dv;
+      store_f32((char *)mx__data(c->out) + orow * oes, odt, o, Dv);
+    }
+  }
+  free(buf);
+}
+
+/* float64: one query row at a time, exact two-pass softmax. */
+static void sdpa_rows_f64(void *c_, int64_t r0, int64_t r1) {
+  sdpa_ctx *c = c_;
+  const int64_t D = c->D, Dv = c->Dv, Tq = c->Tq, Tk = c->Tk;
+  const int kind = c->p->mask_kind;
+  double *buf = malloc(sizeof(double) * (size_t)(Tk + Dv + D + 1));
+  if (!buf) {
+    __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  double *s = buf, *o = s + Tk, *qr = o + Dv;
+  const mx_array *q = c->q, *k = c->k, *v = c->v;
+  const double *qd = mx__data(q), *kd = mx__data(k), *vd = mx__data(v);
+  const char *mbase = c->mask ? mx__data(c->mask) : NULL;
+  size_t mes = c->mask ? mx_dtype_size(c->mask->dtype) : 1;
+  for (int64_t r = r0; r < r1; r++) {
+    int64_t t = r % Tq, h = (r / Tq) % c->Hq, b = r / (Tq * c->Hq), hk = h / c->G;
+    const double *qp = qd + b * q->strides[0] + h * q->strides[1] + t * q->strides[2];
+    for (int64_t d = 0; d < D; d++) qr[d] = qp[d * q->strides[3]] * c->p->scale;
+    double mx = -INFINITY;
+    for (int64_t j = 0; j < Tk; j++) {
+      const double *kp = kd + b * k->strides[0] + hk * k->strides[1] + j * k->strides[2];
+      double acc = 0;
+      for (int64_t d = 0; d < D; d++) acc += qr[d] * kp[d * k->strides[3]];
+      bool keep = !c->p->causal || j <= t + c->off;
+      if (kind) {
+        const char *mp = mbase + (b * c->ms[0] + h * c->ms[1] + t * c->ms[2] + j * c->ms[3]) *
+                                     (int64_t)mes;
+        if (kind == MX__SDPA_MASK_BOOL) keep = keep && *(const uint8_t *)mp;
+        else acc += *(const double *)mp;
+      }
+      s[j] = keep ? acc : -DBL_MAX;
+      if (s[j] > mx) mx = s[j];
+    }
+    double sum = 0;
+    for (int64_t j = 0; j < Tk; j++) {
+      s[j] = exp(s[j] - mx);
+      sum += s[j];
+    }
+    for (int64_t d = 0; d < Dv; d++) o[d] = 0;
+    for (int64_t j = 0; j < Tk; j++) {
+      const double *vp = vd + b * v->strides[0] + hk * v->strides[1] + j * v->strides[2];
+      for (int64_t d = 0; d < Dv; d++) o[d] += s[j] * vp[d * v->strides[3]];
+    }
+    double *dst = (double *)mx__data(c->out) + r * Dv;
+    for (int64_t d = 0; d < Dv; d++) dst[d] = Tk ? o[d] / sum : 0.0;
+  }
+  free(buf);
+}
+
+static int k_sdpa(mx_array *out, mx_array **in) {
+  const mx__sdpa_params *p = MX__PARAMS(out, mx__sdpa_params);
+  int s = mx__array_alloc_data(out);
+  if (s) return s;
+  if (out->size == 0) return MX_OK;
+  mx_array *q = in[0], *k = in[1], *v = in[2];
+  sdpa_ctx c = {.out = out, .q = q, .k = k, .v = v, .mask = p->mask_kind ? in[3] : NULL, .p = p,
+                .B = q->shape[0], .Hq = q->shape[1], .Hkv = k->shape[1], .Tq = q->shape[2],
+                .Tk = k->shape[2], .D = q->shape[3], .Dv = v->shape[3]};
+  c.G = c.Hq / c.Hkv;
+  c.off = c.Tk - c.Tq;
+  if (c.mask) {
+    int64_t full[4] = {c.B, c.Hq, c.Tq, c.Tk};
+    mask_strides(c.mask, full, c.ms);
+  }
+  if (out->dtype == MX_FLOAT64) {
+    int64_t rows = c.B * c.Hq * c.Tq;
+    int64_t work = MX_MAX(1, c.Tk * (c.D + c.Dv));
+    mx__parallel_for(rows, MX_MAX(1, 65536 / work), sdpa_rows_f64, &c);
+  } else {
+    c.nblk = (c.G * c.Tq + SDPA_BQ - 1) / SDPA_BQ;
+    bool once = c.nblk > 2; /* K/V read by many tasks: convert them once */
+    s = make_kv_view(k, once, &c.kv);
+    if (!s) s = make_kv_view(v, once, &c.vv);
+    if (!s) mx__parallel_for(c.B * c.Hkv * c.nblk, 1, sdpa_tasks_f32, &c);
+    if (c.kv.owned) mx__buffer_release(c.kv.owned);
+    if (c.vv.owned) mx__buffer_release(c.vv.owned);
+  }
+  if (!s && c.failed) s = oom("scaled_dot_product_attention", 0);
+  return s;
+}
+
+void mx__cpu_register_fast(mx__kernel_fn *k) {
+  k[MX_OP_RMS_NORM] = k_rms_norm;
+  k[MX_OP_LAYER_NORM] = k_layer_norm;
+  k[MX_OP_ROPE] = k_rope;
+  k[MX_OP_SDPA] = k_sdpa;
+}

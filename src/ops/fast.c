@@ -1,0 +1,595 @@
+/* fast.c — the fused LLM ops: rms_norm, layer_norm, rope and
+ * scaled_dot_product_attention. Builders (shape/dtype checks, MLX's
+ * semantics), VJPs written with public ops, and the same functions as
+ * compositions of primitive ops (the unfused references the fused kernels
+ * must equal; see fast_params.h). Kernels: src/backend/cpu/fast.c. */
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+#include "fast_params.h"
+#include "ops_internal.h"
+
+/* Norms and attention compute in float32 for f16/bf16/f32 (as MLX), in
+ * float64 for float64. */
+static mx_dtype compute_dtype(mx_dtype dt) { return dt == MX_FLOAT64 ? MX_FLOAT64 : MX_FLOAT32; }
+
+/* The lowest finite value of the compute type: the score of a masked-out
+ * position (MLX's fallback uses finfo(dtype).min). */
+static double lowest_of(mx_dtype cdt) { return cdt == MX_FLOAT64 ? -DBL_MAX : -FLT_MAX; }
+
+/* Sum over every axis but the last: (..., D) -> (D). */
+static mx_array *sum_leading(mx_array *a) {
+  if (!a) return NULL;
+  int axes[MX_MAX_NDIM], n = 0;
+  for (int d = 0; d < a->ndim - 1; d++) axes[n++] = d;
+  return mx_sum(a, axes, n, false);
+}
+
+/* Stores v (a new reference or NULL) as a gradient cast to like's dtype. */
+static int set_grad(mx_array **g, mx_array *v, mx_array *like) {
+  if (!v) return mx_last_status() ? mx_last_status() : MX_ERR_INTERNAL;
+  *g = mx_astype(v, like->dtype);
+  mx_array_free(v);
+  return *g ? MX_OK : mx_last_status();
+}
+
+/* ======================================================================
+ * rms_norm and layer_norm
+ * ====================================================================== */
+
+/* Checks x (..., D) and the optional 1-d weight/bias of size D; writes the
+ * output dtype (promotion of all given, which must be a float type). */
+static int check_norm(const char *op, mx_array *x, mx_array *w, mx_array *b, mx_dtype *dt) {
+  char sx[256], sw[256];
+  if (x->ndim < 1)
+    return mx__set_error(MX_ERR_SHAPE, "%s: input must have at least 1 dimension, got shape %s",
+                         op, mx__shape_str(x->shape, x->ndim, sx, sizeof sx));
+  int64_t d = x->shape[x->ndim - 1];
+  mx_array *aff[2] = {w, b};
+  const char *names[2] = {"weight", "bias"};
+  mx_dtype out = x->dtype;
+  for (int i = 0; i < 2; i++) {
+    mx_array *a = aff[i];
+    if (!a) continue;
+    if (a->ndim != 1 || a->shape[0] != d)
+      return mx__set_error(MX_ERR_SHAPE, "%s: %s of shape %s does not match the last axis of x %s",
+                           op, names[i], mx__shape_str(a->shape, a->ndim, sw, sizeof sw),
+                           mx__shape_str(x->shape, x->ndim, sx, sizeof sx));
+    out = mx_promote_types(out, a->dtype);
+  }
+  if (!mx_dtype_is_float(out))
+    return mx__set_error(MX_ERR_DTYPE, "%s: unsupported dtype %s (a float type is needed)", op,
+                         mx_dtype_name(out));
+  *dt = out;
+  return MX_OK;
+}
+
+static int vjp_rms_norm(mx_array *out, mx_array *cot, mx_array **g, const bool *need);
+static int vjp_layer_norm(mx_array *out, mx_array *cot, mx_array **g, const bool *need);
+static int vjp_rope(mx_array *out, mx_array *cot, mx_array **g, const bool *need);
+static int vjp_sdpa(mx_array *out, mx_array *cot, mx_array **g, const bool *need);
+
+static const mx__op_def def_RMS_NORM = {.id = MX_OP_RMS_NORM, .vjp = vjp_rms_norm};
+static const mx__op_def def_LAYER_NORM = {.id = MX_OP_LAYER_NORM, .vjp = vjp_layer_norm};
+static const mx__op_def def_ROPE = {.id = MX_OP_ROPE, .vjp = vjp_rope};
+static const mx__op_def def_SDPA = {.id = MX_OP_SDPA, .vjp = vjp_sdpa};
+
+/* Builds a node whose inputs are `ins` cast to dt. */
+static mx_array *node_cast(const mx__op_def *def, mx_dtype dt, const int64_t *shape, int ndim,
+                           mx_array **ins, int n, const void *params, size_t psize) {
+  mx_array *c[4] = {0};
+  mx_array *r = NULL;
+  int ok = 1;
+  for (int i = 0; i < n; i++) {
+    c[i] = mx_astype(ins[i], dt);
+    if (!c[i]) ok = 0;
+  }
+  if (ok) r = mx__node_new(def, dt, shape, ndim, c, n, params, psize);
+  for (int i = 0; i < n; i++) mx_array_free(c[i]);
+  return r;
+}
+
+mx_array *mx_fast_rms_norm(mx_array *x, mx_array *weight, double eps) {
+  MX__CHECK_IN("rms_norm", x);
+  mx_dtype dt;
+  if (check_norm("rms_norm", x, weight, NULL, &dt)) return NULL;
+  mx__rms_norm_params p = {.eps = eps, .has_weight = weight != NULL};
+  mx_array *ins[2] = {x, weight};
+  return node_cast(&def_RMS_NORM, dt, x->shape, x->ndim, ins, weight ? 2 : 1, &p, sizeof p);
+}
+
+mx_array *mx_fast_layer_norm(mx_array *x, mx_array *weight, mx_array *bias, double eps) {
+  MX__CHECK_IN("layer_norm", x);
+  mx_dtype dt;
+  if (check_norm("layer_norm", x, weight, bias, &dt)) return NULL;
+  mx__layer_norm_params p = {.eps = eps, .has_weight = weight != NULL, .has_bias = bias != NULL};
+  mx_array *ins[3];
+  int n = 0;
+  ins[n++] = x;
+  if (weight) ins[n++] = weight;
+  if (bias) ins[n++] = bias;
+  return node_cast(&def_LAYER_NORM, dt, x->shape, x->ndim, ins, n, &p, sizeof p);
+}
+
+/* d/dx of x * n * w with n = rsqrt(mean(x^2) + eps):
+ *   dx = n * gw - x * n^3 * mean(gw * x),  gw = g * w
+ *   dw = sum over leading axes of g * x * n */
+static int vjp_rms_norm(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {
+  const mx__rms_norm_params *p = MX__PARAMS(out, mx__rms_norm_params);
+  mx_array *x = out->inputs[0], *w = p->has_weight ? out->inputs[1] : NULL;
+  mx_dtype cdt = compute_dtype(x->dtype);
+  int ax = -1, st = MX_OK;
+  mx__tmp t = {0};
+  mx_array *xf = mx__keep(&t, mx_astype(x, cdt));
+  mx_array *gf = mx__keep(&t, mx_astype(cot, cdt));
+  mx_array *ms = mx__keep(&t, mx_mean(mx__keep(&t, mx_square(xf)), &ax, 1, true));
+  mx_array *n = mx__keep(&t, mx_rsqrt(mx__keep(&t, mx_add_scalar(ms, p->eps))));
+  mx_array *gw = w ? mx__keep(&t, mx_multiply(gf, mx__keep(&t, mx_astype(w, cdt)))) : gf;
+  if (need[0]) {
+    mx_array *m = mx__keep(&t, mx_mean(mx__keep(&t, mx_multiply(gw, xf)), &ax, 1, true));
+    mx_array *n3 = mx__keep(&t, mx_multiply(n, mx__keep(&t, mx_square(n))));
+    mx_array *corr = mx__keep(&t, mx_multiply(xf, mx__keep(&t, mx_multiply(n3, m))));
+    st = set_grad(&g[0], mx_subtract(mx__keep(&t, mx_multiply(gw, n)), corr), x);
+  }
+  if (!st && w && need[1]) {
+    mx_array *xn = mx__keep(&t, mx_multiply(xf, n));
+    st = set_grad(&g[1], sum_leading(mx__keep(&t, mx_multiply(gf, xn))), w);
+  }
+  mx__tmp_free(&t);
+  return st;
+}
+
+/* With xh = (x - mean) * n, n = rsqrt(var + eps), y = xh * w + b:
+ *   dx = n * (gw - mean(gw) - xh * mean(gw * xh)),  gw = g * w
+ *   dw = sum g * xh,  db = sum g  (over leading axes) */
+static int vjp_layer_norm(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {
+  const mx__layer_norm_params *p = MX__PARAMS(out, mx__layer_norm_params);
+  mx_array *x = out->inputs[0];
+  mx_array *w = p->has_weight ? out->inputs[1] : NULL;
+  mx_array *b = p->has_bias ? out->inputs[p->has_weight ? 2 : 1] : NULL;
+  int iw = 1, ib = p->has_weight ? 2 : 1;
+  mx_dtype cdt = compute_dtype(x->dtype);
+  int ax = -1, st = MX_OK;
+  mx__tmp t = {0};
+  mx_array *xf = mx__keep(&t, mx_astype(x, cdt));
+  mx_array *gf = mx__keep(&t, mx_astype(cot, cdt));
+  mx_array *xc = mx__keep(&t, mx_subtract(xf, mx__keep(&t, mx_mean(xf, &ax, 1, true))));
+  mx_array *var = mx__keep(&t, mx_mean(mx__keep(&t, mx_square(xc)), &ax, 1, true));
+  mx_array *n = mx__keep(&t, mx_rsqrt(mx__keep(&t, mx_add_scalar(var, p->eps))));
+  mx_array *xh = mx__keep(&t, mx_multiply(xc, n));
+  if (need[0]) {
+    mx_array *gw = w ? mx__keep(&t, mx_multiply(gf, mx__keep(&t, mx_astype(w, cdt)))) : gf;
+    mx_array *m1 = mx__keep(&t, mx_mean(gw, &ax, 1, true));
+    mx_array *m2 = mx__keep(&t, mx_mean(mx__keep(&t, mx_multiply(gw, xh)), &ax, 1, true));
+    mx_array *in = mx__keep(&t, mx_subtract(mx__keep(&t, mx_subtract(gw, m1)),
+                                            mx__keep(&t, mx_multiply(xh, m2))));
+    st = set_grad(&g[0], mx_multiply(n, in), x);
+  }
+  if (!st && w && need[iw]) st = set_grad(&g[iw], sum_leading(mx__keep(&t, mx_multiply(gf, xh))), w);
+  if (!st && b && need[ib]) st = set_grad(&g[ib], sum_leading(gf), b);
+  mx__tmp_free(&t);
+  return st;
+}
+
+/* ---- compositions -------------------------------------------------------- */
+mx_array *mx__fast_rms_norm_composed(mx_array *x, mx_array *weight, double eps) {
+  MX__CHECK_IN("rms_norm", x);
+  mx_dtype dt;
+  if (check_norm("rms_norm", x, weight, NULL, &dt)) return NULL;
+  mx_dtype cdt = compute_dtype(dt);
+  int ax = -1;
+  mx__tmp t = {0};
+  mx_array *xf = mx__keep(&t, mx_astype(x, cdt));
+  mx_array *ms = mx__keep(&t, mx_mean(mx__keep(&t, mx_square(xf)), &ax, 1, true));
+  mx_array *n = mx__keep(&t, mx_rsqrt(mx__keep(&t, mx_add_scalar(ms, eps))));
+  mx_array *y = mx__keep(&t, mx_multiply(xf, n));
+  if (weight) y = mx__keep(&t, mx_multiply(y, mx__keep(&t, mx_astype(weight, cdt))));
+  mx_array *r = mx_astype(y, dt);
+  mx__tmp_free(&t);
+  return r;
+}
+
+mx_array *mx__fast_layer_norm_composed(mx_array *x, mx_array *weight, mx_array *bias,
+                                       double eps) {
+  MX__CHECK_IN("layer_norm", x);
+  mx_dtype dt;
+  if (check_norm("layer_norm", x, weight, bias, &dt)) return NULL;
+  mx_dtype cdt = compute_dtype(dt);
+  int ax = -1;
+  mx__tmp t = {0};
+  mx_array *xf = mx__keep(&t, mx_astype(x, cdt));
+  mx_array *xc = mx__keep(&t, mx_subtract(xf, mx__keep(&t, mx_mean(xf, &ax, 1, true))));
+  mx_array *var = mx__keep(&t, mx_mean(mx__keep(&t, mx_square(xc)), &ax, 1, true));
+  mx_array *n = mx__keep(&t, mx_rsqrt(mx__keep(&t, mx_add_scalar(var, eps))));
+  mx_array *y = mx__keep(&t, mx_multiply(xc, n));
+  if (weight) y = mx__keep(&t, mx_multiply(y, mx__keep(&t, mx_astype(weight, cdt))));
+  if (bias) y = mx__keep(&t, mx_add(y, mx__keep(&t, mx_astype(bias, cdt))));
+  mx_array *r = mx_astype(y, dt);
+  mx__tmp_free(&t);
+  return r;
+}
+
+/* ======================================================================
+ * rope
+ * ====================================================================== */
+
+static int check_rope(mx_array *x, int dims, mx_array *freqs) {
+  char sx[256], sf[256];
+  if (x->ndim < 2)
+    return mx__set_error(MX_ERR_SHAPE, "rope: input must be (..., T, D) with at least 2 "
+                         "dimensions, got shape %s", mx__shape_str(x->shape, x->ndim, sx, sizeof sx));
+  if (!mx_dtype_is_float(x->dtype))
+    return mx__set_error(MX_ERR_DTYPE, "rope: input must be a float type, got %s",
+                         mx_dtype_name(x->dtype));
+  int64_t d = x->shape[x->ndim - 1];
+  if (dims <= 0 || dims % 2 || dims > d)
+    return mx__set_error(MX_ERR_INVALID_ARG, "rope: dims must be even, positive and at most the "
+                         "last dimension of x %s, got %d",
+                         mx__shape_str(x->shape, x->ndim, sx, sizeof sx), dims);
+  if (freqs && (freqs->ndim != 1 || freqs->shape[0] != dims / 2))
+    return mx__set_error(MX_ERR_SHAPE, "rope: freqs must be 1-d with dims/2 = %d elements, got "
+                         "shape %s", dims / 2,
+                         mx__shape_str(freqs->shape, freqs->ndim, sf, sizeof sf));
+  return MX_OK;
+}
+
+static mx_array *rope_node(mx_array *x, mx_array *freqs, const mx__rope_params *p) {
+  mx_array *ins[2] = {x, NULL};
+  int n = 1;
+  mx_array *f = NULL;
+  if (freqs) {
+    f = mx_dtype_is_float(freqs->dtype) ? mx_array_retain(freqs) : mx_astype(freqs, MX_FLOAT32);
+    if (!f) return NULL;
+    ins[n++] = f;
+  }
+  mx_array *r = mx__node_new(&def_ROPE, x->dtype, x->shape, x->ndim, ins, n, p, sizeof *p);
+  mx_array_free(f);
+  return r;
+}
+
+mx_array *mx_fast_rope(mx_array *x, int dims, bool traditional, double base, double scale,
+                       int64_t offset, mx_array *freqs) {
+  MX__CHECK_IN("rope", x);
+  if (check_rope(x, dims, freqs)) return NULL;
+  mx__rope_params p = {.dims = dims, .traditional = traditional, .forward = true,
+                       .has_freqs = freqs != NULL, .base = base, .scale = scale,
+                       .offset = offset};
+  return rope_node(x, freqs, &p);
+}
+
+/* The two rotated halves of x along the last axis: (x[:h], x[h:dims]) or,
+ * traditional, (x[0:dims:2], x[1:dims:2]). */
+static int rope_halves(mx_array *x, int dims, bool traditional, mx_array **a, mx_array **b) {
+  if (traditional) {
+    *a = mx_slice_axis(x, -1, 0, dims, 2);
+    *b = mx_slice_axis(x, -1, 1, dims, 2);
+  } else {
+    *a = mx_slice_axis(x, -1, 0, dims / 2, 1);
+    *b = mx_slice_axis(x, -1, dims / 2, dims, 1);
+  }
+  return *a && *b ? MX_OK : mx_last_status();
+}
+
+/* Positions (offset + t) * scale as a (T, 1) float64 column. */
+static mx_array *rope_positions(int64_t T, int64_t offset, double scale) {
+  mx__tmp t = {0};
+  mx_array *pos = mx__keep(&t, mx_arange((double)offset, (double)offset + (double)T, 1, MX_FLOAT64));
+  if (pos && pos->shape[0] != T) { /* arange's count for huge offsets */
+    mx__tmp_free(&t);
+    mx__set_error(MX_ERR_INVALID_ARG, "rope: offset %lld too large", (long long)offset);
+    return NULL;
+  }
+  mx_array *ps = mx__keep(&t, mx_multiply_scalar(pos, scale));
+  mx_array *r = mx_reshape(ps, (int64_t[]){T, 1}, 2);
+  mx__tmp_free(&t);
+  return r;
+}
+
+/* dL/dfreqs: with theta = pos / f, d out_a / d theta = -out_b and
+ * d out_b / d theta = out_a (forward), so
+ *   dL/dtheta = g_b * out_a - g_a * out_b  (negated for the inverse)
+ *   dL/df_i  = -sum_t dL/dtheta[t, i] * pos_t / f_i^2 */
+static mx_array *rope_freqs_grad(mx_array *out, mx_array *cot, const mx__rope_params *p) {
+  mx_array *f = out->inputs[1];
+  mx_dtype cdt = compute_dtype(out->dtype);
+  int64_t T = out->shape[out->ndim - 2];
+  mx__tmp t = {0};
+  mx_array *of = mx__keep(&t, mx_astype(out, cdt)), *gf = mx__keep(&t, mx_astype(cot, cdt));
+  mx_array *oa = NULL, *ob = NULL, *ga = NULL, *gb = NULL, *r = NULL;
+  if (rope_halves(of, p->dims, p->traditional, &oa, &ob) ||
+      rope_halves(gf, p->dims, p->traditional, &ga, &gb)) {
+    mx_array_free(oa); mx_array_free(ob); mx_array_free(ga); mx_array_free(gb);
+    mx__tmp_free(&t);
+    return NULL;
+  }
+  mx__keep(&t, oa); mx__keep(&t, ob); mx__keep(&t, ga); mx__keep(&t, gb);
+  mx_array *dth = mx__keep(&t, mx_subtract(mx__keep(&t, mx_multiply(gb, oa)),
+                                           mx__keep(&t, mx_multiply(ga, ob))));
+  if (!p->forward) dth = mx__keep(&t, mx_negative(dth));
+  if (dth && dth->ndim > 2) {
+    int axes[MX_MAX_NDIM], n = 0;
+    for (int d = 0; d < dth->ndim - 2; d++) axes[n++] = d;
+    dth = mx__keep(&t, mx_sum(dth, axes, n, false)); /* (T, half) */
+  }
+  mx_array *pos = mx__keep(&t, mx_astype(mx__keep(&t, rope_positions(T, p->offset, p->scale)), cdt));
+  int ax0 = 0;
+  mx_array *s = mx__keep(&t, mx_sum(mx__keep(&t, mx_multiply(dth, pos)), &ax0, 1, false));
+  mx_array *ff = mx__keep(&t, mx_astype(f, cdt));
+  mx_array *r2 = mx__keep(&t, mx_reciprocal(mx__keep(&t, mx_square(ff))));
+  mx_array *inv2 = mx__keep(&t, mx_negative(r2));
+  r = mx_multiply(s, inv2);
+  mx__tmp_free(&t);
+  return r;
+}
+
+/* Rope is a rotation: its VJP is the inverse rotation of the cotangent. */
+static int vjp_rope(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {
+  const mx__rope_params *p = MX__PARAMS(out, mx__rope_params);
+  int st = MX_OK;
+  if (need[0]) {
+    mx__rope_params q = *p;
+    q.forward = !p->forward;
+    mx_array *c = mx_astype(cot, out->dtype);
+    st = set_grad(&g[0], c ? rope_node(c, p->has_freqs ? out->inputs[1] : NULL, &q) : NULL,
+                  out->inputs[0]);
+    mx_array_free(c);
+  }
+  if (!st && p->has_freqs && need[1])
+    st = set_grad(&g[1], rope_freqs_grad(out, cot, p), out->inputs[1]);
+  return st;
+}
+
+mx_array *mx__fast_rope_composed(mx_array *x, int dims, bool traditional, double base,
+                                 double scale, int64_t offset, mx_array *freqs) {
+  MX__CHECK_IN("rope", x);
+  if (check_rope(x, dims, freqs)) return NULL;
+  mx_dtype cdt = compute_dtype(x->dtype);
+  int64_t T = x->shape[x->ndim - 2], D = x->shape[x->ndim - 1];
+  int half = dims / 2;
+  mx__tmp t = {0};
+  /* theta (T, half) in float64, cos/sin rounded to the compute type */
+  mx_array *pos = mx__keep(&t, rope_positions(T, offset, scale));
+  mx_array *inv;
+  if (freqs) {
+    inv = mx__keep(&t, mx_reciprocal(mx__keep(&t, mx_astype(freqs, MX_FLOAT64))));
+  } else {
+    mx_array *i = mx__keep(&t, mx_arange(0, half, 1, MX_FLOAT64));
+    inv = mx__keep(&t, mx_exp(mx__keep(&t, mx_multiply_scalar(i, -log(base) / half))));
+  }
+  mx_array *theta = mx__keep(&t, mx_multiply(pos, inv));
+  mx_array *c = mx__keep(&t, mx_astype(mx__keep(&t, mx_cos(theta)), cdt));
+  mx_array *s = mx__keep(&t, mx_astype(mx__keep(&t, mx_sin(theta)), cdt));
+  mx_array *xf = mx__keep(&t, mx_astype(x, cdt));
+  mx_array *a = NULL, *b = NULL;
+  if (!xf || rope_halves(xf, dims, traditional, &a, &b)) {
+    mx_array_free(a);
+    mx_array_free(b);
+    mx__tmp_free(&t);
+    return NULL;
+  }
+  mx__keep(&t, a);
+  mx__keep(&t, b);
+  mx_array *ac = mx__keep(&t, mx_multiply(a, c)), *bs = mx__keep(&t, mx_multiply(b, s));
+  mx_array *as = mx__keep(&t, mx_multiply(a, s)), *bc = mx__keep(&t, mx_multiply(b, c));
+  mx_array *o1 = mx__keep(&t, mx_subtract(ac, bs));
+  mx_array *o2 = mx__keep(&t, mx_add(as, bc));
+  mx_array *rot;
+  if (traditional) { /* interleave: stack on a new last axis, merge */
+    mx_array *pair[2] = {o1, o2};
+    mx_array *st = mx__keep(&t, mx_stack(pair, 2, -1));
+    int64_t shape[MX_MAX_NDIM];
+    memcpy(shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+    shape[x->ndim - 1] = dims;
+    rot = mx__keep(&t, mx_reshape(st, shape, x->ndim));
+  } else {
+    mx_array *parts[2] = {o1, o2};
+    rot = mx__keep(&t, mx_concatenate(parts, 2, -1));
+  }
+  if (dims < D) {
+    mx_array *parts[2] = {rot, mx__keep(&t, mx_slice_axis(xf, -1, dims, D, 1))};
+    rot = mx__keep(&t, mx_concatenate(parts, 2, -1));
+  }
+  mx_array *r = mx_astype(rot, x->dtype);
+  mx__tmp_free(&t);
+  return r;
+}
+
+/* ======================================================================
+ * scaled_dot_product_attention
+ * ====================================================================== */
+
+/* Checks q/k/v/mask; writes the output dtype and the mask kind. */
+static int check_sdpa(mx_array *q, mx_array *k, mx_array *v, mx_array *mask, mx_dtype *dt,
+                      int *mask_kind) {
+  const char *op = "scaled_dot_product_attention";
+  char s1[256], s2[256], s3[256];
+  if (q->ndim != 4 || k->ndim != 4 || v->ndim != 4)
+    return mx__set_error(MX_ERR_SHAPE, "%s: q, k, v must be 4-d (B, H, T, D), got %s, %s, %s",
+                         op, mx__shape_str(q->shape, q->ndim, s1, sizeof s1),
+                         mx__shape_str(k->shape, k->ndim, s2, sizeof s2),
+                         mx__shape_str(v->shape, v->ndim, s3, sizeof s3));
+  const int64_t *qs = q->shape, *ks = k->shape, *vs = v->shape;
+  if (ks[0] != qs[0] || vs[0] != qs[0] || ks[1] != vs[1] || ks[2] != vs[2] || qs[3] != ks[3] ||
+      ks[1] == 0 || qs[1] % ks[1])
+    return mx__set_error(MX_ERR_SHAPE, "%s: incompatible shapes q %s, k %s, v %s (need equal "
+                         "batch, q/k head dim, k/v heads and length, and q heads a multiple of "
+                         "kv heads)", op, mx__shape_str(qs, 4, s1, sizeof s1),
+                         mx__shape_str(ks, 4, s2, sizeof s2), mx__shape_str(vs, 4, s3, sizeof s3));
+  mx_dtype out = mx_promote_types(mx_promote_types(q->dtype, k->dtype), v->dtype);
+  if (!mx_dtype_is_float(out))
+    return mx__set_error(MX_ERR_DTYPE, "%s: unsupported dtype %s (a float type is needed)", op,
+                         mx_dtype_name(out));
+  *mask_kind = MX__SDPA_MASK_NONE;
+  if (mask) {
+    int64_t full[4] = {qs[0], qs[1], qs[2], ks[2]}, bs[MX_MAX_NDIM];
+    int nb = 0;
+    bool ok = mask->ndim <= 4 && !mx__broadcast_shapes(op, mask->shape, mask->ndim, full, 4, bs, &nb);
+    for (int d = 0; ok && d < 4; d++) ok = bs[d] == full[d];
+    if (!ok) {
+      mx_clear_error();
+      return mx__set_error(MX_ERR_SHAPE, "%s: mask of shape %s cannot be broadcast to (B, Hq, "
+                           "Tq, Tk) = %s", op, mx__shape_str(mask->shape, mask->ndim, s1, sizeof s1),
+                           mx__shape_str(full, 4, s2, sizeof s2));
+    }
+    if (mask->dtype == MX_BOOL) {
+      *mask_kind = MX__SDPA_MASK_BOOL;
+    } else {
+      if (mx_promote_types(mask->dtype, out) != out)
+        return mx__set_error(MX_ERR_DTYPE, "%s: mask dtype %s does not promote to the output "
+                             "dtype %s", op, mx_dtype_name(mask->dtype), mx_dtype_name(out));
+      *mask_kind = MX__SDPA_MASK_ADD;
+    }
+  }
+  *dt = out;
+  return MX_OK;
+}
+
+mx_array *mx_fast_scaled_dot_product_attention(mx_array *q, mx_array *k, mx_array *v,
+                                               double scale, mx_array *mask, bool causal) {
+  MX__CHECK_IN("scaled_dot_product_attention", q, k, v);
+  mx_dtype dt;
+  int kind;
+  if (check_sdpa(q, k, v, mask, &dt, &kind)) return NULL;
+  mx__sdpa_params p = {.scale = scale, .causal = causal, .mask_kind = kind};
+  int64_t shape[4] = {q->shape[0], q->shape[1], q->shape[2], v->shape[3]};
+  mx_array *c[4] = {mx_astype(q, dt), mx_astype(k, dt), mx_astype(v, dt), NULL};
+  int n = 3;
+  if (mask) c[n++] = kind == MX__SDPA_MASK_BOOL ? mx_array_retain(mask) : mx_astype(mask, dt);
+  mx_array *r = NULL;
+  if (c[0] && c[1] && c[2] && (!mask || c[3]))
+    r = mx__node_new(&def_SDPA, dt, shape, 4, c, n, &p, sizeof p);
+  mx_array_free_n(c, 4);
+  return r;
+}
+
+/* The attention probabilities in grouped layout, written with ops:
+ * q5 (B, Hkv, G, Tq, D), k5/v5 (B, Hkv, 1, Tk, D), P (B, Hkv, G, Tq, Tk) in
+ * the compute dtype; *keep is the boolean keep-mask (NULL when nothing is
+ * masked out). All outputs are new references. */
+typedef struct {
+  mx_array *q5, *k5, *v5, *keep, *p;
+} attn_parts;
+
+static void attn_parts_free(attn_parts *a) {
+  mx_array_free(a->q5);
+  mx_array_free(a->k5);
+  mx_array_free(a->v5);
+  mx_array_free(a->keep);
+  mx_array_free(a->p);
+  memset(a, 0, sizeof *a);
+}
+
+/* A mask broadcastable to (B, Hq, Tq, Tk) as (mb, 1|Hkv, 1|G, mq, mk). */
+static mx_array *mask5(mx_array *m, int64_t hkv, int64_t g) {
+  int64_t s4[4] = {1, 1, 1, 1};
+  for (int d = 0; d < m->ndim; d++) s4[4 - m->ndim + d] = m->shape[d];
+  int64_t s5[5] = {s4[0], s4[1] == 1 ? 1 : hkv, s4[1] == 1 ? 1 : g, s4[2], s4[3]};
+  return mx_reshape(m, s5, 5);
+}
+
+static int attn_probs(mx_array *q, mx_array *k, mx_array *v, mx_array *mask, int kind,
+                      double scale, bool causal, mx_dtype cdt, attn_parts *a) {
+  memset(a, 0, sizeof *a);
+  int64_t B = q->shape[0], Hq = q->shape[1], Tq = q->shape[2], D = q->shape[3];
+  int64_t Hkv = k->shape[1], Tk = k->shape[2], Dv = v->shape[3], G = Hq / Hkv;
+  mx__tmp t = {0};
+  a->q5 = mx_reshape(mx__keep(&t, mx_astype(q, cdt)), (int64_t[]){B, Hkv, G, Tq, D}, 5);
+  a->k5 = mx_reshape(mx__keep(&t, mx_astype(k, cdt)), (int64_t[]){B, Hkv, 1, Tk, D}, 5);
+  a->v5 = mx_reshape(mx__keep(&t, mx_astype(v, cdt)), (int64_t[]){B, Hkv, 1, Tk, Dv}, 5);
+  mx_array *qs = mx__keep(&t, mx_multiply_scalar(a->q5, scale));
+  mx_array *s = mx__keep(&t, mx_matmul(qs, mx__keep(&t, mx_swapaxes(a->k5, -1, -2))));
+  if (causal) a->keep = mx_tri(Tq, Tk, Tk - Tq, MX_BOOL);
+  if (mask) {
+    mx_array *m5 = mx__keep(&t, mask5(mask, Hkv, G));
+    if (kind == MX__SDPA_MASK_BOOL) {
+      mx_array *k0 = a->keep;
+      a->keep = k0 ? mx_logical_and(k0, m5) : mx_array_retain(m5);
+      mx_array_free(k0);
+    } else {
+      s = mx__keep(&t, mx_add(s, mx__keep(&t, mx_astype(m5, cdt))));
+    }
+  }
+  if (a->keep) {
+    mx_array *low = mx__keep(&t, mx_array_scalar(lowest_of(cdt), cdt));
+    s = mx__keep(&t, mx_where(a->keep, s, low));
+  }
+  int ax = -1;
+  a->p = mx_softmax(s, &ax, 1);
+  mx__tmp_free(&t);
+  if (!a->q5 || !a->k5 || !a->v5 || !a->p || ((causal || kind == MX__SDPA_MASK_BOOL) && !a->keep)) {
+    attn_parts_free(a);
+    return mx_last_status() ? mx_last_status() : MX_ERR_INTERNAL;
+  }
+  return MX_OK;
+}
+
+mx_array *mx__fast_sdpa_composed(mx_array *q, mx_array *k, mx_array *v, double scale,
+                                 mx_array *mask, bool causal) {
+  MX__CHECK_IN("scaled_dot_product_attention", q, k, v);
+  mx_dtype dt;
+  int kind;
+  if (check_sdpa(q, k, v, mask, &dt, &kind)) return NULL;
+  attn_parts a;
+  if (attn_probs(q, k, v, mask, kind, scale, causal, compute_dtype(dt), &a)) return NULL;
+  mx__tmp t = {0};
+  mx_array *o5 = mx__keep(&t, mx_matmul(a.p, a.v5));
+  int64_t shape[4] = {q->shape[0], q->shape[1], q->shape[2], v->shape[3]};
+  mx_array *r = mx_astype(mx__keep(&t, mx_reshape(o5, shape, 4)), dt);
+  mx__tmp_free(&t);
+  attn_parts_free(&a);
+  return r;
+}
+
+/* With S = scale * q k^T (+ mask), P = softmax(S), O = P v and cotangent g:
+ *   dv = P^T g,  dP = g v^T,  dS = P * (dP - sum(dP * P, -1)),
+ *   dq = scale * dS k,  dk = scale * dS^T q,  dmask = dS (additive)
+ * summed over the G query heads sharing a kv head; masked-out scores get
+ * no gradient. */
+static int vjp_sdpa(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {
+  const mx__sdpa_params *p = MX__PARAMS(out, mx__sdpa_params);
+  mx_array *q = out->inputs[0], *k = out->inputs[1], *v = out->inputs[2];
+  mx_array *mask = p->mask_kind ? out->inputs[3] : NULL;
+  mx_dtype cdt = compute_dtype(out->dtype);
+  attn_parts a;
+  int st = attn_probs(q, k, v, mask, p->mask_kind, p->scale, p->causal, cdt, &a);
+  if (st) return st;
+  int64_t B = q->shape[0], Hq = q->shape[1], Tq = q->shape[2], Dv = v->shape[3];
+  int64_t Hkv = k->shape[1], G = Hq / Hkv;
+  int ax_g = 2, ax_last = -1;
+  mx__tmp t = {0};
+  mx_array *g5 = mx__keep(&t, mx_reshape(mx__keep(&t, mx_astype(cot, cdt)),
+                                         (int64_t[]){B, Hkv, G, Tq, Dv}, 5));
+  if (need[2]) {
+    mx_array *dv = mx__keep(&t, mx_matmul(mx__keep(&t, mx_swapaxes(a.p, -1, -2)), g5));
+    st = set_grad(&g[2], mx_sum(dv, &ax_g, 1, false), v);
+  }
+  bool need_s = need[0] || need[1] || (p->mask_kind == MX__SDPA_MASK_ADD && need[3]);
+  if (!st && need_s) {
+    mx_array *dp = mx__keep(&t, mx_matmul(g5, mx__keep(&t, mx_swapaxes(a.v5, -1, -2))));
+    mx_array *rs = mx__keep(&t, mx_sum(mx__keep(&t, mx_multiply(dp, a.p)), &ax_last, 1, true));
+    mx_array *ds = mx__keep(&t, mx_multiply(a.p, mx__keep(&t, mx_subtract(dp, rs))));
+    if (a.keep) ds = mx__keep(&t, mx_where(a.keep, ds, mx__keep(&t, mx_array_scalar(0, cdt))));
+    if (need[0]) {
+      mx_array *dq = mx__keep(&t, mx_multiply_scalar(mx__keep(&t, mx_matmul(ds, a.k5)), p->scale));
+      st = set_grad(&g[0], mx_reshape(dq, q->shape, 4), q);
+    }
+    if (!st && need[1]) {
+      mx_array *dk = mx__keep(&t, mx_matmul(mx__keep(&t, mx_swapaxes(ds, -1, -2)), a.q5));
+      dk = mx__keep(&t, mx_sum(dk, &ax_g, 1, false));
+      st = set_grad(&g[1], mx_multiply_scalar(dk, p->scale), k);
+    }
+    if (!st && p->mask_kind == MX__SDPA_MASK_ADD && need[3]) {
+      int64_t s4[4] = {B, Hq, Tq, k->shape[2]};
+      mx_array *ds4 = mx__keep(&t, mx_reshape(ds, s4, 4));
+      st = set_grad(&g[3], mx__sum_to_shape(ds4, mask->shape, mask->ndim), mask);
+    }
+  }
+  if (!st && p->mask_kind == MX__SDPA_MASK_BOOL && need[3]) {
+    g[3] = mx_zeros_like(mask);
+    if (!g[3]) st = mx_last_status();
+  }
+  mx__tmp_free(&t);
+  attn_parts_free(&a);
+  return st;
+}

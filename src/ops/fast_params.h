@@ -1,0 +1,61 @@
+/* fast_params.h — params of the fast LLM ops (rms_norm, layer_norm, rope,
+ * scaled_dot_product_attention), shared by the builders in src/ops/fast.c
+ * and the kernels in src/backend/<backend>/fast.c, and the compositions of
+ * primitive ops each fused op must equal (used by its VJP, the tests and
+ * bench/bench_fast.c). */
+#ifndef MXC_FAST_PARAMS_H
+#define MXC_FAST_PARAMS_H
+#include "array_impl.h"
+
+/* inputs: x (..., D) [, weight (D)] — all of the output dtype. */
+typedef struct {
+  double eps;
+  bool has_weight;
+} mx__rms_norm_params;
+
+/* inputs: x (..., D) [, weight (D)] [, bias (D)] — all of the output dtype;
+ * the bias is input 1 when there is no weight. */
+typedef struct {
+  double eps;
+  bool has_weight, has_bias;
+} mx__layer_norm_params;
+
+/* inputs: x (..., T, D) [, freqs (dims/2), any float dtype].
+ * theta[t][i] = (offset + t) * scale * inv_freq[i], inv_freq[i] =
+ * base^(-2i/dims) or 1/freqs[i]. forward == false rotates by -theta (the
+ * VJP, which is rope's inverse). */
+typedef struct {
+  int dims;
+  bool traditional;
+  bool forward;
+  bool has_freqs;
+  double base, scale;
+  int64_t offset;
+} mx__rope_params;
+
+enum { MX__SDPA_MASK_NONE = 0, MX__SDPA_MASK_ADD = 1, MX__SDPA_MASK_BOOL = 2 };
+
+/* inputs: q (B, Hq, Tq, D), k (B, Hkv, Tk, D), v (B, Hkv, Tk, Dv) of the
+ * output dtype [, mask broadcast to (B, Hq, Tq, Tk): bool, or the output
+ * dtype for an additive mask]. Masked-out scores (false in a boolean mask,
+ * above the lower-right aligned causal diagonal) become the lowest finite
+ * value of the compute type, as MLX's fallback does: a row with every
+ * score masked out averages all of v. */
+typedef struct {
+  double scale;
+  bool causal;
+  int mask_kind; /* MX__SDPA_MASK_* */
+} mx__sdpa_params;
+
+/* The same functions written as compositions of primitive ops (mean,
+ * rsqrt, matmul, softmax, ...): the unfused reference of each fast op.
+ * Same arguments and checks as the public functions. */
+mx_array *mx__fast_rms_norm_composed(mx_array *x, mx_array *weight, double eps);
+mx_array *mx__fast_layer_norm_composed(mx_array *x, mx_array *weight, mx_array *bias,
+                                       double eps);
+mx_array *mx__fast_rope_composed(mx_array *x, int dims, bool traditional, double base,
+                                 double scale, int64_t offset, mx_array *freqs);
+mx_array *mx__fast_sdpa_composed(mx_array *q, mx_array *k, mx_array *v, double scale,
+                                 mx_array *mask, bool causal);
+
+#endif

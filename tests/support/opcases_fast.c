@@ -1,0 +1,227 @@
+/* opcases_fast.c — op-parity cases for the fast LLM ops: rms_norm,
+ * layer_norm, rope and scaled_dot_product_attention. References are plain C
+ * in float64, written from the definitions (MLX's mx.fast semantics). */
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "support/harness.h"
+
+/* ---- rms_norm / layer_norm -------------------------------------------------
+ * ip[0]: has weight, ip[1]: has bias (layer_norm), ip[2]: layer_norm;
+ * dp[0]: eps. Inputs: x, [weight], [bias]. */
+static mx_array *b_norm(const mx_opcase *c, mx_array **in) {
+  mx_array *w = c->ip[0] ? in[1] : NULL;
+  mx_array *b = c->ip[1] ? in[c->ip[0] ? 2 : 1] : NULL;
+  if (c->ip[2]) return mx_fast_layer_norm(in[0], w, b, c->dp[0]);
+  return mx_fast_rms_norm(in[0], w, c->dp[0]);
+}
+
+static int f_norm(const mx_opcase *c, const double *const *in, double *out, int64_t *oshape,
+                  int *ond) {
+  int nd = c->ndim[0];
+  int64_t D = c->shape[0][nd - 1], n = oc_size(c->shape[0], nd);
+  const double *x = in[0], *w = c->ip[0] ? in[1] : NULL;
+  const double *b = c->ip[1] ? in[c->ip[0] ? 2 : 1] : NULL;
+  memcpy(oshape, c->shape[0], sizeof(int64_t) * (size_t)nd);
+  *ond = nd;
+  for (int64_t r = 0; D && r < n / D; r++) {
+    const double *xr = x + r * D;
+    double mu = 0, ss = 0;
+    if (c->ip[2]) {
+      for (int64_t i = 0; i < D; i++) mu += xr[i];
+      mu /= (double)D;
+    }
+    for (int64_t i = 0; i < D; i++) ss += (xr[i] - mu) * (xr[i] - mu);
+    double nrm = 1.0 / sqrt(ss / (double)D + c->dp[0]);
+    for (int64_t i = 0; i < D; i++)
+      out[r * D + i] = (xr[i] - mu) * nrm * (w ? w[i] : 1.0) + (b ? b[i] : 0.0);
+  }
+  return 0;
+}
+
+/* ---- rope ------------------------------------------------------------------
+ * ip[0]: dims, ip[1]: traditional, ip[2]: offset, ip[3]: has freqs;
+ * dp[0]: base, dp[1]: scale. freqs = 1 + |input 1| (so they are positive). */
+static mx_array *b_rope(const mx_opcase *c, mx_array **in) {
+  mx_array *f = NULL;
+  if (c->ip[3]) {
+    mx_array *a = mx_abs(in[1]);
+    f = mx_add_scalar(a, 1.0);
+    mx_array_free(a);
+  }
+  mx_array *r = mx_fast_rope(in[0], c->ip[0], c->ip[1], c->dp[0], c->dp[1], c->ip[2], f);
+  mx_array_free(f);
+  return r;
+}
+
+static int f_rope(const mx_opcase *c, const double *const *in, double *out, int64_t *oshape,
+                  int *ond) {
+  int nd = c->ndim[0], dims = c->ip[0], half = dims / 2;
+  bool trad = c->ip[1];
+  int64_t T = c->shape[0][nd - 2], D = c->shape[0][nd - 1], n = oc_size(c->shape[0], nd);
+  memcpy(oshape, c->shape[0], sizeof(int64_t) * (size_t)nd);
+  *ond = nd;
+  for (int64_t r = 0; D && r < n / D; r++) {
+    int64_t t = r % T;
+    const double *x = in[0] + r * D;
+    double *o = out + r * D;
+    for (int64_t i = dims; i < D; i++) o[i] = x[i];
+    for (int i = 0; i < half; i++) {
+      /* freqs = 1 + |f| is computed in float32 by the build function */
+      double inv = c->ip[3] ? 1.0 / (double)(float)(1.0 + fabs(in[1][i]))
+                            : pow(c->dp[0], -2.0 * i / dims);
+      double th = ((double)c->ip[2] + (double)t) * c->dp[1] * inv;
+      int64_t ia = trad ? 2 * i : i, ib = trad ? 2 * i + 1 : i + half;
+      o[ia] = x[ia] * cos(th) - x[ib] * sin(th);
+      o[ib] = x[ia] * sin(th) + x[ib] * cos(th);
+    }
+  }
+  return 0;
+}
+
+/* ---- scaled_dot_product_attention -------------------------------------------
+ * ip[0]: causal, ip[1]: has mask; dp[0]: scale (0: 1/sqrt(D)).
+ * Inputs: q, k, v, [mask: additive (case dtype) or boolean]. */
+static double sdpa_scale(const mx_opcase *c) {
+  return c->dp[0] != 0 ? c->dp[0] : 1.0 / sqrt((double)c->shape[0][3]);
+}
+
+static mx_array *b_sdpa(const mx_opcase *c, mx_array **in) {
+  return mx_fast_scaled_dot_product_attention(in[0], in[1], in[2], sdpa_scale(c),
+                                              c->ip[1] ? in[3] : NULL, c->ip[0]);
+}
+
+static int f_sdpa(const mx_opcase *c, const double *const *in, double *out, int64_t *oshape,
+                  int *ond) {
+  const int64_t *qs = c->shape[0], *ks = c->shape[1], *vs = c->shape[2];
+  int64_t B = qs[0], Hq = qs[1], Tq = qs[2], D = qs[3], Hkv = ks[1], Tk = ks[2], Dv = vs[3];
+  int64_t G = Hq / Hkv, off = Tk - Tq;
+  double scale = sdpa_scale(c);
+  bool has_mask = c->ip[1], is_bool = has_mask && c->kind[3] == OC_IN_BOOL;
+  oshape[0] = B; oshape[1] = Hq; oshape[2] = Tq; oshape[3] = Dv;
+  *ond = 4;
+  double *s = malloc(sizeof(double) * (size_t)(Tk ? Tk : 1));
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < Hq; h++)
+      for (int64_t t = 0; t < Tq; t++) {
+        const double *q = in[0] + ((b * Hq + h) * Tq + t) * D;
+        int64_t kvh = (b * Hkv + h / G) * Tk;
+        double mx = -INFINITY;
+        for (int64_t j = 0; j < Tk; j++) {
+          const double *k = in[1] + (kvh + j) * D;
+          double acc = 0;
+          for (int64_t d = 0; d < D; d++) acc += q[d] * k[d];
+          acc *= scale;
+          bool keep = !c->ip[0] || j <= t + off;
+          if (has_mask) {
+            int64_t idx[4] = {b, h, t, j};
+            double m = in[3][oc_bcast_offset(idx, 4, c->shape[3], c->ndim[3])];
+            if (is_bool) keep = keep && m != 0;
+            else acc += m;
+          }
+          s[j] = keep ? acc : -FLT_MAX; /* MLX: finfo.min of the compute type */
+          if (s[j] > mx) mx = s[j];
+        }
+        double sum = 0;
+        for (int64_t j = 0; j < Tk; j++) sum += (s[j] = exp(s[j] - mx));
+        double *o = out + ((b * Hq + h) * Tq + t) * Dv;
+        for (int64_t d = 0; d < Dv; d++) {
+          double acc = 0;
+          for (int64_t j = 0; j < Tk; j++) acc += s[j] * in[2][(kvh + j) * Dv + d];
+          o[d] = Tk ? acc / sum : 0.0;
+        }
+      }
+  free(s);
+  return 0;
+}
+
+/* ---- the table -------------------------------------------------------------- */
+#define ARR(...) {__VA_ARGS__}
+#define NORM(name, d, nin_, nd_, shapes, kinds, W, B, LN, eps)                                \
+  {.op = name, .desc = d, .nin = nin_, .ndim = nd_, .shape = shapes, .kind = kinds,           \
+   .lo = -2, .hi = 2, OC_FLOATS, .flags = OC_NONCONTIG, .ip = {W, B, LN}, .dp = {eps},        \
+   .build = b_norm, .ref = f_norm}
+#define ROPE(d, nin_, nd_, shapes, dims, trad, offset, freqs, base, scale)                     \
+  {.op = "rope", .desc = d, .nin = nin_, .ndim = nd_, .shape = shapes, .kind = {0, OC_IN_F32}, \
+   .lo = -2, .hi = 2, OC_FLOATS, .flags = OC_NONCONTIG, .ip = {dims, trad, offset, freqs},     \
+   .dp = {base, scale}, .build = b_rope, .ref = f_rope}
+#define SDPA(d, nin_, mnd, shapes, kinds, causal, mask, scale)                                  \
+  {.op = "scaled_dot_product_attention", .desc = d, .nin = nin_, .ndim = {4, 4, 4, mnd},       \
+   .shape = shapes, .kind = kinds, .lo = -1.5, .hi = 1.5, OC_FLOATS, .flags = OC_NONCONTIG,    \
+   .ip = {causal, mask}, .dp = {scale}, .build = b_sdpa, .ref = f_sdpa}
+
+static const mx_opcase cases[] = {
+    /* rms_norm */
+    NORM("rms_norm", "weight, rows of 33", 2, ARR(2, 1), ARR(ARR(4, 33), ARR(33)), ARR(0), 1, 0, 0,
+         1e-5),
+    NORM("rms_norm", "no weight, 3-d", 1, ARR(3), ARR(ARR(2, 3, 64)), ARR(0), 0, 0, 0, 1e-5),
+    NORM("rms_norm", "f32 weight promotes", 2, ARR(2, 1), ARR(ARR(3, 40), ARR(40)),
+         ARR(0, OC_IN_F32), 1, 0, 0, 1e-5),
+    NORM("rms_norm", "long rows", 2, ARR(2, 1), ARR(ARR(3, 4100), ARR(4100)), ARR(0), 1, 0, 0, 1e-5),
+    NORM("rms_norm", "1-size dims", 2, ARR(3, 1), ARR(ARR(1, 3, 1), ARR(1)), ARR(0), 1, 0, 0, 1e-5),
+    NORM("rms_norm", "0-size rows", 2, ARR(2, 1), ARR(ARR(0, 8), ARR(8)), ARR(0), 1, 0, 0, 1e-5),
+    NORM("rms_norm", "1-d input, eps 0.1", 1, ARR(1), ARR(ARR(17)), ARR(0), 0, 0, 0, 0.1),
+    /* layer_norm */
+    NORM("layer_norm", "weight and bias", 3, ARR(2, 1, 1), ARR(ARR(5, 33), ARR(33), ARR(33)),
+         ARR(0), 1, 1, 1, 1e-5),
+    NORM("layer_norm", "weight only, 3-d", 2, ARR(3, 1), ARR(ARR(2, 3, 48), ARR(48)), ARR(0), 1, 0,
+         1, 1e-5),
+    NORM("layer_norm", "bias only", 2, ARR(2, 1), ARR(ARR(4, 20), ARR(20)), ARR(0), 0, 1, 1, 1e-5),
+    NORM("layer_norm", "no affine", 1, ARR(2), ARR(ARR(6, 19)), ARR(0), 0, 0, 1, 1e-5),
+    NORM("layer_norm", "f32 affine promotes", 3, ARR(2, 1, 1), ARR(ARR(3, 24), ARR(24), ARR(24)),
+         ARR(0, OC_IN_F32, OC_IN_F32), 1, 1, 1, 1e-5),
+    NORM("layer_norm", "long rows", 3, ARR(2, 1, 1), ARR(ARR(2, 5000), ARR(5000), ARR(5000)),
+         ARR(0), 1, 1, 1, 1e-5),
+    NORM("layer_norm", "1-size dims", 3, ARR(2, 1, 1), ARR(ARR(4, 1), ARR(1), ARR(1)), ARR(0), 1, 1,
+         1, 1e-5),
+    NORM("layer_norm", "0-size rows", 1, ARR(3), ARR(ARR(2, 0, 8)), ARR(0), 0, 0, 1, 1e-5),
+    /* rope */
+    ROPE("halves, dims = D", 1, ARR(4), ARR(ARR(2, 3, 5, 16)), 16, 0, 0, 0, 10000, 1),
+    ROPE("traditional, dims = D", 1, ARR(4), ARR(ARR(2, 3, 5, 16)), 16, 1, 0, 0, 10000, 1),
+    ROPE("halves, dims < D, offset", 1, ARR(4), ARR(ARR(1, 2, 7, 24)), 8, 0, 5, 0, 10000, 1),
+    ROPE("traditional, dims < D, offset", 1, ARR(4), ARR(ARR(1, 2, 7, 24)), 10, 1, 3, 0, 500, 1),
+    ROPE("scale, big offset, base 1e6", 1, ARR(3), ARR(ARR(4, 37, 64)), 64, 0, 4000, 0, 1e6, 0.25),
+    ROPE("custom freqs", 2, ARR(4, 1), ARR(ARR(2, 2, 6, 12), ARR(6)), 12, 0, 2, 1, 0, 1),
+    ROPE("custom freqs, traditional, dims < D", 2, ARR(3, 1), ARR(ARR(3, 9, 20), ARR(4)), 8, 1, 0,
+         1, 0, 2.0),
+    ROPE("2-d (T, D), T = 1", 1, ARR(2), ARR(ARR(1, 8)), 8, 0, 7, 0, 10000, 1),
+    ROPE("long T", 1, ARR(3), ARR(ARR(1, 300, 8)), 8, 0, 0, 0, 10000, 1),
+    ROPE("0-size batch", 1, ARR(4), ARR(ARR(0, 2, 3, 8)), 8, 0, 0, 0, 10000, 1),
+    /* scaled_dot_product_attention */
+    SDPA("no mask", 3, 4, ARR(ARR(2, 2, 5, 8), ARR(2, 2, 7, 8), ARR(2, 2, 7, 8)), ARR(0), 0, 0, 0),
+    SDPA("Dv != D, scale", 3, 4, ARR(ARR(1, 3, 4, 8), ARR(1, 3, 6, 8), ARR(1, 3, 6, 5)), ARR(0), 0,
+         0, 0.3),
+    SDPA("causal Tq = Tk", 3, 4, ARR(ARR(1, 2, 6, 16), ARR(1, 2, 6, 16), ARR(1, 2, 6, 16)), ARR(0),
+         1, 0, 0),
+    SDPA("causal Tq < Tk (lower right)", 3, 4,
+         ARR(ARR(2, 2, 3, 8), ARR(2, 2, 7, 8), ARR(2, 2, 7, 8)), ARR(0), 1, 0, 0),
+    SDPA("causal Tq > Tk (rows with no key)", 3, 4,
+         ARR(ARR(1, 2, 6, 8), ARR(1, 2, 3, 8), ARR(1, 2, 3, 8)), ARR(0), 1, 0, 0),
+    SDPA("GQA 4:2 causal", 3, 4, ARR(ARR(1, 4, 3, 16), ARR(1, 2, 6, 16), ARR(1, 2, 6, 16)), ARR(0),
+         1, 0, 0),
+    SDPA("GQA 6:1 decode", 3, 4, ARR(ARR(2, 6, 1, 8), ARR(2, 1, 9, 8), ARR(2, 1, 9, 8)), ARR(0), 0,
+         0, 0),
+    SDPA("GQA, many blocks, causal", 3, 4,
+         ARR(ARR(1, 4, 70, 24), ARR(1, 2, 300, 24), ARR(1, 2, 300, 24)), ARR(0), 1, 0, 0),
+    SDPA("additive mask (Tq, Tk)", 4, 2,
+         ARR(ARR(2, 2, 5, 8), ARR(2, 2, 7, 8), ARR(2, 2, 7, 8), ARR(5, 7)), ARR(0), 0, 1, 0),
+    SDPA("additive mask (B, 1, Tq, Tk), GQA", 4, 4,
+         ARR(ARR(2, 4, 3, 8), ARR(2, 2, 5, 8), ARR(2, 2, 5, 8), ARR(2, 1, 3, 5)), ARR(0), 0, 1, 0),
+    SDPA("additive mask (1, Hq, 1, Tk) + causal", 4, 4,
+         ARR(ARR(1, 4, 4, 8), ARR(1, 2, 6, 8), ARR(1, 2, 6, 8), ARR(1, 4, 1, 6)), ARR(0), 1, 1, 0),
+    SDPA("boolean mask (Tq, Tk)", 4, 2,
+         ARR(ARR(2, 2, 5, 8), ARR(2, 2, 7, 8), ARR(2, 2, 7, 8), ARR(5, 7)),
+         ARR(0, 0, 0, OC_IN_BOOL), 0, 1, 0),
+    SDPA("boolean mask full, GQA, causal", 4, 4,
+         ARR(ARR(1, 4, 6, 8), ARR(1, 2, 6, 8), ARR(1, 2, 6, 8), ARR(1, 4, 6, 6)),
+         ARR(0, 0, 0, OC_IN_BOOL), 1, 1, 0),
+    SDPA("1-size dims", 3, 4, ARR(ARR(1, 1, 1, 1), ARR(1, 1, 1, 1), ARR(1, 1, 1, 1)), ARR(0), 1, 0,
+         0),
+    SDPA("Tk = 0", 3, 4, ARR(ARR(1, 2, 3, 8), ARR(1, 2, 0, 8), ARR(1, 2, 0, 8)), ARR(0), 0, 0, 0),
+    SDPA("0-size batch", 3, 4, ARR(ARR(0, 2, 3, 8), ARR(0, 2, 4, 8), ARR(0, 2, 4, 8)), ARR(0), 0, 0,
+         0),
+};
+
+const mx_opcase_table mx_opcases_fast = {cases, (int)(sizeof cases / sizeof *cases)};

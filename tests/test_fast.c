@@ -1,0 +1,741 @@
+/* test_fast.c — the fast LLM ops (rms_norm, layer_norm, rope,
+ * scaled_dot_product_attention): each fused op against its composition of
+ * primitive ops, over dtypes, shapes, masks and views; VJPs against finite
+ * differences (float64) and against autodiff of the composition; thread
+ * count invariance; MLX's semantics at the edges; build-time errors. */
+#include <float.h>
+#include <math.h>
+
+#include "array_impl.h"
+#include "mxc/mxc.h"
+#include "ops/fast_params.h"
+#include "test.h"
+
+/* ---- helpers ------------------------------------------------------------------ */
+static uint64_t rng = 0x1234567;
+static double urand(void) {
+  uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return (double)((z ^ (z >> 31)) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* Uniform [lo, hi) values of dtype dt (bool: random). */
+static mx_array *rnd(const int64_t *shape, int nd, mx_dtype dt, double lo, double hi) {
+  int64_t n = 1;
+  for (int i = 0; i < nd; i++) n *= shape[i];
+  double *v = malloc(sizeof(double) * (size_t)(n ? n : 1));
+  for (int64_t i = 0; i < n; i++)
+    v[i] = dt == MX_BOOL ? (urand() < 0.7) : lo + (hi - lo) * urand();
+  mx_array *d = mx_array_from_data(v, shape, nd, MX_FLOAT64);
+  mx_array *r = mx_astype(d, dt);
+  mx_array_free(d);
+  free(v);
+  return r;
+}
+#define RND(dt, lo, hi, ...)                                                                  \
+  rnd((int64_t[]){__VA_ARGS__}, (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), dt, \
+      lo, hi)
+
+/* Host float64 copy (evaluates). */
+static double *host(mx_array *a) {
+  int64_t n = mx_array_size(a);
+  double *v = malloc(sizeof(double) * (size_t)(n ? n : 1));
+  if (mx_array_copy_to(a, MX_FLOAT64, v, n)) {
+    free(v);
+    return NULL;
+  }
+  return v;
+}
+
+/* max |a - b| / (1 + |b|); NaN in both at the same place counts as equal;
+ * -1 when shapes differ or evaluation fails. */
+static double max_err(mx_array *a, mx_array *b) {
+  if (!a || !b || mx_array_ndim(a) != mx_array_ndim(b) ||
+      memcmp(mx_array_shape(a), mx_array_shape(b), sizeof(int64_t) * (size_t)mx_array_ndim(a)))
+    return -1;
+  double *x = host(a), *y = host(b), e = 0;
+  if (!x || !y) e = -1;
+  for (int64_t i = 0; e >= 0 && i < mx_array_size(a); i++) {
+    if (isnan(x[i]) && isnan(y[i])) continue;
+    double d = fabs(x[i] - y[i]) / (1 + fabs(y[i]));
+    if (!(d <= e)) e = isnan(d) ? INFINITY : d;
+  }
+  free(x);
+  free(y);
+  return e;
+}
+
+static double tol_of(mx_dtype dt) {
+  switch (dt) {
+    case MX_FLOAT64: return 1e-12;
+    case MX_FLOAT32: return 2e-5;
+    case MX_FLOAT16: return 4e-3;
+    default: return 3e-2;
+  }
+}
+
+#define EXPECT_CLOSE(a, b, tol, ...)                                                     \
+  do {                                                                                   \
+    double e_ = max_err(a, b);                                                           \
+    if (!(e_ >= 0 && e_ <= (tol))) {                                                     \
+      fprintf(stderr, "    ");                                                           \
+      fprintf(stderr, __VA_ARGS__);                                                      \
+      TEST_FAIL("max error %g > tol %g (%s)", e_, (double)(tol), mx_last_error());       \
+    }                                                                                    \
+  } while (0)
+
+static const mx_dtype FLOATS[] = {MX_FLOAT32, MX_FLOAT64, MX_FLOAT16, MX_BFLOAT16};
+
+/* ---- one description of a call, fused or composed ------------------------------ */
+enum { RMS, LN, ROPE, SDPA };
+typedef struct {
+  int op;
+  bool composed;
+  double eps;                 /* norms */
+  bool has_w, has_b;          /* norms: inputs x, [w], [b] */
+  int dims;                   /* rope: inputs x, [freqs] */
+  bool trad, has_freqs;
+  double base, scale;         /* rope; scale also for sdpa */
+  int64_t offset;
+  bool causal, has_mask;      /* sdpa: inputs q, k, v, [mask] */
+} fcall;
+
+static int nin_of(const fcall *c) {
+  switch (c->op) {
+    case RMS: return 1 + c->has_w;
+    case LN: return 1 + c->has_w + c->has_b;
+    case ROPE: return 1 + c->has_freqs;
+    default: return 3 + c->has_mask;
+  }
+}
+
+static mx_array *call(const fcall *c, mx_array **in) {
+  switch (c->op) {
+    case RMS:
+      return (c->composed ? mx__fast_rms_norm_composed : mx_fast_rms_norm)(
+          in[0], c->has_w ? in[1] : NULL, c->eps);
+    case LN: {
+      mx_array *w = c->has_w ? in[1] : NULL, *b = c->has_b ? in[1 + c->has_w] : NULL;
+      return (c->composed ? mx__fast_layer_norm_composed : mx_fast_layer_norm)(in[0], w, b, c->eps);
+    }
+    case ROPE:
+      return (c->composed ? mx__fast_rope_composed : mx_fast_rope)(
+          in[0], c->dims, c->trad, c->base, c->scale, c->offset, c->has_freqs ? in[1] : NULL);
+    default:
+      return (c->composed ? mx__fast_sdpa_composed : mx_fast_scaled_dot_product_attention)(
+          in[0], in[1], in[2], c->scale, c->has_mask ? in[3] : NULL, c->causal);
+  }
+}
+
+/* Fused vs composed on the same inputs. */
+static double fused_vs_composed(fcall c, mx_array **in) {
+  c.composed = false;
+  mx_array *f = call(&c, in);
+  c.composed = true;
+  mx_array *r = call(&c, in);
+  double e = max_err(f, r);
+  mx_array_free(f);
+  mx_array_free(r);
+  return e;
+}
+
+/* ======================================================================
+ * fused == composed
+ * ====================================================================== */
+TEST(rms_norm_matches_composition) {
+  const int64_t shapes[][3] = {{4, 4096, 0}, {3, 7, 129}, {1, 1, 1}, {64, 8, 0}};
+  for (size_t d = 0; d < 4; d++)
+    for (size_t s = 0; s < 4; s++)
+      for (int w = 0; w < 2; w++) {
+        int nd = shapes[s][2] ? 3 : 2;
+        int64_t D = shapes[s][nd - 1];
+        mx_array *in[2] = {rnd(shapes[s], nd, FLOATS[d], -3, 3), RND(FLOATS[d], 0.5, 1.5, D)};
+        fcall c = {.op = RMS, .eps = 1e-6, .has_w = w};
+        double e = fused_vs_composed(c, in);
+        ASSERT_MSG(e >= 0 && e <= tol_of(FLOATS[d]), "%s shape %d weight %d: err %g (%s)",
+                   mx_dtype_name(FLOATS[d]), (int)s, w, e, mx_last_error());
+        mx_array_free_n(in, 2);
+      }
+}
+
+TEST(layer_norm_matches_composition) {
+  const int64_t shapes[][3] = {{4, 4096, 0}, {3, 7, 129}, {2, 1, 1}, {64, 8, 0}};
+  for (size_t d = 0; d < 4; d++)
+    for (size_t s = 0; s < 4; s++)
+      for (int wb = 0; wb < 4; wb++) {
+        int nd = shapes[s][2] ? 3 : 2;
+        int64_t D = shapes[s][nd - 1];
+        /* offset the data so centring matters */
+        mx_array *in[3] = {rnd(shapes[s], nd, FLOATS[d], 2, 5), RND(FLOATS[d], 0.5, 1.5, D),
+                           RND(FLOATS[d], -1, 1, D)};
+        fcall c = {.op = LN, .eps = 1e-5, .has_w = wb & 1, .has_b = wb >> 1};
+        mx_array *args[3] = {in[0], c.has_w ? in[1] : in[2], in[2]};
+        double e = fused_vs_composed(c, args);
+        ASSERT_MSG(e >= 0 && e <= tol_of(FLOATS[d]), "%s shape %d affine %d: err %g (%s)",
+                   mx_dtype_name(FLOATS[d]), (int)s, wb, e, mx_last_error());
+        mx_array_free_n(in, 3);
+      }
+}
+
+TEST(rope_matches_composition) {
+  struct {
+    int64_t shape[4];
+    int nd, dims;
+    bool trad, freqs;
+    double base, scale;
+    int64_t off;
+  } cs[] = {
+      {{2, 4, 9, 64}, 4, 64, false, false, 10000, 1, 0},
+      {{2, 4, 9, 64}, 4, 64, true, false, 10000, 1, 0},
+      {{1, 3, 17, 80}, 4, 32, false, false, 10000, 1, 11},
+      {{1, 3, 17, 80}, 4, 32, true, false, 10000, 1, 11},
+      {{3, 33, 128}, 3, 128, false, false, 500000, 0.125, 8000},
+      {{2, 2, 5, 48}, 4, 48, false, true, 0, 1, 3},
+      {{2, 2, 5, 48}, 4, 16, true, true, 0, 2, 0},
+      {{1, 64}, 2, 64, false, false, 10000, 1, 123456},
+  };
+  for (size_t d = 0; d < 4; d++)
+    for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
+      mx_array *in[2] = {rnd(cs[i].shape, cs[i].nd, FLOATS[d], -2, 2), NULL};
+      if (cs[i].freqs) in[1] = RND(MX_FLOAT32, 1, 100, cs[i].dims / 2);
+      fcall c = {.op = ROPE, .dims = cs[i].dims, .trad = cs[i].trad, .has_freqs = cs[i].freqs,
+                 .base = cs[i].base, .scale = cs[i].scale, .offset = cs[i].off};
+      double e = fused_vs_composed(c, in);
+      /* the composition multiplies in the input dtype: allow 2 roundings */
+      ASSERT_MSG(e >= 0 && e <= 2 * tol_of(FLOATS[d]), "%s case %d: err %g (%s)",
+                 mx_dtype_name(FLOATS[d]), (int)i, e, mx_last_error());
+      mx_array_free_n(in, 2);
+    }
+}
+
+typedef struct {
+  int64_t B, Hq, Hkv, Tq, Tk, D, Dv;
+  bool causal;
+  int mask; /* 0 none, 1 additive, 2 boolean */
+  int mnd;  /* mask dims: 2 (Tq, Tk), 4 (B, Hq, Tq, Tk), 3 (Hq, 1, Tk) */
+} sdpa_cfg;
+
+static void sdpa_inputs(const sdpa_cfg *s, mx_dtype dt, mx_array **in) {
+  in[0] = RND(dt, -1, 1, s->B, s->Hq, s->Tq, s->D);
+  in[1] = RND(dt, -1, 1, s->B, s->Hkv, s->Tk, s->D);
+  in[2] = RND(dt, -1, 1, s->B, s->Hkv, s->Tk, s->Dv);
+  in[3] = NULL;
+  mx_dtype mdt = s->mask == 2 ? MX_BOOL : dt;
+  if (s->mask && s->mnd == 2) in[3] = RND(mdt, -2, 0, s->Tq, s->Tk);
+  if (s->mask && s->mnd == 3) in[3] = RND(mdt, -2, 0, s->Hq, 1, s->Tk);
+  if (s->mask && s->mnd == 4) in[3] = RND(mdt, -2, 0, s->B, s->Hq, s->Tq, s->Tk);
+}
+
+static const sdpa_cfg SDPA_CASES[] = {
+    {2, 4, 4, 10, 10, 64, 64, false, 0, 0},
+    {1, 8, 2, 33, 33, 64, 64, true, 0, 0},      /* GQA 4:1, causal */
+    {1, 4, 1, 1, 1000, 128, 128, false, 0, 0},  /* decode, long cache, MQA */
+    {1, 4, 2, 1, 700, 64, 64, true, 0, 0},      /* causal decode = no mask */
+    {2, 2, 2, 50, 333, 72, 40, true, 0, 0},     /* Tq < Tk, several blocks, Dv != D */
+    {1, 2, 2, 20, 7, 16, 16, true, 0, 0},       /* Tq > Tk: rows with no key */
+    {2, 4, 2, 17, 150, 32, 32, false, 1, 2},    /* additive (Tq, Tk) */
+    {2, 4, 2, 17, 150, 32, 32, true, 1, 4},     /* additive full + causal */
+    {1, 6, 3, 9, 140, 24, 24, false, 1, 3},     /* additive (Hq, 1, Tk) */
+    {2, 4, 2, 19, 131, 40, 40, false, 2, 2},    /* boolean (Tq, Tk) */
+    {1, 4, 4, 12, 12, 8, 8, true, 2, 4},        /* boolean full + causal */
+    {1, 2, 1, 130, 130, 80, 80, true, 0, 0},    /* many row blocks */
+};
+
+TEST(sdpa_matches_composition) {
+  for (size_t d = 0; d < 4; d++)
+    for (size_t i = 0; i < sizeof SDPA_CASES / sizeof *SDPA_CASES; i++) {
+      const sdpa_cfg *s = &SDPA_CASES[i];
+      mx_array *in[4];
+      sdpa_inputs(s, FLOATS[d], in);
+      fcall c = {.op = SDPA, .scale = 1.0 / sqrt((double)s->D), .causal = s->causal,
+                 .has_mask = s->mask != 0};
+      double e = fused_vs_composed(c, in);
+      /* the composition rounds the scores to bf16/f16 nowhere (f32
+       * compute), so both round once at the end */
+      ASSERT_MSG(e >= 0 && e <= tol_of(FLOATS[d]), "%s case %d: err %g (%s)",
+                 mx_dtype_name(FLOATS[d]), (int)i, e, mx_last_error());
+      mx_array_free_n(in, 4);
+    }
+}
+
+/* Large logits: the online softmax must not overflow. */
+TEST(sdpa_large_scores_are_stable) {
+  sdpa_cfg s = {1, 2, 2, 9, 300, 16, 16, false, 0, 0};
+  mx_array *in[4];
+  sdpa_inputs(&s, MX_FLOAT32, in);
+  fcall c = {.op = SDPA, .scale = 300.0};
+  double e = fused_vs_composed(c, in);
+  ASSERT_MSG(e >= 0 && e <= 1e-4, "err %g", e);
+  mx_array_free_n(in, 4);
+}
+
+/* ======================================================================
+ * views and threads
+ * ====================================================================== */
+
+/* Bit-identical results for strided inputs and their contiguous copies. */
+TEST(strided_inputs_equal_contiguous) {
+  for (size_t d = 0; d < 4; d++) {
+    mx_dtype dt = FLOATS[d];
+    /* q/k/v in (B, T, H, D) layout, viewed as (B, H, T, D) */
+    mx_array *raw[3] = {RND(dt, -1, 1, 2, 37, 4, 32), RND(dt, -1, 1, 2, 150, 2, 32),
+                        RND(dt, -1, 1, 2, 150, 2, 32)};
+    mx_array *view[3], *cont[3];
+    for (int i = 0; i < 3; i++) {
+      view[i] = mx_swapaxes(raw[i], 1, 2);
+      cont[i] = mx_contiguous(view[i]);
+      ASSERT_OK(mx_array_eval(view[i]));
+      ASSERT(!mx_array_is_contiguous(view[i]));
+    }
+    mx_array *a = mx_fast_scaled_dot_product_attention(view[0], view[1], view[2], 0.2, NULL, true);
+    mx_array *b = mx_fast_scaled_dot_product_attention(cont[0], cont[1], cont[2], 0.2, NULL, true);
+    ASSERT_MSG(max_err(a, b) == 0, "sdpa %s: %g", mx_dtype_name(dt), max_err(a, b));
+    mx_array_free(a);
+    mx_array_free(b);
+    /* rope and the norms on the same views (last axis contiguous) and on a
+     * transposed view (last axis strided) */
+    mx_array *tv = mx_swapaxes(cont[0], -1, -2), *tc = mx_contiguous(tv);
+    mx_array *pairs[2][2] = {{view[0], cont[0]}, {tv, tc}};
+    for (int p = 0; p < 2; p++) {
+      mx_array *x = pairs[p][0], *y = pairs[p][1];
+      int64_t D = mx_array_dim(x, -1);
+      mx_array *w = RND(dt, 0.5, 1.5, D), *bias = RND(dt, -1, 1, D);
+      mx_array *r[6] = {
+          mx_fast_rope(x, (int)(D / 2) * 2, false, 10000, 1, 3, NULL),
+          mx_fast_rope(y, (int)(D / 2) * 2, false, 10000, 1, 3, NULL),
+          mx_fast_rms_norm(x, w, 1e-5), mx_fast_rms_norm(y, w, 1e-5),
+          mx_fast_layer_norm(x, w, bias, 1e-5), mx_fast_layer_norm(y, w, bias, 1e-5)};
+      for (int k = 0; k < 3; k++)
+        ASSERT_MSG(max_err(r[2 * k], r[2 * k + 1]) == 0, "op %d view %d %s: %g", k, p,
+                   mx_dtype_name(dt), max_err(r[2 * k], r[2 * k + 1]));
+      mx_array_free_n(r, 6);
+      mx_array_free(w);
+      mx_array_free(bias);
+    }
+    mx_array_free(tv);
+    mx_array_free(tc);
+    mx_array_free_n(raw, 3);
+    mx_array_free_n(view, 3);
+    mx_array_free_n(cont, 3);
+  }
+}
+
+TEST(results_do_not_depend_on_thread_count) {
+  int saved = mx_get_num_threads();
+  mx_array *x = RND(MX_FLOAT32, -2, 2, 3, 8, 61, 96), *w = RND(MX_FLOAT32, 0.5, 1.5, 96);
+  mx_array *q = RND(MX_BFLOAT16, -1, 1, 2, 8, 45, 64), *k = RND(MX_BFLOAT16, -1, 1, 2, 2, 200, 64);
+  mx_array *m = RND(MX_BFLOAT16, -1, 0, 45, 200);
+  mx_array *ref[4] = {0};
+  for (int nt = 1; nt <= 4; nt++) {
+    mx_set_num_threads(nt);
+    mx_array *r[4] = {mx_fast_rms_norm(x, w, 1e-5), mx_fast_layer_norm(x, w, w, 1e-5),
+                      mx_fast_rope(x, 64, true, 10000, 1, 7, NULL),
+                      mx_fast_scaled_dot_product_attention(q, k, k, 0.125, m, true)};
+    ASSERT_OK(mx_eval(r, 4));
+    for (int i = 0; i < 4; i++) {
+      if (nt == 1) {
+        ref[i] = r[i];
+        continue;
+      }
+      ASSERT_MSG(max_err(r[i], ref[i]) == 0, "op %d differs with %d threads", i, nt);
+      mx_array_free(r[i]);
+    }
+  }
+  mx_set_num_threads(saved);
+  mx_array_free_n(ref, 4);
+  mx_array_free(x);
+  mx_array_free(w);
+  mx_array_free(q);
+  mx_array_free(k);
+  mx_array_free(m);
+}
+
+/* ======================================================================
+ * gradients
+ * ====================================================================== */
+
+/* L(in) = sum(cot * f(in)) on the host. */
+static double loss_of(const fcall *c, mx_array **in, const double *cot) {
+  mx_array *y = call(c, in);
+  double *v = y ? host(y) : NULL, s = 0;
+  if (!v) {
+    mx_array_free(y);
+    return NAN;
+  }
+  for (int64_t i = 0; i < mx_array_size(y); i++) s += cot[i] * v[i];
+  free(v);
+  mx_array_free(y);
+  return s;
+}
+
+/* The op's own VJP (called directly) against central differences, in
+ * float64, for every float input. */
+static void check_vjp_fd(const fcall *c, mx_array **in, const char *what) {
+  int n = nin_of(c);
+  mx_array *y = call(c, in);
+  ASSERT_NOT_NULL(y);
+  ASSERT(y->op && y->op->vjp);
+  ASSERT_EQ_INT(y->ninputs, n);
+  for (int i = 0; i < n; i++) ASSERT(y->inputs[i] == in[i]); /* float64: no casts */
+  mx_array *cot = rnd(y->shape, y->ndim, MX_FLOAT64, -1, 1);
+  double *cv = host(cot);
+  mx_array *g[4] = {0};
+  bool need[4] = {true, true, true, true};
+  ASSERT_OK(y->op->vjp(y, cot, g, need));
+  for (int i = 0; i < n; i++) {
+    ASSERT_NOT_NULL(g[i]);
+    ASSERT_EQ_INT(mx_array_ndim(g[i]), mx_array_ndim(in[i]));
+    double *gv = host(g[i]);
+    ASSERT_NOT_NULL(gv);
+    int64_t sz = mx_array_size(in[i]);
+    if (mx_array_dtype(in[i]) == MX_BOOL) { /* boolean mask: zero gradient */
+      for (int64_t e = 0; e < sz; e++) ASSERT(gv[e] == 0);
+      free(gv);
+      continue;
+    }
+    double *xv = host(in[i]);
+    for (int64_t e = 0; e < sz; e++) {
+      double x0 = xv[e], h = 1e-6 * (1 + fabs(x0)), lp, lm;
+      mx_array *saved = in[i];
+      xv[e] = x0 + h;
+      in[i] = mx_array_from_data(xv, mx_array_shape(saved), mx_array_ndim(saved), MX_FLOAT64);
+      lp = loss_of(c, in, cv);
+      mx_array_free(in[i]);
+      xv[e] = x0 - h;
+      in[i] = mx_array_from_data(xv, mx_array_shape(saved), mx_array_ndim(saved), MX_FLOAT64);
+      lm = loss_of(c, in, cv);
+      mx_array_free(in[i]);
+      in[i] = saved;
+      xv[e] = x0;
+      double fd = (lp - lm) / (2 * h);
+      if (!(fabs(fd - gv[e]) <= 1e-6 * (1 + fabs(fd))))
+        TEST_FAIL("%s: d/d input %d [%lld]: vjp %.10g, finite differences %.10g", what, i,
+                  (long long)e, gv[e], fd);
+    }
+    free(xv);
+    free(gv);
+  }
+  free(cv);
+  mx_array_free_n(g, 4);
+  mx_array_free(cot);
+  mx_array_free(y);
+}
+
+TEST(norm_vjps_match_finite_differences) {
+  for (int op = RMS; op <= LN; op++)
+    for (int wb = 0; wb < (op == RMS ? 2 : 4); wb++) {
+      mx_array *x = RND(MX_FLOAT64, -2, 2, 3, 7), *w = RND(MX_FLOAT64, 0.5, 1.5, 7);
+      mx_array *b = RND(MX_FLOAT64, -1, 1, 7);
+      fcall c = {.op = op, .eps = 1e-3, .has_w = wb & 1, .has_b = wb >> 1};
+      mx_array *in[3] = {x, c.has_w ? w : b, b};
+      check_vjp_fd(&c, in, op == RMS ? "rms_norm" : "layer_norm");
+      mx_array_free(x);
+      mx_array_free(w);
+      mx_array_free(b);
+    }
+}
+
+TEST(rope_vjp_matches_finite_differences) {
+  for (int v = 0; v < 4; v++) {
+    bool trad = v & 1, freqs = v >> 1;
+    mx_array *in[2] = {RND(MX_FLOAT64, -2, 2, 2, 3, 10), RND(MX_FLOAT64, 1, 5, 3)};
+    fcall c = {.op = ROPE, .dims = 6, .trad = trad, .has_freqs = freqs, .base = 100,
+               .scale = 0.7, .offset = 2};
+    check_vjp_fd(&c, in, trad ? "rope traditional" : "rope");
+    mx_array_free_n(in, 2);
+  }
+}
+
+TEST(sdpa_vjp_matches_finite_differences) {
+  const sdpa_cfg cs[] = {
+      {1, 2, 2, 3, 4, 4, 3, false, 0, 0},
+      {1, 4, 2, 3, 5, 4, 3, true, 0, 0},   /* GQA, causal */
+      {1, 2, 1, 4, 3, 4, 2, true, 0, 0},   /* Tq > Tk */
+      {2, 2, 2, 3, 4, 3, 3, false, 1, 2},  /* additive (Tq, Tk) */
+      {1, 4, 2, 3, 4, 3, 2, true, 1, 3},   /* additive (Hq, 1, Tk) + causal */
+      {1, 2, 2, 3, 4, 3, 3, false, 2, 4},  /* boolean */
+  };
+  for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
+    mx_array *in[4];
+    sdpa_inputs(&cs[i], MX_FLOAT64, in);
+    fcall c = {.op = SDPA, .scale = 0.8, .causal = cs[i].causal, .has_mask = cs[i].mask != 0};
+    char what[64];
+    snprintf(what, sizeof what, "sdpa case %d", (int)i);
+    check_vjp_fd(&c, in, what);
+    mx_array_free_n(in, 4);
+  }
+}
+
+/* Through the transforms: vjp of the fused op == vjp of the composition. */
+static int fcall_fn(void *payload, mx_array **in, int n, mx_list *out) {
+  MX_UNUSED(n);
+  return mx_list_push(out, call(payload, in));
+}
+
+static void check_vjp_vs_composed(fcall c, mx_array **in, mx_dtype dt, const char *what) {
+  int n = nin_of(&c);
+  mx_list vj[2] = {MX_LIST_INIT, MX_LIST_INIT}, outs[2] = {MX_LIST_INIT, MX_LIST_INIT};
+  mx_array *cot = NULL;
+  for (int k = 0; k < 2; k++) {
+    c.composed = k;
+    mx_closure *f = mx_closure_new(fcall_fn, &c, NULL);
+    if (!cot) {
+      mx_array *y = call(&c, in);
+      ASSERT_NOT_NULL(y);
+      cot = rnd(mx_array_shape(y), mx_array_ndim(y), dt, -1, 1);
+      mx_array_free(y);
+    }
+    ASSERT_OK(mx_vjp(f, in, n, &cot, 1, &outs[k], &vj[k]));
+    mx_closure_free(f);
+  }
+  for (int i = 0; i < n; i++) {
+    if (mx_array_dtype(in[i]) == MX_BOOL) continue;
+    double e = max_err(vj[0].items[i], vj[1].items[i]);
+    double tol = dt == MX_FLOAT64 ? 1e-9 : 1e-3;
+    ASSERT_MSG(e >= 0 && e <= tol, "%s %s: grad %d err %g (%s)", what,
+               mx_dtype_name(dt), i, e, mx_last_error());
+  }
+  for (int k = 0; k < 2; k++) {
+    mx_list_clear(&vj[k]);
+    mx_list_clear(&outs[k]);
+  }
+  mx_array_free(cot);
+}
+
+TEST(vjps_match_autodiff_of_composition) {
+  mx_dtype dts[2] = {MX_FLOAT32, MX_FLOAT64};
+  for (int d = 0; d < 2; d++) {
+    mx_dtype dt = dts[d];
+    mx_array *x = RND(dt, -2, 2, 4, 5, 48), *w = RND(dt, 0.5, 1.5, 48), *b = RND(dt, -1, 1, 48);
+    mx_array *nin[3] = {x, w, b};
+    check_vjp_vs_composed((fcall){.op = RMS, .eps = 1e-5, .has_w = true}, nin, dt, "rms_norm");
+    check_vjp_vs_composed((fcall){.op = LN, .eps = 1e-5, .has_w = true, .has_b = true}, nin, dt,
+                          "layer_norm");
+    mx_array *f = RND(MX_FLOAT32, 1, 50, 16);
+    mx_array *rin[2] = {x, f};
+    check_vjp_vs_composed((fcall){.op = ROPE, .dims = 32, .base = 10000, .scale = 1, .offset = 4},
+                          rin, dt, "rope");
+    check_vjp_vs_composed((fcall){.op = ROPE, .dims = 32, .trad = true, .has_freqs = true,
+                                  .scale = 1, .offset = 4}, rin, dt, "rope freqs");
+    for (size_t i = 0; i < sizeof SDPA_CASES / sizeof *SDPA_CASES; i++) {
+      sdpa_cfg s = SDPA_CASES[i];
+      if (s.Tk > 200) continue;
+      mx_array *in[4];
+      sdpa_inputs(&s, dt, in);
+      char what[64];
+      snprintf(what, sizeof what, "sdpa case %d", (int)i);
+      check_vjp_vs_composed((fcall){.op = SDPA, .scale = 0.25, .causal = s.causal,
+                                    .has_mask = s.mask != 0}, in, dt, what);
+      mx_array_free_n(in, 4);
+    }
+    mx_array_free(x);
+    mx_array_free(w);
+    mx_array_free(b);
+    mx_array_free(f);
+  }
+}
+
+/* Second order: jvp is the VJP of the VJP, so it differentiates the VJP
+ * graphs written with ops. Compare with the composition's. */
+TEST(jvps_match_composition) {
+  mx_array *x = RND(MX_FLOAT64, -2, 2, 3, 16), *w = RND(MX_FLOAT64, 0.5, 1.5, 16);
+  mx_array *q = RND(MX_FLOAT64, -1, 1, 1, 4, 5, 8), *k = RND(MX_FLOAT64, -1, 1, 1, 2, 6, 8);
+  mx_array *v = RND(MX_FLOAT64, -1, 1, 1, 2, 6, 8);
+  struct { fcall c; mx_array *in[3]; } cs[] = {
+      {{.op = RMS, .eps = 1e-5, .has_w = true}, {x, w}},
+      {{.op = LN, .eps = 1e-5, .has_w = true}, {x, w}},
+      {{.op = ROPE, .dims = 16, .base = 10, .scale = 1}, {x}},
+      {{.op = SDPA, .scale = 0.5, .causal = true}, {q, k, v}},
+  };
+  for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
+    int n = nin_of(&cs[i].c);
+    mx_array *tan[3] = {0};
+    for (int j = 0; j < n; j++)
+      tan[j] = rnd(mx_array_shape(cs[i].in[j]), mx_array_ndim(cs[i].in[j]), MX_FLOAT64, -1, 1);
+    mx_list jv[2] = {MX_LIST_INIT, MX_LIST_INIT};
+    for (int kk = 0; kk < 2; kk++) {
+      fcall c = cs[i].c;
+      c.composed = kk;
+      mx_closure *f = mx_closure_new(fcall_fn, &c, NULL);
+      ASSERT_OK(mx_jvp(f, cs[i].in, n, tan, n, NULL, &jv[kk]));
+      mx_closure_free(f);
+    }
+    double e = max_err(jv[0].items[0], jv[1].items[0]);
+    ASSERT_MSG(e >= 0 && e <= 1e-10, "case %d: jvp err %g (%s)", (int)i, e, mx_last_error());
+    mx_list_clear(&jv[0]);
+    mx_list_clear(&jv[1]);
+    mx_array_free_n(tan, 3);
+  }
+  mx_array_free(x);
+  mx_array_free(w);
+  mx_array_free(q);
+  mx_array_free(k);
+  mx_array_free(v);
+}
+
+/* ======================================================================
+ * MLX semantics at the edges
+ * ====================================================================== */
+
+/* Causal attention of one query (decode) sees every key: same as no mask. */
+TEST(sdpa_causal_is_lower_right_aligned) {
+  mx_array *q = RND(MX_FLOAT32, -1, 1, 1, 2, 1, 16), *k = RND(MX_FLOAT32, -1, 1, 1, 2, 9, 16);
+  mx_array *a = mx_fast_scaled_dot_product_attention(q, k, k, 0.25, NULL, true);
+  mx_array *b = mx_fast_scaled_dot_product_attention(q, k, k, 0.25, NULL, false);
+  ASSERT(max_err(a, b) == 0);
+  /* Tq = 3 < Tk = 9: query t sees keys 0..t+6 — equal to an explicit mask */
+  mx_array *q3 = RND(MX_FLOAT32, -1, 1, 1, 2, 3, 16);
+  mx_array *tri = mx_tri(3, 9, 6, MX_BOOL);
+  mx_array *c = mx_fast_scaled_dot_product_attention(q3, k, k, 0.25, NULL, true);
+  mx_array *d = mx_fast_scaled_dot_product_attention(q3, k, k, 0.25, tri, false);
+  ASSERT_MSG(max_err(c, d) <= 1e-6, "%g", max_err(c, d));
+  mx_array *arr[] = {q, k, a, b, q3, tri, c, d};
+  mx_array_free_n(arr, 8);
+}
+
+TEST(sdpa_boolean_mask_equals_additive_minus_inf) {
+  mx_array *q = RND(MX_FLOAT32, -1, 1, 2, 2, 5, 8), *k = RND(MX_FLOAT32, -1, 1, 2, 2, 7, 8);
+  mx_array *bm = RND(MX_BOOL, 0, 1, 5, 7);
+  /* make sure every row keeps at least its first key */
+  mx_array *first = mx_tri(5, 7, -5, MX_BOOL), *keep = mx_logical_or(bm, first);
+  mx_array *zero = mx_array_scalar(0, MX_FLOAT32), *ninf = mx_array_scalar(-INFINITY, MX_FLOAT32);
+  mx_array *add = mx_where(keep, zero, ninf);
+  mx_array *a = mx_fast_scaled_dot_product_attention(q, k, k, 0.3, keep, false);
+  mx_array *b = mx_fast_scaled_dot_product_attention(q, k, k, 0.3, add, false);
+  ASSERT_MSG(max_err(a, b) <= 1e-6, "%g", max_err(a, b));
+  mx_array *arr[] = {q, k, bm, first, keep, zero, ninf, add, a, b};
+  mx_array_free_n(arr, 10);
+}
+
+/* MLX's fallback fills masked scores with finfo.min: a row with every key
+ * masked out averages all values; an all -inf additive row gives NaN. */
+TEST(sdpa_fully_masked_rows) {
+  mx_array *q = RND(MX_FLOAT32, -1, 1, 1, 1, 2, 4), *k = RND(MX_FLOAT32, -1, 1, 1, 1, 3, 4);
+  mx_array *v = RND(MX_FLOAT32, -1, 1, 1, 1, 3, 4);
+  mx_array *none = mx_zeros((int64_t[]){2, 3}, 2, MX_BOOL);
+  mx_array *o = mx_fast_scaled_dot_product_attention(q, k, v, 1, none, false);
+  int ax = 2;
+  mx_array *mean = mx_mean(v, &ax, 1, true);
+  mx_array *meanb = mx_broadcast_to(mean, (int64_t[]){1, 1, 2, 4}, 4);
+  ASSERT_MSG(max_err(o, meanb) <= 1e-6, "%g", max_err(o, meanb));
+  mx_array *ninf = mx_full((int64_t[]){2, 3}, 2, -INFINITY, MX_FLOAT32);
+  mx_array *n = mx_fast_scaled_dot_product_attention(q, k, v, 1, ninf, false);
+  double *nv = host(n);
+  ASSERT_NOT_NULL(nv);
+  for (int i = 0; i < 8; i++) ASSERT(isnan(nv[i]));
+  free(nv);
+  mx_array *arr[] = {q, k, v, none, o, mean, meanb, ninf, n};
+  mx_array_free_n(arr, 9);
+}
+
+/* Rope rotates feature pairs by theta = (offset + t) * scale * base^(-2i/dims):
+ * check one element by hand, and that the features past dims pass through. */
+TEST(rope_rotates_pairs_by_position) {
+  double xv[2 * 6];
+  for (int i = 0; i < 12; i++) xv[i] = 1 + i;
+  mx_array *x = mx_array_from_data(xv, (int64_t[]){1, 2, 6}, 3, MX_FLOAT64);
+  for (int trad = 0; trad < 2; trad++) {
+    mx_array *r = mx_fast_rope(x, 4, trad, 100, 0.5, 3, NULL);
+    double *o = host(r);
+    ASSERT_NOT_NULL(o);
+    /* row t = 1, pair i = 1: theta = (3 + 1) * 0.5 * 100^(-2/4) = 0.2 */
+    double th = 0.2;
+    int a = trad ? 6 + 2 : 6 + 1, b = trad ? 6 + 3 : 6 + 3;
+    ASSERT_NEAR(o[a], xv[a] * cos(th) - xv[b] * sin(th), 1e-12);
+    ASSERT_NEAR(o[b], xv[a] * sin(th) + xv[b] * cos(th), 1e-12);
+    for (int t = 0; t < 2; t++)
+      for (int i = 4; i < 6; i++) ASSERT(o[t * 6 + i] == xv[t * 6 + i]);
+    free(o);
+    mx_array_free(r);
+  }
+  mx_array_free(x);
+}
+
+/* A rotation preserves norms, and the VJP (inverse rotation) undoes it. */
+TEST(rope_vjp_is_the_inverse_rotation) {
+  mx_array *x = RND(MX_FLOAT32, -1, 1, 2, 3, 9, 32);
+  mx_array *y = mx_fast_rope(x, 32, false, 10000, 1, 5, NULL);
+  ASSERT_NOT_NULL(y);
+  mx_array *g[1] = {0};
+  bool need[1] = {true};
+  ASSERT_OK(y->op->vjp(y, y, g, need));
+  ASSERT_MSG(max_err(g[0], x) <= 1e-6, "%g", max_err(g[0], x));
+  mx_array_free(g[0]);
+  mx_array_free(y);
+  mx_array_free(x);
+}
+
+/* ======================================================================
+ * errors and failures
+ * ====================================================================== */
+static void expect_error(mx_array *r, int status, const char *needle) {
+  if (r) {
+    mx_array_free(r);
+    TEST_FAIL("expected an error containing '%s'", needle);
+  }
+  ASSERT_EQ_INT(mx_last_status(), status);
+  ASSERT_MSG(strstr(mx_last_error(), needle), "message '%s' lacks '%s'", mx_last_error(), needle);
+  mx_clear_error();
+}
+
+TEST(build_time_errors_name_the_op) {
+  mx_array *s = mx_array_scalar(1, MX_FLOAT32);
+  mx_array *x = RND(MX_FLOAT32, -1, 1, 2, 3, 8), *w7 = RND(MX_FLOAT32, -1, 1, 7);
+  mx_array *xi = mx_zeros((int64_t[]){2, 8}, 2, MX_INT32), *w2 = RND(MX_FLOAT32, -1, 1, 2, 8);
+  expect_error(mx_fast_rms_norm(s, NULL, 1e-5), MX_ERR_SHAPE, "rms_norm");
+  expect_error(mx_fast_rms_norm(x, w7, 1e-5), MX_ERR_SHAPE, "rms_norm: weight");
+  expect_error(mx_fast_rms_norm(x, w2, 1e-5), MX_ERR_SHAPE, "[2,8]");
+  expect_error(mx_fast_rms_norm(xi, NULL, 1e-5), MX_ERR_DTYPE, "rms_norm");
+  expect_error(mx_fast_layer_norm(x, NULL, w7, 1e-5), MX_ERR_SHAPE, "layer_norm: bias");
+  expect_error(mx_fast_rope(x, 5, false, 1e4, 1, 0, NULL), MX_ERR_INVALID_ARG, "rope: dims");
+  expect_error(mx_fast_rope(x, 10, false, 1e4, 1, 0, NULL), MX_ERR_INVALID_ARG, "rope: dims");
+  expect_error(mx_fast_rope(w7, 2, false, 1e4, 1, 0, NULL), MX_ERR_SHAPE, "rope");
+  expect_error(mx_fast_rope(x, 8, false, 1e4, 1, 0, w7), MX_ERR_SHAPE, "rope: freqs");
+  mx_array *q = RND(MX_FLOAT32, -1, 1, 1, 4, 3, 8), *k3 = RND(MX_FLOAT32, -1, 1, 1, 3, 5, 8);
+  mx_array *k = RND(MX_FLOAT32, -1, 1, 1, 2, 5, 8), *kd = RND(MX_FLOAT32, -1, 1, 1, 2, 5, 4);
+  mx_array *m = RND(MX_FLOAT32, -1, 1, 3, 4), *mf16 = RND(MX_FLOAT16, -1, 1, 3, 5);
+  mx_array *q16 = RND(MX_FLOAT16, -1, 1, 1, 4, 3, 8), *k16 = RND(MX_FLOAT16, -1, 1, 1, 2, 5, 8);
+  mx_array *m32 = RND(MX_FLOAT32, -1, 1, 3, 5);
+  const char *sd = "scaled_dot_product_attention";
+  expect_error(mx_fast_scaled_dot_product_attention(x, k, k, 1, NULL, false), MX_ERR_SHAPE, sd);
+  expect_error(mx_fast_scaled_dot_product_attention(q, k3, k3, 1, NULL, false), MX_ERR_SHAPE, sd);
+  expect_error(mx_fast_scaled_dot_product_attention(q, kd, kd, 1, NULL, false), MX_ERR_SHAPE, sd);
+  expect_error(mx_fast_scaled_dot_product_attention(q, k, k, 1, m, false), MX_ERR_SHAPE, "mask");
+  expect_error(mx_fast_scaled_dot_product_attention(q16, k16, k16, 1, m32, false), MX_ERR_DTYPE,
+               "mask dtype");
+  mx_array *ok = mx_fast_scaled_dot_product_attention(q16, k16, k16, 1, mf16, false);
+  ASSERT_NOT_NULL(ok);
+  ASSERT_EQ_INT(mx_array_dtype(ok), MX_FLOAT16);
+  /* NULL inputs (a failed earlier op) give NULL and keep the first error */
+  ASSERT(!mx_fast_rms_norm(NULL, NULL, 1e-5));
+  ASSERT(!mx_fast_layer_norm(NULL, w7, NULL, 1e-5));
+  ASSERT(!mx_fast_rope(NULL, 4, false, 1, 1, 0, NULL));
+  ASSERT(!mx_fast_scaled_dot_product_attention(q, NULL, k, 1, NULL, false));
+  mx_clear_error();
+  mx_array *arr[] = {s, x, w7, xi, w2, q, k3, k, kd, m, mf16, q16, k16, m32, ok};
+  mx_array_free_n(arr, 15);
+}
+
+/* Every allocation of an eval failing in turn: an OOM status or success,
+ * never a crash or leak (the sanitizer build checks leaks). */
+TEST(allocation_failures_are_reported) {
+  mx_array *q = RND(MX_FLOAT16, -1, 1, 1, 4, 5, 8), *k = RND(MX_FLOAT16, -1, 1, 1, 2, 7, 8);
+  mx_array *x = RND(MX_BFLOAT16, -1, 1, 3, 5, 8), *w = RND(MX_FLOAT32, -1, 1, 8);
+  ASSERT_OK(mx_array_eval(q));
+  for (size_t n = 1; n < 64; n++) {
+    mx_debug_fail_nth_alloc(n);
+    mx_array *r[3] = {mx_fast_scaled_dot_product_attention(q, k, k, 0.3, NULL, true),
+                      mx_fast_rms_norm(x, w, 1e-5), mx_fast_rope(x, 8, true, 1e4, 1, 0, NULL)};
+    int st = (r[0] && r[1] && r[2]) ? mx_eval(r, 3) : mx_last_status();
+    size_t made = mx_debug_fail_nth_alloc(0);
+    ASSERT_MSG(st == MX_OK || st == MX_ERR_OOM, "n = %zu: status %d (%s)", n, st, mx_last_error());
+    mx_clear_error();
+    mx_array_free_n(r, 3);
+    if (st == MX_OK && made < n) break;
+  }
+  mx_array *arr[] = {q, k, x, w};
+  mx_array_free_n(arr, 4);
+}
+
+int main(int argc, char **argv) { return test_main(argc, argv); }
