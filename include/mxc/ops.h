@@ -208,6 +208,25 @@ MX_API mx_array *mx_fast_scaled_dot_product_attention(mx_array *q, mx_array *k, 
                                                       double scale, mx_array *mask,
                                                       bool causal);
 
+/* ---- affine quantization (MLX's format) --------------------------------------
+ * A weight w (..., K) is split into groups of `group_size` along its last
+ * axis; each group stores `scale` and `bias` (w's dtype) and values
+ * q = round((w - bias) / scale) in [0, 2^bits), packed into uint32 words
+ * from the low bits up, exactly as MLX's mx.quantize. bits: 2, 3, 4, 5, 6
+ * or 8; group_size: 32, 64 or 128. */
+/* Writes new references to the packed weights (..., K * bits / 32) uint32,
+ * scales and biases (..., K / group_size). */
+MX_API int mx_quantize(mx_array *w, int group_size, int bits, mx_array **wq,
+                       mx_array **scales, mx_array **biases);
+MX_API mx_array *mx_dequantize(mx_array *wq, mx_array *scales, mx_array *biases,
+                               int group_size, int bits);
+/* x (..., K) times the dequantized weight: transpose=true: w is (N, K) and
+ * the result is x @ w.T (..., N) — the nn.QuantizedLinear layout;
+ * transpose=false: w is (K, N) and the result is x @ w. The weight is never
+ * fully dequantized. */
+MX_API mx_array *mx_quantized_matmul(mx_array *x, mx_array *wq, mx_array *scales,
+                                     mx_array *biases, bool transpose, int group_size, int bits);
+
 #ifdef __cplusplus
 }
 #endif

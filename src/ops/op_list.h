@@ -94,6 +94,10 @@
   X(LAYER_NORM, "layer_norm")                                               \
   X(ROPE, "rope")                                                           \
   X(SDPA, "scaled_dot_product_attention")                                   \
+  /* affine quantization (MLX format) */                                    \
+  X(QUANTIZE_PACK, "quantize_pack")                                         \
+  X(DEQUANTIZE, "dequantize")                                               \
+  X(QUANTIZED_MATMUL, "quantized_matmul")                                   \
   /* transforms */                                                          \
   X(CUSTOM, "custom")
 

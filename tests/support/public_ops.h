@@ -31,6 +31,8 @@ static const char *const mx_public_ops[] = {
     "random_key", "random_split", "random_bits", "random_uniform", "random_normal",
     "random_truncated_normal", "random_randint", "random_bernoulli", "random_categorical",
     "random_gumbel",
+    /* quantization */
+    "quantize", "dequantize", "quantized_matmul",
     /* fast */
     "rms_norm", "layer_norm", "rope", "scaled_dot_product_attention",
 };
