@@ -37,6 +37,11 @@ MX_API size_t mx_get_cache_limit(void);
 /* Frees every cached buffer. */
 MX_API void mx_clear_cache(void);
 
+/* Bytes copied between host and GPU memory, and the number of copies,
+ * since start. Data moves only when an op on the other side needs it. */
+MX_API void mx_get_transfer_stats(size_t *host_to_device_bytes, size_t *device_to_host_bytes,
+                                  size_t *transfers);
+
 /* Testing hook: make the n-th buffer allocation from now fail (1 = the
  * next one); 0 disables. Returns the number of allocations made since the
  * last call, so a test can walk n over a whole eval. */

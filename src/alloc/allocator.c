@@ -89,14 +89,24 @@ static void class_unlink(block *b) {
   b->next_same = b->prev_same = NULL;
 }
 
+static mx__device_ops g_dev_ops[MX_DEVICE_COUNT];
+static struct {
+  size_t h2d_bytes, d2h_bytes, count;
+} g_xfer;
+
+void mx__register_device_ops(int device, const mx__device_ops *ops) {
+  MX_ASSERT(device > 0 && device < MX_DEVICE_COUNT);
+  g_dev_ops[device] = *ops;
+}
+
 static void device_free(int device, void *p) {
-  MX_UNUSED(device);
-  free(p);
+  if (device == MX_CPU) free(p);
+  else if (g_dev_ops[device].free) g_dev_ops[device].free(p);
 }
 
 static void *device_alloc(int device, size_t n) {
-  MX_UNUSED(device);
-  return aligned_alloc(64, n + MX__GUARD);
+  if (device == MX_CPU) return aligned_alloc(64, n + MX__GUARD);
+  return g_dev_ops[device].alloc ? g_dev_ops[device].alloc(n + MX__GUARD) : NULL;
 }
 
 /* Evict least-recently-freed blocks until cached <= target. */
@@ -111,12 +121,9 @@ static void trim_cache_locked(size_t target) {
   }
 }
 
-mx__buffer *mx__buffer_new(size_t nbytes, int device) {
-  mx__buffer *buf = malloc(sizeof *buf);
-  if (!buf) {
-    mx__set_error(MX_ERR_OOM, "out of memory allocating a buffer header");
-    return NULL;
-  }
+/* One block of `nbytes` on `device`: from the cache, or newly allocated
+ * within the memory limit. Sets *cap. NULL + MX_ERR_OOM on failure. */
+static void *block_get(size_t nbytes, int device, size_t *cap_out) {
   int cls;
   size_t cap = round_size(nbytes, &cls);
   pthread_mutex_lock(&A.mu);
@@ -125,12 +132,10 @@ mx__buffer *mx__buffer_new(size_t nbytes, int device) {
   if (A.fail_nth && A.alloc_count == A.fail_nth) {
     A.fail_nth = 0;
     pthread_mutex_unlock(&A.mu);
-    free(buf);
     mx__set_error(MX_ERR_OOM, "out of memory: allocation of %zu bytes failed (injected)",
                   nbytes);
     return NULL;
   }
-  /* 1. reuse a cached block of the same class */
   block *hit = NULL;
   for (block *b = A.free_by_class[device][cls]; b; b = b->next_same) {
     if (b->capacity >= cap && (cls < NCLASSES - 1 || b->capacity <= cap + cap / 8)) {
@@ -147,17 +152,17 @@ mx__buffer *mx__buffer_new(size_t nbytes, int device) {
     cap = hit->capacity;
     free(hit);
   } else {
-    /* 2. respect the memory limit, releasing cache first */
+    /* respect the memory limit, releasing cache first */
     if (A.active + cap > A.memory_limit || A.active + A.cached + cap > A.memory_limit)
       trim_cache_locked(A.memory_limit > A.active + cap ? A.memory_limit - A.active - cap : 0);
     if (A.active + cap > A.memory_limit) {
       size_t avail = A.memory_limit > A.active ? A.memory_limit - A.active : 0;
+      size_t limit = A.memory_limit, active = A.active;
       pthread_mutex_unlock(&A.mu);
-      free(buf);
       mx__set_error(MX_ERR_OOM,
                     "out of memory: requested %zu bytes, %zu available under the memory "
                     "limit of %zu bytes (%zu active)",
-                    nbytes, avail, A.memory_limit, A.active);
+                    nbytes, avail, limit, active);
       return NULL;
     }
     ptr = device_alloc(device, cap);
@@ -167,18 +172,77 @@ mx__buffer *mx__buffer_new(size_t nbytes, int device) {
     }
     if (!ptr) {
       pthread_mutex_unlock(&A.mu);
-      free(buf);
-      mx__set_error(MX_ERR_OOM, "out of memory: the system refused %zu bytes", cap);
+      mx__set_error(MX_ERR_OOM, "out of memory: the %s refused %zu bytes",
+                    device == MX_CPU ? "system" : "device", cap);
       return NULL;
     }
   }
   A.active += cap;
   if (A.active > A.peak) A.peak = A.active;
-  bool guard = A.guard;
   pthread_mutex_unlock(&A.mu);
-  *buf = (mx__buffer){.refcount = 1, .device = device, .ptr = ptr, .size = nbytes,
-                      .capacity = cap, .guarded = guard};
-  if (guard) memset((char *)ptr + nbytes, GUARD_BYTE, cap + MX__GUARD - nbytes);
+  *cap_out = cap;
+  return ptr;
+}
+
+/* Return a block to the cache (or free it when caching is off). */
+static void block_put(void *ptr, size_t nbytes, size_t cap, int device) {
+  int cls;
+  round_size(nbytes, &cls);
+  pthread_mutex_lock(&A.mu);
+  A.active -= cap;
+  block *blk = A.cache_limit > 0 ? malloc(sizeof *blk) : NULL;
+  if (blk) {
+    *blk = (block){.ptr = ptr, .capacity = cap, .cls = cls, .device = device};
+    blk->next_same = A.free_by_class[device][cls];
+    if (blk->next_same) blk->next_same->prev_same = blk;
+    A.free_by_class[device][cls] = blk;
+    blk->lru_next = A.lru_head;
+    if (A.lru_head) A.lru_head->lru_prev = blk;
+    A.lru_head = blk;
+    if (!A.lru_tail) A.lru_tail = blk;
+    A.cached += cap;
+    if (A.cached > A.cache_limit) trim_cache_locked(A.cache_limit);
+  } else {
+    device_free(device, ptr);
+  }
+  pthread_mutex_unlock(&A.mu);
+}
+
+static void guard_fill(mx__buffer *b) {
+  if (b->guarded) memset((char *)b->ptr + b->size, GUARD_BYTE, b->capacity + MX__GUARD - b->size);
+}
+
+static bool guard_ok(const mx__buffer *b) {
+  const unsigned char *g = (const unsigned char *)b->ptr + b->size;
+  for (size_t i = 0; i < b->capacity + MX__GUARD - b->size; i++)
+    if (g[i] != GUARD_BYTE) {
+      fprintf(stderr, "mxc: guard bytes overwritten %zu bytes past a %zu-byte buffer\n", i,
+              b->size);
+      return false;
+    }
+  return true;
+}
+
+mx__buffer *mx__buffer_new(size_t nbytes, int device) {
+  mx__buffer *buf = malloc(sizeof *buf);
+  if (!buf) {
+    mx__set_error(MX_ERR_OOM, "out of memory allocating a buffer header");
+    return NULL;
+  }
+  size_t cap = 0;
+  void *p = block_get(nbytes, device, &cap);
+  if (!p) {
+    free(buf);
+    return NULL;
+  }
+  pthread_mutex_lock(&A.mu);
+  bool guard = A.guard && device == MX_CPU;
+  pthread_mutex_unlock(&A.mu);
+  *buf = (mx__buffer){.refcount = 1, .device = device, .size = nbytes, .capacity = cap,
+                      .guarded = guard, .valid = (uint8_t)(1u << device)};
+  if (device == MX_CPU) buf->ptr = p;
+  else buf->dptr = p;
+  guard_fill(buf);
   return buf;
 }
 
@@ -189,53 +253,73 @@ mx__buffer *mx__buffer_wrap(void *ptr, size_t nbytes, void (*deleter)(void *, vo
     mx__set_error(MX_ERR_OOM, "out of memory allocating a buffer header");
     return NULL;
   }
+  int cls;
+  size_t cap = round_size(nbytes, &cls); /* size of a device copy, if one is made */
   *buf = (mx__buffer){.refcount = 1, .device = MX_CPU, .ptr = ptr, .size = nbytes,
-                      .capacity = 0, .deleter = deleter, .deleter_ctx = ctx};
+                      .capacity = cap, .foreign = true, .deleter = deleter,
+                      .deleter_ctx = ctx, .valid = 1u << MX_CPU};
   return buf;
+}
+
+int mx__buffer_ensure(mx__buffer *b, int device) {
+  if (b->valid & (1u << device)) return MX_OK;
+  int src = -1;
+  for (int d = 0; d < MX_DEVICE_COUNT; d++)
+    if (b->valid & (1u << d)) src = d;
+  MX_ASSERT(src >= 0);
+  const mx__device_ops *ops = &g_dev_ops[device == MX_CPU ? src : device];
+  if (!ops->copy) return mx__set_error(MX_ERR_UNSUPPORTED, "device %d is not available", device);
+  /* allocate the missing side */
+  if (device == MX_CPU && !b->ptr) {
+    size_t cap = 0;
+    void *p = block_get(b->size, MX_CPU, &cap);
+    if (!p) return mx_last_status();
+    b->ptr = p;
+  } else if (device != MX_CPU && !b->dptr) {
+    size_t cap = 0;
+    void *p = block_get(b->size, device, &cap);
+    if (!p) return mx_last_status();
+    b->dptr = p;
+  }
+  int st = device == MX_CPU ? ops->copy(b->ptr, MX_CPU, b->dptr, src, b->size)
+                            : ops->copy(b->dptr, device, b->ptr, MX_CPU, b->size);
+  if (st) return st;
+  pthread_mutex_lock(&A.mu);
+  if (device == MX_CPU) g_xfer.d2h_bytes += b->size;
+  else g_xfer.h2d_bytes += b->size;
+  g_xfer.count++;
+  pthread_mutex_unlock(&A.mu);
+  b->valid |= (uint8_t)(1u << device);
+  return MX_OK;
 }
 
 void mx__buffer_retain(mx__buffer *b) { __atomic_add_fetch(&b->refcount, 1, __ATOMIC_RELAXED); }
 
 void mx__buffer_release(mx__buffer *b) {
   if (!b || __atomic_sub_fetch(&b->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
-  if (b->capacity == 0) { /* wrapped foreign memory */
-    if (b->deleter) b->deleter(b->ptr, b->deleter_ctx);
-    free(b);
-    return;
-  }
-  int cls;
-  round_size(b->size, &cls);
-  bool bad = false;
-  if (b->guarded) {
-    const unsigned char *g = (const unsigned char *)b->ptr + b->size;
-    for (size_t i = 0; i < b->capacity + MX__GUARD - b->size; i++)
-      if (g[i] != GUARD_BYTE) {
-        bad = true;
-        fprintf(stderr, "mxc: guard bytes overwritten %zu bytes past a %zu-byte buffer\n", i,
-                b->size);
-        break;
+  if (b->ptr) {
+    if (b->foreign) {
+      if (b->deleter) b->deleter(b->ptr, b->deleter_ctx);
+    } else {
+      if (b->guarded && !guard_ok(b)) {
+        pthread_mutex_lock(&A.mu);
+        A.guard_violations++;
+        pthread_mutex_unlock(&A.mu);
       }
+      block_put(b->ptr, b->size, b->capacity, MX_CPU);
+    }
   }
-  pthread_mutex_lock(&A.mu);
-  if (bad) A.guard_violations++;
-  A.active -= b->capacity;
-  block *blk = A.cache_limit > 0 ? malloc(sizeof *blk) : NULL;
-  if (blk) {
-    *blk = (block){.ptr = b->ptr, .capacity = b->capacity, .cls = cls, .device = b->device};
-    blk->next_same = A.free_by_class[b->device][cls];
-    if (blk->next_same) blk->next_same->prev_same = blk;
-    A.free_by_class[b->device][cls] = blk;
-    blk->lru_next = A.lru_head;
-    if (A.lru_head) A.lru_head->lru_prev = blk;
-    A.lru_head = blk;
-    if (!A.lru_tail) A.lru_tail = blk;
-    A.cached += b->capacity;
-    if (A.cached > A.cache_limit) trim_cache_locked(A.cache_limit);
-  } else {
-    device_free(b->device, b->ptr);
-  }
-  pthread_mutex_unlock(&A.mu);
+  if (b->dptr) block_put(b->dptr, b->size, b->capacity, MX_GPU);
   free(b);
+}
+
+void mx_get_transfer_stats(size_t *host_to_device_bytes, size_t *device_to_host_bytes,
+                           size_t *transfers) {
+  pthread_mutex_lock(&A.mu);
+  if (host_to_device_bytes) *host_to_device_bytes = g_xfer.h2d_bytes;
+  if (device_to_host_bytes) *device_to_host_bytes = g_xfer.d2h_bytes;
+  if (transfers) *transfers = g_xfer.count;
+  pthread_mutex_unlock(&A.mu);
 }
 
 /* ---- public memory API --------------------------------------------------- */

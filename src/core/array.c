@@ -329,6 +329,7 @@ const void *mx_array_data(mx_array *a) {
     a->row_contiguous = true;
     mx_array_free(c);
   }
+  if (mx__buffer_ensure(a->buf, MX_CPU)) return NULL;
   return mx__data(a);
 }
 

@@ -18,14 +18,31 @@
 /* ---- buffers (allocated by src/alloc/allocator.c) ---------------------- */
 typedef struct mx__buffer {
   int refcount;
-  int device;
-  void *ptr;        /* host pointer (CPU) or device pointer */
-  size_t size;      /* bytes requested */
-  size_t capacity;  /* bytes reserved (size class), counted as active */
-  void (*deleter)(void *data, void *ctx); /* foreign memory, not cached */
-  void *deleter_ctx;
+  int device;       /* where it was first allocated */
+  void *ptr;        /* host copy (NULL until needed when produced on a GPU) */
+  void *dptr;       /* GPU copy (NULL if none) */
+  uint8_t valid;    /* bit d: the copy on device d is current */
+  bool foreign;     /* ptr is caller memory (mx_array_from_data_nocopy) */
   bool guarded;     /* guard bytes written past size (debug mode) */
+  size_t size;      /* bytes requested */
+  size_t capacity;  /* bytes reserved per copy (size class) */
+  void (*deleter)(void *data, void *ctx); /* foreign memory */
+  void *deleter_ctx;
 } mx__buffer;
+
+/* Make the copy on `device` current, allocating and copying as needed
+ * (counted in the transfer stats). Buffers are immutable once written, so
+ * several current copies never disagree. */
+int mx__buffer_ensure(mx__buffer *b, int device);
+
+/* Hooks a GPU backend registers with the allocator. */
+typedef struct {
+  void *(*alloc)(size_t n);
+  void (*free)(void *p);
+  /* copy n bytes between devices (one side is MX_CPU) */
+  int (*copy)(void *dst, int dst_device, const void *src, int src_device, size_t n);
+} mx__device_ops;
+void mx__register_device_ops(int device, const mx__device_ops *ops);
 
 /* Debug: fill/check guard bytes after every buffer (op-parity harness). */
 void mx__debug_guard(bool on);

@@ -108,6 +108,21 @@ static void detach(mx_array *a) {
   free(inputs);
 }
 
+/* View ops only rewrite strides: their input need not be on their device. */
+static bool touches_no_data(const mx_array *a) {
+  switch (a->op->id) {
+    case MX_OP_TRANSPOSE:
+    case MX_OP_BROADCAST:
+    case MX_OP_SLICE:
+    case MX_OP_STOP_GRADIENT:
+      return true;
+    case MX_OP_RESHAPE:
+      return a->inputs[0]->row_contiguous;
+    default:
+      return false;
+  }
+}
+
 int mx_eval(mx_array **arrays, int n) {
   if (n < 0 || (n > 0 && !arrays))
     return mx__set_error(MX_ERR_INVALID_ARG, "eval: invalid array list");
@@ -129,9 +144,11 @@ int mx_eval(mx_array **arrays, int n) {
                          mx__op_names[a->op->id], be ? be->name : "unavailable");
       break;
     }
+    bool view = touches_no_data(a);
     for (int j = 0; j < a->ninputs && !st; j++) {
       mx_array *in = a->inputs[j];
       if (!in->buf) st = mx__set_error(MX_ERR_INTERNAL, "eval: input not evaluated");
+      else if (!view) st = mx__buffer_ensure(in->buf, a->device);
     }
     if (st) break;
     st = k(a, a->inputs);
