@@ -645,10 +645,11 @@ static size_t run_mlp(mx_closure *layer, mx_map *params, mx_array *x, mx_map *gr
   int st = mx_value_and_grad_map(f_mlp, layer, params, &x, 1, &v, grads);
   if (!st) {
     mx_list all = MX_LIST_INIT;
-    /* the last layer's gradients first: the backward pass then frees each
-     * layer's activations as soon as its gradient is computed */
+    /* gradients in parameter order: mx_eval visits roots last to first, so
+     * the backward pass frees each layer's activations as soon as its
+     * gradient is computed */
     mx_list_push_retain(&all, v.items[0]);
-    for (int i = mx_map_size(grads); i-- > 0;) mx_list_push_retain(&all, mx_map_value(grads, i));
+    for (int i = 0; i < mx_map_size(grads); i++) mx_list_push_retain(&all, mx_map_value(grads, i));
     st = mx_eval(all.items, all.size);
     mx_list_clear(&all);
   }

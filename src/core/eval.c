@@ -57,7 +57,11 @@ static int topo_sort(mx_array **roots, int n, vec *order) {
   vec stack = {0};
   size_t *next = NULL, next_cap = 0;
   int st = MX_OK;
-  for (int r = 0; r < n && !st; r++) {
+  /* Roots are visited last to first: for a list of gradients given in
+   * parameter order (first layer first) this computes the last layer's
+   * first, the order of the backward pass, so activations are released
+   * early (see docs/transforms.md). */
+  for (int r = n - 1; r >= 0 && !st; r--) {
     mx_array *root = roots[r];
     if (!root || root->buf || root->mark == mark) continue;
     root->mark = mark;

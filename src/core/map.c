@@ -214,10 +214,10 @@ int mx_map_eval(mx_map *m) {
   if (!m->n) return MX_OK;
   mx_array **v = malloc(sizeof *v * (size_t)m->n);
   if (!v) return mx__set_error(MX_ERR_OOM, "map_eval: out of memory");
-  /* Reverse insertion order: for a map of gradients (parameters in forward
-   * order) the evaluation then starts from the last layer, so each layer's
-   * activations are freed as soon as its gradient has been computed. */
-  for (int i = 0; i < m->n; i++) v[i] = m->e[m->n - 1 - i].value;
+  /* Insertion order: mx_eval visits roots last to first, so for a map of
+   * gradients (parameters in forward order) evaluation starts from the last
+   * layer and each layer's activations are freed once its gradient exists. */
+  for (int i = 0; i < m->n; i++) v[i] = m->e[i].value;
   int st = mx_eval(v, m->n);
   free(v);
   return st;

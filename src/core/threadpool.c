@@ -15,7 +15,8 @@ static struct {
   int nthreads;      /* workers + caller */
   int started;       /* workers started */
   uint64_t generation;
-  int pending;       /* workers still running the current job */
+  int pending;       /* helpers of the current job that have not finished */
+  int helpers;       /* workers 0..helpers-1 take part in the current job */
   bool shutdown;
   /* current job */
   void (*fn)(void *, int64_t, int64_t);
@@ -57,9 +58,9 @@ static void *worker(void *arg) {
     while (!P.shutdown && P.generation == seen) pthread_cond_wait(&P.work_cv, &P.mu);
     if (P.shutdown) break;
     seen = P.generation;
-    bool active = index < P.nthreads - 1; /* mx_set_num_threads may lower it */
+    if (index >= P.helpers) continue; /* not needed for this job */
     pthread_mutex_unlock(&P.mu);
-    if (active) run_chunks();
+    run_chunks();
     pthread_mutex_lock(&P.mu);
     if (--P.pending == 0) pthread_cond_signal(&P.done_cv);
   }
@@ -118,7 +119,9 @@ void mx__parallel_for(int64_t n, int64_t grain, void (*fn)(void *, int64_t, int6
   P.chunk = (n + nchunks - 1) / nchunks;
   P.nchunks = (int)((n + P.chunk - 1) / P.chunk);
   P.next_chunk = 0;
-  P.pending = P.started; /* every started worker wakes and checks in */
+  /* only as many helpers as there are chunks beyond the caller's */
+  P.helpers = MX_MIN(workers, P.nchunks - 1);
+  P.pending = P.helpers;
   P.generation++;
   pthread_cond_broadcast(&P.work_cv);
   pthread_mutex_unlock(&P.mu);
