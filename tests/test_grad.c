@@ -21,7 +21,8 @@
   X(linalg)             \
   X(sort)               \
   X(random)             \
-  X(fast)
+  X(fast)               \
+  X(quantized)
 
 static const mx_opcase_table *tables[] = {
 #define OC_REF(f) &mx_opcases_##f,

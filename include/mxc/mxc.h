@@ -22,5 +22,6 @@
 #include "mxc/map.h"
 #include "mxc/transforms.h"
 #include "mxc/io.h"
+#include "mxc/nn.h"
 
 #endif

@@ -735,6 +735,9 @@ int mx_value_and_grad_map(mx_map_fn fn, void *payload, const mx_map *params, mx_
                           int ninputs, mx_list *values, mx_map *grads) {
   if (!fn || !params || !grads || ninputs < 0 || (ninputs && !inputs))
     return mx__set_error(MX_ERR_INVALID_ARG, "value_and_grad: invalid arguments");
+  if (grads == params)
+    return mx__set_error(MX_ERR_INVALID_ARG,
+                         "value_and_grad: grads must be another map than params");
   int nk = mx_map_size(params), st;
   map_payload mp = {fn, payload, params};
   mx_array **args = ptrs(nk + ninputs);

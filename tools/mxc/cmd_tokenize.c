@@ -106,6 +106,19 @@ static int run(int argc, char **argv, bool encode) {
       rc = 1;
       break;
     }
+    if (!encode) { /* check ids before printing anything */
+      const cJSON *v;
+      cJSON_ArrayForEach(v, it) {
+        if (!cJSON_IsNumber(v) || v->valuedouble < 0 ||
+            v->valuedouble >= (double)mx_tokenizer_vocab_size(tok) || v->valuedouble != (int32_t)v->valuedouble) {
+          fprintf(stderr, "mxc %s: item %d holds an invalid id (vocabulary: %zu ids)\n", cmd, idx,
+                  mx_tokenizer_vocab_size(tok));
+          rc = 1;
+          break;
+        }
+      }
+      if (rc) break;
+    }
     idx++;
   }
   if (!rc) {
