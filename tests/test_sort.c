@@ -38,7 +38,8 @@ TEST(special_floats_every_float_dtype) {
     uint32_t got[12];
     ASSERT_OK(mx_array_copy_to(i, MX_UINT32, got, 12));
     /* in float16 1e-30 underflows to 0: it then ties with 0 and -0 (stable) */
-    for (int j = 0; j < 12; j++) ASSERT_MSG(got[j] == expect[j], "%s: position %d: %u", mx_dtype_name(dts[d]), j, got[j]);
+    for (int j = 0; j < 12; j++)
+      ASSERT_MSG(got[j] == expect[j], "%s: position %d: %u", mx_dtype_name(dts[d]), j, got[j]);
     double *v = read_f64(s);
     ASSERT_NOT_NULL(v);
     ASSERT(v[0] == -INFINITY && v[9] == INFINITY && isnan(v[10]) && isnan(v[11]));

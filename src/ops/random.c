@@ -91,8 +91,48 @@ static int vjp_zero(mx_array *out, mx_array *cot, mx_array **g, const bool *need
   }
   return MX_OK;
 }
+static int vmap_bits(mx_array *out, mx_array **in, const int *ax, mx_array **res, int *oax);
 static const mx__op_def def_RANDOM_BITS = {.id = MX_OP_RANDOM_BITS, .vjp = vjp_zero,
-                                           .zero_grad = true};
+                                           .vmap = vmap_bits, .zero_grad = true};
+
+/* Batching rule: the kernel takes key arrays of shape (K..., 2) and writes
+ * K streams of params.shape each, so batched keys move to the front (an
+ * unbatched second key is broadcast) and the output gets the batch axis
+ * first. As MLX, each batch element draws from its own key. */
+static int vmap_bits(mx_array *out, mx_array **in, const int *ax, mx_array **res, int *oax) {
+  const mx__random_params *p = MX__PARAMS(out, mx__random_params);
+  int nk = out->ninputs;
+  int64_t B = 1;
+  for (int i = nk - 1; i >= 0; i--)
+    if (ax[i] >= 0) B = in[i]->shape[ax[i]];
+  if (out->ndim + 1 > MX_MAX_NDIM)
+    return mx__set_error(MX_ERR_SHAPE, "vmap of 'random_bits': result would have %d dimensions",
+                         out->ndim + 1);
+  mx__tmp t = {0};
+  mx_array *keys[2] = {NULL, NULL};
+  for (int i = 0; i < nk; i++) {
+    mx_array *k = in[i];
+    if (ax[i] > 0) keys[i] = mx__keep(&t, mx_moveaxis(k, ax[i], 0));
+    else if (ax[i] == 0) keys[i] = k;
+    else {
+      int64_t s[MX_MAX_NDIM];
+      s[0] = B;
+      memcpy(s + 1, k->shape, sizeof(int64_t) * (size_t)k->ndim);
+      keys[i] = mx__keep(&t, mx_broadcast_to(k, s, k->ndim + 1));
+    }
+    if (!keys[i]) {
+      mx__tmp_free(&t);
+      return mx_last_status();
+    }
+  }
+  int64_t shape[MX_MAX_NDIM];
+  shape[0] = B;
+  memcpy(shape + 1, out->shape, sizeof(int64_t) * (size_t)out->ndim);
+  *res = mx__node_new(&def_RANDOM_BITS, out->dtype, shape, out->ndim + 1, keys, nk, p, sizeof *p);
+  *oax = 0;
+  mx__tmp_free(&t);
+  return *res ? MX_OK : mx_last_status();
+}
 
 static int check_shape(const char *op, const int64_t *shape, int ndim) {
   if (ndim < 0 || ndim > MX_MAX_NDIM || (ndim > 0 && !shape))
@@ -319,7 +359,8 @@ mx_array *mx_random_randint(int64_t low, int64_t high, const int64_t *shape, int
   int_limits(dt, &mn, &mx);
   bool empty = high <= low;
   if (low < mn || low > mx || (!empty && high - 1 > mx)) {
-    mx__set_error(MX_ERR_INVALID_ARG, "random_randint: interval [%lld, %lld) is outside the range of %s",
+    mx__set_error(MX_ERR_INVALID_ARG,
+                  "random_randint: interval [%lld, %lld) is outside the range of %s",
                   (long long)low, (long long)high, mx_dtype_name(dt));
     return NULL;
   }

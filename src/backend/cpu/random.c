@@ -48,10 +48,24 @@ static void hash_block(uint32_t k0, uint32_t k1, int64_t h, int64_t b, int64_t e
 typedef struct {
   const mx__random_params *p;
   mx_dtype dt;
-  int64_t n;
-  uint32_t k[2][2]; /* key(s) */
+  int64_t per;    /* words per key (the stream length n) */
+  int64_t h;      /* pairs per key, ceil(per / 2) */
+  mx_array *keys[2]; /* (K..., 2) each; RANGE64 has two */
   void *out;
 } rb_ctx;
+
+/* The two words of key j (element indices 2j and 2j + 1, any strides). */
+static void key_words(mx_array *k, int64_t j, uint32_t w[2]) {
+  const uint32_t *base = mx__data(k);
+  for (int t = 0; t < 2; t++) {
+    int64_t rem = 2 * j + t, off = 0;
+    for (int d = k->ndim - 1; d >= 0; d--) {
+      off += (rem % k->shape[d]) * k->strides[d];
+      rem /= k->shape[d];
+    }
+    w[t] = base[off];
+  }
+}
 
 static inline void store(void *out, mx_dtype dt, int64_t i, uint64_t v) {
   switch (dt) {
@@ -75,7 +89,7 @@ static inline uint64_t reduce(const mx__random_params *p, uint64_t raw) {
 static void emit(const rb_ctx *c, int64_t b, int64_t m, const uint32_t *w0, const uint32_t *w1,
                  const uint32_t *v0, const uint32_t *v1) {
   const mx__random_params *p = c->p;
-  int64_t h = (c->n + 1) / 2;
+  int64_t h = c->h;
   if (p->mode == MX__RANDOM_RAW) {
     uint32_t *o = c->out;
     memcpy(o + b, w0, sizeof(uint32_t) * (size_t)m);
@@ -93,42 +107,53 @@ static void emit(const rb_ctx *c, int64_t b, int64_t m, const uint32_t *w0, cons
   }
 }
 
+/* Flattened pairs [begin, end) over all keys: pair q of key j is j * h + q. */
 static void rb_pairs(void *c_, int64_t begin, int64_t end) {
   const rb_ctx *c = c_;
   const mx__random_params *p = c->p;
-  int64_t n = c->n, h = (n + 1) / 2, full = n / 2;
+  int64_t n = c->per, h = c->h, full = n / 2;
   bool two = p->mode == MX__RANDOM_RANGE64;
   uint32_t w0[BLOCK], w1[BLOCK], v0[BLOCK], v1[BLOCK];
-  int64_t stop = end < full ? end : full;
-  for (int64_t b = begin; b < stop; b += BLOCK) {
-    int64_t e = b + BLOCK < stop ? b + BLOCK : stop;
-    hash_block(c->k[0][0], c->k[0][1], h, b, e, w0, w1);
-    if (two) hash_block(c->k[1][0], c->k[1][1], h, b, e, v0, v1);
-    emit(c, b, e - b, w0, w1, v0, v1);
-  }
-  if (end > full && full < h) { /* n odd: the last word, counter (n / 2, 0) */
-    uint32_t w[2], v[2] = {0, 0};
-    mx__random_pair(c->k[0][0], c->k[0][1], n, full, w);
-    if (two) mx__random_pair(c->k[1][0], c->k[1][1], n, full, v);
-    if (p->mode == MX__RANDOM_RAW) ((uint32_t *)c->out)[full] = w[0];
-    else store(c->out, c->dt, full, reduce(p, two ? (uint64_t)v[0] << 32 | w[0] : w[0]));
+  for (int64_t j = begin / h; j * h < end; j++) {
+    int64_t lo = MX_MAX(begin - j * h, 0), hi = MX_MIN(end - j * h, h);
+    uint32_t k[2], k2[2] = {0, 0};
+    key_words(c->keys[0], j, k);
+    if (two) key_words(c->keys[1], j, k2);
+    rb_ctx cj = *c; /* this key's stream starts at word j * n */
+    cj.out = (char *)c->out + j * n * (int64_t)mx_dtype_size(c->dt);
+    int64_t stop = MX_MIN(hi, full);
+    for (int64_t b = lo; b < stop; b += BLOCK) {
+      int64_t e = MX_MIN(b + BLOCK, stop);
+      hash_block(k[0], k[1], h, b, e, w0, w1);
+      if (two) hash_block(k2[0], k2[1], h, b, e, v0, v1);
+      emit(&cj, b, e - b, w0, w1, v0, v1);
+    }
+    if (hi > full && full < h) { /* n odd: the last word, counter (n / 2, 0) */
+      uint32_t w[2], v[2] = {0, 0};
+      mx__random_pair(k[0], k[1], n, full, w);
+      if (two) mx__random_pair(k2[0], k2[1], n, full, v);
+      if (p->mode == MX__RANDOM_RAW) ((uint32_t *)cj.out)[full] = w[0];
+      else store(cj.out, c->dt, full, reduce(p, two ? (uint64_t)v[0] << 32 | w[0] : w[0]));
+    }
   }
 }
 
+/* Inputs: one key array (two for RANGE64) of shape (K..., 2) — (2,) from
+ * the public ops, batched by vmap; the output is the K streams of
+ * prod(params.shape) words one after the other (as MLX's RandomBits). */
 static int k_random_bits(mx_array *out, mx_array **in) {
   const mx__random_params *p = MX__PARAMS(out, mx__random_params);
   int st = mx__array_alloc_data(out);
   if (st) return st;
-  rb_ctx c = {.p = p, .dt = out->dtype, .n = out->size, .out = out->buf->ptr};
-  int nkeys = p->mode == MX__RANDOM_RANGE64 ? 2 : 1;
-  for (int i = 0; i < nkeys; i++) {
-    const uint32_t *k = mx__data(in[i]);
-    c.k[i][0] = k[0];
-    c.k[i][1] = k[in[i]->strides[0]];
-  }
+  int64_t nk = in[0]->size / 2;
+  if (out->size == 0 || nk == 0) return MX_OK;
+  rb_ctx c = {.p = p, .dt = out->dtype, .per = out->size / nk, .out = out->buf->ptr};
+  c.h = (c.per + 1) / 2;
+  c.keys[0] = in[0];
+  c.keys[1] = p->mode == MX__RANDOM_RANGE64 ? in[1] : NULL;
   MX_ASSERT(p->mode == MX__RANDOM_RAW || p->range >= 1);
-  if (c.n == 0) return MX_OK;
-  mx__parallel_for((c.n + 1) / 2, 1 << 14, rb_pairs, &c);
+  MX_ASSERT(c.per * nk == out->size);
+  mx__parallel_for(nk * c.h, 1 << 14, rb_pairs, &c);
   return MX_OK;
 }
 

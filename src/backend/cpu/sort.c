@@ -13,9 +13,9 @@
  *     in that order, each in input order (O(n), no bad inputs).
  * The permutation then writes indices, or values: decoded from the sorted
  * keys, or, in rows holding a NaN or a -0.0 (which the keys fold),
- * gathered from the input so their bits survive. Rows are independent and each is
- * handled by one thread with the same code: results are identical for any
- * thread count. Inputs may be strided; outputs are row-contiguous. */
+ * gathered from the input so their bits survive. Rows are independent and
+ * each is handled by one thread with the same code: results are identical
+ * for any thread count. Inputs may be strided; outputs are row-contiguous. */
 #include <string.h>
 
 #include "cpu.h"
