@@ -196,7 +196,7 @@ MX_API mx_array *mx_argpartition(mx_array *a, int kth, int axis);
 MX_API mx_array *mx_fast_rms_norm(mx_array *x, mx_array *weight, double eps);
 /* (x - mean) * rsqrt(var + eps) * weight + bias over the last axis. */
 MX_API mx_array *mx_fast_layer_norm(mx_array *x, mx_array *weight, mx_array *bias, double eps);
-/* Rotary embedding over the last `dims` features of x (..., T, D), positions
+/* Rotary embedding over the first `dims` features of the last axis of x (..., T, D), positions
  * offset..offset+T-1. traditional: rotate interleaved pairs (x0,x1) instead
  * of halves. freqs (may be NULL) overrides base: inv_freq = 1/freqs. */
 MX_API mx_array *mx_fast_rope(mx_array *x, int dims, bool traditional, double base,

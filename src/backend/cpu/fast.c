@@ -740,10 +740,13 @@ static void sdpa_tasks_f32(void *c_, int64_t t0, int64_t t1) {
   mx_dtype odt = c->out->dtype;
   int64_t oes = (int64_t)mx_dtype_size(odt);
   float scale = (float)c->p->scale;
-  for (int64_t task = t0; task < t1; task++) {
-    /* the last row blocks first: with a causal mask they are the longest,
-     * and handing out long tasks first balances the threads */
-    int64_t nbh = c->B * c->Hkv, blk = c->nblk - 1 - task / nbh, bh = task % nbh;
+  const int64_t npair = (c->nblk + 1) / 2;
+  for (int64_t unit = 2 * t0; unit < 2 * t1; unit++) {
+    /* task = (kv head, p) takes row blocks p and nblk-1-p: with a causal
+     * mask every task then has the same work, and both read the same keys */
+    int64_t task = unit / 2, p = task % npair, bh = task / npair;
+    int64_t blk = unit % 2 ? c->nblk - 1 - p : p;
+    if (unit % 2 && blk == p) continue;
     int64_t b = bh / c->Hkv, hk = bh % c->Hkv;
     int64_t r0 = blk * SDPA_BQ, nr = MX_MIN(SDPA_BQ, G * Tq - r0);
     for (int64_t i = 0; i < nr; i++) {
@@ -907,7 +910,7 @@ static int k_sdpa(mx_array *out, mx_array **in) {
     bool once = c.nblk > 2; /* K/V read by many tasks: convert them once */
     s = make_kv_view(k, once, &c.kv);
     if (!s) s = make_kv_view(v, once, &c.vv);
-    if (!s) mx__parallel_for(c.B * c.Hkv * c.nblk, 1, sdpa_tasks_f32, &c);
+    if (!s) mx__parallel_for(c.B * c.Hkv * ((c.nblk + 1) / 2), 1, sdpa_tasks_f32, &c);
     if (c.kv.owned) mx__buffer_release(c.kv.owned);
     if (c.vv.owned) mx__buffer_release(c.vv.owned);
   }
