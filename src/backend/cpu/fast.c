@@ -19,6 +19,11 @@
 #include "ops/fast_params.h"
 #include "types.h"
 
+/* Vector helpers are static inline: their ABI never crosses a call
+ * boundary, so GCC's note about AVX vector returns without AVX is moot. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 typedef float v8f __attribute__((vector_size(32)));
 
 static inline v8f ld8(const float *p) {
