@@ -349,6 +349,9 @@ TEST(safetensors_malformed_inputs) {
   st_bad(j, 16, "duplicate");
   st_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,4294967296],"
          "\"data_offsets\":[0,8]}}", 8, "overflow");
+  /* empty, but its other dims overflow (their product gives the strides) */
+  st_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[0,4294967296,4294967296],"
+         "\"data_offsets\":[0,0]}}", 8, "overflow");
   st_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,8]}}", 8, "shape");
   st_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,8]}}", 8, "shape");
   st_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 8,

@@ -37,12 +37,14 @@ int mx__check_shape(const char *op, const int64_t *shape, int ndim) {
     if (shape[i] < 0)
       return mx__set_error(MX_ERR_SHAPE, "%s: negative dimension %" PRId64 " at axis %d", op,
                            shape[i], i);
+    /* the product of the non-zero dims bounds strides even when the
+     * array is empty (row strides multiply every dim but the first) */
     if (shape[i] > 0 && total > INT64_MAX / 16 / shape[i]) {
       char s[256];
       return mx__set_error(MX_ERR_SHAPE, "%s: shape %s has too many elements", op,
                            mx__shape_str(shape, ndim, s, sizeof s));
     }
-    total *= shape[i];
+    if (shape[i] > 0) total *= shape[i];
   }
   return MX_OK;
 }

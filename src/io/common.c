@@ -168,10 +168,15 @@ mx_array *mx__mapping_view(mx__mapping *m, size_t offset, mx_dtype dt, const int
 /* ---- arithmetic, UTF-8 --------------------------------------------------------- */
 
 bool mx__dims_product(const int64_t *shape, int ndim, uint64_t *count) {
-  uint64_t n = 1;
+  /* The product of the non-zero dims is bounded too: strides of an empty
+   * array are products of its other dims and must not overflow either. */
+  uint64_t n = 1, nonzero = 1;
   for (int i = 0; i < ndim; i++) {
     if (shape[i] < 0) return false;
     if (!mx__mul_ok(n, (uint64_t)shape[i], &n) || n > ((uint64_t)1 << 62)) return false;
+    if (shape[i] &&
+        (!mx__mul_ok(nonzero, (uint64_t)shape[i], &nonzero) || nonzero > ((uint64_t)1 << 62)))
+      return false;
   }
   *count = n;
   return true;
