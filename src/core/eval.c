@@ -26,9 +26,11 @@ int mx__default_device_now(void) { return tl_default_device; }
 mx_device mx_default_device(void) { return (mx_device)tl_default_device; }
 bool mx_device_available(mx_device d) { return mx__backend_get((int)d) != NULL; }
 int mx_set_default_device(mx_device d) {
-  if (!mx_device_available(d))
-    return mx__set_error(MX_ERR_UNSUPPORTED, "device %d (%s) is not available in this build",
-                         (int)d, d == MX_GPU ? "gpu" : "cpu");
+  if (!mx_device_available(d)) {
+    mx__set_error(MX_ERR_UNSUPPORTED, "device %d (%s) is not available", (int)d,
+                  d == MX_GPU ? "gpu" : "cpu");
+    return -1;
+  }
   int prev = tl_default_device;
   tl_default_device = (int)d;
   return prev;
