@@ -1,0 +1,85 @@
+#!/bin/sh
+# gpu-check.sh — configure, build and test mxc with the CUDA backend on a
+# machine with an NVIDIA GPU, then print a short table.
+#
+#   scripts/gpu-check.sh [build-dir]      (default /tmp/mxc-gpu-build)
+#
+# Through the device tool (logs come back under $OUT):
+#   run: scripts/gpu-check.sh           carry: ["build-deps"]
+#
+# Release build, -j16, then test_ops, test_cuda and test_core with
+# MXC_DATA_DIR unset. Device images may lack the -dev packages mxc needs
+# (openblas, cjson, utf8proc, zlib, pkg-config): when pkg-config cannot find
+# them and build-deps/*.deb exist (fetch them here with `apt-get download`,
+# see docs/cuda.md), they are unpacked under /tmp/mxc-deps and used from
+# there. Extra cmake arguments: MXC_CMAKE_ARGS.
+set -u
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+B=${1:-/tmp/mxc-gpu-build}
+LOG=${OUT:-$B/logs}
+mkdir -p "$B" "$LOG"
+unset MXC_DATA_DIR
+JOBS=${JOBS:-16}
+
+{
+  echo "== device"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -4
+  nvcc --version 2>&1 | tail -1
+  . /etc/os-release 2>/dev/null && echo "os: ${PRETTY_NAME:-?}"
+} | tee "$LOG/device.txt"
+
+PKGCFG=""
+if ! pkg-config --exists openblas libcjson libutf8proc zlib 2>/dev/null; then
+  if ls "$ROOT"/build-deps/*.deb >/dev/null 2>&1; then
+    P=/tmp/mxc-deps
+    echo "== deps: unpacking build-deps/*.deb into $P"
+    mkdir -p $P
+    for f in "$ROOT"/build-deps/*.deb; do dpkg -x "$f" $P; done
+    A=$P/usr/lib/x86_64-linux-gnu
+    export LD_LIBRARY_PATH="$A:$A/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export PKG_CONFIG_SYSROOT_DIR=$P
+    export PKG_CONFIG_LIBDIR="$A/pkgconfig:$A/openblas-pthread/pkgconfig:$P/usr/share/pkgconfig"
+    if command -v pkg-config >/dev/null 2>&1; then PKGCFG=$(command -v pkg-config)
+    else PKGCFG=$P/usr/bin/pkgconf; fi
+  else
+    echo "== deps: pkg-config does not find openblas/cjson/utf8proc/zlib and build-deps/ is empty"
+  fi
+fi
+
+echo "== configure + build"
+set -- -S "$ROOT" -B "$B" -DCMAKE_BUILD_TYPE=Release -DMXC_CUDA=ON -DMXC_BUILD_BENCH=OFF
+[ -n "$PKGCFG" ] && set -- "$@" -DPKG_CONFIG_EXECUTABLE="$PKGCFG"
+# shellcheck disable=SC2086
+cmake "$@" ${MXC_CMAKE_ARGS:-} >"$LOG/configure.log" 2>&1
+CFG=$?
+BUILD=1
+if [ $CFG = 0 ]; then
+  cmake --build "$B" -j"$JOBS" >"$LOG/build.log" 2>&1
+  BUILD=$?
+fi
+[ $CFG = 0 ] || tail -20 "$LOG/configure.log"
+[ $BUILD = 0 ] || grep -E "error|Error" "$LOG/build.log" | head -30
+
+run_test() { # name seconds -> status; output in $LOG/<name>.log
+  if [ ! -x "$B/$1" ]; then echo "not built" >"$LOG/$1.log"; return 127; fi
+  (cd "$ROOT" && timeout "$2" "$B/$1") >"$LOG/$1.log" 2>&1
+}
+RES=""
+for t in test_cuda:120 test_ops:${OPS_TIMEOUT:-300} test_core:120; do
+  n=${t%%:*}
+  if [ $BUILD = 0 ]; then run_test "$n" "${t##*:}"; s=$?; else s=127; fi
+  RES="$RES $n:$s"
+done
+
+echo
+echo "== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
+printf '%-12s %s\n' step result
+printf '%-12s %s\n' configure "$([ $CFG = 0 ] && echo ok || echo FAILED)"
+printf '%-12s %s\n' build "$([ $BUILD = 0 ] && echo ok || echo FAILED)"
+for r in $RES; do
+  n=${r%%:*}; s=${r##*:}
+  line=$(grep -E "passed|failed" "$LOG/$n.log" 2>/dev/null | tail -1)
+  printf '%-12s %s %s\n' "$n" "$([ "$s" = 0 ] && echo ok || echo "FAILED($s)")" "$line"
+done
+grep -E "gpu: .* runs|without a CUDA kernel" "$LOG/test_ops.log" 2>/dev/null | sed 's/^ */  /'
+echo "logs: $LOG"

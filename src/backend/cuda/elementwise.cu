@@ -1,0 +1,405 @@
+/* elementwise.cu — CUDA kernels for unary, binary, where, astype, full,
+ * arange, copy and stop_gradient. One grid-stride kernel per (op, dtype),
+ * over the output's index space with each input's (broadcast) strides;
+ * the arithmetic mirrors src/backend/cpu/elementwise.c (f16/bf16 compute in
+ * f32, integer arithmetic wraps through 64 bits, float -> int saturates). */
+#include "cuda_common.cuh"
+
+/* ---- the generic strided map kernel ---------------------------------------------- */
+template <int N, class F>
+__global__ void k_map(mx__nd<N> ix, int64_t n, F f) {
+  if (ix.ndim == 1) {
+    MX_CUDA_LOOP(i, n) {
+      int64_t off[N];
+#pragma unroll
+      for (int o = 0; o < N; o++) off[o] = i * ix.st[o][0];
+      f(off);
+    }
+  } else {
+    MX_CUDA_LOOP(i, n) {
+      int64_t off[N];
+      mx__nd_offsets<N>(ix, i, off);
+      f(off);
+    }
+  }
+}
+
+template <int N, class F>
+static int launch_map(const mx__nd<N> &ix, int64_t n, F f, const char *what) {
+  if (n == 0) return MX_OK;
+  k_map<N, F><<<mx__cuda_blocks(n), MX_CUDA_THREADS, 0, mx__cuda_stream()>>>(ix, n, f);
+  return mx__cuda_launched(what);
+}
+
+/* Output (row-contiguous) + inputs broadcast to its shape. */
+template <int N>
+static mx__nd<N> out_nd(mx_array *out, mx_array **in) {
+  int64_t st[N][MX_MAX_NDIM];
+  const int64_t *sp[N];
+  sp[0] = NULL;
+  for (int i = 1; i < N; i++) {
+    mx__bcast_strides(in[i - 1], out->shape, out->ndim, st[i]);
+    sp[i] = st[i];
+  }
+  return mx__nd_make<N>(out->shape, out->ndim, sp);
+}
+
+/* ---- math on float compute types ------------------------------------------------- */
+#define MF(name, ff, df)                                                     \
+  __device__ __forceinline__ float name(float x) { return ff(x); }          \
+  __device__ __forceinline__ double name(double x) { return df(x); }
+MF(m_sqrt, sqrtf, sqrt)
+MF(m_exp, expf, exp)
+MF(m_expm1, expm1f, expm1)
+MF(m_log, logf, log)
+MF(m_log1p, log1pf, log1p)
+MF(m_sin, sinf, sin)
+MF(m_cos, cosf, cos)
+MF(m_tanh, tanhf, tanh)
+MF(m_erf, erff, erf)
+MF(m_floor, floorf, floor)
+MF(m_ceil, ceilf, ceil)
+MF(m_rint, rintf, rint)
+MF(m_fabs, fabsf, fabs)
+#undef MF
+/* erfinv of f32 through f64, rounded once: as the CPU kernel, which the
+ * random_normal reference follows bit for bit */
+__device__ __forceinline__ float m_erfinv(float x) { return (float)erfinv((double)x); }
+__device__ __forceinline__ double m_erfinv(double x) { return erfinv(x); }
+__device__ __forceinline__ float m_pow(float x, float y) { return powf(x, y); }
+__device__ __forceinline__ double m_pow(double x, double y) { return pow(x, y); }
+
+/* ---- unary ------------------------------------------------------------------------ */
+/* Each functor: float expression (compute type X) and integer expression
+ * (on int64). INT = false: float-only op. OUTB: output is bool. */
+#define UOP(NAME, FEXPR, IEXPR, INT, OUTB)                                    \
+  struct U_##NAME {                                                           \
+    static const bool ints = INT, outb = OUTB;                                \
+    template <class X> __device__ X f(X x) const { return FEXPR; }            \
+    __device__ int64_t i(int64_t x) const { return IEXPR; }                   \
+  };
+__device__ __forceinline__ int64_t neg_i64(int64_t x) { return (int64_t)(0u - (uint64_t)x); }
+__device__ __forceinline__ int64_t sq_i64(int64_t x) { return (int64_t)((uint64_t)x * (uint64_t)x); }
+UOP(NEGATIVE, -x, neg_i64(x), true, false)
+UOP(ABS, m_fabs(x), x < 0 ? neg_i64(x) : x, true, false)
+UOP(SIGN, (X)((x > 0) - (x < 0)) + (X)0 * x, (x > 0) - (x < 0), true, false)
+UOP(SQUARE, x *x, sq_i64(x), true, false)
+UOP(SQRT, m_sqrt(x), 0, false, false)
+UOP(RSQRT, (X)1 / m_sqrt(x), 0, false, false)
+UOP(RECIPROCAL, (X)1 / x, 0, false, false)
+UOP(EXP, m_exp(x), 0, false, false)
+UOP(EXPM1, m_expm1(x), 0, false, false)
+UOP(LOG, m_log(x), 0, false, false)
+UOP(LOG1P, m_log1p(x), 0, false, false)
+UOP(SIN, m_sin(x), 0, false, false)
+UOP(COS, m_cos(x), 0, false, false)
+UOP(TANH, m_tanh(x), 0, false, false)
+UOP(SIGMOID, (X)1 / ((X)1 + m_exp(-x)), 0, false, false)
+UOP(ERF, m_erf(x), 0, false, false)
+UOP(ERFINV, m_erfinv(x), 0, false, false)
+UOP(FLOOR, m_floor(x), x, true, false)
+UOP(CEIL, m_ceil(x), x, true, false)
+UOP(ROUND, m_rint(x), x, true, false)
+UOP(ISNAN, (X)(x != x), 0, true, true)
+UOP(ISINF, (X)(m_fabs(x) == (X)INFINITY), 0, true, true)
+UOP(LOGICAL_NOT, (X)(x == 0), x == 0, true, true)
+#undef UOP
+
+template <class T, class OP>
+struct UnaryF {
+  typedef typename T::S S;
+  char *o;
+  const S *a;
+  OP op;
+  __device__ void operator()(const int64_t *off) const {
+    typename T::C x = T::ld(a[off[1]]);
+    if constexpr (T::is_float) {
+      typename T::C r = op.f(x);
+      if (OP::outb) ((uint8_t *)o)[off[0]] = r != 0;
+      else ((S *)o)[off[0]] = T::st(r);
+    } else {
+      int64_t r = op.i((int64_t)x);
+      if (OP::outb) ((uint8_t *)o)[off[0]] = r != 0;
+      else ((S *)o)[off[0]] = T::st(r);
+    }
+  }
+};
+
+template <class OP>
+static int run_unary(mx_array *out, mx_array **in) {
+  mx_dtype dt = in[0]->dtype;
+  if (!mx_dtype_is_float(dt) && !OP::ints) return mx__cuda_no_dtype(out, dt);
+  int st = mx__array_alloc_data(out);
+  if (st) return st;
+  mx__nd<2> ix = out_nd<2>(out, in);
+  st = MX_ERR_NO_KERNEL;
+  MX_CUDA_DISPATCH_ALL(dt, {
+    UnaryF<T, OP> f = {(char *)out->buf->dptr, (const T::S *)mx__ddata(in[0]), OP()};
+    st = launch_map<2>(ix, out->size, f, mx__opname(out));
+  })
+  if (st == MX_ERR_NO_KERNEL) return mx__cuda_no_dtype(out, dt);
+  return st;
+}
+
+static int k_unary(mx_array *out, mx_array **in) {
+  switch (out->op->id) {
+#define C(NAME) \
+  case MX_OP_##NAME: return run_unary<U_##NAME>(out, in);
+    C(NEGATIVE) C(ABS) C(SIGN) C(SQUARE) C(SQRT) C(RSQRT) C(RECIPROCAL) C(EXP) C(EXPM1)
+    C(LOG) C(LOG1P) C(SIN) C(COS) C(TANH) C(SIGMOID) C(ERF) C(ERFINV) C(FLOOR) C(CEIL)
+    C(ROUND) C(ISNAN) C(ISINF) C(LOGICAL_NOT)
+#undef C
+    default: return mx__set_error(MX_ERR_NO_KERNEL, "%s: no CUDA kernel", mx__opname(out));
+  }
+}
+
+/* ---- binary ------------------------------------------------------------------------- */
+__device__ __forceinline__ int64_t ipow(int64_t b, int64_t e) {
+  if (e < 0) return b == 1 ? 1 : b == -1 ? ((e & 1) ? -1 : 1) : 0;
+  int64_t r = 1;
+  while (e) {
+    if (e & 1) r = (int64_t)((uint64_t)r * (uint64_t)b);
+    b = (int64_t)((uint64_t)b * (uint64_t)b);
+    e >>= 1;
+  }
+  return r;
+}
+__device__ __forceinline__ uint64_t upow(uint64_t b, uint64_t e) {
+  uint64_t r = 1;
+  while (e) {
+    if (e & 1) r *= b;
+    b *= b;
+    e >>= 1;
+  }
+  return r;
+}
+/* float expression, signed (int64) and unsigned (uint64) expressions;
+ * INT: defined for integers; CMP: output bool. */
+#define BOP(NAME, FEXPR, SEXPR, UEXPR, INT, CMP)                                      \
+  struct B_##NAME {                                                                   \
+    static const bool ints = INT, cmp = CMP;                                          \
+    template <class X> __device__ X f(X x, X y) const { return FEXPR; }               \
+    __device__ int64_t s(int64_t x, int64_t y) const { return SEXPR; }                \
+    __device__ uint64_t u(uint64_t x, uint64_t y) const { return UEXPR; }             \
+  };
+#define FMAX(x, y) ((x) != (x) ? (x) : (y) != (y) ? (y) : (x) > (y) ? (x) : (y))
+#define FMIN(x, y) ((x) != (x) ? (x) : (y) != (y) ? (y) : (x) < (y) ? (x) : (y))
+BOP(ADD, x + y, (int64_t)((uint64_t)x + (uint64_t)y), x + y, true, false)
+BOP(SUBTRACT, x - y, (int64_t)((uint64_t)x - (uint64_t)y), x - y, true, false)
+BOP(MULTIPLY, x *y, (int64_t)((uint64_t)x * (uint64_t)y), x *y, true, false)
+BOP(DIVIDE, x / y, 0, 0, false, false)
+BOP(POWER, m_pow(x, y), ipow(x, y), upow(x, y), true, false)
+BOP(MAXIMUM, FMAX(x, y), x > y ? x : y, x > y ? x : y, true, false)
+BOP(MINIMUM, FMIN(x, y), x < y ? x : y, x < y ? x : y, true, false)
+BOP(EQUAL, (X)(x == y), x == y, x == y, true, true)
+BOP(NOT_EQUAL, (X)(x != y), x != y, x != y, true, true)
+BOP(LESS, (X)(x < y), x < y, x < y, true, true)
+BOP(LESS_EQUAL, (X)(x <= y), x <= y, x <= y, true, true)
+BOP(GREATER, (X)(x > y), x > y, x > y, true, true)
+BOP(GREATER_EQUAL, (X)(x >= y), x >= y, x >= y, true, true)
+BOP(LOGICAL_AND, (X)((x != 0) && (y != 0)), (x != 0) && (y != 0), (x != 0) && (y != 0), true, true)
+BOP(LOGICAL_OR, (X)((x != 0) || (y != 0)), (x != 0) || (y != 0), (x != 0) || (y != 0), true, true)
+#undef BOP
+
+template <class T> struct is_signed_tag { static const bool value = false; };
+template <> struct is_signed_tag<TI32> { static const bool value = true; };
+template <> struct is_signed_tag<TI64> { static const bool value = true; };
+
+template <class T, class OP>
+struct BinaryF {
+  typedef typename T::S S;
+  char *o;
+  const S *a, *b;
+  OP op;
+  __device__ void operator()(const int64_t *off) const {
+    typename T::C x = T::ld(a[off[1]]), y = T::ld(b[off[2]]);
+    if constexpr (OP::cmp) {
+      /* comparisons in the compute type: exact for every dtype */
+      ((uint8_t *)o)[off[0]] = op.f(x, y) != 0;
+    } else if constexpr (T::is_float) {
+      ((S *)o)[off[0]] = T::st(op.f(x, y));
+    } else if constexpr (is_signed_tag<T>::value) {
+      ((S *)o)[off[0]] = T::st(op.s((int64_t)x, (int64_t)y));
+    } else {
+      ((S *)o)[off[0]] = T::st(op.u((uint64_t)x, (uint64_t)y));
+    }
+  }
+};
+
+template <class OP>
+static int run_binary(mx_array *out, mx_array **in) {
+  mx_dtype dt = in[0]->dtype;
+  if (in[1]->dtype != dt || (!mx_dtype_is_float(dt) && !OP::ints))
+    return mx__cuda_no_dtype(out, dt);
+  int st = mx__array_alloc_data(out);
+  if (st) return st;
+  mx__nd<3> ix = out_nd<3>(out, in);
+  st = MX_ERR_NO_KERNEL;
+  MX_CUDA_DISPATCH_ALL(dt, {
+    BinaryF<T, OP> f = {(char *)out->buf->dptr, (const T::S *)mx__ddata(in[0]),
+                        (const T::S *)mx__ddata(in[1]), OP()};
+    st = launch_map<3>(ix, out->size, f, mx__opname(out));
+  })
+  if (st == MX_ERR_NO_KERNEL) return mx__cuda_no_dtype(out, dt);
+  return st;
+}
+
+static int k_binary(mx_array *out, mx_array **in) {
+  switch (out->op->id) {
+#define C(NAME) \
+  case MX_OP_##NAME: return run_binary<B_##NAME>(out, in);
+    C(ADD) C(SUBTRACT) C(MULTIPLY) C(DIVIDE) C(POWER) C(MAXIMUM) C(MINIMUM) C(EQUAL)
+    C(NOT_EQUAL) C(LESS) C(LESS_EQUAL) C(GREATER) C(GREATER_EQUAL) C(LOGICAL_AND) C(LOGICAL_OR)
+#undef C
+    default: return mx__set_error(MX_ERR_NO_KERNEL, "%s: no CUDA kernel", mx__opname(out));
+  }
+}
+
+/* ---- astype ------------------------------------------------------------------------- */
+template <class TI, class TO>
+struct AstypeF {
+  typename TO::S *o;
+  const typename TI::S *a;
+  __device__ void operator()(const int64_t *off) const {
+    o[off[0]] = TO::st(TI::ld(a[off[1]]));
+  }
+};
+
+template <class TI>
+static int astype_from(mx_array *out, mx_array **in, const mx__nd<2> &ix) {
+  int st = MX_ERR_NO_KERNEL;
+  MX_CUDA_DISPATCH_ALL(out->dtype, {
+    AstypeF<TI, T> f = {(T::S *)out->buf->dptr, (const typename TI::S *)mx__ddata(in[0])};
+    st = launch_map<2>(ix, out->size, f, "astype");
+  })
+  return st;
+}
+
+static int k_astype(mx_array *out, mx_array **in) {
+  int st = mx__array_alloc_data(out);
+  if (st) return st;
+  mx__nd<2> ix = out_nd<2>(out, in);
+  st = MX_ERR_NO_KERNEL;
+  MX_CUDA_DISPATCH_ALL(in[0]->dtype, st = astype_from<T>(out, in, ix);)
+  if (st == MX_ERR_NO_KERNEL) return mx__cuda_no_dtype(out, in[0]->dtype);
+  return st;
+}
+
+/* ---- where / copy --------------------------------------------------------------------- */
+template <class S>
+struct WhereF {
+  S *o;
+  const uint8_t *c;
+  const S *a, *b;
+  __device__ void operator()(const int64_t *off) const {
+    o[off[0]] = c[off[1]] ? a[off[2]] : b[off[3]];
+  }
+};
+
+static int k_where(mx_array *out, mx_array **in) {
+  int st = mx__array_alloc_data(out);
+  if (st) return st;
+  mx__nd<4> ix = out_nd<4>(out, in);
+  const uint8_t *c = (const uint8_t *)mx__ddata(in[0]);
+  switch (mx_dtype_size(out->dtype)) {
+#define C(N, S)                                                                          \
+  case N: {                                                                              \
+    WhereF<S> f = {(S *)out->buf->dptr, c, (const S *)mx__ddata(in[1]), (const S *)mx__ddata(in[2])}; \
+    return launch_map<4>(ix, out->size, f, "where");                                     \
+  }
+    C(1, uint8_t) C(2, uint16_t) C(4, uint32_t) C(8, uint64_t)
+#undef C
+    default: return mx__cuda_no_dtype(out, out->dtype);
+  }
+}
+
+template <class S>
+struct CopyF {
+  S *o;
+  const S *a;
+  __device__ void operator()(const int64_t *off) const { o[off[0]] = a[off[1]]; }
+};
+
+int mx__cuda_strided_copy(char *dst, const int64_t *dst_strides, const int64_t *shape, int ndim,
+                          const mx_array *src, const char *what) {
+  int64_t sst[MX_MAX_NDIM];
+  mx__bcast_strides(src, shape, ndim, sst);
+  const int64_t *sp[2] = {dst_strides, sst};
+  mx__nd<2> ix = mx__nd_make<2>(shape, ndim, sp);
+  int64_t n = mx__shape_size(shape, ndim);
+  switch (mx_dtype_size(src->dtype)) {
+#define C(N, S)                                                                 \
+  case N: {                                                                     \
+    CopyF<S> f = {(S *)dst, (const S *)mx__ddata(src)};                         \
+    return launch_map<2>(ix, n, f, what);                                       \
+  }
+    C(1, uint8_t) C(2, uint16_t) C(4, uint32_t) C(8, uint64_t)
+#undef C
+    default: return mx__set_error(MX_ERR_INTERNAL, "%s: bad element size", what);
+  }
+}
+
+int mx__cuda_copy_to_contiguous(const mx_array *in, void *dst) {
+  int64_t row[MX_MAX_NDIM];
+  mx__compute_row_strides(in->shape, in->ndim, row);
+  return mx__cuda_strided_copy((char *)dst, row, in->shape, in->ndim, in, "copy");
+}
+
+/* COPY and FULL: in[0] broadcast to out's shape. */
+static int k_copy(mx_array *out, mx_array **in) {
+  int st = mx__array_alloc_data(out);
+  if (st) return st;
+  return mx__cuda_strided_copy((char *)out->buf->dptr, out->strides, out->shape, out->ndim, in[0],
+                               mx__opname(out));
+}
+
+/* ---- arange ---------------------------------------------------------------------------- */
+typedef struct {
+  double start, step;
+} arange_params; /* as src/ops/creation.c */
+
+template <class T>
+__global__ void k_arange_kernel(typename T::S *o, int64_t n, double start, double step) {
+  MX_CUDA_LOOP(i, n) o[i] = T::st(start + (double)i * step);
+}
+
+static int k_arange(mx_array *out, mx_array **in) {
+  MX_UNUSED(in);
+  const arange_params *p = MX__PARAMS(out, arange_params);
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  st = MX_ERR_NO_KERNEL;
+  MX_CUDA_DISPATCH_ALL(out->dtype, {
+    k_arange_kernel<T><<<mx__cuda_blocks(out->size), MX_CUDA_THREADS, 0, mx__cuda_stream()>>>(
+        (T::S *)out->buf->dptr, out->size, p->start, p->step);
+    st = mx__cuda_launched("arange");
+  })
+  if (st == MX_ERR_NO_KERNEL) return mx__cuda_no_dtype(out, out->dtype);
+  return st;
+}
+
+static int k_stop_gradient(mx_array *out, mx_array **in) {
+  mx__array_set_same(out, in[0]);
+  return MX_OK;
+}
+
+void mx__cuda_register_elementwise(mx__kernel_fn *k) {
+  static const mx__op_id unary_ops[] = {
+      MX_OP_NEGATIVE, MX_OP_ABS,   MX_OP_SIGN,    MX_OP_SQUARE, MX_OP_SQRT,   MX_OP_RSQRT,
+      MX_OP_RECIPROCAL, MX_OP_EXP, MX_OP_EXPM1,   MX_OP_LOG,    MX_OP_LOG1P,  MX_OP_SIN,
+      MX_OP_COS,      MX_OP_TANH,  MX_OP_SIGMOID, MX_OP_ERF,    MX_OP_ERFINV, MX_OP_ISNAN,
+      MX_OP_ISINF,    MX_OP_LOGICAL_NOT, MX_OP_FLOOR, MX_OP_CEIL, MX_OP_ROUND};
+  for (size_t i = 0; i < sizeof unary_ops / sizeof *unary_ops; i++) k[unary_ops[i]] = k_unary;
+  static const mx__op_id binary_ops[] = {
+      MX_OP_ADD,   MX_OP_SUBTRACT,  MX_OP_MULTIPLY,   MX_OP_DIVIDE,  MX_OP_POWER,
+      MX_OP_MAXIMUM, MX_OP_MINIMUM, MX_OP_EQUAL,      MX_OP_NOT_EQUAL, MX_OP_LESS,
+      MX_OP_LESS_EQUAL, MX_OP_GREATER, MX_OP_GREATER_EQUAL, MX_OP_LOGICAL_AND,
+      MX_OP_LOGICAL_OR};
+  for (size_t i = 0; i < sizeof binary_ops / sizeof *binary_ops; i++) k[binary_ops[i]] = k_binary;
+  k[MX_OP_ASTYPE] = k_astype;
+  k[MX_OP_WHERE] = k_where;
+  k[MX_OP_COPY] = k_copy;
+  k[MX_OP_FULL] = k_copy;
+  k[MX_OP_ARANGE] = k_arange;
+  k[MX_OP_STOP_GRADIENT] = k_stop_gradient;
+}

@@ -1,0 +1,162 @@
+/* linalg.cu — matmul through cuBLAS: out = alpha * (a @ b) + beta * c.
+ *
+ * Inputs as for the CPU kernel (src/backend/cpu/linalg.c): a (..., M, K),
+ * b (..., K, N) with out's batch shape (batch strides 0 where broadcast),
+ * optional c broadcast to out. Row-major C = A B is computed as the
+ * column-major C^T = B^T A^T, so a row- or column-major operand goes to
+ * cuBLAS as it lies (op N or T, its leading dimension); an operand whose
+ * strides cuBLAS cannot express, or whose batch axes are not one strided
+ * run, is first copied to a contiguous buffer. One strided-batched GEMM per
+ * matmul.
+ *
+ *   f32   CUBLAS_COMPUTE_32F (TF32 off: results match the CPU's sgemm)
+ *   f16, bf16  f32 accumulation (CUBLAS_COMPUTE_32F), tensor cores
+ *   f64   CUBLAS_COMPUTE_64F */
+#include <cublas_v2.h>
+#include <limits.h>
+#include <pthread.h>
+
+#include "cuda_common.cuh"
+#include "ops/linalg_params.h"
+
+static cublasHandle_t g_handle;
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int cublas_check(cublasStatus_t s, const char *what) {
+  if (s == CUBLAS_STATUS_SUCCESS) return MX_OK;
+  int code = s == CUBLAS_STATUS_ALLOC_FAILED ? MX_ERR_OOM : MX_ERR_INTERNAL;
+  return mx__set_error(code, "matmul: %s failed: %s", what, cublasGetStatusString(s));
+}
+
+static int handle(cublasHandle_t *h) {
+  pthread_mutex_lock(&g_mu);
+  int st = MX_OK;
+  if (!g_handle) {
+    st = cublas_check(cublasCreate(&g_handle), "cublasCreate");
+    if (!st) st = cublas_check(cublasSetStream(g_handle, mx__cuda_stream()), "cublasSetStream");
+    if (!st) st = cublas_check(cublasSetMathMode(g_handle, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+    if (st && g_handle) {
+      cublasDestroy(g_handle);
+      g_handle = NULL;
+    }
+  }
+  *h = g_handle;
+  pthread_mutex_unlock(&g_mu);
+  return st;
+}
+
+/* One operand as cuBLAS sees it. */
+typedef struct {
+  const char *ptr;
+  int64_t rows, cols, rs, cs; /* matrix strides (elements) */
+  int64_t bs;                 /* batch stride */
+  bool ok;
+} operand;
+
+/* Batch axes [0, nb) of x over out's batch shape as one stride. */
+static bool batch_stride(const mx_array *x, const int64_t *bshape, int nb, int64_t *bs) {
+  int64_t s = 0, next = -1;
+  for (int d = nb - 1; d >= 0; d--) {
+    if (bshape[d] == 1) continue;
+    if (next < 0) s = x->strides[d];
+    else if (x->strides[d] != next) return false;
+    next = x->strides[d] * bshape[d];
+  }
+  *bs = s;
+  return true;
+}
+
+/* Strides of size-1 dims are free: pick ones cuBLAS accepts. */
+static bool layout_ok(operand *o) {
+  if (o->rows == 1 && o->cols == 1) o->rs = o->cs = 1;
+  else if (o->rows == 1) o->rs = o->cs == 1 ? o->cols : 1;
+  else if (o->cols == 1) o->cs = o->rs == 1 ? o->rows : 1;
+  if (o->cs == 1 && o->rs >= MX_MAX(1, o->cols) && o->rs <= INT_MAX) return true;
+  if (o->rs == 1 && o->cs >= MX_MAX(1, o->rows) && o->cs <= INT_MAX) return true;
+  return false;
+}
+
+static int prepare(operand *o, mx_array *x, int nd, const int64_t *bshape, int64_t nbatch,
+                   mx__buffer **tmp) {
+  size_t es = mx_dtype_size(x->dtype);
+  o->ptr = mx__ddata(x);
+  o->rows = x->shape[nd - 2];
+  o->cols = x->shape[nd - 1];
+  o->rs = x->strides[nd - 2];
+  o->cs = x->strides[nd - 1];
+  o->bs = 0;
+  if (batch_stride(x, bshape, nd - 2, &o->bs) && layout_ok(o)) return MX_OK;
+  /* pack (materialising broadcast batch axes) */
+  *tmp = mx__cuda_tmp((size_t)(nbatch * o->rows * o->cols) * es);
+  if (!*tmp) return mx_last_status();
+  int st = mx__cuda_copy_to_contiguous(x, (*tmp)->dptr);
+  if (st) return st;
+  o->ptr = (const char *)(*tmp)->dptr;
+  o->rs = MX_MAX(1, o->cols);
+  o->cs = 1;
+  o->bs = o->rows * o->cols;
+  return MX_OK;
+}
+
+static int k_matmul(mx_array *out, mx_array **in) {
+  const mx__matmul_params *p = MX__PARAMS(out, mx__matmul_params);
+  mx_array *a = in[0], *b = in[1], *c = out->ninputs > 2 ? in[2] : NULL;
+  mx_dtype dt = out->dtype;
+  cudaDataType_t ty;
+  cublasComputeType_t ct = CUBLAS_COMPUTE_32F;
+  switch (dt) {
+    case MX_FLOAT32: ty = CUDA_R_32F; break;
+    case MX_FLOAT16: ty = CUDA_R_16F; break;
+    case MX_BFLOAT16: ty = CUDA_R_16BF; break;
+    case MX_FLOAT64: ty = CUDA_R_64F; ct = CUBLAS_COMPUTE_64F; break;
+    default: return mx__cuda_no_dtype(out, dt);
+  }
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  int nd = out->ndim, nb = nd - 2;
+  int64_t M = out->shape[nd - 2], N = out->shape[nd - 1], K = a->shape[nd - 1];
+  int64_t nbatch = mx__shape_size(out->shape, nb);
+  if (M > INT_MAX || N > INT_MAX || K > INT_MAX || nbatch > INT_MAX)
+    return mx__set_error(MX_ERR_UNSUPPORTED, "matmul: dimensions too large for cuBLAS");
+  double beta = 0;
+  if (c) {
+    if ((st = mx__cuda_strided_copy((char *)out->buf->dptr, out->strides, out->shape, nd, c,
+                                    "matmul")))
+      return st;
+    beta = p->beta;
+  }
+  cublasHandle_t h;
+  if ((st = handle(&h))) return st;
+  mx__buffer *ta = NULL, *tb = NULL;
+  operand A, B;
+  st = prepare(&A, a, nd, out->shape, nbatch, &ta);
+  if (!st) st = prepare(&B, b, nd, out->shape, nbatch, &tb);
+  if (!st) {
+    /* column-major C^T (N x M) = B^T (N x K) * A^T (K x M) */
+    cublasOperation_t opb, opa;
+    int ldb_, lda_;
+    if (B.cs == 1) opb = CUBLAS_OP_N, ldb_ = (int)B.rs;
+    else opb = CUBLAS_OP_T, ldb_ = (int)B.cs;
+    if (A.cs == 1) opa = CUBLAS_OP_N, lda_ = (int)A.rs;
+    else opa = CUBLAS_OP_T, lda_ = (int)A.cs;
+    if (K == 0) {
+      opb = opa = CUBLAS_OP_N;
+      ldb_ = (int)MX_MAX(1, N);
+      lda_ = 1;
+    }
+    float af = (float)p->alpha, bf = (float)beta;
+    double ad = p->alpha, bd = beta;
+    const void *alpha = dt == MX_FLOAT64 ? (const void *)&ad : (const void *)&af;
+    const void *betap = dt == MX_FLOAT64 ? (const void *)&bd : (const void *)&bf;
+    st = cublas_check(
+        cublasGemmStridedBatchedEx(h, opb, opa, (int)N, (int)M, (int)K, alpha, B.ptr, ty, ldb_,
+                                   B.bs, A.ptr, ty, lda_, A.bs, betap, out->buf->dptr, ty,
+                                   (int)MX_MAX(1, N), M * N, (int)nbatch, ct, CUBLAS_GEMM_DEFAULT),
+        "cublasGemmStridedBatchedEx");
+  }
+  if (ta) mx__buffer_release(ta);
+  if (tb) mx__buffer_release(tb);
+  return st;
+}
+
+void mx__cuda_register_linalg(mx__kernel_fn *k) { k[MX_OP_MATMUL] = k_matmul; }

@@ -1,0 +1,375 @@
+/* reduce.cu — CUDA reductions (sum/prod/max/min/all/any over any axes),
+ * argmax/argmin, cumsum, and softmax/log_softmax/logsumexp over the last
+ * axis.
+ *
+ * As on the CPU, reductions accumulate in double (float inputs) or int64
+ * (integers, wrapping) and convert once to the output dtype. Each output
+ * element is reduced by one block (long reductions) or one thread (short
+ * ones) in a fixed order, so results are deterministic run to run. */
+#include "cuda_common.cuh"
+#include "ops/reduce_params.h"
+
+typedef enum { R_SUM, R_PROD, R_MAX, R_MIN, R_ALL, R_ANY } rop;
+
+static rop rop_of(mx__op_id id) {
+  switch (id) {
+    case MX_OP_SUM: return R_SUM;
+    case MX_OP_PROD: return R_PROD;
+    case MX_OP_MAX: return R_MAX;
+    case MX_OP_MIN: return R_MIN;
+    case MX_OP_ALL: return R_ALL;
+    default: return R_ANY;
+  }
+}
+
+__device__ __forceinline__ double comb(rop op, double a, double b) {
+  switch (op) {
+    case R_SUM: return a + b;
+    case R_PROD: return a * b;
+    case R_MAX: return (a != a || b != b) ? (double)NAN : a > b ? a : b;
+    case R_MIN: return (a != a || b != b) ? (double)NAN : a < b ? a : b;
+    case R_ALL: return (a != 0) && (b != 0);
+    default: return (a != 0) || (b != 0);
+  }
+}
+__device__ __forceinline__ int64_t comb(rop op, int64_t a, int64_t b) {
+  switch (op) {
+    case R_SUM: return (int64_t)((uint64_t)a + (uint64_t)b);
+    case R_PROD: return (int64_t)((uint64_t)a * (uint64_t)b);
+    case R_MAX: return a > b ? a : b;
+    case R_MIN: return a < b ? a : b;
+    case R_ALL: return (a != 0) && (b != 0);
+    default: return (a != 0) || (b != 0);
+  }
+}
+__device__ __forceinline__ void init_acc(rop op, double *v) {
+  *v = op == R_SUM || op == R_ANY ? 0.0 : op == R_MAX ? -(double)INFINITY
+       : op == R_MIN ? (double)INFINITY : 1.0;
+}
+__device__ __forceinline__ void init_acc(rop op, int64_t *v) {
+  *v = op == R_SUM || op == R_ANY ? 0 : op == R_MAX ? INT64_MIN : op == R_MIN ? INT64_MAX : 1;
+}
+
+/* acc type per input tag */
+template <class T> struct acc_of { typedef int64_t A; };
+template <> struct acc_of<TF16> { typedef double A; };
+template <> struct acc_of<TBF16> { typedef double A; };
+template <> struct acc_of<TF32> { typedef double A; };
+template <> struct acc_of<TF64> { typedef double A; };
+
+/* outer: the kept dims (operand 0: input strides); inner: the reduced dims. */
+template <class T>
+__global__ void k_reduce_block(const typename T::S *x, mx__nd<1> outer, mx__nd<1> inner,
+                               int64_t nout, int64_t r, rop op, typename acc_of<T>::A *acc) {
+  typedef typename acc_of<T>::A A;
+  __shared__ A sh[MX_CUDA_THREADS];
+  for (int64_t o = blockIdx.x; o < nout; o += gridDim.x) {
+    int64_t base;
+    mx__nd_offsets<1>(outer, o, &base);
+    A v;
+    init_acc(op, &v);
+    for (int64_t j = threadIdx.x; j < r; j += blockDim.x) {
+      int64_t off;
+      mx__nd_offsets<1>(inner, j, &off);
+      v = comb(op, v, (A)T::ld(x[base + off]));
+    }
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+      if ((int)threadIdx.x < s) sh[threadIdx.x] = comb(op, sh[threadIdx.x], sh[threadIdx.x + s]);
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) acc[o] = sh[0];
+    __syncthreads();
+  }
+}
+
+template <class T>
+__global__ void k_reduce_thread(const typename T::S *x, mx__nd<1> outer, mx__nd<1> inner,
+                                int64_t nout, int64_t r, rop op, typename acc_of<T>::A *acc) {
+  typedef typename acc_of<T>::A A;
+  MX_CUDA_LOOP(o, nout) {
+    int64_t base;
+    mx__nd_offsets<1>(outer, o, &base);
+    A v;
+    init_acc(op, &v);
+    for (int64_t j = 0; j < r; j++) {
+      int64_t off;
+      mx__nd_offsets<1>(inner, j, &off);
+      v = comb(op, v, (A)T::ld(x[base + off]));
+    }
+    acc[o] = v;
+  }
+}
+
+/* out[i] = TO(acc[i]) with the CPU's conversion rules */
+template <class TO, class A>
+__global__ void k_convert(typename TO::S *o, const A *acc, int64_t n, bool logical) {
+  MX_CUDA_LOOP(i, n) {
+    if (logical) o[i] = TO::st((int64_t)(acc[i] != 0));
+    else o[i] = TO::st(acc[i]);
+  }
+}
+
+template <class A>
+static int convert_out(mx_array *out, const A *acc, bool logical) {
+  int st = MX_ERR_NO_KERNEL;
+  MX_CUDA_DISPATCH_ALL(out->dtype, {
+    k_convert<T, A><<<mx__cuda_blocks(out->size), MX_CUDA_THREADS, 0, mx__cuda_stream()>>>(
+        (T::S *)out->buf->dptr, acc, out->size, logical);
+    st = mx__cuda_launched(mx__opname(out));
+  })
+  if (st == MX_ERR_NO_KERNEL) return mx__cuda_no_dtype(out, out->dtype);
+  return st;
+}
+
+static mx__nd<1> nd1(const int64_t *shape, int ndim, const int64_t *strides) {
+  const int64_t *sp[1] = {strides};
+  return mx__nd_make<1>(shape, ndim, sp);
+}
+
+template <class T>
+static int reduce_typed(mx_array *out, mx_array *a, uint32_t mask, rop op) {
+  typedef typename acc_of<T>::A A;
+  int64_t osh[MX_MAX_NDIM] = {0}, ost[MX_MAX_NDIM] = {0}, ish[MX_MAX_NDIM] = {0}, ist[MX_MAX_NDIM] = {0};
+  int on = 0, inn = 0;
+  for (int d = 0; d < a->ndim; d++) {
+    if ((mask >> d) & 1u) {
+      ish[inn] = a->shape[d];
+      ist[inn++] = a->strides[d];
+    } else {
+      osh[on] = a->shape[d];
+      ost[on++] = a->strides[d];
+    }
+  }
+  mx__nd<1> outer = nd1(osh, on, ost), inner = nd1(ish, inn, ist);
+  int64_t nout = out->size, r = mx__shape_size(ish, inn);
+  mx__buffer *tmp = mx__cuda_tmp(sizeof(A) * (size_t)(nout ? nout : 1));
+  if (!tmp) return mx_last_status();
+  A *acc = (A *)tmp->dptr;
+  const typename T::S *x = (const typename T::S *)mx__ddata(a);
+  cudaStream_t s = mx__cuda_stream();
+  if (r >= 128) {
+    unsigned g = (unsigned)(nout < 65535 * 8 ? nout : 65535 * 8);
+    k_reduce_block<T><<<g, MX_CUDA_THREADS, 0, s>>>(x, outer, inner, nout, r, op, acc);
+  } else {
+    k_reduce_thread<T><<<mx__cuda_blocks(nout), MX_CUDA_THREADS, 0, s>>>(x, outer, inner, nout, r,
+                                                                         op, acc);
+  }
+  int st = mx__cuda_launched(mx__opname(out));
+  if (!st) st = convert_out<A>(out, acc, op == R_ALL || op == R_ANY);
+  mx__buffer_release(tmp);
+  return st;
+}
+
+static int k_reduce(mx_array *out, mx_array **in) {
+  mx_array *a = in[0];
+  const mx__reduce_params *p = MX__PARAMS(out, mx__reduce_params);
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  st = MX_ERR_NO_KERNEL;
+  MX_CUDA_DISPATCH_ALL(a->dtype, st = reduce_typed<T>(out, a, p->mask, rop_of(out->op->id));)
+  if (st == MX_ERR_NO_KERNEL) return mx__cuda_no_dtype(out, a->dtype);
+  return st;
+}
+
+/* ---- argmax / argmin ---------------------------------------------------------- */
+template <class T>
+__global__ void k_argreduce(const typename T::S *x, mx__nd<1> outer, int64_t nout, int64_t len,
+                            int64_t stride, bool is_max, uint32_t *o) {
+  MX_CUDA_LOOP(t, nout) {
+    int64_t base;
+    mx__nd_offsets<1>(outer, t, &base);
+    int64_t best = 0;
+    double bv = (double)T::ld(x[base]);
+    if (bv == bv)
+      for (int64_t r = 1; r < len; r++) {
+        double v = (double)T::ld(x[base + r * stride]);
+        if (v != v) { /* the first NaN wins */
+          best = r;
+          break;
+        }
+        if (is_max ? v > bv : v < bv) {
+          bv = v;
+          best = r;
+        }
+      }
+    o[t] = (uint32_t)best;
+  }
+}
+
+static int k_argreduce_op(mx_array *out, mx_array **in) {
+  mx_array *a = in[0];
+  int ax = MX__PARAMS(out, mx__axis_params)->axis;
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  int64_t osh[MX_MAX_NDIM] = {0}, ost[MX_MAX_NDIM] = {0};
+  int on = 0;
+  for (int d = 0; d < a->ndim; d++)
+    if (d != ax) {
+      osh[on] = a->shape[d];
+      ost[on++] = a->strides[d];
+    }
+  mx__nd<1> outer = nd1(osh, on, ost);
+  int64_t len = a->shape[ax], stride = a->strides[ax];
+  bool is_max = out->op->id == MX_OP_ARGMAX;
+  st = MX_ERR_NO_KERNEL;
+  MX_CUDA_DISPATCH_ALL(a->dtype, {
+    k_argreduce<T><<<mx__cuda_blocks(out->size), MX_CUDA_THREADS, 0, mx__cuda_stream()>>>(
+        (const T::S *)mx__ddata(a), outer, out->size, len, stride, is_max,
+        (uint32_t *)out->buf->dptr);
+    st = mx__cuda_launched(mx__opname(out));
+  })
+  if (st == MX_ERR_NO_KERNEL) return mx__cuda_no_dtype(out, a->dtype);
+  return st;
+}
+
+/* ---- cumsum -------------------------------------------------------------------------- */
+/* One thread per line; outer: operand 0 = input strides, 1 = output (row). */
+template <class T>
+__global__ void k_cumsum(const typename T::S *x, typename T::S *o, mx__nd<2> outer, int64_t nlines,
+                         int64_t len, int64_t xs, int64_t os, bool reverse, bool inclusive) {
+  typedef typename acc_of<T>::A A;
+  MX_CUDA_LOOP(t, nlines) {
+    int64_t off[2];
+    mx__nd_offsets<2>(outer, t, off);
+    A s = 0;
+    for (int64_t r0 = 0; r0 < len; r0++) {
+      int64_t r = reverse ? len - 1 - r0 : r0;
+      A v = (A)T::ld(x[off[0] + r * xs]);
+      if (inclusive) s = comb(R_SUM, s, v);
+      o[off[1] + r * os] = T::st(s);
+      if (!inclusive) s = comb(R_SUM, s, v);
+    }
+  }
+}
+
+static int k_cumsum_op(mx_array *out, mx_array **in) {
+  mx_array *a = in[0];
+  const mx__scan_params *p = MX__PARAMS(out, mx__scan_params);
+  if (a->dtype != out->dtype) return mx__cuda_no_dtype(out, a->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  int64_t sh[MX_MAX_NDIM] = {0}, xs[MX_MAX_NDIM] = {0}, os[MX_MAX_NDIM] = {0};
+  int n = 0;
+  for (int d = 0; d < a->ndim; d++)
+    if (d != p->axis) {
+      sh[n] = a->shape[d];
+      xs[n] = a->strides[d];
+      os[n++] = out->strides[d];
+    }
+  const int64_t *sp[2] = {xs, os};
+  mx__nd<2> outer = mx__nd_make<2>(sh, n, sp);
+  int64_t len = a->shape[p->axis], nlines = out->size / (len ? len : 1);
+  st = MX_ERR_NO_KERNEL;
+  MX_CUDA_DISPATCH_ALL(a->dtype, {
+    k_cumsum<T><<<mx__cuda_blocks(nlines), MX_CUDA_THREADS, 0, mx__cuda_stream()>>>(
+        (const T::S *)mx__ddata(a), (T::S *)out->buf->dptr, outer, nlines, len,
+        a->strides[p->axis], out->strides[p->axis], p->reverse != 0, p->inclusive != 0);
+    st = mx__cuda_launched("cumsum");
+  })
+  if (st == MX_ERR_NO_KERNEL) return mx__cuda_no_dtype(out, a->dtype);
+  return st;
+}
+
+/* ---- softmax / log_softmax / logsumexp over the last axis ---------------------------- */
+__device__ __forceinline__ float m_exp(float x) { return expf(x); }
+__device__ __forceinline__ double m_exp(double x) { return exp(x); }
+__device__ __forceinline__ float m_log(float x) { return logf(x); }
+__device__ __forceinline__ double m_log(double x) { return log(x); }
+
+/* One block per row; compute type C (f32, or f64 for f64). The max
+ * ignores nothing: a NaN anywhere makes the shift 0 so NaN propagates
+ * through the sum, as on the CPU. */
+template <class T, class C>
+__global__ void k_softmax(const typename T::S *x, typename T::S *o, mx__nd<1> rows_nd,
+                          int64_t rows, int64_t len, int64_t xs, int mode) {
+  __shared__ C sh[MX_CUDA_THREADS];
+  __shared__ int nan_sh[MX_CUDA_THREADS];
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    int64_t base;
+    mx__nd_offsets<1>(rows_nd, row, &base);
+    C m = -(C)INFINITY;
+    int has_nan = 0;
+    for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
+      C v = (C)T::ld(x[base + i * xs]);
+      if (v != v) has_nan = 1;
+      else if (v > m) m = v;
+    }
+    sh[threadIdx.x] = m;
+    nan_sh[threadIdx.x] = has_nan;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+      if ((int)threadIdx.x < s) {
+        C b = sh[threadIdx.x + s];
+        if (b > sh[threadIdx.x]) sh[threadIdx.x] = b;
+        nan_sh[threadIdx.x] |= nan_sh[threadIdx.x + s];
+      }
+      __syncthreads();
+    }
+    m = sh[0];
+    if (nan_sh[0] || m == -(C)INFINITY) m = 0;
+    __syncthreads();
+    C s = 0;
+    for (int64_t i = threadIdx.x; i < len; i += blockDim.x)
+      s += m_exp((C)T::ld(x[base + i * xs]) - m);
+    sh[threadIdx.x] = s;
+    __syncthreads();
+    for (int k = blockDim.x / 2; k > 0; k >>= 1) {
+      if ((int)threadIdx.x < k) sh[threadIdx.x] += sh[threadIdx.x + k];
+      __syncthreads();
+    }
+    s = sh[0];
+    __syncthreads();
+    if (mode == 0) {
+      C inv = (C)1 / s;
+      for (int64_t i = threadIdx.x; i < len; i += blockDim.x)
+        o[row * len + i] = T::st(m_exp((C)T::ld(x[base + i * xs]) - m) * inv);
+    } else {
+      C lse = m + m_log(s);
+      if (mode == 2) {
+        if (threadIdx.x == 0) o[row] = T::st(lse);
+      } else {
+        for (int64_t i = threadIdx.x; i < len; i += blockDim.x)
+          o[row * len + i] = T::st((C)T::ld(x[base + i * xs]) - lse);
+      }
+    }
+  }
+}
+
+static int k_softmax_family(mx_array *out, mx_array **in) {
+  mx_array *a = in[0];
+  int mode = out->op->id == MX_OP_SOFTMAX ? 0 : out->op->id == MX_OP_LOG_SOFTMAX ? 1 : 2;
+  if (a->dtype != out->dtype || !mx_dtype_is_float(a->dtype)) return mx__cuda_no_dtype(out, a->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  int nd = a->ndim;
+  int64_t len = nd ? a->shape[nd - 1] : 1, xs = nd ? a->strides[nd - 1] : 1;
+  int64_t rows = len ? a->size / len : 0;
+  if (rows == 0) return MX_OK;
+  mx__nd<1> rnd = nd1(a->shape, nd ? nd - 1 : 0, a->strides);
+  unsigned g = (unsigned)(rows < 65535 * 8 ? rows : 65535 * 8);
+  cudaStream_t s = mx__cuda_stream();
+  st = MX_ERR_NO_KERNEL;
+  switch (a->dtype) {
+#define C(DT, TAG, CT)                                                                  \
+  case DT:                                                                              \
+    k_softmax<TAG, CT><<<g, MX_CUDA_THREADS, 0, s>>>((const TAG::S *)mx__ddata(a),      \
+                                                     (TAG::S *)out->buf->dptr, rnd, rows, len, xs, mode); \
+    st = mx__cuda_launched(mx__opname(out));                                            \
+    break;
+    C(MX_FLOAT16, TF16, float) C(MX_BFLOAT16, TBF16, float) C(MX_FLOAT32, TF32, float)
+    C(MX_FLOAT64, TF64, double)
+#undef C
+    default: return mx__cuda_no_dtype(out, a->dtype);
+  }
+  return st;
+}
+
+void mx__cuda_register_reduce(mx__kernel_fn *k) {
+  k[MX_OP_SUM] = k[MX_OP_PROD] = k[MX_OP_MAX] = k[MX_OP_MIN] = k_reduce;
+  k[MX_OP_ALL] = k[MX_OP_ANY] = k_reduce;
+  k[MX_OP_ARGMAX] = k[MX_OP_ARGMIN] = k_argreduce_op;
+  k[MX_OP_CUMSUM] = k_cumsum_op;
+  k[MX_OP_SOFTMAX] = k[MX_OP_LOG_SOFTMAX] = k[MX_OP_LOGSUMEXP] = k_softmax_family;
+}
