@@ -22,6 +22,7 @@
 #include "mxc/map.h"
 #include "mxc/transforms.h"
 #include "mxc/io.h"
+#include "mxc/optim.h"
 #include "mxc/nn.h"
 
 #endif
