@@ -22,7 +22,7 @@ C
 LIBDIR=$(ls -d "$TMP"/prefix/lib*/pkgconfig | head -1)
 PKG_CONFIG_PATH="$LIBDIR" cc -o "$TMP/hello_pc" "$TMP/hello.c" \
   $(PKG_CONFIG_PATH="$LIBDIR" pkg-config --cflags mxc) \
-  $(PKG_CONFIG_PATH="$LIBDIR" pkg-config --libs --static mxc) -Wl,-rpath,"$LIBDIR/.."
+  $(PKG_CONFIG_PATH="$LIBDIR" pkg-config --libs mxc) -Wl,-rpath,"$LIBDIR/.."
 out=$("$TMP/hello_pc")
 [ "$out" = 45 ] || { echo "pkg-config build printed '$out'"; exit 1; }
 mkdir -p "$TMP/cm"
