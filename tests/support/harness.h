@@ -71,7 +71,8 @@ typedef struct {
   X(linalg)            \
   X(sort)              \
   X(random)            \
-  X(fast)
+  X(fast)              \
+  X(quantized)
 
 #define OC_DECLARE(f) extern const mx_opcase_table mx_opcases_##f;
 OC_FAMILIES(OC_DECLARE)

@@ -14,6 +14,7 @@ void mx__cpu_register_sort(mx__kernel_fn *k);
 void mx__cpu_register_random(mx__kernel_fn *k);
 void mx__cpu_register_fast(mx__kernel_fn *k);
 void mx__cpu_register_misc(mx__kernel_fn *k);
+void mx__cpu_register_quantized(mx__kernel_fn *k);
 
 /* ---- strided n-ary elementwise iteration ---------------------------------
  * Operand 0 is the (row-contiguous) output; operands 1.. are inputs given by

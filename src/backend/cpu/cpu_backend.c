@@ -19,6 +19,7 @@ static void init(void) {
   mx__cpu_register_fast(k);
   mx__cpu_register_sort(k);
   mx__cpu_register_random(k);
+  mx__cpu_register_quantized(k);
 }
 
 const mx__backend *mx__cpu_backend_init(void);

@@ -1,0 +1,415 @@
+/* optimizers.c — SGD, Adam, AdamW, Lion and Adafactor on flat parameter
+ * maps, with MLX's semantics (mlx.optimizers): every update is built from
+ * ops (lazy), the state is a flat name -> array map ("step",
+ * "learning_rate", "<param>.<slot>") that saves and loads with the
+ * safetensors code. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "mxc/ops.h"
+#include "mxc/optim.h"
+
+typedef enum { O_SGD, O_ADAM, O_ADAMW, O_LION, O_ADAFACTOR } opt_kind;
+
+struct mx_optimizer {
+  opt_kind kind;
+  double lr;
+  mx_schedule *sched; /* NULL: constant lr */
+  int64_t step;
+  mx_map *state;
+  union {
+    mx_sgd_options sgd;
+    mx_adam_options adam;
+    mx_lion_options lion;
+    mx_adafactor_options ada;
+  } o;
+};
+
+/* ---- temporaries -------------------------------------------------------------- */
+typedef struct {
+  mx_array *v[96];
+  int n;
+} pool;
+static mx_array *K(pool *p, mx_array *a) {
+  MX_ASSERT(p->n < (int)(sizeof p->v / sizeof *p->v));
+  if (a) p->v[p->n++] = a;
+  return a;
+}
+static void pool_free(pool *p) {
+  for (int i = 0; i < p->n; i++) mx_array_free(p->v[i]);
+  p->n = 0;
+}
+#define MUL(a, s) K(P, mx_multiply_scalar((a), (s)))
+#define ADDS(a, s) K(P, mx_add_scalar((a), (s)))
+#define ADD(a, b) K(P, mx_add((a), (b)))
+#define SUB(a, b) K(P, mx_subtract((a), (b)))
+#define MULA(a, b) K(P, mx_multiply((a), (b)))
+#define DIV(a, b) K(P, mx_divide((a), (b)))
+
+/* ---- construction ---------------------------------------------------------------- */
+static mx_optimizer *new_opt(opt_kind k, double lr, mx_schedule *sched) {
+  mx_optimizer *o = calloc(1, sizeof *o);
+  if (!o || !(o->state = mx_map_new())) {
+    free(o);
+    mx__set_error(MX_ERR_OOM, "optimizer: out of memory");
+    return NULL;
+  }
+  o->kind = k;
+  o->lr = lr;
+  o->sched = mx_schedule_retain(sched);
+  return o;
+}
+
+mx_optimizer *mx_optimizer_sgd(const mx_sgd_options *opt) {
+  if (!opt) return mx__set_error(MX_ERR_INVALID_ARG, "sgd: options are NULL"), NULL;
+  if (opt->nesterov && (opt->momentum <= 0 || opt->dampening != 0)) {
+    mx__set_error(MX_ERR_INVALID_ARG,
+                  "sgd: nesterov momentum requires a momentum and zero dampening");
+    return NULL;
+  }
+  mx_optimizer *o = new_opt(O_SGD, opt->learning_rate, opt->lr_schedule);
+  if (o) o->o.sgd = *opt;
+  return o;
+}
+mx_optimizer *mx_optimizer_adam(const mx_adam_options *opt) {
+  if (!opt) return mx__set_error(MX_ERR_INVALID_ARG, "adam: options are NULL"), NULL;
+  mx_optimizer *o = new_opt(O_ADAM, opt->learning_rate, opt->lr_schedule);
+  if (o) o->o.adam = *opt;
+  return o;
+}
+mx_optimizer *mx_optimizer_adamw(const mx_adam_options *opt) {
+  if (!opt) return mx__set_error(MX_ERR_INVALID_ARG, "adamw: options are NULL"), NULL;
+  mx_optimizer *o = new_opt(O_ADAMW, opt->learning_rate, opt->lr_schedule);
+  if (o) o->o.adam = *opt;
+  return o;
+}
+mx_optimizer *mx_optimizer_lion(const mx_lion_options *opt) {
+  if (!opt) return mx__set_error(MX_ERR_INVALID_ARG, "lion: options are NULL"), NULL;
+  mx_optimizer *o = new_opt(O_LION, opt->learning_rate, opt->lr_schedule);
+  if (o) o->o.lion = *opt;
+  return o;
+}
+mx_optimizer *mx_optimizer_adafactor(const mx_adafactor_options *opt) {
+  if (!opt) return mx__set_error(MX_ERR_INVALID_ARG, "adafactor: options are NULL"), NULL;
+  if (!opt->relative_step && !opt->lr_schedule && !(opt->learning_rate > 0)) {
+    mx__set_error(MX_ERR_INVALID_ARG,
+                  "adafactor: without relative_step a learning_rate (or schedule) is needed");
+    return NULL;
+  }
+  mx_optimizer *o = new_opt(O_ADAFACTOR, opt->learning_rate, opt->lr_schedule);
+  if (o) o->o.ada = *opt;
+  return o;
+}
+
+void mx_optimizer_free(mx_optimizer *o) {
+  if (!o) return;
+  mx_schedule_free(o->sched);
+  mx_map_free(o->state);
+  free(o);
+}
+
+const char *mx_optimizer_name(const mx_optimizer *o) {
+  static const char *names[] = {"sgd", "adam", "adamw", "lion", "adafactor"};
+  return o ? names[o->kind] : "";
+}
+
+int64_t mx_optimizer_step(const mx_optimizer *o) { return o ? o->step : 0; }
+
+double mx_optimizer_learning_rate(const mx_optimizer *o) {
+  if (!o) return 0;
+  return o->sched ? mx_schedule_value(o->sched, o->step) : o->lr;
+}
+
+void mx_optimizer_set_learning_rate(mx_optimizer *o, double lr) {
+  if (!o) return;
+  mx_schedule_free(o->sched);
+  o->sched = NULL;
+  o->lr = lr;
+}
+
+mx_map *mx_optimizer_state(mx_optimizer *o) { return o ? o->state : NULL; }
+
+/* ---- state slots -------------------------------------------------------------------- */
+static int slot_name(char *buf, size_t n, const char *key, const char *slot) {
+  int w = snprintf(buf, n, "%s.%s", key, slot);
+  if (w < 0 || (size_t)w >= n)
+    return mx__set_error(MX_ERR_INVALID_ARG, "optimizer: parameter name too long: %s", key);
+  return MX_OK;
+}
+
+/* The slot (borrowed), created as zeros of `shape` (param's dtype) if absent. */
+static mx_array *slot(mx_optimizer *o, const char *key, const char *name, mx_array *param,
+                      const int64_t *shape, int ndim) {
+  char buf[1024];
+  if (slot_name(buf, sizeof buf, key, name)) return NULL;
+  if (mx_map_has(o->state, buf)) return mx_map_get(o->state, buf);
+  if (mx_map_set_take(o->state, buf, mx_zeros(shape, ndim, mx_array_dtype(param))))
+    return NULL;
+  return mx_map_get(o->state, buf);
+}
+static mx_array *slot_like(mx_optimizer *o, const char *key, const char *name, mx_array *p) {
+  return slot(o, key, name, p, mx_array_shape(p), mx_array_ndim(p));
+}
+static int slot_set(mx_optimizer *o, const char *key, const char *name, mx_array *v) {
+  char buf[1024];
+  if (!v) return mx_last_status() ? mx_last_status() : MX_ERR_INTERNAL;
+  if (slot_name(buf, sizeof buf, key, name)) return mx_last_status();
+  return mx_map_set(o->state, buf, v);
+}
+
+/* ---- the update rules (one parameter) ------------------------------------------------ */
+/* Each writes a new reference to the updated parameter into *out. */
+
+static int apply_sgd(mx_optimizer *o, const char *key, mx_array *p, mx_array *g, double lr,
+                     pool *P, mx_array **out) {
+  const mx_sgd_options *s = &o->o.sgd;
+  mx_array *v0 = slot_like(o, key, "v", p);
+  if (!v0) return mx_last_status();
+  if (s->weight_decay != 0) g = ADD(g, MUL(p, s->weight_decay));
+  if (s->momentum <= 0) {
+    *out = mx_subtract(p, MUL(g, lr));
+    return *out ? MX_OK : mx_last_status();
+  }
+  mx_array *v = MUL(v0, s->momentum);
+  v = s->dampening > 0 ? ADD(v, MUL(g, 1.0 - s->dampening)) : ADD(v, g);
+  mx_array *upd = s->nesterov ? ADD(g, MUL(v, s->momentum)) : v;
+  if (slot_set(o, key, "v", v)) return mx_last_status();
+  *out = mx_subtract(p, MUL(upd, lr));
+  return *out ? MX_OK : mx_last_status();
+}
+
+static int apply_adam(mx_optimizer *o, const char *key, mx_array *p, mx_array *g, double lr,
+                      pool *P, mx_array **out) {
+  const mx_adam_options *a = &o->o.adam;
+  if (o->kind == O_ADAMW) p = MUL(p, 1.0 - lr * a->weight_decay);
+  mx_array *m0 = slot_like(o, key, "m", p), *v0 = m0 ? slot_like(o, key, "v", p) : NULL;
+  if (!v0) return mx_last_status();
+  mx_array *m = ADD(MUL(m0, a->beta1), MUL(g, 1.0 - a->beta1));
+  mx_array *v = ADD(MUL(v0, a->beta2), MUL(K(P, mx_square(g)), 1.0 - a->beta2));
+  if (slot_set(o, key, "m", m) || slot_set(o, key, "v", v)) return mx_last_status();
+  mx_array *upd;
+  if (a->bias_correction) {
+    double t = (double)o->step;
+    double c1 = lr / (1.0 - pow(a->beta1, t)), c2 = 1.0 / sqrt(1.0 - pow(a->beta2, t));
+    upd = DIV(MUL(m, c1), ADDS(MUL(K(P, mx_sqrt(v)), c2), a->eps));
+  } else {
+    upd = DIV(MUL(m, lr), ADDS(K(P, mx_sqrt(v)), a->eps));
+  }
+  *out = mx_subtract(p, upd);
+  return *out ? MX_OK : mx_last_status();
+}
+
+static int apply_lion(mx_optimizer *o, const char *key, mx_array *p, mx_array *g, double lr,
+                      pool *P, mx_array **out) {
+  const mx_lion_options *l = &o->o.lion;
+  mx_array *m0 = slot_like(o, key, "m", p);
+  if (!m0) return mx_last_status();
+  mx_array *c = ADD(MUL(m0, l->beta1), MUL(g, 1.0 - l->beta1));
+  mx_array *m = ADD(MUL(m0, l->beta2), MUL(g, 1.0 - l->beta2));
+  if (slot_set(o, key, "m", m)) return mx_last_status();
+  if (l->weight_decay > 0) p = MUL(p, 1.0 - lr * l->weight_decay);
+  *out = mx_subtract(p, MUL(K(P, mx_sign(c)), lr));
+  return *out ? MX_OK : mx_last_status();
+}
+
+static mx_array *rms(pool *P, mx_array *x) {
+  return K(P, mx_sqrt(K(P, mx_mean(K(P, mx_square(x)), NULL, 0, false))));
+}
+
+static int apply_adafactor(mx_optimizer *o, const char *key, mx_array *p, mx_array *g,
+                           double lr, pool *P, mx_array **out) {
+  const mx_adafactor_options *a = &o->o.ada;
+  mx_dtype dt = mx_array_dtype(p);
+  double t = (double)o->step;
+  int nd = mx_array_ndim(g);
+  const int64_t *sh = mx_array_shape(p);
+  bool factored = nd >= 2;
+  /* learning rate: relative step and parameter scale */
+  double rel = lr;
+  if (a->relative_step) {
+    double min_step = a->warmup_init ? 1e-6 * t : 1e-2;
+    rel = MX_MIN(min_step, 1.0 / sqrt(t));
+  }
+  mx_array *lr_t = NULL; /* 0-d, or NULL: the scalar rel */
+  if (a->scale_parameter) {
+    mx_array *e2 = K(P, mx_array_scalar(a->eps2, dt));
+    lr_t = MUL(K(P, mx_maximum(e2, rms(P, p))), rel);
+    if (!lr_t) return mx_last_status();
+  }
+  double beta2 = 1.0 - pow(t, a->decay_rate);
+  mx_array *upd = ADDS(K(P, mx_square(g)), a->eps1);
+  if (factored) {
+    int64_t rs[8], cs[8];
+    memcpy(rs, sh, sizeof(int64_t) * (size_t)(nd - 1));
+    memcpy(cs, sh, sizeof(int64_t) * (size_t)(nd - 2));
+    cs[nd - 2] = sh[nd - 1];
+    mx_array *r0 = slot(o, key, "exp_avg_sq_row", p, rs, nd - 1);
+    mx_array *c0 = r0 ? slot(o, key, "exp_avg_sq_col", p, cs, nd - 1) : NULL;
+    if (!c0) return mx_last_status();
+    int last = -1, second = -2;
+    mx_array *r = ADD(MUL(r0, beta2), MUL(K(P, mx_mean(upd, &last, 1, false)), 1.0 - beta2));
+    mx_array *c = ADD(MUL(c0, beta2), MUL(K(P, mx_mean(upd, &second, 1, false)), 1.0 - beta2));
+    if (slot_set(o, key, "exp_avg_sq_row", r) || slot_set(o, key, "exp_avg_sq_col", c))
+      return mx_last_status();
+    mx_array *rf = K(P, mx_rsqrt(DIV(r, K(P, mx_mean(r, &last, 1, true)))));
+    mx_array *cf = K(P, mx_rsqrt(c));
+    mx_array *outer = MULA(K(P, mx_expand_dims(rf, &last, 1)), K(P, mx_expand_dims(cf, &second, 1)));
+    upd = MULA(outer, g);
+  } else {
+    mx_array *v0 = slot_like(o, key, "exp_avg_sq", p);
+    if (!v0) return mx_last_status();
+    mx_array *v = ADD(MUL(v0, beta2), MUL(upd, 1.0 - beta2));
+    if (slot_set(o, key, "exp_avg_sq", v)) return mx_last_status();
+    upd = MULA(K(P, mx_rsqrt(v)), g);
+  }
+  mx_array *one = K(P, mx_array_scalar(1.0, dt));
+  upd = DIV(upd, K(P, mx_maximum(one, MUL(rms(P, upd), 1.0 / a->clip_threshold))));
+  upd = lr_t ? MULA(lr_t, upd) : MUL(upd, rel);
+  if (a->use_beta1) {
+    mx_array *e0 = slot_like(o, key, "exp_avg", p);
+    if (!e0) return mx_last_status();
+    mx_array *e = ADD(MUL(e0, a->beta1), MUL(upd, 1.0 - a->beta1));
+    if (slot_set(o, key, "exp_avg", e)) return mx_last_status();
+    upd = e;
+  }
+  if (a->weight_decay != 0)
+    p = ADD(p, lr_t ? MULA(p, MUL(lr_t, -a->weight_decay)) : MUL(p, -a->weight_decay * rel));
+  *out = mx_subtract(p, upd);
+  return *out ? MX_OK : mx_last_status();
+}
+
+/* ---- update ------------------------------------------------------------------------------ */
+int mx_optimizer_update(mx_optimizer *o, mx_map *params, const mx_map *grads) {
+  if (!o || !params || !grads)
+    return mx__set_error(MX_ERR_INVALID_ARG, "optimizer_update: NULL argument");
+  /* validate everything first: nothing changes on error */
+  for (int i = 0; i < mx_map_size(grads); i++) {
+    const char *k = mx_map_key(grads, i);
+    if (!mx_map_has(params, k))
+      return mx__set_error(MX_ERR_NOT_FOUND,
+                           "%s update: gradient '%s' has no parameter of that name",
+                           mx_optimizer_name(o), k);
+    mx_array *p = mx_map_get(params, k), *g = mx_map_value(grads, i);
+    if (mx_array_ndim(p) != mx_array_ndim(g) ||
+        memcmp(mx_array_shape(p), mx_array_shape(g), sizeof(int64_t) * (size_t)mx_array_ndim(p)))
+      return mx__set_error(MX_ERR_SHAPE, "%s update: gradient '%s' has another shape than its parameter",
+                           mx_optimizer_name(o), k);
+    if (!mx_dtype_is_float(mx_array_dtype(p)))
+      return mx__set_error(MX_ERR_DTYPE, "%s update: parameter '%s' is not floating point (%s)",
+                           mx_optimizer_name(o), k, mx_dtype_name(mx_array_dtype(p)));
+  }
+  /* as MLX: the learning rate of this update is schedule(step), then step++ */
+  double lr = mx_optimizer_learning_rate(o);
+  o->step++;
+  if (mx_map_set_take(o->state, "step", mx_array_scalar_int(o->step, MX_INT64)) ||
+      mx_map_set_take(o->state, "learning_rate", mx_array_scalar(lr, MX_FLOAT32)))
+    return mx_last_status();
+  for (int i = 0; i < mx_map_size(params); i++) {
+    const char *k = mx_map_key(params, i);
+    if (!mx_map_has(grads, k)) continue;
+    mx_array *p = mx_map_value(params, i), *g = mx_map_get(grads, k);
+    pool P = {0};
+    mx_array *np = NULL;
+    if (mx_array_dtype(g) != mx_array_dtype(p)) g = K(&P, mx_astype(g, mx_array_dtype(p)));
+    int rc = !g ? mx_last_status()
+           : o->kind == O_SGD ? apply_sgd(o, k, p, g, lr, &P, &np)
+           : o->kind == O_LION ? apply_lion(o, k, p, g, lr, &P, &np)
+           : o->kind == O_ADAFACTOR ? apply_adafactor(o, k, p, g, lr, &P, &np)
+                                    : apply_adam(o, k, p, g, lr, &P, &np);
+    pool_free(&P);
+    if (rc || !np) {
+      mx_array_free(np);
+      return rc ? rc : (mx_last_status() ? mx_last_status() : MX_ERR_INTERNAL);
+    }
+    if ((rc = mx_map_set_take(params, k, np))) return rc;
+  }
+  return MX_OK;
+}
+
+int mx_optimizer_eval(mx_optimizer *o, mx_map *params) {
+  if (!o) return mx__set_error(MX_ERR_INVALID_ARG, "optimizer_eval: NULL optimizer");
+  int np = params ? mx_map_size(params) : 0, ns = mx_map_size(o->state);
+  mx_array **all = malloc(sizeof(mx_array *) * (size_t)(np + ns + 1));
+  if (!all) return mx__set_error(MX_ERR_OOM, "optimizer_eval: out of memory");
+  int n = 0;
+  for (int i = 0; i < np; i++) all[n++] = mx_map_value(params, i);
+  for (int i = 0; i < ns; i++) all[n++] = mx_map_value(o->state, i);
+  int rc = mx_eval(all, n);
+  free(all);
+  return rc;
+}
+
+int mx_optimizer_load_state(mx_optimizer *o, const mx_map *state) {
+  if (!o || !state) return mx__set_error(MX_ERR_INVALID_ARG, "optimizer_load_state: NULL argument");
+  int64_t step = 0;
+  if (mx_map_has(state, "step")) {
+    mx_array *s = mx_map_get(state, "step");
+    if (mx_array_size(s) != 1 || mx_array_copy_to(s, MX_INT64, &step, 1))
+      return mx__set_error(MX_ERR_FORMAT, "optimizer_load_state: 'step' must be a scalar");
+    if (step < 0) return mx__set_error(MX_ERR_FORMAT, "optimizer_load_state: negative step");
+  }
+  mx_map *copy = mx_map_copy(state);
+  if (!copy) return mx_last_status();
+  mx_map_free(o->state);
+  o->state = copy;
+  o->step = step;
+  return MX_OK;
+}
+
+/* ---- gradient utilities --------------------------------------------------------------------- */
+int mx_clip_grad_norm(mx_map *grads, double max_norm, mx_array **total_norm) {
+  if (total_norm) *total_norm = NULL;
+  if (!grads) return mx__set_error(MX_ERR_INVALID_ARG, "clip_grad_norm: grads is NULL");
+  mx_array *acc = mx_array_scalar(0.0, MX_FLOAT32);
+  for (int i = 0; i < mx_map_size(grads) && acc; i++) {
+    mx_array *g = mx_map_value(grads, i);
+    mx_array *sq = mx_square(g), *s = mx_sum(sq, NULL, 0, false), *n = mx_add(acc, s);
+    mx_array_free(sq);
+    mx_array_free(s);
+    mx_array_free(acc);
+    acc = n;
+  }
+  mx_array *norm = mx_sqrt(acc);
+  mx_array_free(acc);
+  if (!norm) return mx_last_status();
+  /* normalizer = min(max_norm / (norm + 1e-6), 1) */
+  mx_array *d = mx_add_scalar(norm, 1e-6), *mn = mx_array_scalar(max_norm, MX_FLOAT32);
+  mx_array *q = mx_divide(mn, d), *one = mx_array_scalar(1.0, MX_FLOAT32);
+  mx_array *f = mx_minimum(q, one);
+  mx_array_free_n((mx_array *[]){d, mn, q, one}, 4);
+  int rc = f ? MX_OK : mx_last_status();
+  for (int i = 0; i < mx_map_size(grads) && !rc; i++) {
+    mx_array *g = mx_map_value(grads, i);
+    mx_array *fc = mx_astype(f, mx_array_dtype(g));
+    rc = mx_map_set_take(grads, mx_map_key(grads, i), mx_multiply(g, fc));
+    mx_array_free(fc);
+  }
+  mx_array_free(f);
+  if (!rc && total_norm) *total_norm = norm;
+  else mx_array_free(norm);
+  return rc;
+}
+
+int mx_grads_accumulate(mx_map *acc, const mx_map *grads) {
+  if (!acc || !grads) return mx__set_error(MX_ERR_INVALID_ARG, "grads_accumulate: NULL map");
+  for (int i = 0; i < mx_map_size(grads); i++) {
+    const char *k = mx_map_key(grads, i);
+    mx_array *g = mx_map_value(grads, i);
+    int rc = mx_map_has(acc, k) ? mx_map_set_take(acc, k, mx_add(mx_map_get(acc, k), g))
+                                : mx_map_set(acc, k, g);
+    if (rc) return rc;
+  }
+  return MX_OK;
+}
+
+int mx_grads_scale(mx_map *grads, double s) {
+  if (!grads) return mx__set_error(MX_ERR_INVALID_ARG, "grads_scale: NULL map");
+  for (int i = 0; i < mx_map_size(grads); i++) {
+    int rc = mx_map_set_take(grads, mx_map_key(grads, i),
+                             mx_multiply_scalar(mx_map_value(grads, i), s));
+    if (rc) return rc;
+  }
+  return MX_OK;
+}
