@@ -209,14 +209,22 @@ TEST(safetensors_written_file_follows_spec) {
   cJSON *j = cJSON_ParseWithLength((const char *)raw + 8, hlen);
   ASSERT_NOT_NULL(j);
   ASSERT_STR_EQ(j->child->string, "__metadata__");
+  /* the reference writer's order: element size descending, then name; so
+   * every tensor's data is naturally aligned */
   const char *prev = "";
+  int prev_size = 16;
   uint64_t off = 0;
   int count = 0;
   for (cJSON *e = j->child->next; e; e = e->next, count++) {
-    ASSERT_MSG(strcmp(prev, e->string) < 0, "keys not sorted: %s then %s", prev, e->string);
+    const char *dt = cJSON_GetObjectItem(e, "dtype")->valuestring;
+    int es = strstr(dt, "64") ? 8 : strstr(dt, "32") ? 4 : strstr(dt, "16") ? 2 : 1;
+    ASSERT_MSG(es < prev_size || (es == prev_size && strcmp(prev, e->string) < 0),
+               "keys not in (size desc, name) order: %s then %s", prev, e->string);
     prev = e->string;
+    prev_size = es;
     cJSON *o = cJSON_GetObjectItem(e, "data_offsets");
     ASSERT_EQ_INT((uint64_t)cJSON_GetArrayItem(o, 0)->valuedouble, off); /* contiguous, in order */
+    ASSERT_EQ_INT(off % (uint64_t)es, 0);
     off = (uint64_t)cJSON_GetArrayItem(o, 1)->valuedouble;
   }
   ASSERT_EQ_INT(count, mx_map_size(m));

@@ -355,8 +355,17 @@ static void sb_json_string(sbuf *b, const char *s, size_t n) {
   sb_put(b, "\"", 1);
 }
 
-static int cmp_str_ptr(const void *a, const void *b) {
-  return strcmp(*(const char *const *)a, *(const char *const *)b);
+/* The reference writer's order: larger element sizes first, then by name,
+ * so that with the 8-aligned header every tensor is naturally aligned. */
+typedef struct {
+  const char *name;
+  size_t elsize;
+} st_order;
+
+static int cmp_order(const void *a, const void *b) {
+  const st_order *x = a, *y = b;
+  if (x->elsize != y->elsize) return x->elsize > y->elsize ? -1 : 1;
+  return strcmp(x->name, y->name);
 }
 
 int mx_save_safetensors(const char *path, const mx_map *arrays, const mx_metadata *metadata) {
@@ -371,8 +380,20 @@ int mx_save_safetensors(const char *path, const mx_map *arrays, const mx_metadat
     st = mx__set_error(MX_ERR_OOM, "save_safetensors: out of memory");
     goto done;
   }
-  for (int64_t i = 0; i < n; i++) names[i] = mx_map_key(arrays, i);
-  qsort(names, (size_t)n, sizeof *names, cmp_str_ptr);
+  {
+    st_order *ord = malloc((size_t)n * sizeof *ord + 1);
+    if (!ord) {
+      st = mx__set_error(MX_ERR_OOM, "save_safetensors: out of memory");
+      goto done;
+    }
+    for (int64_t i = 0; i < n; i++) {
+      ord[i].name = mx_map_key(arrays, i);
+      ord[i].elsize = mx_dtype_size(mx_array_dtype(mx_map_value(arrays, i)));
+    }
+    qsort(ord, (size_t)n, sizeof *ord, cmp_order);
+    for (int64_t i = 0; i < n; i++) names[i] = ord[i].name;
+    free(ord);
+  }
   /* header: {"__metadata__":{...},"name":{"dtype":..,"shape":[..],"data_offsets":[b,e]},...} */
   sb_str(&hb, "{");
   bool first = true;
