@@ -7,7 +7,7 @@
 #
 # Environment:
 #   FUZZ_RUNS   iterations per target (default 20000)
-#   BUILD_DIR   build directory (default /tmp/build-fuzz)
+#   BUILD_DIR   build directory (default build/fuzz in the repository)
 #   JOBS        parallel build jobs (default 2)
 #
 # The whole library is compiled by clang with coverage instrumentation
@@ -21,7 +21,7 @@ set -eu
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${FUZZ_RUNS:-20000}
-BUILD=${BUILD_DIR:-/tmp/build-fuzz}
+BUILD=${BUILD_DIR:-$ROOT/build/fuzz}
 JOBS=${JOBS:-2}
 
 command -v clang >/dev/null || { echo "fuzz-smoke: clang not found" >&2; exit 2; }

@@ -24,5 +24,10 @@
 #include "mxc/io.h"
 #include "mxc/optim.h"
 #include "mxc/nn.h"
+#include "mxc/lm.h"
+#include "mxc/lm_sample.h"
+#include "mxc/hub.h"
+#include "mxc/tokenizer.h"
+#include "mxc/chat_template.h"
 
 #endif

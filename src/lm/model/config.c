@@ -1,0 +1,282 @@
+/* config.c — config.json / generation_config.json of a model directory. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lm_internal.h"
+
+static const char *const supported[] = {"llama", "mistral", "qwen2", "qwen3"};
+
+const char *mx_lm_supported_types(void) { return "llama, mistral, qwen2, qwen3"; }
+
+char *mx__lm_read_file(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    mx__set_error(errno == ENOENT ? MX_ERR_NOT_FOUND : MX_ERR_IO, "%s: %s", path, strerror(errno));
+    return NULL;
+  }
+  char *buf = NULL;
+  size_t n = 0, cap = 0;
+  for (;;) {
+    if (n + 4096 + 1 > cap) {
+      size_t ncap = cap ? cap * 2 : 8192;
+      char *nb = realloc(buf, ncap);
+      if (!nb) {
+        free(buf);
+        fclose(f);
+        mx__set_error(MX_ERR_OOM, "%s: out of memory", path);
+        return NULL;
+      }
+      buf = nb;
+      cap = ncap;
+    }
+    size_t r = fread(buf + n, 1, cap - n - 1, f);
+    n += r;
+    if (r == 0) break;
+  }
+  bool err = ferror(f);
+  fclose(f);
+  if (err) {
+    free(buf);
+    mx__set_error(MX_ERR_IO, "%s: read error", path);
+    return NULL;
+  }
+  buf[n] = 0;
+  if (len) *len = n;
+  return buf;
+}
+
+/* ---- typed getters ---------------------------------------------------------- */
+
+static int get_int(const cJSON *o, const char *key, bool required, int64_t dflt, int64_t *out,
+                   const char *where) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+  if (!v || cJSON_IsNull(v)) {
+    if (required)
+      return mx__set_error(MX_ERR_FORMAT, "%s: missing required key \"%s\"", where, key);
+    *out = dflt;
+    return MX_OK;
+  }
+  if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int64_t)v->valuedouble)
+    return mx__set_error(MX_ERR_FORMAT, "%s: \"%s\" must be an integer", where, key);
+  *out = (int64_t)v->valuedouble;
+  return MX_OK;
+}
+
+static int get_num(const cJSON *o, const char *key, bool required, double dflt, double *out,
+                   const char *where) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+  if (!v || cJSON_IsNull(v)) {
+    if (required)
+      return mx__set_error(MX_ERR_FORMAT, "%s: missing required key \"%s\"", where, key);
+    *out = dflt;
+    return MX_OK;
+  }
+  if (!cJSON_IsNumber(v))
+    return mx__set_error(MX_ERR_FORMAT, "%s: \"%s\" must be a number", where, key);
+  *out = v->valuedouble;
+  return MX_OK;
+}
+
+static int get_bool(const cJSON *o, const char *key, bool dflt, bool *out, const char *where) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+  if (!v || cJSON_IsNull(v)) {
+    *out = dflt;
+    return MX_OK;
+  }
+  if (!cJSON_IsBool(v))
+    return mx__set_error(MX_ERR_FORMAT, "%s: \"%s\" must be true or false", where, key);
+  *out = cJSON_IsTrue(v);
+  return MX_OK;
+}
+
+static void add_eos(mx_lm_config *cfg, int64_t id) {
+  if (id < 0 || id > INT32_MAX) return;
+  for (int i = 0; i < cfg->num_eos_token_ids; i++)
+    if (cfg->eos_token_ids[i] == (int32_t)id) return;
+  if (cfg->num_eos_token_ids < MX_LM_MAX_EOS) cfg->eos_token_ids[cfg->num_eos_token_ids++] = (int32_t)id;
+}
+
+/* eos_token_id: an integer or a list of integers. */
+static int read_eos(const cJSON *o, mx_lm_config *cfg, const char *where) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "eos_token_id");
+  if (!v || cJSON_IsNull(v)) return MX_OK;
+  if (cJSON_IsNumber(v)) {
+    add_eos(cfg, (int64_t)v->valuedouble);
+    return MX_OK;
+  }
+  if (!cJSON_IsArray(v))
+    return mx__set_error(MX_ERR_FORMAT, "%s: \"eos_token_id\" must be an integer or a list", where);
+  const cJSON *e;
+  cJSON_ArrayForEach(e, v) {
+    if (!cJSON_IsNumber(e))
+      return mx__set_error(MX_ERR_FORMAT, "%s: \"eos_token_id\" must hold integers", where);
+    add_eos(cfg, (int64_t)e->valuedouble);
+  }
+  return MX_OK;
+}
+
+static int parse_rope_scaling(const cJSON *o, mx_lm_config *cfg, const char *where) {
+  const cJSON *rs = cJSON_GetObjectItemCaseSensitive(o, "rope_scaling");
+  cfg->rope_scaling = MX_LM_ROPE_DEFAULT;
+  if (!rs || cJSON_IsNull(rs)) return MX_OK;
+  if (!cJSON_IsObject(rs))
+    return mx__set_error(MX_ERR_FORMAT, "%s: \"rope_scaling\" must be an object", where);
+  const cJSON *t = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
+  if (!cJSON_IsString(t)) t = cJSON_GetObjectItemCaseSensitive(rs, "type");
+  if (!cJSON_IsString(t))
+    return mx__set_error(MX_ERR_FORMAT, "%s: rope_scaling needs \"rope_type\" or \"type\"", where);
+  const char *type = t->valuestring;
+  char w[300];
+  snprintf(w, sizeof w, "%s: rope_scaling", where);
+  int st;
+  if (!strcmp(type, "default")) return MX_OK;
+  if ((st = get_num(rs, "factor", true, 1, &cfg->rope_factor, w))) return st;
+  if (cfg->rope_factor <= 0)
+    return mx__set_error(MX_ERR_FORMAT, "%s: factor must be positive", w);
+  if (!strcmp(type, "linear")) {
+    cfg->rope_scaling = MX_LM_ROPE_LINEAR;
+    return MX_OK;
+  }
+  if (!strcmp(type, "llama3")) {
+    cfg->rope_scaling = MX_LM_ROPE_LLAMA3;
+    if ((st = get_num(rs, "low_freq_factor", false, 1.0, &cfg->rope_low_freq_factor, w)) ||
+        (st = get_num(rs, "high_freq_factor", false, 4.0, &cfg->rope_high_freq_factor, w)) ||
+        (st = get_int(rs, "original_max_position_embeddings", false, 8192,
+                      &cfg->rope_original_max_position_embeddings, w)))
+      return st;
+    if (cfg->rope_high_freq_factor <= cfg->rope_low_freq_factor)
+      return mx__set_error(MX_ERR_FORMAT, "%s: high_freq_factor must exceed low_freq_factor", w);
+    return MX_OK;
+  }
+  return mx__set_error(MX_ERR_UNSUPPORTED,
+                       "%s: rope_scaling type \"%s\" is not supported (supported: linear, llama3)",
+                       where, type);
+}
+
+static int parse_quantization(const cJSON *o, mx_lm_config *cfg, const char *where) {
+  const cJSON *q = cJSON_GetObjectItemCaseSensitive(o, "quantization");
+  if (!q) q = cJSON_GetObjectItemCaseSensitive(o, "quantization_config");
+  if (!q || cJSON_IsNull(q)) return MX_OK;
+  if (!cJSON_IsObject(q))
+    return mx__set_error(MX_ERR_FORMAT, "%s: \"quantization\" must be an object", where);
+  const cJSON *mode = cJSON_GetObjectItemCaseSensitive(q, "mode");
+  if (cJSON_IsString(mode) && strcmp(mode->valuestring, "affine"))
+    return mx__set_error(MX_ERR_UNSUPPORTED,
+                         "%s: quantization mode \"%s\" is not supported (supported: affine)",
+                         where, mode->valuestring);
+  int64_t gs = 0, bits = 0;
+  char w[300];
+  snprintf(w, sizeof w, "%s: quantization", where);
+  int st;
+  if ((st = get_int(q, "group_size", true, 64, &gs, w)) || (st = get_int(q, "bits", true, 4, &bits, w)))
+    return st;
+  if (!(bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 || bits == 8))
+    return mx__set_error(MX_ERR_UNSUPPORTED, "%s: bits %lld is not supported (2, 3, 4, 5, 6, 8)",
+                         w, (long long)bits);
+  if (!(gs == 32 || gs == 64 || gs == 128))
+    return mx__set_error(MX_ERR_UNSUPPORTED,
+                         "%s: group_size %lld is not supported (32, 64, 128)", w, (long long)gs);
+  cfg->quant_group_size = (int)gs;
+  cfg->quant_bits = (int)bits;
+  return MX_OK;
+}
+
+int mx__lm_parse_config(const char *json, const char *generation_json, const char *where,
+                        mx_lm_config *cfg, bool *tie_given) {
+  memset(cfg, 0, sizeof *cfg);
+  cfg->bos_token_id = -1;
+  cJSON *o = cJSON_Parse(json);
+  if (!o || !cJSON_IsObject(o)) {
+    cJSON_Delete(o);
+    return mx__set_error(MX_ERR_FORMAT, "%s: not a JSON object", where);
+  }
+  int st = MX_OK;
+  const cJSON *mt = cJSON_GetObjectItemCaseSensitive(o, "model_type");
+  if (!cJSON_IsString(mt)) {
+    st = mx__set_error(MX_ERR_FORMAT, "%s: missing required key \"model_type\" (supported: %s)",
+                       where, mx_lm_supported_types());
+    goto done;
+  }
+  bool known = false;
+  for (size_t i = 0; i < sizeof supported / sizeof *supported; i++)
+    known |= !strcmp(mt->valuestring, supported[i]);
+  if (!known) {
+    st = mx__set_error(MX_ERR_UNSUPPORTED, "%s: model_type \"%s\" is not supported (supported: %s)",
+                       where, mt->valuestring, mx_lm_supported_types());
+    goto done;
+  }
+  snprintf(cfg->model_type, sizeof cfg->model_type, "%s", mt->valuestring);
+  int64_t tmp;
+  if ((st = get_int(o, "hidden_size", true, 0, &cfg->hidden_size, where)) ||
+      (st = get_int(o, "intermediate_size", true, 0, &cfg->intermediate_size, where)) ||
+      (st = get_int(o, "num_hidden_layers", true, 0, &cfg->num_hidden_layers, where)) ||
+      (st = get_int(o, "num_attention_heads", true, 0, &cfg->num_attention_heads, where)) ||
+      (st = get_int(o, "vocab_size", true, 0, &cfg->vocab_size, where)) ||
+      (st = get_num(o, "rms_norm_eps", true, 1e-6, &cfg->rms_norm_eps, where)) ||
+      (st = get_int(o, "num_key_value_heads", false, cfg->num_attention_heads,
+                    &cfg->num_key_value_heads, where)) ||
+      (st = get_int(o, "max_position_embeddings", false, 0, &cfg->max_position_embeddings, where)) ||
+      (st = get_num(o, "rope_theta", false, 10000.0, &cfg->rope_theta, where)) ||
+      (st = get_bool(o, "rope_traditional", false, &cfg->rope_traditional, where)) ||
+      (st = get_bool(o, "attention_bias", !strcmp(cfg->model_type, "qwen2"), &cfg->attention_bias,
+                     where)) ||
+      (st = get_bool(o, "mlp_bias", false, &cfg->mlp_bias, where)) ||
+      (st = get_int(o, "bos_token_id", false, -1, &tmp, where)) ||
+      (st = read_eos(o, cfg, where)) || (st = parse_rope_scaling(o, cfg, where)) ||
+      (st = parse_quantization(o, cfg, where)))
+    goto done;
+  cfg->bos_token_id = (int32_t)tmp;
+  if (cfg->hidden_size <= 0 || cfg->intermediate_size <= 0 || cfg->num_hidden_layers <= 0 ||
+      cfg->num_attention_heads <= 0 || cfg->vocab_size <= 0 || cfg->num_key_value_heads <= 0) {
+    st = mx__set_error(MX_ERR_FORMAT, "%s: sizes must be positive", where);
+    goto done;
+  }
+  if (cfg->num_attention_heads % cfg->num_key_value_heads) {
+    st = mx__set_error(MX_ERR_FORMAT,
+                       "%s: num_attention_heads (%lld) must be a multiple of num_key_value_heads (%lld)",
+                       where, (long long)cfg->num_attention_heads,
+                       (long long)cfg->num_key_value_heads);
+    goto done;
+  }
+  const cJSON *hd = cJSON_GetObjectItemCaseSensitive(o, "head_dim");
+  if (hd && !cJSON_IsNull(hd)) {
+    if ((st = get_int(o, "head_dim", false, 0, &cfg->head_dim, where))) goto done;
+  } else {
+    if (cfg->hidden_size % cfg->num_attention_heads) {
+      st = mx__set_error(MX_ERR_FORMAT, "%s: hidden_size must be a multiple of num_attention_heads",
+                         where);
+      goto done;
+    }
+    cfg->head_dim = cfg->hidden_size / cfg->num_attention_heads;
+  }
+  if (cfg->head_dim <= 0 || cfg->head_dim % 2) {
+    st = mx__set_error(MX_ERR_FORMAT, "%s: head_dim must be positive and even", where);
+    goto done;
+  }
+  cfg->qk_norm = !strcmp(cfg->model_type, "qwen3");
+  /* tie_word_embeddings: when absent, load decides from the weights */
+  const cJSON *tie = cJSON_GetObjectItemCaseSensitive(o, "tie_word_embeddings");
+  cfg->tie_word_embeddings = cJSON_IsTrue(tie);
+  if (tie_given) *tie_given = cJSON_IsBool(tie);
+  if (tie && !cJSON_IsBool(tie) && !cJSON_IsNull(tie)) {
+    st = mx__set_error(MX_ERR_FORMAT, "%s: \"tie_word_embeddings\" must be true or false", where);
+    goto done;
+  }
+  if (generation_json) {
+    cJSON *g = cJSON_Parse(generation_json);
+    if (g && cJSON_IsObject(g)) {
+      char gw[300];
+      snprintf(gw, sizeof gw, "generation_config.json next to %s", where);
+      st = read_eos(g, cfg, gw);
+    } else {
+      st = mx__set_error(MX_ERR_FORMAT, "generation_config.json next to %s: not a JSON object",
+                         where);
+    }
+    cJSON_Delete(g);
+  }
+done:
+  cJSON_Delete(o);
+  return st;
+}
