@@ -1,5 +1,12 @@
-/* threadpool.c — a small persistent pool for data-parallel CPU kernels. */
+/* threadpool.c — a small persistent pool for data-parallel CPU kernels.
+ *
+ * Each worker sleeps on its own semaphore, so a job wakes exactly the
+ * workers it needs (a job of 3 chunks on a 16-thread pool wakes 2 helpers,
+ * not 15). Chunks are claimed with an atomic counter; the caller runs
+ * chunks too and then waits for the helpers on one semaphore. One job runs
+ * at a time; a parallel_for called from inside a job runs inline. */
 #include <pthread.h>
+#include <semaphore.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -9,24 +16,22 @@
 #define MAX_THREADS 64
 
 static struct {
-  pthread_mutex_t mu;
-  pthread_cond_t work_cv, done_cv;
+  pthread_mutex_t mu; /* guards nthreads / started / shutdown */
   pthread_t threads[MAX_THREADS];
-  int nthreads;      /* workers + caller */
-  int started;       /* workers started */
-  uint64_t generation;
-  int pending;       /* helpers of the current job that have not finished */
-  int helpers;       /* workers 0..helpers-1 take part in the current job */
+  sem_t go[MAX_THREADS];
+  sem_t done;
+  int nthreads; /* workers + caller */
+  int started;  /* workers started */
   bool shutdown;
-  /* current job */
+  bool sems_ready;
+  /* current job (written by the caller before waking helpers) */
   void (*fn)(void *, int64_t, int64_t);
   void *ctx;
   int64_t n, chunk;
   int nchunks;
   int next_chunk;
-} P = {.mu = PTHREAD_MUTEX_INITIALIZER,
-       .work_cv = PTHREAD_COND_INITIALIZER,
-       .done_cv = PTHREAD_COND_INITIALIZER};
+  int pending; /* helpers still running the job */
+} P = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 static _Thread_local bool tl_in_worker;
 static pthread_mutex_t job_mu = PTHREAD_MUTEX_INITIALIZER; /* one job at a time */
@@ -52,24 +57,24 @@ static void run_chunks(void) {
 static void *worker(void *arg) {
   int index = (int)(intptr_t)arg;
   tl_in_worker = true;
-  uint64_t seen = 0;
-  pthread_mutex_lock(&P.mu);
   for (;;) {
-    while (!P.shutdown && P.generation == seen) pthread_cond_wait(&P.work_cv, &P.mu);
-    if (P.shutdown) break;
-    seen = P.generation;
-    if (index >= P.helpers) continue; /* not needed for this job */
-    pthread_mutex_unlock(&P.mu);
+    while (sem_wait(&P.go[index]) != 0) {
+    }
+    if (__atomic_load_n(&P.shutdown, __ATOMIC_ACQUIRE)) break;
     run_chunks();
-    pthread_mutex_lock(&P.mu);
-    if (--P.pending == 0) pthread_cond_signal(&P.done_cv);
+    if (__atomic_sub_fetch(&P.pending, 1, __ATOMIC_ACQ_REL) == 0) sem_post(&P.done);
   }
-  pthread_mutex_unlock(&P.mu);
   return NULL;
 }
 
+/* With P.mu held. */
 static void ensure_started(void) {
   if (P.nthreads == 0) P.nthreads = default_threads();
+  if (!P.sems_ready) {
+    for (int i = 0; i < MAX_THREADS; i++) sem_init(&P.go[i], 0, 0);
+    sem_init(&P.done, 0, 0);
+    P.sems_ready = true;
+  }
   while (P.started < P.nthreads - 1) {
     if (pthread_create(&P.threads[P.started], NULL, worker, (void *)(intptr_t)P.started) != 0) {
       P.nthreads = P.started + 1; /* run with what we have */
@@ -84,7 +89,7 @@ void mx_set_num_threads(int n) {
   if (n > MAX_THREADS) n = MAX_THREADS;
   pthread_mutex_lock(&job_mu);
   pthread_mutex_lock(&P.mu);
-  P.nthreads = n; /* extra started workers simply idle */
+  P.nthreads = n; /* extra started workers simply stay asleep */
   pthread_mutex_unlock(&P.mu);
   pthread_mutex_unlock(&job_mu);
 }
@@ -110,6 +115,7 @@ void mx__parallel_for(int64_t n, int64_t grain, void (*fn)(void *, int64_t, int6
   pthread_mutex_lock(&P.mu);
   ensure_started();
   int workers = MX_MIN(P.started, P.nthreads - 1);
+  pthread_mutex_unlock(&P.mu);
   int64_t nchunks = (n + grain - 1) / grain;
   int64_t max_chunks = (int64_t)(workers + 1) * 4;
   if (nchunks > max_chunks) nchunks = max_chunks;
@@ -119,26 +125,24 @@ void mx__parallel_for(int64_t n, int64_t grain, void (*fn)(void *, int64_t, int6
   P.chunk = (n + nchunks - 1) / nchunks;
   P.nchunks = (int)((n + P.chunk - 1) / P.chunk);
   P.next_chunk = 0;
-  /* only as many helpers as there are chunks beyond the caller's */
-  P.helpers = MX_MIN(workers, P.nchunks - 1);
-  P.pending = P.helpers;
-  P.generation++;
-  pthread_cond_broadcast(&P.work_cv);
-  pthread_mutex_unlock(&P.mu);
+  int helpers = MX_MIN(workers, P.nchunks - 1);
+  __atomic_store_n(&P.pending, helpers, __ATOMIC_RELEASE);
+  for (int i = 0; i < helpers; i++) sem_post(&P.go[i]); /* publishes the job */
   tl_in_worker = true;
   run_chunks();
   tl_in_worker = false;
-  pthread_mutex_lock(&P.mu);
-  while (P.pending > 0) pthread_cond_wait(&P.done_cv, &P.mu);
-  pthread_mutex_unlock(&P.mu);
+  if (helpers > 0)
+    while (sem_wait(&P.done) != 0) {
+    }
   pthread_mutex_unlock(&job_mu);
 }
 
 __attribute__((destructor)) static void pool_fini(void) {
   pthread_mutex_lock(&P.mu);
-  P.shutdown = true;
-  pthread_cond_broadcast(&P.work_cv);
+  __atomic_store_n(&P.shutdown, true, __ATOMIC_RELEASE);
+  int started = P.started;
   pthread_mutex_unlock(&P.mu);
-  for (int i = 0; i < P.started; i++) pthread_join(P.threads[i], NULL);
+  for (int i = 0; i < started; i++) sem_post(&P.go[i]);
+  for (int i = 0; i < started; i++) pthread_join(P.threads[i], NULL);
   P.started = 0;
 }
