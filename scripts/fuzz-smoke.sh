@@ -26,7 +26,7 @@ JOBS=${JOBS:-2}
 
 command -v clang >/dev/null || { echo "fuzz-smoke: clang not found" >&2; exit 2; }
 
-CC=clang cmake -S "$ROOT" -B "$BUILD" -DMXC_FUZZ=ON -DMXC_NATIVE=ON \
+CC=clang cmake -S "$ROOT" -B "$BUILD" -DMXC_FUZZ=ON -DMXC_NATIVE=ON -DMXC_CUDA=OFF \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMXC_BUILD_TESTS=OFF -DMXC_BUILD_BENCH=OFF \
   -DCMAKE_C_FLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Wno-unknown-warning-option" \
   >"$BUILD.cmake.log" 2>&1 || { cat "$BUILD.cmake.log" >&2; exit 1; }
