@@ -1,14 +1,18 @@
 /* config.c — config.json / generation_config.json of a model directory. */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "lm_internal.h"
 
-static const char *const supported[] = {"llama", "mistral", "qwen2", "qwen3"};
+static const char *const supported[] = {"llama", "mistral", "qwen2", "qwen3",
+                                        "gemma", "gemma2", "phi3"};
 
-const char *mx_lm_supported_types(void) { return "llama, mistral, qwen2, qwen3"; }
+const char *mx_lm_supported_types(void) {
+  return "llama, mistral, qwen2, qwen3, gemma, gemma2, phi3";
+}
 
 char *mx__lm_read_file(const char *path, size_t *len) {
   FILE *f = fopen(path, "rb");
@@ -117,8 +121,16 @@ static int read_eos(const cJSON *o, mx_lm_config *cfg, const char *where) {
   return MX_OK;
 }
 
-static int parse_rope_scaling(const cJSON *o, mx_lm_config *cfg, const char *where) {
+/* "rope_scaling", or transformers 5's "rope_parameters" (which also holds
+ * rope_theta and partial_rotary_factor). */
+static const cJSON *rope_params(const cJSON *o) {
   const cJSON *rs = cJSON_GetObjectItemCaseSensitive(o, "rope_scaling");
+  if (!rs || cJSON_IsNull(rs)) rs = cJSON_GetObjectItemCaseSensitive(o, "rope_parameters");
+  return rs;
+}
+
+static int parse_rope_scaling(const cJSON *o, mx_lm_config *cfg, const char *where) {
+  const cJSON *rs = rope_params(o);
   cfg->rope_scaling = MX_LM_ROPE_DEFAULT;
   if (!rs || cJSON_IsNull(rs)) return MX_OK;
   if (!cJSON_IsObject(rs))
@@ -132,6 +144,9 @@ static int parse_rope_scaling(const cJSON *o, mx_lm_config *cfg, const char *whe
   snprintf(w, sizeof w, "%s: rope_scaling", where);
   int st;
   if (!strcmp(type, "default")) return MX_OK;
+  /* phi3's longrope lives in the arch extras (parse_arch checks it) */
+  if ((!strcmp(type, "longrope") || !strcmp(type, "su")) && !strcmp(cfg->model_type, "phi3"))
+    return MX_OK;
   if ((st = get_num(rs, "factor", true, 1, &cfg->rope_factor, w))) return st;
   if (cfg->rope_factor <= 0)
     return mx__set_error(MX_ERR_FORMAT, "%s: factor must be positive", w);
@@ -151,7 +166,8 @@ static int parse_rope_scaling(const cJSON *o, mx_lm_config *cfg, const char *whe
     return MX_OK;
   }
   return mx__set_error(MX_ERR_UNSUPPORTED,
-                       "%s: rope_scaling type \"%s\" is not supported (supported: linear, llama3)",
+                       "%s: rope_scaling type \"%s\" is not supported (supported: linear, "
+                       "llama3; longrope for phi3)",
                        where, type);
 }
 
@@ -180,6 +196,176 @@ static int parse_quantization(const cJSON *o, mx_lm_config *cfg, const char *whe
                          "%s: group_size %lld is not supported (32, 64, 128)", w, (long long)gs);
   cfg->quant_group_size = (int)gs;
   cfg->quant_bits = (int)bits;
+  return MX_OK;
+}
+
+/* ---- the arch extras ------------------------------------------------------------ */
+
+static _Thread_local struct {
+  bool set;
+  char model_type[32];
+  int64_t hidden_size, num_hidden_layers, vocab_size, head_dim;
+  mx__lm_arch arch;
+} pending;
+
+static void arch_defaults(const mx_lm_config *cfg, mx__lm_arch *a) {
+  memset(a, 0, sizeof *a);
+  bool gemma = !strcmp(cfg->model_type, "gemma"), gemma2 = !strcmp(cfg->model_type, "gemma2");
+  a->gemma_norm = a->embed_scale = gemma || gemma2;
+  a->sandwich_norms = gemma2;
+  a->act = gemma || gemma2 ? MX__LM_ACT_GELU_TANH : MX__LM_ACT_SILU;
+  a->attn_scale = 1.0 / sqrt((double)cfg->head_dim);
+  a->rotary_dim = cfg->head_dim;
+  a->fused_qkv = a->fused_gate_up = !strcmp(cfg->model_type, "phi3");
+}
+
+/* A list of `n` positive numbers at key of o into out. */
+static int get_factors(const cJSON *o, const char *key, int64_t n, float *out, const char *where) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+  if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != n)
+    return mx__set_error(MX_ERR_FORMAT, "%s: \"%s\" must be a list of %lld numbers", where, key,
+                         (long long)n);
+  int i = 0;
+  const cJSON *e;
+  cJSON_ArrayForEach(e, v) {
+    if (!cJSON_IsNumber(e) || !(e->valuedouble > 0))
+      return mx__set_error(MX_ERR_FORMAT, "%s: \"%s\"[%d] must be a positive number", where, key,
+                           i);
+    out[i++] = (float)e->valuedouble;
+  }
+  return MX_OK;
+}
+
+/* phi3's rope_scaling / rope_parameters of type "longrope" (or "su"). */
+static int parse_longrope(const cJSON *o, const mx_lm_config *cfg, mx__lm_arch *a,
+                          const char *where) {
+  const cJSON *rs = rope_params(o);
+  if (!cJSON_IsObject(rs)) return MX_OK;
+  const cJSON *t = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
+  if (!cJSON_IsString(t)) t = cJSON_GetObjectItemCaseSensitive(rs, "type");
+  if (!cJSON_IsString(t) || (strcmp(t->valuestring, "longrope") && strcmp(t->valuestring, "su")))
+    return MX_OK;
+  char w[300];
+  snprintf(w, sizeof w, "%s: rope_scaling", where);
+  int64_t pairs = a->rotary_dim / 2, orig = 0;
+  if (pairs > MX__LM_MAX_ROPE_PAIRS)
+    return mx__set_error(MX_ERR_UNSUPPORTED, "%s: longrope with more than %d rotary pairs", w,
+                         MX__LM_MAX_ROPE_PAIRS);
+  int st;
+  if ((st = get_factors(rs, "short_factor", pairs, a->longrope_short, w)) ||
+      (st = get_factors(rs, "long_factor", pairs, a->longrope_long, w)))
+    return st;
+  /* original_max_position_embeddings: in config.json, or in the rope parameters */
+  const cJSON *src = cJSON_GetObjectItemCaseSensitive(o, "original_max_position_embeddings") ? o : rs;
+  if ((st = get_int(src, "original_max_position_embeddings", true, 0, &orig, where))) return st;
+  if (orig <= 1)
+    return mx__set_error(MX_ERR_FORMAT, "%s: original_max_position_embeddings must exceed 1", w);
+  /* the attention factor (transformers' _compute_longrope_parameters) */
+  double factor = 0, af = 0;
+  if ((st = get_num(rs, "factor", false, 0, &factor, w)) ||
+      (st = get_num(rs, "attention_factor", false, 0, &af, w)))
+    return st;
+  if (cfg->max_position_embeddings > 0)
+    factor = (double)cfg->max_position_embeddings / (double)orig;
+  if (af <= 0) af = factor <= 1.0 ? 1.0 : sqrt(1.0 + log(factor) / log((double)orig));
+  a->longrope = true;
+  a->longrope_original_max = orig;
+  a->longrope_attn_factor = af;
+  return MX_OK;
+}
+
+static int parse_arch(const cJSON *o, const mx_lm_config *cfg, const char *where) {
+  mx__lm_arch a;
+  arch_defaults(cfg, &a);
+  int st;
+  const char *mt = cfg->model_type;
+  if (!strcmp(mt, "gemma") || !strcmp(mt, "gemma2")) {
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(o, "hidden_activation");
+    if (!cJSON_IsString(act) && !strcmp(mt, "gemma2"))
+      act = cJSON_GetObjectItemCaseSensitive(o, "hidden_act");
+    /* gemma's legacy "hidden_act": "gelu" means the tanh approximation (as transformers) */
+    if (cJSON_IsString(act) && strcmp(act->valuestring, "gelu_pytorch_tanh") &&
+        strcmp(act->valuestring, "gelu"))
+      return mx__set_error(MX_ERR_UNSUPPORTED,
+                           "%s: activation \"%s\" is not supported for %s (supported: "
+                           "gelu_pytorch_tanh)", where, act->valuestring, mt);
+  }
+  if (!strcmp(mt, "gemma2")) {
+    double qs = 0;
+    int64_t sw = 0;
+    if ((st = get_num(o, "final_logit_softcapping", false, 0, &a.final_softcap, where)) ||
+        (st = get_num(o, "attn_logit_softcapping", false, 0, &a.attn_softcap, where)) ||
+        (st = get_num(o, "query_pre_attn_scalar", false, (double)cfg->head_dim, &qs, where)) ||
+        (st = get_int(o, "sliding_window", false, 0, &sw, where)))
+      return st;
+    if (qs <= 0 || a.final_softcap < 0 || a.attn_softcap < 0 || sw < 0)
+      return mx__set_error(MX_ERR_FORMAT, "%s: query_pre_attn_scalar, soft-capping and "
+                           "sliding_window must not be negative", where);
+    a.attn_scale = 1.0 / sqrt(qs);
+    a.sliding_window = sw;
+    a.sliding_even = sw > 0;
+    const cJSON *lt = cJSON_GetObjectItemCaseSensitive(o, "layer_types");
+    if (cJSON_IsArray(lt) && sw > 0) {
+      int i = 0;
+      const cJSON *e;
+      cJSON_ArrayForEach(e, lt) {
+        const char *want = i % 2 == 0 ? "sliding_attention" : "full_attention";
+        if (!cJSON_IsString(e) || strcmp(e->valuestring, want))
+          return mx__set_error(MX_ERR_UNSUPPORTED,
+                               "%s: layer_types[%d] must be \"%s\" (gemma2 alternates sliding "
+                               "and full attention, starting with sliding)", where, i, want);
+        i++;
+      }
+    }
+  }
+  if (!strcmp(mt, "phi3")) {
+    double prf = 1.0;
+    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(o, "rope_parameters");
+    const cJSON *src = cJSON_GetObjectItemCaseSensitive(o, "partial_rotary_factor")
+                           ? o
+                           : (cJSON_IsObject(rp) ? rp : o);
+    if ((st = get_num(src, "partial_rotary_factor", false, 1.0, &prf, where))) return st;
+    if (!(prf > 0 && prf <= 1))
+      return mx__set_error(MX_ERR_FORMAT, "%s: partial_rotary_factor must be in (0, 1]", where);
+    a.rotary_dim = (int64_t)((double)cfg->head_dim * prf);
+    if (a.rotary_dim <= 0 || a.rotary_dim % 2)
+      return mx__set_error(MX_ERR_FORMAT,
+                           "%s: head_dim * partial_rotary_factor (%lld) must be positive and even",
+                           where, (long long)a.rotary_dim);
+    if (cfg->attention_bias || cfg->mlp_bias)
+      return mx__set_error(MX_ERR_UNSUPPORTED, "%s: phi3 with biases is not supported", where);
+    if ((st = parse_longrope(o, cfg, &a, where))) return st;
+  }
+  if (!strcmp(mt, "mistral")) { /* every layer slides when sliding_window is set */
+    if ((st = get_int(o, "sliding_window", false, 0, &a.sliding_window, where))) return st;
+    if (a.sliding_window < 0)
+      return mx__set_error(MX_ERR_FORMAT, "%s: sliding_window must not be negative", where);
+  }
+  if (strcmp(mt, "llama") && strcmp(mt, "mistral") && strcmp(mt, "qwen2") &&
+      strcmp(mt, "qwen3") && cfg->rope_scaling != MX_LM_ROPE_DEFAULT)
+    return mx__set_error(MX_ERR_UNSUPPORTED, "%s: rope_scaling is not supported for %s", where, mt);
+  pending.set = true;
+  snprintf(pending.model_type, sizeof pending.model_type, "%s", mt);
+  pending.hidden_size = cfg->hidden_size;
+  pending.num_hidden_layers = cfg->num_hidden_layers;
+  pending.vocab_size = cfg->vocab_size;
+  pending.head_dim = cfg->head_dim;
+  pending.arch = a;
+  return MX_OK;
+}
+
+int mx__lm_arch_of(const mx_lm_config *cfg, mx__lm_arch *out) {
+  if (pending.set && !strcmp(pending.model_type, cfg->model_type) &&
+      pending.hidden_size == cfg->hidden_size &&
+      pending.num_hidden_layers == cfg->num_hidden_layers &&
+      pending.vocab_size == cfg->vocab_size && pending.head_dim == cfg->head_dim) {
+    *out = pending.arch;
+    return MX_OK;
+  }
+  arch_defaults(cfg, out);
+  if (!strcmp(cfg->model_type, "gemma2"))
+    return mx__set_error(MX_ERR_INVALID_ARG, "%s model: build it from a parsed config.json",
+                         cfg->model_type);
   return MX_OK;
 }
 
@@ -218,7 +404,7 @@ int mx__lm_parse_config(const char *json, const char *generation_json, const cha
       (st = get_int(o, "num_key_value_heads", false, cfg->num_attention_heads,
                     &cfg->num_key_value_heads, where)) ||
       (st = get_int(o, "max_position_embeddings", false, 0, &cfg->max_position_embeddings, where)) ||
-      (st = get_num(o, "rope_theta", false, 10000.0, &cfg->rope_theta, where)) ||
+      (st = get_num(o, "rope_theta", false, 0, &cfg->rope_theta, where)) ||
       (st = get_bool(o, "rope_traditional", false, &cfg->rope_traditional, where)) ||
       (st = get_bool(o, "attention_bias", !strcmp(cfg->model_type, "qwen2"), &cfg->attention_bias,
                      where)) ||
@@ -228,6 +414,16 @@ int mx__lm_parse_config(const char *json, const char *generation_json, const cha
       (st = parse_quantization(o, cfg, where)))
     goto done;
   cfg->bos_token_id = (int32_t)tmp;
+  if (cfg->rope_theta == 0) { /* transformers >= 5: in rope_parameters */
+    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(o, "rope_parameters");
+    if (cJSON_IsObject(rp)) {
+      char w[300];
+      snprintf(w, sizeof w, "%s: rope_parameters", where);
+      if ((st = get_num(rp, "rope_theta", false, 10000.0, &cfg->rope_theta, w))) goto done;
+    } else {
+      cfg->rope_theta = 10000.0;
+    }
+  }
   if (cfg->hidden_size <= 0 || cfg->intermediate_size <= 0 || cfg->num_hidden_layers <= 0 ||
       cfg->num_attention_heads <= 0 || cfg->vocab_size <= 0 || cfg->num_key_value_heads <= 0) {
     st = mx__set_error(MX_ERR_FORMAT, "%s: sizes must be positive", where);
@@ -264,6 +460,7 @@ int mx__lm_parse_config(const char *json, const char *generation_json, const cha
     st = mx__set_error(MX_ERR_FORMAT, "%s: \"tie_word_embeddings\" must be true or false", where);
     goto done;
   }
+  if ((st = parse_arch(o, cfg, where))) goto done;
   if (generation_json) {
     cJSON *g = cJSON_Parse(generation_json);
     if (g && cJSON_IsObject(g)) {

@@ -1,20 +1,84 @@
-/* llama.c — the llama family (llama, mistral, qwen2, qwen3) as an
- * mx_nn_module tree with Hugging Face names, its forward pass with a KV
- * cache, and the cache itself. */
+/* llama.c — the llama family (llama, mistral, qwen2, qwen3) and its
+ * relatives gemma, gemma2 and phi3 as an mx_nn_module tree with Hugging Face
+ * names, its forward pass with a KV cache, and the cache itself.
+ *
+ * What the relatives change (mx__lm_arch, parsed by config.c):
+ *   gemma:  embeddings * sqrt(hidden); RMSNorm by (1 + weight); gelu (tanh) MLP.
+ *   gemma2: gemma + attention scores scaled by query_pre_attn_scalar^-0.5 and
+ *           soft-capped (cap * tanh(s / cap)), logits soft-capped, layers 0, 2,
+ *           4... attend to the last sliding_window positions only; each block
+ *           norms the attention output (post_attention_layernorm) and wraps
+ *           the MLP in pre_/post_feedforward_layernorm.
+ *   phi3:   fused self_attn.qkv_proj and mlp.gate_up_proj; rotary on the
+ *           first head_dim * partial_rotary_factor features. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "lm_internal.h"
 #include "mxc/ops.h"
+#include "ops/ops_internal.h" /* mx__tmp */
 
 /* Every custom module of the tree carries a copy of the config. */
 typedef struct {
   mx_nn_module base;
   mx_lm_config cfg;
+  mx__lm_arch arch;
+  int layer; /* blocks and attention: the layer index */
 } lm_mod;
 
 static const mx_lm_config *cfg_of(mx_nn_module *m) { return &((lm_mod *)m)->cfg; }
+static const mx__lm_arch *arch_of(mx_nn_module *m) { return &((lm_mod *)m)->arch; }
+
+/* gemma's RMSNorm: x * rsqrt(mean(x^2) + eps) * (1 + weight). */
+typedef struct {
+  mx_nn_module base;
+  double eps;
+} gemma_norm;
+
+/* As transformers: in float32 (1 + w not rounded to a half dtype), then
+ * back to x's dtype. */
+static mx_array *gemma_norm_forward(mx_nn_module *self, mx_array *const *in, int n) {
+  mx_array *w = mx_nn_param(self, "weight");
+  if (!w || !in[0]) return NULL;
+  mx_dtype dt = mx_array_dtype(in[0]);
+  if (dt == MX_FLOAT32 && mx_array_dtype(w) == MX_FLOAT32) {
+    mx_array *w1 = mx_add_scalar(w, 1.0);
+    mx_array *y = mx_fast_rms_norm(in[0], w1, ((gemma_norm *)self)->eps);
+    mx_array_free(w1);
+    return y;
+  }
+  mx__tmp t = {0};
+  mx_array *w1 = mx__keep(&t, mx_add_scalar(mx__keep(&t, mx_astype(w, MX_FLOAT32)), 1.0));
+  mx_array *xf = mx__keep(&t, mx_astype(in[0], MX_FLOAT32));
+  mx_array *y = mx_astype(mx__keep(&t, mx_fast_rms_norm(xf, w1, ((gemma_norm *)self)->eps)), dt);
+  mx__tmp_free(&t);
+  return y;
+}
+
+static const mx_nn_module_vtable gemma_norm_vt = {.name = "RMSNorm", .forward = gemma_norm_forward};
+
+static mx_nn_module *norm_new(const mx__lm_arch *a, int64_t dims, double eps) {
+  if (!a->gemma_norm) return mx_nn_rms_norm_new(dims, eps);
+  gemma_norm *m = (gemma_norm *)mx_nn_module_new(&gemma_norm_vt, sizeof *m);
+  if (!m) return NULL;
+  m->eps = eps;
+  if (mx_nn_add_param(&m->base, "weight", mx_zeros((int64_t[]){dims}, 1, MX_FLOAT32))) {
+    mx_nn_module_free(&m->base);
+    return NULL;
+  }
+  return &m->base;
+}
+
+/* cap * tanh(x / cap) (x itself when cap is 0). */
+static mx_array *softcap(mx_array *x, double cap) {
+  if (cap <= 0 || !x) return mx_array_retain(x);
+  mx__tmp t = {0};
+  mx_array *y = mx_multiply_scalar(
+      mx__keep(&t, mx_tanh(mx__keep(&t, mx_multiply_scalar(x, 1.0 / cap)))), cap);
+  mx__tmp_free(&t);
+  return y;
+}
 
 /* ---- RoPE frequencies ---------------------------------------------------------- */
 
@@ -46,10 +110,31 @@ static mx_array *llama3_freqs(const mx_lm_config *c) {
   return a;
 }
 
-static mx_array *rope(const mx_lm_config *c, mx_array *x, int64_t offset, mx_array *freqs) {
+static mx_array *rope(const mx_lm_config *c, const mx__lm_arch *a, mx_array *x, int64_t offset,
+                      mx_array *freqs) {
   double scale = c->rope_scaling == MX_LM_ROPE_LINEAR ? 1.0 / c->rope_factor : 1.0;
-  return mx_fast_rope(x, (int)c->head_dim, c->rope_traditional, c->rope_theta, scale, offset,
+  return mx_fast_rope(x, (int)a->rotary_dim, c->rope_traditional, c->rope_theta, scale, offset,
                       c->rope_scaling == MX_LM_ROPE_LLAMA3 ? freqs : NULL);
+}
+
+/* phi3's longrope: per-pair factors (long ones once offset + L exceeds the
+ * original context), outputs scaled by the attention factor. */
+static mx_array *longrope(const mx_lm_config *c, const mx__lm_arch *a, mx_array *x, int64_t offset,
+                          int64_t L) {
+  if (!x) return NULL;
+  int half = (int)(a->rotary_dim / 2);
+  const float *fac = offset + L > a->longrope_original_max ? a->longrope_long : a->longrope_short;
+  float f[MX__LM_MAX_ROPE_PAIRS];
+  for (int i = 0; i < half; i++)
+    f[i] = (float)((double)fac[i] * pow(c->rope_theta, (2.0 * i) / (double)a->rotary_dim));
+  mx__tmp t = {0};
+  mx_array *freqs = mx__keep(&t, mx_array_from_data(f, (int64_t[]){half}, 1, MX_FLOAT32));
+  mx_array *r = mx__keep(&t, mx_fast_rope(x, (int)a->rotary_dim, c->rope_traditional,
+                                          c->rope_theta, 1.0, offset, freqs));
+  mx_array *y = a->longrope_attn_factor == 1.0 ? mx_array_retain(r)
+                                               : mx_multiply_scalar(r, a->longrope_attn_factor);
+  mx__tmp_free(&t);
+  return y;
 }
 
 /* ---- KV cache ---------------------------------------------------------------------- */
@@ -144,17 +229,66 @@ static mx_array *heads(mx_array *x, int64_t H, int64_t D, mx_nn_module *norm) {
   return t;
 }
 
+/* Attention written out (soft-capping and sliding windows): q (B, H, L, D),
+ * k/v (B, KV, S, D) whose last L positions are q's. */
+static mx_array *attend(const mx__lm_arch *a, mx_array *q, mx_array *k, mx_array *v,
+                        bool sliding) {
+  int64_t H = mx_array_dim(q, 1), KV = mx_array_dim(k, 1), L = mx_array_dim(q, 2),
+          S = mx_array_dim(k, 2);
+  float *mask = malloc(sizeof(float) * (size_t)(L * S));
+  if (!mask) {
+    mx__set_error(MX_ERR_OOM, "attention: out of memory");
+    return NULL;
+  }
+  for (int64_t i = 0; i < L; i++) {
+    int64_t qp = S - L + i;
+    for (int64_t j = 0; j < S; j++)
+      mask[i * S + j] = j > qp || (sliding && qp - j >= a->sliding_window) ? -INFINITY : 0.0f;
+  }
+  mx__tmp t = {0};
+  mx_array *m = mx__keep(&t, mx_array_from_data(mask, (int64_t[]){L, S}, 2, MX_FLOAT32));
+  free(mask);
+  if (H != KV) {
+    k = mx__keep(&t, mx_repeat(k, H / KV, 1));
+    v = mx__keep(&t, mx_repeat(v, H / KV, 1));
+  }
+  mx_array *s = mx__keep(&t, mx_multiply_scalar(
+                                 mx__keep(&t, mx_matmul(q, mx__keep(&t, mx_swapaxes(k, 2, 3)))),
+                                 a->attn_scale));
+  s = mx__keep(&t, softcap(s, a->attn_softcap));
+  /* the softmax in float32, the probabilities back in q's dtype (as transformers) */
+  if (s && mx_array_dtype(s) != MX_FLOAT32) s = mx__keep(&t, mx_astype(s, MX_FLOAT32));
+  s = mx__keep(&t, mx_add(s, m));
+  mx_array *p = mx__keep(&t, mx_softmax(s, (int[]){-1}, 1));
+  if (p && mx_array_dtype(q) != MX_FLOAT32) p = mx__keep(&t, mx_astype(p, mx_array_dtype(q)));
+  mx_array *o = mx_matmul(p, v);
+  mx__tmp_free(&t);
+  return o;
+}
+
 /* x (B, L, hidden) -> (B, L, hidden). cache may be NULL (offset 0). */
 static mx_array *attention(mx_nn_module *self, mx_array *x, mx_lm_cache *cache, int layer,
                            mx_array *freqs) {
   const mx_lm_config *c = cfg_of(self);
+  const mx__lm_arch *a = arch_of(self);
   if (!x) return NULL;
   int64_t B = mx_array_dim(x, 0), L = mx_array_dim(x, 1);
   int64_t offset = cache ? cache->offset : 0;
   mx_array *q = NULL, *k = NULL, *v = NULL, *o = NULL, *out = NULL;
-  mx_array *pq = mx_nn_forward(mx_nn_child(self, "q_proj"), x);
-  mx_array *pk = mx_nn_forward(mx_nn_child(self, "k_proj"), x);
-  mx_array *pv = mx_nn_forward(mx_nn_child(self, "v_proj"), x);
+  mx_array *pq = NULL, *pk = NULL, *pv = NULL;
+  if (a->fused_qkv) {
+    int64_t nq = c->num_attention_heads * c->head_dim, nkv = c->num_key_value_heads * c->head_dim;
+    mx_array *qkv = mx_nn_forward(mx_nn_child(self, "qkv_proj"), x);
+    if (!qkv) goto done;
+    pq = mx_slice_axis(qkv, 2, 0, nq, 1);
+    pk = mx_slice_axis(qkv, 2, nq, nq + nkv, 1);
+    pv = mx_slice_axis(qkv, 2, nq + nkv, nq + 2 * nkv, 1);
+    mx_array_free(qkv);
+  } else {
+    pq = mx_nn_forward(mx_nn_child(self, "q_proj"), x);
+    pk = mx_nn_forward(mx_nn_child(self, "k_proj"), x);
+    pv = mx_nn_forward(mx_nn_child(self, "v_proj"), x);
+  }
   if (!pq || !pk || !pv) goto done;
   mx_nn_module *qn = c->qk_norm ? mx_nn_child(self, "q_norm") : NULL;
   mx_nn_module *kn = c->qk_norm ? mx_nn_child(self, "k_norm") : NULL;
@@ -162,8 +296,13 @@ static mx_array *attention(mx_nn_module *self, mx_array *x, mx_lm_cache *cache, 
   mx_array *hq = heads(pq, c->num_attention_heads, c->head_dim, qn);
   mx_array *hk = heads(pk, c->num_key_value_heads, c->head_dim, kn);
   v = heads(pv, c->num_key_value_heads, c->head_dim, NULL);
-  q = rope(c, hq, offset, freqs);
-  k = rope(c, hk, offset, freqs);
+  if (a->longrope) {
+    q = longrope(c, a, hq, offset, L);
+    k = longrope(c, a, hk, offset, L);
+  } else {
+    q = rope(c, a, hq, offset, freqs);
+    k = rope(c, a, hk, offset, freqs);
+  }
   mx_array_free(hq);
   mx_array_free(hk);
   if (!q || !k || !v) goto done;
@@ -176,7 +315,12 @@ static mx_array *attention(mx_nn_module *self, mx_array *x, mx_lm_cache *cache, 
     v = cv;
     if (!k || !v) goto done;
   }
-  o = mx_fast_scaled_dot_product_attention(q, k, v, 1.0 / sqrt((double)c->head_dim), NULL, L > 1);
+  bool sliding = a->sliding_window > 0 && (!a->sliding_even || ((lm_mod *)self)->layer % 2 == 0);
+  if (a->attn_softcap > 0 || (sliding && mx_array_dim(k, 2) > a->sliding_window))
+    o = attend(a, q, k, v, sliding);
+  else
+    o = mx_fast_scaled_dot_product_attention(q, k, v, a->attn_scale, NULL, L > 1);
+  if (!o) goto done;
   mx_array *ot = mx_transpose(o, (int[]){0, 2, 1, 3}, 4);
   mx_array *or = mx_reshape(ot, (int64_t[]){B, L, c->num_attention_heads * c->head_dim}, 3);
   mx_array_free(ot);
@@ -203,9 +347,20 @@ static mx_array *attention_forward(mx_nn_module *self, mx_array *const *in, int 
 /* ---- MLP, block ---------------------------------------------------------------------- */
 
 static mx_array *mlp_forward(mx_nn_module *self, mx_array *const *in, int n) {
-  mx_array *g = mx_nn_forward(mx_nn_child(self, "gate_proj"), in[0]);
-  mx_array *u = mx_nn_forward(mx_nn_child(self, "up_proj"), in[0]);
-  mx_array *a = mx_nn_silu(g);
+  const mx__lm_arch *ar = arch_of(self);
+  mx_array *g, *u;
+  if (ar->fused_gate_up) {
+    int64_t I = cfg_of(self)->intermediate_size;
+    mx_array *gu = mx_nn_forward(mx_nn_child(self, "gate_up_proj"), in[0]);
+    int ax = gu ? mx_array_ndim(gu) - 1 : 0;
+    g = gu ? mx_slice_axis(gu, ax, 0, I, 1) : NULL;
+    u = gu ? mx_slice_axis(gu, ax, I, 2 * I, 1) : NULL;
+    mx_array_free(gu);
+  } else {
+    g = mx_nn_forward(mx_nn_child(self, "gate_proj"), in[0]);
+    u = mx_nn_forward(mx_nn_child(self, "up_proj"), in[0]);
+  }
+  mx_array *a = !g ? NULL : ar->act == MX__LM_ACT_GELU_TANH ? mx_nn_gelu_approx(g) : mx_nn_silu(g);
   mx_array *h = mx_multiply(a, u);
   mx_array *y = mx_nn_forward(mx_nn_child(self, "down_proj"), h);
   mx_array_free(g);
@@ -217,6 +372,19 @@ static mx_array *mlp_forward(mx_nn_module *self, mx_array *const *in, int n) {
 
 static mx_array *block(mx_nn_module *self, mx_array *x, mx_lm_cache *cache, int layer,
                        mx_array *freqs) {
+  if (arch_of(self)->sandwich_norms) { /* gemma2 */
+    mx__tmp t = {0};
+    mx_array *n1 = mx__keep(&t, mx_nn_forward(mx_nn_child(self, "input_layernorm"), x));
+    mx_array *r = mx__keep(&t, attention(mx_nn_child(self, "self_attn"), n1, cache, layer, freqs));
+    mx_array *rn = mx__keep(&t, mx_nn_forward(mx_nn_child(self, "post_attention_layernorm"), r));
+    mx_array *h = mx__keep(&t, mx_add(x, rn));
+    mx_array *n2 = mx__keep(&t, mx_nn_forward(mx_nn_child(self, "pre_feedforward_layernorm"), h));
+    mx_array *f = mx__keep(&t, mx_nn_forward(mx_nn_child(self, "mlp"), n2));
+    mx_array *fn = mx__keep(&t, mx_nn_forward(mx_nn_child(self, "post_feedforward_layernorm"), f));
+    mx_array *y = mx_add(h, fn);
+    mx__tmp_free(&t);
+    return y;
+  }
   mx_array *n1 = mx_nn_forward(mx_nn_child(self, "input_layernorm"), x);
   mx_array *r = attention(mx_nn_child(self, "self_attn"), n1, cache, layer, freqs);
   mx_array *h = mx_add(x, r);
@@ -233,7 +401,7 @@ static mx_array *block(mx_nn_module *self, mx_array *x, mx_lm_cache *cache, int 
 
 static mx_array *block_forward(mx_nn_module *self, mx_array *const *in, int n) {
   mx_array *freqs = cfg_of(self)->rope_scaling == MX_LM_ROPE_LLAMA3 ? llama3_freqs(cfg_of(self)) : NULL;
-  mx_array *y = block(self, in[0], NULL, 0, freqs);
+  mx_array *y = block(self, in[0], NULL, ((lm_mod *)self)->layer, freqs);
   mx_array_free(freqs);
   return y;
 }
@@ -244,6 +412,11 @@ static mx_array *block_forward(mx_nn_module *self, mx_array *const *in, int n) {
 static mx_array *inner(mx_nn_module *self, mx_array *tokens, mx_lm_cache *cache,
                        mx_array *freqs) {
   mx_array *h = mx_nn_forward(mx_nn_child(self, "embed_tokens"), tokens);
+  if (h && arch_of(self)->embed_scale) { /* gemma: sqrt(hidden) rounded to the dtype */
+    mx_array *s = mx_multiply_scalar(h, (float)sqrt((double)cfg_of(self)->hidden_size));
+    mx_array_free(h);
+    h = s;
+  }
   int n = mx_nn_list_size(self, "layers");
   for (int i = 0; i < n && h; i++) {
     mx_array *next = block(mx_nn_list_item(self, "layers", i), h, cache, i, freqs);
@@ -267,6 +440,11 @@ static mx_array *logits_of(mx_nn_module *root, mx_array *tokens, mx_lm_cache *ca
   else
     y = mx_nn_forward(mx_nn_child(root, "lm_head"), h);
   mx_array_free(h);
+  if (y && arch_of(root)->final_softcap > 0) {
+    mx_array *capped = softcap(y, arch_of(root)->final_softcap);
+    mx_array_free(y);
+    y = capped;
+  }
   return y;
 }
 
@@ -303,9 +481,14 @@ static const mx_nn_module_vtable block_vt = {.name = "TransformerBlock", .forwar
 static const mx_nn_module_vtable attn_vt = {.name = "Attention", .forward = attention_forward};
 static const mx_nn_module_vtable mlp_vt = {.name = "MLP", .forward = mlp_forward};
 
-static mx_nn_module *lm_mod_new(const mx_nn_module_vtable *vt, const mx_lm_config *c) {
+static mx_nn_module *lm_mod_new(const mx_nn_module_vtable *vt, const mx_lm_config *c,
+                                const mx__lm_arch *a, int layer) {
   lm_mod *m = (lm_mod *)mx_nn_module_new(vt, sizeof(lm_mod));
-  if (m) m->cfg = *c;
+  if (m) {
+    m->cfg = *c;
+    m->arch = *a;
+    m->layer = layer;
+  }
   return m ? &m->base : NULL;
 }
 
@@ -326,57 +509,80 @@ static mx_nn_module *with_children(mx_nn_module *m, int n, const char *const *na
   return m;
 }
 
-static mx_nn_module *build_block(const mx_lm_config *c) {
+static mx_nn_module *build_block(const mx_lm_config *c, const mx__lm_arch *ar, int layer) {
   int64_t d = c->hidden_size, hd = c->head_dim, H = c->num_attention_heads,
           KV = c->num_key_value_heads, I = c->intermediate_size;
   bool ab = c->attention_bias;
   bool ob = ab && !strcmp(c->model_type, "llama"); /* llama's attention_bias covers o_proj */
   mx_nn_module *attn;
-  if (c->qk_norm)
-    attn = with_children(lm_mod_new(&attn_vt, c), 6,
+  if (ar->fused_qkv)
+    attn = with_children(lm_mod_new(&attn_vt, c, ar, layer), 2,
+                         (const char *[]){"qkv_proj", "o_proj"},
+                         (mx_nn_module *[]){mx_nn_linear_new(d, (H + 2 * KV) * hd, false, NULL),
+                                            mx_nn_linear_new(H * hd, d, false, NULL)});
+  else if (c->qk_norm)
+    attn = with_children(lm_mod_new(&attn_vt, c, ar, layer), 6,
                          (const char *[]){"q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"},
                          (mx_nn_module *[]){mx_nn_linear_new(d, H * hd, ab, NULL),
                                             mx_nn_linear_new(d, KV * hd, ab, NULL),
                                             mx_nn_linear_new(d, KV * hd, ab, NULL),
                                             mx_nn_linear_new(H * hd, d, ob, NULL),
-                                            mx_nn_rms_norm_new(hd, c->rms_norm_eps),
-                                            mx_nn_rms_norm_new(hd, c->rms_norm_eps)});
+                                            norm_new(ar, hd, c->rms_norm_eps),
+                                            norm_new(ar, hd, c->rms_norm_eps)});
   else
-    attn = with_children(lm_mod_new(&attn_vt, c), 4,
+    attn = with_children(lm_mod_new(&attn_vt, c, ar, layer), 4,
                          (const char *[]){"q_proj", "k_proj", "v_proj", "o_proj"},
                          (mx_nn_module *[]){mx_nn_linear_new(d, H * hd, ab, NULL),
                                             mx_nn_linear_new(d, KV * hd, ab, NULL),
                                             mx_nn_linear_new(d, KV * hd, ab, NULL),
                                             mx_nn_linear_new(H * hd, d, ob, NULL)});
-  mx_nn_module *mlp = with_children(lm_mod_new(&mlp_vt, c), 3,
-                                    (const char *[]){"gate_proj", "down_proj", "up_proj"},
-                                    (mx_nn_module *[]){mx_nn_linear_new(d, I, c->mlp_bias, NULL),
-                                                       mx_nn_linear_new(I, d, c->mlp_bias, NULL),
-                                                       mx_nn_linear_new(d, I, c->mlp_bias, NULL)});
-  return with_children(lm_mod_new(&block_vt, c), 4,
+  mx_nn_module *mlp;
+  if (ar->fused_gate_up)
+    mlp = with_children(lm_mod_new(&mlp_vt, c, ar, layer), 2,
+                        (const char *[]){"gate_up_proj", "down_proj"},
+                        (mx_nn_module *[]){mx_nn_linear_new(d, 2 * I, c->mlp_bias, NULL),
+                                           mx_nn_linear_new(I, d, c->mlp_bias, NULL)});
+  else
+    mlp = with_children(lm_mod_new(&mlp_vt, c, ar, layer), 3,
+                        (const char *[]){"gate_proj", "down_proj", "up_proj"},
+                        (mx_nn_module *[]){mx_nn_linear_new(d, I, c->mlp_bias, NULL),
+                                           mx_nn_linear_new(I, d, c->mlp_bias, NULL),
+                                           mx_nn_linear_new(d, I, c->mlp_bias, NULL)});
+  if (ar->sandwich_norms)
+    return with_children(lm_mod_new(&block_vt, c, ar, layer), 6,
+                         (const char *[]){"self_attn", "mlp", "input_layernorm",
+                                          "post_attention_layernorm", "pre_feedforward_layernorm",
+                                          "post_feedforward_layernorm"},
+                         (mx_nn_module *[]){attn, mlp, norm_new(ar, d, c->rms_norm_eps),
+                                            norm_new(ar, d, c->rms_norm_eps),
+                                            norm_new(ar, d, c->rms_norm_eps),
+                                            norm_new(ar, d, c->rms_norm_eps)});
+  return with_children(lm_mod_new(&block_vt, c, ar, layer), 4,
                        (const char *[]){"self_attn", "mlp", "input_layernorm",
                                         "post_attention_layernorm"},
-                       (mx_nn_module *[]){attn, mlp, mx_nn_rms_norm_new(d, c->rms_norm_eps),
-                                          mx_nn_rms_norm_new(d, c->rms_norm_eps)});
+                       (mx_nn_module *[]){attn, mlp, norm_new(ar, d, c->rms_norm_eps),
+                                          norm_new(ar, d, c->rms_norm_eps)});
 }
 
 mx_nn_module *mx__lm_build_llama(const mx_lm_config *c) {
-  mx_nn_module *inner_m = lm_mod_new(&inner_vt, c);
+  mx__lm_arch ar;
+  if (mx__lm_arch_of(c, &ar)) return NULL;
+  mx_nn_module *inner_m = lm_mod_new(&inner_vt, c, &ar, -1);
   if (!inner_m) return NULL;
   int st = mx_nn_add_child(inner_m, "embed_tokens",
                            mx_nn_embedding_new(c->vocab_size, c->hidden_size, NULL));
   if (!st) st = mx_nn_add_list(inner_m, "layers");
   for (int64_t i = 0; i < c->num_hidden_layers && !st; i++)
-    st = mx_nn_list_append(inner_m, "layers", build_block(c));
-  if (!st) st = mx_nn_add_child(inner_m, "norm", mx_nn_rms_norm_new(c->hidden_size, c->rms_norm_eps));
+    st = mx_nn_list_append(inner_m, "layers", build_block(c, &ar, (int)i));
+  if (!st) st = mx_nn_add_child(inner_m, "norm", norm_new(&ar, c->hidden_size, c->rms_norm_eps));
   if (st) {
     mx_nn_module_free(inner_m);
     return NULL;
   }
   if (c->tie_word_embeddings)
-    return with_children(lm_mod_new(&root_vt, c), 1, (const char *[]){"model"},
+    return with_children(lm_mod_new(&root_vt, c, &ar, -1), 1, (const char *[]){"model"},
                          (mx_nn_module *[]){inner_m});
-  return with_children(lm_mod_new(&root_vt, c), 2, (const char *[]){"model", "lm_head"},
+  return with_children(lm_mod_new(&root_vt, c, &ar, -1), 2, (const char *[]){"model", "lm_head"},
                        (mx_nn_module *[]){inner_m,
                                           mx_nn_linear_new(c->hidden_size, c->vocab_size, false,
                                                            NULL)});
