@@ -154,6 +154,13 @@ typedef struct mx__backend {
   mx__kernel_fn kernels[MX__OP_COUNT];
 } mx__backend;
 
+/* View kernels shared by all backends (src/backend/views.c). reshape
+ * returns false when the input is not row-contiguous (the backend copies). */
+bool mx__view_reshape(mx_array *out, mx_array **in);
+int mx__view_transpose(mx_array *out, mx_array **in);
+int mx__view_broadcast(mx_array *out, mx_array **in);
+int mx__view_slice(mx_array *out, mx_array **in);
+
 /* Backend for a device, NULL if not built. */
 const mx__backend *mx__backend_get(int device);
 extern mx__backend mx__cpu_backend;

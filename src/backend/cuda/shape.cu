@@ -8,49 +8,10 @@
 #include "ops/shape_params.h"
 
 static int k_reshape(mx_array *out, mx_array **in) {
-  mx_array *a = in[0];
-  if (a->row_contiguous) {
-    int64_t st[MX_MAX_NDIM];
-    mx__compute_row_strides(out->shape, out->ndim, st);
-    mx__array_set_view(out, a, st, a->offset);
-    return MX_OK;
-  }
+  if (mx__view_reshape(out, in)) return MX_OK;
   int s = mx__array_alloc_data(out);
   if (s) return s;
-  return mx__cuda_copy_to_contiguous(a, out->buf->dptr);
-}
-
-static int k_transpose(mx_array *out, mx_array **in) {
-  const mx__transpose_params *p = MX__PARAMS(out, mx__transpose_params);
-  int64_t st[MX_MAX_NDIM];
-  for (int i = 0; i < out->ndim; i++) st[i] = in[0]->strides[p->perm[i]];
-  mx__array_set_view(out, in[0], st, in[0]->offset);
-  return MX_OK;
-}
-
-static int k_broadcast(mx_array *out, mx_array **in) {
-  mx_array *a = in[0];
-  int64_t st[MX_MAX_NDIM];
-  int off = out->ndim - a->ndim;
-  for (int d = 0; d < out->ndim; d++) {
-    int ia = d - off;
-    st[d] = (ia < 0 || (a->shape[ia] == 1 && out->shape[d] != 1)) ? 0 : a->strides[ia];
-  }
-  mx__array_set_view(out, a, st, a->offset);
-  return MX_OK;
-}
-
-static int k_slice(mx_array *out, mx_array **in) {
-  const mx__slice_params *p = MX__PARAMS(out, mx__slice_params);
-  mx_array *a = in[0];
-  int64_t st[MX_MAX_NDIM], off = a->offset;
-  for (int d = 0; d < out->ndim; d++) {
-    st[d] = a->strides[d] * p->step[d];
-    if (out->shape[d] > 0) off += p->start[d] * a->strides[d];
-  }
-  if (out->size == 0) off = a->offset;
-  mx__array_set_view(out, a, st, off);
-  return MX_OK;
+  return mx__cuda_copy_to_contiguous(in[0], out->buf->dptr);
 }
 
 static int k_slice_update(mx_array *out, mx_array **in) {
@@ -127,9 +88,9 @@ static int k_pad(mx_array *out, mx_array **in) {
 
 void mx__cuda_register_shape(mx__kernel_fn *k) {
   k[MX_OP_RESHAPE] = k_reshape;
-  k[MX_OP_TRANSPOSE] = k_transpose;
-  k[MX_OP_BROADCAST] = k_broadcast;
-  k[MX_OP_SLICE] = k_slice;
+  k[MX_OP_TRANSPOSE] = mx__view_transpose;
+  k[MX_OP_BROADCAST] = mx__view_broadcast;
+  k[MX_OP_SLICE] = mx__view_slice;
   k[MX_OP_SLICE_UPDATE] = k_slice_update;
   k[MX_OP_CONCATENATE] = k_concatenate;
   k[MX_OP_PAD] = k_pad;
