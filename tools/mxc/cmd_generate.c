@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "commands.h"
 #include "mxc/chat_template.h"
@@ -26,7 +27,8 @@
 
 static int usage(FILE *f, int rc) {
   fprintf(f,
-          "usage: mxc generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [options]\n"
+          "usage: mxc generate [--model DIR] (--prompt TEXT | --prompt-ids 1,2,3) [options]\n"
+          "  --model DIR               default: $MXC_DEFAULT_MODEL, else the repository's models/default\n"
           "  --max-tokens N            tokens to generate (default 256)\n"
           "  --temp T                  sampling temperature, 0 = greedy (default 0)\n"
           "  --top-p P, --top-k K, --min-p P   sampling filters (off by default)\n"
@@ -160,6 +162,33 @@ static int encode_prompt(mx_tokenizer *tok, const char *prompt, const char *syst
   return st;
 }
 
+/* The bundled model without --model: $MXC_DEFAULT_MODEL, else models/default
+ * of the repository holding the binary (searched upwards from its folder,
+ * e.g. ../../models/default from build/release/mxc). */
+static bool default_model(char *dir, size_t n) {
+  const char *env = getenv("MXC_DEFAULT_MODEL");
+  if (env && *env) {
+    snprintf(dir, n, "%s", env);
+    return true;
+  }
+  char exe[2048];
+  ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (len <= 0) return false;
+  exe[len] = 0;
+  struct stat sb;
+  for (int up = 0; up < 5; up++) {
+    char *slash = strrchr(exe, '/');
+    if (!slash) return false;
+    *slash = 0;
+    snprintf(dir, n, "%s/models/default/config.json", exe);
+    if (stat(dir, &sb) == 0) {
+      snprintf(dir, n, "%s/models/default", exe);
+      return true;
+    }
+  }
+  return false;
+}
+
 int mxc_cmd_generate(int argc, char **argv) {
   const char *model = NULL, *prompt = NULL, *prompt_ids = NULL, *system = NULL;
   long max_tokens = 256, prefill = 2048, top_k = 0, seed = 0;
@@ -199,9 +228,12 @@ int mxc_cmd_generate(int argc, char **argv) {
       return 2;
     }
   }
+  char default_dir[4096];
+  if (!model && default_model(default_dir, sizeof default_dir)) model = default_dir;
   if (!model) {
     fprintf(stderr, "mxc generate: --model DIR is required (a model directory, e.g. one "
-                    "written by `mxc convert`)\n");
+                    "written by `mxc convert`; the bundled models/default was not found: set "
+                    "MXC_DEFAULT_MODEL)\n");
     return usage(stderr, 2);
   }
   if (!prompt == !prompt_ids) {

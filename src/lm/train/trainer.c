@@ -1,0 +1,478 @@
+/* trainer.c — the llama model for training, the loss, the optimizer step
+ * and the training run with validation, metrics and checkpoints. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../model/lm_internal.h"
+#include "mxc/io.h"
+#include "mxc/memory.h"
+#include "mxc/ops.h"
+#include "mxc/random.h"
+#include "mxc/train.h"
+#include "train_internal.h"
+
+/* ---- model ------------------------------------------------------------------- */
+
+int mx_train_llama_config(mx_lm_config *c, int64_t dim, int64_t layers, int64_t heads,
+                          int64_t kv_heads, int64_t hidden, int64_t vocab, int64_t max_positions) {
+  if (!c) return mx__set_error(MX_ERR_INVALID_ARG, "train config: c is NULL");
+  if (dim < 1 || layers < 1 || heads < 1 || kv_heads < 1 || hidden < 1 || vocab < 1)
+    return mx__set_error(MX_ERR_INVALID_ARG,
+                         "train config: --dim, --layers, --heads, --kv-heads, --hidden must be >= 1");
+  if (dim % heads)
+    return mx__set_error(MX_ERR_INVALID_ARG, "train config: --dim %lld is not a multiple of --heads %lld",
+                         (long long)dim, (long long)heads);
+  if (heads % kv_heads)
+    return mx__set_error(MX_ERR_INVALID_ARG,
+                         "train config: --heads %lld is not a multiple of --kv-heads %lld",
+                         (long long)heads, (long long)kv_heads);
+  if ((dim / heads) % 2)
+    return mx__set_error(MX_ERR_INVALID_ARG, "train config: the head dimension %lld must be even (RoPE)",
+                         (long long)(dim / heads));
+  memset(c, 0, sizeof *c);
+  snprintf(c->model_type, sizeof c->model_type, "llama");
+  c->hidden_size = dim;
+  c->intermediate_size = hidden;
+  c->num_hidden_layers = layers;
+  c->num_attention_heads = heads;
+  c->num_key_value_heads = kv_heads;
+  c->head_dim = dim / heads;
+  c->vocab_size = vocab;
+  c->max_position_embeddings = max_positions;
+  c->rms_norm_eps = 1e-5;
+  c->rope_theta = 10000.0;
+  c->tie_word_embeddings = true;
+  c->rope_scaling = MX_LM_ROPE_DEFAULT;
+  c->rope_factor = 1.0;
+  c->bos_token_id = MX_TRAIN_BOS_ID;
+  c->eos_token_ids[0] = MX_TRAIN_EOS_ID;
+  c->num_eos_token_ids = 1;
+  return MX_OK;
+}
+
+mx_nn_module *mx_train_llama_new(const mx_lm_config *c, uint64_t seed) {
+  if (!c) {
+    mx__set_error(MX_ERR_INVALID_ARG, "train: config is NULL");
+    return NULL;
+  }
+  mx_random_seed(seed);
+  mx_nn_module *m = mx__lm_build_llama(c);
+  if (!m) return NULL;
+  mx_map *p = NULL;
+  int st = mx_nn_parameters(m, &p);
+  if (!st) st = mx_map_eval(p);
+  mx_map_free(p);
+  if (st) {
+    mx_nn_module_free(m);
+    return NULL;
+  }
+  return m;
+}
+
+int mx_train_write_config(const mx_lm_config *c, const char *dir) {
+  if (!c || !dir) return mx__set_error(MX_ERR_INVALID_ARG, "train: config or dir is NULL");
+  cJSON *o = cJSON_CreateObject();
+  cJSON *arch = cJSON_AddArrayToObject(o, "architectures");
+  cJSON_AddItemToArray(arch, cJSON_CreateString("LlamaForCausalLM"));
+  cJSON_AddStringToObject(o, "model_type", "llama");
+  cJSON_AddNumberToObject(o, "hidden_size", (double)c->hidden_size);
+  cJSON_AddNumberToObject(o, "intermediate_size", (double)c->intermediate_size);
+  cJSON_AddNumberToObject(o, "num_hidden_layers", (double)c->num_hidden_layers);
+  cJSON_AddNumberToObject(o, "num_attention_heads", (double)c->num_attention_heads);
+  cJSON_AddNumberToObject(o, "num_key_value_heads", (double)c->num_key_value_heads);
+  cJSON_AddNumberToObject(o, "head_dim", (double)c->head_dim);
+  cJSON_AddNumberToObject(o, "vocab_size", (double)c->vocab_size);
+  cJSON_AddNumberToObject(o, "max_position_embeddings", (double)c->max_position_embeddings);
+  cJSON_AddNumberToObject(o, "rms_norm_eps", c->rms_norm_eps);
+  cJSON_AddNumberToObject(o, "rope_theta", c->rope_theta);
+  cJSON_AddNullToObject(o, "rope_scaling");
+  cJSON_AddStringToObject(o, "hidden_act", "silu");
+  cJSON_AddBoolToObject(o, "attention_bias", false);
+  cJSON_AddBoolToObject(o, "mlp_bias", false);
+  cJSON_AddBoolToObject(o, "tie_word_embeddings", true);
+  cJSON_AddNumberToObject(o, "bos_token_id", c->bos_token_id);
+  cJSON_AddNumberToObject(o, "eos_token_id", c->num_eos_token_ids ? c->eos_token_ids[0] : -1);
+  cJSON_AddStringToObject(o, "torch_dtype", "float32");
+  char *s = cJSON_Print(o);
+  cJSON_Delete(o);
+  if (!s) return mx__set_error(MX_ERR_OOM, "train: out of memory");
+  int st = mx__train_write_text(dir, "config.json", s);
+  free(s);
+  return st;
+}
+
+/* ---- loss and step ------------------------------------------------------------ */
+
+int mx_train_lm_loss(void *payload, mx_nn_module *model, mx_array **in, int n, mx_list *out) {
+  (void)payload;
+  if (n < 2) return mx__set_error(MX_ERR_INVALID_ARG, "train loss: needs inputs and targets");
+  mx_array *logits = mx_nn_forward(model, in[0]);
+  if (n < 3 || !in[2]) {
+    mx_nn_ce_options o = {.reduction = MX_NN_MEAN};
+    mx_array *l = mx_nn_cross_entropy(logits, in[1], NULL, &o);
+    mx_array_free(logits);
+    return mx_list_push(out, l);
+  }
+  mx_array *ce = mx_nn_cross_entropy(logits, in[1], NULL, NULL);
+  mx_array *mask = mx_astype(in[2], MX_FLOAT32);
+  mx_array *w = mx_multiply(ce, mask);
+  mx_array *num = mx_sum(w, NULL, 0, false);
+  mx_array *den = mx_sum(mask, NULL, 0, false);
+  mx_array *l = mx_divide(num, den);
+  mx_array_free(logits);
+  mx_array_free(ce);
+  mx_array_free(mask);
+  mx_array_free(w);
+  mx_array_free(num);
+  mx_array_free(den);
+  return mx_list_push(out, l);
+}
+
+int mx_train_eval_loss(mx_nn_module *model, mx_nn_loss_fn fn, void *payload, mx_array **inputs,
+                       int ninputs, double *loss) {
+  if (!model || !fn || !inputs || !loss)
+    return mx__set_error(MX_ERR_INVALID_ARG, "train eval: bad arguments");
+  mx_list out = MX_LIST_INIT;
+  int st = fn(payload, model, inputs, ninputs, &out);
+  if (!st && out.size < 1) st = mx__set_error(MX_ERR_INVALID_ARG, "train eval: no loss");
+  if (!st) st = mx_array_item(out.items[0], loss);
+  mx_list_clear(&out);
+  return st;
+}
+
+int mx_train_step(mx_nn_module *model, mx_optimizer *opt, mx_nn_loss_fn fn, void *payload,
+                  mx_array **inputs, int ninputs, int accum, double grad_clip,
+                  mx_train_step_stats *stats) {
+  if (!model || !opt || !fn || !inputs || ninputs < 1 || accum < 1)
+    return mx__set_error(MX_ERR_INVALID_ARG, "train step: bad arguments");
+  mx_map *grads = mx_map_new(), *acc = accum > 1 ? mx_map_new() : NULL, *params = NULL;
+  mx_array *norm = NULL;
+  double total = 0;
+  int st = grads && (accum == 1 || acc) ? MX_OK : mx__set_error(MX_ERR_OOM, "train step: out of memory");
+  for (int j = 0; j < accum && !st; j++) {
+    mx_list vals = MX_LIST_INIT;
+    st = mx_nn_value_and_grad(model, fn, payload, inputs + (size_t)j * ninputs, ninputs, &vals,
+                              grads);
+    if (!st && vals.size < 1) st = mx__set_error(MX_ERR_INVALID_ARG, "train step: no loss");
+    if (!st) {
+      int ng = mx_map_size(grads);
+      mx_array **all = malloc((size_t)(ng + 1) * sizeof *all);
+      if (!all) st = mx__set_error(MX_ERR_OOM, "train step: out of memory");
+      else {
+        all[0] = vals.items[0];
+        for (int i = 0; i < ng; i++) all[i + 1] = mx_map_value(grads, i);
+        st = mx_eval(all, ng + 1);
+        free(all);
+      }
+    }
+    double l = 0;
+    if (!st) st = mx_array_item(vals.items[0], &l);
+    total += l;
+    mx_list_clear(&vals);
+    if (!st && acc) {
+      st = mx_grads_accumulate(acc, grads);
+      if (!st) st = mx_map_eval(acc);
+    }
+  }
+  mx_map *g = acc ? acc : grads;
+  if (!st && acc) st = mx_grads_scale(g, 1.0 / accum);
+  if (!st) st = mx_clip_grad_norm(g, grad_clip > 0 ? grad_clip : 1e300, &norm);
+  if (!st) st = mx_nn_trainable_parameters(model, &params);
+  if (!st) st = mx_optimizer_update(opt, params, g);
+  if (!st) st = mx_optimizer_eval(opt, params);
+  if (!st) st = mx_nn_update(model, params, MX_NN_UPDATE_PARTIAL);
+  double gn = 0;
+  if (!st) st = mx_array_item(norm, &gn);
+  if (!st && stats) {
+    stats->loss = total / accum;
+    stats->grad_norm = gn;
+  }
+  mx_array_free(norm);
+  mx_map_free(params);
+  mx_map_free(grads);
+  mx_map_free(acc);
+  return st;
+}
+
+/* ---- the run -------------------------------------------------------------------- */
+
+int mx_train_check_options(const mx_train_options *o) {
+  if (!o) return mx__set_error(MX_ERR_INVALID_ARG, "train: options are NULL");
+  if (!o->data_path || !*o->data_path)
+    return mx__set_error(MX_ERR_INVALID_ARG, "train: --data FILE.txt is required");
+  if (!o->out_dir || !*o->out_dir)
+    return mx__set_error(MX_ERR_INVALID_ARG, "train: --out DIR is required");
+#define POS(f, name) \
+  if (o->f < 1) return mx__set_error(MX_ERR_INVALID_ARG, "train: " name " must be >= 1, got %lld", (long long)o->f);
+  POS(seq, "--seq") POS(batch, "--batch") POS(iters, "--iters") POS(grad_accum, "--grad-accum")
+  POS(eval_every, "--eval-every") POS(save_every, "--save-every") POS(val_batches, "--val-batches")
+  POS(log_every, "--log-every")
+#undef POS
+  if (o->warmup < 0) return mx__set_error(MX_ERR_INVALID_ARG, "train: --warmup must be >= 0");
+  if (!(o->lr > 0) || !isfinite(o->lr))
+    return mx__set_error(MX_ERR_INVALID_ARG, "train: --lr must be > 0, got %g", o->lr);
+  if (!(o->min_lr >= 0) || o->min_lr > o->lr)
+    return mx__set_error(MX_ERR_INVALID_ARG, "train: --min-lr must be in [0, --lr], got %g", o->min_lr);
+  if (!(o->weight_decay >= 0)) return mx__set_error(MX_ERR_INVALID_ARG, "train: --weight-decay must be >= 0");
+  if (!(o->grad_clip >= 0)) return mx__set_error(MX_ERR_INVALID_ARG, "train: --grad-clip must be >= 0 (0: off)");
+  if (!(o->val_frac >= 0 && o->val_frac < 1))
+    return mx__set_error(MX_ERR_INVALID_ARG, "train: --val-frac must be in [0, 1), got %g", o->val_frac);
+  mx_lm_config c;
+  return mx_train_llama_config(&c, o->dim, o->layers, o->heads, o->kv_heads, o->hidden,
+                               MX_TRAIN_BYTE_VOCAB, o->seq);
+}
+
+static double now_sec(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static bool is_dir(const char *p) {
+  struct stat sb;
+  return stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+static void remove_checkpoint_dir(const char *d) {
+  static const char *const files[] = {"model.safetensors", "optimizer.safetensors", "state.json"};
+  char p[4200];
+  for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+    snprintf(p, sizeof p, "%s/%s", d, files[i]);
+    remove(p);
+  }
+  rmdir(d);
+}
+
+/* dir/checkpoint/{model,optimizer}.safetensors + state.json, replaced as a
+ * whole (written to checkpoint.tmp, then renamed), and dir/model.safetensors. */
+static int save_checkpoint(const mx_train_options *o, mx_nn_module *model, mx_optimizer *opt,
+                           int64_t step) {
+  char tmp[4096], fin[4096], old[4096], p[4200], q[4200];
+  snprintf(tmp, sizeof tmp, "%s/checkpoint.tmp", o->out_dir);
+  snprintf(fin, sizeof fin, "%s/checkpoint", o->out_dir);
+  snprintf(old, sizeof old, "%s/checkpoint.old", o->out_dir);
+  remove_checkpoint_dir(tmp);
+  if (mkdir(tmp, 0777) && errno != EEXIST)
+    return mx__set_error(MX_ERR_IO, "train: cannot create %s: %s", tmp, strerror(errno));
+  snprintf(p, sizeof p, "%s/model.safetensors", tmp);
+  int st = mx_nn_save_weights(model, p);
+  snprintf(p, sizeof p, "%s/optimizer.safetensors", tmp);
+  if (!st) st = mx_save_safetensors(p, mx_optimizer_state(opt), NULL);
+  if (!st) {
+    char js[512];
+    snprintf(js, sizeof js,
+             "{\"step\": %lld, \"seed\": %llu, \"data_position\": %lld, \"dim\": %lld, "
+             "\"layers\": %lld, \"seq\": %lld, \"batch\": %lld, \"grad_accum\": %lld}\n",
+             (long long)step, (unsigned long long)o->seed, (long long)step, (long long)o->dim,
+             (long long)o->layers, (long long)o->seq, (long long)o->batch,
+             (long long)o->grad_accum);
+    st = mx__train_write_text(tmp, "state.json", js);
+  }
+  if (st) {
+    remove_checkpoint_dir(tmp);
+    return st;
+  }
+  remove_checkpoint_dir(old);
+  if (is_dir(fin) && rename(fin, old))
+    return mx__set_error(MX_ERR_IO, "train: cannot replace %s: %s", fin, strerror(errno));
+  if (rename(tmp, fin)) return mx__set_error(MX_ERR_IO, "train: cannot rename %s: %s", tmp, strerror(errno));
+  remove_checkpoint_dir(old);
+  /* the exported weights */
+  snprintf(p, sizeof p, "%s/.model.tmp.safetensors", o->out_dir);
+  snprintf(q, sizeof q, "%s/model.safetensors", o->out_dir);
+  st = mx_nn_save_weights(model, p);
+  if (!st && rename(p, q)) st = mx__set_error(MX_ERR_IO, "train: cannot write %s: %s", q, strerror(errno));
+  if (st) remove(p);
+  return st;
+}
+
+static int load_checkpoint(const mx_train_options *o, mx_nn_module *model, mx_optimizer *opt,
+                           int64_t *step) {
+  char p[4200];
+  snprintf(p, sizeof p, "%s/checkpoint/state.json", o->out_dir);
+  size_t len;
+  char *js = mx__lm_read_file(p, &len);
+  if (!js)
+    return mx__set_error(MX_ERR_NOT_FOUND,
+                         "train: --resume: no checkpoint in %s/checkpoint (state.json missing)",
+                         o->out_dir);
+  cJSON *j = cJSON_Parse(js);
+  free(js);
+  const cJSON *s = j ? cJSON_GetObjectItemCaseSensitive(j, "step") : NULL;
+  const cJSON *sd = j ? cJSON_GetObjectItemCaseSensitive(j, "seed") : NULL;
+  const cJSON *sq = j ? cJSON_GetObjectItemCaseSensitive(j, "seq") : NULL;
+  const cJSON *bt = j ? cJSON_GetObjectItemCaseSensitive(j, "batch") : NULL;
+  int st = MX_OK;
+  if (!cJSON_IsNumber(s) || s->valuedouble < 0)
+    st = mx__set_error(MX_ERR_FORMAT, "train: %s: no valid \"step\"", p);
+  else if ((cJSON_IsNumber(sd) && (uint64_t)sd->valuedouble != o->seed) ||
+           (cJSON_IsNumber(sq) && (int64_t)sq->valuedouble != o->seq) ||
+           (cJSON_IsNumber(bt) && (int64_t)bt->valuedouble != o->batch))
+    st = mx__set_error(MX_ERR_INVALID_ARG,
+                       "train: --resume: the checkpoint was made with other --seed/--seq/--batch "
+                       "(%s)", p);
+  else
+    *step = (int64_t)s->valuedouble;
+  cJSON_Delete(j);
+  if (st) return st;
+  snprintf(p, sizeof p, "%s/checkpoint/model.safetensors", o->out_dir);
+  if ((st = mx_nn_load_weights(model, p, true))) {
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", mx_last_error());
+    return mx__set_error(st, "train: --resume: %s (other --dim/--layers/...?)", msg);
+  }
+  snprintf(p, sizeof p, "%s/checkpoint/optimizer.safetensors", o->out_dir);
+  mx_map *state = NULL;
+  if ((st = mx_load(p, &state, NULL))) return st;
+  st = mx_optimizer_load_state(opt, state);
+  mx_map_free(state);
+  if (!st && mx_optimizer_step(opt) != *step)
+    st = mx__set_error(MX_ERR_FORMAT, "train: --resume: optimizer step %lld != checkpoint step %lld",
+                       (long long)mx_optimizer_step(opt), (long long)*step);
+  return st;
+}
+
+static int validate(const mx_train_options *o, const mx_train_data *d, mx_nn_module *model,
+                    double *loss) {
+  double total = 0;
+  int64_t nb = o->val_batches;
+  int st = MX_OK;
+  for (int64_t i = 0; i < nb && !st; i++) {
+    mx_array *xy[2] = {NULL, NULL};
+    st = mx_train_data_batch(d, true, o->seed, i, 0, o->batch, o->seq, &xy[0], &xy[1]);
+    double l = 0;
+    if (!st) st = mx_train_eval_loss(model, mx_train_lm_loss, NULL, xy, 2, &l);
+    total += l;
+    mx_array_free(xy[0]);
+    mx_array_free(xy[1]);
+  }
+  *loss = total / (double)nb;
+  return st;
+}
+
+int mx_train_run(const mx_train_options *o, mx_train_event_fn on_event, void *ctx) {
+  int st = mx_train_check_options(o);
+  if (st) return st;
+  if (!is_dir(o->out_dir) && mkdir(o->out_dir, 0777))
+    return mx__set_error(MX_ERR_IO, "train: cannot create --out %s: %s", o->out_dir, strerror(errno));
+  mx_train_data *d = mx_train_data_load(o->data_path, o->val_frac, o->seq);
+  if (!d) return mx_last_status();
+  bool have_val = mx_train_data_size(d, true) > 0;
+  mx_lm_config cfg;
+  mx_train_llama_config(&cfg, o->dim, o->layers, o->heads, o->kv_heads, o->hidden,
+                        MX_TRAIN_BYTE_VOCAB, o->seq);
+  mx_nn_module *model = mx_train_llama_new(&cfg, o->seed);
+  mx_schedule *warm = NULL, *cosine = NULL, *sched = NULL;
+  mx_optimizer *opt = NULL;
+  FILE *metrics = NULL;
+  mx_array **inputs = NULL;
+  if (!model) {
+    st = mx_last_status();
+    goto done;
+  }
+  int64_t decay = o->iters > o->warmup ? o->iters - o->warmup : 1;
+  cosine = mx_schedule_cosine_decay(o->lr, decay, o->min_lr);
+  if (o->warmup > 0) {
+    warm = mx_schedule_linear(0.0, o->lr, o->warmup);
+    sched = mx_schedule_join((mx_schedule *[]){warm, cosine}, 2, (int64_t[]){o->warmup}, 1);
+  } else {
+    sched = mx_schedule_retain(cosine);
+  }
+  mx_adam_options ao = MX_ADAMW_OPTIONS(o->lr);
+  ao.weight_decay = o->weight_decay;
+  ao.bias_correction = true;
+  ao.lr_schedule = sched;
+  if (!sched || !(opt = mx_optimizer_adamw(&ao))) {
+    st = mx_last_status();
+    goto done;
+  }
+  int64_t step = 0;
+  if (o->resume && (st = load_checkpoint(o, model, opt, &step))) goto done;
+  if ((st = mx_train_write_config(&cfg, o->out_dir)) || (st = mx_train_write_byte_tokenizer(o->out_dir)))
+    goto done;
+  char mp[4200];
+  snprintf(mp, sizeof mp, "%s/metrics.jsonl", o->out_dir);
+  if (!(metrics = fopen(mp, o->resume ? "a" : "w"))) {
+    st = mx__set_error(MX_ERR_IO, "train: cannot write %s: %s", mp, strerror(errno));
+    goto done;
+  }
+  int64_t A = o->grad_accum;
+  inputs = calloc((size_t)(2 * A), sizeof *inputs);
+  if (!inputs) {
+    st = mx__set_error(MX_ERR_OOM, "train: out of memory");
+    goto done;
+  }
+  mx_reset_peak_memory();
+  const int64_t start = step;
+  const double t0 = now_sec();
+  const double tokens_per_step = (double)(o->batch * o->seq * A);
+  double log_loss = 0;
+  int64_t log_n = 0;
+  while (step < o->iters && !st) {
+    double lr = mx_optimizer_learning_rate(opt);
+    for (int64_t j = 0; j < A && !st; j++)
+      st = mx_train_data_batch(d, false, o->seed, step, (int)j, o->batch, o->seq,
+                               &inputs[2 * j], &inputs[2 * j + 1]);
+    mx_train_step_stats ss = {0, 0};
+    if (!st) st = mx_train_step(model, opt, mx_train_lm_loss, NULL, inputs, 2, (int)A, o->grad_clip, &ss);
+    for (int64_t j = 0; j < 2 * A; j++) {
+      mx_array_free(inputs[j]);
+      inputs[j] = NULL;
+    }
+    if (st) break;
+    step++;
+    log_loss += ss.loss;
+    log_n++;
+    double el = now_sec() - t0;
+    mx_train_event ev = {.kind = MX_TRAIN_EV_STEP, .step = step, .iters = o->iters, .loss = ss.loss,
+                         .val_loss = NAN, .lr = lr, .grad_norm = ss.grad_norm,
+                         .tokens_per_sec = tokens_per_step * (double)(step - start) / (el > 0 ? el : 1e-9),
+                         .elapsed_sec = el,
+                         .eta_sec = el / (double)(step - start) * (double)(o->iters - step),
+                         .peak_memory = mx_get_peak_memory()};
+    if (step % o->log_every == 0 || step == o->iters) {
+      fprintf(metrics,
+              "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.4f, "
+              "\"tokens_per_sec\": %.1f, \"peak_memory\": %zu, \"elapsed\": %.2f}\n",
+              (long long)step, log_loss / (double)log_n, lr, ss.grad_norm, ev.tokens_per_sec,
+              ev.peak_memory, el);
+      fflush(metrics);
+      log_loss = 0;
+      log_n = 0;
+    }
+    if (on_event && on_event(ctx, &ev)) break;
+    if (have_val && (step % o->eval_every == 0 || step == o->iters)) {
+      double vl = 0;
+      if ((st = validate(o, d, model, &vl))) break;
+      fprintf(metrics, "{\"step\": %lld, \"val_loss\": %.6f}\n", (long long)step, vl);
+      fflush(metrics);
+      ev.kind = MX_TRAIN_EV_VAL;
+      ev.val_loss = vl;
+      if (on_event && on_event(ctx, &ev)) break;
+    }
+    if (step % o->save_every == 0 || step == o->iters) {
+      if ((st = save_checkpoint(o, model, opt, step))) break;
+      ev.kind = MX_TRAIN_EV_SAVE;
+      if (on_event && on_event(ctx, &ev)) break;
+    }
+  }
+  if (!st && step < o->iters && step > start)
+    st = save_checkpoint(o, model, opt, step); /* stopped by the callback */
+done:
+  if (metrics) fclose(metrics);
+  free(inputs);
+  mx_optimizer_free(opt);
+  mx_schedule_free(sched);
+  mx_schedule_free(warm);
+  mx_schedule_free(cosine);
+  mx_nn_module_free(model);
+  mx_train_data_free(d);
+  return st;
+}
