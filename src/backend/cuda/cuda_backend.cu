@@ -91,6 +91,9 @@ static void init(void) {
   mx__cuda_register_misc(k);
   mx__cuda_register_sort(k);
   mx__cuda_register_fast(k);
+  mx__cuda_register_indexing(k);
+  mx__cuda_register_rope_sdpa(k);
+  mx__cuda_register_quantized(k);
   g_ok = true;
 }
 

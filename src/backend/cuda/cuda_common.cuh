@@ -280,6 +280,9 @@ void mx__cuda_register_linalg(mx__kernel_fn *k);
 void mx__cuda_register_misc(mx__kernel_fn *k);
 void mx__cuda_register_sort(mx__kernel_fn *k);
 void mx__cuda_register_fast(mx__kernel_fn *k);
+void mx__cuda_register_indexing(mx__kernel_fn *k);
+void mx__cuda_register_rope_sdpa(mx__kernel_fn *k);
+void mx__cuda_register_quantized(mx__kernel_fn *k);
 
 /* From the CPU backend (host-side scalar conversion). */
 extern "C" void mx__cpu_convert(const void *src, mx_dtype sdt, void *dst, mx_dtype ddt, int64_t n);

@@ -65,4 +65,8 @@ mx_nn_module *mx__lm_build_llama(const mx_lm_config *cfg);
 /* The logits (B, T, vocab) of tokens (B, T). */
 mx_array *mx__lm_llama_forward(mx_lm_model *m, mx_array *tokens, mx_lm_cache *cache);
 
+/* convert.c: mx__lm_convert, mx__lm_export_gguf (see convert.h, which the
+ * CLI includes without the library internals). */
+#include "convert.h"
+
 #endif

@@ -1,0 +1,222 @@
+/* indexing.cu — CUDA kernels of put_along_axis and scatter_add_axis.
+ *
+ * As the CPU kernels: `a` is copied into the (row-contiguous) output, then
+ * one thread per position on the non-indexed axes of the index array walks
+ * the indexed axis in order, so writes never race and duplicates resolve as
+ * on the CPU (last write wins for put; sums in index order for add).
+ * Indices are normalised with mx__norm_index. f16/bf16 scatter-adds
+ * accumulate in an f32 copy of the output, rounded once at the end. */
+#include "cuda_common.cuh"
+#include "ops/indexing_params.h"
+
+__device__ __forceinline__ int64_t norm_index(int64_t i, int64_t dim) {
+  if (i < 0) i += dim;
+  return i < 0 ? 0 : i >= dim ? dim - 1 : i;
+}
+
+/* Geometry of a scatter: nd over the non-indexed axes of the index shape,
+ * operands 0 out (row strides), 1 indices, 2 values. */
+struct scat_geo {
+  mx__nd<3> nd;
+  int64_t n, dim, ostride, istep, vstep;
+};
+
+static scat_geo make_geo(const mx_array *out, const mx_array *idx, const mx_array *v, int ax) {
+  scat_geo g;
+  int nd = 0;
+  int64_t shape[MX_MAX_NDIM], ost[MX_MAX_NDIM], ist[MX_MAX_NDIM], vst[MX_MAX_NDIM];
+  int64_t orow[MX_MAX_NDIM];
+  mx__compute_row_strides(out->shape, out->ndim, orow);
+  for (int d = 0; d < out->ndim; d++) {
+    if (d == ax) continue;
+    shape[nd] = idx->shape[d];
+    ost[nd] = orow[d];
+    ist[nd] = idx->strides[d];
+    vst[nd] = v->strides[d];
+    nd++;
+  }
+  const int64_t *sp[3] = {ost, ist, vst};
+  g.nd = mx__nd_make<3>(shape, nd, sp);
+  g.n = idx->shape[ax];
+  g.dim = out->shape[ax];
+  g.ostride = orow[ax];
+  g.istep = idx->strides[ax];
+  g.vstep = v->strides[ax];
+  return g;
+}
+
+static int64_t geo_count(const mx_array *idx, int ax) {
+  int64_t c = 1;
+  for (int d = 0; d < idx->ndim; d++)
+    if (d != ax) c *= idx->shape[d];
+  return c;
+}
+
+template <class S, class TI>
+__global__ void k_put(S *o, const TI *ix, const S *v, scat_geo g, int64_t count) {
+  MX_CUDA_LOOP(i, count) {
+    int64_t off[3];
+    mx__nd_offsets<3>(g.nd, i, off);
+    for (int64_t k = 0; k < g.n; k++) {
+      int64_t j = norm_index((int64_t)ix[off[1] + k * g.istep], g.dim);
+      o[off[0] + j * g.ostride] = v[off[2] + k * g.vstep];
+    }
+  }
+}
+
+/* accumulation: A is the accumulator storage type */
+template <class T, class A> struct acc_op;
+template <class T> struct acc_op<T, float> { /* f16/bf16 (in f32) and f32 */
+  __device__ static void add(float &o, typename T::S v) { o += (float)T::ld(v); }
+};
+template <> struct acc_op<TF64, double> {
+  __device__ static void add(double &o, double v) { o += v; }
+};
+template <> struct acc_op<TBool, uint8_t> {
+  __device__ static void add(uint8_t &o, uint8_t v) { o = (uint8_t)(o | (v != 0)); }
+};
+template <> struct acc_op<TU8, uint8_t> {
+  __device__ static void add(uint8_t &o, uint8_t v) { o = (uint8_t)(o + v); }
+};
+template <> struct acc_op<TU32, uint32_t> {
+  __device__ static void add(uint32_t &o, uint32_t v) { o += v; }
+};
+template <> struct acc_op<TI32, int32_t> {
+  __device__ static void add(int32_t &o, int32_t v) { o = (int32_t)((uint32_t)o + (uint32_t)v); }
+};
+template <> struct acc_op<TI64, int64_t> {
+  __device__ static void add(int64_t &o, int64_t v) { o = (int64_t)((uint64_t)o + (uint64_t)v); }
+};
+
+template <class T, class A, class TI>
+__global__ void k_add(A *o, const TI *ix, const typename T::S *v, scat_geo g, int64_t count) {
+  MX_CUDA_LOOP(i, count) {
+    int64_t off[3];
+    mx__nd_offsets<3>(g.nd, i, off);
+    for (int64_t k = 0; k < g.n; k++) {
+      int64_t j = norm_index((int64_t)ix[off[1] + k * g.istep], g.dim);
+      acc_op<T, A>::add(o[off[0] + j * g.ostride], v[off[2] + k * g.vstep]);
+    }
+  }
+}
+
+template <class T>
+__global__ void k_to_f32(const typename T::S *a, float *o, int64_t n) {
+  MX_CUDA_LOOP(i, n) o[i] = (float)T::ld(a[i]);
+}
+template <class T>
+__global__ void k_from_f32(const float *a, typename T::S *o, int64_t n) {
+  MX_CUDA_LOOP(i, n) o[i] = T::st(a[i]);
+}
+
+static int bad_index(mx_array *out, mx_dtype dt) {
+  return mx__set_error(MX_ERR_NO_KERNEL, "%s: no CUDA kernel for index dtype %s", mx__opname(out),
+                       mx_dtype_name(dt));
+}
+
+#define IDX_DISPATCH(dt, ...)                   \
+  switch (dt) {                                 \
+    case MX_UINT8: {                            \
+      typedef uint8_t TI;                       \
+      __VA_ARGS__;                              \
+    } break;                                    \
+    case MX_UINT32: {                           \
+      typedef uint32_t TI;                      \
+      __VA_ARGS__;                              \
+    } break;                                    \
+    case MX_INT32: {                            \
+      typedef int32_t TI;                       \
+      __VA_ARGS__;                              \
+    } break;                                    \
+    case MX_INT64: {                            \
+      typedef int64_t TI;                       \
+      __VA_ARGS__;                              \
+    } break;                                    \
+    default: break;                             \
+  }
+
+static bool idx_ok(mx_dtype dt) {
+  return dt == MX_UINT8 || dt == MX_UINT32 || dt == MX_INT32 || dt == MX_INT64;
+}
+
+static int k_put_along_axis(mx_array *out, mx_array **in) {
+  mx_array *a = in[0], *idx = in[1], *v = in[2];
+  int ax = MX__PARAMS(out, mx__index_params)->axis;
+  if (!idx_ok(idx->dtype)) return bad_index(out, idx->dtype);
+  if (v->dtype != out->dtype) return mx__cuda_no_dtype(out, v->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  if ((st = mx__cuda_copy_to_contiguous(a, out->buf->dptr))) return st;
+  int64_t count = geo_count(idx, ax);
+  if (count == 0 || idx->shape[ax] == 0) return MX_OK;
+  scat_geo g = make_geo(out, idx, v, ax);
+  size_t es = mx_dtype_size(out->dtype);
+  cudaStream_t s = mx__cuda_stream();
+  unsigned nb = mx__cuda_blocks(count);
+  const void *ip = mx__ddata(idx), *vp = mx__ddata(v);
+  void *op = out->buf->dptr;
+#define PUT_ES(ES, SS)                                                                     \
+  if (es == ES) {                                                                          \
+    IDX_DISPATCH(idx->dtype, k_put<SS, TI><<<nb, MX_CUDA_THREADS, 0, s>>>(                 \
+                                 (SS *)op, (const TI *)ip, (const SS *)vp, g, count))      \
+  }
+  PUT_ES(1, uint8_t)
+  else PUT_ES(2, uint16_t) else PUT_ES(4, uint32_t) else PUT_ES(8, uint64_t)
+#undef PUT_ES
+  return mx__cuda_launched(mx__opname(out));
+}
+
+static int k_scatter_add_axis(mx_array *out, mx_array **in) {
+  mx_array *a = in[0], *idx = in[1], *v = in[2];
+  int ax = MX__PARAMS(out, mx__index_params)->axis;
+  if (!idx_ok(idx->dtype)) return bad_index(out, idx->dtype);
+  if (v->dtype != out->dtype) return mx__cuda_no_dtype(out, v->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  if ((st = mx__cuda_copy_to_contiguous(a, out->buf->dptr))) return st;
+  int64_t count = geo_count(idx, ax);
+  if (count == 0 || idx->shape[ax] == 0) return MX_OK;
+  scat_geo g = make_geo(out, idx, v, ax);
+  cudaStream_t s = mx__cuda_stream();
+  unsigned nb = mx__cuda_blocks(count);
+  const void *ip = mx__ddata(idx), *vp = mx__ddata(v);
+  void *op = out->buf->dptr;
+  int64_t n = out->size;
+  switch (out->dtype) {
+#define PLAIN(DT, TAG, A)                                                                  \
+  case DT:                                                                                 \
+    IDX_DISPATCH(idx->dtype, k_add<TAG, A, TI><<<nb, MX_CUDA_THREADS, 0, s>>>(             \
+                                 (A *)op, (const TI *)ip, (const TAG::S *)vp, g, count))   \
+    break;
+    PLAIN(MX_BOOL, TBool, uint8_t)
+    PLAIN(MX_UINT8, TU8, uint8_t)
+    PLAIN(MX_UINT32, TU32, uint32_t)
+    PLAIN(MX_INT32, TI32, int32_t)
+    PLAIN(MX_INT64, TI64, int64_t)
+    PLAIN(MX_FLOAT32, TF32, float)
+    PLAIN(MX_FLOAT64, TF64, double)
+#undef PLAIN
+#define HALF(DT, TAG)                                                                      \
+  case DT: {                                                                               \
+    mx__buffer *acc = mx__cuda_tmp((size_t)n * sizeof(float));                             \
+    if (!acc) return mx_last_status();                                                     \
+    float *ap = (float *)acc->dptr;                                                        \
+    k_to_f32<TAG><<<mx__cuda_blocks(n), MX_CUDA_THREADS, 0, s>>>((const TAG::S *)op, ap, n); \
+    IDX_DISPATCH(idx->dtype, k_add<TAG, float, TI><<<nb, MX_CUDA_THREADS, 0, s>>>(         \
+                                 ap, (const TI *)ip, (const TAG::S *)vp, g, count))        \
+    k_from_f32<TAG><<<mx__cuda_blocks(n), MX_CUDA_THREADS, 0, s>>>(ap, (TAG::S *)op, n);   \
+    mx__buffer_release(acc);                                                               \
+    break;                                                                                 \
+  }
+    HALF(MX_FLOAT16, TF16)
+    HALF(MX_BFLOAT16, TBF16)
+#undef HALF
+    default: return mx__cuda_no_dtype(out, out->dtype);
+  }
+  return mx__cuda_launched(mx__opname(out));
+}
+
+void mx__cuda_register_indexing(mx__kernel_fn *k) {
+  k[MX_OP_PUT_ALONG_AXIS] = k_put_along_axis;
+  k[MX_OP_SCATTER_ADD_AXIS] = k_scatter_add_axis;
+}

@@ -1,0 +1,254 @@
+/* rope_sdpa.cu — CUDA kernels of rope and scaled_dot_product_attention.
+ *
+ * rope: one thread per (row, rotated pair) or copied feature. theta =
+ * (offset + t) * (scale * inv_freq[i]), cos/sin in float64 (rounded to
+ * float32 for f16/bf16/f32, which rotate in float32 as the CPU kernel).
+ *
+ * sdpa: one block per (batch, query head, query row); keys in chunks of
+ * blockDim with an online softmax in f32 (f64 for f64); the output row is
+ * accumulated in shared memory. Masked-out scores are the lowest finite
+ * value of the compute type; causal is lower-right aligned; GQA maps query
+ * head h to kv head h / (Hq / Hkv). */
+#include <float.h>
+
+#include "cuda_common.cuh"
+#include "ops/fast_params.h"
+
+/* ---- rope ------------------------------------------------------------------------ */
+template <class F>
+__global__ void k_inv_freq(double *inv, int half, double lb, const typename F::S *fr, int64_t fs,
+                           bool has) {
+  MX_CUDA_LOOP(i, half) {
+    inv[i] = has ? 1.0 / (double)F::ld(fr[i * fs]) : exp(-(double)i * lb);
+  }
+}
+
+template <class T, class C>
+__global__ void k_rope(const typename T::S *x, typename T::S *o, mx__nd<1> rnd, int64_t rows,
+                       int64_t T_, int64_t D, int64_t xs, int half, const double *inv,
+                       double offset, double scale, bool forward, bool trad) {
+  int64_t per = half + (D - 2 * half); /* pairs then copied features */
+  int64_t n = rows * per;
+  MX_CUDA_LOOP(e, n) {
+    int64_t r = e / per, k = e % per;
+    int64_t base;
+    mx__nd_offsets<1>(rnd, r, &base);
+    const typename T::S *xr = x + base;
+    typename T::S *orow = o + r * D;
+    if (k >= half) {
+      int64_t f = 2 * half + (k - half);
+      orow[f] = xr[f * xs];
+      continue;
+    }
+    int64_t t = r % T_;
+    double th = (offset + (double)t) * (scale * inv[k]);
+    double cd = cos(th), sd = sin(th);
+    if (!forward) sd = -sd;
+    C cs = (C)cd, sn = (C)sd;
+    int64_t ia = trad ? 2 * k : k, ib = trad ? 2 * k + 1 : k + half;
+    C a = (C)T::ld(xr[ia * xs]), b = (C)T::ld(xr[ib * xs]);
+    orow[ia] = T::st(a * cs - b * sn);
+    orow[ib] = T::st(a * sn + b * cs);
+  }
+}
+
+static int k_rope_op(mx_array *out, mx_array **in) {
+  const mx__rope_params *p = MX__PARAMS(out, mx__rope_params);
+  mx_array *x = in[0];
+  if (!mx_dtype_is_float(x->dtype) || x->dtype != out->dtype) return mx__cuda_no_dtype(out, x->dtype);
+  if (p->has_freqs && !mx_dtype_is_float(in[1]->dtype)) return mx__cuda_no_dtype(out, in[1]->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  int nd = x->ndim, half = p->dims / 2;
+  int64_t T_ = x->shape[nd - 2], D = x->shape[nd - 1], rows = out->size / D;
+  cudaStream_t s = mx__cuda_stream();
+  mx__buffer *ib = mx__cuda_tmp(sizeof(double) * (size_t)(half > 0 ? half : 1));
+  if (!ib) return mx_last_status();
+  double *inv = (double *)ib->dptr;
+  if (half > 0) {
+    double lb = log(p->base) / half;
+    mx_array *fr = p->has_freqs ? in[1] : NULL;
+    mx_dtype fdt = fr ? fr->dtype : MX_FLOAT32;
+    const void *fp = fr ? (const void *)mx__ddata(fr) : NULL;
+    int64_t fs = fr ? fr->strides[0] : 0;
+    MX_CUDA_DISPATCH_FLOAT(fdt, k_inv_freq<T><<<mx__cuda_blocks(half), MX_CUDA_THREADS, 0, s>>>(
+                                    inv, half, lb, (const T::S *)fp, fs, fr != NULL))
+  }
+  const int64_t *sp[1] = {x->strides};
+  mx__nd<1> rnd = mx__nd_make<1>(x->shape, nd - 1, sp);
+  int64_t n = rows * (half + (D - 2 * half));
+  unsigned nb = mx__cuda_blocks(n);
+  switch (x->dtype) {
+#define C(DT, TAG, CT)                                                                        \
+  case DT:                                                                                    \
+    k_rope<TAG, CT><<<nb, MX_CUDA_THREADS, 0, s>>>(                                           \
+        (const TAG::S *)mx__ddata(x), (TAG::S *)out->buf->dptr, rnd, rows, T_, D,             \
+        x->strides[nd - 1], half, inv, (double)p->offset, p->scale, p->forward,               \
+        p->traditional);                                                                      \
+    break;
+    C(MX_FLOAT16, TF16, float) C(MX_BFLOAT16, TBF16, float) C(MX_FLOAT32, TF32, float)
+    C(MX_FLOAT64, TF64, double)
+#undef C
+    default: break;
+  }
+  mx__buffer_release(ib);
+  return mx__cuda_launched(mx__opname(out));
+}
+
+/* ---- sdpa ------------------------------------------------------------------------ */
+struct sdpa_geo {
+  int64_t B, Hq, Hkv, G, Tq, Tk, D, Dv, off;
+  int64_t qs[4], ks[4], vs[4], ms[4];
+  int kind;
+  bool causal;
+  double scale;
+};
+
+template <class C>
+__device__ C blk_reduce(C v, C *sh, bool is_max) {
+  sh[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if ((int)threadIdx.x < s) {
+      C a = sh[threadIdx.x], b = sh[threadIdx.x + s];
+      sh[threadIdx.x] = is_max ? ((b > a || a != a) ? b : a) : a + b; /* NaN skipped */
+    }
+    __syncthreads();
+  }
+  C r = sh[0];
+  __syncthreads();
+  return r;
+}
+
+template <class T, class C, class MT>
+__global__ void k_sdpa(const typename T::S *q, const typename T::S *k, const typename T::S *v,
+                       const typename MT::S *mask, typename T::S *o, sdpa_geo g, C low) {
+  extern __shared__ unsigned char smem_raw[];
+  C *red = (C *)smem_raw;             /* blockDim */
+  C *pj = red + blockDim.x;           /* blockDim */
+  C *acc = pj + blockDim.x;           /* Dv */
+  C *qr = acc + g.Dv;                 /* D */
+  int64_t rowid = blockIdx.x; /* ((b * Hq + h) * Tq + t) */
+  int64_t t = rowid % g.Tq, h = (rowid / g.Tq) % g.Hq, b = rowid / (g.Tq * g.Hq);
+  int64_t hk = h / g.G;
+  const typename T::S *qp = q + b * g.qs[0] + h * g.qs[1] + t * g.qs[2];
+  const typename T::S *kb = k + b * g.ks[0] + hk * g.ks[1];
+  const typename T::S *vb = v + b * g.vs[0] + hk * g.vs[1];
+  C scale = (C)g.scale;
+  for (int64_t d = threadIdx.x; d < g.D; d += blockDim.x) qr[d] = (C)T::ld(qp[d * g.qs[3]]) * scale;
+  for (int64_t d = threadIdx.x; d < g.Dv; d += blockDim.x) acc[d] = 0;
+  __syncthreads();
+  C m = -INFINITY, l = 0;
+  for (int64_t j0 = 0; j0 < g.Tk; j0 += blockDim.x) {
+    int64_t j = j0 + threadIdx.x;
+    C sc = -INFINITY; /* padding past Tk: weight 0 */
+    if (j < g.Tk) {
+      const typename T::S *kp = kb + j * g.ks[2];
+      C a = 0;
+      for (int64_t d = 0; d < g.D; d++) a += qr[d] * (C)T::ld(kp[d * g.ks[3]]);
+      if (g.kind) {
+        C mv = (C)MT::ld(mask[b * g.ms[0] + h * g.ms[1] + t * g.ms[2] + j * g.ms[3]]);
+        if (g.kind == MX__SDPA_MASK_BOOL) a = mv != 0 ? a : low;
+        else a += mv;
+      }
+      if (g.causal && j > t + g.off) a = low;
+      sc = a;
+    }
+    C mx = blk_reduce<C>(sc, red, true);
+    C mnew = mx > m ? mx : m;
+    C p, alpha;
+    if (mnew == -INFINITY) {
+      p = 0;
+      alpha = 1;
+    } else {
+      p = j < g.Tk ? exp(sc - mnew) : (C)0;
+      alpha = exp(m - mnew);
+      m = mnew;
+    }
+    l = l * alpha + blk_reduce<C>(p, red, false);
+    pj[threadIdx.x] = p;
+    __syncthreads();
+    int64_t nk = g.Tk - j0 < (int64_t)blockDim.x ? g.Tk - j0 : (int64_t)blockDim.x;
+    for (int64_t d = threadIdx.x; d < g.Dv; d += blockDim.x) {
+      C a = acc[d] * alpha;
+      const typename T::S *vp = vb + j0 * g.vs[2] + d * g.vs[3];
+      for (int64_t jj = 0; jj < nk; jj++) a += pj[jj] * (C)T::ld(vp[jj * g.vs[2]]);
+      acc[d] = a;
+    }
+    __syncthreads();
+  }
+  C inv = g.Tk == 0 ? (C)0 : l == 0 ? (C)NAN : (C)1 / l;
+  typename T::S *orow = o + rowid * g.Dv;
+  for (int64_t d = threadIdx.x; d < g.Dv; d += blockDim.x)
+    orow[d] = T::st(g.Tk == 0 ? (C)0 : acc[d] * inv);
+}
+
+static int k_sdpa_op(mx_array *out, mx_array **in) {
+  const mx__sdpa_params *p = MX__PARAMS(out, mx__sdpa_params);
+  mx_array *q = in[0], *k = in[1], *v = in[2], *mask = p->mask_kind ? in[3] : NULL;
+  mx_dtype dt = out->dtype;
+  if (!mx_dtype_is_float(dt) || q->dtype != dt || k->dtype != dt || v->dtype != dt)
+    return mx__cuda_no_dtype(out, q->dtype);
+  if (mask && mask->dtype != MX_BOOL && mask->dtype != dt) return mx__cuda_no_dtype(out, mask->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  sdpa_geo g;
+  g.B = q->shape[0];
+  g.Hq = q->shape[1];
+  g.Hkv = k->shape[1];
+  g.G = g.Hq / g.Hkv;
+  g.Tq = q->shape[2];
+  g.Tk = k->shape[2];
+  g.D = q->shape[3];
+  g.Dv = v->shape[3];
+  g.off = g.Tk - g.Tq;
+  for (int d = 0; d < 4; d++) {
+    g.qs[d] = q->strides[d];
+    g.ks[d] = k->strides[d];
+    g.vs[d] = v->strides[d];
+    g.ms[d] = 0;
+  }
+  if (mask) {
+    int64_t full[4] = {g.B, g.Hq, g.Tq, g.Tk};
+    for (int d = 0; d < 4; d++) {
+      int md = d - (4 - mask->ndim);
+      g.ms[d] = (md < 0 || (mask->shape[md] == 1 && full[d] != 1)) ? 0 : mask->strides[md];
+    }
+  }
+  g.kind = p->mask_kind;
+  g.causal = p->causal;
+  g.scale = p->scale;
+  int64_t rows = g.B * g.Hq * g.Tq;
+  if (rows > 2147483647LL) return mx__cuda_no_dtype(out, dt);
+  const int threads = 128;
+  cudaStream_t s = mx__cuda_stream();
+  const void *qp = mx__ddata(q), *kp = mx__ddata(k), *vp = mx__ddata(v);
+  const void *mp = mask ? (const void *)mx__ddata(mask) : NULL;
+  void *op = out->buf->dptr;
+  bool mbool = mask && mask->dtype == MX_BOOL;
+  switch (dt) {
+#define L(TAG, CT, MTAG, LOW)                                                                \
+  k_sdpa<TAG, CT, MTAG><<<(unsigned)rows, threads,                                           \
+                          sizeof(CT) * (size_t)(2 * threads + g.Dv + g.D), s>>>(             \
+      (const TAG::S *)qp, (const TAG::S *)kp, (const TAG::S *)vp, (const MTAG::S *)mp,       \
+      (TAG::S *)op, g, LOW)
+#define C(DT, TAG, CT, LOW)                                                                   \
+  case DT:                                                                                    \
+    if (mbool) L(TAG, CT, TBool, LOW);                                                        \
+    else L(TAG, CT, TAG, LOW);                                                                \
+    break;
+    C(MX_FLOAT16, TF16, float, -FLT_MAX)
+    C(MX_BFLOAT16, TBF16, float, -FLT_MAX)
+    C(MX_FLOAT32, TF32, float, -FLT_MAX)
+    C(MX_FLOAT64, TF64, double, -DBL_MAX)
+#undef C
+#undef L
+    default: break;
+  }
+  return mx__cuda_launched(mx__opname(out));
+}
+
+void mx__cuda_register_rope_sdpa(mx__kernel_fn *k) {
+  k[MX_OP_ROPE] = k_rope_op;
+  k[MX_OP_SDPA] = k_sdpa_op;
+}
