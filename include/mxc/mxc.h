@@ -29,5 +29,7 @@
 #include "mxc/hub.h"
 #include "mxc/tokenizer.h"
 #include "mxc/chat_template.h"
+#include "mxc/train.h"
+#include "mxc/lora.h"
 
 #endif

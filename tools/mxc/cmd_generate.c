@@ -22,6 +22,7 @@
 #include "mxc/hub.h"
 #include "mxc/lm.h"
 #include "mxc/lm_sample.h"
+#include "mxc/lora.h"
 
 #pragma weak mx_hub_resolve
 
@@ -35,7 +36,8 @@ static int usage(FILE *f, int rc) {
           "  --seed S                  random seed (default 0)\n"
           "  --ignore-chat-template    use the prompt as is\n"
           "  --system-prompt S         system message for the chat template\n"
-          "  --prefill-step-size N     prompt chunk size (default 2048)\n");
+          "  --prefill-step-size N     prompt chunk size (default 2048)\n"
+          "  --adapter-path DIR        LoRA adapters (adapter_config.json, adapters.safetensors)\n");
   return rc;
 }
 
@@ -190,7 +192,7 @@ static bool default_model(char *dir, size_t n) {
 }
 
 int mxc_cmd_generate(int argc, char **argv) {
-  const char *model = NULL, *prompt = NULL, *prompt_ids = NULL, *system = NULL;
+  const char *model = NULL, *prompt = NULL, *prompt_ids = NULL, *system = NULL, *adapter = NULL;
   long max_tokens = 256, prefill = 2048, top_k = 0, seed = 0;
   double temp = 0, top_p = 0, min_p = 0;
   bool ignore_template = false;
@@ -212,6 +214,7 @@ int mxc_cmd_generate(int argc, char **argv) {
     else if (!strcmp(a, "--prompt") || !strcmp(a, "-p")) prompt = v;
     else if (!strcmp(a, "--prompt-ids")) prompt_ids = v;
     else if (!strcmp(a, "--system-prompt")) system = v;
+    else if (!strcmp(a, "--adapter-path")) adapter = v;
     else if (!strcmp(a, "--max-tokens") || !strcmp(a, "-m")) ok = parse_long(v, 0, 1L << 30, &max_tokens);
     else if (!strcmp(a, "--prefill-step-size")) ok = parse_long(v, 1, 1L << 30, &prefill);
     else if (!strcmp(a, "--top-k")) ok = parse_long(v, 0, 1L << 30, &top_k);
@@ -245,6 +248,11 @@ int mxc_cmd_generate(int argc, char **argv) {
   mx_lm_model *m = mx_lm_load(dir, NULL);
   if (!m) {
     fprintf(stderr, "mxc: %s\n", mx_last_error());
+    return 1;
+  }
+  if (adapter && mx_lora_load_adapters(mx_lm_module(m), adapter)) {
+    fprintf(stderr, "mxc generate: %s\n", mx_last_error());
+    mx_lm_free(m);
     return 1;
   }
   int rc = 1;
