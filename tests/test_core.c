@@ -253,6 +253,33 @@ TEST(every_failing_allocation_is_reported_cleanly) {
   mx_array_free(ref);
 }
 
+TEST(slice_update_reuses_a_buffer_nobody_else_can_see) {
+  mx_set_cache_limit(0);
+  int64_t n = 1 << 16;
+  mx_array *a = mx_zeros(&n, 1, MX_FLOAT32);
+  ASSERT_OK(mx_array_eval(a));
+  mx_array *v = mx_full((int64_t[]){4}, 1, 7.0, MX_FLOAT32);
+  ASSERT_OK(mx_array_eval(v));
+  /* shared input: must be copied, a keeps its zeros */
+  mx_array *u1 = mx_slice_update(a, v, (int64_t[]){8}, (int64_t[]){12}, NULL, 1);
+  ASSERT_OK(mx_array_eval(u1));
+  double x;
+  mx_array *s0 = mx_sum(a, NULL, 0, false);
+  ASSERT_OK(mx_array_item(s0, &x));
+  ASSERT_NEAR(x, 0, 0);
+  /* sole owner (the KV-cache pattern): updated in place, no new buffer */
+  size_t before = mx_get_active_memory();
+  mx_array *u2 = mx_slice_update(u1, v, (int64_t[]){0}, (int64_t[]){4}, NULL, 1);
+  mx_array_free(u1);
+  ASSERT_OK(mx_array_eval(u2));
+  ASSERT_EQ_INT(mx_get_active_memory(), before);
+  mx_array *s1 = mx_sum(u2, NULL, 0, false);
+  ASSERT_OK(mx_array_item(s1, &x));
+  ASSERT_NEAR(x, 56, 0);
+  mx_array_free_n((mx_array *[]){a, v, s0, u2, s1}, 5);
+  mx_set_cache_limit(SIZE_MAX);
+}
+
 TEST(type_promotion_table) {
   ASSERT_EQ_INT(mx_promote_types(MX_BOOL, MX_INT32), MX_INT32);
   ASSERT_EQ_INT(mx_promote_types(MX_UINT8, MX_INT32), MX_INT32);

@@ -57,13 +57,30 @@ void mx__cpu_copy_inner(char **p, const int64_t *s, int64_t n, const void *c) {
   }
 }
 
+/* The input's buffer can become the output's (an in-place update) when
+ * nothing else can see it: this node holds the only reference to the input
+ * array, no view shares its buffer, and no transform keeps the graph. This
+ * is what makes a KV-cache append O(new tokens) instead of O(cache). */
+static bool can_donate(const mx_array *a, const mx_array *out) {
+  return a->refcount == 1 && a->buf->refcount == 1 && !a->buf->foreign && a->buf->ptr &&
+         a->row_contiguous && a->offset == 0 && a->dtype == out->dtype &&
+         a->size == out->size && !mx__tracing();
+}
+
 static int k_slice_update(mx_array *out, mx_array **in) {
   const mx__slice_params *p = MX__PARAMS(out, mx__slice_params);
   mx_array *a = in[0], *u = in[1];
   size_t es = mx_dtype_size(out->dtype);
-  int s = mx__array_alloc_data(out);
-  if (s) return s;
-  mx__cpu_copy_to_contiguous(a, out->buf->ptr);
+  if (can_donate(a, out)) {
+    a->buf->valid = 1u << MX_CPU; /* written on the host below */
+    int64_t st0[MX_MAX_NDIM];
+    mx__compute_row_strides(out->shape, out->ndim, st0);
+    mx__array_set_view(out, a, st0, 0);
+  } else {
+    int s = mx__array_alloc_data(out);
+    if (s) return s;
+    mx__cpu_copy_to_contiguous(a, out->buf->ptr);
+  }
   int64_t row[MX_MAX_NDIM], st[MX_MAX_NDIM], off = 0;
   mx__compute_row_strides(out->shape, out->ndim, row);
   bool empty = false;
