@@ -4,11 +4,10 @@
 #
 #   scripts/gpu-check.sh [build-dir]      (default /tmp/mxc-gpu-build)
 #
-# Through the device tool (logs come back under $OUT):
-#   run: scripts/gpu-check.sh           carry: ["build-deps"]
+# Logs go to $OUT when set (else <build-dir>/logs).
 #
 # Release build, -j16, then test_ops, test_cuda and test_core with
-# MXC_DATA_DIR unset. Device images may lack the -dev packages mxc needs
+# MXC_DATA_DIR unset. GPU machines may lack the -dev packages mxc needs
 # (openblas, cjson, utf8proc, zlib, pkg-config): when pkg-config cannot find
 # them and build-deps/*.deb exist (fetch them here with `apt-get download`,
 # see docs/cuda.md), they are unpacked under /tmp/mxc-deps and used from
