@@ -178,14 +178,19 @@ mx_array *mx_array_from_data_strided(void *data, const int64_t *shape, const int
                                      void *ctx) {
   mx_array *a = new_leaf(shape, ndim, dt, "array_from_data");
   if (!a) return NULL;
+  int64_t row[MX_MAX_NDIM];
+  if (!strides) { /* row-major: the buffer spans every element */
+    mx__compute_row_strides(shape, ndim, row);
+    strides = row;
+  }
   int64_t span = 0;
   for (int i = 0; i < ndim; i++) {
-    if (strides && strides[i] < 0) {
+    if (strides[i] < 0) {
       mx_array_free(a);
       mx__set_error(MX_ERR_INVALID_ARG, "array_from_data: negative stride at axis %d", i);
       return NULL;
     }
-    if (shape[i] > 0) span += (shape[i] - 1) * (strides ? strides[i] : 0);
+    if (shape[i] > 0) span += (shape[i] - 1) * strides[i];
   }
   a->buf = mx__buffer_wrap(data, a->size ? (size_t)(span + 1) * mx_dtype_size(dt) : 0,
                            deleter, ctx);
@@ -194,11 +199,7 @@ mx_array *mx_array_from_data_strided(void *data, const int64_t *shape, const int
     return NULL;
   }
   a->device = MX_CPU;
-  if (strides) {
-    if (ndim) memcpy(a->strides, strides, sizeof(int64_t) * (size_t)ndim);
-  } else {
-    mx__compute_row_strides(shape, ndim, a->strides);
-  }
+  if (ndim) memcpy(a->strides, strides, sizeof(int64_t) * (size_t)ndim);
   a->row_contiguous = mx__strides_row_contiguous(a->shape, a->strides, ndim);
   return a;
 }
