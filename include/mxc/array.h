@@ -125,6 +125,21 @@ MX_API const char *mx_array_describe(const mx_array *a, char *buf, size_t n);
  * can be evaluated again later. */
 MX_API int mx_eval(mx_array **arrays, int n);
 MX_API int mx_array_eval(mx_array *a);
+/* As mx_eval, and for results computed on a GPU also starts copying them to
+ * the host in the background (small arrays, e.g. sampled token ids): work
+ * queued afterwards does not delay a later read of them. As MLX's
+ * async_eval, this lets a decode loop queue step t+1 before it reads the
+ * token of step t:
+ *
+ *     y = sample(forward(x));  mx_async_eval(&y, 1);
+ *     for (;;) {
+ *       next = sample(forward(y));  mx_async_eval(&next, 1);  // queued
+ *       mx_array_item_int(y, &id);  // waits for y's copy only
+ *       ...; y = next;
+ *     }
+ *
+ * On the CPU it is mx_eval. */
+MX_API int mx_async_eval(mx_array **arrays, int n);
 
 /* ---- reading (evaluates implicitly) ------------------------------------ */
 

@@ -261,8 +261,46 @@ mx__buffer *mx__buffer_wrap(void *ptr, size_t nbytes, void (*deleter)(void *, vo
   return buf;
 }
 
+int mx__buffer_prefetch_host(mx__buffer *b) {
+  if (!b || (b->valid & (1u << MX_CPU)) || b->pending || !b->dptr || !b->size) return MX_OK;
+  const mx__device_ops *ops = &g_dev_ops[MX_GPU];
+  if (!ops->copy_to_host_async) return MX_OK;
+  int st = ops->copy_to_host_async(b->dptr, b->size, &b->pending);
+  if (st || !b->pending) {
+    b->pending = NULL;
+    return st;
+  }
+  pthread_mutex_lock(&A.mu);
+  g_xfer.d2h_bytes += b->size;
+  g_xfer.count++;
+  pthread_mutex_unlock(&A.mu);
+  return MX_OK;
+}
+
+/* Completes an in-flight host copy into b->ptr (allocated here). */
+static int finish_pending(mx__buffer *b) {
+  void *pending = b->pending;
+  b->pending = NULL;
+  if (!b->ptr) {
+    size_t cap = 0;
+    void *p = block_get(b->size, MX_CPU, &cap);
+    if (!p) {
+      g_dev_ops[MX_GPU].finish_copy(pending, NULL, b->size);
+      return mx_last_status();
+    }
+    b->ptr = p;
+  }
+  int st = g_dev_ops[MX_GPU].finish_copy(pending, b->ptr, b->size);
+  if (!st) b->valid |= (uint8_t)(1u << MX_CPU);
+  return st;
+}
+
 int mx__buffer_ensure(mx__buffer *b, int device) {
   if (b->valid & (1u << device)) return MX_OK;
+  if (device == MX_CPU && b->pending) {
+    int st = finish_pending(b);
+    if (st || (b->valid & (1u << MX_CPU))) return st;
+  }
   int src = -1;
   for (int d = 0; d < MX_DEVICE_COUNT; d++)
     if (b->valid & (1u << d)) src = d;
@@ -297,6 +335,7 @@ void mx__buffer_retain(mx__buffer *b) { __atomic_add_fetch(&b->refcount, 1, __AT
 
 void mx__buffer_release(mx__buffer *b) {
   if (!b || __atomic_sub_fetch(&b->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
+  if (b->pending) g_dev_ops[MX_GPU].finish_copy(b->pending, NULL, b->size);
   if (b->ptr) {
     if (b->foreign) {
       if (b->deleter) b->deleter(b->ptr, b->deleter_ctx);

@@ -28,6 +28,7 @@ typedef struct mx__buffer {
   size_t capacity;  /* bytes reserved per copy (size class) */
   void (*deleter)(void *data, void *ctx); /* foreign memory */
   void *deleter_ctx;
+  void *pending;    /* an in-flight copy to the host (mx__buffer_prefetch_host) */
 } mx__buffer;
 
 /* Make the copy on `device` current, allocating and copying as needed
@@ -41,8 +42,20 @@ typedef struct {
   void (*free)(void *p);
   /* copy n bytes between devices (one side is MX_CPU) */
   int (*copy)(void *dst, int dst_device, const void *src, int src_device, size_t n);
+  /* optional: start copying n bytes of device memory to the host without
+   * waiting; *pending identifies the copy, or stays NULL when the backend
+   * declines (e.g. too large for its staging memory) */
+  int (*copy_to_host_async)(const void *src, size_t n, void **pending);
+  /* finish a started copy: wait for it and write its bytes to dst (dst may
+   * be NULL: discard); releases pending */
+  int (*finish_copy)(void *pending, void *dst, size_t n);
 } mx__device_ops;
 void mx__register_device_ops(int device, const mx__device_ops *ops);
+/* Starts copying a GPU-only buffer to the host in the background (queued
+ * after the work that produces it): a later host read waits for that copy
+ * only, not for GPU work queued in between. No-op when the host copy is
+ * current, a copy is already in flight, or the backend cannot. */
+int mx__buffer_prefetch_host(mx__buffer *b);
 
 /* Debug: fill/check guard bytes after every buffer (op-parity harness). */
 void mx__debug_guard(bool on);

@@ -174,3 +174,10 @@ int mx_eval(mx_array **arrays, int n) {
 }
 
 int mx_array_eval(mx_array *a) { return mx_eval(&a, 1); }
+
+int mx_async_eval(mx_array **arrays, int n) {
+  int st = mx_eval(arrays, n);
+  for (int i = 0; i < n && !st; i++)
+    if (arrays[i] && arrays[i]->buf) st = mx__buffer_prefetch_host(arrays[i]->buf);
+  return st;
+}

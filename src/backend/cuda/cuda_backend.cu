@@ -65,6 +65,66 @@ static int dev_copy(void *dst, int dst_device, const void *src, int src_device, 
   return st;
 }
 
+/* ---- background copies to the host (mx_async_eval) --------------------------------
+ * A small pool of pinned staging slots: the device-to-host copy and an event
+ * are queued on the stream right away; finish_copy waits for that event only
+ * and copies the staged bytes out. Larger arrays are declined (they are
+ * copied synchronously when read). */
+#define STAGE_SLOTS 16
+#define STAGE_BYTES (64 * 1024)
+typedef struct {
+  void *host; /* pinned, STAGE_BYTES */
+  cudaEvent_t ev;
+  bool busy;
+} stage_slot;
+static stage_slot g_stage[STAGE_SLOTS];
+static pthread_mutex_t g_stage_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int dev_copy_to_host_async(const void *src, size_t n, void **pending) {
+  *pending = NULL;
+  if (n == 0 || n > STAGE_BYTES) return MX_OK;
+  pthread_mutex_lock(&g_stage_mu);
+  stage_slot *s = NULL;
+  for (int i = 0; i < STAGE_SLOTS && !s; i++)
+    if (!g_stage[i].busy) s = &g_stage[i];
+  if (s && !s->host) {
+    if (cudaMallocHost(&s->host, STAGE_BYTES) != cudaSuccess) {
+      cudaGetLastError();
+      s->host = NULL;
+      s = NULL;
+    } else if (cudaEventCreateWithFlags(&s->ev, cudaEventDisableTiming) != cudaSuccess) {
+      cudaGetLastError();
+      cudaFreeHost(s->host);
+      s->host = NULL;
+      s = NULL;
+    }
+  }
+  if (s) s->busy = true;
+  pthread_mutex_unlock(&g_stage_mu);
+  if (!s) return MX_OK; /* no slot: the read will copy synchronously */
+  int st = mx__cuda_check(cudaMemcpyAsync(s->host, src, n, cudaMemcpyDeviceToHost, g_stream),
+                          "async copy to host");
+  if (!st) st = mx__cuda_check(cudaEventRecord(s->ev, g_stream), "async copy to host");
+  if (st) {
+    pthread_mutex_lock(&g_stage_mu);
+    s->busy = false;
+    pthread_mutex_unlock(&g_stage_mu);
+    return st;
+  }
+  *pending = s;
+  return MX_OK;
+}
+
+static int dev_finish_copy(void *pending, void *dst, size_t n) {
+  stage_slot *s = (stage_slot *)pending;
+  int st = mx__cuda_check(cudaEventSynchronize(s->ev), "async copy to host");
+  if (!st && dst) memcpy(dst, s->host, n);
+  pthread_mutex_lock(&g_stage_mu);
+  s->busy = false;
+  pthread_mutex_unlock(&g_stage_mu);
+  return st;
+}
+
 /* ---- init ---------------------------------------------------------------------- */
 static void init(void) {
   int n = 0;
@@ -81,6 +141,8 @@ static void init(void) {
   ops.alloc = dev_alloc;
   ops.free = dev_free;
   ops.copy = dev_copy;
+  ops.copy_to_host_async = dev_copy_to_host_async;
+  ops.finish_copy = dev_finish_copy;
   mx__register_device_ops(MX_GPU, &ops);
   g_cuda_backend.name = "cuda";
   mx__kernel_fn *k = g_cuda_backend.kernels;
