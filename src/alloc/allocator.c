@@ -261,6 +261,11 @@ mx__buffer *mx__buffer_wrap(void *ptr, size_t nbytes, void (*deleter)(void *, vo
   return buf;
 }
 
+int mx__device_sync(int device) {
+  if (device < 0 || device >= MX_DEVICE_COUNT || !g_dev_ops[device].sync) return MX_OK;
+  return g_dev_ops[device].sync();
+}
+
 int mx__buffer_prefetch_host(mx__buffer *b) {
   if (!b || (b->valid & (1u << MX_CPU)) || b->pending || !b->dptr || !b->size) return MX_OK;
   const mx__device_ops *ops = &g_dev_ops[MX_GPU];

@@ -49,7 +49,11 @@ typedef struct {
   /* finish a started copy: wait for it and write its bytes to dst (dst may
    * be NULL: discard); releases pending */
   int (*finish_copy)(void *pending, void *dst, size_t n);
+  /* optional: wait until the device has finished all queued work */
+  int (*sync)(void);
 } mx__device_ops;
+/* Waits for the device's queued work (no-op without a sync hook). */
+int mx__device_sync(int device);
 void mx__register_device_ops(int device, const mx__device_ops *ops);
 /* Starts copying a GPU-only buffer to the host in the background (queued
  * after the work that produces it): a later host read waits for that copy

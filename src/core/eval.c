@@ -10,9 +10,63 @@
  *    already computed keep their data, the rest keep their graph, and
  *    everything stays valid.
  */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "array_impl.h"
+
+/* ---- op profile (MXC_PROFILE=1) ----------------------------------------------
+ * With MXC_PROFILE set in the environment, every kernel is followed by a
+ * wait for its device (so GPU kernels are timed, not just queued) and its
+ * wall time is added to its op's total; the table goes to stderr at exit.
+ * For finding slow kernels; it serialises the GPU, so absolute speeds drop. */
+static int g_prof = -1; /* -1 unknown, 0 off, 1 on */
+static double g_prof_s[MX__OP_COUNT][MX_DEVICE_COUNT];
+static uint64_t g_prof_n[MX__OP_COUNT][MX_DEVICE_COUNT];
+static pthread_mutex_t g_prof_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static double prof_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void prof_report(void) {
+  double total = 0;
+  for (int i = 0; i < MX__OP_COUNT; i++)
+    for (int d = 0; d < MX_DEVICE_COUNT; d++) total += g_prof_s[i][d];
+  fprintf(stderr, "\n== mxc op profile (MXC_PROFILE): %.3f s in kernels\n", total);
+  fprintf(stderr, "%-26s %-4s %10s %12s %10s %6s\n", "op", "dev", "calls", "total ms",
+          "us/call", "%");
+  for (;;) { /* largest first, printed once each */
+    int bi = -1, bd = 0;
+    for (int i = 0; i < MX__OP_COUNT; i++)
+      for (int d = 0; d < MX_DEVICE_COUNT; d++)
+        if (g_prof_n[i][d] && (bi < 0 || g_prof_s[i][d] > g_prof_s[bi][bd])) bi = i, bd = d;
+    if (bi < 0) break;
+    fprintf(stderr, "%-26s %-4s %10llu %12.3f %10.2f %5.1f%%\n", mx__op_names[bi],
+            bd == MX_CPU ? "cpu" : "gpu", (unsigned long long)g_prof_n[bi][bd],
+            1e3 * g_prof_s[bi][bd], 1e6 * g_prof_s[bi][bd] / (double)g_prof_n[bi][bd],
+            total > 0 ? 100 * g_prof_s[bi][bd] / total : 0);
+    g_prof_n[bi][bd] = 0;
+  }
+}
+
+static bool prof_on(void) {
+  if (g_prof < 0) {
+    pthread_mutex_lock(&g_prof_mu);
+    if (g_prof < 0) {
+      const char *e = getenv("MXC_PROFILE");
+      g_prof = e && *e && strcmp(e, "0") ? 1 : 0;
+      if (g_prof) atexit(prof_report);
+    }
+    pthread_mutex_unlock(&g_prof_mu);
+  }
+  return g_prof == 1;
+}
 
 static _Thread_local int tl_trace_depth;
 static _Thread_local int tl_default_device = MX_CPU;
@@ -157,7 +211,16 @@ int mx_eval(mx_array **arrays, int n) {
       else if (!view) st = mx__buffer_ensure(in->buf, a->device);
     }
     if (st) break;
+    double t0 = prof_on() ? prof_now() : 0;
     st = k(a, a->inputs);
+    if (t0 > 0) {
+      if (!st && a->device != MX_CPU) st = mx__device_sync(a->device);
+      double dt = prof_now() - t0;
+      pthread_mutex_lock(&g_prof_mu);
+      g_prof_s[a->op->id][a->device] += dt;
+      g_prof_n[a->op->id][a->device]++;
+      pthread_mutex_unlock(&g_prof_mu);
+    }
     if (st) {
       if (a->buf) {
         mx__buffer_release(a->buf);

@@ -125,6 +125,10 @@ static int dev_finish_copy(void *pending, void *dst, size_t n) {
   return st;
 }
 
+static int dev_sync(void) {
+  return mx__cuda_check(cudaStreamSynchronize(g_stream), "stream synchronize");
+}
+
 /* ---- init ---------------------------------------------------------------------- */
 static void init(void) {
   int n = 0;
@@ -143,6 +147,7 @@ static void init(void) {
   ops.copy = dev_copy;
   ops.copy_to_host_async = dev_copy_to_host_async;
   ops.finish_copy = dev_finish_copy;
+  ops.sync = dev_sync;
   mx__register_device_ops(MX_GPU, &ops);
   g_cuda_backend.name = "cuda";
   mx__kernel_fn *k = g_cuda_backend.kernels;
