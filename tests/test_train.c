@@ -5,7 +5,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "mxc/io.h"
 #include "mxc/lm.h"
+#include "mxc/memory.h"
+#include "mxc/ops.h"
+#include "mxc/tokenizer.h"
 #include "mxc/train.h"
 #include "test.h"
 
@@ -241,6 +245,298 @@ TEST(bad_inputs_give_clear_errors) {
   ASSERT(mx_train_run(&o, NULL, NULL) != MX_OK);
   ASSERT(strstr(mx_last_error(), "--data") != NULL);
   ASSERT(mx_train_run(NULL, NULL, NULL) != MX_OK);
+  rm_tmp(dir);
+}
+
+/* ---- memory budget ---------------------------------------------------------------- */
+
+static mx_nn_module *small_model(int64_t layers, int64_t vocab, int64_t seq) {
+  mx_lm_config c;
+  if (mx_train_llama_config(&c, 32, layers, 2, 2, 64, vocab, seq)) return NULL;
+  return mx_train_llama_new(&c, 3);
+}
+
+TEST(checkpointed_loss_equals_plain_loss_and_grads) {
+  mx_nn_module *m = small_model(3, MX_TRAIN_BYTE_VOCAB, 16);
+  ASSERT_NOT_NULL(m);
+  int32_t xs[2 * 16], ys[2 * 16];
+  for (int i = 0; i < 32; i++) {
+    xs[i] = (i * 37 + 5) % 250;
+    ys[i] = (i * 11 + 3) % 250;
+  }
+  int64_t shape[2] = {2, 16};
+  mx_array *xy[2] = {mx_array_from_data(xs, shape, 2, MX_INT32), mx_array_from_data(ys, shape, 2, MX_INT32)};
+  mx_map *g1 = mx_map_new(), *g2 = mx_map_new();
+  mx_list v1 = MX_LIST_INIT, v2 = MX_LIST_INIT;
+  ASSERT_OK(mx_nn_value_and_grad(m, mx_train_lm_loss, NULL, xy, 2, &v1, g1));
+  ASSERT_OK(mx_nn_value_and_grad(m, mx_train_lm_loss_checkpointed, NULL, xy, 2, &v2, g2));
+  double l1, l2;
+  ASSERT_OK(mx_array_item(v1.items[0], &l1));
+  ASSERT_OK(mx_array_item(v2.items[0], &l2));
+  ASSERT_NEAR(l1, l2, 1e-5);
+  ASSERT_EQ_INT(mx_map_size(g1), mx_map_size(g2));
+  for (int i = 0; i < mx_map_size(g1); i++) {
+    mx_array *a = mx_map_value(g1, i), *b = mx_map_get(g2, mx_map_key(g1, i));
+    ASSERT_NOT_NULL(b);
+    mx_array *d = mx_subtract(a, b), *ad = mx_abs(d), *mx = mx_max(ad, NULL, 0, false);
+    mx_array *aa = mx_abs(a), *ma = mx_max(aa, NULL, 0, false);
+    double diff, mag;
+    ASSERT_OK(mx_array_item(mx, &diff));
+    ASSERT_OK(mx_array_item(ma, &mag));
+    ASSERT_MSG(diff <= 1e-5 * (1 + mag), "%s: max diff %g", mx_map_key(g1, i), diff);
+    mx_array_free(d);
+    mx_array_free(ad);
+    mx_array_free(mx);
+    mx_array_free(aa);
+    mx_array_free(ma);
+  }
+  ASSERT(mx_map_size(g1) > 10);
+  mx_list_clear(&v1);
+  mx_list_clear(&v2);
+  mx_map_free(g1);
+  mx_map_free(g2);
+  mx_array_free(xy[0]);
+  mx_array_free(xy[1]);
+  mx_nn_module_free(m);
+}
+
+TEST(memory_plan_picks_each_branch) {
+  mx_train_options o = MX_TRAIN_DEFAULTS;
+  o.seq = 64;
+  o.batch = 4;
+  mx_nn_module *m = small_model(4, MX_TRAIN_BYTE_VOCAB, o.seq);
+  ASSERT_NOT_NULL(m);
+  size_t full, half, one, one_ck;
+  ASSERT_OK(mx_train_estimate_step_memory(m, &o, 4, false, &full));
+  ASSERT_OK(mx_train_estimate_step_memory(m, &o, 2, false, &half));
+  ASSERT_OK(mx_train_estimate_step_memory(m, &o, 1, false, &one));
+  ASSERT_OK(mx_train_estimate_step_memory(m, &o, 1, true, &one_ck));
+  ASSERT_MSG(full > half && half > one, "%zu %zu %zu", full, half, one);
+  ASSERT_MSG(one_ck < one, "checkpointing: %zu, without: %zu", one_ck, one);
+  mx_train_memory_plan p;
+  /* no limit, or a large one: the full batch */
+  ASSERT_OK(mx_train_plan_memory(m, &o, &p));
+  ASSERT_EQ_INT(p.kind, MX_TRAIN_PLAN_FULL);
+  ASSERT_EQ_INT(p.micro_batch, 4);
+  ASSERT_EQ_INT(p.grad_accum, 1);
+  ASSERT_EQ_INT(p.peak_bytes, full);
+  o.memory_limit = full;
+  ASSERT_OK(mx_train_plan_memory(m, &o, &p));
+  ASSERT_EQ_INT(p.kind, MX_TRAIN_PLAN_FULL);
+  /* just below the full batch: micro-batches of 2, accumulated twice */
+  o.memory_limit = full - 1;
+  ASSERT_OK(mx_train_plan_memory(m, &o, &p));
+  ASSERT_EQ_INT(p.kind, MX_TRAIN_PLAN_ACCUMULATE);
+  ASSERT_EQ_INT(p.micro_batch, 2);
+  ASSERT_EQ_INT(p.grad_accum, 2);
+  ASSERT(!p.checkpoint && p.peak_bytes <= o.memory_limit);
+  ASSERT_EQ_INT(p.full_bytes, full);
+  /* below micro-batch 1: gradient checkpointing */
+  o.memory_limit = one - 1;
+  ASSERT_OK(mx_train_plan_memory(m, &o, &p));
+  ASSERT_EQ_INT(p.kind, MX_TRAIN_PLAN_CHECKPOINT);
+  ASSERT(p.checkpoint && p.peak_bytes <= o.memory_limit);
+  ASSERT_EQ_INT(p.micro_batch * (p.grad_accum / o.grad_accum), 4);
+  /* forced checkpointing */
+  o.memory_limit = 0;
+  o.grad_checkpoint = true;
+  ASSERT_OK(mx_train_plan_memory(m, &o, &p));
+  ASSERT_EQ_INT(p.kind, MX_TRAIN_PLAN_CHECKPOINT);
+  ASSERT_EQ_INT(p.micro_batch, 4);
+  /* nothing fits: a message with both numbers */
+  o.grad_checkpoint = false;
+  o.memory_limit = one_ck - 1;
+  ASSERT_EQ_INT(mx_train_plan_memory(m, &o, &p), MX_ERR_OOM);
+  char want[64];
+  snprintf(want, sizeof want, "--memory-limit %zu bytes", one_ck - 1);
+  ASSERT_MSG(strstr(mx_last_error(), want) != NULL, "%s", mx_last_error());
+  snprintf(want, sizeof want, "about %zu bytes", one_ck);
+  ASSERT_MSG(strstr(mx_last_error(), want) != NULL, "%s", mx_last_error());
+  /* an allocator limit turns an overshoot into a status */
+  size_t prev = mx_set_memory_limit(mx_get_active_memory() + 1000);
+  size_t peak;
+  int st = mx_train_measure_step_memory(m, 4, 64, false, &peak);
+  mx_set_memory_limit(prev);
+  ASSERT_EQ_INT(st, MX_ERR_OOM);
+  mx_nn_module_free(m);
+}
+
+typedef struct {
+  curve c;
+  mx_train_memory_plan plan;
+  size_t peak;
+  bool planned;
+} plan_rec;
+
+static int record_plan(void *ctx, const mx_train_event *ev) {
+  plan_rec *r = ctx;
+  if (ev->kind == MX_TRAIN_EV_PLAN) {
+    r->plan = *ev->plan;
+    r->planned = true;
+  }
+  if (ev->kind == MX_TRAIN_EV_STEP && ev->peak_memory > r->peak) r->peak = ev->peak_memory;
+  return record(&r->c, ev);
+}
+
+static int load_weights(const char *dir, mx_map **w) {
+  char p[200];
+  snprintf(p, sizeof p, "%s/model.safetensors", dir);
+  return mx_load(p, w, NULL);
+}
+
+static double max_weight_diff(mx_map *a, mx_map *b) {
+  double worst = 0;
+  for (int i = 0; i < mx_map_size(a); i++) {
+    mx_array *x = mx_map_value(a, i), *y = mx_map_get(b, mx_map_key(a, i));
+    if (!y) return INFINITY;
+    mx_array *d = mx_subtract(x, y), *ad = mx_abs(d), *m = mx_max(ad, NULL, 0, false);
+    double v = INFINITY;
+    mx_array_item(m, &v);
+    if (v > worst) worst = v;
+    mx_array_free(d);
+    mx_array_free(ad);
+    mx_array_free(m);
+  }
+  return worst;
+}
+
+TEST(memory_limit_runs_give_the_full_batch_result) {
+  char *dir = make_tmp(40);
+  ASSERT_NOT_NULL(dir);
+  char data[128], o1[128], o2[128], o3[128], o4[128];
+  const size_t limit0 = mx_get_memory_limit();
+  mx_train_options a = tiny(dir, data, o1, "full");
+  a.iters = 6;
+  a.layers = 3;
+  a.seq = 64; /* activations dominate: micro-batches and checkpointing save memory */
+  a.eval_every = 3;
+  plan_rec r1 = {0};
+  ASSERT_OK(mx_train_run(&a, record_plan, &r1));
+  ASSERT(!r1.planned);
+  /* the estimate of the full batch, minus one byte: accumulation */
+  mx_lm_config c;
+  ASSERT_OK(mx_train_llama_config(&c, a.dim, a.layers, a.heads, a.kv_heads, a.hidden, MX_TRAIN_BYTE_VOCAB, a.seq));
+  mx_nn_module *m = mx_train_llama_new(&c, a.seed);
+  size_t full, one;
+  ASSERT_OK(mx_train_estimate_step_memory(m, &a, a.batch, false, &full));
+  ASSERT_OK(mx_train_estimate_step_memory(m, &a, 1, false, &one));
+  mx_nn_module_free(m);
+  mx_train_options b = a;
+  b.out_dir = o2;
+  snprintf(o2, sizeof o2, "%s/accum", dir);
+  b.memory_limit = full - 1;
+  plan_rec r2 = {0};
+  ASSERT_OK(mx_train_run(&b, record_plan, &r2));
+  ASSERT(r2.planned);
+  ASSERT_EQ_INT(r2.plan.kind, MX_TRAIN_PLAN_ACCUMULATE);
+  ASSERT_MSG(r2.peak <= b.memory_limit, "peak %zu > limit %zu", r2.peak, b.memory_limit);
+  /* checkpointing (and micro-batches) */
+  mx_train_options e = b;
+  e.out_dir = o3;
+  snprintf(o3, sizeof o3, "%s/ckpt", dir);
+  e.memory_limit = one - 1;
+  plan_rec r3 = {0};
+  ASSERT_OK(mx_train_run(&e, record_plan, &r3));
+  ASSERT_EQ_INT(r3.plan.kind, MX_TRAIN_PLAN_CHECKPOINT);
+  ASSERT_MSG(r3.peak <= e.memory_limit, "peak %zu > limit %zu", r3.peak, e.memory_limit);
+  for (int i = 0; i < 6; i++) {
+    ASSERT_NEAR(r2.c.loss[i], r1.c.loss[i], 1e-4 * (1 + r1.c.loss[i]));
+    ASSERT_NEAR(r3.c.loss[i], r1.c.loss[i], 1e-4 * (1 + r1.c.loss[i]));
+  }
+  mx_map *w1 = NULL, *w2 = NULL, *w3 = NULL;
+  ASSERT_OK(load_weights(o1, &w1));
+  ASSERT_OK(load_weights(o2, &w2));
+  ASSERT_OK(load_weights(o3, &w3));
+  double d2 = max_weight_diff(w1, w2), d3 = max_weight_diff(w1, w3);
+  ASSERT_MSG(d2 < 1e-4 && d3 < 1e-4, "weights differ by %g / %g", d2, d3);
+  mx_map_free(w1);
+  mx_map_free(w2);
+  mx_map_free(w3);
+  /* too small: stops before step 1 with both numbers, nothing trained */
+  mx_train_options f = b;
+  snprintf(o4, sizeof o4, "%s/tiny", dir);
+  f.out_dir = o4;
+  f.memory_limit = 1000;
+  plan_rec r4 = {0};
+  ASSERT_EQ_INT(mx_train_run(&f, record_plan, &r4), MX_ERR_OOM);
+  ASSERT(strstr(mx_last_error(), "--memory-limit 1000 bytes") != NULL);
+  ASSERT(strstr(mx_last_error(), "needs about") != NULL);
+  ASSERT_EQ_INT(r4.c.n, 0);
+  char p[200];
+  snprintf(p, sizeof p, "%s/metrics.jsonl", o4);
+  ASSERT(access(p, F_OK) != 0);
+  ASSERT_EQ_INT(mx_get_memory_limit(), limit0); /* restored */
+  rm_tmp(dir);
+}
+
+TEST(parse_bytes_units) {
+  size_t b;
+  ASSERT_OK(mx_parse_bytes("2GB", &b));
+  ASSERT_EQ_INT(b, 2000000000ull);
+  ASSERT_OK(mx_parse_bytes("512MiB", &b));
+  ASSERT_EQ_INT(b, 512ull << 20);
+  ASSERT_OK(mx_parse_bytes("1.5g", &b));
+  ASSERT_EQ_INT(b, 1500000000ull);
+  ASSERT_OK(mx_parse_bytes("123456", &b));
+  ASSERT_EQ_INT(b, 123456);
+  ASSERT_OK(mx_parse_bytes("64 KiB", &b));
+  ASSERT_EQ_INT(b, 65536);
+  ASSERT(mx_parse_bytes("lots", &b) != MX_OK);
+  ASSERT(mx_parse_bytes("2XB", &b) != MX_OK);
+  ASSERT(mx_parse_bytes("-1GB", &b) != MX_OK);
+}
+
+/* ---- BPE tokenizers ------------------------------------------------------------------ */
+
+TEST(train_with_a_bpe_tokenizer) {
+  char *dir = make_tmp(60);
+  ASSERT_NOT_NULL(dir);
+  char data[128], out[128], out2[128];
+  mx_train_options o = tiny(dir, data, out, "bpe");
+  o.vocab_size = 300;
+  o.iters = 10;
+  o.eval_every = 5;
+  o.seq = 8;
+  curve c = {.n = 0};
+  ASSERT_OK(mx_train_run(&o, record, &c));
+  ASSERT_EQ_INT(c.n, 10);
+  mx_lm_model *m = mx_lm_load(out, NULL);
+  ASSERT_MSG(m != NULL, "%s", mx_last_error());
+  const mx_tokenizer *tok = mx_lm_tokenizer(m);
+  ASSERT_NOT_NULL(tok);
+  int64_t v = mx_lm_get_config(m)->vocab_size;
+  ASSERT_EQ_INT(mx_tokenizer_vocab_size(tok), v); /* <= 300: the small corpus runs out of pairs */
+  ASSERT(v > 258 && v <= 300);
+  ASSERT_EQ_INT(mx_tokenizer_eos_id(tok), 1);
+  ASSERT(mx_lm_is_eos(m, 1));
+  int32_t *ids;
+  size_t n;
+  ASSERT_OK(mx_tokenizer_encode(tok, "the cat sat on the mat.", 23, false, &ids, &n));
+  ASSERT_MSG(n < 12, "%zu tokens", n); /* merges learnt */
+  free(ids);
+  mx_lm_free(m);
+  /* --tokenizer DIR reuses it */
+  mx_train_options p = tiny(dir, data, out2, "reuse");
+  p.tokenizer_dir = out;
+  p.iters = 3;
+  p.seq = 8;
+  ASSERT_OK(mx_train_run(&p, NULL, NULL));
+  m = mx_lm_load(out2, NULL);
+  ASSERT_MSG(m != NULL, "%s", mx_last_error());
+  ASSERT_EQ_INT(mx_lm_get_config(m)->vocab_size, v);
+  mx_lm_free(m);
+  /* errors */
+  p.vocab_size = 300;
+  ASSERT(mx_train_run(&p, NULL, NULL) != MX_OK);
+  ASSERT(strstr(mx_last_error(), "not both") != NULL);
+  p.tokenizer_dir = NULL;
+  p.vocab_size = 100;
+  ASSERT(mx_train_run(&p, NULL, NULL) != MX_OK);
+  ASSERT(strstr(mx_last_error(), "--vocab-size") != NULL);
+  p.vocab_size = 0;
+  p.tokenizer_dir = "/nonexistent/tok";
+  ASSERT(mx_train_run(&p, NULL, NULL) != MX_OK);
+  ASSERT(strstr(mx_last_error(), "/nonexistent/tok") != NULL);
   rm_tmp(dir);
 }
 

@@ -30,6 +30,7 @@
 #include "mxc/tokenizer.h"
 #include "mxc/chat_template.h"
 #include "mxc/train.h"
+#include "mxc/tokenizer_train.h"
 #include "mxc/lora.h"
 
 #endif

@@ -14,7 +14,14 @@
  *
  * Tokens: the byte tokenizer maps byte b to id b (token text: GPT-2's
  * bytes_to_unicode of b) and adds the special tokens <|bos|> (256) and
- * <|eos|> (257); vocabulary 258. Training reads the corpus as raw bytes.
+ * <|eos|> (257); vocabulary 258. Training reads the corpus as raw bytes —
+ * unless options.vocab_size trains a byte-level BPE tokenizer on it first
+ * (mxc/tokenizer_train.h) or options.tokenizer_dir names one to use.
+ *
+ * Memory: options.memory_limit plans the step to fit (micro-batches with
+ * gradient accumulation, then per-layer gradient checkpointing) or stops
+ * before step 1 (mx_train_plan_memory). Loss curves: mx_train_plot draws
+ * metrics.jsonl as a PNG.
  *
  * Determinism: initial weights come from `seed`; the training window of
  * micro-batch j of step s starts at offsets drawn from a hash of (seed, s,
@@ -102,6 +109,18 @@ typedef struct {
   int64_t warmup, grad_accum, eval_every, save_every, val_batches, log_every;
   uint64_t seed;
   bool resume;
+  /* Tokenizer: tokenizer_dir (a directory with tokenizer.json, or the file)
+   * is used as is; else vocab_size > 0 trains a byte-level BPE tokenizer
+   * of that size on the corpus first (mx_bpe_train, special tokens <|bos|>
+   * and <|eos|>); else the byte tokenizer above. The tokenizer files are
+   * copied / written to out_dir and the corpus is encoded with it. */
+  const char *tokenizer_dir;
+  int64_t vocab_size;
+  /* Memory budget in bytes (0: none): see mx_train_plan_memory. The run
+   * follows the plan and sets mx_set_memory_limit(memory_limit) while it
+   * trains (restored after), so an overshoot is an MX_ERR_OOM status. */
+  size_t memory_limit;
+  bool grad_checkpoint; /* force per-layer gradient checkpointing */
 } mx_train_options;
 #define MX_TRAIN_DEFAULTS                                                                     \
   ((mx_train_options){.dim = 256, .layers = 4, .heads = 4, .kv_heads = 4, .hidden = 688,      \
@@ -110,15 +129,68 @@ typedef struct {
                       .grad_accum = 1, .eval_every = 100, .save_every = 200, .val_batches = 8, \
                       .log_every = 10})
 
-typedef enum { MX_TRAIN_EV_STEP = 0, MX_TRAIN_EV_VAL = 1, MX_TRAIN_EV_SAVE = 2 } mx_train_event_kind;
+typedef enum {
+  MX_TRAIN_EV_STEP = 0,
+  MX_TRAIN_EV_VAL = 1,
+  MX_TRAIN_EV_SAVE = 2,
+  MX_TRAIN_EV_PLAN = 3 /* before step 1 when memory_limit / grad_checkpoint is set: `plan` */
+} mx_train_event_kind;
+struct mx_train_memory_plan_s;
 typedef struct {
   mx_train_event_kind kind;
   int64_t step, iters; /* steps done, total */
   double loss, val_loss, lr, grad_norm, tokens_per_sec, elapsed_sec, eta_sec;
   size_t peak_memory;
+  const struct mx_train_memory_plan_s *plan; /* MX_TRAIN_EV_PLAN only */
 } mx_train_event;
 /* Called after each step, validation and checkpoint; non-zero stops. */
 typedef int (*mx_train_event_fn)(void *ctx, const mx_train_event *ev);
+
+/* ---- memory budget -------------------------------------------------------------- */
+/* The loss of mx_train_lm_loss computed with per-layer gradient
+ * checkpointing (each decoder layer's intermediates are recomputed in the
+ * backward pass instead of being kept): same value and gradients, less
+ * memory, about one more forward pass of compute. For models made by
+ * mx_train_llama_new. */
+MX_API int mx_train_lm_loss_checkpointed(void *payload, mx_nn_module *model, mx_array **inputs,
+                                         int ninputs, mx_list *out);
+/* The peak of the allocator's active memory (bytes, absolute: the model's
+ * weights included) over one forward + backward pass of model on a
+ * (batch, seq) micro-batch, measured (a throwaway pass; the model is not
+ * changed). Fails with MX_ERR_OOM when a memory limit is set and hit. */
+MX_API int mx_train_measure_step_memory(mx_nn_module *model, int64_t batch, int64_t seq,
+                                        bool checkpoint, size_t *bytes);
+typedef enum {
+  MX_TRAIN_PLAN_FULL = 0,       /* the whole batch at once */
+  MX_TRAIN_PLAN_ACCUMULATE = 1, /* smaller micro-batches, gradients accumulated */
+  MX_TRAIN_PLAN_CHECKPOINT = 2  /* gradient checkpointing (and micro-batches if needed) */
+} mx_train_plan_kind;
+typedef struct mx_train_memory_plan_s {
+  mx_train_plan_kind kind;
+  int64_t micro_batch; /* divides o->batch */
+  int64_t grad_accum;  /* micro-batches per step: o->grad_accum * o->batch / micro_batch */
+  bool checkpoint;
+  size_t peak_bytes; /* the estimated peak of a training step under this plan */
+  size_t full_bytes; /* the same for the full batch without checkpointing */
+} mx_train_memory_plan;
+/* The estimated peak of one training step (bytes): the measured forward +
+ * backward peak for `micro` rows (from passes of 1 and 2 rows, linear in
+ * the rows), plus AdamW's two state tensors, the optimizer update's
+ * temporaries and the gradient accumulator when micro-batches are summed. */
+MX_API int mx_train_estimate_step_memory(mx_nn_module *model, const mx_train_options *o,
+                                         int64_t micro, bool checkpoint, size_t *bytes);
+/* Chooses how to fit a step into o->memory_limit (0: no limit): the full
+ * batch if its estimate fits; else the largest divisor of o->batch as
+ * micro-batch with gradient accumulation (the same effective batch: the
+ * same result up to float summation order); else the same with gradient
+ * checkpointing per layer; else MX_ERR_OOM with a message naming the
+ * bytes needed (micro-batch 1 with checkpointing) and the bytes given.
+ * o->grad_checkpoint forces checkpointing. */
+MX_API int mx_train_plan_memory(mx_nn_module *model, const mx_train_options *o,
+                                mx_train_memory_plan *plan);
+/* Parses "2GB", "512MiB", "1.5G", "1000000" (bytes; K/M/G/T with or
+ * without B are powers of 1000, KiB/MiB/GiB/TiB powers of 1024). */
+MX_API int mx_parse_bytes(const char *s, size_t *bytes);
 
 /* Checks the options (a message naming the flag at fault). */
 MX_API int mx_train_check_options(const mx_train_options *o);
@@ -127,6 +199,28 @@ MX_API int mx_train_check_options(const mx_train_options *o);
  * atomically every save_every steps and at the end. resume: continue from
  * out_dir/checkpoint. */
 MX_API int mx_train_run(const mx_train_options *o, mx_train_event_fn on_event, void *ctx);
+
+/* ---- loss curves ------------------------------------------------------------------ */
+typedef struct {
+  const char *title; /* drawn above the plot; NULL: none */
+  int width, height; /* pixels; 0: 800 x 500 */
+} mx_plot_options;
+#define MX_PLOT_DEFAULTS ((mx_plot_options){.title = NULL, .width = 800, .height = 500})
+/* Reads the JSON lines of metrics_path (objects with "step" and "loss" or
+ * "val_loss", as mx_train_run appends; other lines' keys are ignored) and
+ * draws train and validation loss against step as an RGB PNG: axes with
+ * tick labels, grid, the curves (train: mx_plot_train_rgb, validation:
+ * mx_plot_val_rgb with markers) and a legend. A line that is not a JSON
+ * object, or a loss without a numeric step, is an MX_ERR_FORMAT naming
+ * file:line; a file without any loss too. opt may be NULL. */
+MX_API int mx_train_plot(const char *metrics_path, const char *png_path, const mx_plot_options *opt);
+MX_API extern const uint8_t mx_plot_train_rgb[3], mx_plot_val_rgb[3];
+/* Writes width x height 8-bit RGB pixels (row-major, 3 bytes each) as a PNG
+ * (one IDAT chunk, zlib deflate, filter 0). */
+MX_API int mx_png_write(const char *path, const uint8_t *rgb, int width, int height);
+/* The CRC-32 of PNG chunks (ISO 3309 / zlib's crc32), continued from crc
+ * (0 to start). */
+MX_API uint32_t mx_png_crc32(uint32_t crc, const void *data, size_t n);
 
 #ifdef __cplusplus
 }

@@ -1,6 +1,7 @@
 #!/bin/sh
 # CLI tests for `mxc train`: a tiny run writes a directory that
-# `mxc generate --model DIR` loads; bad flags and files give clear errors.
+# `mxc generate --model DIR` loads; bad flags and files give clear errors;
+# `mxc tokenizer-train`, BPE tokens (--vocab-size / --tokenizer) and --memory-limit.
 # Usage: sh tests/cli/test_train.sh PATH_TO_mxc
 set -u
 MXC=${1:?usage: test_train.sh PATH_TO_mxc}
@@ -63,6 +64,58 @@ check "unknown flag exit status" "$?" "2"
 "$MXC" train --data "$tmp/c.txt" --out "$tmp/y" --resume --dim 32 --heads 2 --kv-heads 2 >/dev/null 2>"$tmp/err"
 check "resume without checkpoint exit status" "$?" "1"
 contains "resume without checkpoint message" "$(cat "$tmp/err")" "no checkpoint"
+
+# ---- tokenizer-train, --vocab-size / --tokenizer, --memory-limit ----
+"$MXC" tokenizer-train --help >/dev/null 2>&1
+check "tokenizer-train --help" "$?" "0"
+"$MXC" tokenizer-train --data "$tmp/c.txt" --vocab-size 300 -o "$tmp/tok" >/dev/null 2>"$tmp/err"
+check "tokenizer-train exit status" "$?" "0"
+contains "tokenizer-train summary" "$(cat "$tmp/err")" "tokens,"
+contains "tokenizer.json has merges" "$(tr -d ' \n\t' < "$tmp/tok/tokenizer.json")" '"merges":["'
+contains "tokenizer_config names bos" "$(tr -d ' \n\t' < "$tmp/tok/tokenizer_config.json")" '"bos_token":"<|bos|>"'
+ids=$(echo '["The quick brown fox"]' | "$MXC" tokenize --tokenizer "$tmp/tok" 2>/dev/null)
+check "our loader encodes it" "$?" "0"
+case "$ids" in "[[]]"|"") echo "  FAIL tokenize output [$ids]"; fail=1 ;; "[["*) echo "  ok   tokenize output $ids" ;; *) echo "  FAIL tokenize output [$ids]"; fail=1 ;; esac
+"$MXC" tokenizer-train --data "$tmp/none.txt" -o "$tmp/tok2" >/dev/null 2>"$tmp/err"
+check "tokenizer-train missing data exit status" "$?" "1"
+contains "tokenizer-train missing data message" "$(cat "$tmp/err")" "none.txt"
+"$MXC" tokenizer-train --data "$tmp/c.txt" --vocab-size 0 -o "$tmp/tok2" >/dev/null 2>"$tmp/err"
+check "tokenizer-train bad vocab exit status" "$?" "1"
+contains "tokenizer-train bad vocab message" "$(cat "$tmp/err")" "--vocab-size"
+"$MXC" tokenizer-train --data "$tmp/c.txt" >/dev/null 2>"$tmp/err"
+check "tokenizer-train without -o exit status" "$?" "2"
+
+"$MXC" train --data "$tmp/c.txt" --out "$tmp/bpe" --vocab-size 280 --dim 32 --layers 1 --heads 2 \
+  --kv-heads 2 --hidden 64 --seq 16 --batch 4 --iters 5 --warmup 1 --eval-every 5 >/dev/null 2>"$tmp/err"
+check "train --vocab-size exit status" "$?" "0"
+contains "train --vocab-size writes merges" "$(tr -d ' \n\t' < "$tmp/bpe/tokenizer.json")" '"merges":["'
+"$MXC" generate --model "$tmp/bpe" --prompt "The quick" --max-tokens 5 --temp 0 >/dev/null 2>"$tmp/gerr"
+check "generate with the BPE model" "$?" "0"
+"$MXC" train --data "$tmp/c.txt" --out "$tmp/bpe2" --tokenizer "$tmp/tok" --dim 32 --layers 1 --heads 2 \
+  --kv-heads 2 --hidden 64 --seq 16 --batch 4 --iters 3 --warmup 1 >/dev/null 2>"$tmp/err"
+check "train --tokenizer exit status" "$?" "0"
+cmp -s "$tmp/tok/tokenizer.json" "$tmp/bpe2/tokenizer.json"
+check "train --tokenizer copies tokenizer.json" "$?" "0"
+
+"$MXC" train --data "$tmp/c.txt" --out "$tmp/mem" --dim 32 --layers 1 --heads 2 --kv-heads 2 \
+  --hidden 64 --seq 16 --batch 4 --iters 3 --warmup 1 --memory-limit 4GB >/dev/null 2>"$tmp/err"
+check "train --memory-limit 4GB exit status" "$?" "0"
+contains "memory plan reported" "$(cat "$tmp/err")" "memory plan: full batch"
+contains "memory plan in metrics" "$(head -1 "$tmp/mem/metrics.jsonl")" '"memory_plan": "full"'
+"$MXC" train --data "$tmp/c.txt" --out "$tmp/mem2" --dim 32 --layers 1 --heads 2 --kv-heads 2 \
+  --hidden 64 --seq 16 --batch 4 --iters 3 --memory-limit 1000 >/dev/null 2>"$tmp/err"
+check "train --memory-limit too small exit status" "$?" "1"
+contains "too small names the limit" "$(cat "$tmp/err")" "--memory-limit 1000 bytes"
+contains "too small names the need" "$(cat "$tmp/err")" "needs about"
+[ -f "$tmp/mem2/metrics.jsonl" ]
+check "too small stops before step 1" "$?" "1"
+"$MXC" train --data "$tmp/c.txt" --out "$tmp/mem3" --memory-limit lots >/dev/null 2>"$tmp/err"
+check "bad --memory-limit exit status" "$?" "2"
+contains "bad --memory-limit message" "$(cat "$tmp/err")" "--memory-limit"
+"$MXC" train --data "$tmp/c.txt" --out "$tmp/gc" --dim 32 --layers 2 --heads 2 --kv-heads 2 \
+  --hidden 64 --seq 16 --batch 4 --iters 3 --warmup 1 --grad-checkpoint >/dev/null 2>"$tmp/err"
+check "train --grad-checkpoint exit status" "$?" "0"
+contains "checkpointing reported" "$(cat "$tmp/err")" "gradient checkpointing"
 
 if [ $fail -ne 0 ]; then echo "FAILED"; exit 1; fi
 echo "all passed"

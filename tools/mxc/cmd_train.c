@@ -5,6 +5,8 @@
  *             --lr 3e-3 --warmup 100 --min-lr 3e-4 --grad-clip 1.0
  *             --grad-accum 1 --val-frac 0.05 --eval-every 100
  *             --save-every 200 --seed 0 --resume]
+ *             [--tokenizer DIR | --vocab-size N] [--memory-limit 2GB]
+ *             [--grad-checkpoint]
  *
  * Writes DIR in Hugging Face layout (config.json, model.safetensors,
  * tokenizer.json, tokenizer_config.json) plus metrics.jsonl and
@@ -28,7 +30,12 @@ static int usage(FILE *f, int rc) {
           "          --grad-clip 1.0 (0: off) --grad-accum 1\n"
           "  run:    --eval-every 100 --val-batches 8 --save-every 200 --log-every 10\n"
           "          --seed 0 --resume (continue from DIR/checkpoint)\n"
-          "The corpus is read as bytes (byte-level tokenizer, vocabulary 258).\n");
+          "  tokens: --tokenizer DIR (its tokenizer.json) or --vocab-size N (train a byte-level\n"
+          "          BPE tokenizer of N tokens on the corpus first, as mxc tokenizer-train);\n"
+          "          default: the corpus as bytes (vocabulary 258)\n"
+          "  memory: --memory-limit BYTES (e.g. 2GB, 512MiB): fit a step into it with smaller\n"
+          "          micro-batches + gradient accumulation, else gradient checkpointing, or stop\n"
+          "          before step 1 naming the bytes needed; --grad-checkpoint forces checkpointing\n");
   return rc;
 }
 
@@ -88,6 +95,16 @@ static int on_event(void *ctx, const mx_train_event *ev) {
   } else if (ev->kind == MX_TRAIN_EV_VAL) {
     fprintf(stderr, "%sstep %lld: val_loss %.4f\n", p->tty ? "\r\033[K" : "", (long long)ev->step,
             ev->val_loss);
+  } else if (ev->kind == MX_TRAIN_EV_PLAN && ev->plan) {
+    const mx_train_memory_plan *pl = ev->plan;
+    fprintf(stderr, "mxc train: memory plan: %s, micro-batch %lld x %lld accumulated%s, estimated peak "
+                    "%.1f MB (full batch: %.1f MB)\n",
+            pl->kind == MX_TRAIN_PLAN_FULL ? "full batch"
+            : pl->kind == MX_TRAIN_PLAN_ACCUMULATE ? "gradient accumulation"
+                                                   : "gradient checkpointing",
+            (long long)pl->micro_batch, (long long)pl->grad_accum,
+            pl->checkpoint ? ", per-layer checkpointing" : "", (double)pl->peak_bytes / 1e6,
+            (double)pl->full_bytes / 1e6);
   } else if (ev->kind == MX_TRAIN_EV_SAVE && !p->tty) {
     fprintf(stderr, "step %lld: checkpoint saved\n", (long long)ev->step);
   }
@@ -104,6 +121,10 @@ int mxc_cmd_train(int argc, char **argv) {
       o.resume = true;
       continue;
     }
+    if (!strcmp(a, "--grad-checkpoint")) {
+      o.grad_checkpoint = true;
+      continue;
+    }
     if (strncmp(a, "--", 2)) {
       fprintf(stderr, "mxc train: unexpected argument '%s'\n", a);
       return usage(stderr, 2);
@@ -117,12 +138,20 @@ int mxc_cmd_train(int argc, char **argv) {
     int rc = 0;
     if (!strcmp(a, "--data")) o.data_path = v;
     else if (!strcmp(a, "--out")) o.out_dir = v;
+    else if (!strcmp(a, "--tokenizer")) o.tokenizer_dir = v;
+    else if (!strcmp(a, "--memory-limit")) {
+      if (mx_parse_bytes(v, &o.memory_limit) || o.memory_limit == 0) {
+        fprintf(stderr, "mxc train: --memory-limit: '%s' is not a size > 0 (e.g. 2GB, 512MiB)\n", v);
+        rc = -1;
+      }
+    }
 #define I(flag, field) else if (!strcmp(a, flag)) rc = parse_i64(a, v, &o.field);
 #define F(flag, field) else if (!strcmp(a, flag)) rc = parse_f64(a, v, &o.field);
     I("--dim", dim) I("--layers", layers) I("--heads", heads) I("--kv-heads", kv_heads)
     I("--hidden", hidden) I("--seq", seq) I("--batch", batch) I("--iters", iters)
     I("--warmup", warmup) I("--grad-accum", grad_accum) I("--eval-every", eval_every)
     I("--save-every", save_every) I("--val-batches", val_batches) I("--log-every", log_every)
+    I("--vocab-size", vocab_size)
     F("--lr", lr) F("--min-lr", min_lr) F("--weight-decay", weight_decay)
     F("--grad-clip", grad_clip) F("--val-frac", val_frac)
 #undef I

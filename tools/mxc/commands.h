@@ -14,6 +14,8 @@
   X(convert, "convert / quantize a model directory")                                \
   X(inspect, "print metadata and tensors of a safetensors/npy/npz/gguf file")       \
   X(train, "pretrain a small Llama model from text")                                \
+  X(tokenizer_train, "train a byte-level BPE tokenizer.json (tokenizer-train)")     \
+  X(plot, "draw train/validation loss curves from metrics.jsonl as a PNG")          \
   X(lora, "LoRA / DoRA / full fine-tuning")                                         \
   X(fuse, "merge adapters into a model")                                            \
   X(bench, "benchmark prompt and generation speed")                                 \

@@ -15,7 +15,10 @@
 #include "mxc/memory.h"
 #include "mxc/ops.h"
 #include "mxc/random.h"
+#include "mxc/tokenizer.h"
+#include "mxc/tokenizer_train.h"
 #include "mxc/train.h"
+#include "mxc/transforms.h"
 #include "train_internal.h"
 
 /* ---- model ------------------------------------------------------------------- */
@@ -201,6 +204,228 @@ int mx_train_step(mx_nn_module *model, mx_optimizer *opt, mx_nn_loss_fn fn, void
   return st;
 }
 
+/* ---- gradient checkpointing ------------------------------------------------------ */
+
+/* One decoder layer as a closure of (h, its parameters...): the parameters
+ * are inputs so that the checkpoint's recomputation differentiates them. */
+static int layer_apply(void *payload, mx_array **in, int n, mx_list *out) {
+  mx_nn_module *layer = payload;
+  mx_map *p = NULL;
+  int st = mx_nn_trainable_parameters(layer, &p);
+  if (!st && mx_map_size(p) != n - 1)
+    st = mx__set_error(MX_ERR_INTERNAL, "train checkpoint: %d inputs for %d parameters", n - 1,
+                       mx_map_size(p));
+  for (int i = 0; i < n - 1 && !st; i++) st = mx_map_set(p, mx_map_key(p, i), in[i + 1]);
+  if (!st) st = mx_nn_update(layer, p, MX_NN_UPDATE_PARTIAL);
+  mx_map_free(p);
+  if (st) return st;
+  mx_array *y = mx_nn_forward(layer, in[0]);
+  return y ? mx_list_push(out, y) : mx_last_status();
+}
+
+static mx_array *checkpointed_layer(mx_nn_module *layer, mx_array *h) {
+  mx_map *p = NULL;
+  if (mx_nn_trainable_parameters(layer, &p)) return NULL;
+  int np = mx_map_size(p);
+  mx_array **in = malloc((size_t)(np + 1) * sizeof *in);
+  mx_closure *f = mx_closure_new(layer_apply, layer, NULL);
+  mx_closure *ck = f ? mx_checkpoint(f) : NULL;
+  mx_array *y = NULL;
+  if (in && ck) {
+    in[0] = h;
+    for (int i = 0; i < np; i++) in[i + 1] = mx_map_value(p, i);
+    mx_list out = MX_LIST_INIT;
+    if (!mx_closure_apply(ck, in, np + 1, &out) && out.size == 1) y = mx_array_retain(out.items[0]);
+    mx_list_clear(&out);
+  } else if (!in) {
+    mx__set_error(MX_ERR_OOM, "train checkpoint: out of memory");
+  }
+  mx_closure_free(ck);
+  mx_closure_free(f);
+  free(in);
+  mx_map_free(p);
+  return y;
+}
+
+/* mx_train_lm_loss with each layer of model.layers checkpointed. */
+int mx_train_lm_loss_checkpointed(void *payload, mx_nn_module *model, mx_array **in, int n,
+                                  mx_list *out) {
+  (void)payload;
+  if (n < 2) return mx__set_error(MX_ERR_INVALID_ARG, "train loss: needs inputs and targets");
+  mx_nn_module *inner = mx_nn_child(model, "model");
+  mx_nn_module *emb = inner ? mx_nn_child(inner, "embed_tokens") : NULL;
+  mx_nn_module *norm = inner ? mx_nn_child(inner, "norm") : NULL;
+  int nl = inner ? mx_nn_list_size(inner, "layers") : -1;
+  if (!emb || !norm || nl < 0)
+    return mx__set_error(MX_ERR_UNSUPPORTED,
+                         "train: gradient checkpointing needs a model of mx_train_llama_new");
+  mx_array *h = mx_nn_forward(emb, in[0]);
+  for (int i = 0; i < nl && h; i++) {
+    mx_array *next = checkpointed_layer(mx_nn_list_item(inner, "layers", i), h);
+    mx_array_free(h);
+    h = next;
+  }
+  mx_array *hn = h ? mx_nn_forward(norm, h) : NULL;
+  mx_array_free(h);
+  mx_array *logits = NULL;
+  if (hn) {
+    mx_nn_module *head = mx_nn_child(model, "lm_head");
+    logits = head ? mx_nn_forward(head, hn) : mx_nn_embedding_as_linear(emb, hn);
+  }
+  mx_array_free(hn);
+  if (!logits) return mx_last_status();
+  mx_nn_ce_options o = {.reduction = MX_NN_MEAN};
+  mx_array *l = mx_nn_cross_entropy(logits, in[1], NULL, &o);
+  mx_array_free(logits);
+  return mx_list_push(out, l);
+}
+
+/* ---- memory budget ------------------------------------------------------------------ */
+
+int mx_train_measure_step_memory(mx_nn_module *model, int64_t batch, int64_t seq, bool checkpoint,
+                                 size_t *bytes) {
+  if (!model || batch < 1 || seq < 1 || !bytes)
+    return mx__set_error(MX_ERR_INVALID_ARG, "train measure: bad arguments");
+  int64_t shape[2] = {batch, seq};
+  mx_array *xy[2] = {mx_zeros(shape, 2, MX_INT32), mx_zeros(shape, 2, MX_INT32)};
+  mx_map *g = mx_map_new();
+  mx_list vals = MX_LIST_INIT;
+  int st = xy[0] && xy[1] && g ? MX_OK : mx_last_status();
+  if (!st) st = mx_eval(xy, 2);
+  mx_clear_cache();
+  mx_reset_peak_memory();
+  if (!st)
+    st = mx_nn_value_and_grad(model, checkpoint ? mx_train_lm_loss_checkpointed : mx_train_lm_loss,
+                              NULL, xy, 2, &vals, g);
+  if (!st) {
+    int ng = mx_map_size(g);
+    mx_array **all = malloc((size_t)(ng + 1) * sizeof *all);
+    if (!all) st = mx__set_error(MX_ERR_OOM, "train measure: out of memory");
+    else {
+      all[0] = vals.items[0];
+      for (int i = 0; i < ng; i++) all[i + 1] = mx_map_value(g, i);
+      st = mx_eval(all, ng + 1);
+      free(all);
+    }
+  }
+  *bytes = mx_get_peak_memory();
+  mx_list_clear(&vals);
+  mx_map_free(g);
+  mx_array_free(xy[0]);
+  mx_array_free(xy[1]);
+  mx_clear_cache();
+  return st;
+}
+
+typedef struct {
+  size_t base, params; /* active bytes before, trainable parameter bytes */
+  size_t m1, m2;       /* measured peaks for 1 and 2 rows */
+} mem_probe;
+
+static int probe(mx_nn_module *model, const mx_train_options *o, bool checkpoint, mem_probe *p) {
+  mx_clear_cache();
+  p->base = mx_get_active_memory();
+  p->params = (size_t)mx_nn_num_parameters(model, true) * sizeof(float);
+  int st = mx_train_measure_step_memory(model, 1, o->seq, checkpoint, &p->m1);
+  p->m2 = p->m1;
+  if (!st && o->batch > 1) st = mx_train_measure_step_memory(model, 2, o->seq, checkpoint, &p->m2);
+  return st;
+}
+
+/* forward + backward (linear in the rows) + AdamW state (2P) or the
+ * update's temporaries (about 6P over the base), + the accumulator and its
+ * update (2P) when micro-batches are summed; 2% + 256 KiB of margin. */
+static size_t estimate(const mem_probe *p, int64_t micro, int64_t accum_total) {
+  size_t slope = p->m2 > p->m1 ? p->m2 - p->m1 : 0;
+  size_t vg = p->m1 + (size_t)(micro - 1) * slope;
+  size_t a = vg + 2 * p->params, b = p->base + 6 * p->params;
+  size_t e = (a > b ? a : b) + (accum_total > 1 ? 2 * p->params : 0);
+  return e + e / 50 + (256u << 10);
+}
+
+int mx_train_estimate_step_memory(mx_nn_module *model, const mx_train_options *o, int64_t micro,
+                                  bool checkpoint, size_t *bytes) {
+  if (!model || !o || !bytes || micro < 1 || o->batch < 1 || o->seq < 1 || micro > o->batch)
+    return mx__set_error(MX_ERR_INVALID_ARG, "train estimate: bad arguments");
+  mem_probe p;
+  int st = probe(model, o, checkpoint, &p);
+  if (!st) *bytes = estimate(&p, micro, o->grad_accum * (o->batch / micro));
+  return st;
+}
+
+int mx_train_plan_memory(mx_nn_module *model, const mx_train_options *o, mx_train_memory_plan *plan) {
+  if (!model || !o || !plan || o->batch < 1 || o->grad_accum < 1)
+    return mx__set_error(MX_ERR_INVALID_ARG, "train plan: bad arguments");
+  size_t limit = o->memory_limit ? o->memory_limit : SIZE_MAX;
+  mem_probe full, ck;
+  int st = probe(model, o, false, &full);
+  if (st) return st;
+  *plan = (mx_train_memory_plan){MX_TRAIN_PLAN_FULL, o->batch, o->grad_accum, false,
+                                 estimate(&full, o->batch, o->grad_accum), 0};
+  plan->full_bytes = plan->peak_bytes;
+  if (!o->grad_checkpoint) {
+    for (int64_t b = o->batch; b >= 1; b--) {
+      if (o->batch % b) continue;
+      size_t e = estimate(&full, b, o->grad_accum * (o->batch / b));
+      if (e <= limit) {
+        plan->kind = b == o->batch ? MX_TRAIN_PLAN_FULL : MX_TRAIN_PLAN_ACCUMULATE;
+        plan->micro_batch = b;
+        plan->grad_accum = o->grad_accum * (o->batch / b);
+        plan->peak_bytes = e;
+        return MX_OK;
+      }
+    }
+  }
+  if ((st = probe(model, o, true, &ck))) return st;
+  for (int64_t b = o->batch; b >= 1; b--) {
+    if (o->batch % b) continue;
+    size_t e = estimate(&ck, b, o->grad_accum * (o->batch / b));
+    if (e <= limit) {
+      plan->kind = MX_TRAIN_PLAN_CHECKPOINT;
+      plan->micro_batch = b;
+      plan->grad_accum = o->grad_accum * (o->batch / b);
+      plan->checkpoint = true;
+      plan->peak_bytes = e;
+      return MX_OK;
+    }
+  }
+  size_t need = estimate(&ck, 1, o->grad_accum * o->batch);
+  return mx__set_error(MX_ERR_OOM,
+                       "train: --memory-limit %zu bytes (%.1f MB) is too small: a step needs about "
+                       "%zu bytes (%.1f MB) even with micro-batch 1 and gradient checkpointing "
+                       "(the full batch of %lld: about %zu bytes); lower --batch/--seq or the model size",
+                       limit, (double)limit / 1e6, need, (double)need / 1e6, (long long)o->batch,
+                       plan->full_bytes);
+}
+
+int mx_parse_bytes(const char *s, size_t *bytes) {
+  if (!s || !bytes) return mx__set_error(MX_ERR_INVALID_ARG, "parse bytes: NULL argument");
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (errno || end == s || !(v >= 0) || !isfinite(v))
+    return mx__set_error(MX_ERR_INVALID_ARG, "'%s' is not a size (e.g. 2GB, 512MiB, 1000000)", s);
+  while (*end == ' ') end++;
+  static const struct {
+    const char *suffix;
+    double mult;
+  } units[] = {{"", 1},       {"B", 1},       {"K", 1e3},         {"KB", 1e3},         {"KIB", 1024.0},
+               {"M", 1e6},    {"MB", 1e6},    {"MIB", 1048576.0}, {"G", 1e9},          {"GB", 1e9},
+               {"GIB", 1073741824.0},         {"T", 1e12},        {"TB", 1e12},        {"TIB", 1099511627776.0}};
+  char up[8];
+  size_t k = 0;
+  for (; end[k] && k < sizeof up - 1; k++) up[k] = (char)(end[k] >= 'a' && end[k] <= 'z' ? end[k] - 32 : end[k]);
+  up[k] = 0;
+  for (size_t i = 0; i < sizeof units / sizeof *units && !end[k]; i++)
+    if (!strcmp(up, units[i].suffix)) {
+      double b = v * units[i].mult;
+      if (b >= 1.8e19) break;
+      *bytes = (size_t)b;
+      return MX_OK;
+    }
+  return mx__set_error(MX_ERR_INVALID_ARG, "'%s' is not a size (e.g. 2GB, 512MiB, 1000000)", s);
+}
+
 /* ---- the run -------------------------------------------------------------------- */
 
 int mx_train_check_options(const mx_train_options *o) {
@@ -224,6 +449,12 @@ int mx_train_check_options(const mx_train_options *o) {
   if (!(o->grad_clip >= 0)) return mx__set_error(MX_ERR_INVALID_ARG, "train: --grad-clip must be >= 0 (0: off)");
   if (!(o->val_frac >= 0 && o->val_frac < 1))
     return mx__set_error(MX_ERR_INVALID_ARG, "train: --val-frac must be in [0, 1), got %g", o->val_frac);
+  if (o->tokenizer_dir && o->vocab_size > 0)
+    return mx__set_error(MX_ERR_INVALID_ARG, "train: give either --tokenizer DIR or --vocab-size N, not both");
+  if (o->vocab_size < 0 || (o->vocab_size > 0 && o->vocab_size < MX_TRAIN_BYTE_VOCAB))
+    return mx__set_error(MX_ERR_INVALID_ARG,
+                         "train: --vocab-size must be >= %d (256 bytes + <|bos|>, <|eos|>), got %lld",
+                         MX_TRAIN_BYTE_VOCAB, (long long)o->vocab_size);
   mx_lm_config c;
   return mx_train_llama_config(&c, o->dim, o->layers, o->heads, o->kv_heads, o->hidden,
                                MX_TRAIN_BYTE_VOCAB, o->seq);
@@ -339,17 +570,41 @@ static int load_checkpoint(const mx_train_options *o, mx_nn_module *model, mx_op
   return st;
 }
 
+/* Rows [k * mb, (k + 1) * mb) of a (batch, seq) batch, for each k: the
+ * micro-batches of a memory plan (the same rows as the full batch). */
+static int split_rows(mx_array *x, mx_array *y, int64_t split, int64_t mb, mx_array **dst) {
+  for (int64_t k = 0; k < split; k++) {
+    if (split == 1) {
+      dst[0] = mx_array_retain(x);
+      dst[1] = mx_array_retain(y);
+    } else {
+      dst[2 * k] = mx_slice_axis(x, 0, k * mb, (k + 1) * mb, 1);
+      dst[2 * k + 1] = mx_slice_axis(y, 0, k * mb, (k + 1) * mb, 1);
+    }
+    if (!dst[2 * k] || !dst[2 * k + 1]) return mx_last_status();
+  }
+  return MX_OK;
+}
+
 static int validate(const mx_train_options *o, const mx_train_data *d, mx_nn_module *model,
-                    double *loss) {
+                    int64_t mb, double *loss) {
   double total = 0;
-  int64_t nb = o->val_batches;
+  int64_t nb = o->val_batches, split = o->batch / mb;
   int st = MX_OK;
   for (int64_t i = 0; i < nb && !st; i++) {
     mx_array *xy[2] = {NULL, NULL};
     st = mx_train_data_batch(d, true, o->seed, i, 0, o->batch, o->seq, &xy[0], &xy[1]);
-    double l = 0;
-    if (!st) st = mx_train_eval_loss(model, mx_train_lm_loss, NULL, xy, 2, &l);
-    total += l;
+    for (int64_t k = 0; k < split && !st; k++) {
+      mx_array *part[2] = {NULL, NULL};
+      part[0] = split > 1 ? mx_slice_axis(xy[0], 0, k * mb, (k + 1) * mb, 1) : mx_array_retain(xy[0]);
+      part[1] = split > 1 ? mx_slice_axis(xy[1], 0, k * mb, (k + 1) * mb, 1) : mx_array_retain(xy[1]);
+      if (!part[0] || !part[1]) st = mx_last_status();
+      double l = 0;
+      if (!st) st = mx_train_eval_loss(model, mx_train_lm_loss, NULL, part, 2, &l);
+      total += l / (double)split;
+      mx_array_free(part[0]);
+      mx_array_free(part[1]);
+    }
     mx_array_free(xy[0]);
     mx_array_free(xy[1]);
   }
@@ -357,25 +612,113 @@ static int validate(const mx_train_options *o, const mx_train_data *d, mx_nn_mod
   return st;
 }
 
+/* The corpus as token ids with the tokenizer of o (written to out_dir). */
+static int prepare_tokens(const mx_train_options *o, mx_train_data **d, int64_t *vocab,
+                          int32_t *bos, int32_t *eos) {
+  *vocab = MX_TRAIN_BYTE_VOCAB;
+  *bos = MX_TRAIN_BOS_ID;
+  *eos = MX_TRAIN_EOS_ID;
+  if (!o->tokenizer_dir && o->vocab_size <= 0) {
+    int st = mx_train_write_byte_tokenizer(o->out_dir);
+    if (st) return st;
+    *d = mx_train_data_load(o->data_path, o->val_frac, o->seq);
+    return *d ? MX_OK : mx_last_status();
+  }
+  int st = MX_OK;
+  mx_tokenizer *tok = NULL;
+  char *text = NULL, *js = NULL, *cfg = NULL;
+  int32_t *ids = NULL;
+  size_t len = 0, n = 0, jlen = 0, clen = 0;
+  if (o->vocab_size > 0) {
+    static const char *const specials[] = {"<|bos|>", "<|eos|>"};
+    mx_bpe_train_options bo = MX_BPE_TRAIN_DEFAULTS;
+    bo.vocab_size = o->vocab_size;
+    bo.special_tokens = specials;
+    bo.num_special_tokens = 2;
+    mx_bpe_model *m = mx_bpe_train_file(o->data_path, &bo);
+    st = m ? mx_bpe_model_save(m, o->out_dir) : mx_last_status();
+    mx_bpe_model_free(m);
+    if (!st && !(tok = mx_tokenizer_load(o->out_dir))) st = mx_last_status();
+  } else {
+    char p[4200];
+    struct stat sb;
+    bool dir = stat(o->tokenizer_dir, &sb) == 0 && S_ISDIR(sb.st_mode);
+    if (dir) snprintf(p, sizeof p, "%s/tokenizer.json", o->tokenizer_dir);
+    else snprintf(p, sizeof p, "%s", o->tokenizer_dir);
+    if (!(js = mx__lm_read_file(p, &jlen))) {
+      st = mx__set_error(MX_ERR_NOT_FOUND, "train: --tokenizer: cannot read %s", p);
+    } else {
+      if (dir) snprintf(p, sizeof p, "%s/tokenizer_config.json", o->tokenizer_dir);
+      else {
+        const char *slash = strrchr(o->tokenizer_dir, '/');
+        snprintf(p, sizeof p, "%.*stokenizer_config.json",
+                 slash ? (int)(slash - o->tokenizer_dir + 1) : 0, o->tokenizer_dir);
+      }
+      cfg = mx__lm_read_file(p, &clen);
+      tok = mx_tokenizer_from_json(js, jlen, cfg, clen);
+      if (!tok) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", mx_last_error());
+        st = mx__set_error(mx_last_status(), "train: --tokenizer %s: %s", o->tokenizer_dir, msg);
+      }
+    }
+    if (!st) st = mx__train_write_text(o->out_dir, "tokenizer.json", js);
+    if (!st && cfg) st = mx__train_write_text(o->out_dir, "tokenizer_config.json", cfg);
+  }
+  if (!st && !(text = mx__lm_read_file(o->data_path, &len)))
+    st = mx__set_error(MX_ERR_IO, "train: cannot read --data %s", o->data_path);
+  if (!st) st = mx_tokenizer_encode(tok, text, len, false, &ids, &n);
+  if (!st && !(*d = mx_train_data_from_tokens(ids, (int64_t)n, o->val_frac, o->seq))) st = mx_last_status();
+  if (!st) {
+    *vocab = (int64_t)mx_tokenizer_vocab_size(tok);
+    *bos = mx_tokenizer_bos_id(tok);
+    *eos = mx_tokenizer_eos_id(tok);
+  }
+  free(ids);
+  free(text);
+  free(js);
+  free(cfg);
+  mx_tokenizer_free(tok);
+  return st;
+}
+
+static const char *plan_name(mx_train_plan_kind k) {
+  return k == MX_TRAIN_PLAN_FULL ? "full" : k == MX_TRAIN_PLAN_ACCUMULATE ? "accumulate" : "checkpoint";
+}
+
 int mx_train_run(const mx_train_options *o, mx_train_event_fn on_event, void *ctx) {
   int st = mx_train_check_options(o);
   if (st) return st;
   if (!is_dir(o->out_dir) && mkdir(o->out_dir, 0777))
     return mx__set_error(MX_ERR_IO, "train: cannot create --out %s: %s", o->out_dir, strerror(errno));
-  mx_train_data *d = mx_train_data_load(o->data_path, o->val_frac, o->seq);
-  if (!d) return mx_last_status();
+  mx_train_data *d = NULL;
+  int64_t vocab;
+  int32_t bos, eos;
+  if ((st = prepare_tokens(o, &d, &vocab, &bos, &eos))) return st;
   bool have_val = mx_train_data_size(d, true) > 0;
   mx_lm_config cfg;
-  mx_train_llama_config(&cfg, o->dim, o->layers, o->heads, o->kv_heads, o->hidden,
-                        MX_TRAIN_BYTE_VOCAB, o->seq);
+  mx_train_llama_config(&cfg, o->dim, o->layers, o->heads, o->kv_heads, o->hidden, vocab, o->seq);
+  cfg.bos_token_id = bos;
+  cfg.eos_token_ids[0] = eos;
+  cfg.num_eos_token_ids = eos >= 0 ? 1 : 0;
   mx_nn_module *model = mx_train_llama_new(&cfg, o->seed);
   mx_schedule *warm = NULL, *cosine = NULL, *sched = NULL;
   mx_optimizer *opt = NULL;
   FILE *metrics = NULL;
   mx_array **inputs = NULL;
+  size_t prev_limit = mx_get_memory_limit();
+  bool limited = false;
   if (!model) {
     st = mx_last_status();
     goto done;
+  }
+  /* the memory plan, before anything else is allocated for training */
+  mx_train_memory_plan plan = {MX_TRAIN_PLAN_FULL, o->batch, o->grad_accum, false, 0, 0};
+  if (o->memory_limit || o->grad_checkpoint) {
+    if ((st = mx_train_plan_memory(model, o, &plan))) goto done;
+    mx_train_event pev = {.kind = MX_TRAIN_EV_PLAN, .iters = o->iters, .plan = &plan,
+                          .peak_memory = plan.peak_bytes};
+    if (on_event && on_event(ctx, &pev)) goto done;
   }
   int64_t decay = o->iters > o->warmup ? o->iters - o->warmup : 1;
   cosine = mx_schedule_cosine_decay(o->lr, decay, o->min_lr);
@@ -395,16 +738,28 @@ int mx_train_run(const mx_train_options *o, mx_train_event_fn on_event, void *ct
   }
   int64_t step = 0;
   if (o->resume && (st = load_checkpoint(o, model, opt, &step))) goto done;
-  if ((st = mx_train_write_config(&cfg, o->out_dir)) || (st = mx_train_write_byte_tokenizer(o->out_dir)))
-    goto done;
+  if ((st = mx_train_write_config(&cfg, o->out_dir))) goto done;
   char mp[4200];
   snprintf(mp, sizeof mp, "%s/metrics.jsonl", o->out_dir);
   if (!(metrics = fopen(mp, o->resume ? "a" : "w"))) {
     st = mx__set_error(MX_ERR_IO, "train: cannot write %s: %s", mp, strerror(errno));
     goto done;
   }
-  int64_t A = o->grad_accum;
-  inputs = calloc((size_t)(2 * A), sizeof *inputs);
+  if (o->memory_limit || o->grad_checkpoint) {
+    fprintf(metrics,
+            "{\"memory_plan\": \"%s\", \"micro_batch\": %lld, \"grad_accum\": %lld, "
+            "\"checkpoint\": %s, \"estimated_peak\": %zu, \"memory_limit\": %zu}\n",
+            plan_name(plan.kind), (long long)plan.micro_batch, (long long)plan.grad_accum,
+            plan.checkpoint ? "true" : "false", plan.peak_bytes, o->memory_limit);
+    fflush(metrics);
+  }
+  if (o->memory_limit) {
+    prev_limit = mx_set_memory_limit(o->memory_limit);
+    limited = true;
+  }
+  const int64_t A = o->grad_accum, split = o->batch / plan.micro_batch, MA = plan.grad_accum;
+  mx_nn_loss_fn loss_fn = plan.checkpoint ? mx_train_lm_loss_checkpointed : mx_train_lm_loss;
+  inputs = calloc((size_t)(2 * MA), sizeof *inputs);
   if (!inputs) {
     st = mx__set_error(MX_ERR_OOM, "train: out of memory");
     goto done;
@@ -417,12 +772,16 @@ int mx_train_run(const mx_train_options *o, mx_train_event_fn on_event, void *ct
   int64_t log_n = 0;
   while (step < o->iters && !st) {
     double lr = mx_optimizer_learning_rate(opt);
-    for (int64_t j = 0; j < A && !st; j++)
-      st = mx_train_data_batch(d, false, o->seed, step, (int)j, o->batch, o->seq,
-                               &inputs[2 * j], &inputs[2 * j + 1]);
+    for (int64_t j = 0; j < A && !st; j++) {
+      mx_array *x = NULL, *y = NULL;
+      st = mx_train_data_batch(d, false, o->seed, step, (int)j, o->batch, o->seq, &x, &y);
+      if (!st) st = split_rows(x, y, split, plan.micro_batch, inputs + 2 * j * split);
+      mx_array_free(x);
+      mx_array_free(y);
+    }
     mx_train_step_stats ss = {0, 0};
-    if (!st) st = mx_train_step(model, opt, mx_train_lm_loss, NULL, inputs, 2, (int)A, o->grad_clip, &ss);
-    for (int64_t j = 0; j < 2 * A; j++) {
+    if (!st) st = mx_train_step(model, opt, loss_fn, NULL, inputs, 2, (int)MA, o->grad_clip, &ss);
+    for (int64_t j = 0; j < 2 * MA; j++) {
       mx_array_free(inputs[j]);
       inputs[j] = NULL;
     }
@@ -450,7 +809,7 @@ int mx_train_run(const mx_train_options *o, mx_train_event_fn on_event, void *ct
     if (on_event && on_event(ctx, &ev)) break;
     if (have_val && (step % o->eval_every == 0 || step == o->iters)) {
       double vl = 0;
-      if ((st = validate(o, d, model, &vl))) break;
+      if ((st = validate(o, d, model, plan.micro_batch, &vl))) break;
       fprintf(metrics, "{\"step\": %lld, \"val_loss\": %.6f}\n", (long long)step, vl);
       fflush(metrics);
       ev.kind = MX_TRAIN_EV_VAL;
@@ -466,6 +825,7 @@ int mx_train_run(const mx_train_options *o, mx_train_event_fn on_event, void *ct
   if (!st && step < o->iters && step > start)
     st = save_checkpoint(o, model, opt, step); /* stopped by the callback */
 done:
+  if (limited) mx_set_memory_limit(prev_limit);
   if (metrics) fclose(metrics);
   free(inputs);
   mx_optimizer_free(opt);
