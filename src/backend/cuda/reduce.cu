@@ -198,6 +198,59 @@ __global__ void k_argreduce(const typename T::S *x, mx__nd<1> outer, int64_t nou
   }
 }
 
+/* Long rows (e.g. argmax over a vocabulary): one block per output; each
+ * thread scans a strided subset in increasing order, then the block keeps
+ * the best candidate with the same rule as the serial scan: the first NaN,
+ * else the extreme value, ties to the smallest index. */
+#define ARG_THREADS 256
+__device__ __forceinline__ bool arg_better(bool an, double av, int64_t ai, bool bn, double bv,
+                                           int64_t bi, bool is_max) {
+  if (an != bn) return an;
+  if (an || av == bv) return ai < bi;
+  return is_max ? av > bv : av < bv;
+}
+
+template <class T>
+__global__ void k_argreduce_rows(const typename T::S *x, mx__nd<1> outer, int64_t len,
+                                 int64_t stride, bool is_max, uint32_t *o) {
+  __shared__ double sv[ARG_THREADS];
+  __shared__ int64_t si[ARG_THREADS];
+  __shared__ bool sn[ARG_THREADS];
+  int64_t base;
+  mx__nd_offsets<1>(outer, blockIdx.x, &base);
+  bool bn = false;
+  double bv = 0;
+  int64_t bi = -1;
+  for (int64_t r = threadIdx.x; r < len; r += blockDim.x) {
+    double v = (double)T::ld(x[base + r * stride]);
+    bool n = v != v;
+    if (bi < 0 || arg_better(n, v, r, bn, bv, bi, is_max)) {
+      bn = n;
+      bv = v;
+      bi = r;
+    }
+    if (n) break; /* later NaNs of this thread come after */
+  }
+  sv[threadIdx.x] = bv;
+  si[threadIdx.x] = bi;
+  sn[threadIdx.x] = bn;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if ((int)threadIdx.x < s) {
+      int j = threadIdx.x + s;
+      if (si[j] >= 0 && (si[threadIdx.x] < 0 || arg_better(sn[j], sv[j], si[j], sn[threadIdx.x],
+                                                             sv[threadIdx.x], si[threadIdx.x],
+                                                             is_max))) {
+        sv[threadIdx.x] = sv[j];
+        si[threadIdx.x] = si[j];
+        sn[threadIdx.x] = sn[j];
+      }
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) o[blockIdx.x] = (uint32_t)(si[0] < 0 ? 0 : si[0]);
+}
+
 static int k_argreduce_op(mx_array *out, mx_array **in) {
   mx_array *a = in[0];
   int ax = MX__PARAMS(out, mx__axis_params)->axis;
@@ -214,10 +267,15 @@ static int k_argreduce_op(mx_array *out, mx_array **in) {
   int64_t len = a->shape[ax], stride = a->strides[ax];
   bool is_max = out->op->id == MX_OP_ARGMAX;
   st = MX_ERR_NO_KERNEL;
+  bool rows = len >= 1024 && out->size <= 2147483647LL;
   MX_CUDA_DISPATCH_ALL(a->dtype, {
-    k_argreduce<T><<<mx__cuda_blocks(out->size), MX_CUDA_THREADS, 0, mx__cuda_stream()>>>(
-        (const T::S *)mx__ddata(a), outer, out->size, len, stride, is_max,
-        (uint32_t *)out->buf->dptr);
+    if (rows)
+      k_argreduce_rows<T><<<(unsigned)out->size, ARG_THREADS, 0, mx__cuda_stream()>>>(
+          (const T::S *)mx__ddata(a), outer, len, stride, is_max, (uint32_t *)out->buf->dptr);
+    else
+      k_argreduce<T><<<mx__cuda_blocks(out->size), MX_CUDA_THREADS, 0, mx__cuda_stream()>>>(
+          (const T::S *)mx__ddata(a), outer, out->size, len, stride, is_max,
+          (uint32_t *)out->buf->dptr);
     st = mx__cuda_launched(mx__opname(out));
   })
   if (st == MX_ERR_NO_KERNEL) return mx__cuda_no_dtype(out, a->dtype);
