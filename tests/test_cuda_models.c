@@ -21,7 +21,8 @@
 #define FIXTURES "tests/fixtures/hf"
 
 static const char *const ARCHS[] = {"llama", "mistral", "mistral_swa", "qwen2", "qwen3",
-                                    "gemma", "gemma2", "phi3", "phi3_longrope"};
+                                    "gemma", "gemma2", "phi3", "phi3_longrope", "qwen2_swa",
+                                    "qwen3_swa", "mistral_swa4"};
 #define NARCH ((int)(sizeof ARCHS / sizeof *ARCHS))
 
 static int read_ids(const char *dir, int32_t *ids, int cap) {

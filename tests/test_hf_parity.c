@@ -246,6 +246,11 @@ PARITY_TEST(gemma2)
 PARITY_TEST(phi3)
 PARITY_TEST(mistral_swa)   /* mistral with sliding_window 5 < 12 ids */
 PARITY_TEST(phi3_longrope) /* Phi-3.5 style longrope, prompt within the original context */
+PARITY_TEST(qwen2_swa)     /* use_sliding_window, layers >= max_window_layers (1) slide */
+PARITY_TEST(qwen2_swa_all) /* every layer slides */
+PARITY_TEST(qwen2_swa_off) /* a window given but use_sliding_window false */
+PARITY_TEST(qwen3_swa)
+PARITY_TEST(mistral_swa4)  /* window 4, shorter than the cached prefill of 5 */
 /* longrope with the 12 ids beyond original_max_position_embeddings (8): long
  * factors for every position. Not through the cache: a 5-id prefill rotates
  * its keys with the short factors (as transformers' cache would), so the

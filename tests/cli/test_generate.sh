@@ -1,5 +1,6 @@
 #!/bin/sh
-# CLI tests for `mxc convert --from-llama2c`, `mxc generate` and `mxc logits`
+# CLI tests for `mxc convert --from-llama2c`, `mxc generate` (also --max-kv-size,
+# --prompt-cache-file with `mxc cache_prompt`) and `mxc logits`
 # on the real stories260K model.
 # Usage: sh tests/cli/test_generate.sh PATH_TO_mxc   (needs MXC_DATA_DIR data; skips without)
 set -u
@@ -38,6 +39,21 @@ contains "generate: peak memory" "$err" "Peak memory: "
 
 got=$("$MXC" generate --model "$tmp/s" --prompt-ids "1, 461,461" --max-tokens 3 --prefill-step-size 1 2>/dev/null)
 check "generate: chunked prompt continues the reference" "$got" "401 401 401"
+
+# --max-kv-size larger than the sequence: the reference; smaller: runs past it
+got=$("$MXC" generate --model "$tmp/s" --prompt-ids 1 --max-tokens 40 --max-kv-size 64 2>/dev/null)
+check "generate --max-kv-size 64: greedy ids equal the reference" "$got" "$want"
+got=$("$MXC" generate --model "$tmp/s" --prompt-ids 1 --max-tokens 40 --max-kv-size 8 2>"$tmp/err")
+check "generate --max-kv-size 8 past the window exit status" "$?" "0"
+contains "  ... generates all 40 tokens" "$(cat "$tmp/err")" "Generation: 40 tokens"
+
+# --prompt-cache-file: the cached ids, then the given ones
+"$MXC" cache_prompt --model "$tmp/s" --prompt-ids "1, 461" --prompt-cache-file "$tmp/p.safetensors" \
+  2>/dev/null
+check "cache_prompt --prompt-ids exit status" "$?" "0"
+got=$("$MXC" generate --model "$tmp/s" --prompt-cache-file "$tmp/p.safetensors" --prompt-ids 461 \
+  --max-tokens 3 2>/dev/null)
+check "generate --prompt-cache-file continues the reference" "$got" "401 401 401"
 
 # errors: no tokenizer for a text prompt, ids outside the vocabulary, bad flags
 "$MXC" generate --model "$tmp/s" --prompt "Once upon" >/dev/null 2>"$tmp/err"

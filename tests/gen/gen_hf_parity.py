@@ -107,6 +107,23 @@ def specs():
     # ... and with the prompt (12) longer than original_max_position_embeddings (8): long factors.
     lr2 = dict(lr, original_max_position_embeddings=8)
     out.append(("phi3_longrope_long", "Phi3Config", "Phi3ForCausalLM", lr2))
+    # qwen2/qwen3 sliding windows (use_sliding_window, max_window_layers) and a
+    # mistral whose window (4) is shorter than the cached prefill.
+    q2 = dict(COMMON, num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
+              rope_theta=1000000.0, hidden_act="silu", tie_word_embeddings=True)
+    out.append(("qwen2_swa", "Qwen2Config", "Qwen2ForCausalLM",
+                dict(q2, use_sliding_window=True, sliding_window=5, max_window_layers=1)))
+    out.append(("qwen2_swa_all", "Qwen2Config", "Qwen2ForCausalLM",
+                dict(q2, use_sliding_window=True, sliding_window=5, max_window_layers=0)))
+    out.append(("qwen2_swa_off", "Qwen2Config", "Qwen2ForCausalLM",
+                dict(q2, use_sliding_window=False, sliding_window=5, max_window_layers=0)))
+    out.append(("qwen3_swa", "Qwen3Config", "Qwen3ForCausalLM",
+                dict(q2, head_dim=32, attention_bias=False, use_sliding_window=True,
+                     sliding_window=5, max_window_layers=1)))
+    out.append(("mistral_swa4", "MistralConfig", "MistralForCausalLM", dict(
+        COMMON, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        rms_norm_eps=1e-5, rope_theta=10000.0, hidden_act="silu", tie_word_embeddings=False,
+        sliding_window=4)))
     return out
 
 

@@ -10,7 +10,10 @@
  * texts joined by newlines, and streams the reply. The KV cache is kept
  * across turns: when the cached tokens are a prefix of the new prompt only
  * the rest is prefilled, otherwise the prompt is prefilled from scratch.
- * "q" (or EOF) quits, "r" resets the conversation. */
+ * --max-kv-size N bounds the cache as mlx_lm.chat does: a rotating cache
+ * (mlx-lm's RotatingKVCache, keeping the first 4 positions) — a long
+ * conversation goes on, the model seeing the first positions and the last
+ * ones only. "q" (or EOF) quits, "r" resets the conversation. */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
@@ -36,7 +39,8 @@ static int chat_usage(FILE *f, int rc) {
           "  --top-p P, --top-k K, --min-p P   sampling filters (off by default)\n"
           "  --seed S                  random seed (default 0)\n"
           "  --system-prompt S         system message\n"
-          "  --max-kv-size N           most positions the KV cache may hold (default: unlimited)\n"
+          "  --max-kv-size N           bound the KV cache to N positions (rotating, keeping the\n"
+          "                            first 4, as mlx_lm.chat); default: unbounded\n"
           "In the chat: 'q' quits, 'r' resets the conversation.\n");
   return rc;
 }
@@ -256,11 +260,6 @@ static int chat_turn(chat_session *s, const char *line) {
     fprintf(stderr, "mxc chat: the prompt encodes to no tokens\n");
     goto fail;
   }
-  if (s->max_kv > 0 && n >= s->max_kv) {
-    fprintf(stderr, "mxc chat: the conversation (%d tokens) exceeds --max-kv-size %ld; "
-                    "type 'r' to reset it\n", n, s->max_kv);
-    goto fail;
-  }
   /* reuse the cache when it holds a prefix of the new prompt */
   int keep = 0;
   if (s->cache && s->cached.n < n && !memcmp(s->cached.p, ids, (size_t)s->cached.n * sizeof *ids))
@@ -268,7 +267,10 @@ static int chat_turn(chat_session *s, const char *line) {
   if (!keep) {
     mx_lm_cache_free(s->cache);
     s->cached.n = 0;
-    if (!(s->cache = mx_lm_cache_new(s->m))) {
+    s->cache = s->max_kv > 0 ? mx_lm_cache_new_rotating(s->m, s->max_kv,
+                                                        s->max_kv > 4 ? 4 : s->max_kv - 1)
+                             : mx_lm_cache_new(s->m);
+    if (!s->cache) {
       fprintf(stderr, "mxc chat: %s\n", mx_last_error());
       goto fail;
     }
@@ -287,11 +289,6 @@ static int chat_turn(chat_session *s, const char *line) {
       if (sbuf_add(&reply, piece, plen)) goto fail;
     }
     if (i + 1 >= s->max_tokens) break;
-    if (s->max_kv > 0 && s->cached.n + 1 >= s->max_kv) {
-      fprintf(stderr, "\n[mxc chat: the KV cache reached --max-kv-size %ld; reply cut; type 'r' "
-                      "to reset]\n", s->max_kv);
-      break;
-    }
     id = feed(s, &id, 1);
   }
   if (id < 0) {

@@ -3,8 +3,16 @@
  *   mxc generate --model DIR --prompt "Hello" [--max-tokens 256] [--temp 0]
  *                [--top-p P] [--top-k K] [--min-p P] [--seed S]
  *                [--ignore-chat-template] [--system-prompt S]
- *                [--prefill-step-size N]
+ *                [--prefill-step-size N] [--max-kv-size N]
+ *                [--prompt-cache-file FILE]
  *   mxc generate --model DIR --prompt-ids 1,2,3 ...   (no tokenizer needed)
+ *
+ * --max-kv-size N bounds the KV cache with mlx-lm's RotatingKVCache (keep 4).
+ * --prompt-cache-file continues a cache saved by `mxc cache_prompt` (or
+ * mlx_lm.cache_prompt): the prompt is appended after the cached tokens —
+ * with a chat template, only the part of the rendered chat from the user's
+ * text on (the cached prefix ends where the user's message began); without
+ * --model, the model is the file's "model" metadata.
  *
  * Streams the text to stdout (token ids separated by spaces when the model
  * has no tokenizer) and prints prompt / generation tokens-per-second and
@@ -20,6 +28,7 @@
 #include "commands.h"
 #include "mxc/chat_template.h"
 #include "mxc/hub.h"
+#include "mxc/io.h"
 #include "mxc/lm.h"
 #include "mxc/lm_sample.h"
 #include "mxc/lora.h"
@@ -37,6 +46,9 @@ static int usage(FILE *f, int rc) {
           "  --ignore-chat-template    use the prompt as is\n"
           "  --system-prompt S         system message for the chat template\n"
           "  --prefill-step-size N     prompt chunk size (default 2048)\n"
+          "  --max-kv-size N           bound the KV cache to N positions (a rotating cache\n"
+          "                            keeping the first 4, as mlx_lm); default: unbounded\n"
+          "  --prompt-cache-file FILE  continue a cache saved by `mxc cache_prompt`\n"
           "  --adapter-path DIR        LoRA adapters (adapter_config.json, adapters.safetensors)\n");
   return rc;
 }
@@ -75,7 +87,8 @@ static bool parse_double(const char *s, double *out) {
 }
 
 /* "1,2, 3" -> ids (malloc'd). */
-static int parse_ids(const char *s, int32_t **ids, int *n) {
+int mxc__parse_ids(const char *s, int32_t **ids, int *n);
+int mxc__parse_ids(const char *s, int32_t **ids, int *n) {
   size_t cap = 16;
   *n = 0;
   *ids = malloc(cap * sizeof **ids);
@@ -127,47 +140,83 @@ static int32_t sample_fn(void *ctx, mx_array *logits) {
   return st ? st : (int32_t)id;
 }
 
+/* The chat template's text of [system,] user: content (malloc'd). */
+int mxc__render_chat(mx_tokenizer *tok, const char *system, const char *content,
+                     bool add_generation_prompt, char **text, size_t *len);
+int mxc__render_chat(mx_tokenizer *tok, const char *system, const char *content,
+                     bool add_generation_prompt, char **text, size_t *len) {
+  cJSON *msgs = cJSON_CreateArray();
+  if (system) {
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "role", "system");
+    cJSON_AddStringToObject(m, "content", system);
+    cJSON_AddItemToArray(msgs, m);
+  }
+  cJSON *m = cJSON_CreateObject();
+  cJSON_AddStringToObject(m, "role", "user");
+  cJSON_AddStringToObject(m, "content", content);
+  cJSON_AddItemToArray(msgs, m);
+  char *conv = cJSON_PrintUnformatted(msgs);
+  cJSON_Delete(msgs);
+  int st = conv ? mx_chat_template_apply(tok, conv, add_generation_prompt, text, len) : MX_ERR_OOM;
+  free(conv);
+  return st;
+}
+
 /* The prompt ids of a text prompt, through the chat template when the
- * tokenizer has one (mlx_lm: BOS added unless the text starts with it). */
+ * tokenizer has one (mlx_lm: BOS added unless the text starts with it).
+ * after_cache: the prompt continues a prompt cache — mlx_lm keeps only the
+ * rendered chat from the user's text on ("<query>" marks where it starts)
+ * and adds no special tokens. */
 static int encode_prompt(mx_tokenizer *tok, const char *prompt, const char *system,
-                         bool use_template, int32_t **ids, int *n) {
+                         bool use_template, bool after_cache, int32_t **ids, int *n) {
   char *text = NULL;
   size_t len = 0;
+  int st;
   if (use_template && mx_tokenizer_chat_template(tok)) {
-    cJSON *msgs = cJSON_CreateArray();
-    if (system) {
-      cJSON *m = cJSON_CreateObject();
-      cJSON_AddStringToObject(m, "role", "system");
-      cJSON_AddStringToObject(m, "content", system);
-      cJSON_AddItemToArray(msgs, m);
+    if ((st = mxc__render_chat(tok, system, prompt, true, &text, &len))) return st;
+    if (after_cache) {
+      char *probe = NULL;
+      size_t plen = 0;
+      if ((st = mxc__render_chat(tok, system, "<query>", true, &probe, &plen))) {
+        free(text);
+        return st;
+      }
+      const char *at = strstr(probe, "<query>");
+      size_t skip = at ? (size_t)(at - probe) : 0;
+      free(probe);
+      if (!at || skip > len) {
+        free(text);
+        fprintf(stderr, "mxc generate: the chat template does not show the user's message as "
+                        "is; use --ignore-chat-template with --prompt-cache-file\n");
+        return MX_ERR_UNSUPPORTED;
+      }
+      memmove(text, text + skip, len - skip + 1);
+      len -= skip;
     }
-    cJSON *m = cJSON_CreateObject();
-    cJSON_AddStringToObject(m, "role", "user");
-    cJSON_AddStringToObject(m, "content", prompt);
-    cJSON_AddItemToArray(msgs, m);
-    char *conv = cJSON_PrintUnformatted(msgs);
-    cJSON_Delete(msgs);
-    int st = conv ? mx_chat_template_apply(tok, conv, true, &text, &len) : MX_ERR_OOM;
-    free(conv);
-    if (st) return st;
   } else {
     text = strdup(prompt);
     if (!text) return MX_ERR_OOM;
     len = strlen(text);
   }
   const char *bos = mx_tokenizer_special_token(tok, "bos_token");
-  bool add_special = !bos || strncmp(text, bos, strlen(bos)) != 0;
+  bool add_special = !after_cache && (!bos || strncmp(text, bos, strlen(bos)) != 0);
   size_t nn = 0;
-  int st = mx_tokenizer_encode(tok, text, len, add_special, ids, &nn);
+  st = mx_tokenizer_encode(tok, text, len, add_special, ids, &nn);
   free(text);
   *n = (int)nn;
+  if (!st && nn == 0) {
+    fprintf(stderr, "mxc generate: the prompt encodes to no tokens\n");
+    return MX_ERR_INVALID_ARG;
+  }
   return st;
 }
 
 /* The bundled model without --model: $MXC_DEFAULT_MODEL, else models/default
  * of the repository holding the binary (searched upwards from its folder,
  * e.g. ../../models/default from build/release/mxc). */
-static bool default_model(char *dir, size_t n) {
+bool mxc__default_model(char *dir, size_t n);
+bool mxc__default_model(char *dir, size_t n) {
   const char *env = getenv("MXC_DEFAULT_MODEL");
   if (env && *env) {
     snprintf(dir, n, "%s", env);
@@ -193,7 +242,8 @@ static bool default_model(char *dir, size_t n) {
 
 int mxc_cmd_generate(int argc, char **argv) {
   const char *model = NULL, *prompt = NULL, *prompt_ids = NULL, *system = NULL, *adapter = NULL;
-  long max_tokens = 256, prefill = 2048, top_k = 0, seed = 0;
+  const char *cache_file = NULL;
+  long max_tokens = 256, prefill = 2048, top_k = 0, seed = 0, max_kv = 0;
   double temp = 0, top_p = 0, min_p = 0;
   bool ignore_template = false;
   for (int i = 1; i < argc; i++) {
@@ -215,6 +265,8 @@ int mxc_cmd_generate(int argc, char **argv) {
     else if (!strcmp(a, "--prompt-ids")) prompt_ids = v;
     else if (!strcmp(a, "--system-prompt")) system = v;
     else if (!strcmp(a, "--adapter-path")) adapter = v;
+    else if (!strcmp(a, "--prompt-cache-file")) cache_file = v;
+    else if (!strcmp(a, "--max-kv-size")) ok = parse_long(v, 1, 1L << 30, &max_kv);
     else if (!strcmp(a, "--max-tokens") || !strcmp(a, "-m")) ok = parse_long(v, 0, 1L << 30, &max_tokens);
     else if (!strcmp(a, "--prefill-step-size")) ok = parse_long(v, 1, 1L << 30, &prefill);
     else if (!strcmp(a, "--top-k")) ok = parse_long(v, 0, 1L << 30, &top_k);
@@ -231,8 +283,30 @@ int mxc_cmd_generate(int argc, char **argv) {
       return 2;
     }
   }
+  if (cache_file && max_kv) {
+    fprintf(stderr, "mxc generate: --max-kv-size makes a new cache; a --prompt-cache-file "
+                    "brings its own (give it to `mxc cache_prompt`)\n");
+    return 2;
+  }
+  /* the prompt cache first: without --model, its "model" metadata names it */
+  char cached_model[4096] = "";
+  if (cache_file) {
+    mx_load_options lo = {.format = MX_FORMAT_SAFETENSORS};
+    mx_metadata *cache_meta = NULL;
+    mx_tensor_info *info = NULL;
+    int64_t ninfo = 0;
+    if (mx_load_info(cache_file, &lo, &info, &ninfo, &cache_meta)) {
+      fprintf(stderr, "mxc generate: --prompt-cache-file: %s\n", mx_last_error());
+      return 1;
+    }
+    const char *mm = cache_meta ? mx_metadata_get_string(cache_meta, "1.model") : NULL;
+    if (mm) snprintf(cached_model, sizeof cached_model, "%s", mm);
+    mx_tensor_info_free(info, ninfo);
+    mx_metadata_free(cache_meta);
+    if (!model && cached_model[0]) model = cached_model;
+  }
   char default_dir[4096];
-  if (!model && default_model(default_dir, sizeof default_dir)) model = default_dir;
+  if (!model && mxc__default_model(default_dir, sizeof default_dir)) model = default_dir;
   if (!model) {
     fprintf(stderr, "mxc generate: --model DIR is required (a model directory, e.g. one "
                     "written by `mxc convert`; the bundled models/default was not found: set "
@@ -259,10 +333,15 @@ int mxc_cmd_generate(int argc, char **argv) {
   int32_t *ids = NULL;
   int n = 0;
   mx_sampler *sampler = NULL;
+  mx_lm_cache *cache = NULL;
+  if (cache_file && !(cache = mx_lm_cache_load(m, cache_file, NULL))) {
+    fprintf(stderr, "mxc generate: --prompt-cache-file: %s\n", mx_last_error());
+    goto done;
+  }
   printer pr = {NULL, 0};
   mx_tokenizer *tok = mx_lm_tokenizer(m);
   if (prompt_ids) {
-    if (parse_ids(prompt_ids, &ids, &n)) {
+    if (mxc__parse_ids(prompt_ids, &ids, &n)) {
       fprintf(stderr, "mxc generate: --prompt-ids wants comma-separated ids, got '%s'\n",
               prompt_ids);
       goto done;
@@ -271,13 +350,15 @@ int mxc_cmd_generate(int argc, char **argv) {
     fprintf(stderr, "mxc generate: %s has no tokenizer files (tokenizer.json or tokenizer.model); "
                     "use --prompt-ids\n", dir);
     goto done;
-  } else if (encode_prompt(tok, prompt, system, !ignore_template, &ids, &n)) {
+  } else if (encode_prompt(tok, prompt, system, !ignore_template, cache != NULL, &ids, &n)) {
     fprintf(stderr, "mxc: %s\n", mx_last_error());
     goto done;
   }
   mx_lm_generate_options opt = MX_LM_GENERATE_DEFAULTS;
   opt.max_tokens = (int)max_tokens;
   opt.prefill_step_size = (int)prefill;
+  opt.max_kv_size = max_kv;
+  opt.prompt_cache = cache;
   if (temp > 0) {
     mx_sampler_config sc = mx_sampler_config_default();
     sc.temp = temp;
@@ -319,6 +400,7 @@ int mxc_cmd_generate(int argc, char **argv) {
 done:
   mx_detokenizer_free(pr.detok);
   mx_sampler_free(sampler);
+  mx_lm_cache_free(cache);
   free(ids);
   mx_lm_free(m);
   return rc;

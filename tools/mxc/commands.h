@@ -7,6 +7,7 @@
 #define MXC_CLI_COMMAND_LIST(X)                                                     \
   X(generate, "generate text from a model")                                         \
   X(chat, "interactive multi-turn chat")                                            \
+  X(cache_prompt, "prefill a prompt and save its KV cache (--prompt-cache-file)")   \
   X(tokenize, "tokenize a JSON array of strings read from stdin")                   \
   X(detokenize, "decode a JSON array of id arrays read from stdin")                 \
   X(template, "render a chat template")                                             \

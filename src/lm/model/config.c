@@ -144,7 +144,7 @@ static int parse_rope_scaling(const cJSON *o, mx_lm_config *cfg, const char *whe
   snprintf(w, sizeof w, "%s: rope_scaling", where);
   int st;
   if (!strcmp(type, "default")) return MX_OK;
-  /* phi3's longrope lives in the arch extras (parse_arch checks it) */
+  /* phi3's longrope is an architecture detail (parse_arch reads it) */
   if ((!strcmp(type, "longrope") || !strcmp(type, "su")) && !strcmp(cfg->model_type, "phi3"))
     return MX_OK;
   if ((st = get_num(rs, "factor", true, 1, &cfg->rope_factor, w))) return st;
@@ -199,24 +199,15 @@ static int parse_quantization(const cJSON *o, mx_lm_config *cfg, const char *whe
   return MX_OK;
 }
 
-/* ---- the arch extras ------------------------------------------------------------ */
+/* ---- architecture details --------------------------------------------------- */
 
-static _Thread_local struct {
-  bool set;
-  char model_type[32];
-  int64_t hidden_size, num_hidden_layers, vocab_size, head_dim;
-  mx__lm_arch arch;
-} pending;
-
-static void arch_defaults(const mx_lm_config *cfg, mx__lm_arch *a) {
-  memset(a, 0, sizeof *a);
-  bool gemma = !strcmp(cfg->model_type, "gemma"), gemma2 = !strcmp(cfg->model_type, "gemma2");
-  a->gemma_norm = a->embed_scale = gemma || gemma2;
-  a->sandwich_norms = gemma2;
-  a->act = gemma || gemma2 ? MX__LM_ACT_GELU_TANH : MX__LM_ACT_SILU;
-  a->attn_scale = 1.0 / sqrt((double)cfg->head_dim);
-  a->rotary_dim = cfg->head_dim;
-  a->fused_qkv = a->fused_gate_up = !strcmp(cfg->model_type, "phi3");
+/* What model_type implies before config.json's keys refine it. */
+static void arch_defaults(mx_lm_config *c) {
+  bool gemma = !strcmp(c->model_type, "gemma"), gemma2 = !strcmp(c->model_type, "gemma2");
+  c->gemma_norm = c->embed_scale = gemma || gemma2;
+  c->sandwich_norms = gemma2;
+  c->activation = gemma || gemma2 ? MX_LM_ACT_GELU_TANH : MX_LM_ACT_SILU;
+  c->fused_qkv = c->fused_gate_up = !strcmp(c->model_type, "phi3");
 }
 
 /* A list of `n` positive numbers at key of o into out. */
@@ -237,8 +228,7 @@ static int get_factors(const cJSON *o, const char *key, int64_t n, float *out, c
 }
 
 /* phi3's rope_scaling / rope_parameters of type "longrope" (or "su"). */
-static int parse_longrope(const cJSON *o, const mx_lm_config *cfg, mx__lm_arch *a,
-                          const char *where) {
+static int parse_longrope(const cJSON *o, mx_lm_config *c, const char *where) {
   const cJSON *rs = rope_params(o);
   if (!cJSON_IsObject(rs)) return MX_OK;
   const cJSON *t = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
@@ -247,13 +237,14 @@ static int parse_longrope(const cJSON *o, const mx_lm_config *cfg, mx__lm_arch *
     return MX_OK;
   char w[300];
   snprintf(w, sizeof w, "%s: rope_scaling", where);
-  int64_t pairs = a->rotary_dim / 2, orig = 0;
-  if (pairs > MX__LM_MAX_ROPE_PAIRS)
+  int64_t rd = c->rotary_dim ? c->rotary_dim : c->head_dim;
+  int64_t pairs = rd / 2, orig = 0;
+  if (pairs > MX_LM_MAX_ROPE_PAIRS)
     return mx__set_error(MX_ERR_UNSUPPORTED, "%s: longrope with more than %d rotary pairs", w,
-                         MX__LM_MAX_ROPE_PAIRS);
+                         MX_LM_MAX_ROPE_PAIRS);
   int st;
-  if ((st = get_factors(rs, "short_factor", pairs, a->longrope_short, w)) ||
-      (st = get_factors(rs, "long_factor", pairs, a->longrope_long, w)))
+  if ((st = get_factors(rs, "short_factor", pairs, c->longrope_short_factor, w)) ||
+      (st = get_factors(rs, "long_factor", pairs, c->longrope_long_factor, w)))
     return st;
   /* original_max_position_embeddings: in config.json, or in the rope parameters */
   const cJSON *src = cJSON_GetObjectItemCaseSensitive(o, "original_max_position_embeddings") ? o : rs;
@@ -265,20 +256,51 @@ static int parse_longrope(const cJSON *o, const mx_lm_config *cfg, mx__lm_arch *
   if ((st = get_num(rs, "factor", false, 0, &factor, w)) ||
       (st = get_num(rs, "attention_factor", false, 0, &af, w)))
     return st;
-  if (cfg->max_position_embeddings > 0)
-    factor = (double)cfg->max_position_embeddings / (double)orig;
+  if (c->max_position_embeddings > 0)
+    factor = (double)c->max_position_embeddings / (double)orig;
   if (af <= 0) af = factor <= 1.0 ? 1.0 : sqrt(1.0 + log(factor) / log((double)orig));
-  a->longrope = true;
-  a->longrope_original_max = orig;
-  a->longrope_attn_factor = af;
+  c->longrope = true;
+  c->longrope_original_max = orig;
+  c->longrope_attn_factor = af;
   return MX_OK;
 }
 
-static int parse_arch(const cJSON *o, const mx_lm_config *cfg, const char *where) {
-  mx__lm_arch a;
-  arch_defaults(cfg, &a);
+/* sliding_window (> 0 or null) into c->sliding_window. */
+static int get_window(const cJSON *o, mx_lm_config *c, const char *where) {
+  int st = get_int(o, "sliding_window", false, 0, &c->sliding_window, where);
+  if (!st && c->sliding_window < 0)
+    return mx__set_error(MX_ERR_FORMAT, "%s: sliding_window must not be negative", where);
+  return st;
+}
+
+/* Marks the sliding layers from "layer_types" when config.json has it
+ * (transformers >= 4.54 writes it); *given: whether it did. */
+static int read_layer_types(const cJSON *o, mx_lm_config *c, const char *where, bool *given) {
+  const cJSON *lt = cJSON_GetObjectItemCaseSensitive(o, "layer_types");
+  *given = false;
+  if (!lt || cJSON_IsNull(lt)) return MX_OK;
+  if (!cJSON_IsArray(lt) || cJSON_GetArraySize(lt) != c->num_hidden_layers)
+    return mx__set_error(MX_ERR_FORMAT, "%s: \"layer_types\" must be a list of %lld strings",
+                         where, (long long)c->num_hidden_layers);
+  int i = 0;
+  const cJSON *e;
+  cJSON_ArrayForEach(e, lt) {
+    bool sl = cJSON_IsString(e) && !strcmp(e->valuestring, "sliding_attention");
+    if (!sl && !(cJSON_IsString(e) && !strcmp(e->valuestring, "full_attention")))
+      return mx__set_error(MX_ERR_UNSUPPORTED,
+                           "%s: layer_types[%d] must be \"sliding_attention\" or "
+                           "\"full_attention\"", where, i);
+    c->sliding_layers[i++] = sl;
+  }
+  *given = true;
+  return MX_OK;
+}
+
+static int parse_arch(const cJSON *o, mx_lm_config *c, const char *where) {
+  arch_defaults(c);
   int st;
-  const char *mt = cfg->model_type;
+  const char *mt = c->model_type;
+  bool slides = false; /* the model_type has sliding-window layers */
   if (!strcmp(mt, "gemma") || !strcmp(mt, "gemma2")) {
     const cJSON *act = cJSON_GetObjectItemCaseSensitive(o, "hidden_activation");
     if (!cJSON_IsString(act) && !strcmp(mt, "gemma2"))
@@ -291,21 +313,21 @@ static int parse_arch(const cJSON *o, const mx_lm_config *cfg, const char *where
                            "gelu_pytorch_tanh)", where, act->valuestring, mt);
   }
   if (!strcmp(mt, "gemma2")) {
-    double qs = 0;
-    int64_t sw = 0;
-    if ((st = get_num(o, "final_logit_softcapping", false, 0, &a.final_softcap, where)) ||
-        (st = get_num(o, "attn_logit_softcapping", false, 0, &a.attn_softcap, where)) ||
-        (st = get_num(o, "query_pre_attn_scalar", false, (double)cfg->head_dim, &qs, where)) ||
-        (st = get_int(o, "sliding_window", false, 0, &sw, where)))
+    if ((st = get_num(o, "final_logit_softcapping", false, 0, &c->final_logit_softcapping, where)) ||
+        (st = get_num(o, "attn_logit_softcapping", false, 0, &c->attn_logit_softcapping, where)) ||
+        (st = get_num(o, "query_pre_attn_scalar", false, (double)c->head_dim,
+                      &c->query_pre_attn_scalar, where)) ||
+        (st = get_window(o, c, where)))
       return st;
-    if (qs <= 0 || a.final_softcap < 0 || a.attn_softcap < 0 || sw < 0)
+    if (c->query_pre_attn_scalar <= 0 || c->final_logit_softcapping < 0 ||
+        c->attn_logit_softcapping < 0)
       return mx__set_error(MX_ERR_FORMAT, "%s: query_pre_attn_scalar, soft-capping and "
                            "sliding_window must not be negative", where);
-    a.attn_scale = 1.0 / sqrt(qs);
-    a.sliding_window = sw;
-    a.sliding_even = sw > 0;
+    slides = true;
+    for (int64_t i = 0; i < c->num_hidden_layers && i < MX_LM_MAX_LAYERS; i++)
+      c->sliding_layers[i] = i % 2 == 0;
     const cJSON *lt = cJSON_GetObjectItemCaseSensitive(o, "layer_types");
-    if (cJSON_IsArray(lt) && sw > 0) {
+    if (cJSON_IsArray(lt) && c->sliding_window > 0) {
       int i = 0;
       const cJSON *e;
       cJSON_ArrayForEach(e, lt) {
@@ -327,45 +349,56 @@ static int parse_arch(const cJSON *o, const mx_lm_config *cfg, const char *where
     if ((st = get_num(src, "partial_rotary_factor", false, 1.0, &prf, where))) return st;
     if (!(prf > 0 && prf <= 1))
       return mx__set_error(MX_ERR_FORMAT, "%s: partial_rotary_factor must be in (0, 1]", where);
-    a.rotary_dim = (int64_t)((double)cfg->head_dim * prf);
-    if (a.rotary_dim <= 0 || a.rotary_dim % 2)
+    int64_t rd = (int64_t)((double)c->head_dim * prf);
+    if (rd <= 0 || rd % 2)
       return mx__set_error(MX_ERR_FORMAT,
                            "%s: head_dim * partial_rotary_factor (%lld) must be positive and even",
-                           where, (long long)a.rotary_dim);
-    if (cfg->attention_bias || cfg->mlp_bias)
+                           where, (long long)rd);
+    c->rotary_dim = rd == c->head_dim ? 0 : rd;
+    if (c->attention_bias || c->mlp_bias)
       return mx__set_error(MX_ERR_UNSUPPORTED, "%s: phi3 with biases is not supported", where);
-    if ((st = parse_longrope(o, cfg, &a, where))) return st;
+    if ((st = parse_longrope(o, c, where))) return st;
   }
-  if (!strcmp(mt, "mistral")) { /* every layer slides when sliding_window is set */
-    if ((st = get_int(o, "sliding_window", false, 0, &a.sliding_window, where))) return st;
-    if (a.sliding_window < 0)
-      return mx__set_error(MX_ERR_FORMAT, "%s: sliding_window must not be negative", where);
+  if (!strcmp(mt, "mistral")) { /* transformers: every layer slides when sliding_window is set */
+    if ((st = get_window(o, c, where))) return st;
+    slides = true;
+    for (int64_t i = 0; i < c->num_hidden_layers && i < MX_LM_MAX_LAYERS; i++)
+      c->sliding_layers[i] = true;
+  }
+  if (!strcmp(mt, "qwen2") || !strcmp(mt, "qwen3")) {
+    /* transformers: sliding_window counts only with use_sliding_window; the
+     * sliding layers are layer_types' "sliding_attention" ones, by default
+     * those from max_window_layers on */
+    bool use = false, given = false;
+    int64_t mwl = 0;
+    if ((st = get_bool(o, "use_sliding_window", false, &use, where)) ||
+        (st = get_int(o, "max_window_layers", false, 28, &mwl, where)))
+      return st;
+    if (use) {
+      if ((st = get_window(o, c, where))) return st;
+      if (mwl < 0)
+        return mx__set_error(MX_ERR_FORMAT, "%s: max_window_layers must not be negative", where);
+    }
+    if (c->sliding_window > 0) {
+      slides = true;
+      if (c->num_hidden_layers <= MX_LM_MAX_LAYERS &&
+          (st = read_layer_types(o, c, where, &given)))
+        return st;
+      for (int64_t i = 0; !given && i < c->num_hidden_layers && i < MX_LM_MAX_LAYERS; i++)
+        c->sliding_layers[i] = i >= mwl;
+    }
+  }
+  if (slides && c->sliding_window > 0 && c->num_hidden_layers > MX_LM_MAX_LAYERS)
+    return mx__set_error(MX_ERR_UNSUPPORTED,
+                         "%s: sliding-window attention with more than %d layers", where,
+                         MX_LM_MAX_LAYERS);
+  if (c->sliding_window <= 0) {
+    c->sliding_window = 0;
+    memset(c->sliding_layers, 0, sizeof c->sliding_layers);
   }
   if (strcmp(mt, "llama") && strcmp(mt, "mistral") && strcmp(mt, "qwen2") &&
-      strcmp(mt, "qwen3") && cfg->rope_scaling != MX_LM_ROPE_DEFAULT)
+      strcmp(mt, "qwen3") && c->rope_scaling != MX_LM_ROPE_DEFAULT)
     return mx__set_error(MX_ERR_UNSUPPORTED, "%s: rope_scaling is not supported for %s", where, mt);
-  pending.set = true;
-  snprintf(pending.model_type, sizeof pending.model_type, "%s", mt);
-  pending.hidden_size = cfg->hidden_size;
-  pending.num_hidden_layers = cfg->num_hidden_layers;
-  pending.vocab_size = cfg->vocab_size;
-  pending.head_dim = cfg->head_dim;
-  pending.arch = a;
-  return MX_OK;
-}
-
-int mx__lm_arch_of(const mx_lm_config *cfg, mx__lm_arch *out) {
-  if (pending.set && !strcmp(pending.model_type, cfg->model_type) &&
-      pending.hidden_size == cfg->hidden_size &&
-      pending.num_hidden_layers == cfg->num_hidden_layers &&
-      pending.vocab_size == cfg->vocab_size && pending.head_dim == cfg->head_dim) {
-    *out = pending.arch;
-    return MX_OK;
-  }
-  arch_defaults(cfg, out);
-  if (!strcmp(cfg->model_type, "gemma2"))
-    return mx__set_error(MX_ERR_INVALID_ARG, "%s model: build it from a parsed config.json",
-                         cfg->model_type);
   return MX_OK;
 }
 

@@ -60,7 +60,19 @@ int mx_lm_generate(mx_lm_model *m, const int32_t *prompt, int nprompt,
       return mx__set_error(MX_ERR_RANGE, "generate: prompt id %d at %d is outside the vocabulary "
                            "[0, %lld)", prompt[i], i, (long long)m->config.vocab_size);
   if (o.max_tokens <= 0) return MX_OK;
-  mx_lm_cache *c = mx_lm_cache_new(m);
+  if (o.max_kv_size < 0)
+    return mx__set_error(MX_ERR_INVALID_ARG, "generate: max_kv_size %lld is negative",
+                         (long long)o.max_kv_size);
+  if (o.prompt_cache && o.prompt_cache->nlayers != m->config.num_hidden_layers)
+    return mx__set_error(MX_ERR_INVALID_ARG, "generate: the prompt cache has %d layers, the "
+                         "model %lld", o.prompt_cache->nlayers,
+                         (long long)m->config.num_hidden_layers);
+  /* mlx-lm's make_prompt_cache: a RotatingKVCache(max_kv_size, keep=4) when
+   * a size is given (keep shrinks for tiny sizes) */
+  int64_t keep = o.max_kv_size > 4 ? 4 : o.max_kv_size - 1;
+  mx_lm_cache *c = o.prompt_cache         ? o.prompt_cache
+                   : o.max_kv_size > 0 ? mx_lm_cache_new_rotating(m, o.max_kv_size, keep)
+                                       : mx_lm_cache_new(m);
   if (!c) return mx_last_status();
   mx_reset_peak_memory();
   int status = MX_OK;
@@ -107,6 +119,6 @@ done:
   st->generation_tps =
       st->generation_seconds > 0 ? st->generation_tokens / st->generation_seconds : 0;
   st->peak_memory = mx_get_peak_memory();
-  mx_lm_cache_free(c);
+  if (c != o.prompt_cache) mx_lm_cache_free(c);
   return status;
 }

@@ -2,7 +2,8 @@
  * relatives gemma, gemma2 and phi3 as an mx_nn_module tree with Hugging Face
  * names, its forward pass with a KV cache, and the cache itself.
  *
- * What the relatives change (mx__lm_arch, parsed by config.c):
+ * What the relatives change (mx_lm_config's architecture details, parsed by
+ * config.c):
  *   gemma:  embeddings * sqrt(hidden); RMSNorm by (1 + weight); gelu (tanh) MLP.
  *   gemma2: gemma + attention scores scaled by query_pre_attn_scalar^-0.5 and
  *           soft-capped (cap * tanh(s / cap)), logits soft-capped, layers 0, 2,
@@ -23,12 +24,26 @@
 typedef struct {
   mx_nn_module base;
   mx_lm_config cfg;
-  mx__lm_arch arch;
   int layer; /* blocks and attention: the layer index */
 } lm_mod;
 
 static const mx_lm_config *cfg_of(mx_nn_module *m) { return &((lm_mod *)m)->cfg; }
-static const mx__lm_arch *arch_of(mx_nn_module *m) { return &((lm_mod *)m)->arch; }
+
+static int64_t rotary_dim(const mx_lm_config *c) { return c->rotary_dim ? c->rotary_dim : c->head_dim; }
+static double attn_scale(const mx_lm_config *c) {
+  return 1.0 / sqrt(c->query_pre_attn_scalar > 0 ? c->query_pre_attn_scalar : (double)c->head_dim);
+}
+
+/* What one forward pass carries besides the activations. */
+typedef struct {
+  mx_lm_cache *cache;  /* NULL: none */
+  mx__lm_plan *plan;   /* a rotating cache's update */
+  const bool *visible; /* an explicit (T, T) mask (no cache) */
+  /* the masks of this pass, built once for the full [0] and the sliding [1]
+   * layers (they depend on nothing else) */
+  mx_array *mask[2];
+  bool plain[2];
+} fwd_ctx;
 
 /* gemma's RMSNorm: x * rsqrt(mean(x^2) + eps) * (1 + weight). */
 typedef struct {
@@ -58,7 +73,7 @@ static mx_array *gemma_norm_forward(mx_nn_module *self, mx_array *const *in, int
 
 static const mx_nn_module_vtable gemma_norm_vt = {.name = "RMSNorm", .forward = gemma_norm_forward};
 
-static mx_nn_module *norm_new(const mx__lm_arch *a, int64_t dims, double eps) {
+static mx_nn_module *norm_new(const mx_lm_config *a, int64_t dims, double eps) {
   if (!a->gemma_norm) return mx_nn_rms_norm_new(dims, eps);
   gemma_norm *m = (gemma_norm *)mx_nn_module_new(&gemma_norm_vt, sizeof *m);
   if (!m) return NULL;
@@ -110,107 +125,30 @@ static mx_array *llama3_freqs(const mx_lm_config *c) {
   return a;
 }
 
-static mx_array *rope(const mx_lm_config *c, const mx__lm_arch *a, mx_array *x, int64_t offset,
-                      mx_array *freqs) {
+static mx_array *rope(const mx_lm_config *c, mx_array *x, int64_t offset, mx_array *freqs) {
   double scale = c->rope_scaling == MX_LM_ROPE_LINEAR ? 1.0 / c->rope_factor : 1.0;
-  return mx_fast_rope(x, (int)a->rotary_dim, c->rope_traditional, c->rope_theta, scale, offset,
+  return mx_fast_rope(x, (int)rotary_dim(c), c->rope_traditional, c->rope_theta, scale, offset,
                       c->rope_scaling == MX_LM_ROPE_LLAMA3 ? freqs : NULL);
 }
 
 /* phi3's longrope: per-pair factors (long ones once offset + L exceeds the
  * original context), outputs scaled by the attention factor. */
-static mx_array *longrope(const mx_lm_config *c, const mx__lm_arch *a, mx_array *x, int64_t offset,
-                          int64_t L) {
+static mx_array *longrope(const mx_lm_config *c, mx_array *x, int64_t offset, int64_t L) {
   if (!x) return NULL;
-  int half = (int)(a->rotary_dim / 2);
-  const float *fac = offset + L > a->longrope_original_max ? a->longrope_long : a->longrope_short;
-  float f[MX__LM_MAX_ROPE_PAIRS];
+  int half = (int)(rotary_dim(c) / 2);
+  const float *fac = offset + L > c->longrope_original_max ? c->longrope_long_factor
+                                                            : c->longrope_short_factor;
+  float f[MX_LM_MAX_ROPE_PAIRS];
   for (int i = 0; i < half; i++)
-    f[i] = (float)((double)fac[i] * pow(c->rope_theta, (2.0 * i) / (double)a->rotary_dim));
+    f[i] = (float)((double)fac[i] * pow(c->rope_theta, (2.0 * i) / (double)rotary_dim(c)));
   mx__tmp t = {0};
   mx_array *freqs = mx__keep(&t, mx_array_from_data(f, (int64_t[]){half}, 1, MX_FLOAT32));
-  mx_array *r = mx__keep(&t, mx_fast_rope(x, (int)a->rotary_dim, c->rope_traditional,
+  mx_array *r = mx__keep(&t, mx_fast_rope(x, (int)rotary_dim(c), c->rope_traditional,
                                           c->rope_theta, 1.0, offset, freqs));
-  mx_array *y = a->longrope_attn_factor == 1.0 ? mx_array_retain(r)
-                                               : mx_multiply_scalar(r, a->longrope_attn_factor);
+  mx_array *y = c->longrope_attn_factor == 1.0 ? mx_array_retain(r)
+                                               : mx_multiply_scalar(r, c->longrope_attn_factor);
   mx__tmp_free(&t);
   return y;
-}
-
-/* ---- KV cache ---------------------------------------------------------------------- */
-
-#define MX_LM_CACHE_STEP 256
-
-mx_lm_cache *mx_lm_cache_new(const mx_lm_model *m) {
-  if (!m) {
-    mx__set_error(MX_ERR_INVALID_ARG, "lm_cache_new: model is NULL");
-    return NULL;
-  }
-  mx_lm_cache *c = calloc(1, sizeof *c);
-  int n = (int)m->config.num_hidden_layers;
-  if (c) {
-    c->nlayers = n;
-    c->keys = calloc((size_t)n, sizeof *c->keys);
-    c->values = calloc((size_t)n, sizeof *c->values);
-  }
-  if (!c || !c->keys || !c->values) {
-    mx_lm_cache_free(c);
-    mx__set_error(MX_ERR_OOM, "lm_cache_new: out of memory");
-    return NULL;
-  }
-  return c;
-}
-
-void mx_lm_cache_free(mx_lm_cache *c) {
-  if (!c) return;
-  for (int i = 0; c->keys && i < c->nlayers; i++) mx_array_free(c->keys[i]);
-  for (int i = 0; c->values && i < c->nlayers; i++) mx_array_free(c->values[i]);
-  free(c->keys);
-  free(c->values);
-  free(c);
-}
-
-int64_t mx_lm_cache_offset(const mx_lm_cache *c) { return c ? c->offset : 0; }
-
-int mx_lm_cache_eval(mx_lm_cache *c) {
-  if (!c) return MX_OK;
-  for (int i = 0; i < c->nlayers; i++) {
-    mx_array *kv[2] = {c->keys[i], c->values[i]};
-    if (kv[0] && kv[1]) {
-      int st = mx_eval(kv, 2);
-      if (st) return st;
-    }
-  }
-  return MX_OK;
-}
-
-/* Writes one buffer's new positions x (B, H, T, D) at `offset`, growing the
- * buffer in steps of 256 positions; returns the filled part [:offset+T]. */
-static mx_array *cache_put(mx_array **buf, mx_array *x, int64_t offset) {
-  const int64_t *s = mx_array_shape(x);
-  int64_t T = s[2];
-  if (!*buf || offset + T > mx_array_dim(*buf, 2)) {
-    int64_t extra = (T + MX_LM_CACHE_STEP - 1) / MX_LM_CACHE_STEP * MX_LM_CACHE_STEP;
-    mx_array *z = mx_zeros((int64_t[]){s[0], s[1], extra, s[3]}, 4, mx_array_dtype(x));
-    mx_array *grown;
-    if (*buf) {
-      mx_array *kept = mx_slice_axis(*buf, 2, 0, offset, 1);
-      grown = mx_concatenate((mx_array *[]){kept, z}, 2, 2);
-      mx_array_free(kept);
-    } else {
-      grown = mx_array_retain(z);
-    }
-    mx_array_free(z);
-    if (!grown) return NULL;
-    mx_array_free(*buf);
-    *buf = grown;
-  }
-  int64_t start[4] = {0, 0, offset, 0}, stop[4] = {s[0], s[1], offset + T, s[3]};
-  mx_array *upd = mx_slice_update(*buf, x, start, stop, NULL, 4);
-  if (!upd) return NULL;
-  mx_array_free(*buf);
-  *buf = upd;
-  return mx_slice_axis(upd, 2, 0, offset + T, 1);
 }
 
 /* ---- attention ----------------------------------------------------------------------- */
@@ -229,33 +167,20 @@ static mx_array *heads(mx_array *x, int64_t H, int64_t D, mx_nn_module *norm) {
   return t;
 }
 
-/* Attention written out (soft-capping and sliding windows): q (B, H, L, D),
- * k/v (B, KV, S, D) whose last L positions are q's. */
-static mx_array *attend(const mx__lm_arch *a, mx_array *q, mx_array *k, mx_array *v,
-                        bool sliding) {
-  int64_t H = mx_array_dim(q, 1), KV = mx_array_dim(k, 1), L = mx_array_dim(q, 2),
-          S = mx_array_dim(k, 2);
-  float *mask = malloc(sizeof(float) * (size_t)(L * S));
-  if (!mask) {
-    mx__set_error(MX_ERR_OOM, "attention: out of memory");
-    return NULL;
-  }
-  for (int64_t i = 0; i < L; i++) {
-    int64_t qp = S - L + i;
-    for (int64_t j = 0; j < S; j++)
-      mask[i * S + j] = j > qp || (sliding && qp - j >= a->sliding_window) ? -INFINITY : 0.0f;
-  }
+/* Attention written out (soft-capping, sliding windows, rotating caches):
+ * q (B, H, L, D), k/v (B, KV, S, D), mask (L, S) additive (borrowed). */
+static mx_array *attend(const mx_lm_config *c, mx_array *q, mx_array *k, mx_array *v,
+                        mx_array *m) {
+  int64_t H = mx_array_dim(q, 1), KV = mx_array_dim(k, 1);
   mx__tmp t = {0};
-  mx_array *m = mx__keep(&t, mx_array_from_data(mask, (int64_t[]){L, S}, 2, MX_FLOAT32));
-  free(mask);
   if (H != KV) {
     k = mx__keep(&t, mx_repeat(k, H / KV, 1));
     v = mx__keep(&t, mx_repeat(v, H / KV, 1));
   }
   mx_array *s = mx__keep(&t, mx_multiply_scalar(
                                  mx__keep(&t, mx_matmul(q, mx__keep(&t, mx_swapaxes(k, 2, 3)))),
-                                 a->attn_scale));
-  s = mx__keep(&t, softcap(s, a->attn_softcap));
+                                 attn_scale(c)));
+  s = mx__keep(&t, softcap(s, c->attn_logit_softcapping));
   /* the softmax in float32, the probabilities back in q's dtype (as transformers) */
   if (s && mx_array_dtype(s) != MX_FLOAT32) s = mx__keep(&t, mx_astype(s, MX_FLOAT32));
   s = mx__keep(&t, mx_add(s, m));
@@ -266,17 +191,50 @@ static mx_array *attend(const mx__lm_arch *a, mx_array *q, mx_array *k, mx_array
   return o;
 }
 
+/* The (L, S) mask of L queries at positions offset.. over S key slots:
+ * slot j holds position pos[j] (j when pos is NULL). *plain: whether it is
+ * the usual causal mask (slot j visible to query i iff j <= S - L + i).
+ * NULL + error on OOM. */
+static mx_array *build_mask(const mx_lm_config *c, const fwd_ctx *f, int layer, int64_t offset,
+                            int64_t L, int64_t S, bool *plain) {
+  const int64_t *pos = f && f->plan ? f->plan->pos : NULL;
+  bool window = f && f->plan && f->plan->window;
+  int64_t M = f && f->cache ? f->cache->max_size : 0;
+  bool sliding = c->sliding_window > 0 && layer >= 0 && layer < MX_LM_MAX_LAYERS &&
+                 c->sliding_layers[layer];
+  const bool *vis = f ? f->visible : NULL;
+  float *mask = malloc(sizeof(float) * (size_t)(L * S));
+  if (!mask) {
+    mx__set_error(MX_ERR_OOM, "attention: out of memory");
+    return NULL;
+  }
+  *plain = true;
+  for (int64_t i = 0; i < L; i++) {
+    int64_t qp = offset + i, qs = S - L + i;
+    for (int64_t j = 0; j < S; j++) {
+      int64_t kp = pos ? pos[j] : j;
+      bool ok = kp >= 0 && kp <= qp && (!sliding || qp - kp < c->sliding_window) &&
+                (!window || j > qs - M) && (!vis || vis[i * S + j]);
+      mask[i * S + j] = ok ? 0.0f : -INFINITY;
+      *plain &= ok == (j <= qs);
+    }
+  }
+  mx_array *m = mx_array_from_data(mask, (int64_t[]){L, S}, 2, MX_FLOAT32);
+  free(mask);
+  return m;
+}
+
 /* x (B, L, hidden) -> (B, L, hidden). cache may be NULL (offset 0). */
-static mx_array *attention(mx_nn_module *self, mx_array *x, mx_lm_cache *cache, int layer,
+static mx_array *attention(mx_nn_module *self, mx_array *x, fwd_ctx *f, int layer,
                            mx_array *freqs) {
   const mx_lm_config *c = cfg_of(self);
-  const mx__lm_arch *a = arch_of(self);
   if (!x) return NULL;
+  mx_lm_cache *cache = f ? f->cache : NULL;
   int64_t B = mx_array_dim(x, 0), L = mx_array_dim(x, 1);
   int64_t offset = cache ? cache->offset : 0;
-  mx_array *q = NULL, *k = NULL, *v = NULL, *o = NULL, *out = NULL;
+  mx_array *q = NULL, *k = NULL, *v = NULL, *o = NULL, *out = NULL, *mask = NULL;
   mx_array *pq = NULL, *pk = NULL, *pv = NULL;
-  if (a->fused_qkv) {
+  if (c->fused_qkv) {
     int64_t nq = c->num_attention_heads * c->head_dim, nkv = c->num_key_value_heads * c->head_dim;
     mx_array *qkv = mx_nn_forward(mx_nn_child(self, "qkv_proj"), x);
     if (!qkv) goto done;
@@ -296,30 +254,51 @@ static mx_array *attention(mx_nn_module *self, mx_array *x, mx_lm_cache *cache, 
   mx_array *hq = heads(pq, c->num_attention_heads, c->head_dim, qn);
   mx_array *hk = heads(pk, c->num_key_value_heads, c->head_dim, kn);
   v = heads(pv, c->num_key_value_heads, c->head_dim, NULL);
-  if (a->longrope) {
-    q = longrope(c, a, hq, offset, L);
-    k = longrope(c, a, hk, offset, L);
+  if (c->longrope) {
+    q = longrope(c, hq, offset, L);
+    k = longrope(c, hk, offset, L);
   } else {
-    q = rope(c, a, hq, offset, freqs);
-    k = rope(c, a, hk, offset, freqs);
+    q = rope(c, hq, offset, freqs);
+    k = rope(c, hk, offset, freqs);
   }
   mx_array_free(hq);
   mx_array_free(hk);
   if (!q || !k || !v) goto done;
   if (cache) {
-    mx_array *ck = cache_put(&cache->keys[layer], k, offset);
-    mx_array *cv = cache_put(&cache->values[layer], v, offset);
+    mx_array *ck, *cv;
+    if (f->plan) {
+      ck = mx__lm_plan_apply(cache, f->plan, &cache->keys[layer], k);
+      cv = mx__lm_plan_apply(cache, f->plan, &cache->values[layer], v);
+    } else {
+      ck = mx__lm_cache_put(&cache->keys[layer], k, offset);
+      cv = mx__lm_cache_put(&cache->values[layer], v, offset);
+    }
     mx_array_free(k);
     mx_array_free(v);
     k = ck;
     v = cv;
     if (!k || !v) goto done;
   }
-  bool sliding = a->sliding_window > 0 && (!a->sliding_even || ((lm_mod *)self)->layer % 2 == 0);
-  if (a->attn_softcap > 0 || (sliding && mx_array_dim(k, 2) > a->sliding_window))
-    o = attend(a, q, k, v, sliding);
+  int64_t S = mx_array_dim(k, 2);
+  bool sliding = c->sliding_window > 0 && layer < MX_LM_MAX_LAYERS && c->sliding_layers[layer];
+  bool plain = true;
+  if ((f && (f->plan || f->visible)) || (sliding && S > c->sliding_window) ||
+      c->attn_logit_softcapping > 0) {
+    if (f && f->mask[sliding]) {
+      mask = mx_array_retain(f->mask[sliding]);
+      plain = f->plain[sliding];
+    } else {
+      if (!(mask = build_mask(c, f, layer, offset, L, S, &plain))) goto done;
+      if (f) {
+        f->mask[sliding] = mx_array_retain(mask);
+        f->plain[sliding] = plain;
+      }
+    }
+  }
+  if (!plain || c->attn_logit_softcapping > 0)
+    o = attend(c, q, k, v, mask);
   else
-    o = mx_fast_scaled_dot_product_attention(q, k, v, a->attn_scale, NULL, L > 1);
+    o = mx_fast_scaled_dot_product_attention(q, k, v, attn_scale(c), NULL, L > 1);
   if (!o) goto done;
   mx_array *ot = mx_transpose(o, (int[]){0, 2, 1, 3}, 4);
   mx_array *or = mx_reshape(ot, (int64_t[]){B, L, c->num_attention_heads * c->head_dim}, 3);
@@ -334,12 +313,13 @@ done:
   mx_array_free(k);
   mx_array_free(v);
   mx_array_free(o);
+  mx_array_free(mask);
   return out;
 }
 
 static mx_array *attention_forward(mx_nn_module *self, mx_array *const *in, int n) {
   mx_array *freqs = cfg_of(self)->rope_scaling == MX_LM_ROPE_LLAMA3 ? llama3_freqs(cfg_of(self)) : NULL;
-  mx_array *y = attention(self, in[0], NULL, 0, freqs);
+  mx_array *y = attention(self, in[0], NULL, ((lm_mod *)self)->layer, freqs);
   mx_array_free(freqs);
   return y;
 }
@@ -347,7 +327,7 @@ static mx_array *attention_forward(mx_nn_module *self, mx_array *const *in, int 
 /* ---- MLP, block ---------------------------------------------------------------------- */
 
 static mx_array *mlp_forward(mx_nn_module *self, mx_array *const *in, int n) {
-  const mx__lm_arch *ar = arch_of(self);
+  const mx_lm_config *ar = cfg_of(self);
   mx_array *g, *u;
   if (ar->fused_gate_up) {
     int64_t I = cfg_of(self)->intermediate_size;
@@ -360,7 +340,7 @@ static mx_array *mlp_forward(mx_nn_module *self, mx_array *const *in, int n) {
     g = mx_nn_forward(mx_nn_child(self, "gate_proj"), in[0]);
     u = mx_nn_forward(mx_nn_child(self, "up_proj"), in[0]);
   }
-  mx_array *a = !g ? NULL : ar->act == MX__LM_ACT_GELU_TANH ? mx_nn_gelu_approx(g) : mx_nn_silu(g);
+  mx_array *a = !g ? NULL : ar->activation == MX_LM_ACT_GELU_TANH ? mx_nn_gelu_approx(g) : mx_nn_silu(g);
   mx_array *h = mx_multiply(a, u);
   mx_array *y = mx_nn_forward(mx_nn_child(self, "down_proj"), h);
   mx_array_free(g);
@@ -370,9 +350,9 @@ static mx_array *mlp_forward(mx_nn_module *self, mx_array *const *in, int n) {
   return y;
 }
 
-static mx_array *block(mx_nn_module *self, mx_array *x, mx_lm_cache *cache, int layer,
+static mx_array *block(mx_nn_module *self, mx_array *x, fwd_ctx *cache, int layer,
                        mx_array *freqs) {
-  if (arch_of(self)->sandwich_norms) { /* gemma2 */
+  if (cfg_of(self)->sandwich_norms) { /* gemma2 */
     mx__tmp t = {0};
     mx_array *n1 = mx__keep(&t, mx_nn_forward(mx_nn_child(self, "input_layernorm"), x));
     mx_array *r = mx__keep(&t, attention(mx_nn_child(self, "self_attn"), n1, cache, layer, freqs));
@@ -409,10 +389,10 @@ static mx_array *block_forward(mx_nn_module *self, mx_array *const *in, int n) {
 /* ---- the model ----------------------------------------------------------------------- */
 
 /* "model": embed_tokens, layers, norm -> hidden states (B, T, hidden). */
-static mx_array *inner(mx_nn_module *self, mx_array *tokens, mx_lm_cache *cache,
+static mx_array *inner(mx_nn_module *self, mx_array *tokens, fwd_ctx *cache,
                        mx_array *freqs) {
   mx_array *h = mx_nn_forward(mx_nn_child(self, "embed_tokens"), tokens);
-  if (h && arch_of(self)->embed_scale) { /* gemma: sqrt(hidden) rounded to the dtype */
+  if (h && cfg_of(self)->embed_scale) { /* gemma: sqrt(hidden) rounded to the dtype */
     mx_array *s = mx_multiply_scalar(h, (float)sqrt((double)cfg_of(self)->hidden_size));
     mx_array_free(h);
     h = s;
@@ -428,7 +408,7 @@ static mx_array *inner(mx_nn_module *self, mx_array *tokens, mx_lm_cache *cache,
   return y;
 }
 
-static mx_array *logits_of(mx_nn_module *root, mx_array *tokens, mx_lm_cache *cache,
+static mx_array *logits_of(mx_nn_module *root, mx_array *tokens, fwd_ctx *cache,
                            mx_array *freqs) {
   mx_nn_module *model = mx_nn_child(root, "model");
   if (!model) return NULL;
@@ -440,8 +420,8 @@ static mx_array *logits_of(mx_nn_module *root, mx_array *tokens, mx_lm_cache *ca
   else
     y = mx_nn_forward(mx_nn_child(root, "lm_head"), h);
   mx_array_free(h);
-  if (y && arch_of(root)->final_softcap > 0) {
-    mx_array *capped = softcap(y, arch_of(root)->final_softcap);
+  if (y && cfg_of(root)->final_logit_softcapping > 0) {
+    mx_array *capped = softcap(y, cfg_of(root)->final_logit_softcapping);
     mx_array_free(y);
     y = capped;
   }
@@ -481,12 +461,10 @@ static const mx_nn_module_vtable block_vt = {.name = "TransformerBlock", .forwar
 static const mx_nn_module_vtable attn_vt = {.name = "Attention", .forward = attention_forward};
 static const mx_nn_module_vtable mlp_vt = {.name = "MLP", .forward = mlp_forward};
 
-static mx_nn_module *lm_mod_new(const mx_nn_module_vtable *vt, const mx_lm_config *c,
-                                const mx__lm_arch *a, int layer) {
+static mx_nn_module *lm_mod_new(const mx_nn_module_vtable *vt, const mx_lm_config *c, int layer) {
   lm_mod *m = (lm_mod *)mx_nn_module_new(vt, sizeof(lm_mod));
   if (m) {
     m->cfg = *c;
-    m->arch = *a;
     m->layer = layer;
   }
   return m ? &m->base : NULL;
@@ -509,19 +487,20 @@ static mx_nn_module *with_children(mx_nn_module *m, int n, const char *const *na
   return m;
 }
 
-static mx_nn_module *build_block(const mx_lm_config *c, const mx__lm_arch *ar, int layer) {
+static mx_nn_module *build_block(const mx_lm_config *c, int layer) {
+  const mx_lm_config *ar = c;
   int64_t d = c->hidden_size, hd = c->head_dim, H = c->num_attention_heads,
           KV = c->num_key_value_heads, I = c->intermediate_size;
   bool ab = c->attention_bias;
   bool ob = ab && !strcmp(c->model_type, "llama"); /* llama's attention_bias covers o_proj */
   mx_nn_module *attn;
   if (ar->fused_qkv)
-    attn = with_children(lm_mod_new(&attn_vt, c, ar, layer), 2,
+    attn = with_children(lm_mod_new(&attn_vt, c, layer), 2,
                          (const char *[]){"qkv_proj", "o_proj"},
                          (mx_nn_module *[]){mx_nn_linear_new(d, (H + 2 * KV) * hd, false, NULL),
                                             mx_nn_linear_new(H * hd, d, false, NULL)});
   else if (c->qk_norm)
-    attn = with_children(lm_mod_new(&attn_vt, c, ar, layer), 6,
+    attn = with_children(lm_mod_new(&attn_vt, c, layer), 6,
                          (const char *[]){"q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"},
                          (mx_nn_module *[]){mx_nn_linear_new(d, H * hd, ab, NULL),
                                             mx_nn_linear_new(d, KV * hd, ab, NULL),
@@ -530,7 +509,7 @@ static mx_nn_module *build_block(const mx_lm_config *c, const mx__lm_arch *ar, i
                                             norm_new(ar, hd, c->rms_norm_eps),
                                             norm_new(ar, hd, c->rms_norm_eps)});
   else
-    attn = with_children(lm_mod_new(&attn_vt, c, ar, layer), 4,
+    attn = with_children(lm_mod_new(&attn_vt, c, layer), 4,
                          (const char *[]){"q_proj", "k_proj", "v_proj", "o_proj"},
                          (mx_nn_module *[]){mx_nn_linear_new(d, H * hd, ab, NULL),
                                             mx_nn_linear_new(d, KV * hd, ab, NULL),
@@ -538,18 +517,18 @@ static mx_nn_module *build_block(const mx_lm_config *c, const mx__lm_arch *ar, i
                                             mx_nn_linear_new(H * hd, d, ob, NULL)});
   mx_nn_module *mlp;
   if (ar->fused_gate_up)
-    mlp = with_children(lm_mod_new(&mlp_vt, c, ar, layer), 2,
+    mlp = with_children(lm_mod_new(&mlp_vt, c, layer), 2,
                         (const char *[]){"gate_up_proj", "down_proj"},
                         (mx_nn_module *[]){mx_nn_linear_new(d, 2 * I, c->mlp_bias, NULL),
                                            mx_nn_linear_new(I, d, c->mlp_bias, NULL)});
   else
-    mlp = with_children(lm_mod_new(&mlp_vt, c, ar, layer), 3,
+    mlp = with_children(lm_mod_new(&mlp_vt, c, layer), 3,
                         (const char *[]){"gate_proj", "down_proj", "up_proj"},
                         (mx_nn_module *[]){mx_nn_linear_new(d, I, c->mlp_bias, NULL),
                                            mx_nn_linear_new(I, d, c->mlp_bias, NULL),
                                            mx_nn_linear_new(d, I, c->mlp_bias, NULL)});
   if (ar->sandwich_norms)
-    return with_children(lm_mod_new(&block_vt, c, ar, layer), 6,
+    return with_children(lm_mod_new(&block_vt, c, layer), 6,
                          (const char *[]){"self_attn", "mlp", "input_layernorm",
                                           "post_attention_layernorm", "pre_feedforward_layernorm",
                                           "post_feedforward_layernorm"},
@@ -557,7 +536,7 @@ static mx_nn_module *build_block(const mx_lm_config *c, const mx__lm_arch *ar, i
                                             norm_new(ar, d, c->rms_norm_eps),
                                             norm_new(ar, d, c->rms_norm_eps),
                                             norm_new(ar, d, c->rms_norm_eps)});
-  return with_children(lm_mod_new(&block_vt, c, ar, layer), 4,
+  return with_children(lm_mod_new(&block_vt, c, layer), 4,
                        (const char *[]){"self_attn", "mlp", "input_layernorm",
                                         "post_attention_layernorm"},
                        (mx_nn_module *[]){attn, mlp, norm_new(ar, d, c->rms_norm_eps),
@@ -565,30 +544,33 @@ static mx_nn_module *build_block(const mx_lm_config *c, const mx__lm_arch *ar, i
 }
 
 mx_nn_module *mx__lm_build_llama(const mx_lm_config *c) {
-  mx__lm_arch ar;
-  if (mx__lm_arch_of(c, &ar)) return NULL;
-  mx_nn_module *inner_m = lm_mod_new(&inner_vt, c, &ar, -1);
+  if (!c) {
+    mx__set_error(MX_ERR_INVALID_ARG, "lm build: config is NULL");
+    return NULL;
+  }
+  mx_nn_module *inner_m = lm_mod_new(&inner_vt, c, -1);
   if (!inner_m) return NULL;
   int st = mx_nn_add_child(inner_m, "embed_tokens",
                            mx_nn_embedding_new(c->vocab_size, c->hidden_size, NULL));
   if (!st) st = mx_nn_add_list(inner_m, "layers");
   for (int64_t i = 0; i < c->num_hidden_layers && !st; i++)
-    st = mx_nn_list_append(inner_m, "layers", build_block(c, &ar, (int)i));
-  if (!st) st = mx_nn_add_child(inner_m, "norm", norm_new(&ar, c->hidden_size, c->rms_norm_eps));
+    st = mx_nn_list_append(inner_m, "layers", build_block(c, (int)i));
+  if (!st) st = mx_nn_add_child(inner_m, "norm", norm_new(c, c->hidden_size, c->rms_norm_eps));
   if (st) {
     mx_nn_module_free(inner_m);
     return NULL;
   }
   if (c->tie_word_embeddings)
-    return with_children(lm_mod_new(&root_vt, c, &ar, -1), 1, (const char *[]){"model"},
+    return with_children(lm_mod_new(&root_vt, c, -1), 1, (const char *[]){"model"},
                          (mx_nn_module *[]){inner_m});
-  return with_children(lm_mod_new(&root_vt, c, &ar, -1), 2, (const char *[]){"model", "lm_head"},
+  return with_children(lm_mod_new(&root_vt, c, -1), 2, (const char *[]){"model", "lm_head"},
                        (mx_nn_module *[]){inner_m,
                                           mx_nn_linear_new(c->hidden_size, c->vocab_size, false,
                                                            NULL)});
 }
 
-mx_array *mx__lm_llama_forward(mx_lm_model *m, mx_array *tokens, mx_lm_cache *cache) {
+/* Checks tokens and prepares the llama3 frequencies: the (B, T) tokens. */
+static mx_array *forward_tokens(mx_lm_model *m, mx_array *tokens) {
   mx_array *t = with_batch(tokens);
   if (!t) return NULL;
   if (!mx_dtype_is_integer(mx_array_dtype(t))) {
@@ -604,8 +586,42 @@ mx_array *mx__lm_llama_forward(mx_lm_model *m, mx_array *tokens, mx_lm_cache *ca
       return NULL;
     }
   }
-  mx_array *y = logits_of(m->root, t, cache, m->rope_freqs);
-  if (y && cache) cache->offset += mx_array_dim(t, 1);
+  return t;
+}
+
+mx_array *mx__lm_llama_forward(mx_lm_model *m, mx_array *tokens, mx_lm_cache *cache) {
+  mx_array *t = forward_tokens(m, tokens);
+  if (!t) return NULL;
+  int64_t T = mx_array_dim(t, 1);
+  mx__lm_plan plan = {0};
+  fwd_ctx f = {cache, NULL, NULL, {NULL, NULL}, {false, false}};
+  if (cache && cache->max_size) {
+    if (mx__lm_plan_make(cache, T, &plan)) {
+      mx__lm_plan_free(&plan);
+      mx_array_free(t);
+      return NULL;
+    }
+    f.plan = &plan;
+  }
+  mx_array *y = logits_of(m->root, t, cache ? &f : NULL, m->rope_freqs);
+  mx_array_free(f.mask[0]);
+  mx_array_free(f.mask[1]);
+  if (y && cache) {
+    if (f.plan) mx__lm_plan_commit(cache, &plan, T);
+    cache->offset += T;
+  }
+  mx__lm_plan_free(&plan);
+  mx_array_free(t);
+  return y;
+}
+
+mx_array *mx__lm_forward_masked(mx_lm_model *m, mx_array *tokens, const bool *visible) {
+  mx_array *t = forward_tokens(m, tokens);
+  if (!t) return NULL;
+  fwd_ctx f = {NULL, NULL, visible, {NULL, NULL}, {false, false}};
+  mx_array *y = logits_of(m->root, t, &f, m->rope_freqs);
+  mx_array_free(f.mask[0]);
+  mx_array_free(f.mask[1]);
   mx_array_free(t);
   return y;
 }

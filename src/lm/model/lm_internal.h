@@ -7,32 +7,6 @@
 #include "internal.h"
 #include "mxc/lm.h"
 
-/* What the architectures beyond the llama family add to mx_lm_config
- * (parsed from config.json with it). */
-#define MX__LM_MAX_ROPE_PAIRS 128 /* head_dim up to 256 */
-typedef enum { MX__LM_ACT_SILU = 0, MX__LM_ACT_GELU_TANH = 1 } mx__lm_act;
-typedef struct {
-  bool gemma_norm;     /* gemma/gemma2: RMSNorm scales by (1 + weight) */
-  bool embed_scale;    /* gemma/gemma2: embeddings * sqrt(hidden_size) */
-  bool sandwich_norms; /* gemma2: attention output normed, pre/post feedforward norms */
-  mx__lm_act act;      /* the MLP's gate activation */
-  double final_softcap, attn_softcap; /* gemma2: cap * tanh(x / cap); 0: none */
-  double attn_scale;   /* scores scale: query_pre_attn_scalar^-0.5 (gemma2), else head_dim^-0.5 */
-  int64_t sliding_window; /* > 0: the sliding layers see the last `sliding_window` positions */
-  bool sliding_even;   /* gemma2: layers 0, 2, 4, ... slide; the others are global */
-  int64_t rotary_dim;  /* rotated features per head (phi3 partial_rotary_factor), else head_dim */
-  bool fused_qkv;      /* phi3: self_attn.qkv_proj */
-  bool fused_gate_up;  /* phi3: mlp.gate_up_proj */
-  /* phi3 "longrope" (Phi-3.5, Phi-3-128k): the period of rotary pair i is
-   * factor[i] * base^(2i / rotary_dim), with the long factors once the
-   * sequence (cache offset + new tokens) exceeds original_max; q and k are
-   * scaled by attn_factor. */
-  bool longrope;
-  int64_t longrope_original_max;
-  double longrope_attn_factor;
-  float longrope_short[MX__LM_MAX_ROPE_PAIRS], longrope_long[MX__LM_MAX_ROPE_PAIRS];
-} mx__lm_arch;
-
 struct mx_lm_model {
   mx_lm_config config;
   mx_nn_module *root;  /* "Model": children model [, lm_head] */
@@ -42,20 +16,53 @@ struct mx_lm_model {
 
 struct mx_lm_cache {
   int nlayers;
-  int64_t offset;
-  mx_array **keys, **values; /* per layer (B, Hkv, capacity, D), NULL until first use */
+  int64_t offset;            /* positions processed */
+  int64_t max_size, keep;    /* rotating (max_size > 0): mlx-lm's RotatingKVCache */
+  int64_t idx;               /* rotating: the ring's next write slot (mlx-lm's _idx) */
+  int64_t len;               /* rotating: slots of the buffers (filled or not) */
+  int64_t *pos;              /* rotating: the position each slot holds, -1 when empty */
+  int64_t pos_cap;
+  mx_array **keys, **values; /* per layer (B, Hkv, slots, D), NULL until first use */
 };
+
+/* How one forward updates a rotating cache (the same for every layer): the
+ * new buffer is the concatenation of segs (old slots [a, b), `zeros` empty
+ * slots, or the new keys), then the new keys are written at write_at (when
+ * >= 0), and attention sees slots [0, view). */
+typedef struct {
+  enum { MX__SEG_OLD, MX__SEG_ZEROS, MX__SEG_NEW } kind;
+  int64_t a, b; /* OLD: the range; ZEROS: b - a slots */
+} mx__lm_seg;
+#define MX__LM_MAX_SEGS 8
+typedef struct {
+  mx__lm_seg segs[MX__LM_MAX_SEGS];
+  int nsegs;
+  bool identity; /* segs are the old buffer unchanged */
+  int64_t write_at, view, new_len, new_idx;
+  int64_t *pos;  /* the position of each of the view's slots (view entries) */
+  bool window;   /* a multi-token update: slot j visible to the chunk's
+                    token at slot s only when s - max_size < j */
+} mx__lm_plan;
+
+/* cache.c: the plan of an update of T tokens (pos malloc'd; free with
+ * mx__lm_plan_free), applying it to one layer's buffer (returns the view),
+ * and committing it once every layer is done. */
+int mx__lm_plan_make(const mx_lm_cache *c, int64_t T, mx__lm_plan *p);
+mx_array *mx__lm_plan_apply(const mx_lm_cache *c, const mx__lm_plan *p, mx_array **buf,
+                            mx_array *x);
+int mx__lm_plan_commit(mx_lm_cache *c, mx__lm_plan *p, int64_t T);
+void mx__lm_plan_free(mx__lm_plan *p);
+/* The plain cache: writes x (B, H, T, D) at offset into *buf (grown in
+ * steps of 256 positions); returns the filled part [:offset + T]. */
+mx_array *mx__lm_cache_put(mx_array **buf, mx_array *x, int64_t offset);
+/* The dtype of the model's activations (its embedding / scales dtype). */
+mx_dtype mx__lm_model_dtype(const mx_lm_model *m);
 
 /* config.c: parses the text of config.json into cfg (generation_config may
  * be NULL); `where` names the file in messages. *tie_given (may be NULL):
  * whether config.json states tie_word_embeddings. */
 int mx__lm_parse_config(const char *json, const char *generation_json, const char *where,
                         mx_lm_config *cfg, bool *tie_given);
-/* The arch extras of cfg: those parsed with it by the last
- * mx__lm_parse_config on this thread (the config struct is public and
- * load.c hands only it to the builder), else the defaults of its
- * model_type; an error when a gemma2/phi3 config has no parsed extras. */
-int mx__lm_arch_of(const mx_lm_config *cfg, mx__lm_arch *out);
 /* Reads a whole file into a NUL-terminated malloc'd buffer (NULL + error). */
 char *mx__lm_read_file(const char *path, size_t *len);
 
@@ -64,6 +71,10 @@ char *mx__lm_read_file(const char *path, size_t *len);
 mx_nn_module *mx__lm_build_llama(const mx_lm_config *cfg);
 /* The logits (B, T, vocab) of tokens (B, T). */
 mx_array *mx__lm_llama_forward(mx_lm_model *m, mx_array *tokens, mx_lm_cache *cache);
+/* The logits of tokens (B, T) without a cache, token i attending to token j
+ * exactly when visible[i * T + j] (an explicit mask: the reference the
+ * tests compare caches against). */
+mx_array *mx__lm_forward_masked(mx_lm_model *m, mx_array *tokens, const bool *visible);
 
 /* convert.c: mx__lm_convert, mx__lm_export_gguf (see convert.h, which the
  * CLI includes without the library internals). */
