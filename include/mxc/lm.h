@@ -208,6 +208,9 @@ MX_API mx_array *mx_lm_forward(mx_lm_model *m, mx_array *tokens, mx_lm_cache *ca
 /* Picks the next token from logits (vocab,) (borrowed): return the id, or
  * a negative status. */
 typedef int32_t (*mx_lm_sampler_fn)(void *ctx, mx_array *logits);
+/* Lazy form: returns the id as a (not yet evaluated) integer array of one
+ * element built from logits (vocab,) with mxc ops, or NULL on error. */
+typedef mx_array *(*mx_lm_lazy_sampler_fn)(void *ctx, mx_array *logits);
 /* Called for every generated token; return non-zero to stop. */
 typedef int (*mx_lm_token_fn)(void *ctx, int32_t id);
 
@@ -222,8 +225,16 @@ typedef struct {
   mx_lm_cache *prompt_cache; /* borrowed; NULL: a fresh cache. Otherwise the
                                 prompt continues the positions it holds, and
                                 it is updated in place (mlx-lm's prompt_cache). */
+  mx_lm_lazy_sampler_fn lazy_sampler; /* used when sampler is NULL (ctx:
+                                         sampler_ctx); NULL: greedy */
 } mx_lm_generate_options;
-#define MX_LM_GENERATE_DEFAULTS {256, 2048, true, NULL, NULL, 0, NULL}
+#define MX_LM_GENERATE_DEFAULTS {256, 2048, true, NULL, NULL, 0, NULL, NULL}
+/* Decoding is pipelined as mlx-lm's generate_step: with a lazy (or the
+ * greedy) sampler and a cache of its own, step t+1 is queued with
+ * mx_async_eval before the id of step t is read, so on a GPU the host
+ * builds the next step while the device runs the current one. (An eager
+ * `sampler`, or a caller's prompt_cache, which must not run one position
+ * ahead, decode one step at a time.) */
 
 typedef struct {
   int prompt_tokens, generation_tokens;

@@ -132,6 +132,10 @@ static int print_token(void *ctx, int32_t id) {
   return 0;
 }
 
+static mx_array *lazy_sample_fn(void *ctx, mx_array *logits) {
+  return mx_sampler_sample(ctx, logits, NULL, 0);
+}
+
 static int32_t sample_fn(void *ctx, mx_array *logits) {
   mx_array *t = mx_sampler_sample(ctx, logits, NULL, 0);
   int64_t id = -1;
@@ -370,7 +374,8 @@ int mxc_cmd_generate(int argc, char **argv) {
       fprintf(stderr, "mxc generate: %s\n", mx_last_error());
       goto done;
     }
-    opt.sampler = sample_fn;
+    if (cache) opt.sampler = sample_fn; /* the caller's cache must not run ahead */
+    else opt.lazy_sampler = lazy_sample_fn;
     opt.sampler_ctx = sampler;
   }
   if (tok && !(pr.detok = mx_detokenizer_new(tok, true))) {

@@ -44,6 +44,41 @@ static int32_t step(mx_lm_model *m, const int32_t *tokens, int64_t n, mx_lm_cach
   return id;
 }
 
+/* The lazy id (shape (1, 1), for the next forward) of the last position of
+ * tokens' logits. */
+static mx_array *lazy_step(mx_lm_model *m, mx_array *tokens, mx_lm_cache *c,
+                           const mx_lm_generate_options *o) {
+  mx_array *logits = mx_lm_forward(m, tokens, c);
+  if (!logits) return NULL;
+  const int64_t *s = mx_array_shape(logits);
+  mx_array *last = mx_slice(logits, (int64_t[]){0, s[1] - 1, 0}, (int64_t[]){1, s[1], s[2]},
+                            NULL, 3);
+  mx_array *flat = mx_reshape(last, (int64_t[]){s[2]}, 1);
+  mx_array_free(logits);
+  mx_array_free(last);
+  mx_array *id = !flat              ? NULL
+                 : o->lazy_sampler ? o->lazy_sampler(o->sampler_ctx, flat)
+                                   : mx_argmax(flat, -1, false);
+  mx_array_free(flat);
+  mx_array *r = id ? mx_reshape(id, (int64_t[]){1, 1}, 2) : NULL;
+  mx_array_free(id);
+  if (r && mx_async_eval(&r, 1)) {
+    mx_array_free(r);
+    return NULL;
+  }
+  return r;
+}
+
+static int32_t read_id(mx_lm_model *m, mx_array *y) {
+  int64_t id = -1;
+  int st = mx_array_item_int(y, &id);
+  if (st) return st;
+  if (id < 0 || id >= m->config.vocab_size)
+    return mx__set_error(MX_ERR_RANGE, "generate: sampler returned id %lld outside [0, %lld)",
+                         (long long)id, (long long)m->config.vocab_size);
+  return (int32_t)id;
+}
+
 int mx_lm_generate(mx_lm_model *m, const int32_t *prompt, int nprompt,
                    const mx_lm_generate_options *opt, mx_lm_token_fn on_token, void *ctx,
                    mx_lm_generate_stats *stats) {
@@ -90,6 +125,37 @@ int mx_lm_generate(mx_lm_model *m, const int32_t *prompt, int nprompt,
       goto done;
     }
     done += o.prefill_step_size;
+  }
+  if (!o.sampler && !o.prompt_cache) { /* pipelined */
+    mx_array *t = mx_array_from_data(prompt + done, (int64_t[]){1, nprompt - done}, 2, MX_INT32);
+    mx_array *y = t ? lazy_step(m, t, c, &o) : NULL;
+    mx_array_free(t);
+    int32_t id = y ? read_id(m, y) : mx_last_status();
+    double t1 = now_s();
+    st->prompt_tokens = nprompt;
+    st->prompt_seconds = t1 - t0;
+    for (int i = 0; id >= 0; i++) {
+      if (o.stop_on_eos && mx_lm_is_eos(m, id)) {
+        st->stopped_on_eos = true;
+        break;
+      }
+      /* queue the next step before handing this token out */
+      mx_array *next = i + 1 < o.max_tokens ? lazy_step(m, y, c, &o) : NULL;
+      if (i + 1 < o.max_tokens && !next) {
+        id = mx_last_status();
+        break;
+      }
+      st->generation_tokens++;
+      int stop = on_token && on_token(ctx, id);
+      mx_array_free(y);
+      y = next;
+      if (stop || !y) break;
+      id = read_id(m, y);
+    }
+    mx_array_free(y);
+    if (id < 0) status = id;
+    st->generation_seconds = now_s() - t1;
+    goto done;
   }
   int32_t id = step(m, prompt + done, nprompt - done, c, &o);
   if (id < 0) {
