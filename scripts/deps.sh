@@ -2,7 +2,7 @@
 # Install the Debian packages mxc needs to build and test, when missing.
 # Safe to run repeatedly; does nothing when everything is present.
 set -e
-PKGS="build-essential cmake pkg-config libopenblas-dev libcjson-dev libutf8proc-dev zlib1g-dev libcurl4-openssl-dev"
+PKGS="build-essential cmake pkg-config libopenblas-dev libcjson-dev libyaml-dev libutf8proc-dev zlib1g-dev libcurl4-openssl-dev"
 if [ "${MXC_WITH_FUZZ:-1}" = 1 ]; then PKGS="$PKGS clang libclang-rt-14-dev"; fi
 missing=""
 for p in $PKGS; do

@@ -57,7 +57,7 @@ typedef struct {
 
 static int on_event(void *ctx, const mx_lora_event *ev) {
   losses *l = ctx;
-  if (ev->val) return 0;
+  if (ev->kind != MX_LORA_EV_TRAIN) return 0;
   if (!l->n++) l->first = ev->loss;
   l->last = ev->loss;
   return 0;

@@ -81,4 +81,110 @@ check "missing adapters exit status" "$?" "1"
 contains "missing adapters names the file" "$err" "adapter_config.json"
 err=$("$MXC" fuse --model $MODEL --adapter-path "$tmp/none" --save-path "$tmp/f2" 2>&1)
 check "fuse missing adapters exit status" "$?" "1"
+
+# ---- YAML config, checkpoints, flags over the config -----------------------
+cp "$tmp/data/train.jsonl" "$tmp/data/test.jsonl"
+echo '{"text": "the cat sat on the mat."}' > "$tmp/data/valid.jsonl"
+cat > "$tmp/cfg.yaml" <<EOF
+model: $MODEL
+train: true
+data: $tmp/data
+adapter_path: $tmp/ady
+iters: 6
+steps_per_report: 2
+save_every: 3
+num_layers: 1
+learning_rate: 1.0e-3
+lora_parameters:
+  rank: 4
+  scale: 20.0
+  dropout: 0.0
+  keys: [self_attn.q_proj, mlp.down_proj]
+lr_schedule:
+  name: cosine_decay
+  arguments: [1.0e-3, 6]
+  warmup: 1
+EOF
+"$MXC" lora -c "$tmp/cfg.yaml" >"$tmp/out" 2>"$tmp/err"
+check "yaml run exit status" "$?" "0"
+for f in adapters.safetensors adapter_config.json 0000003_adapters.safetensors 0000006_adapters.safetensors; do
+  [ -f "$tmp/ady/$f" ]
+  check "yaml run writes $f" "$?" "0"
+done
+contains "yaml rank in adapter_config" "$(tr -d ' \t\n' < "$tmp/ady/adapter_config.json")" '"rank":4'
+names=$("$MXC" inspect "$tmp/ady/adapters.safetensors" | grep '^  model\.' | awk '{print $1, $4 $5}' | tr '\n' ' ')
+check "yaml keys -> adapter names" "$names" "model.layers.3.mlp.down_proj.lora_a [512,4] model.layers.3.mlp.down_proj.lora_b [4,192] model.layers.3.self_attn.q_proj.lora_a [192,4] model.layers.3.self_attn.q_proj.lora_b [4,192] "
+"$MXC" lora -c "$tmp/cfg.yaml" --iters 4 --adapter-path "$tmp/ady2" 2>"$tmp/err"
+check "flags override yaml" "$([ -f "$tmp/ady2/0000003_adapters.safetensors" ] && [ ! -f "$tmp/ady2/0000006_adapters.safetensors" ] && echo yes)" "yes"
+printf 'iters: 4\nbatch_sise: 2\n' > "$tmp/bad.yaml"
+err=$("$MXC" lora -c "$tmp/bad.yaml" --model $MODEL --train --data "$tmp/data" 2>&1)
+check "bad yaml exit status" "$?" "2"
+contains "bad yaml names file:line and key" "$err" "bad.yaml:2: unknown key \"batch_sise\""
+
+# ---- --test ----------------------------------------------------------------------
+out=$("$MXC" lora --model $MODEL --test --data "$tmp/data" --adapter-path "$tmp/ady" 2>/dev/null)
+check "test exit status" "$?" "0"
+contains "test reports loss" "$out" "Test loss "
+contains "test reports ppl" "$out" ", Test ppl "
+base=$("$MXC" lora --model $MODEL --test --data "$tmp/data" --adapter-path "" 2>/dev/null | sed 's/Test loss \([0-9.]*\),.*/\1/')
+tuned=$(echo "$out" | sed 's/Test loss \([0-9.]*\),.*/\1/')
+check "adapters lower the test loss ($base -> $tuned)" "$(awk -v a="$base" -v b="$tuned" 'BEGIN { print (b < a) ? "yes" : "no" }')" "yes"
+
+# ---- DoRA ---------------------------------------------------------------------------
+"$MXC" lora --model $MODEL --train --data "$tmp/data" --fine-tune-type dora --iters 2 --num-layers 1 \
+  --adapter-path "$tmp/add" 2>"$tmp/err"
+check "dora exit status" "$?" "0"
+names=$("$MXC" inspect "$tmp/add/adapters.safetensors" | grep '^  model\.' | awk '{print $1}' | tr '\n' ' ')
+check "dora adds magnitudes" "$names" "model.layers.3.self_attn.q_proj.lora_a model.layers.3.self_attn.q_proj.lora_b model.layers.3.self_attn.q_proj.m model.layers.3.self_attn.v_proj.lora_a model.layers.3.self_attn.v_proj.lora_b model.layers.3.self_attn.v_proj.m "
+
+# ---- exact resume -------------------------------------------------------------------
+common="--model $MODEL --train --data $tmp/data --num-layers 2 --learning-rate 1e-3 --steps-per-report 1 --batch-size 2"
+"$MXC" lora $common --iters 6 --adapter-path "$tmp/r1" 2>"$tmp/err1"
+"$MXC" lora $common --iters 3 --adapter-path "$tmp/r2" 2>/dev/null
+"$MXC" lora $common --iters 6 --adapter-path "$tmp/r2" --resume-adapter-file "$tmp/r2/adapters.safetensors" 2>"$tmp/err2"
+check "resume exit status" "$?" "0"
+contains "resume continues at step 3" "$(cat "$tmp/err2")" "at step 3"
+a=$(grep 'Train loss' "$tmp/err1" | tail -3 | sed 's/, Learning.*//')
+b=$(grep 'Train loss' "$tmp/err2" | sed 's/, Learning.*//')
+check "resumed losses == uninterrupted" "$b" "$a"
+cmp -s "$tmp/r1/adapters.safetensors" "$tmp/r2/adapters.safetensors"
+check "resumed adapters == uninterrupted (bytes)" "$?" "0"
+
+# ---- QLoRA and fuse --dequantize ------------------------------------------------------
+"$MXC" convert --hf-path $MODEL --mlx-path "$tmp/q4" -q --q-bits 4 --q-group-size 64 >/dev/null 2>&1
+check "quantize a copy" "$?" "0"
+"$MXC" lora --model "$tmp/q4" --train --data "$tmp/data" --iters 20 --steps-per-report 10 \
+  --learning-rate 2e-3 --num-layers 2 --adapter-path "$tmp/qad" 2>"$tmp/err"
+check "qlora exit status" "$?" "0"
+first=$(grep 'Val loss' "$tmp/err" | head -1 | sed 's/.*Val loss \([0-9.]*\).*/\1/')
+last=$(grep 'Val loss' "$tmp/err" | tail -1 | sed 's/.*Val loss \([0-9.]*\).*/\1/')
+check "qlora val loss falls ($first -> $last)" "$(awk -v a="$first" -v b="$last" 'BEGIN { print (b < a) ? "yes" : "no" }')" "yes"
+"$MXC" fuse --model "$tmp/q4" --adapter-path "$tmp/qad" --save-path "$tmp/qf" 2>/dev/null
+contains "fuse keeps the quantization" "$(cat "$tmp/qf/config.json")" '"quantization"'
+"$MXC" fuse --model "$tmp/q4" --adapter-path "$tmp/qad" --save-path "$tmp/qfd" --dequantize 2>/dev/null
+check "fuse --dequantize exit status" "$?" "0"
+grep -q '"quantization"' "$tmp/qfd/config.json"
+check "fuse --dequantize drops the quantization" "$?" "1"
+"$MXC" inspect "$tmp/qfd/model.safetensors" | grep -q 'scales'
+check "dequantized weights have no scales" "$?" "1"
+"$MXC" generate --model "$tmp/qfd" --prompt "the" --max-tokens 8 >/dev/null 2>&1
+check "dequantized fused model generates" "$?" "0"
+
+# ---- memory limit, unsupported flags ------------------------------------------------
+err=$("$MXC" lora --model $MODEL --train --data "$tmp/data" --iters 2 --num-layers 2 --memory-limit 1000 --adapter-path "$tmp/m1" 2>&1)
+check "memory limit too small exit status" "$?" "1"
+contains "memory limit names given bytes" "$err" "--memory-limit 1000 bytes is too small"
+contains "memory limit names needed bytes" "$err" "needs"
+[ ! -f "$tmp/m1/adapters.safetensors" ]
+check "nothing trained under a too-small limit" "$?" "0"
+err=$("$MXC" lora --model $MODEL --train --data "$tmp/data" --iters 2 --num-layers 2 --memory-limit 1GB --adapter-path "$tmp/m2" 2>&1)
+check "memory limit 1GB exit status" "$?" "0"
+contains "memory plan reported" "$err" "Memory plan: micro-batch 4"
+err=$("$MXC" lora --model $MODEL --train --data "$tmp/data" --grad-checkpoint 2>&1)
+check "grad-checkpoint exit status" "$?" "2"
+contains "grad-checkpoint says why" "$err" "--grad-checkpoint is not available"
+"$MXC" lora --model $MODEL --data "$tmp/data" >/dev/null 2>&1
+check "neither train nor test exit status" "$?" "2"
+err=$("$MXC" lora --model $MODEL --train --data "$tmp/data" --iters 1 --adapter-path "$tmp/n16" 2>&1)
+contains "more layers than the model (mlx-lm's check)" "$err" "--num-layers 16 but the model only has 4 layers"
 exit $fail

@@ -1,9 +1,11 @@
 /* cmd_fuse.c — `mxc fuse`: merge LoRA adapters into a model (mlx_lm.fuse).
  *
- *   mxc fuse --model M --adapter-path A --save-path OUT
+ *   mxc fuse --model M --adapter-path A --save-path OUT [--dequantize]
  *
  * OUT is a Hugging Face-layout model directory (config.json,
- * model.safetensors, tokenizer files) that `mxc generate` loads. */
+ * model.safetensors, tokenizer files) that `mxc generate` and transformers
+ * load. --dequantize (mlx-lm's --dequantize / --de-quantize) writes a float
+ * model from a quantized base. */
 #include <stdio.h>
 #include <string.h>
 
@@ -13,15 +15,21 @@
 int mxc__resolve_model(const char *model, char *dir, size_t n);
 
 static int usage(FILE *f, int rc) {
-  fprintf(f, "usage: mxc fuse --model M --adapter-path A --save-path OUT\n");
+  fprintf(f, "usage: mxc fuse --model M [--adapter-path adapters] [--save-path fused_model]\n"
+             "                [--dequantize]\n");
   return rc;
 }
 
 int mxc_cmd_fuse(int argc, char **argv) {
   const char *model = NULL, *adapters = "adapters", *save = "fused_model";
+  bool dequantize = false;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) return usage(stdout, 0);
+    if (!strcmp(a, "--dequantize") || !strcmp(a, "--de-quantize")) {
+      dequantize = true;
+      continue;
+    }
     if (i + 1 >= argc) {
       fprintf(stderr, "mxc fuse: %s needs a value (or is unknown)\n", a);
       return usage(stderr, 2);
@@ -41,7 +49,7 @@ int mxc_cmd_fuse(int argc, char **argv) {
   }
   char dir[4096];
   if (mxc__resolve_model(model, dir, sizeof dir)) return 1;
-  if (mx_lora_fuse_dir(dir, adapters, save)) {
+  if (mx_lora_fuse_dir_ex(dir, adapters, save, dequantize)) {
     fprintf(stderr, "mxc fuse: %s\n", mx_last_error());
     return 1;
   }

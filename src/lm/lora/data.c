@@ -1,19 +1,16 @@
-/* data.c — mlx-lm's jsonl fine-tuning datasets and the LoRA training loop. */
+/* data.c — mlx-lm's jsonl fine-tuning datasets: one example per line,
+ * tokenized with the prompt length kept for --mask-prompt, and padded batches
+ * with a loss mask. */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
 
 #include "../../core/internal.h"
 #include "mxc/chat_template.h"
 #include "mxc/lora.h"
-#include "mxc/memory.h"
 #include "mxc/ops.h"
-#include "mxc/optim.h"
-#include "mxc/train.h"
 
 typedef struct {
   int32_t *ids;
@@ -33,6 +30,10 @@ void mx_lora_dataset_free(mx_lora_dataset *d) {
 }
 
 int64_t mx_lora_dataset_size(const mx_lora_dataset *d) { return d ? d->n : 0; }
+
+int64_t mx_lora_dataset_length(const mx_lora_dataset *d, int64_t i) {
+  return d && i >= 0 && i < d->n ? d->ex[i].len : -1;
+}
 
 /* Tokens of text (BOS unless the text starts with it). */
 static int encode(mx_tokenizer *tok, const char *text, int32_t **ids, int64_t *n) {
@@ -273,145 +274,3 @@ int mx_lora_dataset_batch(const mx_lora_dataset *d, const int64_t *idx, int n, b
   return st;
 }
 
-/* ---- training ------------------------------------------------------------- */
-static uint64_t splitmix(uint64_t *s) {
-  uint64_t z = (*s += 0x9E3779B97F4A7C15ULL);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
-}
-
-static void shuffle(int64_t *p, int64_t n, uint64_t *s) {
-  for (int64_t i = 0; i < n; i++) p[i] = i;
-  for (int64_t i = n - 1; i > 0; i--) {
-    int64_t j = (int64_t)(splitmix(s) % (uint64_t)(i + 1));
-    int64_t t = p[i];
-    p[i] = p[j];
-    p[j] = t;
-  }
-}
-
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int val_loss(mx_nn_module *root, const mx_lora_dataset *v, int64_t bs, bool mp, double *out) {
-  double total = 0, count = 0;
-  int st = 0;
-  int64_t idx[1024];
-  for (int64_t s = 0; s < v->n && !st; s += bs) {
-    int n = (int)(v->n - s < bs ? v->n - s : bs);
-    for (int i = 0; i < n; i++) idx[i] = s + i;
-    mx_array *in[3] = {NULL, NULL, NULL};
-    st = mx_lora_dataset_batch(v, idx, n, mp, &in[0], &in[1], &in[2]);
-    double l = 0, ntok = 0;
-    if (!st) st = mx_train_eval_loss(root, mx_train_lm_loss, NULL, in, 3, &l);
-    mx_array *sum = st ? NULL : mx_sum(in[2], NULL, 0, false);
-    if (!st) st = sum ? mx_array_item(sum, &ntok) : mx_last_status();
-    mx_array_free(sum);
-    total += l * ntok;
-    count += ntok;
-    for (int i = 0; i < 3; i++) mx_array_free(in[i]);
-  }
-  *out = count > 0 ? total / count : 0;
-  return st;
-}
-
-int mx_lora_train(mx_lm_model *m, const mx_lora_options *o, mx_lora_event_fn on_event, void *ctx) {
-  if (!m || !o || !o->data_dir || !o->adapter_path)
-    return mx__set_error(MX_ERR_INVALID_ARG, "lora: --data and --adapter-path are required");
-  if (o->batch_size < 1 || o->batch_size > 1024)
-    return mx__set_error(MX_ERR_INVALID_ARG, "lora: --batch-size must be in [1, 1024]");
-  if (o->iters < 1) return mx__set_error(MX_ERR_INVALID_ARG, "lora: --iters must be >= 1");
-  if (o->max_seq_length < 2) return mx__set_error(MX_ERR_INVALID_ARG, "lora: --max-seq-length must be >= 2");
-  if (o->steps_per_report < 1)
-    return mx__set_error(MX_ERR_INVALID_ARG, "lora: --steps-per-report must be >= 1");
-  if (!(o->learning_rate > 0)) return mx__set_error(MX_ERR_INVALID_ARG, "lora: --learning-rate must be > 0");
-  mx_tokenizer *tok = mx_lm_tokenizer(m);
-  if (!tok) return mx__set_error(MX_ERR_INVALID_ARG, "lora: the model has no tokenizer");
-  char path[4096];
-  snprintf(path, sizeof path, "%s/train.jsonl", o->data_dir);
-  mx_lora_dataset *train = mx_lora_dataset_load(path, tok, o->max_seq_length);
-  if (!train) return mx_last_status();
-  mx_lora_dataset *valid = NULL;
-  struct stat sb;
-  snprintf(path, sizeof path, "%s/valid.jsonl", o->data_dir);
-  int st = 0;
-  if (stat(path, &sb) == 0 && !(valid = mx_lora_dataset_load(path, tok, o->max_seq_length)))
-    st = mx_last_status();
-  if (!st && train->n < o->batch_size)
-    st = mx__set_error(MX_ERR_INVALID_ARG, "lora: %s/train.jsonl has %lld examples, fewer than "
-                       "--batch-size %lld", o->data_dir, (long long)train->n, (long long)o->batch_size);
-  mx_nn_module *root = mx_lm_module(m);
-  if (!st) st = mx_lora_apply(root, &o->lora, o->seed);
-  mx_adam_options ao = MX_ADAM_OPTIONS(o->learning_rate);
-  mx_optimizer *opt = st ? NULL : mx_optimizer_adam(&ao);
-  if (!st && !opt) st = mx_last_status();
-  int64_t *perm = st ? NULL : malloc((size_t)train->n * sizeof *perm);
-  if (!st && !perm) st = mx__set_error(MX_ERR_OOM, "lora: out of memory");
-  uint64_t rng = o->seed;
-  int64_t pos = train->n;
-  double acc = 0, t0 = now();
-  int64_t nacc = 0, win_tokens = 0, trained = 0;
-  if (!st && valid && on_event) {
-    double vl = 0;
-    mx_nn_train(root, false);
-    st = val_loss(root, valid, o->batch_size, o->mask_prompt, &vl);
-    mx_lora_event ev = {.val = true, .step = 1, .iters = o->iters, .loss = vl};
-    if (!st) on_event(ctx, &ev);
-    t0 = now();
-  }
-  if (!st) mx_nn_train(root, true);
-  for (int64_t step = 1; step <= o->iters && !st; step++) {
-    if (pos + o->batch_size > train->n) {
-      shuffle(perm, train->n, &rng);
-      pos = 0;
-    }
-    mx_array *in[3] = {NULL, NULL, NULL};
-    st = mx_lora_dataset_batch(train, perm + pos, (int)o->batch_size, o->mask_prompt, &in[0], &in[1],
-                               &in[2]);
-    pos += o->batch_size;
-    mx_train_step_stats ss = {0, 0};
-    if (!st) {
-      mx_array *ntok = mx_sum(in[2], NULL, 0, false);
-      double nt = 0;
-      st = ntok ? mx_array_item(ntok, &nt) : mx_last_status();
-      mx_array_free(ntok);
-      win_tokens += (int64_t)nt;
-      trained += (int64_t)nt;
-    }
-    if (!st) st = mx_train_step(root, opt, mx_train_lm_loss, NULL, in, 3, 1, 0.0, &ss);
-    for (int i = 0; i < 3; i++) mx_array_free(in[i]);
-    if (st) break;
-    acc += ss.loss;
-    nacc++;
-    if (step % o->steps_per_report == 0 || step == o->iters) {
-      double t1 = now(), dt = t1 - t0 > 1e-9 ? t1 - t0 : 1e-9;
-      mx_lora_event ev = {.val = false, .step = step, .iters = o->iters,
-                          .loss = acc / (double)nacc, .learning_rate = o->learning_rate,
-                          .it_per_sec = (double)nacc / dt,
-                          .tokens_per_sec = (double)win_tokens / dt,
-                          .trained_tokens = trained, .peak_memory = mx_get_peak_memory()};
-      acc = 0;
-      nacc = 0;
-      win_tokens = 0;
-      t0 = t1;
-      if (on_event && on_event(ctx, &ev)) break;
-    }
-  }
-  if (!st) mx_nn_train(root, false);
-  if (!st && valid) {
-    double vl = 0;
-    st = val_loss(root, valid, o->batch_size, o->mask_prompt, &vl);
-    mx_lora_event ev = {.val = true, .step = o->iters, .iters = o->iters, .loss = vl};
-    if (!st && on_event) on_event(ctx, &ev);
-  }
-  if (!st) st = mx_lora_save(root, &o->lora, o->adapter_path);
-  free(perm);
-  mx_optimizer_free(opt);
-  mx_lora_dataset_free(train);
-  mx_lora_dataset_free(valid);
-  return st;
-}
