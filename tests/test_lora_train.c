@@ -471,6 +471,37 @@ TEST(memory_limit_fits_or_stops_before_training) {
 }
 
 /* ---- accumulation, schedule, optimizers ---------------------------------------------- */
+/* --grad-checkpoint: each layer recomputed in the backward pass gives the
+ * same losses (the same kernels on the same values) with a lower peak. */
+TEST(grad_checkpoint_same_losses_less_memory) {
+  char *d = make_data();
+  ASSERT_NOT_NULL(d);
+  char ad[256];
+  snprintf(ad, sizeof ad, "%s/ad", d);
+  mx_lora_options o = base_options(d, ad);
+  o.iters = 4;
+  o.lora.num_layers = -1;
+  o.lora.nkeys = 2;
+  record r[2];
+  memset(r, 0, sizeof r);
+  size_t peak[2] = {0};
+  for (int ck = 0; ck < 2; ck++) {
+    o.grad_checkpoint = ck == 1;
+    mx_lm_model *m = mx_lm_load(MODEL, NULL);
+    ASSERT_NOT_NULL(m);
+    mx_reset_peak_memory();
+    ASSERT_OK(mx_lora_train(m, &o, rec_event, &r[ck]));
+    peak[ck] = mx_get_peak_memory();
+    mx_lm_free(m);
+  }
+  ASSERT_EQ_INT(r[0].ntrain, 4);
+  ASSERT_EQ_INT(r[1].ntrain, 4);
+  for (int i = 1; i <= 4; i++) ASSERT_NEAR(r[1].train[i], r[0].train[i], 1e-6 * fabs(r[0].train[i]));
+  fprintf(stderr, "  grad checkpoint: peak %.2f MB vs %.2f MB\n", peak[1] / 1e6, peak[0] / 1e6);
+  ASSERT(peak[1] < peak[0]);
+  rm_tmp(d);
+}
+
 TEST(grad_accumulation_and_lr_schedule) {
   char *d = make_data();
   ASSERT_NOT_NULL(d);

@@ -204,6 +204,12 @@ MX_API mx_lm_cache *mx_lm_cache_load(const mx_lm_model *m, const char *path,
  * appending T positions to the cache (cache may be NULL: no cache). */
 MX_API mx_array *mx_lm_forward(mx_lm_model *m, mx_array *tokens, mx_lm_cache *cache);
 
+/* Gradient checkpointing for training (mlx-lm's --grad-checkpoint): when on,
+ * forwards without a cache run each decoder layer under mx_checkpoint, so
+ * its activations are recomputed in the backward pass instead of kept
+ * (less memory, about one more forward of compute). Results are unchanged. */
+MX_API int mx_lm_set_grad_checkpoint(mx_lm_model *m, bool on);
+
 /* ---- generation -------------------------------------------------------- */
 /* Picks the next token from logits (vocab,) (borrowed): return the id, or
  * a negative status. */

@@ -181,11 +181,6 @@ int mx_lora_check_options(const mx_lora_options *o) {
     return mx__set_error(MX_ERR_INVALID_ARG, "lora: --num-layers must be -1 (all) or >= 1");
   if (!(o->lora.dropout >= 0 && o->lora.dropout < 1))
     return mx__set_error(MX_ERR_INVALID_ARG, "lora: lora_parameters.dropout must be in [0, 1)");
-  if (o->grad_checkpoint)
-    return mx__set_error(MX_ERR_UNSUPPORTED,
-                         "lora: --grad-checkpoint is not available yet (the model forward has no "
-                         "per-layer checkpoint hook); use --grad-accumulation-steps or "
-                         "--memory-limit to lower memory");
   return 0;
 }
 
@@ -412,8 +407,10 @@ static int probe(mx_nn_module *root, const mx_lora_dataset *d, const int64_t *lo
 }
 
 /* Chooses the micro-batch (a divisor of batch_size) whose step fits
- * o->memory_limit; *micro = batch_size when there is no limit. */
-static int plan_memory(mx_nn_module *root, const mx_lora_dataset *d, batches *b,
+ * o->memory_limit, then the same with per-layer gradient checkpointing
+ * (turned on in m when it is needed); *micro = batch_size when there is no
+ * limit. */
+static int plan_memory(mx_lm_model *m, mx_nn_module *root, const mx_lora_dataset *d, batches *b,
                        const mx_lora_options *o, int *micro, mx_lora_event_fn on_event, void *ctx) {
   *micro = (int)o->batch_size;
   if (!o->memory_limit) return 0;
@@ -424,21 +421,24 @@ static int plan_memory(mx_nn_module *root, const mx_lora_dataset *d, batches *b,
   size_t peak = 0;
   bool oom = false;
   int st = 0;
-  for (int mb = (int)o->batch_size; mb >= 1 && !st; mb--) {
-    if (o->batch_size % mb) continue;
-    size_t budget = o->memory_limit > extra ? o->memory_limit - extra : 0;
-    st = budget ? probe(root, d, longest, mb, o->mask_prompt, budget, &peak, &oom) : 0;
-    if (!budget) oom = true;
-    if (st) return st;
-    if (!oom && peak + extra <= o->memory_limit) {
-      *micro = mb;
-      char info[256];
-      snprintf(info, sizeof info,
-               "Memory plan: micro-batch %d x %lld per batch, step peak %.3f GB of the "
-               "%.3f GB --memory-limit",
-               mb, (long long)(o->batch_size / mb),
-               (double)(peak + extra) / 1e9, (double)o->memory_limit / 1e9);
-      return emit_info(on_event, ctx, info), 0;
+  for (int pass = o->grad_checkpoint ? 1 : 0; pass < 2; pass++) {
+    if (pass == 1) mx_lm_set_grad_checkpoint(m, true);
+    for (int mb = (int)o->batch_size; mb >= 1 && !st; mb--) {
+      if (o->batch_size % mb) continue;
+      size_t budget = o->memory_limit > extra ? o->memory_limit - extra : 0;
+      st = budget ? probe(root, d, longest, mb, o->mask_prompt, budget, &peak, &oom) : 0;
+      if (!budget) oom = true;
+      if (st) return st;
+      if (!oom && peak + extra <= o->memory_limit) {
+        *micro = mb;
+        char info[256];
+        snprintf(info, sizeof info,
+                 "Memory plan: micro-batch %d x %lld per batch%s, step peak %.3f GB of the "
+                 "%.3f GB --memory-limit",
+                 mb, (long long)(o->batch_size / mb), pass ? ", gradient checkpointing" : "",
+                 (double)(peak + extra) / 1e9, (double)o->memory_limit / 1e9);
+        return emit_info(on_event, ctx, info), 0;
+      }
     }
   }
   /* Even one example does not fit: measure what it needs, for the message. */
@@ -503,6 +503,7 @@ int mx_lora_train(mx_lm_model *m, const mx_lora_options *o, mx_lora_event_fn on_
   mx_nn_module *root = mx_lm_module(m);
   mx_random_seed(o->seed);
   if (!st) st = mx_lora_apply(root, &o->lora, o->seed);
+  if (!st && o->grad_checkpoint) st = mx_lm_set_grad_checkpoint(m, true);
   mx_optimizer *opt = NULL;
   if (!st && !(opt = build_optimizer(o))) st = mx_last_status();
   run_state rs = {0, mx_map_new(), 0};
@@ -511,7 +512,7 @@ int mx_lora_train(mx_lm_model *m, const mx_lora_options *o, mx_lora_event_fn on_
   const int64_t first = rs.it + 1;
   int micro = (int)o->batch_size;
   if (!st) mx_nn_train(root, true);
-  if (!st) st = plan_memory(root, train, &b, o, &micro, on_event, ctx);
+  if (!st) st = plan_memory(m, root, train, &b, o, &micro, on_event, ctx);
   if (!st) st = mx__lora_make_dir(o->adapter_path);
   if (!st) st = write_config(o);
   size_t prev_limit = o->memory_limit ? mx_set_memory_limit(o->memory_limit) : 0;

@@ -24,7 +24,8 @@
 typedef struct {
   mx_nn_module base;
   mx_lm_config cfg;
-  int layer; /* blocks and attention: the layer index */
+  int layer;       /* blocks and attention: the layer index */
+  bool checkpoint; /* "model": run each layer under mx_checkpoint (no cache) */
 } lm_mod;
 
 static const mx_lm_config *cfg_of(mx_nn_module *m) { return &((lm_mod *)m)->cfg; }
@@ -386,6 +387,68 @@ static mx_array *block_forward(mx_nn_module *self, mx_array *const *in, int n) {
   return y;
 }
 
+/* ---- gradient checkpointing (mlx-lm's grad_checkpoint) ------------------------------
+ * A layer as a closure of (h, its trainable parameters...): the parameters
+ * are inputs, set on the layer inside, so the recomputation in the backward
+ * pass differentiates them; frozen weights are captured as constants. */
+typedef struct {
+  mx_nn_module *layer;
+  mx_array *freqs;
+} ck_payload;
+
+static int ck_layer_apply(void *payload, mx_array **in, int n, mx_list *out) {
+  ck_payload *p = payload;
+  mx_map *tp = NULL;
+  int st = mx_nn_trainable_parameters(p->layer, &tp);
+  if (!st && mx_map_size(tp) != n - 1)
+    st = mx__set_error(MX_ERR_INTERNAL, "grad checkpoint: %d inputs for %d parameters", n - 1,
+                       mx_map_size(tp));
+  for (int i = 0; i < n - 1 && !st; i++) st = mx_map_set(tp, mx_map_key(tp, i), in[i + 1]);
+  if (!st && n > 1) st = mx_nn_update(p->layer, tp, MX_NN_UPDATE_PARTIAL);
+  mx_map_free(tp);
+  if (st) return st;
+  mx_array *y = block(p->layer, in[0], NULL, ((lm_mod *)p->layer)->layer, p->freqs);
+  return y ? mx_list_push(out, y) : mx_last_status();
+}
+
+/* The closure outlives this call (the backward pass recomputes through
+ * it): its payload is on the heap, freed with the closure. */
+static void ck_payload_free(void *p) {
+  ck_payload *pl = p;
+  mx_array_free(pl->freqs);
+  free(pl);
+}
+
+static mx_array *checkpointed_block(mx_nn_module *layer, mx_array *h, mx_array *freqs) {
+  mx_map *tp = NULL;
+  if (mx_nn_trainable_parameters(layer, &tp)) return NULL;
+  int np = mx_map_size(tp);
+  mx_array **in = malloc((size_t)(np + 1) * sizeof *in);
+  ck_payload *pl = malloc(sizeof *pl);
+  mx_closure *f = NULL;
+  if (pl) {
+    *pl = (ck_payload){layer, freqs ? mx_array_retain(freqs) : NULL};
+    if (!(f = mx_closure_new(ck_layer_apply, pl, ck_payload_free))) ck_payload_free(pl);
+  }
+  mx_closure *ck = f ? mx_checkpoint(f) : NULL;
+  mx_array *y = NULL;
+  if (in && ck) {
+    in[0] = h;
+    for (int i = 0; i < np; i++) in[i + 1] = mx_map_value(tp, i);
+    mx_list out = MX_LIST_INIT;
+    if (!mx_closure_apply(ck, in, np + 1, &out) && out.size == 1)
+      y = mx_array_retain(out.items[0]);
+    mx_list_clear(&out);
+  } else if (!in) {
+    mx__set_error(MX_ERR_OOM, "grad checkpoint: out of memory");
+  }
+  mx_closure_free(ck);
+  mx_closure_free(f);
+  free(in);
+  mx_map_free(tp);
+  return y;
+}
+
 /* ---- the model ----------------------------------------------------------------------- */
 
 /* "model": embed_tokens, layers, norm -> hidden states (B, T, hidden). */
@@ -399,7 +462,9 @@ static mx_array *inner(mx_nn_module *self, mx_array *tokens, fwd_ctx *cache,
   }
   int n = mx_nn_list_size(self, "layers");
   for (int i = 0; i < n && h; i++) {
-    mx_array *next = block(mx_nn_list_item(self, "layers", i), h, cache, i, freqs);
+    mx_nn_module *layer = mx_nn_list_item(self, "layers", i);
+    mx_array *next = ((lm_mod *)self)->checkpoint && !cache ? checkpointed_block(layer, h, freqs)
+                                                            : block(layer, h, cache, i, freqs);
     mx_array_free(h);
     h = next;
   }
@@ -624,6 +689,14 @@ mx_array *mx__lm_forward_masked(mx_lm_model *m, mx_array *tokens, const bool *vi
   mx_array_free(f.mask[1]);
   mx_array_free(t);
   return y;
+}
+
+int mx_lm_set_grad_checkpoint(mx_lm_model *m, bool on) {
+  if (!m) return mx__set_error(MX_ERR_INVALID_ARG, "lm_set_grad_checkpoint: model is NULL");
+  mx_nn_module *inner_m = mx_nn_child(m->root, "model");
+  if (!inner_m) return mx__set_error(MX_ERR_INVALID_ARG, "lm_set_grad_checkpoint: no \"model\"");
+  ((lm_mod *)inner_m)->checkpoint = on;
+  return MX_OK;
 }
 
 mx_array *mx_lm_forward(mx_lm_model *m, mx_array *tokens, mx_lm_cache *cache) {
