@@ -173,6 +173,42 @@ TEST(loss_falls_and_model_loads) {
   rm_tmp(dir);
 }
 
+/* Mixed precision (--dtype bfloat16): bf16 compute, float32 master weights
+ * and optimizer state: the curve follows the float32 one closely and the
+ * saved weights are float32. */
+TEST(bf16_mixed_precision_tracks_float32) {
+  char *dir = make_tmp(40);
+  ASSERT_NOT_NULL(dir);
+  char data[128], out1[128], out2[128];
+  mx_train_options o1 = tiny(dir, data, out1, "f32");
+  mx_train_options o2 = tiny(dir, data, out2, "bf16");
+  o2.compute_dtype = MX_BFLOAT16;
+  curve a = {.n = 0}, b = {.n = 0};
+  ASSERT_OK(mx_train_run(&o1, record, &a));
+  ASSERT_OK(mx_train_run(&o2, record, &b));
+  ASSERT_EQ_INT(b.n, 50);
+  double fa = 0, la = 0, fb = 0, lb = 0;
+  for (int i = 0; i < 5; i++) {
+    fa += a.loss[i] / 5;
+    la += a.loss[45 + i] / 5;
+    fb += b.loss[i] / 5;
+    lb += b.loss[45 + i] / 5;
+  }
+  ASSERT_MSG(lb < fb - 1.5, "bf16 loss %g -> %g", fb, lb);
+  ASSERT_MSG(fabs(fb - fa) < 0.02 * fa, "first losses %g vs %g", fb, fa);
+  ASSERT_MSG(fabs(lb - la) < 0.05 * la, "last losses %g vs %g", lb, la);
+  ASSERT(memcmp(a.loss, b.loss, 50 * sizeof(double)) != 0); /* really bf16 */
+  mx_lm_model *m = mx_lm_load(out2, NULL);
+  ASSERT_NOT_NULL(m);
+  mx_array *w = mx_nn_get_param(mx_lm_module(m), "model.layers.0.self_attn.q_proj.weight");
+  ASSERT(w && mx_array_dtype(w) == MX_FLOAT32);
+  mx_lm_free(m);
+  o2.compute_dtype = MX_INT32;
+  ASSERT(mx_train_run(&o2, record, &b) != 0);
+  ASSERT(strstr(mx_last_error(), "--dtype"));
+  rm_tmp(dir);
+}
+
 TEST(fixed_seed_gives_identical_curves) {
   char *dir = make_tmp(40);
   ASSERT_NOT_NULL(dir);

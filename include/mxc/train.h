@@ -97,6 +97,19 @@ typedef struct {
 MX_API int mx_train_step(mx_nn_module *model, mx_optimizer *opt, mx_nn_loss_fn loss_fn,
                          void *payload, mx_array **inputs, int ninputs, int accum,
                          double grad_clip, mx_train_step_stats *stats);
+/* Mixed precision around another loss: payload is an mx_train_mixed (fn,
+ * its payload, the compute dtype). The model's (float32) trainable
+ * parameters are cast to dtype for the call of fn and restored after, so
+ * gradients taken through it flow back through the casts to the float32
+ * parameters. */
+typedef struct {
+  mx_nn_loss_fn fn;
+  void *payload;
+  mx_dtype dtype;
+} mx_train_mixed;
+MX_API int mx_train_mixed_loss(void *payload, mx_nn_module *model, mx_array **inputs, int ninputs,
+                               mx_list *out);
+
 /* Mean loss (no gradients) of `ninputs`-input batches. */
 MX_API int mx_train_eval_loss(mx_nn_module *model, mx_nn_loss_fn loss_fn, void *payload,
                               mx_array **inputs, int ninputs, double *loss);
@@ -121,6 +134,12 @@ typedef struct {
    * trains (restored after), so an overshoot is an MX_ERR_OOM status. */
   size_t memory_limit;
   bool grad_checkpoint; /* force per-layer gradient checkpointing */
+  /* Compute dtype (0 = MX_BOOL: float32 throughout). MX_BFLOAT16 or
+   * MX_FLOAT16: mixed precision — the weights and AdamW state stay float32
+   * (the master copy), each step casts the weights to this dtype for the
+   * forward and backward passes (activations in it too), the loss is taken
+   * in float32 and the gradients arrive in float32 (mx_train_mixed_loss). */
+  mx_dtype compute_dtype;
 } mx_train_options;
 #define MX_TRAIN_DEFAULTS                                                                     \
   ((mx_train_options){.dim = 256, .layers = 4, .heads = 4, .kv_heads = 4, .hidden = 688,      \

@@ -35,7 +35,10 @@ static int usage(FILE *f, int rc) {
           "          default: the corpus as bytes (vocabulary 258)\n"
           "  memory: --memory-limit BYTES (e.g. 2GB, 512MiB): fit a step into it with smaller\n"
           "          micro-batches + gradient accumulation, else gradient checkpointing, or stop\n"
-          "          before step 1 naming the bytes needed; --grad-checkpoint forces checkpointing\n");
+          "          before step 1 naming the bytes needed; --grad-checkpoint forces checkpointing\n"
+          "  dtype:  --dtype float32 | bfloat16 | float16: the compute dtype; with bf16/f16 the\n"
+          "          weights and AdamW state stay float32 (mixed precision); --device gpu to run\n"
+          "          on the GPU\n");
   return rc;
 }
 
@@ -156,7 +159,15 @@ int mxc_cmd_train(int argc, char **argv) {
     F("--grad-clip", grad_clip) F("--val-frac", val_frac)
 #undef I
 #undef F
-    else if (!strcmp(a, "--seed")) {
+    else if (!strcmp(a, "--dtype")) {
+      if (!strcmp(v, "float32") || !strcmp(v, "f32")) o.compute_dtype = MX_FLOAT32;
+      else if (!strcmp(v, "bfloat16") || !strcmp(v, "bf16")) o.compute_dtype = MX_BFLOAT16;
+      else if (!strcmp(v, "float16") || !strcmp(v, "f16")) o.compute_dtype = MX_FLOAT16;
+      else {
+        fprintf(stderr, "mxc train: --dtype must be float32, bfloat16 or float16, got '%s'\n", v);
+        rc = -1;
+      }
+    } else if (!strcmp(a, "--seed")) {
       rc = parse_i64(a, v, &seed);
       if (!rc && seed < 0) {
         fprintf(stderr, "mxc train: --seed must be >= 0\n");

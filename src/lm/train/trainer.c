@@ -117,6 +117,11 @@ int mx_train_lm_loss(void *payload, mx_nn_module *model, mx_array **in, int n, m
   (void)payload;
   if (n < 2) return mx__set_error(MX_ERR_INVALID_ARG, "train loss: needs inputs and targets");
   mx_array *logits = mx_nn_forward(model, in[0]);
+  if (logits && mx_array_dtype(logits) != MX_FLOAT32) { /* the loss in float32 */
+    mx_array *l32 = mx_astype(logits, MX_FLOAT32);
+    mx_array_free(logits);
+    logits = l32;
+  }
   if (n < 3 || !in[2]) {
     mx_nn_ce_options o = {.reduction = MX_NN_MEAN};
     mx_array *l = mx_nn_cross_entropy(logits, in[1], NULL, &o);
@@ -136,6 +141,31 @@ int mx_train_lm_loss(void *payload, mx_nn_module *model, mx_array **in, int n, m
   mx_array_free(num);
   mx_array_free(den);
   return mx_list_push(out, l);
+}
+
+int mx_train_mixed_loss(void *payload, mx_nn_module *model, mx_array **in, int n, mx_list *out) {
+  const mx_train_mixed *mp = payload;
+  if (!mp || !mp->fn) return mx__set_error(MX_ERR_INVALID_ARG, "train mixed loss: no inner loss");
+  mx_map *master = NULL;
+  int st = mx_nn_trainable_parameters(model, &master);
+  mx_map *low = st ? NULL : mx_map_new();
+  if (!st && !low) st = mx__set_error(MX_ERR_OOM, "train mixed loss: out of memory");
+  for (int i = 0; !st && i < mx_map_size(master); i++) {
+    mx_array *v = mx_map_value(master, i);
+    mx_array *c = mx_dtype_is_float(mx_array_dtype(v)) ? mx_astype(v, mp->dtype)
+                                                       : mx_array_retain(v);
+    st = c ? mx_map_set(low, mx_map_key(master, i), c) : mx_last_status();
+    mx_array_free(c);
+  }
+  if (!st) st = mx_nn_update(model, low, MX_NN_UPDATE_LOOSE); /* keys from the model itself */
+  if (!st) {
+    st = mp->fn(mp->payload, model, in, n, out);
+    int rs = mx_nn_update(model, master, MX_NN_UPDATE_LOOSE); /* the float32 copies back */
+    if (!st) st = rs;
+  }
+  mx_map_free(low);
+  mx_map_free(master);
+  return st;
 }
 
 int mx_train_eval_loss(mx_nn_module *model, mx_nn_loss_fn fn, void *payload, mx_array **inputs,
@@ -446,6 +476,9 @@ int mx_train_check_options(const mx_train_options *o) {
   if (!(o->min_lr >= 0) || o->min_lr > o->lr)
     return mx__set_error(MX_ERR_INVALID_ARG, "train: --min-lr must be in [0, --lr], got %g", o->min_lr);
   if (!(o->weight_decay >= 0)) return mx__set_error(MX_ERR_INVALID_ARG, "train: --weight-decay must be >= 0");
+  if (o->compute_dtype != MX_BOOL && o->compute_dtype != MX_FLOAT32 &&
+      o->compute_dtype != MX_BFLOAT16 && o->compute_dtype != MX_FLOAT16)
+    return mx__set_error(MX_ERR_INVALID_ARG, "train: --dtype must be float32, bfloat16 or float16");
   if (!(o->grad_clip >= 0)) return mx__set_error(MX_ERR_INVALID_ARG, "train: --grad-clip must be >= 0 (0: off)");
   if (!(o->val_frac >= 0 && o->val_frac < 1))
     return mx__set_error(MX_ERR_INVALID_ARG, "train: --val-frac must be in [0, 1), got %g", o->val_frac);
@@ -600,7 +633,11 @@ static int validate(const mx_train_options *o, const mx_train_data *d, mx_nn_mod
       part[1] = split > 1 ? mx_slice_axis(xy[1], 0, k * mb, (k + 1) * mb, 1) : mx_array_retain(xy[1]);
       if (!part[0] || !part[1]) st = mx_last_status();
       double l = 0;
-      if (!st) st = mx_train_eval_loss(model, mx_train_lm_loss, NULL, part, 2, &l);
+      mx_train_mixed mixed = {mx_train_lm_loss, NULL, o->compute_dtype};
+      bool low = o->compute_dtype == MX_BFLOAT16 || o->compute_dtype == MX_FLOAT16;
+      if (!st)
+        st = mx_train_eval_loss(model, low ? mx_train_mixed_loss : mx_train_lm_loss,
+                                low ? &mixed : NULL, part, 2, &l);
       total += l / (double)split;
       mx_array_free(part[0]);
       mx_array_free(part[1]);
@@ -759,6 +796,12 @@ int mx_train_run(const mx_train_options *o, mx_train_event_fn on_event, void *ct
   }
   const int64_t A = o->grad_accum, split = o->batch / plan.micro_batch, MA = plan.grad_accum;
   mx_nn_loss_fn loss_fn = plan.checkpoint ? mx_train_lm_loss_checkpointed : mx_train_lm_loss;
+  mx_train_mixed mixed = {loss_fn, NULL, o->compute_dtype};
+  void *loss_payload = NULL;
+  if (o->compute_dtype == MX_BFLOAT16 || o->compute_dtype == MX_FLOAT16) {
+    loss_fn = mx_train_mixed_loss;
+    loss_payload = &mixed;
+  }
   inputs = calloc((size_t)(2 * MA), sizeof *inputs);
   if (!inputs) {
     st = mx__set_error(MX_ERR_OOM, "train: out of memory");
@@ -780,7 +823,8 @@ int mx_train_run(const mx_train_options *o, mx_train_event_fn on_event, void *ct
       mx_array_free(y);
     }
     mx_train_step_stats ss = {0, 0};
-    if (!st) st = mx_train_step(model, opt, loss_fn, NULL, inputs, 2, (int)MA, o->grad_clip, &ss);
+    if (!st)
+      st = mx_train_step(model, opt, loss_fn, loss_payload, inputs, 2, (int)MA, o->grad_clip, &ss);
     for (int64_t j = 0; j < 2 * MA; j++) {
       mx_array_free(inputs[j]);
       inputs[j] = NULL;
