@@ -13,8 +13,8 @@ Prints one line per measurement and, with --json, writes them all.
          cache with an additive mask for each new token, and the
          decode step captured once as a CUDA graph and replayed per token
          (greedy argmax inside the graph, so nothing but the graph launch
-         per token). With --compile the step is torch.compile'd
-         (mode="max-autotune-no-cudagraphs") before capture.
+         per token). With --compile the decode step is torch.compile'd
+         (default mode, static shapes) before capture.
   hf     transformers' generate with cache_implementation="static" (and
          torch.compile of the forward with --compile), greedy.
   bw     device-to-device copy bandwidth (read + write bytes / time) of a
@@ -175,9 +175,8 @@ def run_loop(d, prompt, gen, prefills, use_compile):
     V = m.emb.shape[0]
     g = torch.Generator(device="cpu").manual_seed(0)
     ids = torch.randint(0, V, (1, prompt), generator=g).cuda()
-    step = m.forward
-    if use_compile:
-        step = torch.compile(m.forward, mode="max-autotune-no-cudagraphs", dynamic=False)
+    step = m.forward  # prefill: eager (flash SDPA, cuBLAS)
+    dstep = torch.compile(m.forward, dynamic=False) if use_compile else m.forward
     # static decode inputs
     tok = torch.zeros(1, 1, dtype=torch.long, device="cuda")
     pos = torch.zeros(1, dtype=torch.long, device="cuda")
@@ -186,7 +185,7 @@ def run_loop(d, prompt, gen, prefills, use_compile):
 
     def decode_step():
         mask.copy_(torch.where(ar <= pos, 0.0, float("-inf")).to(torch.bfloat16)[None, None, None])
-        logits = step(tok, pos, mask)
+        logits = dstep(tok, pos, mask)
         tok.copy_(logits[:, -1].argmax(-1, keepdim=True))
 
     # warm up (also compiles), then capture
