@@ -353,7 +353,12 @@ int mx_array_copy_to(mx_array *a, mx_dtype dt, void *dst, int64_t count) {
     return mx__set_error(MX_ERR_SHAPE, "copy_to: destination holds %" PRId64
                                        " elements, array has %" PRId64, count, a->size);
   if (a->size == 0) return MX_OK;
+  /* The conversion runs on the host: on a GPU it would queue behind every
+   * kernel queued since `a` (a prefetched token id would wait for the next
+   * decode step). */
+  int prev = mx_set_default_device(MX_CPU);
   mx_array *c = a->dtype == dt ? mx_array_retain(a) : mx_astype(a, dt);
+  if (prev >= 0) mx_set_default_device((mx_device)prev);
   if (!c) return mx_last_status();
   const void *p = mx_array_data(c);
   if (!p) {
