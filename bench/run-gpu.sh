@@ -69,7 +69,7 @@ def row(name, w, p, g, p512, p2k, nbytes):
 row("mxc", "bf16", f(a[4],0), f(a[4],1), float(a[6] or 'nan'), float(a[7] or 'nan'), bbf)
 row("mxc", "4-bit g64", f(a[5],0), f(a[5],1), float(a[8] or 'nan'), float(a[9] or 'nan'), bq4)
 for k, name in (("loop", "PyTorch loop (CUDA graph)"), ("loop_compile", "PyTorch loop (compile + graph)"),
-                ("hf", "transformers generate (static)")):
+                ("hf", "transformers generate (static cache, auto-compiled)")):
     r = t.get(k)
     if r:
         row(name, "bf16", r["prompt_tps"], r["gen_tps"], r.get("prefill512_tps", float('nan')),
