@@ -7,8 +7,9 @@
 # Logs go to $OUT when set (else <build-dir>/logs).
 #
 # Release build, -j16, then test_ops, test_cuda and test_core with
-# MXC_DATA_DIR unset. GPU machines may lack the -dev packages mxc needs
-# (openblas, cjson, utf8proc, zlib, pkg-config): when pkg-config cannot find
+# MXC_DATA_DIR unset, then bench_cuda_kernels (printed after the table;
+# BENCH=0 skips it). GPU machines may lack the -dev packages mxc needs
+# (openblas, cjson, utf8proc, zlib, yaml, pkg-config): when pkg-config cannot find
 # them and build-deps/*.deb exist (fetch them here with `apt-get download`,
 # see docs/cuda.md), they are unpacked under /tmp/mxc-deps and used from
 # there. Extra cmake arguments: MXC_CMAKE_ARGS.
@@ -28,7 +29,7 @@ JOBS=${JOBS:-16}
 } | tee "$LOG/device.txt"
 
 PKGCFG=""
-if ! pkg-config --exists openblas libcjson libutf8proc zlib 2>/dev/null; then
+if ! pkg-config --exists openblas libcjson libutf8proc zlib yaml-0.1 2>/dev/null; then
   if ls "$ROOT"/build-deps/*.deb >/dev/null 2>&1; then
     P=/tmp/mxc-deps
     echo "== deps: unpacking build-deps/*.deb into $P"
@@ -41,7 +42,7 @@ if ! pkg-config --exists openblas libcjson libutf8proc zlib 2>/dev/null; then
     if command -v pkg-config >/dev/null 2>&1; then PKGCFG=$(command -v pkg-config)
     else PKGCFG=$P/usr/bin/pkgconf; fi
   else
-    echo "== deps: pkg-config does not find openblas/cjson/utf8proc/zlib and build-deps/ is empty"
+    echo "== deps: pkg-config does not find openblas/cjson/utf8proc/zlib/yaml and build-deps/ is empty"
   fi
 fi
 
@@ -70,6 +71,22 @@ for t in test_cuda:120 test_ops:${OPS_TIMEOUT:-300} test_core:120; do
   RES="$RES $n:$s"
 done
 
+# Benchmark of the LLM kernels (bench/bench_cuda_kernels.c): the same build
+# directory reconfigured with benchmarks on, only that target built.
+# BENCH=0 skips it.
+BENCH_ST=skipped
+if [ $BUILD = 0 ] && [ "${BENCH:-1}" != 0 ]; then
+  if cmake -B "$B" -DMXC_BUILD_BENCH=ON >>"$LOG/configure.log" 2>&1 &&
+     cmake --build "$B" -j"$JOBS" --target bench_cuda_kernels >>"$LOG/build.log" 2>&1; then
+    (cd "$ROOT" && timeout "${BENCH_TIMEOUT:-300}" "$B/bench_cuda_kernels") \
+      >"$LOG/bench_cuda_kernels.log" 2>&1
+    s=$?
+    BENCH_ST=$([ $s = 0 ] && echo ok || echo "FAILED($s)")
+  else
+    BENCH_ST="FAILED(build)"
+  fi
+fi
+
 echo
 echo "== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
 printf '%-12s %s\n' step result
@@ -81,4 +98,6 @@ for r in $RES; do
   printf '%-12s %s %s\n' "$n" "$([ "$s" = 0 ] && echo ok || echo "FAILED($s)")" "$line"
 done
 grep -E "gpu: .* runs|without a CUDA kernel" "$LOG/test_ops.log" 2>/dev/null | sed 's/^ */  /'
+printf '%-12s %s\n' bench "$BENCH_ST"
+if [ -s "$LOG/bench_cuda_kernels.log" ]; then echo; cat "$LOG/bench_cuda_kernels.log"; fi
 echo "logs: $LOG"

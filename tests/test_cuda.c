@@ -1,6 +1,8 @@
 /* test_cuda.c — the CUDA backend: availability, residency and transfer
- * counting, memory counters, out-of-memory as a status, and end-to-end
- * graphs equal to the CPU's results. Every case skips cleanly where no GPU
+ * counting, memory counters, out-of-memory as a status, end-to-end
+ * graphs equal to the CPU's results, and the LLM kernels (quantized GEMV /
+ * GEMM, split-KV decode and tiled prefill attention, sorts of long rows)
+ * against the CPU kernels. Every case skips cleanly where no GPU
  * (or no CUDA build) is present. Op-by-op parity is tests/test_ops.c. */
 #include <math.h>
 #include <string.h>
@@ -260,6 +262,272 @@ TEST(half_precision_matmul_equals_cpu) {
     mx_array *all[] = {a32, b32, a, b, cm, c, g, g32};
     mx_array_free_n(all, 8);
   }
+}
+
+/* ---- LLM kernels: each checked against the CPU kernel of the same op ---------- */
+
+/* Elements of g differing from c by more than tol * (1 + |c|) (NaN only
+ * matches NaN, infinities must be equal); prints the first. -1 on error. */
+static int64_t mismatches(mx_array *c, mx_array *g, double tol, const char *what) {
+  if (!c || !g || mx_array_eval(c) || mx_array_eval(g)) {
+    printf("    %s: eval failed: %s\n", what, mx_last_error());
+    return -1;
+  }
+  int64_t n = mx_array_size(c);
+  if (mx_array_size(g) != n) return -1;
+  double *a = malloc(sizeof(double) * (size_t)(n ? n : 1));
+  double *b = malloc(sizeof(double) * (size_t)(n ? n : 1));
+  int64_t bad = -1;
+  if (!mx_array_copy_to(c, MX_FLOAT64, a, n) && !mx_array_copy_to(g, MX_FLOAT64, b, n)) {
+    bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+      bool ok = isnan(a[i]) ? isnan(b[i])
+                : isinf(a[i]) ? a[i] == b[i]
+                              : fabs(a[i] - b[i]) <= tol * (1 + fabs(a[i]));
+      if (!ok && bad++ == 0)
+        printf("    %s: element %lld: cpu %.9g gpu %.9g\n", what, (long long)i, a[i], b[i]);
+    }
+  }
+  free(a);
+  free(b);
+  return bad;
+}
+
+static double dtype_tol(mx_dtype dt) {
+  return dt == MX_BFLOAT16 ? 1.6e-2 : dt == MX_FLOAT16 ? 2e-3 : 2e-5;
+}
+
+static mx_array *normal_dt(const int64_t *shape, int ndim, double scale, uint64_t seed,
+                           mx_dtype dt) {
+  mx_array *f = normal(shape, ndim, scale, seed);
+  mx_array *r = mx_astype(f, dt);
+  mx_array_free(f);
+  if (r && mx_array_eval(r)) {
+    mx_array_free(r);
+    return NULL;
+  }
+  return r;
+}
+
+/* quantized_matmul on both devices; returns the mismatch count. */
+static int64_t qmm_case(int64_t M, int64_t N, int64_t K, int gs, int bits, bool transpose,
+                        mx_dtype dt, uint64_t seed) {
+  int64_t wshape[2] = {transpose ? N : K, transpose ? K : N};
+  mx_array *x = normal_dt((int64_t[]){M, K}, 2, 1, seed, dt);
+  mx_array *w = normal_dt(wshape, 2, 0.1, seed + 1, dt);
+  mx_array *wq = NULL, *sc = NULL, *bi = NULL;
+  if (!x || !w || mx_quantize(w, gs, bits, &wq, &sc, &bi)) {
+    mx_array_free(x);
+    mx_array_free(w);
+    return -1;
+  }
+  mx_array *ins[] = {wq, sc, bi};
+  mx_eval(ins, 3);
+  mx_array *c = mx_quantized_matmul(x, wq, sc, bi, transpose, gs, bits);
+  mx_set_default_device(MX_GPU);
+  mx_array *g = mx_quantized_matmul(x, wq, sc, bi, transpose, gs, bits);
+  mx_set_default_device(MX_CPU);
+  char what[128];
+  snprintf(what, sizeof what, "qmm M=%lld N=%lld K=%lld gs=%d bits=%d %s %s", (long long)M,
+           (long long)N, (long long)K, gs, bits, transpose ? "T" : "N", mx_dtype_name(dt));
+  /* f16/bf16 GEMMs round the dequantized weight to the activation dtype */
+  int64_t bad = mismatches(c, g, 2 * dtype_tol(dt) + (dt == MX_FLOAT32 ? 1e-4 : 0), what);
+  mx_array *all[] = {x, w, wq, sc, bi, c, g};
+  mx_array_free_n(all, 7);
+  return bad;
+}
+
+TEST(quantized_gemv_equals_cpu) {
+  NEED_GPU();
+  const int bits[] = {2, 3, 4, 5, 6, 8}, gss[] = {32, 64, 128};
+  for (int b = 0; b < 6; b++)
+    for (int g = 0; g < 3; g++)
+      ASSERT_EQ_INT(qmm_case(1, 40, 384, gss[g], bits[b], true, MX_FLOAT32, 11), 0);
+  const mx_dtype dts[] = {MX_FLOAT32, MX_BFLOAT16, MX_FLOAT16};
+  const int64_t ms[] = {1, 2, 3, 5, 8};
+  for (int d = 0; d < 3; d++)
+    for (int m = 0; m < 5; m++) {
+      ASSERT_EQ_INT(qmm_case(ms[m], 72, 512, 64, 4, true, dts[d], 20 + (uint64_t)m), 0);
+      ASSERT_EQ_INT(qmm_case(ms[m], 33, 256, 32, 8, true, dts[d], 30 + (uint64_t)m), 0);
+    }
+  /* x staged in several chunks of K (M = 8: 1024 values a chunk) */
+  ASSERT_EQ_INT(qmm_case(8, 24, 2560, 128, 4, true, MX_BFLOAT16, 40), 0);
+  ASSERT_EQ_INT(qmm_case(1, 24, 9216, 64, 8, true, MX_FLOAT32, 41), 0);
+  /* M <= 8 without transpose: the generic kernel */
+  ASSERT_EQ_INT(qmm_case(3, 64, 96, 32, 4, false, MX_FLOAT32, 42), 0);
+}
+
+TEST(quantized_gemm_equals_cpu) {
+  NEED_GPU();
+  const mx_dtype dts[] = {MX_FLOAT32, MX_BFLOAT16, MX_FLOAT16};
+  for (int d = 0; d < 3; d++) {
+    ASSERT_EQ_INT(qmm_case(9, 72, 256, 64, 4, true, dts[d], 50), 0);
+    ASSERT_EQ_INT(qmm_case(37, 130, 384, 128, 8, true, dts[d], 51), 0);
+    ASSERT_EQ_INT(qmm_case(20, 96, 128, 32, 3, false, dts[d], 52), 0);
+    ASSERT_EQ_INT(qmm_case(12, 64, 256, 32, 2, true, dts[d], 54), 0);
+    ASSERT_EQ_INT(qmm_case(24, 128, 64, 64, 4, false, dts[d], 55), 0);
+    ASSERT_EQ_INT(qmm_case(10, 40, 192, 64, 5, true, dts[d], 56), 0);
+  }
+  ASSERT_EQ_INT(qmm_case(16, 64, 192, 64, 6, true, MX_FLOAT64, 53), 0); /* fallback */
+}
+
+/* sdpa on both devices. layout 1: q/k/v made as (B, T, H, D) and transposed
+ * (strided views). mask: 0 none, 1 bool, 2 additive with -inf entries. */
+static int64_t sdpa_case(int64_t B, int64_t Hq, int64_t Hkv, int64_t Tq, int64_t Tk, int64_t D,
+                         int64_t Dv, bool causal, int mask_kind, int layout, mx_dtype dt,
+                         uint64_t seed) {
+  mx_array *q, *k, *v;
+  if (layout == 1) {
+    mx_array *q0 = normal_dt((int64_t[]){B, Tq, Hq, D}, 4, 1, seed, dt);
+    mx_array *k0 = normal_dt((int64_t[]){B, Tk, Hkv, D}, 4, 1, seed + 1, dt);
+    mx_array *v0 = normal_dt((int64_t[]){B, Tk, Hkv, Dv}, 4, 1, seed + 2, dt);
+    const int perm[] = {0, 2, 1, 3};
+    q = mx_transpose(q0, perm, 4);
+    k = mx_transpose(k0, perm, 4);
+    v = mx_transpose(v0, perm, 4);
+    mx_array *t[] = {q0, k0, v0};
+    mx_array_free_n(t, 3);
+  } else {
+    q = normal_dt((int64_t[]){B, Hq, Tq, D}, 4, 1, seed, dt);
+    k = normal_dt((int64_t[]){B, Hkv, Tk, D}, 4, 1, seed + 1, dt);
+    v = normal_dt((int64_t[]){B, Hkv, Tk, Dv}, 4, 1, seed + 2, dt);
+  }
+  mx_array *mask = NULL;
+  if (mask_kind) {
+    /* (Tq, Tk), broadcast over batch and heads; row 1 fully masked out */
+    int64_t n = Tq * Tk;
+    uint8_t *mb = malloc((size_t)n);
+    float *ma = malloc(sizeof(float) * (size_t)n);
+    for (int64_t i = 0; i < n; i++) {
+      int64_t t = i / Tk, j = i % Tk;
+      bool keep = t != 1 && ((j * 7 + t * 3) % 5 != 0);
+      mb[i] = keep;
+      ma[i] = keep ? (float)(0.25 * sin((double)i)) : -INFINITY;
+    }
+    if (mask_kind == 1) {
+      mask = mx_array_from_data(mb, (int64_t[]){Tq, Tk}, 2, MX_BOOL);
+    } else {
+      mx_array *m32 = mx_array_from_data(ma, (int64_t[]){Tq, Tk}, 2, MX_FLOAT32);
+      mask = mx_astype(m32, dt);
+      mx_array_free(m32);
+    }
+    free(mb);
+    free(ma);
+    mx_array_eval(mask);
+  }
+  double scale = 1.0 / sqrt((double)D);
+  mx_array *c = mx_fast_scaled_dot_product_attention(q, k, v, scale, mask, causal);
+  mx_set_default_device(MX_GPU);
+  mx_array *g = mx_fast_scaled_dot_product_attention(q, k, v, scale, mask, causal);
+  mx_set_default_device(MX_CPU);
+  char what[160];
+  snprintf(what, sizeof what,
+           "sdpa B=%lld Hq=%lld Hkv=%lld Tq=%lld Tk=%lld D=%lld Dv=%lld%s mask=%d layout=%d %s",
+           (long long)B, (long long)Hq, (long long)Hkv, (long long)Tq, (long long)Tk,
+           (long long)D, (long long)Dv, causal ? " causal" : "", mask_kind, layout,
+           mx_dtype_name(dt));
+  int64_t bad = mismatches(c, g, dt == MX_FLOAT32 ? 1e-4 : dtype_tol(dt), what);
+  mx_array *all[] = {q, k, v, c, g};
+  mx_array_free_n(all, 5);
+  if (mask) mx_array_free(mask);
+  return bad;
+}
+
+TEST(sdpa_decode_equals_cpu) {
+  NEED_GPU();
+  const mx_dtype dts[] = {MX_FLOAT32, MX_BFLOAT16, MX_FLOAT16};
+  for (int d = 0; d < 3; d++) {
+    ASSERT_EQ_INT(sdpa_case(1, 8, 2, 1, 1, 64, 64, false, 0, 0, dts[d], 1), 0);
+    ASSERT_EQ_INT(sdpa_case(2, 8, 2, 1, 3000, 128, 128, false, 0, 1, dts[d], 2), 0);
+    ASSERT_EQ_INT(sdpa_case(1, 4, 4, 4, 700, 64, 32, true, 0, 0, dts[d], 3), 0);
+    ASSERT_EQ_INT(sdpa_case(1, 12, 1, 3, 900, 80, 80, true, 1, 1, dts[d], 4), 0); /* 36 rows */
+    ASSERT_EQ_INT(sdpa_case(2, 6, 3, 2, 257, 256, 256, false, 2, 0, dts[d], 5), 0);
+  }
+  /* Tq > Tk with causal: the first rows see no key (they average v) */
+  ASSERT_EQ_INT(sdpa_case(1, 2, 1, 4, 2, 32, 32, true, 0, 0, MX_FLOAT32, 6), 0);
+  /* odd head sizes (scratch offsets not multiples of 8 bytes) */
+  ASSERT_EQ_INT(sdpa_case(1, 1, 1, 1, 1, 1, 1, false, 0, 0, MX_FLOAT32, 7), 0);
+  ASSERT_EQ_INT(sdpa_case(1, 2, 1, 3, 37, 5, 3, true, 0, 0, MX_BFLOAT16, 8), 0);
+}
+
+TEST(sdpa_prefill_equals_cpu) {
+  NEED_GPU();
+  const mx_dtype dts[] = {MX_FLOAT32, MX_BFLOAT16, MX_FLOAT16};
+  for (int d = 0; d < 3; d++) {
+    ASSERT_EQ_INT(sdpa_case(1, 4, 2, 130, 130, 64, 64, true, 0, 1, dts[d], 10), 0);
+    ASSERT_EQ_INT(sdpa_case(2, 2, 2, 37, 300, 128, 128, false, 0, 0, dts[d], 11), 0);
+    ASSERT_EQ_INT(sdpa_case(1, 4, 1, 70, 100, 96, 48, true, 1, 0, dts[d], 12), 0);
+    ASSERT_EQ_INT(sdpa_case(1, 2, 2, 65, 65, 256, 256, false, 2, 1, dts[d], 13), 0);
+  }
+  ASSERT_EQ_INT(sdpa_case(1, 2, 1, 100, 40, 32, 32, true, 0, 0, MX_FLOAT32, 14), 0);
+  ASSERT_EQ_INT(sdpa_case(1, 2, 1, 9, 20, 6, 7, false, 0, 0, MX_FLOAT16, 16), 0);
+  ASSERT_EQ_INT(sdpa_case(1, 3, 3, 17, 33, 1, 1, true, 0, 0, MX_FLOAT32, 17), 0);
+  ASSERT_EQ_INT(sdpa_case(1, 2, 1, 50, 60, 32, 32, false, 0, 0, MX_FLOAT64, 15), 0);
+}
+
+/* sort-family op on both devices, compared exactly. */
+typedef enum { SORT_OP, ARGSORT_OP, PARTITION_OP, ARGPARTITION_OP } sort_kind;
+static mx_array *sort_op(sort_kind k, mx_array *a, int kth, int axis) {
+  switch (k) {
+    case SORT_OP: return mx_sort(a, axis);
+    case ARGSORT_OP: return mx_argsort(a, axis);
+    case PARTITION_OP: return mx_partition(a, kth, axis);
+    default: return mx_argpartition(a, kth, axis);
+  }
+}
+
+/* rows x len values with duplicates, and (floats) NaN, -0.0 and infinities */
+static mx_array *sort_input(int64_t rows, int64_t len, mx_dtype dt, bool by_column) {
+  int64_t n = rows * len;
+  double *v = malloc(sizeof(double) * (size_t)n);
+  for (int64_t i = 0; i < n; i++) {
+    double x = floor(sin((double)i * 12.9898) * 43758.5453);
+    x = fmod(x, 300.0); /* many duplicates */
+    if (dt == MX_BOOL) x = (int64_t)x % 2 != 0;
+    else if (dt == MX_UINT8 || dt == MX_UINT32) x = fabs(x);
+    if (mx_dtype_is_float(dt)) {
+      if (i % 97 == 5) x = NAN;
+      if (i % 89 == 7) x = -0.0;
+      if (i % 101 == 9) x = i % 2 ? INFINITY : -INFINITY;
+    }
+    v[i] = x;
+  }
+  int64_t shape[2] = {by_column ? len : rows, by_column ? rows : len};
+  mx_array *d = mx_array_from_data(v, shape, 2, MX_FLOAT64);
+  free(v);
+  mx_array *r = mx_astype(d, dt);
+  mx_array_free(d);
+  mx_array_eval(r);
+  return r;
+}
+
+static int64_t sort_case(sort_kind k, int64_t rows, int64_t len, mx_dtype dt, bool by_column) {
+  mx_array *a = sort_input(rows, len, dt, by_column);
+  int axis = by_column ? 0 : 1;
+  int kth = (int)(len / 3);
+  mx_array *c = sort_op(k, a, kth, axis);
+  mx_set_default_device(MX_GPU);
+  mx_array *g = sort_op(k, a, kth, axis);
+  mx_set_default_device(MX_CPU);
+  char what[96];
+  snprintf(what, sizeof what, "sort op %d rows=%lld len=%lld %s%s", (int)k, (long long)rows,
+           (long long)len, mx_dtype_name(dt), by_column ? " axis 0" : "");
+  int64_t bad = mismatches(c, g, 0, what);
+  mx_array *all[] = {a, c, g};
+  mx_array_free_n(all, 3);
+  return bad;
+}
+
+TEST(sort_long_rows_equal_cpu) {
+  NEED_GPU();
+  const mx_dtype dts[] = {MX_FLOAT32, MX_BFLOAT16, MX_FLOAT16, MX_FLOAT64, MX_INT32,
+                          MX_INT64,   MX_UINT8,    MX_UINT32,  MX_BOOL};
+  for (int d = 0; d < 9; d++)
+    for (int k = 0; k < 4; k++) {
+      ASSERT_EQ_INT(sort_case((sort_kind)k, 3, 5000, dts[d], false), 0);
+      ASSERT_EQ_INT(sort_case((sort_kind)k, 1, 70001, dts[d], false), 0);
+    }
+  for (int k = 0; k < 4; k++) ASSERT_EQ_INT(sort_case((sort_kind)k, 5, 3000, MX_FLOAT32, true), 0);
 }
 
 int main(int argc, char **argv) { return test_main(argc, argv); }

@@ -5,8 +5,9 @@
  *   - quantize_pack: one thread per group (MLX's scale/bias choice in f32);
  *   - dequantize: one thread per element, multiply-then-add each rounded to
  *     the output dtype (no fused multiply-add), as the CPU kernel;
- *   - quantized_matmul: one thread per output element, weights dequantized
- *     on the fly in f32 (f64 for f64), x and the output in f32 compute. */
+ *   - quantized_matmul: the fast paths of qmv.cu (GEMV for M <= 8 rows,
+ *     dequantized slices + cuBLAS for more), else one thread per output
+ *     element, weights dequantized on the fly in f32 (f64 for f64). */
 #include "cuda_common.cuh"
 #include "ops/quantized_params.h"
 
@@ -204,7 +205,14 @@ static int k_dequantize(mx_array *out, mx_array **in) {
   return st;
 }
 
-/* ---- QUANTIZED_MATMUL -------------------------------------------------------------- */
+/* ---- QUANTIZED_MATMUL --------------------------------------------------------------
+ * The GEMV (M <= 8) and dequantize + cuBLAS (M > 8) paths live in qmv.cu;
+ * this one-thread-per-output kernel covers the rest (f64, M <= 8 without
+ * transpose). */
+int mx__cuda_qmm_fast(mx_array *out, const void *x, const uint32_t *w, const void *sc,
+                      const void *bi, int64_t M, int64_t N, int64_t K, int gs, int bits,
+                      bool transpose, bool *done);
+
 template <class T, class C>
 __global__ void k_qmm(const typename T::S *x, const uint32_t *w, const typename T::S *sc,
                       const typename T::S *bi, typename T::S *o, int64_t M, int64_t N, int64_t K,
@@ -249,7 +257,11 @@ static int k_quantized_matmul(mx_array *out, mx_array **in) {
   if (!(st = dview(in[0], &xp, &xt)) && !(st = dview(in[1], &wp, &wt)) &&
       !(st = dview(in[2], &sp, &stt)))
     st = dview(in[3], &bp, &bt);
-  if (!st) {
+  bool done = false;
+  if (!st)
+    st = mx__cuda_qmm_fast(out, xp, (const uint32_t *)wp, sp, bp, M, N, K, p->group_size,
+                           p->bits, p->transpose, &done);
+  if (!st && !done) {
     unsigned nb = mx__cuda_blocks(M * N);
     cudaStream_t s = mx__cuda_stream();
     switch (dt) {

@@ -4,8 +4,10 @@
  * (offset + t) * (scale * inv_freq[i]), cos/sin in float64 (rounded to
  * float32 for f16/bf16/f32, which rotate in float32 as the CPU kernel).
  *
- * sdpa: one block per (batch, query head, query row); keys in chunks of
- * blockDim with an online softmax in f32 (f64 for f64); the output row is
+ * sdpa: f16/bf16/f32 with head sizes up to 256 go to flash_attn.cu
+ * (split-KV decode, tiled prefill); the rest (f64, Tk == 0, larger heads)
+ * to this kernel: one block per (batch, query head, query row); keys in
+ * chunks of blockDim with an online softmax in f32 (f64 for f64); the output row is
  * accumulated in shared memory. Masked-out scores are the lowest finite
  * value of the compute type; causal is lower-right aligned; GQA maps query
  * head h to kv head h / (Hq / Hkv). */
@@ -183,6 +185,9 @@ __global__ void k_sdpa(const typename T::S *q, const typename T::S *k, const typ
     orow[d] = T::st(g.Tk == 0 ? (C)0 : acc[d] * inv);
 }
 
+/* split-KV decode and tiled flash attention (flash_attn.cu) */
+int mx__cuda_sdpa_fast(mx_array *out, mx_array **in, bool *done);
+
 static int k_sdpa_op(mx_array *out, mx_array **in) {
   const mx__sdpa_params *p = MX__PARAMS(out, mx__sdpa_params);
   mx_array *q = in[0], *k = in[1], *v = in[2], *mask = p->mask_kind ? in[3] : NULL;
@@ -192,6 +197,9 @@ static int k_sdpa_op(mx_array *out, mx_array **in) {
   if (mask && mask->dtype != MX_BOOL && mask->dtype != dt) return mx__cuda_no_dtype(out, mask->dtype);
   int st = mx__array_alloc_data(out);
   if (st || out->size == 0) return st;
+  bool done = false;
+  st = mx__cuda_sdpa_fast(out, in, &done);
+  if (st || done) return st;
   sdpa_geo g;
   g.B = q->shape[0];
   g.Hq = q->shape[1];

@@ -1,0 +1,789 @@
+/* flash_attn.cu — fast paths of SDPA (scaled_dot_product_attention) for
+ * f16 / bf16 / f32, called by rope_sdpa.cu's kernel before its
+ * one-block-per-query-row fallback (kept for f64, Tk == 0 and head sizes
+ * past 256). Semantics are the fallback's (see src/ops/fast_params.h):
+ * scores q.k * scale in f32; a false boolean mask entry or a key above the
+ * lower-right aligned causal diagonal gives the score -FLT_MAX (so a fully
+ * masked row averages v); additive masks are added; -inf scores weigh 0, a
+ * row whose scores are all -inf is NaN; NaN scores propagate.
+ *
+ * Decode (Tq <= 4), split-KV: block (split, b * Hkv + kv head, row group)
+ * handles the rows r = g * Tq + t of the G query heads sharing one kv head
+ * (up to RM per block, so K and V are read once per group) against one
+ * chunk of CH keys. Scores of the chunk go to shared memory (one thread per
+ * key, all rows at once, q rows broadcast from shared memory), then one
+ * warp per row takes the chunk's max and exp-sum, then p * v is
+ * accumulated for every row: up to 8 rows with contiguous V rows, threads
+ * are (key group, 8 features) with 16-byte loads and the groups are added
+ * in order through shared memory; otherwise one thread per feature. Each
+ * split writes its unnormalised accumulator with its (max, sum); a combine
+ * kernel rescales and sums the splits. Splits are chosen to give the GPU
+ * ~2 blocks per SM.
+ *
+ * Prefill (Tq > 4), tiled flash attention: a block of 256 threads owns 64
+ * query rows of one (b, head) and walks the keys in tiles of 32: Q, the K
+ * tile and the V tile as float in shared memory, 4 threads per query row
+ * (each 8 keys of the tile for the scores, float4 runs of output features
+ * 16c + 4u for the accumulator; D and Dv multiples of 4), an online softmax
+ * whose row max and sum are combined with warp shuffles. Without a mask,
+ * causal tiles entirely above the diagonal are skipped (their weight is
+ * exactly 0). Plain f32 FMA: used for f32 and for head sizes the
+ * tensor-core kernel does not take.
+ *
+ * Prefill on tensor cores (f16 / bf16, D and Dv multiples of 16, Dv <= 128):
+ * WMMA 16x16x16 fragments with f32 accumulation, see k_fa_prefill_tc. */
+#include <float.h>
+#include <limits.h>
+
+#include "cuda_common.cuh"
+#include "ops/fast_params.h"
+
+int mx__cuda_sdpa_fast(mx_array *out, mx_array **in, bool *done);
+
+struct fa_geo {
+  int64_t B, Hq, Hkv, G, Tq, Tk, D, Dv, off;
+  int64_t qs[4], ks[4], vs[4], ms[4];
+  int kind;  /* MX__SDPA_MASK_* */
+  int mbool; /* mask dtype is bool (else the output dtype) */
+  int kvec;  /* K rows contiguous, D % 8 == 0, 16-byte aligned: vector loads */
+  int vvec;  /* the same for V and Dv */
+  bool causal;
+  float scale;
+};
+
+__device__ __forceinline__ float fa_max(float a, float b) { /* NaN skipped */
+  return (b > a || a != a) ? b : a;
+}
+
+/* score of (row t of head h, key j), before masks applied: a */
+template <class T>
+__device__ __forceinline__ float fa_mask(const fa_geo &g, const void *mask, float a, int64_t b,
+                                         int64_t h, int64_t t, int64_t j) {
+  if (g.kind) {
+    int64_t mi = b * g.ms[0] + h * g.ms[1] + t * g.ms[2] + j * g.ms[3];
+    if (g.kind == MX__SDPA_MASK_BOOL) {
+      bool keep = g.mbool ? ((const uint8_t *)mask)[mi] != 0
+                          : (float)T::ld(((const typename T::S *)mask)[mi]) != 0.f;
+      a = keep ? a : -FLT_MAX;
+    } else {
+      a += (float)T::ld(((const typename T::S *)mask)[mi]);
+    }
+  }
+  if (g.causal && j > t + g.off) a = -FLT_MAX;
+  return a;
+}
+
+/* loads a thread issues before storing any, in the tile-loading loops */
+#define FA_BATCH 8
+
+/* ---- decode: split-KV ------------------------------------------------------------ */
+#define FD_THREADS 128
+
+/* 8 consecutive elements (16-byte aligned) as float */
+template <class T>
+__device__ __forceinline__ void ld8f(const typename T::S *p, float *f) {
+  if constexpr (sizeof(typename T::S) == 2) {
+    uint4 u = __ldg((const uint4 *)p);
+    uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      f[2 * i] = (float)T::ld((uint16_t)(w[i] & 0xffffu));
+      f[2 * i + 1] = (float)T::ld((uint16_t)(w[i] >> 16));
+    }
+  } else {
+    float4 a = __ldg((const float4 *)p), b = __ldg((const float4 *)p + 1);
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w;
+    f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+  }
+}
+
+template <class T, int RM>
+__global__ void __launch_bounds__(FD_THREADS)
+    k_fa_decode(const typename T::S *__restrict__ q, const typename T::S *__restrict__ k,
+                const typename T::S *__restrict__ v, const void *__restrict__ mask,
+                float *__restrict__ po, float2 *__restrict__ pml, fa_geo g, int CH) {
+  extern __shared__ float fd_sm[];
+  float *qsm = fd_sm;                  /* RM x D, scaled */
+  float *ps = qsm + RM * (int)g.D;     /* RM x CH: scores, then weights */
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int split = blockIdx.x;
+  const int64_t b = blockIdx.y / g.Hkv, hk = blockIdx.y % g.Hkv;
+  const int R = (int)(g.G * g.Tq), r0 = blockIdx.z * RM;
+  const int nr = min(RM, R - r0);
+  const int64_t j0 = (int64_t)split * CH;
+  const int nk = (int)min((int64_t)CH, g.Tk - j0);
+  const int D = (int)g.D, Dv = (int)g.Dv;
+  const int64_t rows = g.B * g.Hq * g.Tq;
+  for (int i = tid; i < RM * D; i += blockDim.x) {
+    int r = i / D, d = i - r * D;
+    float val = 0.f;
+    if (r < nr) {
+      int rr = r0 + r;
+      int64_t h = hk * g.G + rr / g.Tq, t = rr % g.Tq;
+      val = (float)T::ld(q[b * g.qs[0] + h * g.qs[1] + t * g.qs[2] + d * g.qs[3]]) * g.scale;
+    }
+    qsm[i] = val;
+  }
+  __syncthreads();
+  /* scores: one thread per key */
+  const typename T::S *kb = k + b * g.ks[0] + hk * g.ks[1];
+  for (int jj = tid; jj < nk; jj += blockDim.x) {
+    const int64_t j = j0 + jj;
+    const typename T::S *kp = kb + j * g.ks[2];
+    float a[RM];
+#pragma unroll
+    for (int r = 0; r < RM; r++) a[r] = 0.f;
+    if (g.kvec) {
+#pragma unroll 4
+      for (int d = 0; d < D; d += 8) {
+        float kv[8];
+        ld8f<T>(kp + d, kv);
+#pragma unroll
+        for (int r = 0; r < RM; r++) {
+          float4 q0 = *(const float4 *)(qsm + r * D + d);
+          float4 q1 = *(const float4 *)(qsm + r * D + d + 4);
+          float x = a[r];
+          x = fmaf(q0.x, kv[0], x);
+          x = fmaf(q0.y, kv[1], x);
+          x = fmaf(q0.z, kv[2], x);
+          x = fmaf(q0.w, kv[3], x);
+          x = fmaf(q1.x, kv[4], x);
+          x = fmaf(q1.y, kv[5], x);
+          x = fmaf(q1.z, kv[6], x);
+          x = fmaf(q1.w, kv[7], x);
+          a[r] = x;
+        }
+      }
+    } else {
+#pragma unroll 8
+      for (int d = 0; d < D; d++) {
+        float kv = (float)T::ld(kp[d * g.ks[3]]);
+#pragma unroll
+        for (int r = 0; r < RM; r++) a[r] = fmaf(qsm[r * D + d], kv, a[r]);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < RM; r++)
+      if (r < nr) {
+        int rr = r0 + r;
+        int64_t h = hk * g.G + rr / g.Tq, t = rr % g.Tq;
+        ps[r * CH + jj] = fa_mask<T>(g, mask, a[r], b, h, t, j);
+      }
+  }
+  __syncthreads();
+  /* per row: chunk max and exp-sum (one warp per row) */
+  for (int r = warp; r < nr; r += FD_THREADS / 32) {
+    float m = -INFINITY;
+    for (int jj = lane; jj < nk; jj += 32) m = fa_max(m, ps[r * CH + jj]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fa_max(m, __shfl_xor_sync(0xffffffffu, m, o));
+    float l = 0.f;
+    for (int jj = lane; jj < nk; jj += 32) {
+      float p = m == -INFINITY ? 0.f : expf(ps[r * CH + jj] - m);
+      ps[r * CH + jj] = p;
+      l += p;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
+    if (lane == 0) {
+      int rr = r0 + r;
+      int64_t h = hk * g.G + rr / g.Tq, t = rr % g.Tq;
+      pml[(int64_t)split * rows + (b * g.Hq + h) * g.Tq + t] = make_float2(m, l);
+    }
+  }
+  __syncthreads();
+  /* accumulators */
+  const typename T::S *vb = v + b * g.vs[0] + hk * g.vs[1] + j0 * g.vs[2];
+  if (RM <= 8 && g.vvec) {
+    /* thread = (key group kg, 8 features from 8c): 16-byte V loads, partial
+     * sums over the keys kg, kg + KG, ...; the groups are then added in
+     * order through shared memory (deterministic) */
+    float *red = ps + RM * CH; /* RM x Dv */
+    const int nch = Dv / 8, KG = blockDim.x / nch;
+    const int c = tid % nch, kg = tid / nch;
+    float acc[RM <= 8 ? RM : 1][8];
+#pragma unroll
+    for (int r = 0; r < (RM <= 8 ? RM : 1); r++)
+#pragma unroll
+      for (int e = 0; e < 8; e++) acc[r][e] = 0.f;
+    if (kg < KG) {
+#pragma unroll 4
+      for (int jj = kg; jj < nk; jj += KG) {
+        float vv[8];
+        ld8f<T>(vb + jj * g.vs[2] + 8 * c, vv);
+#pragma unroll
+        for (int r = 0; r < (RM <= 8 ? RM : 1); r++) {
+          float p = ps[r * CH + jj];
+#pragma unroll
+          for (int e = 0; e < 8; e++) acc[r][e] = fmaf(p, vv[e], acc[r][e]);
+        }
+      }
+    }
+    for (int k = 0; k < KG; k++) {
+      if (kg == k)
+#pragma unroll
+        for (int r = 0; r < (RM <= 8 ? RM : 1); r++)
+#pragma unroll
+          for (int e = 0; e < 8; e++) {
+            float *dst = red + r * Dv + 8 * c + e;
+            *dst = k == 0 ? acc[r][e] : *dst + acc[r][e];
+          }
+      __syncthreads();
+    }
+    for (int i = tid; i < nr * Dv; i += blockDim.x) {
+      int r = i / Dv, d = i - r * Dv;
+      int rr = r0 + r;
+      int64_t h = hk * g.G + rr / g.Tq, t = rr % g.Tq;
+      po[((int64_t)split * rows + (b * g.Hq + h) * g.Tq + t) * Dv + d] = red[i];
+    }
+    return;
+  }
+  /* one thread per output feature */
+  for (int d = tid; d < Dv; d += blockDim.x) {
+    float acc[RM];
+#pragma unroll
+    for (int r = 0; r < RM; r++) acc[r] = 0.f;
+#pragma unroll 8
+    for (int jj = 0; jj < nk; jj++) {
+      float vv = (float)T::ld(vb[jj * g.vs[2] + d * g.vs[3]]);
+#pragma unroll
+      for (int r = 0; r < RM; r++) acc[r] = fmaf(ps[r * CH + jj], vv, acc[r]);
+    }
+#pragma unroll
+    for (int r = 0; r < RM; r++)
+      if (r < nr) {
+        int rr = r0 + r;
+        int64_t h = hk * g.G + rr / g.Tq, t = rr % g.Tq;
+        po[((int64_t)split * rows + (b * g.Hq + h) * g.Tq + t) * Dv + d] = acc[r];
+      }
+  }
+}
+
+/* one block per output row: rescale and sum the splits */
+template <class T>
+__global__ void k_fa_combine(const float *__restrict__ po, const float2 *__restrict__ pml,
+                             typename T::S *__restrict__ o, int64_t rows, int Dv, int nsplit) {
+  const int64_t row = blockIdx.x;
+  float M = -INFINITY;
+  for (int s = 0; s < nsplit; s++) M = fa_max(M, pml[(int64_t)s * rows + row].x);
+  float l = 0.f;
+  for (int s = 0; s < nsplit; s++) {
+    float2 ml = pml[(int64_t)s * rows + row];
+    float w = ml.x == -INFINITY ? 0.f : expf(ml.x - M);
+    l += w * ml.y;
+  }
+  float inv = l == 0.f ? NAN : 1.f / l;
+  for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
+    float a = 0.f;
+    for (int s = 0; s < nsplit; s++) {
+      float2 ml = pml[(int64_t)s * rows + row];
+      float w = ml.x == -INFINITY ? 0.f : expf(ml.x - M);
+      a += w * po[((int64_t)s * rows + row) * Dv + d];
+    }
+    o[row * Dv + d] = T::st(a * inv);
+  }
+}
+
+/* ---- prefill: tiled flash attention ------------------------------------------------- */
+#define FP_BQ 64
+#define FP_BK 32
+#define FP_THREADS 256
+
+template <class T, int DVMAX>
+__global__ void __launch_bounds__(FP_THREADS)
+    k_fa_prefill(const typename T::S *__restrict__ q, const typename T::S *__restrict__ k,
+                 const typename T::S *__restrict__ v, const void *__restrict__ mask,
+                 typename T::S *__restrict__ o, fa_geo g) {
+  extern __shared__ float fp_sm[];
+  const int D = (int)g.D, Dv = (int)g.Dv, DS = D + 4; /* padded row stride of Q and K */
+  float *Qs = fp_sm;               /* BQ x DS */
+  float *Ks = Qs + FP_BQ * DS;     /* BK x DS */
+  float *Vs = Ks + FP_BK * DS;     /* BK x Dv */
+  float *Ps = Vs + FP_BK * Dv;     /* BQ x (BK + 1) */
+  const int tid = threadIdx.x, row = tid >> 2, u = tid & 3;
+  const int64_t bh = blockIdx.y, b = bh / g.Hq, h = bh % g.Hq, hk = h / g.G;
+  const int64_t t0 = (int64_t)blockIdx.x * FP_BQ, t = t0 + row;
+  const typename T::S *qb = q + b * g.qs[0] + h * g.qs[1];
+  const typename T::S *kb = k + b * g.ks[0] + hk * g.ks[1];
+  const typename T::S *vb = v + b * g.vs[0] + hk * g.vs[1];
+  for (int i0 = tid; i0 < FP_BQ * D; i0 += FP_THREADS * FA_BATCH) {
+    float v[FA_BATCH];
+#pragma unroll
+    for (int k = 0; k < FA_BATCH; k++) {
+      int i = i0 + k * FP_THREADS, r = i / D, d = i - r * D;
+      int64_t tt = t0 + r;
+      v[k] = i < FP_BQ * D && tt < g.Tq ? (float)T::ld(qb[tt * g.qs[2] + d * g.qs[3]]) : 0.f;
+    }
+#pragma unroll
+    for (int k = 0; k < FA_BATCH; k++) {
+      int i = i0 + k * FP_THREADS, r = i / D, d = i - r * D;
+      if (i < FP_BQ * D) Qs[r * DS + d] = v[k] * g.scale;
+    }
+  }
+  constexpr int NC = DVMAX / 16; /* float4 accumulators: features 16c + 4u .. +3 */
+  float4 acc[NC];
+#pragma unroll
+  for (int c = 0; c < NC; c++) acc[c] = make_float4(0.f, 0.f, 0.f, 0.f);
+  float m = -INFINITY, l = 0.f;
+  int64_t kend = g.Tk;
+  if (g.causal && !g.kind && t0 + g.off >= 0) {
+    int64_t tl = min(t0 + FP_BQ, g.Tq) - 1; /* last row of the block */
+    kend = min(kend, tl + g.off + 1);
+  }
+  for (int64_t j0 = 0; j0 < kend; j0 += FP_BK) {
+    __syncthreads(); /* Qs ready / previous tile consumed */
+    for (int i0 = tid; i0 < FP_BK * D; i0 += FP_THREADS * FA_BATCH) {
+      float v[FA_BATCH];
+#pragma unroll
+      for (int k = 0; k < FA_BATCH; k++) {
+        int i = i0 + k * FP_THREADS, jj = i / D, d = i - jj * D;
+        int64_t j = j0 + jj;
+        v[k] = i < FP_BK * D && j < g.Tk ? (float)T::ld(kb[j * g.ks[2] + d * g.ks[3]]) : 0.f;
+      }
+#pragma unroll
+      for (int k = 0; k < FA_BATCH; k++) {
+        int i = i0 + k * FP_THREADS, jj = i / D, d = i - jj * D;
+        if (i < FP_BK * D) Ks[jj * DS + d] = v[k];
+      }
+    }
+    for (int i0 = tid; i0 < FP_BK * Dv; i0 += FP_THREADS * FA_BATCH) {
+      float v[FA_BATCH];
+#pragma unroll
+      for (int k = 0; k < FA_BATCH; k++) {
+        int i = i0 + k * FP_THREADS, jj = i / Dv, d = i - jj * Dv;
+        int64_t j = j0 + jj;
+        v[k] = i < FP_BK * Dv && j < g.Tk ? (float)T::ld(vb[j * g.vs[2] + d * g.vs[3]]) : 0.f;
+      }
+#pragma unroll
+      for (int k = 0; k < FA_BATCH; k++) {
+        int i = i0 + k * FP_THREADS;
+        if (i < FP_BK * Dv) Vs[i] = v[k];
+      }
+    }
+    __syncthreads();
+    /* scores of keys u + 4c */
+    float s[FP_BK / 4];
+#pragma unroll
+    for (int c = 0; c < FP_BK / 4; c++) s[c] = 0.f;
+    const float *qr = Qs + row * DS;
+    for (int d = 0; d < D; d += 4) {
+      float4 q4 = *(const float4 *)(qr + d);
+#pragma unroll
+      for (int c = 0; c < FP_BK / 4; c++) {
+        float4 k4 = *(const float4 *)(Ks + (u + 4 * c) * DS + d);
+        s[c] = fmaf(q4.x, k4.x, fmaf(q4.y, k4.y, fmaf(q4.z, k4.z, fmaf(q4.w, k4.w, s[c]))));
+      }
+    }
+    float mt = -INFINITY;
+#pragma unroll
+    for (int c = 0; c < FP_BK / 4; c++) {
+      int64_t j = j0 + u + 4 * c;
+      if (j >= g.Tk) s[c] = -INFINITY; /* padding: weight 0 */
+      else if (t < g.Tq) s[c] = fa_mask<T>(g, mask, s[c], b, h, t, j);
+      mt = fa_max(mt, s[c]);
+    }
+    mt = fa_max(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
+    mt = fa_max(mt, __shfl_xor_sync(0xffffffffu, mt, 2));
+    float mnew = fa_max(m, mt), alpha = 1.f, ls = 0.f;
+    if (mnew == -INFINITY) {
+#pragma unroll
+      for (int c = 0; c < FP_BK / 4; c++) s[c] = 0.f;
+    } else {
+      alpha = expf(m - mnew);
+      m = mnew;
+#pragma unroll
+      for (int c = 0; c < FP_BK / 4; c++) {
+        s[c] = expf(s[c] - mnew);
+        ls += s[c];
+      }
+    }
+    ls += __shfl_xor_sync(0xffffffffu, ls, 1);
+    ls += __shfl_xor_sync(0xffffffffu, ls, 2);
+    l = l * alpha + ls;
+#pragma unroll
+    for (int c = 0; c < FP_BK / 4; c++) Ps[row * (FP_BK + 1) + u + 4 * c] = s[c];
+    __syncwarp();
+    const float *pr = Ps + row * (FP_BK + 1);
+#pragma unroll
+    for (int c = 0; c < NC; c++) {
+      acc[c].x *= alpha;
+      acc[c].y *= alpha;
+      acc[c].z *= alpha;
+      acc[c].w *= alpha;
+    }
+    for (int jj = 0; jj < FP_BK; jj++) {
+      float p = pr[jj];
+      const float *vr = Vs + jj * Dv + 4 * u;
+#pragma unroll
+      for (int c = 0; c < NC; c++)
+        if (16 * c + 4 * u < Dv) {
+          float4 v4 = *(const float4 *)(vr + 16 * c);
+          acc[c].x = fmaf(p, v4.x, acc[c].x);
+          acc[c].y = fmaf(p, v4.y, acc[c].y);
+          acc[c].z = fmaf(p, v4.z, acc[c].z);
+          acc[c].w = fmaf(p, v4.w, acc[c].w);
+        }
+    }
+  }
+  if (t < g.Tq) {
+    float inv = l == 0.f ? NAN : 1.f / l;
+    typename T::S *orow = o + ((b * g.Hq + h) * g.Tq + t) * Dv;
+#pragma unroll
+    for (int c = 0; c < NC; c++) {
+      int d = 16 * c + 4 * u;
+      if (d < Dv) {
+        orow[d] = T::st(acc[c].x * inv);
+        orow[d + 1] = T::st(acc[c].y * inv);
+        orow[d + 2] = T::st(acc[c].z * inv);
+        orow[d + 3] = T::st(acc[c].w * inv);
+      }
+    }
+  }
+}
+
+/* ---- prefill on tensor cores (f16 / bf16) -------------------------------------------
+ * Same tiling idea with WMMA 16x16x16 fragments: a block of 4 warps owns 64
+ * query rows (16 per warp) and walks 64-key tiles. Q, K and V stay in their
+ * 16-bit type in shared memory (rows padded by 8 elements); each warp
+ * computes its 16 x 64 score tile S = Q K^T into a float scratch, applies
+ * scale and masks, runs the online softmax with two lanes per row (32
+ * columns each; __expf, as P is rounded to 16 bits anyway), writes P in
+ * the 16-bit type, computes P V into the same scratch and folds it into its
+ * f32 output rows held in registers (each lane: half of one row). */
+#include <mma.h>
+
+#define FT_BQ 64
+#define FT_BK 64
+#define FT_THREADS 128
+
+template <class T> struct ft_elem;
+template <> struct ft_elem<TF16> { typedef __half E; };
+template <> struct ft_elem<TBF16> { typedef __nv_bfloat16 E; };
+
+/* copy `rows` rows of `cols` elements (row stride `rs`, element stride `cs`
+ * in the source) into shared memory rows of stride `ld`; rows past `valid`
+ * are zero. vec: cs == 1, cols % 8 == 0, 16-byte aligned rows. Each thread
+ * issues FA_BATCH loads before storing any (one memory latency per batch,
+ * not one per element). */
+__device__ __forceinline__ void ft_load(uint16_t *dst, int ld, const uint16_t *src, int64_t rs,
+                                        int64_t cs, int rows, int cols, int64_t valid,
+                                        bool vec) {
+  if (vec) {
+    const int c8 = cols / 8, total = rows * c8;
+    for (int i0 = threadIdx.x; i0 < total; i0 += blockDim.x * FA_BATCH) {
+      uint4 v[FA_BATCH];
+#pragma unroll
+      for (int k = 0; k < FA_BATCH; k++) {
+        int i = i0 + k * blockDim.x, r = i / c8, c = (i - r * c8) * 8;
+        v[k] = i < total && r < valid ? __ldg((const uint4 *)(src + r * rs + c))
+                                      : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int k = 0; k < FA_BATCH; k++) {
+        int i = i0 + k * blockDim.x, r = i / c8, c = (i - r * c8) * 8;
+        if (i < total) *(uint4 *)(dst + r * ld + c) = v[k];
+      }
+    }
+  } else {
+    const int total = rows * cols;
+    for (int i0 = threadIdx.x; i0 < total; i0 += blockDim.x * FA_BATCH) {
+      uint16_t v[FA_BATCH];
+#pragma unroll
+      for (int k = 0; k < FA_BATCH; k++) {
+        int i = i0 + k * blockDim.x, r = i / cols, c = i - r * cols;
+        v[k] = i < total && r < valid ? src[r * rs + c * cs] : (uint16_t)0;
+      }
+#pragma unroll
+      for (int k = 0; k < FA_BATCH; k++) {
+        int i = i0 + k * blockDim.x, r = i / cols, c = i - r * cols;
+        if (i < total) dst[r * ld + c] = v[k];
+      }
+    }
+  }
+}
+
+template <class T, int DV>
+__global__ void __launch_bounds__(FT_THREADS)
+    k_fa_prefill_tc(const uint16_t *__restrict__ q, const uint16_t *__restrict__ k,
+                    const uint16_t *__restrict__ v, const void *__restrict__ mask,
+                    uint16_t *__restrict__ o, fa_geo g, int qvec, int vvec) {
+  using namespace nvcuda;
+  typedef typename ft_elem<T>::E E;
+  extern __shared__ __align__(32) unsigned char ft_sm[];
+  const int D = (int)g.D, Dv = (int)g.Dv;
+  const int LQ = D + 8, LV = Dv + 8;               /* 16-bit row strides */
+  const int LS = (Dv + 4 > FT_BK + 4 ? Dv + 4 : FT_BK + 4); /* float scratch stride */
+  const int LP = FT_BK + 8;
+  uint16_t *Qs = (uint16_t *)ft_sm;                /* BQ x LQ */
+  uint16_t *Ks = Qs + FT_BQ * LQ;                  /* BK x LQ */
+  uint16_t *Vs = Ks + FT_BK * LQ;                  /* BK x LV */
+  float *Sc = (float *)(Vs + FT_BK * LV);          /* 4 warps x 16 x LS */
+  uint16_t *Pb = (uint16_t *)(Sc + 4 * 16 * LS);   /* 4 warps x 16 x LP */
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  float *S = Sc + warp * 16 * LS;
+  uint16_t *P = Pb + warp * 16 * LP;
+  const int64_t bh = blockIdx.y, b = bh / g.Hq, h = bh % g.Hq, hk = h / g.G;
+  const int64_t t0 = (int64_t)blockIdx.x * FT_BQ;
+  const int r = lane >> 1, hf = lane & 1;          /* softmax / output row of the warp */
+  const int64_t t = t0 + warp * 16 + r;
+  const uint16_t *kb = k + b * g.ks[0] + hk * g.ks[1];
+  const uint16_t *vb = v + b * g.vs[0] + hk * g.vs[1];
+  ft_load(Qs, LQ, q + b * g.qs[0] + h * g.qs[1] + t0 * g.qs[2], g.qs[2], g.qs[3], FT_BQ, D,
+          g.Tq - t0, qvec);
+  constexpr int NO = DV / 2;
+  float acc[NO];
+#pragma unroll
+  for (int c = 0; c < NO; c++) acc[c] = 0.f;
+  float m = -INFINITY, l = 0.f;
+  int64_t kend = g.Tk;
+  if (g.causal && !g.kind && t0 + g.off >= 0)
+    kend = min(kend, min(t0 + FT_BQ, g.Tq) - 1 + g.off + 1);
+  for (int64_t j0 = 0; j0 < kend; j0 += FT_BK) {
+    __syncthreads(); /* previous tiles consumed */
+    ft_load(Ks, LQ, kb + j0 * g.ks[2], g.ks[2], g.ks[3], FT_BK, D, g.Tk - j0, g.kvec);
+    ft_load(Vs, LV, vb + j0 * g.vs[2], g.vs[2], g.vs[3], FT_BK, Dv, g.Tk - j0, vvec);
+    __syncthreads();
+    /* S = Q K^T for this warp's 16 rows */
+    for (int jb = 0; jb < FT_BK / 16; jb++) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> cf;
+      wmma::fill_fragment(cf, 0.f);
+      for (int kd = 0; kd < D; kd += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, E, wmma::row_major> af;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, E, wmma::col_major> bf;
+        wmma::load_matrix_sync(af, (const E *)(Qs + warp * 16 * LQ + kd), LQ);
+        wmma::load_matrix_sync(bf, (const E *)(Ks + jb * 16 * LQ + kd), LQ);
+        wmma::mma_sync(cf, af, bf, cf);
+      }
+      wmma::store_matrix_sync(S + jb * 16, cf, LS, wmma::mem_row_major);
+    }
+    __syncwarp();
+    /* online softmax: lane (r, hf) owns columns hf * 32 .. + 31 of row r */
+    float sv[32];
+    float mt = -INFINITY;
+#pragma unroll
+    for (int c = 0; c < 32; c++) {
+      int jj = hf * 32 + c;
+      int64_t j = j0 + jj;
+      float a = S[r * LS + jj] * g.scale;
+      if (j >= g.Tk) a = -INFINITY; /* padding: weight 0 */
+      else if (t < g.Tq) a = fa_mask<T>(g, mask, a, b, h, t, j);
+      sv[c] = a;
+      mt = fa_max(mt, a);
+    }
+    mt = fa_max(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
+    float mnew = fa_max(m, mt), alpha = 1.f, ls = 0.f;
+    if (mnew == -INFINITY) {
+#pragma unroll
+      for (int c = 0; c < 32; c++) sv[c] = 0.f;
+    } else {
+      alpha = __expf(m - mnew);
+      m = mnew;
+#pragma unroll
+      for (int c = 0; c < 32; c++) {
+        sv[c] = __expf(sv[c] - mnew);
+        ls += sv[c];
+      }
+    }
+    ls += __shfl_xor_sync(0xffffffffu, ls, 1);
+    l = l * alpha + ls;
+#pragma unroll
+    for (int c = 0; c < 32; c++) P[r * LP + hf * 32 + c] = T::st(sv[c]);
+    __syncwarp();
+    /* S (scratch) = P V */
+    for (int cb = 0; cb < Dv / 16; cb++) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> cf;
+      wmma::fill_fragment(cf, 0.f);
+#pragma unroll
+      for (int kk = 0; kk < FT_BK / 16; kk++) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, E, wmma::row_major> af;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, E, wmma::row_major> bf;
+        wmma::load_matrix_sync(af, (const E *)(P + kk * 16), LP);
+        wmma::load_matrix_sync(bf, (const E *)(Vs + kk * 16 * LV + cb * 16), LV);
+        wmma::mma_sync(cf, af, bf, cf);
+      }
+      wmma::store_matrix_sync(S + cb * 16, cf, LS, wmma::mem_row_major);
+    }
+    __syncwarp();
+#pragma unroll
+    for (int c = 0; c < NO; c++) {
+      int d = hf * NO + c;
+      if (d < Dv) acc[c] = fmaf(acc[c], alpha, S[r * LS + d]);
+    }
+    __syncwarp(); /* S is rewritten by the next tile */
+  }
+  if (t < g.Tq) {
+    float inv = l == 0.f ? NAN : 1.f / l;
+    uint16_t *orow = o + ((b * g.Hq + h) * g.Tq + t) * Dv;
+#pragma unroll
+    for (int c = 0; c < NO; c++) {
+      int d = hf * NO + c;
+      if (d < Dv) orow[d] = T::st(acc[c] * inv);
+    }
+  }
+}
+
+template <class T, int DV>
+static int run_prefill_tc(mx_array *out, const void *qp, const void *kp, const void *vp,
+                          const void *mp, const fa_geo &g) {
+  int64_t nqb = (g.Tq + FT_BQ - 1) / FT_BQ;
+  if (nqb > INT_MAX || g.B * g.Hq > 65535) return 1;
+  const int64_t LQ = g.D + 8, LV = g.Dv + 8, LS = (g.Dv > FT_BK ? g.Dv : FT_BK) + 4,
+                LP = FT_BK + 8;
+  size_t smem = 2 * (size_t)(FT_BQ * LQ + FT_BK * LQ + FT_BK * LV) + 4 * (size_t)(4 * 16 * LS) +
+                2 * (size_t)(4 * 16 * LP);
+  if (smem > 48 * 1024 &&
+      cudaFuncSetAttribute(k_fa_prefill_tc<T, DV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           (int)smem) != cudaSuccess) {
+    cudaGetLastError();
+    return 1;
+  }
+  auto vec = [](const void *p, const int64_t *st, int64_t cols) {
+    return st[3] == 1 && cols % 8 == 0 && ((uintptr_t)p & 15) == 0 && (st[0] * 2) % 16 == 0 &&
+           (st[1] * 2) % 16 == 0 && (st[2] * 2) % 16 == 0;
+  };
+  int qvec = vec(qp, g.qs, g.D), vvec = vec(vp, g.vs, g.Dv);
+  dim3 grid((unsigned)nqb, (unsigned)(g.B * g.Hq));
+  k_fa_prefill_tc<T, DV><<<grid, FT_THREADS, smem, mx__cuda_stream()>>>(
+      (const uint16_t *)qp, (const uint16_t *)kp, (const uint16_t *)vp, mp,
+      (uint16_t *)out->buf->dptr, g, qvec, vvec);
+  return 0;
+}
+
+/* ---- dispatch ---------------------------------------------------------------------- */
+static int g_sms;
+
+template <class T, int RM>
+static int run_decode(mx_array *out, const void *qp, const void *kp, const void *vp,
+                      const void *mp, const fa_geo &g) {
+  const int64_t R = g.G * g.Tq, ngroups = (R + RM - 1) / RM;
+  const int64_t rows = g.B * g.Hq * g.Tq;
+  if (!g_sms) {
+    int n = 0;
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess || n <= 0) {
+      cudaGetLastError();
+      n = 100;
+    }
+    g_sms = n;
+  }
+  const int CHMAX = RM <= 8 ? 512 : 128;
+  int64_t base = g.B * g.Hkv * ngroups;
+  int64_t want = (2 * (int64_t)g_sms + base - 1) / base; /* splits for ~2 blocks per SM */
+  int64_t ch = (g.Tk + want - 1) / want;
+  ch = (ch + 31) / 32 * 32;
+  if (ch < 64) ch = 64;
+  if (ch > CHMAX) ch = CHMAX;
+  int64_t nsplit = (g.Tk + ch - 1) / ch;
+  if (nsplit > INT_MAX || g.B * g.Hkv > 65535 || ngroups > 65535 || rows > INT_MAX) return 1;
+  mx__buffer *pb = mx__cuda_tmp(sizeof(float) * (size_t)(nsplit * rows * g.Dv) +
+                                sizeof(float2) * (size_t)(nsplit * rows));
+  if (!pb) return -1;
+  float2 *pml = (float2 *)pb->dptr; /* first: 8-byte aligned whatever Dv is */
+  float *po = (float *)(pml + nsplit * rows);
+  cudaStream_t s = mx__cuda_stream();
+  const int64_t red = RM <= 8 && g.vvec ? RM * g.Dv : 0; /* vector accumulation */
+  size_t smem = sizeof(float) * (size_t)(RM * g.D + RM * ch + red);
+  dim3 grid((unsigned)nsplit, (unsigned)(g.B * g.Hkv), (unsigned)ngroups);
+  k_fa_decode<T, RM><<<grid, FD_THREADS, smem, s>>>(
+      (const typename T::S *)qp, (const typename T::S *)kp, (const typename T::S *)vp, mp, po,
+      pml, g, (int)ch);
+  k_fa_combine<T><<<(unsigned)rows, 128, 0, s>>>(po, pml, (typename T::S *)out->buf->dptr, rows,
+                                                 (int)g.Dv, (int)nsplit);
+  mx__buffer_release(pb); /* reused only by later work of the same stream */
+  return 0;
+}
+
+template <class T, int DVMAX>
+static int run_prefill(mx_array *out, const void *qp, const void *kp, const void *vp,
+                       const void *mp, const fa_geo &g) {
+  int64_t nqb = (g.Tq + FP_BQ - 1) / FP_BQ;
+  if (nqb > INT_MAX || g.B * g.Hq > 65535) return 1;
+  size_t smem = sizeof(float) * (size_t)(FP_BQ * (g.D + 4) + FP_BK * (g.D + 4) +
+                                         FP_BK * g.Dv + FP_BQ * (FP_BK + 1));
+  if (smem > 48 * 1024 &&
+      cudaFuncSetAttribute(k_fa_prefill<T, DVMAX>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           (int)smem) != cudaSuccess) {
+    cudaGetLastError();
+    return 1;
+  }
+  dim3 grid((unsigned)nqb, (unsigned)(g.B * g.Hq));
+  k_fa_prefill<T, DVMAX><<<grid, FP_THREADS, smem, mx__cuda_stream()>>>(
+      (const typename T::S *)qp, (const typename T::S *)kp, (const typename T::S *)vp, mp,
+      (typename T::S *)out->buf->dptr, g);
+  return 0;
+}
+
+template <class T>
+static int run(mx_array *out, const void *qp, const void *kp, const void *vp, const void *mp,
+               const fa_geo &g) {
+  if (g.Tq <= 4) {
+    int64_t R = g.G * g.Tq;
+    if (R == 1) return run_decode<T, 1>(out, qp, kp, vp, mp, g);
+    if (R <= 4) return run_decode<T, 4>(out, qp, kp, vp, mp, g);
+    if (R <= 8) return run_decode<T, 8>(out, qp, kp, vp, mp, g);
+    return run_decode<T, 32>(out, qp, kp, vp, mp, g);
+  }
+  if constexpr (sizeof(typename T::S) == 2) {
+    if (g.D % 16 == 0 && g.Dv % 16 == 0 && g.Dv <= 128) {
+      if (g.Dv <= 64) return run_prefill_tc<T, 64>(out, qp, kp, vp, mp, g);
+      return run_prefill_tc<T, 128>(out, qp, kp, vp, mp, g);
+    }
+  }
+  if (g.D % 4 || g.Dv % 4) return 1;
+  if (g.Dv <= 64) return run_prefill<T, 64>(out, qp, kp, vp, mp, g);
+  if (g.Dv <= 128) return run_prefill<T, 128>(out, qp, kp, vp, mp, g);
+  return run_prefill<T, 256>(out, qp, kp, vp, mp, g);
+}
+
+/* Called with out allocated. *done false: not handled (use the fallback). */
+int mx__cuda_sdpa_fast(mx_array *out, mx_array **in, bool *done) {
+  const mx__sdpa_params *p = MX__PARAMS(out, mx__sdpa_params);
+  mx_array *q = in[0], *k = in[1], *v = in[2], *mask = p->mask_kind ? in[3] : NULL;
+  mx_dtype dt = out->dtype;
+  *done = false;
+  if (dt != MX_FLOAT16 && dt != MX_BFLOAT16 && dt != MX_FLOAT32) return MX_OK;
+  fa_geo g;
+  g.B = q->shape[0];
+  g.Hq = q->shape[1];
+  g.Hkv = k->shape[1];
+  g.G = g.Hq / g.Hkv;
+  g.Tq = q->shape[2];
+  g.Tk = k->shape[2];
+  g.D = q->shape[3];
+  g.Dv = v->shape[3];
+  g.off = g.Tk - g.Tq;
+  if (g.Tk == 0 || g.D > 256 || g.Dv > 256 || g.D < 1 || g.Dv < 1) return MX_OK;
+  for (int d = 0; d < 4; d++) {
+    g.qs[d] = q->strides[d];
+    g.ks[d] = k->strides[d];
+    g.vs[d] = v->strides[d];
+    g.ms[d] = 0;
+  }
+  if (mask) {
+    int64_t full[4] = {g.B, g.Hq, g.Tq, g.Tk};
+    for (int d = 0; d < 4; d++) {
+      int md = d - (4 - mask->ndim);
+      g.ms[d] = (md < 0 || (mask->shape[md] == 1 && full[d] != 1)) ? 0 : mask->strides[md];
+    }
+  }
+  g.kind = p->mask_kind;
+  g.mbool = mask && mask->dtype == MX_BOOL;
+  g.causal = p->causal;
+  g.scale = (float)p->scale;
+  const void *qp = mx__ddata(q), *kp = mx__ddata(k), *vp = mx__ddata(v);
+  const void *mp = mask ? (const void *)mx__ddata(mask) : NULL;
+  const int64_t es = (int64_t)mx_dtype_size(dt);
+  g.kvec = g.ks[3] == 1 && g.D % 8 == 0 && ((uintptr_t)kp & 15) == 0 &&
+           (g.ks[0] * es) % 16 == 0 && (g.ks[1] * es) % 16 == 0 && (g.ks[2] * es) % 16 == 0;
+  g.vvec = g.vs[3] == 1 && g.Dv % 8 == 0 && ((uintptr_t)vp & 15) == 0 &&
+           (g.vs[0] * es) % 16 == 0 && (g.vs[1] * es) % 16 == 0 && (g.vs[2] * es) % 16 == 0;
+  int r;
+  switch (dt) {
+    case MX_FLOAT16: r = run<TF16>(out, qp, kp, vp, mp, g); break;
+    case MX_BFLOAT16: r = run<TBF16>(out, qp, kp, vp, mp, g); break;
+    default: r = run<TF32>(out, qp, kp, vp, mp, g); break;
+  }
+  if (r < 0) return mx_last_status();
+  if (r > 0) return MX_OK;
+  *done = true;
+  return mx__cuda_launched(mx__opname(out));
+}

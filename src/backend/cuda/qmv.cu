@@ -1,0 +1,438 @@
+/* qmv.cu — fast paths of QUANTIZED_MATMUL (MLX affine format, see
+ * src/ops/quantized_params.h), called by quantized.cu's kernel before its
+ * one-thread-per-output fallback.
+ *
+ *   - GEMV (transpose, M <= 8 rows of x, 4 or 8 bits, 16-byte aligned rows
+ *     and x): a block of 128 threads owns 4 output rows n; thread t takes
+ *     the 16-byte segments t, t + 128, ... of the packed rows (32 4-bit or
+ *     16 8-bit values, always inside one group: consecutive threads read
+ *     consecutive segments, so a warp loads 512 contiguous bytes a row),
+ *     loads the matching x values into registers once for the 4 rows (16-
+ *     byte loads, L1-resident), and adds scale * dot(x, q) + bias * sum(x)
+ *     per segment, q converted with an exponent trick instead of I2F; warp
+ *     shuffles then shared memory sum the block's threads in a fixed order.
+ *     Each row of x reuses the loaded weights (templated on M in 1/2/4/8;
+ *     with several rows each weight row is unpacked once, x re-read per row).
+ *     f32 accumulation for f16/bf16/f32.
+ *   - generic GEMV (transpose, M <= 8, any bits): one warp per output row,
+ *     lanes walk K, values unpacked from the bit stream.
+ *   - GEMM (M > 8, f16/bf16/f32, either layout): the weight is dequantized
+ *     in slices of output columns (at most ~32 MiB each; one thread per
+ *     packed word for 2/4/8 bits, else per value) into a dense
+ *     temporary of the activation dtype, multiplied with cuBLAS (f32
+ *     accumulation, TF32 off), each slice writing its columns of out.
+ * Everything else (f64, M <= 8 without transpose) returns *done = false. */
+#include <cublas_v2.h>
+#include <limits.h>
+#include <pthread.h>
+
+#include "cuda_common.cuh"
+#include "ops/quantized_params.h"
+
+int mx__cuda_qmm_fast(mx_array *out, const void *x, const uint32_t *w, const void *sc,
+                      const void *bi, int64_t M, int64_t N, int64_t K, int gs, int bits,
+                      bool transpose, bool *done);
+
+__device__ __forceinline__ uint32_t qmv_unpack(const uint32_t *w, int bits, int64_t i) {
+  int64_t off = i * bits;
+  int64_t wi = off >> 5;
+  int sh = (int)(off & 31);
+  uint64_t v = w[wi] >> sh;
+  if (sh + bits > 32) v |= (uint64_t)w[wi + 1] << (32 - sh);
+  return (uint32_t)v & ((1u << bits) - 1u);
+}
+
+/* exact float of a small unsigned integer without an I2F */
+__device__ __forceinline__ float qmv_u2f(uint32_t q) {
+  return __uint_as_float(0x4B000000u | q) - 8388608.0f;
+}
+
+/* ---- GEMV, 4/8 bits ------------------------------------------------------------ */
+#define QMV_THREADS 128
+#define QMV_ROWS 4 /* output rows per block */
+
+/* NV consecutive elements (16-byte aligned) as float */
+template <class T, int NV>
+__device__ __forceinline__ void qmv_ldx(const typename T::S *p, float *f) {
+  if constexpr (sizeof(typename T::S) == 2) {
+#pragma unroll
+    for (int i = 0; i < NV / 8; i++) {
+      uint4 u = __ldg((const uint4 *)p + i);
+      uint32_t w4[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+      for (int k = 0; k < 4; k++) {
+        f[8 * i + 2 * k] = (float)T::ld((uint16_t)(w4[k] & 0xffffu));
+        f[8 * i + 2 * k + 1] = (float)T::ld((uint16_t)(w4[k] >> 16));
+      }
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < NV / 4; i++) {
+      float4 a = __ldg((const float4 *)p + i);
+      f[4 * i] = a.x;
+      f[4 * i + 1] = a.y;
+      f[4 * i + 2] = a.z;
+      f[4 * i + 3] = a.w;
+    }
+  }
+}
+
+/* Block: QMV_ROWS output rows; thread t takes the 16-byte segments t,
+ * t + blockDim, ... of those rows, with the matching x values (read once
+ * into registers for all the rows), then the block sums its threads. */
+template <class T, int BITS, int MM>
+__global__ void __launch_bounds__(QMV_THREADS)
+    k_qmv(const typename T::S *__restrict__ x, const uint4 *__restrict__ w,
+          const typename T::S *__restrict__ sc, const typename T::S *__restrict__ bi,
+          typename T::S *__restrict__ o, int M, int N, int K, int gs) {
+  constexpr int V = 128 / BITS; /* values per 16-byte segment */
+  constexpr int PW = 32 / BITS; /* values per word */
+  constexpr int R = QMV_ROWS;
+  constexpr uint32_t MASK = (1u << BITS) - 1u;
+  __shared__ float red[QMV_THREADS / 32][MM * R];
+  const int n0 = blockIdx.x * R;
+  const int segs = K / V, G = K / gs;
+  float acc[MM][R];
+#pragma unroll
+  for (int m = 0; m < MM; m++)
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[m][r] = 0.f;
+  for (int s = threadIdx.x; s < segs; s += blockDim.x) {
+    uint4 wv[R];
+    float scl[R], bia[R];
+    const int g = s * V / gs;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      int n = n0 + r;
+      if (n < N) {
+        wv[r] = __ldg(w + (int64_t)n * segs + s);
+        scl[r] = (float)T::ld(sc[(int64_t)n * G + g]);
+        bia[r] = (float)T::ld(bi[(int64_t)n * G + g]);
+      } else {
+        wv[r] = make_uint4(0, 0, 0, 0);
+        scl[r] = bia[r] = 0.f;
+      }
+    }
+    if constexpr (MM > 1) {
+      /* several rows of x: unpack each weight row once, reload x (L1) per row */
+      float xsum[MM];
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        float q[V];
+#pragma unroll
+        for (int wi = 0; wi < 4; wi++) {
+          uint32_t word = wi == 0 ? wv[r].x : wi == 1 ? wv[r].y : wi == 2 ? wv[r].z : wv[r].w;
+#pragma unroll
+          for (int j = 0; j < PW; j++) q[wi * PW + j] = qmv_u2f((word >> (j * BITS)) & MASK);
+        }
+#pragma unroll
+        for (int m = 0; m < MM; m++) {
+          if (m < M) {
+            float xv[V];
+            qmv_ldx<T, V>(x + (int64_t)m * K + (int64_t)s * V, xv);
+            float dot = 0.f;
+            if (r == 0) {
+              float xs = 0.f;
+#pragma unroll
+              for (int j = 0; j < V; j++) xs += xv[j];
+              xsum[m] = xs;
+            }
+#pragma unroll
+            for (int j = 0; j < V; j++) dot = fmaf(xv[j], q[j], dot);
+            acc[m][r] += fmaf(scl[r], dot, bia[r] * xsum[m]);
+          }
+        }
+      }
+    } else {
+      /* one row of x: loaded once into registers for the R weight rows */
+      float xv[V];
+      qmv_ldx<T, V>(x + (int64_t)s * V, xv);
+      {
+        float xsum = 0.f, dot[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) dot[r] = 0.f;
+#pragma unroll
+        for (int wi = 0; wi < 4; wi++)
+#pragma unroll
+          for (int j = 0; j < PW; j++) {
+            float xj = xv[wi * PW + j];
+            xsum += xj;
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+              uint32_t word = wi == 0 ? wv[r].x : wi == 1 ? wv[r].y : wi == 2 ? wv[r].z : wv[r].w;
+              dot[r] = fmaf(xj, qmv_u2f((word >> (j * BITS)) & MASK), dot[r]);
+            }
+          }
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[0][r] += fmaf(scl[r], dot[r], bia[r] * xsum);
+      }
+    }
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+#pragma unroll
+  for (int m = 0; m < MM; m++)
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      float v = acc[m][r];
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+      if (lane == 0) red[warp][m * R + r] = v;
+    }
+  __syncthreads();
+  for (int i = threadIdx.x; i < MM * R; i += blockDim.x) {
+    int m = i / R, n = n0 + i % R;
+    float v = 0.f;
+    for (int k = 0; k < nw; k++) v += red[k][i];
+    if (m < M && n < N) o[(int64_t)m * N + n] = T::st(v);
+  }
+}
+
+/* ---- GEMV, any bits ---------------------------------------------------------------- */
+template <class T, int MM>
+__global__ void __launch_bounds__(128)
+    k_qmv_generic(const typename T::S *__restrict__ x, const uint32_t *__restrict__ w,
+                  const typename T::S *__restrict__ sc, const typename T::S *__restrict__ bi,
+                  typename T::S *__restrict__ o, int M, int N, int K, int gs, int bits) {
+  const int lane = threadIdx.x & 31;
+  const int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (n >= N) return;
+  const uint32_t *wr = w + (int64_t)n * (K * bits / 32);
+  const int G = K / gs;
+  float acc[MM];
+#pragma unroll
+  for (int m = 0; m < MM; m++) acc[m] = 0.f;
+  for (int k = lane; k < K; k += 32) {
+    int g = k / gs;
+    float wv = fmaf((float)T::ld(sc[(int64_t)n * G + g]), (float)qmv_unpack(wr, bits, k),
+                    (float)T::ld(bi[(int64_t)n * G + g]));
+#pragma unroll
+    for (int m = 0; m < MM; m++)
+      if (m < M) acc[m] = fmaf((float)T::ld(x[(int64_t)m * K + k]), wv, acc[m]);
+  }
+#pragma unroll
+  for (int m = 0; m < MM; m++) {
+    float v = acc[m];
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    if (lane == 0 && m < M) o[(int64_t)m * N + n] = T::st(v);
+  }
+}
+
+/* ---- dequantized slices + cuBLAS ---------------------------------------------------- */
+/* Logical weight (R, C) packed along C (groups along C). Writes the block of
+ * rows [r0, r0 + nr) and columns [c0, c0 + nc) densely (nr x nc) to d. */
+template <class T>
+__global__ void k_deq_block(const uint32_t *__restrict__ w, const typename T::S *__restrict__ sc,
+                            const typename T::S *__restrict__ bi, typename T::S *__restrict__ d,
+                            int64_t C, int64_t r0, int64_t nr, int64_t c0, int64_t nc, int gs,
+                            int bits) {
+  const int64_t words = C * bits / 32, G = C / gs;
+  MX_CUDA_LOOP(i, nr * nc) {
+    int64_t r = r0 + i / nc, c = c0 + i % nc;
+    int64_t g = r * G + c / gs;
+    float v = fmaf((float)T::ld(sc[g]), (float)qmv_unpack(w + r * words, bits, c),
+                   (float)T::ld(bi[g]));
+    d[i] = T::st(v);
+  }
+}
+
+/* Rows [r0, r0 + nr) of a weight (R, C) packed along C, bits dividing 32:
+ * one thread per packed word writes its 32 / BITS values contiguously
+ * (consecutive threads, consecutive 8- to 64-byte runs: coalesced). */
+template <class T, int BITS>
+__global__ void k_deq_word(const uint32_t *__restrict__ w, const typename T::S *__restrict__ sc,
+                           const typename T::S *__restrict__ bi, typename T::S *__restrict__ d,
+                           int64_t r0, int nr, int wpr, int G, int gs) {
+  constexpr int PW = 32 / BITS;
+  constexpr uint32_t MASK = (1u << BITS) - 1u;
+  const int total = nr * wpr;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+    const int rl = i / wpr, wi = i - rl * wpr, g = wi * PW / gs;
+    const int64_t r = r0 + rl;
+    const uint32_t u = __ldg(w + r * wpr + wi);
+    const float scl = (float)T::ld(sc[r * G + g]), b = (float)T::ld(bi[r * G + g]);
+    typename T::S *dst = d + (int64_t)i * PW;
+    if constexpr (sizeof(typename T::S) == 2) {
+      uint32_t pk[PW / 2];
+#pragma unroll
+      for (int k = 0; k < PW / 2; k++) {
+        uint32_t lo = T::st(fmaf(scl, qmv_u2f((u >> (2 * k * BITS)) & MASK), b));
+        uint32_t hi = T::st(fmaf(scl, qmv_u2f((u >> ((2 * k + 1) * BITS)) & MASK), b));
+        pk[k] = lo | (hi << 16);
+      }
+      if constexpr (PW == 4) {
+        *(uint2 *)dst = make_uint2(pk[0], pk[1]);
+      } else {
+#pragma unroll
+        for (int k = 0; k < PW / 8; k++)
+          ((uint4 *)dst)[k] = make_uint4(pk[4 * k], pk[4 * k + 1], pk[4 * k + 2], pk[4 * k + 3]);
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < PW / 4; k++) {
+        float f[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+          f[e] = fmaf(scl, qmv_u2f((u >> ((4 * k + e) * BITS)) & MASK), b);
+        ((float4 *)dst)[k] = make_float4(f[0], f[1], f[2], f[3]);
+      }
+    }
+  }
+}
+
+template <class T>
+static void deq_words(const uint32_t *w, const void *sc, const void *bi, typename T::S *d,
+                      int64_t r0, int64_t nr, int64_t C, int gs, int bits) {
+  const int wpr = (int)(C * bits / 32);
+  const unsigned nb = mx__cuda_blocks(nr * wpr);
+  const typename T::S *s_ = (const typename T::S *)sc, *b_ = (const typename T::S *)bi;
+  cudaStream_t st = mx__cuda_stream();
+  const int G = (int)(C / gs);
+  switch (bits) {
+    case 2:
+      k_deq_word<T, 2><<<nb, MX_CUDA_THREADS, 0, st>>>(w, s_, b_, d, r0, (int)nr, wpr, G, gs);
+      break;
+    case 4:
+      k_deq_word<T, 4><<<nb, MX_CUDA_THREADS, 0, st>>>(w, s_, b_, d, r0, (int)nr, wpr, G, gs);
+      break;
+    default:
+      k_deq_word<T, 8><<<nb, MX_CUDA_THREADS, 0, st>>>(w, s_, b_, d, r0, (int)nr, wpr, G, gs);
+      break;
+  }
+}
+
+static cublasHandle_t g_qh;
+static pthread_mutex_t g_qmu = PTHREAD_MUTEX_INITIALIZER;
+
+static int qblas(cublasStatus_t s, const char *what) {
+  if (s == CUBLAS_STATUS_SUCCESS) return MX_OK;
+  int code = s == CUBLAS_STATUS_ALLOC_FAILED ? MX_ERR_OOM : MX_ERR_INTERNAL;
+  return mx__set_error(code, "quantized_matmul: %s failed: %s", what, cublasGetStatusString(s));
+}
+
+static int qhandle(cublasHandle_t *h) {
+  pthread_mutex_lock(&g_qmu);
+  int st = MX_OK;
+  if (!g_qh) {
+    st = qblas(cublasCreate(&g_qh), "cublasCreate");
+    if (!st) st = qblas(cublasSetStream(g_qh, mx__cuda_stream()), "cublasSetStream");
+    if (!st) st = qblas(cublasSetMathMode(g_qh, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+    if (st && g_qh) {
+      cublasDestroy(g_qh);
+      g_qh = NULL;
+    }
+  }
+  *h = g_qh;
+  pthread_mutex_unlock(&g_qmu);
+  return st;
+}
+
+template <class T>
+static int qmm_gemm(mx_array *out, const void *x, const uint32_t *w, const void *sc,
+                    const void *bi, int64_t M, int64_t N, int64_t K, int gs, int bits,
+                    bool transpose, cudaDataType_t ty) {
+  if (M > INT_MAX || N > INT_MAX || K > INT_MAX)
+    return mx__set_error(MX_ERR_UNSUPPORTED, "quantized_matmul: dimensions too large for cuBLAS");
+  cublasHandle_t h;
+  int st = qhandle(&h);
+  if (st) return st;
+  const size_t es = sizeof(typename T::S);
+  int64_t nc = ((int64_t)32 << 20) / (int64_t)(K * es);
+  nc = nc < 64 ? 64 : nc / 64 * 64;
+  if (nc > N) nc = N;
+  mx__buffer *tb = mx__cuda_tmp((size_t)(nc * K) * es);
+  if (!tb) return mx_last_status();
+  typename T::S *d = (typename T::S *)tb->dptr;
+  cudaStream_t s = mx__cuda_stream();
+  /* whole words (bits 2/4/8), 32-bit indexing: one thread per word */
+  const bool word = (bits == 2 || bits == 4 || bits == 8) && nc * K * bits / 32 < INT_MAX;
+  const float one = 1.f, zero = 0.f;
+  for (int64_t n0 = 0; n0 < N && !st; n0 += nc) {
+    int64_t cn = N - n0 < nc ? N - n0 : nc;
+    int64_t total = cn * K;
+    if (word && transpose) /* W (N, K): rows n0.. of all K columns, (cn, K) row-major */
+      deq_words<T>(w, sc, bi, d, n0, cn, K, gs, bits);
+    else if (word && cn == N) /* W (K, N) whole */
+      deq_words<T>(w, sc, bi, d, 0, K, N, gs, bits);
+    else if (transpose)
+      k_deq_block<T><<<mx__cuda_blocks(total), MX_CUDA_THREADS, 0, s>>>(
+          w, (const typename T::S *)sc, (const typename T::S *)bi, d, K, n0, cn, 0, K, gs, bits);
+    else /* W (K, N): columns n0.. of all K rows, (K, cn) row-major */
+      k_deq_block<T><<<mx__cuda_blocks(total), MX_CUDA_THREADS, 0, s>>>(
+          w, (const typename T::S *)sc, (const typename T::S *)bi, d, N, 0, K, n0, cn, gs, bits);
+    if ((st = mx__cuda_launched("quantized_matmul"))) break;
+    /* column-major out^T[n0:n0+cn, :] (cn x M) = Wslice (cn x K) * x^T (K x M) */
+    char *op = (char *)out->buf->dptr + n0 * (int64_t)es;
+    st = qblas(cublasGemmEx(h, transpose ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, (int)cn,
+                            (int)M, (int)K, &one, d, ty, transpose ? (int)K : (int)cn, x, ty,
+                            (int)K, &zero, op, ty, (int)N, CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT),
+               "cublasGemmEx");
+  }
+  mx__buffer_release(tb); /* later kernels of the stream run after the GEMM */
+  return st;
+}
+
+/* ---- dispatch ------------------------------------------------------------------------ */
+template <class T, int BITS, int MM>
+static void launch_qmv(const void *x, const uint32_t *w, const void *sc, const void *bi,
+                       void *o, int M, int N, int K, int gs) {
+  int segs = K / (128 / BITS);
+  int threads = segs >= QMV_THREADS ? QMV_THREADS : (segs + 31) / 32 * 32;
+  if (threads < 32) threads = 32;
+  unsigned blocks = (unsigned)((N + QMV_ROWS - 1) / QMV_ROWS);
+  k_qmv<T, BITS, MM><<<blocks, threads, 0, mx__cuda_stream()>>>(
+      (const typename T::S *)x, (const uint4 *)w, (const typename T::S *)sc,
+      (const typename T::S *)bi, (typename T::S *)o, M, N, K, gs);
+}
+
+template <class T, int MM>
+static void qmv_m(const void *x, const uint32_t *w, const void *sc, const void *bi, void *o,
+                  int M, int N, int K, int gs, int bits, bool fast) {
+  if (fast && bits == 4) launch_qmv<T, 4, MM>(x, w, sc, bi, o, M, N, K, gs);
+  else if (fast && bits == 8) launch_qmv<T, 8, MM>(x, w, sc, bi, o, M, N, K, gs);
+  else
+    k_qmv_generic<T, MM><<<(unsigned)((N + 3) / 4), 128, 0, mx__cuda_stream()>>>(
+        (const typename T::S *)x, w, (const typename T::S *)sc, (const typename T::S *)bi,
+        (typename T::S *)o, M, N, K, gs, bits);
+}
+
+template <class T>
+static void qmv(const void *x, const uint32_t *w, const void *sc, const void *bi, void *o, int M,
+                int N, int K, int gs, int bits, bool fast) {
+  if (M <= 1) qmv_m<T, 1>(x, w, sc, bi, o, M, N, K, gs, bits, fast);
+  else if (M <= 2) qmv_m<T, 2>(x, w, sc, bi, o, M, N, K, gs, bits, fast);
+  else if (M <= 4) qmv_m<T, 4>(x, w, sc, bi, o, M, N, K, gs, bits, fast);
+  else qmv_m<T, 8>(x, w, sc, bi, o, M, N, K, gs, bits, fast);
+}
+
+int mx__cuda_qmm_fast(mx_array *out, const void *x, const uint32_t *w, const void *sc,
+                      const void *bi, int64_t M, int64_t N, int64_t K, int gs, int bits,
+                      bool transpose, bool *done) {
+  mx_dtype dt = out->dtype;
+  *done = false;
+  if ((dt != MX_FLOAT16 && dt != MX_BFLOAT16 && dt != MX_FLOAT32) || K == 0) return MX_OK;
+  if (M <= 8) {
+    if (!transpose || N > INT_MAX || K > INT_MAX / 8) return MX_OK;
+    /* 16-byte segments: rows of K*bits/8 bytes must keep 16-byte alignment */
+    bool fast = (bits == 4 || bits == 8) && ((uintptr_t)w & 15) == 0 &&
+                ((uintptr_t)x & 15) == 0 && (K * bits / 8) % 16 == 0;
+    *done = true;
+    void *o = out->buf->dptr;
+    int m = (int)M, n = (int)N, k = (int)K;
+    switch (dt) {
+      case MX_FLOAT16: qmv<TF16>(x, w, sc, bi, o, m, n, k, gs, bits, fast); break;
+      case MX_BFLOAT16: qmv<TBF16>(x, w, sc, bi, o, m, n, k, gs, bits, fast); break;
+      default: qmv<TF32>(x, w, sc, bi, o, m, n, k, gs, bits, fast); break;
+    }
+    return mx__cuda_launched("quantized_matmul");
+  }
+  *done = true;
+  switch (dt) {
+    case MX_FLOAT16:
+      return qmm_gemm<TF16>(out, x, w, sc, bi, M, N, K, gs, bits, transpose, CUDA_R_16F);
+    case MX_BFLOAT16:
+      return qmm_gemm<TBF16>(out, x, w, sc, bi, M, N, K, gs, bits, transpose, CUDA_R_16BF);
+    default: return qmm_gemm<TF32>(out, x, w, sc, bi, M, N, K, gs, bits, transpose, CUDA_R_32F);
+  }
+}
