@@ -347,6 +347,67 @@ TEST(to_gguf_llama_names_keys_permutation) {
   remove(file);
 }
 
+/* --to-gguf --dtype q8_0 / q4_0: llama.cpp's blocks of 32 (read back by
+ * mx_load as MLX's affine triple), within the format's rounding of the F32
+ * export; norms stay F32; ftype MOSTLY_Q8_0 (7) / MOSTLY_Q4_0 (2). */
+TEST(to_gguf_q8_0_q4_0_blocks) {
+  char file[600], f32[600];
+  snprintf(file, sizeof file, "%s", tmp_path("q.gguf"));
+  snprintf(f32, sizeof f32, "%s", tmp_path("f.gguf"));
+  ASSERT_OK(mx__lm_export_gguf(SRC, f32, MX_FLOAT32));
+  mx_map *ref = NULL;
+  ASSERT_OK(mx_load(f32, &ref, NULL));
+  const int types[2] = {MX__GGUF_Q8_0, MX__GGUF_Q4_0}, bits[2] = {8, 4}, ftype[2] = {7, 2};
+  for (int t = 0; t < 2; t++) {
+    ASSERT_MSG(!mx__lm_export_gguf(SRC, file, types[t]), "%s", mx_last_error());
+    mx_map *g = NULL;
+    mx_metadata *m = NULL;
+    ASSERT_MSG(!mx_load(file, &g, &m), "%s", mx_last_error());
+    const mx_meta_value *ft = mx_metadata_get(m, "general.file_type");
+    ASSERT(ft && ft->v.u == (uint64_t)ftype[t]);
+    ASSERT(mx_array_dtype(mx_map_get(g, "blk.0.ffn_norm.weight")) == MX_FLOAT32);
+    const char *names[4] = {"token_embd", "blk.0.attn_q", "blk.1.ffn_down", "blk.1.attn_k"};
+    for (int i = 0; i < 4; i++) {
+      char k[80];
+      snprintf(k, sizeof k, "%s.weight", names[i]);
+      mx_array *want = mx_map_get(ref, k), *wq = mx_map_get(g, k);
+      snprintf(k, sizeof k, "%s.scales", names[i]);
+      mx_array *sc = mx_map_get(g, k);
+      snprintf(k, sizeof k, "%s.biases", names[i]);
+      mx_array *bi = mx_map_get(g, k);
+      ASSERT_MSG(want && wq && sc && bi, "%s: not a quantized triple", names[i]);
+      ASSERT(mx_array_dtype(wq) == MX_UINT32);
+      mx_array *d = mx_dequantize(wq, sc, bi, 32, bits[t]);
+      ASSERT_NOT_NULL(d);
+      int64_t n = mx_array_size(want);
+      ASSERT_EQ_INT(mx_array_size(d), n);
+      float *x = malloc(sizeof(float) * (size_t)n), *y = malloc(sizeof(float) * (size_t)n);
+      ASSERT(x && y);
+      ASSERT_OK(mx_array_copy_to(want, MX_FLOAT32, x, n));
+      ASSERT_OK(mx_array_copy_to(d, MX_FLOAT32, y, n));
+      bool ok = true;
+      for (int64_t b0 = 0; b0 < n && ok; b0 += 32) {
+        float amax = 0;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[b0 + j]));
+        /* Q8_0: half a step of amax/127; Q4_0: one step of amax/8 (the
+         * clamped end), both plus the float16 scale's rounding */
+        float tol = bits[t] == 8 ? amax / 127 * 0.5f + amax * 2e-3f : amax / 8 * 1.01f;
+        for (int j = 0; j < 32; j++)
+          if (fabsf(x[b0 + j] - y[b0 + j]) > tol + 1e-7f) ok = false;
+      }
+      free(x);
+      free(y);
+      mx_array_free(d);
+      ASSERT_MSG(ok, "%s (%d bits) is not within the block rounding", names[i], bits[t]);
+    }
+    mx_map_free(g);
+    mx_metadata_free(m);
+  }
+  mx_map_free(ref);
+  remove(file);
+  remove(f32);
+}
+
 static int copy_file(const char *from, const char *to) {
   FILE *a = fopen(from, "rb"), *b = fopen(to, "wb");
   int rc = a && b ? 0 : -1;

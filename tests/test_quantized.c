@@ -2,7 +2,8 @@
  * against hand-computed words and a NumPy golden file
  * (tests/gen/gen_quant_golden.py), round-trip error bounds per bits,
  * quantized_matmul against matmul of the dequantized weight (both layouts,
- * decode and tiled paths, any thread count), gradients and errors. */
+ * decode, few-rows and GEMM paths, every group size, bfloat16/float16
+ * scales, any thread count), gradients and errors. */
 #include <math.h>
 
 #include "mxc/mxc.h"
@@ -248,6 +249,47 @@ TEST(qmm_matches_dequantized_matmul) {
   }
 }
 
+/* The decode / few-rows kernels (4- and 8-bit, AVX-512 or AVX2 where the CPU
+ * has them): every group size, row counts that are not a multiple of the
+ * kernels' row blocks, K a multiple of 128 or only of 32, 1..7 rows of x (the
+ * GEMV path), 9 and 33 (4-bit: several rows per unpacked block), 70 (the
+ * dequantize + sgemm path); bfloat16 and float16 scales read in place. */
+TEST(qmm_decode_paths_all_group_sizes) {
+  const int gss[3] = {32, 64, 128};
+  const int64_t Ms[6] = {1, 2, 7, 9, 33, 70};
+  for (int gi = 0; gi < 3; gi++)
+    for (int bits = 4; bits <= 8; bits += 4) {
+      qmm_check(1, 203, 512, gss[gi], bits, true);
+      qmm_check(3, 5, 384, gss[gi], bits, true); /* K % 128 == 0, 5 rows */
+      if (gss[gi] < 128) qmm_check(1, 6, 96 * (gss[gi] / 32), gss[gi], bits, true);
+    }
+  for (int mi = 0; mi < 6; mi++) {
+    qmm_check(Ms[mi], 37, 256, 64, 4, true);
+    qmm_check(Ms[mi], 37, 256, 32, 8, true);
+  }
+  /* half-precision scales: same as the float32 kernel on the same values */
+  mx_dtype hdt[2] = {MX_BFLOAT16, MX_FLOAT16};
+  for (int h = 0; h < 2; h++)
+    for (int bits = 4; bits <= 8; bits += 4)
+      for (int mi = 0; mi < 4; mi++) {
+        mx_array *k1 = mx_random_key(21), *k2 = mx_random_key(22);
+        mx_array *w = mx_random_normal((int64_t[]){45, 256}, 2, hdt[h], 0, 0.05, k1);
+        mx_array *x = mx_random_normal((int64_t[]){Ms[mi], 256}, 2, MX_FLOAT32, 0, 1, k2);
+        mx_array *wq, *s, *b;
+        ASSERT_OK(mx_quantize(w, 64, bits, &wq, &s, &b));
+        ASSERT_EQ_INT(mx_array_dtype(s), hdt[h]);
+        mx_array *s32 = mx_astype(s, MX_FLOAT32), *b32 = mx_astype(b, MX_FLOAT32);
+        mx_array *got = mx_quantized_matmul(x, wq, s, b, true, 64, bits);
+        mx_array *want = mx_quantized_matmul(x, wq, s32, b32, true, 64, bits);
+        ASSERT_OK(mx_array_eval(got));
+        ASSERT_OK(mx_array_eval(want));
+        ASSERT_EQ_INT(mx_array_dtype(got), MX_FLOAT32);
+        ASSERT_MSG(max_rel_diff(got, want) == 0, "%s scales, bits %d, M %lld: %g",
+                   mx_dtype_name(hdt[h]), bits, (long long)Ms[mi], max_rel_diff(got, want));
+        mx_array_free_n((mx_array *[]){k1, k2, w, x, wq, s, b, s32, b32, got, want}, 11);
+      }
+}
+
 TEST(qmm_bf16) {
   mx_array *key = mx_random_key(3);
   mx_array *w = mx_random_normal((int64_t[]){64, 256}, 2, MX_BFLOAT16, 0, 0.05, key);
@@ -264,6 +306,47 @@ TEST(qmm_bf16) {
   ASSERT_EQ_INT(mx_array_dtype(got), MX_BFLOAT16);
   ASSERT(max_rel_diff(got, want) < 2e-2);
   mx_array_free_n((mx_array *[]){key, key2, w, x, wq, s, b, d, dt, want, got}, 11);
+}
+
+/* decode with half-precision activations and a long K: the dense GEMV of a
+ * dequantized weight (K >= 4096 rows take the four-columns-per-pass kernel
+ * of the dense path) against float64, within the output's rounding; the
+ * quantized_matmul of the same weight against float64 of the float32
+ * dequantization. */
+TEST(half_decode_long_rows) {
+  const int64_t Ks[2] = {4096, 4160};
+  const mx_dtype dts[2] = {MX_BFLOAT16, MX_FLOAT16};
+  const double tol[2] = {8e-3, 1e-3};
+  for (int t = 0; t < 2; t++)
+    for (int h = 0; h < 2; h++) {
+      mx_array *k1 = mx_random_key(31 + t), *k2 = mx_random_key(41 + t);
+      mx_array *w = mx_random_normal((int64_t[]){37, Ks[t]}, 2, dts[h], 0, 0.05, k1);
+      mx_array *x = mx_random_normal((int64_t[]){1, Ks[t]}, 2, dts[h], 0, 1, k2);
+      mx_array *wq, *s, *b;
+      ASSERT_OK(mx_quantize(w, 64, 4, &wq, &s, &b));
+      mx_array *d = mx_dequantize(wq, s, b, 64, 4);
+      mx_array *dt = mx_transpose(d, NULL, 0), *dense = mx_matmul(x, dt);
+      mx_array *x64 = mx_astype(x, MX_FLOAT64), *d64 = mx_astype(d, MX_FLOAT64);
+      mx_array *dt64 = mx_transpose(d64, NULL, 0), *want = mx_matmul(x64, dt64);
+      ASSERT_OK(mx_array_eval(dense));
+      ASSERT_OK(mx_array_eval(want));
+      ASSERT_EQ_INT(mx_array_dtype(dense), dts[h]);
+      double e = max_rel_diff(dense, want);
+      ASSERT_MSG(e < tol[h], "%s K=%lld: dense GEMV rel diff %g", mx_dtype_name(dts[h]),
+                 (long long)Ks[t], e);
+      mx_array *got = mx_quantized_matmul(x, wq, s, b, true, 64, 4);
+      mx_array *s32 = mx_astype(s, MX_FLOAT32), *b32 = mx_astype(b, MX_FLOAT32);
+      mx_array *f = mx_dequantize(wq, s32, b32, 64, 4), *f64 = mx_astype(f, MX_FLOAT64);
+      mx_array *ft64 = mx_transpose(f64, NULL, 0), *want2 = mx_matmul(x64, ft64);
+      ASSERT_OK(mx_array_eval(got));
+      ASSERT_OK(mx_array_eval(want2));
+      e = max_rel_diff(got, want2);
+      ASSERT_MSG(e < tol[h], "%s K=%lld: quantized_matmul rel diff %g", mx_dtype_name(dts[h]),
+                 (long long)Ks[t], e);
+      mx_array_free_n((mx_array *[]){k1, k2, w, x, wq, s, b, d, dt, dense, x64, d64, dt64, want,
+                                     got, s32, b32, f, f64, ft64, want2},
+                      21);
+    }
 }
 
 /* ---- gradients ------------------------------------------------------------------------- */

@@ -2,7 +2,7 @@
  *
  *   mxc convert --hf-path SRC --mlx-path DST [-q --q-bits B --q-group-size G]
  *               [--dtype bf16|f16|f32] [-d]
- *   mxc convert --hf-path SRC --to-gguf FILE.gguf [--dtype f32|f16|bf16]
+ *   mxc convert --hf-path SRC --to-gguf FILE.gguf [--dtype f32|f16|bf16|q8_0|q4_0]
  *   mxc convert --from-llama2c FILE.bin --mlx-path DST
  *
  * --hf-path: an HF/MLX model directory or Hub id to an MLX directory
@@ -21,7 +21,8 @@ static int usage(FILE *f, int rc) {
           "usage: mxc convert --hf-path SRC [--mlx-path DST] [-q [--q-bits B] "
           "[--q-group-size G]]\n"
           "                   [--dtype bf16|f16|f32] [-d]\n"
-          "       mxc convert --hf-path SRC --to-gguf FILE.gguf [--dtype f32|f16|bf16]\n"
+          "       mxc convert --hf-path SRC --to-gguf FILE.gguf "
+          "[--dtype f32|f16|bf16|q8_0|q4_0]\n"
           "       mxc convert --from-llama2c FILE.bin [--mlx-path DST]\n"
           "  --hf-path SRC         model directory or Hugging Face Hub id (org/name)\n"
           "  --mlx-path DST        output directory (default mlx_model)\n"
@@ -30,7 +31,8 @@ static int usage(FILE *f, int rc) {
           "  --q-group-size G      group size: 32, 64, 128 (default 64)\n"
           "  --dtype T             cast floating weights: bf16, f16, f32 (default: keep)\n"
           "  -d, --dequantize      dequantize a quantized model\n"
-          "  --to-gguf FILE        export a llama-arch GGUF (F32 unless --dtype)\n"
+          "  --to-gguf FILE        export a llama-arch GGUF (F32 unless --dtype; q8_0 and\n"
+          "                        q4_0 write llama.cpp's Q8_0 / Q4_0 blocks)\n"
           "  --from-llama2c FILE   a llama2.c checkpoint (legacy format)\n");
   return rc;
 }
@@ -39,6 +41,8 @@ static int parse_dtype(const char *s) {
   if (!strcmp(s, "bf16") || !strcmp(s, "bfloat16")) return MX_BFLOAT16;
   if (!strcmp(s, "f16") || !strcmp(s, "float16")) return MX_FLOAT16;
   if (!strcmp(s, "f32") || !strcmp(s, "float32")) return MX_FLOAT32;
+  if (!strcmp(s, "q8_0") || !strcmp(s, "Q8_0")) return MX__GGUF_Q8_0; /* --to-gguf only */
+  if (!strcmp(s, "q4_0") || !strcmp(s, "Q4_0")) return MX__GGUF_Q4_0;
   return -2;
 }
 
@@ -83,7 +87,8 @@ int mxc_cmd_convert(int argc, char **argv) {
     else if (!strcmp(a, "--to-gguf")) gguf = v;
     else if (!strcmp(a, "--dtype")) {
       if ((o.dtype = parse_dtype(v)) == -2) {
-        fprintf(stderr, "mxc convert: --dtype %s: expected bf16, f16 or f32\n", v);
+        fprintf(stderr, "mxc convert: --dtype %s: expected bf16, f16, f32 (or, with "
+                "--to-gguf, q8_0 or q4_0)\n", v);
         return 2;
       }
     } else if (!strcmp(a, "--q-bits")) {
@@ -123,6 +128,11 @@ int mxc_cmd_convert(int argc, char **argv) {
     }
     fprintf(stderr, "mxc convert: wrote %s\n", gguf);
     return 0;
+  }
+  if (o.dtype == MX__GGUF_Q8_0 || o.dtype == MX__GGUF_Q4_0) {
+    fprintf(stderr, "mxc convert: --dtype q8_0/q4_0 is for --to-gguf (use -q for MLX "
+                    "quantization)\n");
+    return 2;
   }
   o.src = hf;
   o.dst = dst;

@@ -241,6 +241,32 @@ static inline float hsum8(__m256 v) {
 DEF_DOT_HALF(dot_bf16_rows, ld8_bf16, mx__bf16_to_f32)
 DEF_DOT_HALF(dot_f16_rows, ld8_f16, mx__f16_to_f32)
 
+/* One row of A (decode) against four columns of b at once: each 8 values
+ * of A are loaded once for four FMA chains, so a long K (whose widened A row
+ * does not stay in L1) costs one A load per four b loads. Each column is
+ * one FMA chain then a horizontal sum: a fixed order for a given shape,
+ * whatever the thread count (columns are grouped within DNB chunks). */
+#define DEF_DOT4_HALF(NAME, LD8, CVT)                                                       \
+  static void NAME(const float *A, const uint16_t *B, int64_t ldb, int64_t n, float *acc) { \
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;                            \
+    const uint16_t *b0 = B, *b1 = B + ldb, *b2 = B + 2 * ldb, *b3 = B + 3 * ldb;          \
+    int64_t i = 0;                                                                          \
+    for (; i + 8 <= n; i += 8) {                                                            \
+      __m256 a = _mm256_loadu_ps(A + i);                                                    \
+      s0 = _mm256_fmadd_ps(a, LD8(b0 + i), s0);                                             \
+      s1 = _mm256_fmadd_ps(a, LD8(b1 + i), s1);                                             \
+      s2 = _mm256_fmadd_ps(a, LD8(b2 + i), s2);                                             \
+      s3 = _mm256_fmadd_ps(a, LD8(b3 + i), s3);                                             \
+    }                                                                                       \
+    float r[4] = {hsum8(s0), hsum8(s1), hsum8(s2), hsum8(s3)};                             \
+    for (; i < n; i++)                                                                      \
+      r[0] += A[i] * CVT(b0[i]), r[1] += A[i] * CVT(b1[i]), r[2] += A[i] * CVT(b2[i]),     \
+          r[3] += A[i] * CVT(b3[i]);                                                        \
+    for (int j = 0; j < 4; j++) acc[j] = r[j];                                              \
+  }
+DEF_DOT4_HALF(dot4_bf16, ld8_bf16, mx__bf16_to_f32)
+DEF_DOT4_HALF(dot4_f16, ld8_f16, mx__f16_to_f32)
+
 static void direct_chunk_half_dot(void *ctx, int64_t begin, int64_t end) {
   const direct_job *j = ctx;
   const gemm_args *g = j->g;
@@ -250,8 +276,17 @@ static void direct_chunk_half_dot(void *ctx, int64_t begin, int64_t end) {
   const uint16_t *B = (const uint16_t *)g->B;
   float acc[DMB][DNB], col[DMB];
   for (int64_t n0 = begin * DNB; n0 < end * DNB && n0 < g->N; n0 += DNB) {
-    int64_t nn = MX_MIN(DNB, g->N - n0);
-    for (int64_t jn = 0; jn < nn; jn++) {
+    int64_t nn = MX_MIN(DNB, g->N - n0), jn = 0;
+    /* long rows only: with rows of <= 4 KB the four interleaved streams are too
+     * short for the hardware prefetcher and this is slower (measured) */
+    if (j->mb == 1 && g->K >= 4096)
+      for (; jn + 4 <= nn; jn += 4) {
+        float c4[4];
+        (g->dt == MX_BFLOAT16 ? dot4_bf16 : dot4_f16)(Aw, B + (n0 + jn) * g->sbn, g->sbn, g->K,
+                                                      c4);
+        for (int q = 0; q < 4; q++) acc[0][jn + q] = c4[q];
+      }
+    for (; jn < nn; jn++) {
       memset(col, 0, sizeof col);
       dot(Aw, g->K, j->mb, B + (n0 + jn) * g->sbn, g->K, col);
       for (int64_t m = 0; m < j->mb; m++) acc[m][jn] = col[m];

@@ -2,24 +2,30 @@
  * QUANTIZE_PACK, DEQUANTIZE and QUANTIZED_MATMUL (format: see
  * src/ops/quantized_params.h).
  *
- * quantized_matmul never dequantizes the whole weight:
- *   - x @ W^T with few rows (M < 8, decode): each output column streams its
- *     packed row of W once, group by group: out += scale * (x_g . q_g) +
- *     bias * sum(x_g), the group sums of x computed once;
- *   - x @ W^T with more rows: a tile of 16 rows of W is dequantized into a
- *     float scratch (16 x K) and multiplied with every row of x by a 2x4
- *     register-blocked micro-kernel;
+ * quantized_matmul never dequantizes the whole weight at once:
+ *   - x @ W^T with few rows (M < 8, decode), 4- and 8-bit on x86-64: the
+ *     AVX-512 or AVX2 GEMV below (run-time dispatch), four packed rows at a
+ *     time, out = sum_g scale_g * (x_g . q_g) + bias_g * sum(x_g);
+ *     4-bit with AVX-512 also for 8 <= M < 64 (each unpacked block of W
+ *     multiplied with four rows of x);
+ *   - the same with other bits / CPUs: each output column streams its
+ *     packed row once, group by group, with GNU vector types;
+ *   - x @ W^T with more rows: blocks of W dequantized to float32 and
+ *     multiplied by OpenBLAS's sgemm (16-row tiles and a 2x4 micro-kernel
+ *     where the sizes do not fit BLAS's int);
  *   - x @ W (W stored (K, N), groups along N): one group of columns at a
  *     time, each packed row unpacked once and applied to every row of x.
  * The work is split over output columns; each output element is computed
  * by one thread in a fixed order, so results do not depend on the thread
- * count. f16/bf16/f32 compute in float32, f64 in float64. Inner loops use
- * GNU C vector types (8 x float32) so they vectorise on any target. */
+ * count. f16/bf16/f32 compute in float32, f64 in float64. */
+#include <cblas.h>
+#include <limits.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <string.h>
 
 #include "cpu.h"
+#include "mxc/memory.h"
 #include "ops/quantized_params.h"
 
 #if defined(__AVX2__)
@@ -311,7 +317,7 @@ static int k_dequantize(mx_array *out, mx_array **in) {
 
 /* ---- QUANTIZED_MATMUL ------------------------------------------------------------------ */
 
-enum { QMM_STREAM_MAX_M = 8, QMM_TILE_N = 16 };
+enum { QMM_STREAM_MAX_M = 8, QMM_MR_MAX_M = 64, QMM_TILE_N = 16 };
 
 typedef struct {
   const float *x;    /* (M, K) */
@@ -427,6 +433,49 @@ static void qmm_t_tiled(void *vctx, int64_t t0, int64_t t1) {
   free(tile);
 }
 
+/* x @ W^T, many rows (prefill): blocks of rows of W dequantized to float32
+ * (w = scale * q + bias, rounded to float, in parallel) and multiplied by
+ * OpenBLAS's sgemm, which reaches the machine's GEMM speed; the dequantizing
+ * costs one pass over the block per call, shared by all M rows. */
+typedef struct {
+  const qmm_ctx *c;
+  float *d; /* (rows, K) */
+  int64_t n0;
+} deq_rows_ctx;
+
+static void deq_rows(void *vctx, int64_t r0, int64_t r1) {
+  const deq_rows_ctx *j = vctx;
+  const qmm_ctx *c = j->c;
+  int64_t K = c->K, G = K / c->gs, P = K * c->bits / 32;
+  int wpg = c->gs * c->bits / 32;
+  float q[128];
+  for (int64_t r = r0; r < r1; r++) {
+    int64_t n = j->n0 + r;
+    for (int64_t g = 0; g < G; g++) {
+      unpack_f(c->w + n * P + g * wpg, c->bits, c->gs, q);
+      float sc = c->s[n * G + g], bi = c->b[n * G + g];
+      float *d = j->d + r * K + g * c->gs;
+      for (int k = 0; k < c->gs; k++) d[k] = sc * q[k] + bi;
+    }
+  }
+}
+
+static int qmm_t_blas(qmm_ctx *c) {
+  int64_t K = c->K, nb = MX_MIN(c->N, MX_MAX(16, ((int64_t)1 << 21) / K)); /* ~8 MB */
+  float *d = malloc(sizeof(float) * (size_t)(nb * K));
+  if (!d) return mx__set_error(MX_ERR_OOM, "quantized_matmul: cannot allocate scratch");
+  openblas_set_num_threads(mx_get_num_threads());
+  for (int64_t n0 = 0; n0 < c->N; n0 += nb) {
+    int64_t rows = MX_MIN(nb, c->N - n0);
+    deq_rows_ctx j = {c, d, n0};
+    mx__parallel_for(rows, MX_MAX(1, 8192 / K), deq_rows, &j);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)c->M, (int)rows, (int)K, 1.0f,
+                c->x, (int)K, d, (int)K, 0.0f, c->out + n0, (int)c->N);
+  }
+  free(d);
+  return MX_OK;
+}
+
 /* x @ W with W (K, N) stored row by row, groups along N: one group of
  * columns per step; every packed row unpacked once, applied to all rows. */
 static void qmm_n(void *vctx, int64_t cg0, int64_t cg1) {
@@ -490,6 +539,412 @@ static void qmm64_chunk(void *vctx, int64_t n0, int64_t n1) {
     }
 }
 
+/* ---- decode GEMV, 4- and 8-bit (x86: AVX-512 / AVX2, chosen at run time) ----------------
+ *
+ * x @ W^T with M < QMM_STREAM_MAX_M rows, K a multiple of 32: each thread takes
+ * blocks of four packed rows of W and streams them once, per row
+ *   out = sum_g scale_g * (x_g . q_g) + sum_g bias_g * sum(x_g)
+ * with x_g . q_g accumulated in vector lanes (one FMA per weight, nibbles
+ * unpacked with a zero-extend, AND and shift) and multiplied by the group's
+ * scale in the lanes; one horizontal sum per row. For 4 bits, x is first
+ * reordered per block of 32 as (even, odd) values so that the low and high
+ * nibbles of 16 consecutive bytes meet 16 consecutive floats. Scales and
+ * biases are read in their own dtype (no float copy of them per call). Each
+ * row is summed in a fixed order: results do not depend on the thread count. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HAVE_QGEMV_X86 1
+#include <immintrin.h>
+
+enum { QG_ROWS = 4 };
+
+/* pf: where to prefetch (the row block two blocks ahead: the rows of a block
+ * are too short for the hardware prefetcher to follow them as streams) */
+typedef void (*qgemv_rows_fn)(const float *x, const uint8_t *const *wr, const float *const *sr,
+                              int64_t G, int gs, const uint8_t *pf, float *res);
+
+#define QG_TARGET_512 __attribute__((target("avx512f,avx2,fma"), noinline))
+#define QG_TARGET_256 __attribute__((target("avx2,fma"), noinline))
+
+/* 4-bit, AVX-512, K a multiple of 128: 16 packed words (128 values) per
+ * load; lane l of word-vector v holds values 8l..8l+7, and (v >> 4i) looked
+ * up in a 16-entry float table (vpermps reads the index's low 4 bits) gives
+ * value 8l+i in lane l, met by x reordered per 128 as x'[16i + l] = x[8l + i].
+ * The per-lane scale vector spreads the block's 1, 2 or 4 group scales. */
+QG_TARGET_512 static void q4_rows_512(const float *x, const uint8_t *const *wr,
+                                      const float *const *sr, int64_t G, int gs,
+                                      const uint8_t *pf, float *res) {
+  const __m512 tbl = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const int sh = gs == 32 ? 2 : gs == 64 ? 3 : 4; /* lane -> group in block: l >> sh */
+  const __m512i gidx = _mm512_srli_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), (unsigned)sh);
+  const __mmask16 gmask = (__mmask16)((1u << (128 / gs)) - 1u);
+  const uint8_t *w0 = wr[0], *w1 = wr[1], *w2 = wr[2], *w3 = wr[3];
+  __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+  int64_t K = G * gs;
+  for (int64_t k = 0; k < K; k += 128) {
+    const float *xb = x + k;
+    int64_t o = k / 2, g0 = k / gs;
+    _mm_prefetch((const char *)(pf + 4 * o), _MM_HINT_T0); /* 256 bytes read per step */
+    _mm_prefetch((const char *)(pf + 4 * o + 64), _MM_HINT_T0);
+    _mm_prefetch((const char *)(pf + 4 * o + 128), _MM_HINT_T0);
+    _mm_prefetch((const char *)(pf + 4 * o + 192), _MM_HINT_T0);
+    __m512i v0 = _mm512_loadu_si512(w0 + o), v1 = _mm512_loadu_si512(w1 + o);
+    __m512i v2 = _mm512_loadu_si512(w2 + o), v3 = _mm512_loadu_si512(w3 + o);
+    __m512 x0 = _mm512_loadu_ps(xb);
+    __m512 a0 = _mm512_mul_ps(_mm512_permutexvar_ps(v0, tbl), x0);
+    __m512 a1 = _mm512_mul_ps(_mm512_permutexvar_ps(v1, tbl), x0);
+    __m512 a2 = _mm512_mul_ps(_mm512_permutexvar_ps(v2, tbl), x0);
+    __m512 a3 = _mm512_mul_ps(_mm512_permutexvar_ps(v3, tbl), x0);
+    __m512 x1 = _mm512_loadu_ps(xb + 16);
+    __m512 b0 = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v0, 4), tbl), x1);
+    __m512 b1 = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v1, 4), tbl), x1);
+    __m512 b2 = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v2, 4), tbl), x1);
+    __m512 b3 = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v3, 4), tbl), x1);
+#define QG4(I, A0, A1, A2, A3)                                                              \
+  {                                                                                         \
+    __m512 xi = _mm512_loadu_ps(xb + 16 * I);                                               \
+    A0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v0, 4 * I), tbl), xi, A0); \
+    A1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v1, 4 * I), tbl), xi, A1); \
+    A2 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v2, 4 * I), tbl), xi, A2); \
+    A3 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v3, 4 * I), tbl), xi, A3); \
+  }
+    QG4(2, a0, a1, a2, a3)
+    QG4(3, b0, b1, b2, b3)
+    QG4(4, a0, a1, a2, a3)
+    QG4(5, b0, b1, b2, b3)
+    QG4(6, a0, a1, a2, a3)
+    QG4(7, b0, b1, b2, b3)
+#undef QG4
+#define QGS(R, A, B, C)                                                                     \
+  C = _mm512_fmadd_ps(_mm512_add_ps(A, B),                                                  \
+                      _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(gmask, sr[R] + g0)), C);
+    QGS(0, a0, b0, c0)
+    QGS(1, a1, b1, c1)
+    QGS(2, a2, b2, c2)
+    QGS(3, a3, b3, c3)
+#undef QGS
+  }
+  res[0] = _mm512_reduce_add_ps(c0);
+  res[1] = _mm512_reduce_add_ps(c1);
+  res[2] = _mm512_reduce_add_ps(c2);
+  res[3] = _mm512_reduce_add_ps(c3);
+}
+
+/* 4-bit, AVX-512, several rows of x (prefill): each 128-value block of two
+ * rows of W is unpacked once (as in q4_rows_512) and multiplied with up to
+ * four rows of x, so the unpacking is shared and the FMA units stay busy.
+ * res[j][r]: x row j . W row r, before the bias term. */
+QG_TARGET_512 static void q4_mr_512(const float *x, int64_t K, int mb, const uint8_t *w0,
+                                    const uint8_t *w1, const float *s0, const float *s1,
+                                    int gs, float res[4][2]) {
+  const __m512 tbl = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const int sh = gs == 32 ? 2 : gs == 64 ? 3 : 4;
+  const __m512i gidx = _mm512_srli_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), (unsigned)sh);
+  const __mmask16 gmask = (__mmask16)((1u << (128 / gs)) - 1u);
+  const float *x0 = x, *x1 = x + (mb > 1 ? K : 0), *x2 = x + (mb > 2 ? 2 * K : 0),
+              *x3 = x + (mb > 3 ? 3 * K : 0); /* missing rows repeat the first */
+  __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
+         c30 = c00, c31 = c00;
+  for (int64_t k = 0; k < K; k += 128) {
+    __m512i v0 = _mm512_loadu_si512(w0 + k / 2), v1 = _mm512_loadu_si512(w1 + k / 2);
+    __m512 t0 = _mm512_permutexvar_ps(v0, tbl), t1 = _mm512_permutexvar_ps(v1, tbl);
+    __m512 xi = _mm512_loadu_ps(x0 + k);
+    __m512 a00 = _mm512_mul_ps(t0, xi), a01 = _mm512_mul_ps(t1, xi);
+    xi = _mm512_loadu_ps(x1 + k);
+    __m512 a10 = _mm512_mul_ps(t0, xi), a11 = _mm512_mul_ps(t1, xi);
+    xi = _mm512_loadu_ps(x2 + k);
+    __m512 a20 = _mm512_mul_ps(t0, xi), a21 = _mm512_mul_ps(t1, xi);
+    xi = _mm512_loadu_ps(x3 + k);
+    __m512 a30 = _mm512_mul_ps(t0, xi), a31 = _mm512_mul_ps(t1, xi);
+#define QMR(I)                                                                   \
+  {                                                                              \
+    t0 = _mm512_permutexvar_ps(_mm512_srli_epi32(v0, 4 * I), tbl);               \
+    t1 = _mm512_permutexvar_ps(_mm512_srli_epi32(v1, 4 * I), tbl);               \
+    xi = _mm512_loadu_ps(x0 + k + 16 * I);                                       \
+    a00 = _mm512_fmadd_ps(t0, xi, a00), a01 = _mm512_fmadd_ps(t1, xi, a01);      \
+    xi = _mm512_loadu_ps(x1 + k + 16 * I);                                       \
+    a10 = _mm512_fmadd_ps(t0, xi, a10), a11 = _mm512_fmadd_ps(t1, xi, a11);      \
+    xi = _mm512_loadu_ps(x2 + k + 16 * I);                                       \
+    a20 = _mm512_fmadd_ps(t0, xi, a20), a21 = _mm512_fmadd_ps(t1, xi, a21);      \
+    xi = _mm512_loadu_ps(x3 + k + 16 * I);                                       \
+    a30 = _mm512_fmadd_ps(t0, xi, a30), a31 = _mm512_fmadd_ps(t1, xi, a31);      \
+  }
+    QMR(1) QMR(2) QMR(3) QMR(4) QMR(5) QMR(6) QMR(7)
+#undef QMR
+    __m512 sv0 = _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(gmask, s0 + k / gs));
+    __m512 sv1 = _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(gmask, s1 + k / gs));
+    c00 = _mm512_fmadd_ps(a00, sv0, c00), c01 = _mm512_fmadd_ps(a01, sv1, c01);
+    c10 = _mm512_fmadd_ps(a10, sv0, c10), c11 = _mm512_fmadd_ps(a11, sv1, c11);
+    c20 = _mm512_fmadd_ps(a20, sv0, c20), c21 = _mm512_fmadd_ps(a21, sv1, c21);
+    c30 = _mm512_fmadd_ps(a30, sv0, c30), c31 = _mm512_fmadd_ps(a31, sv1, c31);
+  }
+  res[0][0] = _mm512_reduce_add_ps(c00), res[0][1] = _mm512_reduce_add_ps(c01);
+  res[1][0] = _mm512_reduce_add_ps(c10), res[1][1] = _mm512_reduce_add_ps(c11);
+  res[2][0] = _mm512_reduce_add_ps(c20), res[2][1] = _mm512_reduce_add_ps(c21);
+  res[3][0] = _mm512_reduce_add_ps(c30), res[3][1] = _mm512_reduce_add_ps(c31);
+}
+
+QG_TARGET_512 static void q8_rows_512(const float *x, const uint8_t *const *wr,
+                                      const float *const *sr, int64_t G, int gs,
+                                      const uint8_t *pf, float *res) {
+  const uint8_t *w0 = wr[0], *w1 = wr[1], *w2 = wr[2], *w3 = wr[3];
+  __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+  for (int64_t g = 0; g < G; g++) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m512 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    for (int64_t k = g * gs; k < (g + 1) * gs; k += 32) {
+      __m512 xa = _mm512_loadu_ps(x + k), xb = _mm512_loadu_ps(x + k + 16);
+      _mm_prefetch((const char *)(pf + 4 * k), _MM_HINT_T0); /* 128 bytes read per step */
+      _mm_prefetch((const char *)(pf + 4 * k + 64), _MM_HINT_T0);
+#define QG8(A, B, W)                                                                          \
+  A = _mm512_fmadd_ps(                                                                        \
+      _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(W + k)))), xa, \
+      A);                                                                                     \
+  B = _mm512_fmadd_ps(                                                                        \
+      _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(W + k + 16)))), \
+      xb, B);
+      QG8(a0, b0, w0)
+      QG8(a1, b1, w1)
+      QG8(a2, b2, w2)
+      QG8(a3, b3, w3)
+#undef QG8
+    }
+    c0 = _mm512_fmadd_ps(_mm512_add_ps(a0, b0), _mm512_set1_ps(sr[0][g]), c0);
+    c1 = _mm512_fmadd_ps(_mm512_add_ps(a1, b1), _mm512_set1_ps(sr[1][g]), c1);
+    c2 = _mm512_fmadd_ps(_mm512_add_ps(a2, b2), _mm512_set1_ps(sr[2][g]), c2);
+    c3 = _mm512_fmadd_ps(_mm512_add_ps(a3, b3), _mm512_set1_ps(sr[3][g]), c3);
+  }
+  res[0] = _mm512_reduce_add_ps(c0);
+  res[1] = _mm512_reduce_add_ps(c1);
+  res[2] = _mm512_reduce_add_ps(c2);
+  res[3] = _mm512_reduce_add_ps(c3);
+}
+
+QG_TARGET_256 static float qg_hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+/* one row at a time (two rows' worth of accumulators would spill on 16 ymm) */
+QG_TARGET_256 static void q4_rows_256(const float *x, const uint8_t *const *wr,
+                                      const float *const *sr, int64_t G, int gs,
+                                      const uint8_t *pf, float *res) {
+  const __m256i m15 = _mm256_set1_epi32(15);
+  (void)pf;
+  for (int r = 0; r < QG_ROWS; r++) {
+    const uint8_t *w = wr[r];
+    __m256 c = _mm256_setzero_ps();
+    for (int64_t g = 0; g < G; g++) {
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
+      for (int64_t k = g * gs; k < (g + 1) * gs; k += 32) {
+        const uint8_t *p = w + k / 2;
+        __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+        __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8)));
+        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v0, m15)),
+                             _mm256_loadu_ps(x + k), a0);
+        a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v1, m15)),
+                             _mm256_loadu_ps(x + k + 8), a1);
+        b0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4)),
+                             _mm256_loadu_ps(x + k + 16), b0);
+        b1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4)),
+                             _mm256_loadu_ps(x + k + 24), b1);
+      }
+      c = _mm256_fmadd_ps(_mm256_add_ps(_mm256_add_ps(a0, b0), _mm256_add_ps(a1, b1)),
+                          _mm256_set1_ps(sr[r][g]), c);
+    }
+    res[r] = qg_hsum256(c);
+  }
+}
+
+QG_TARGET_256 static void q8_rows_256(const float *x, const uint8_t *const *wr,
+                                      const float *const *sr, int64_t G, int gs,
+                                      const uint8_t *pf, float *res) {
+  (void)pf;
+  for (int r = 0; r < QG_ROWS; r++) {
+    const uint8_t *w = wr[r];
+    __m256 c = _mm256_setzero_ps();
+    for (int64_t g = 0; g < G; g++) {
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t k = g * gs; k < (g + 1) * gs; k += 32) {
+#define QG8(A, O)                                                                             \
+  A = _mm256_fmadd_ps(                                                                        \
+      _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(w + k + O)))), \
+      _mm256_loadu_ps(x + k + O), A);
+        QG8(a0, 0)
+        QG8(a1, 8)
+        QG8(a2, 16)
+        QG8(a3, 24)
+#undef QG8
+      }
+      c = _mm256_fmadd_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
+                          _mm256_set1_ps(sr[r][g]), c);
+    }
+    res[r] = qg_hsum256(c);
+  }
+}
+
+/* 0: none, 1: AVX2+FMA, 2: AVX-512F */
+static int qgemv_level(void) {
+  static int level = -1;
+  int l = __atomic_load_n(&level, __ATOMIC_RELAXED);
+  if (l < 0) {
+    __builtin_cpu_init();
+    l = __builtin_cpu_supports("avx512f") ? 2
+        : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 1
+                                                                             : 0;
+    const char *e = getenv("MXC_QGEMV");
+    if (e && *e >= '0' && *e <= '2' && *e - '0' < l) l = *e - '0'; /* cap, for tests/bench */
+    __atomic_store_n(&level, l, __ATOMIC_RELAXED);
+  }
+  return l;
+}
+
+typedef struct {
+  const float *x;    /* (M, K), 4-bit: reordered per 32 as (even, odd) */
+  const float *xsum; /* (M, G) */
+  const uint8_t *w;  /* (N, K * bits / 8) */
+  const void *s, *b; /* (N, G) of sdt */
+  mx_dtype sdt;
+  float *out; /* (M, N) */
+  int64_t M, N, K;
+  int gs, bits;
+  qgemv_rows_fn rows;
+  bool multirow; /* M > 1 through q4_mr_512 */
+  atomic_int failed;
+} qgemv_ctx;
+
+/* n floats from p (f32/bf16/f16) at element off */
+static void qg_params(const void *p, mx_dtype dt, int64_t off, int64_t n, float *d) {
+  if (dt == MX_BFLOAT16) { /* a shift: vectorises */
+    const uint16_t *h = (const uint16_t *)p + off;
+    for (int64_t i = 0; i < n; i++) {
+      uint32_t u = (uint32_t)h[i] << 16;
+      memcpy(d + i, &u, sizeof u);
+    }
+  } else if (dt == MX_FLOAT16)
+    for (int64_t i = 0; i < n; i++) d[i] = mx__f16_to_f32(((const uint16_t *)p)[off + i]);
+  else memcpy(d, (const float *)p + off, sizeof(float) * (size_t)n);
+}
+
+/* row blocks [r0, r1) of QG_ROWS rows */
+static void qgemv_chunk(void *vctx, int64_t r0, int64_t r1) {
+  qgemv_ctx *c = vctx;
+  int64_t G = c->K / c->gs, rb = c->K * c->bits / 8; /* bytes per packed row */
+  float *sc = malloc(sizeof(float) * (size_t)(2 * QG_ROWS * G + 16));
+  if (!sc) {
+    atomic_store(&c->failed, 1);
+    return;
+  }
+  float *bc = sc + QG_ROWS * G + 16; /* the scale loads may read 16 floats past a row */
+  /* several rows of x: blocks of them small enough to stay in L2 while the
+   * task's rows of W stream past (W is re-read per block, from cache) */
+  int64_t mblk = c->multirow ? MX_MAX(4, ((int64_t)65536 / c->K) / 4 * 4) : c->M;
+  for (int64_t m0 = 0; m0 < c->M; m0 += mblk)
+  for (int64_t blk = r0; blk < r1; blk++) {
+    int64_t n0 = blk * QG_ROWS;
+    int nr = (int)MX_MIN(QG_ROWS, c->N - n0);
+    const uint8_t *wr[QG_ROWS];
+    const uint8_t *pf = c->w + MX_MIN(n0 + 2 * QG_ROWS, c->N - 1) * rb;
+    { /* the scales and biases of that block too (short runs, not streamed) */
+      int64_t es = (int64_t)mx_dtype_size(c->sdt), nb = QG_ROWS * G * es;
+      int64_t at = MX_MIN(n0 + 2 * QG_ROWS, c->N - 1) * G * es;
+      for (int64_t o = 0; o < nb; o += 64) {
+        __builtin_prefetch((const char *)c->s + at + o);
+        __builtin_prefetch((const char *)c->b + at + o);
+      }
+    }
+    const float *sr[QG_ROWS];
+    for (int r = 0; r < QG_ROWS; r++) {
+      int64_t n = n0 + (r < nr ? r : 0); /* missing rows repeat the first */
+      wr[r] = c->w + n * rb;
+      sr[r] = sc + r * G;
+      if (r < nr) {
+        qg_params(c->s, c->sdt, n * G, G, sc + r * G);
+        qg_params(c->b, c->sdt, n * G, G, bc + r * G);
+      } else memcpy(sc + r * G, sc, sizeof(float) * (size_t)G);
+    }
+    for (int64_t m = m0; m < MX_MIN(c->M, m0 + mblk); m += c->multirow ? 4 : 1) {
+      float res[4][QG_ROWS];
+      int mb = 1;
+      if (c->multirow) {
+        mb = (int)MX_MIN(4, MX_MIN(c->M, m0 + mblk) - m);
+        float rr[4][2];
+        for (int r = 0; r < QG_ROWS; r += 2) {
+          q4_mr_512(c->x + m * c->K, c->K, mb, wr[r], wr[r + 1], sr[r], sr[r + 1], c->gs, rr);
+          for (int j = 0; j < 4; j++) res[j][r] = rr[j][0], res[j][r + 1] = rr[j][1];
+        }
+      } else c->rows(c->x + m * c->K, wr, sr, G, c->gs, pf, res[0]);
+      for (int j = 0; j < mb; j++) {
+        const float *xs = c->xsum + (m + j) * G;
+        for (int r = 0; r < nr; r++) {
+          const float *br = bc + r * G;
+          v8f a = {0};
+          int64_t g = 0;
+          for (; g + 8 <= G; g += 8) a += ld8(br + g) * ld8(xs + g);
+          float bs = hsum8(a);
+          for (; g < G; g++) bs += br[g] * xs[g];
+          c->out[(m + j) * c->N + n0 + r] = res[j][r] + bs;
+        }
+      }
+    }
+  }
+  free(sc);
+}
+
+/* out (float32, M x N) = x @ W^T on the fast path; 1: not applicable. */
+static int qgemv_x86(const float *x, mx_array *wq, mx_array *s, mx_array *b, float *out,
+                     int64_t M, int64_t N, int64_t K, int gs, int bits) {
+  int level = qgemv_level();
+  if (level == 2 && bits == 4 && K % 128) level = 1;
+  /* from QMM_MR_MAX_M rows on, dequantizing blocks for sgemm is faster */
+  bool multirow = M > 1 && M < QMM_MR_MAX_M && level == 2 && bits == 4;
+  if (M >= QMM_STREAM_MAX_M && !multirow) return 1;
+  if (!level || (bits != 4 && bits != 8) || K % 32 || !wq->row_contiguous ||
+      !s->row_contiguous || !b->row_contiguous || s->dtype != b->dtype ||
+      !(s->dtype == MX_FLOAT32 || s->dtype == MX_BFLOAT16 || s->dtype == MX_FLOAT16))
+    return 1;
+  int64_t G = K / gs;
+  float *xr = malloc(sizeof(float) * (size_t)(M * (K + G)));
+  if (!xr) return mx__set_error(MX_ERR_OOM, "quantized_matmul: cannot allocate %lld floats",
+                                (long long)(M * (K + G)));
+  float *xsum = xr + M * K;
+  for (int64_t m = 0; m < M; m++) {
+    const float *xm = x + m * K;
+    float *d = xr + m * K;
+    if (bits == 4 && level == 2)
+      for (int64_t k = 0; k < K; k += 128)
+        for (int i = 0; i < 8; i++)
+          for (int l = 0; l < 16; l++) d[k + 16 * i + l] = xm[k + 8 * l + i];
+    else if (bits == 4)
+      for (int64_t k = 0; k < K; k += 32)
+        for (int j = 0; j < 16; j++) d[k + j] = xm[k + 2 * j], d[k + 16 + j] = xm[k + 2 * j + 1];
+    else memcpy(d, xm, sizeof(float) * (size_t)K);
+    for (int64_t g = 0; g < G; g++) {
+      v8f a = {0};
+      for (int j = 0; j < gs; j += 8) a += ld8(xm + g * gs + j);
+      xsum[m * G + g] = hsum8(a);
+    }
+  }
+  qgemv_ctx c = {.x = xr, .xsum = xsum, .w = mx__data(wq), .s = mx__data(s), .b = mx__data(b),
+                 .sdt = s->dtype, .out = out, .M = M, .N = N, .K = K, .gs = gs, .bits = bits};
+  c.rows = level == 2 ? (bits == 4 ? q4_rows_512 : q8_rows_512)
+                      : (bits == 4 ? q4_rows_256 : q8_rows_256);
+  c.multirow = multirow;
+  atomic_init(&c.failed, 0);
+  /* about 64 KiB of weights per task at least */
+  int64_t blocks = (N + QG_ROWS - 1) / QG_ROWS;
+  int64_t per = MX_MAX(1, (int64_t)QG_ROWS * K * bits / 8);
+  mx__parallel_for(blocks, MX_MAX(1, 65536 / per), qgemv_chunk, &c);
+  free(xr);
+  if (atomic_load(&c.failed))
+    return mx__set_error(MX_ERR_OOM, "quantized_matmul: cannot allocate scratch");
+  return MX_OK;
+}
+#endif
+
 static int k_quantized_matmul(mx_array *out, mx_array **in) {
   const mx__qmm_params *p = MX__PARAMS(out, mx__qmm_params);
   if (mx__array_alloc_data(out)) return mx_last_status();
@@ -500,13 +955,32 @@ static int k_quantized_matmul(mx_array *out, mx_array **in) {
   buf_view x = {0}, w = {0}, s = {0}, b = {0};
   float *xsum = NULL, *obuf = NULL;
   int rc = MX_OK;
-  if ((rc = as_float(in[0], ct, &x)) || (rc = contiguous(in[1], &w)) ||
-      (rc = as_float(in[2], ct, &s)) || (rc = as_float(in[3], ct, &b)))
-    goto done;
   if (K == 0) { /* empty sum */
     memset(mx__data(out), 0, (size_t)out->size * mx_dtype_size(out->dtype));
     goto done;
   }
+  if ((rc = as_float(in[0], ct, &x))) goto done;
+#ifdef HAVE_QGEMV_X86
+  if (ct == MX_FLOAT32 && p->transpose &&
+      (M < QMM_STREAM_MAX_M || (p->bits == 4 && M < QMM_MR_MAX_M))) {
+    float *o = out->dtype == MX_FLOAT32 ? mx__data(out) : NULL;
+    if (!o && !(o = obuf = malloc(sizeof(float) * (size_t)out->size))) {
+      rc = mx__set_error(MX_ERR_OOM, "quantized_matmul: cannot allocate the output scratch");
+      goto done;
+    }
+    int r = qgemv_x86(x.p, in[1], in[2], in[3], o, M, N, K, p->group_size, p->bits);
+    if (r <= 0) {
+      rc = r;
+      if (!rc && obuf) mx__cpu_convert(obuf, MX_FLOAT32, mx__data(out), out->dtype, out->size);
+      goto done;
+    }
+    free(obuf);
+    obuf = NULL;
+  }
+#endif
+  if ((rc = contiguous(in[1], &w)) || (rc = as_float(in[2], ct, &s)) ||
+      (rc = as_float(in[3], ct, &b)))
+    goto done;
   if (ct == MX_FLOAT64) {
     qmm64_ctx c = {x.p, s.p, b.p, w.p, mx__data(out), M, N, K, p->group_size, p->bits,
                    p->transpose};
@@ -543,6 +1017,8 @@ static int k_quantized_matmul(mx_array *out, mx_array **in) {
     c.xsum = xsum;
     /* ~16K multiply-adds per chunk at least */
     mx__parallel_for(N, MX_MAX(1, 16384 / MX_MAX(1, M * K)), qmm_t_stream, &c);
+  } else if (M <= INT_MAX && N <= INT_MAX && K <= INT_MAX / 2) {
+    if ((rc = qmm_t_blas(&c))) goto done;
   } else {
     mx__parallel_for((N + QMM_TILE_N - 1) / QMM_TILE_N, 1, qmm_t_tiled, &c);
   }

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "array_impl.h"
 #include "lm_internal.h"
 #include "mxc/hub.h"
 #include "mxc/io.h"
@@ -591,11 +592,149 @@ static int gguf_name(const char *hf, char *out, size_t n) {
   return -1;
 }
 
+
+/* ---- llama.cpp block quantizations (Q8_0, Q4_0) ---------------------------------------- *
+ * Blocks of 32 values along a row: Q8_0 = f16 scale d + 32 int8 (v = d * q),
+ * Q4_0 = f16 scale d + 16 bytes of nibbles (v = d * (q - 8); byte j holds
+ * value j in its low nibble and value j + 16 in its high one), quantized as
+ * ggml's reference quantize_row_q8_0 / quantize_row_q4_0. mx_save_gguf
+ * writes float tensors only, so a quantized tensor is saved as a float16
+ * array of the same bytes ((rows, cols / 32 * halves)) and its tensor info
+ * (type, ne[0]) is rewritten afterwards: the offsets stay right since the
+ * byte sizes are equal. */
+enum { GG_F32 = 0, GG_F16 = 1, GG_Q4_0 = 2, GG_Q8_0 = 8, GG_BF16 = 30 };
+
+static void quant_block_q8_0(const float *x, uint8_t *o) {
+  float amax = 0;
+  for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[j]));
+  float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+  uint16_t h = mx__f32_to_f16(d);
+  memcpy(o, &h, 2);
+  for (int j = 0; j < 32; j++) o[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
+}
+
+static void quant_block_q4_0(const float *x, uint8_t *o) {
+  float amax = 0, max = 0;
+  for (int j = 0; j < 32; j++)
+    if (amax < fabsf(x[j])) amax = fabsf(x[j]), max = x[j];
+  float d = max / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+  uint16_t h = mx__f32_to_f16(d);
+  memcpy(o, &h, 2);
+  for (int j = 0; j < 16; j++) {
+    int a = (int)(int8_t)(x[j] * id + 8.5f), b = (int)(int8_t)(x[16 + j] * id + 8.5f);
+    a = a > 15 ? 15 : a;
+    b = b > 15 ? 15 : b;
+    o[2 + j] = (uint8_t)(a | (b << 4));
+  }
+}
+
+/* a (rows, cols) float array as GGUF blocks of type t, in a float16 array
+ * (rows, cols / 32 * halves per block). */
+static mx_array *quantize_blocks(mx_array *a, int t) {
+  mx_array *f = mx_astype(a, MX_FLOAT32);
+  if (!f || mx_array_eval(f)) {
+    mx_array_free(f);
+    return NULL;
+  }
+  const int64_t *sh = mx_array_shape(f);
+  int64_t rows = sh[0], cols = sh[1], nb = cols / 32;
+  int bb = t == GG_Q8_0 ? 34 : 18; /* bytes per block */
+  uint8_t *buf = malloc((size_t)(rows * nb * bb) + 1);
+  const float *x = mx_array_data(f);
+  mx_array *r = NULL;
+  if (!buf || !x) {
+    if (!buf) mx__set_error(MX_ERR_OOM, "convert: out of memory");
+    goto out;
+  }
+  for (int64_t i = 0; i < rows * nb; i++) {
+    if (t == GG_Q8_0) quant_block_q8_0(x + i * 32, buf + i * bb);
+    else quant_block_q4_0(x + i * 32, buf + i * bb);
+  }
+  r = mx_array_from_data(buf, (int64_t[]){rows, nb * bb / 2}, 2, MX_FLOAT16);
+out:
+  free(buf);
+  mx_array_free(f);
+  return r;
+}
+
+typedef struct {
+  char name[256];
+  int type;
+  int64_t ne0;
+} gguf_patch;
+
+static int gg_skip(FILE *f, long n) { return fseek(f, n, SEEK_CUR); }
+static int gg_u32(FILE *f, uint32_t *v) { return fread(v, 4, 1, f) == 1 ? 0 : -1; }
+static int gg_u64(FILE *f, uint64_t *v) { return fread(v, 8, 1, f) == 1 ? 0 : -1; }
+
+/* skips one metadata value of type t */
+static int gg_skip_value(FILE *f, uint32_t t) {
+  static const int sz[13] = {1, 1, 2, 2, 4, 4, 4, 1, -1, -1, 8, 8, 8};
+  if (t > 12) return -1;
+  if (t == 8) {
+    uint64_t n;
+    return gg_u64(f, &n) || n > (1u << 30) ? -1 : gg_skip(f, (long)n);
+  }
+  if (t == 9) {
+    uint32_t et;
+    uint64_t n;
+    if (gg_u32(f, &et) || gg_u64(f, &n) || et > 12) return -1;
+    if (et != 8 && et != 9) return gg_skip(f, (long)(n * (uint64_t)sz[et]));
+    for (uint64_t i = 0; i < n; i++)
+      if (gg_skip_value(f, et)) return -1;
+    return 0;
+  }
+  return gg_skip(f, sz[t]);
+}
+
+/* rewrites the type and ne[0] of the tensors named in p */
+static int gguf_patch_types(const char *file, const gguf_patch *p, int np) {
+  FILE *f = fopen(file, "r+b");
+  if (!f) return mx__set_error(MX_ERR_IO, "%s: cannot reopen: %s", file, strerror(errno));
+  uint32_t magic, ver;
+  uint64_t nt, nkv;
+  int bad = gg_u32(f, &magic) || gg_u32(f, &ver) || gg_u64(f, &nt) || gg_u64(f, &nkv);
+  for (uint64_t i = 0; i < nkv && !bad; i++) {
+    uint64_t kl;
+    uint32_t t;
+    bad = gg_u64(f, &kl) || kl > 65536 || gg_skip(f, (long)kl) || gg_u32(f, &t) ||
+          gg_skip_value(f, t);
+  }
+  for (uint64_t i = 0; i < nt && !bad; i++) {
+    uint64_t nl;
+    char name[256] = {0};
+    uint32_t nd;
+    bad = gg_u64(f, &nl) || nl >= sizeof name || fread(name, 1, (size_t)nl, f) != nl ||
+          gg_u32(f, &nd) || nd < 1 || nd > 4;
+    if (bad) break;
+    long dims = ftell(f);
+    bad = gg_skip(f, (long)(8 * nd)) != 0;
+    const gguf_patch *hit = NULL;
+    for (int j = 0; j < np && !hit; j++)
+      if (!strcmp(p[j].name, name)) hit = &p[j];
+    if (hit && !bad) {
+      uint64_t ne0 = (uint64_t)hit->ne0;
+      uint32_t t = (uint32_t)hit->type;
+      bad = fseek(f, dims, SEEK_SET) || fwrite(&ne0, 8, 1, f) != 1 ||
+            fseek(f, dims + 8L * nd, SEEK_SET) || fwrite(&t, 4, 1, f) != 1 ||
+            fseek(f, 0, SEEK_CUR);
+    } else if (!bad) bad = gg_skip(f, 4) != 0;
+    if (!bad) bad = gg_skip(f, 8) != 0; /* offset */
+  }
+  if (fclose(f)) bad = 1;
+  return bad ? mx__set_error(MX_ERR_IO, "%s: cannot rewrite the tensor types", file) : MX_OK;
+}
+
 int mx__lm_export_gguf(const char *src, const char *file, int dtype) {
   if (!src || !file) return mx__set_error(MX_ERR_INVALID_ARG, "convert: no source or file");
+  int qtype = dtype == MX__GGUF_Q4_0 ? GG_Q4_0 : dtype == MX__GGUF_Q8_0 ? GG_Q8_0 : -1;
+  if (qtype >= 0) dtype = MX_FLOAT16; /* tensors that cannot be blocked */
   if (dtype < 0) dtype = MX_FLOAT32;
   if (!(dtype == MX_FLOAT32 || dtype == MX_FLOAT16 || dtype == MX_BFLOAT16))
-    return mx__set_error(MX_ERR_INVALID_ARG, "convert: GGUF export is F32, F16 or BF16");
+    return mx__set_error(MX_ERR_INVALID_ARG, "convert: GGUF export is F32, F16, BF16, Q8_0 or "
+                         "Q4_0");
+  gguf_patch *patch = NULL;
+  int npatch = 0;
   char dir[4096];
   cJSON *cj = NULL;
   mx_map *w = NULL, *out = NULL;
@@ -647,7 +786,20 @@ int mx__lm_export_gguf(const char *src, const char *file, int dtype) {
     }
     /* norms stay F32, as llama.cpp's converter writes them */
     mx_dtype dt = mx_array_ndim(a) == 1 ? MX_FLOAT32 : (mx_dtype)dtype;
-    mx_array *cst = mx_astype(p ? p : a, dt);
+    mx_array *cst;
+    if (qtype >= 0 && mx_array_ndim(a) == 2 && mx_array_shape(a)[1] % 32 == 0) {
+      gguf_patch *np = realloc(patch, sizeof *patch * (size_t)(npatch + 1));
+      if (!np) {
+        mx_array_free(p);
+        st = mx__set_error(MX_ERR_OOM, "convert: out of memory");
+        goto done;
+      }
+      patch = np;
+      snprintf(patch[npatch].name, sizeof patch[npatch].name, "%s", name);
+      patch[npatch].type = qtype;
+      patch[npatch++].ne0 = mx_array_shape(a)[1];
+      cst = quantize_blocks(p ? p : a, qtype);
+    } else cst = mx_astype(p ? p : a, dt);
     mx_array_free(p);
     if (!cst || (st = mx_map_set_take(out, name, cst))) {
       st = st ? st : mx_last_status();
@@ -655,7 +807,12 @@ int mx__lm_export_gguf(const char *src, const char *file, int dtype) {
     }
   }
   int64_t hd = c.head_dim ? c.head_dim : c.hidden_size / c.num_attention_heads;
-  int ftype = dtype == MX_FLOAT32 ? 0 : dtype == MX_FLOAT16 ? 1 : 32;
+  /* llama_ftype: ALL_F32 0, MOSTLY_F16 1, MOSTLY_Q4_0 2, MOSTLY_Q8_0 7, MOSTLY_BF16 32 */
+  int ftype = qtype == GG_Q4_0   ? 2
+              : qtype == GG_Q8_0 ? 7
+              : dtype == MX_FLOAT32 ? 0
+              : dtype == MX_FLOAT16 ? 1
+                                    : 32;
   if ((st = mx_metadata_set_string(meta, "general.architecture", "llama"))) goto done;
   const char *nm = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(cj, "_name_or_path"));
   if (!st) st = mx_metadata_set_string(meta, "general.name", nm ? nm : "mxc");
@@ -685,7 +842,9 @@ int mx__lm_export_gguf(const char *src, const char *file, int dtype) {
   if (!st) st = gguf_tokenizer(meta, dir, &c, &tok);
   if (!st) st = mx_map_eval(out);
   if (!st) st = mx_save_gguf(file, out, meta);
+  if (!st && npatch) st = gguf_patch_types(file, patch, npatch);
 done:
+  free(patch);
   mx_map_free(w);
   mx_map_free(out);
   mx_metadata_free(meta);

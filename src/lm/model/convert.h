@@ -19,6 +19,11 @@ typedef struct {
   int64_t shard_bytes; /* <= 0: 5 GiB, as mlx-lm */
 } mx__lm_convert_opts;
 int mx__lm_convert(const mx__lm_convert_opts *o);
+/* GGUF export: dtype MX_FLOAT32/16, MX_BFLOAT16, -1 (float32), or one of
+ * llama.cpp's block quantizations below (2-D weights whose rows are a
+ * multiple of 32 long; other weights float16, norms float32). Quantized
+ * sources are dequantized first. */
+enum { MX__GGUF_Q8_0 = 1000, MX__GGUF_Q4_0 = 1001 };
 int mx__lm_export_gguf(const char *src, const char *file, int dtype);
 
 #endif
