@@ -246,6 +246,8 @@ TEST(qmm_matches_dequantized_matmul) {
     qmm_check(37, 83, 384, 128, bitss[i], true);  /* tiled, remainders */
     qmm_check(1, 256, 96, 128, bitss[i], false);  /* x @ W */
     qmm_check(13, 128, 64, 32, bitss[i], false);
+    qmm_check(40, 192, 72, 64, bitss[i], false);  /* x @ W, many rows: the BLAS path */
+    if (bitss[i] == 4) qmm_check(20, 4096, 1100, 64, 4, false); /* in 3 blocks of rows of W */
   }
 }
 

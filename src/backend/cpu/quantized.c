@@ -476,6 +476,49 @@ static int qmm_t_blas(qmm_ctx *c) {
   return MX_OK;
 }
 
+/* x @ W with W (K, N) and many rows of x (the input gradient of a
+ * quantized Linear in training): blocks of rows of W dequantized to float
+ * (w = scale * q + bias) and multiplied with OpenBLAS, accumulating into out
+ * block by block in a fixed order. */
+typedef struct {
+  const qmm_ctx *c;
+  float *d;
+  int64_t k0;
+} deq_krows_ctx;
+
+static void deq_krows(void *vctx, int64_t r0, int64_t r1) {
+  const deq_krows_ctx *j = vctx;
+  const qmm_ctx *c = j->c;
+  int64_t N = c->N, G = N / c->gs, P = N * c->bits / 32;
+  int wpg = c->gs * c->bits / 32;
+  float q[128];
+  for (int64_t r = r0; r < r1; r++) {
+    int64_t k = j->k0 + r;
+    float *dst = j->d + r * N;
+    for (int64_t g = 0; g < G; g++) {
+      unpack_f(c->w + k * P + g * wpg, c->bits, c->gs, q);
+      float sc = c->s[k * G + g], bi = c->b[k * G + g];
+      for (int i = 0; i < c->gs; i++) dst[g * c->gs + i] = sc * q[i] + bi;
+    }
+  }
+}
+
+static int qmm_n_blas(qmm_ctx *c) {
+  int64_t N = c->N, kb = MX_MIN(c->K, MX_MAX(16, ((int64_t)1 << 21) / MX_MAX(1, N))); /* ~8 MB */
+  float *d = malloc(sizeof(float) * (size_t)(kb * N));
+  if (!d) return mx__set_error(MX_ERR_OOM, "quantized_matmul: cannot allocate scratch");
+  openblas_set_num_threads(mx_get_num_threads());
+  for (int64_t k0 = 0; k0 < c->K; k0 += kb) {
+    int64_t rows = MX_MIN(kb, c->K - k0);
+    deq_krows_ctx j = {c, d, k0};
+    mx__parallel_for(rows, MX_MAX(1, 8192 / MX_MAX(1, N)), deq_krows, &j);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)c->M, (int)N, (int)rows, 1.0f,
+                c->x + k0, (int)c->K, d, (int)N, k0 ? 1.0f : 0.0f, c->out, (int)N);
+  }
+  free(d);
+  return MX_OK;
+}
+
 /* x @ W with W (K, N) stored row by row, groups along N: one group of
  * columns per step; every packed row unpacked once, applied to all rows. */
 static void qmm_n(void *vctx, int64_t cg0, int64_t cg1) {
@@ -999,7 +1042,11 @@ static int k_quantized_matmul(mx_array *out, mx_array **in) {
                .gs = p->group_size, .bits = p->bits};
   atomic_init(&c.failed, 0);
   if (!p->transpose) {
-    mx__parallel_for(N / p->group_size, 1, qmm_n, &c);
+    if (M >= QMM_STREAM_MAX_M * 2 && M <= INT_MAX && N <= INT_MAX && K <= INT_MAX) {
+      if ((rc = qmm_n_blas(&c))) goto done;
+    } else {
+      mx__parallel_for(N / p->group_size, 1, qmm_n, &c);
+    }
   } else if (M < QMM_STREAM_MAX_M) {
     int64_t G = K / p->group_size;
     xsum = malloc(sizeof(float) * (size_t)(M * G));
