@@ -12,6 +12,7 @@
  * reused by later kernels of the same stream, which runs them in order, so
  * no event is needed; cudaFree (cache trimming) synchronises the device. */
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cuda_common.cuh"
@@ -80,9 +81,15 @@ typedef struct {
 static stage_slot g_stage[STAGE_SLOTS];
 static pthread_mutex_t g_stage_mu = PTHREAD_MUTEX_INITIALIZER;
 
+static int g_async_copies = -1; /* MXC_ASYNC_COPY=0 turns them off (A/B timing) */
+
 static int dev_copy_to_host_async(const void *src, size_t n, void **pending) {
   *pending = NULL;
-  if (n == 0 || n > STAGE_BYTES) return MX_OK;
+  if (g_async_copies < 0) {
+    const char *e = getenv("MXC_ASYNC_COPY");
+    g_async_copies = !(e && !strcmp(e, "0"));
+  }
+  if (!g_async_copies || n == 0 || n > STAGE_BYTES) return MX_OK;
   pthread_mutex_lock(&g_stage_mu);
   stage_slot *s = NULL;
   for (int i = 0; i < STAGE_SLOTS && !s; i++)
