@@ -20,7 +20,7 @@ for line in sys.stdin:
     print(json.dumps({"text": line.strip()}))' > "$W/data/$f.jsonl"
 done
 "$MXC" lora --model "$ROOT/models/default" --train --data "$W/data" --iters 30 --num-layers 4 \
-  --batch-size 4 --learning-rate 1e-3 --adapter-path "$W/adapters" > "$W/lora.log" 2>&1
+  --batch-size 4 --learning-rate 2e-4 --adapter-path "$W/adapters" > "$W/lora.log" 2>&1
 "$MXC" fuse --model "$ROOT/models/default" --adapter-path "$W/adapters" --save-path "$W/fused" \
   > "$W/fuse.log" 2>&1
 "$MXC" generate --model "$W/fused" --prompt "A day for" --max-tokens 100 --temp 0 \
