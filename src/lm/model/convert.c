@@ -691,8 +691,8 @@ static int gg_skip_value(FILE *f, uint32_t t) {
 static int gguf_patch_types(const char *file, const gguf_patch *p, int np) {
   FILE *f = fopen(file, "r+b");
   if (!f) return mx__set_error(MX_ERR_IO, "%s: cannot reopen: %s", file, strerror(errno));
-  uint32_t magic, ver;
-  uint64_t nt, nkv;
+  uint32_t magic = 0, ver = 0;
+  uint64_t nt = 0, nkv = 0;
   int bad = gg_u32(f, &magic) || gg_u32(f, &ver) || gg_u64(f, &nt) || gg_u64(f, &nkv);
   for (uint64_t i = 0; i < nkv && !bad; i++) {
     uint64_t kl;
