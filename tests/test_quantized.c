@@ -315,6 +315,49 @@ TEST(qmm_bf16) {
  * of the dense path) against float64, within the output's rounding; the
  * quantized_matmul of the same weight against float64 of the float32
  * dequantization. */
+/* MXC_QMM_INT8=1 (opt-in): 4-bit decode with int8 activations stays within
+ * the activation rounding of the float result, for every group size and a
+ * few rows, and does not depend on the thread count. Skips on CPUs without
+ * AVX-512 VNNI (the mode then falls back to the float path). */
+TEST(int8_activation_decode_is_close) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
+      !__builtin_cpu_supports("avx512vnni"))
+    TEST_SKIP("no AVX-512 VNNI");
+#else
+  TEST_SKIP("x86-64 only");
+#endif
+  int gss[3] = {32, 64, 128};
+  mx_array *key = mx_random_key(11);
+  for (int gi = 0; gi < 3; gi++) {
+    int gs = gss[gi];
+    for (int64_t M = 1; M <= 3; M += 2) {
+      mx_array *w = mx_random_normal((int64_t[]){72, 512}, 2, MX_FLOAT32, 0, 0.05, key);
+      mx_array *x = mx_random_normal((int64_t[]){M, 512}, 2, MX_FLOAT32, 0.3, 1, key);
+      mx_array *wq = NULL, *s = NULL, *b = NULL;
+      ASSERT_OK(mx_quantize(w, gs, 4, &wq, &s, &b));
+      unsetenv("MXC_QMM_INT8");
+      mx_array *ref = mx_quantized_matmul(x, wq, s, b, true, gs, 4);
+      ASSERT_OK(mx_array_eval(ref));
+      setenv("MXC_QMM_INT8", "1", 1);
+      mx_array *got = mx_quantized_matmul(x, wq, s, b, true, gs, 4);
+      ASSERT_OK(mx_array_eval(got));
+      int nt = mx_get_num_threads();
+      mx_set_num_threads(1);
+      mx_array *got1 = mx_quantized_matmul(x, wq, s, b, true, gs, 4);
+      ASSERT_OK(mx_array_eval(got1));
+      mx_set_num_threads(nt);
+      unsetenv("MXC_QMM_INT8");
+      double e = max_rel_diff(got, ref);
+      ASSERT_MSG(e > 0 && e < 2e-2, "gs %d M %lld: int8 vs float rel diff %g", gs, (long long)M, e);
+      ASSERT_MSG(max_rel_diff(got1, got) == 0, "int8 result depends on the thread count");
+      mx_array_free_n((mx_array *[]){w, x, wq, s, b, ref, got, got1}, 8);
+    }
+  }
+  mx_array_free(key);
+}
+
 TEST(half_decode_long_rows) {
   const int64_t Ks[2] = {4096, 4160};
   const mx_dtype dts[2] = {MX_BFLOAT16, MX_FLOAT16};
