@@ -7,8 +7,10 @@
 # Logs go to $OUT when set (else <build-dir>/logs).
 #
 # Release build, -j16, then test_ops, test_cuda and test_core with
-# MXC_DATA_DIR unset, then bench_cuda_kernels (printed after the table;
-# BENCH=0 skips it). GPU machines may lack the -dev packages mxc needs
+# MXC_DATA_DIR unset (plus test_cuda_models, test_cuda_reduce,
+# test_async_eval), then bench_cuda_kernels (printed after the table;
+# BENCH=0 skips it; LLM_BENCH=1 adds bench/run-gpu.sh's decode/prefill
+# table against PyTorch). GPU machines may lack the -dev packages mxc needs
 # (openblas, cjson, utf8proc, zlib, yaml, pkg-config): when pkg-config cannot find
 # them and build-deps/*.deb exist (fetch them here with `apt-get download`,
 # see docs/cuda.md), they are unpacked under /tmp/mxc-deps and used from
@@ -65,7 +67,7 @@ run_test() { # name seconds -> status; output in $LOG/<name>.log
   (cd "$ROOT" && timeout "$2" "$B/$1") >"$LOG/$1.log" 2>&1
 }
 RES=""
-for t in test_cuda:120 test_ops:${OPS_TIMEOUT:-300} test_core:120; do
+for t in test_cuda:120 test_ops:${OPS_TIMEOUT:-300} test_core:120 test_cuda_models:180 test_cuda_reduce:60 test_async_eval:60; do
   n=${t%%:*}
   if [ $BUILD = 0 ]; then run_test "$n" "${t##*:}"; s=$?; else s=127; fi
   RES="$RES $n:$s"
@@ -100,4 +102,10 @@ done
 grep -E "gpu: .* runs|without a CUDA kernel" "$LOG/test_ops.log" 2>/dev/null | sed 's/^ */  /'
 printf '%-12s %s\n' bench "$BENCH_ST"
 if [ -s "$LOG/bench_cuda_kernels.log" ]; then echo; cat "$LOG/bench_cuda_kernels.log"; fi
+# LLM_BENCH=1: also the end-to-end decode/prefill benchmark against PyTorch
+# (bench/run-gpu.sh; needs torch and transformers; PEER_FLAGS as there)
+if [ "${LLM_BENCH:-0}" = 1 ] && [ $BUILD = 0 ]; then
+  echo
+  OUT="$LOG" sh "$ROOT/bench/run-gpu.sh" "$B" 2>&1 | tail -12
+fi
 echo "logs: $LOG"
