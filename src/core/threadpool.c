@@ -4,9 +4,24 @@
  * workers it needs (a job of 3 chunks on a 16-thread pool wakes 2 helpers,
  * not 15). Chunks are claimed with an atomic counter; the caller runs
  * chunks too and then waits for the helpers on one semaphore. One job runs
- * at a time; a parallel_for called from inside a job runs inline. */
+ * at a time; a parallel_for called from inside a job runs inline.
+ *
+ * Between jobs a worker first spins for a short while (SPIN_ITERS pauses,
+ * ~0.1 ms) watching the job generation, and only then sleeps on its
+ * semaphore: a decode step runs hundreds of small parallel kernels back to
+ * back, and waking a sleeping thread costs tens of microseconds on a VM.
+ * The hand-off is race-free: a worker announces `sleeping` before its last
+ * look at the generation, and the caller bumps the generation before it
+ * takes `sleeping` back (both sequentially consistent), so either the
+ * worker sees the job or the caller sees the sleeper and posts. */
 #include <pthread.h>
 #include <semaphore.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define CPU_RELAX() _mm_pause()
+#else
+#define CPU_RELAX() ((void)0)
+#endif
 #include <string.h>
 #include <unistd.h>
 
@@ -14,6 +29,7 @@
 #include "mxc/memory.h"
 
 #define MAX_THREADS 64
+#define SPIN_ITERS 4000
 
 static struct {
   pthread_mutex_t mu; /* guards nthreads / started / shutdown */
@@ -31,6 +47,11 @@ static struct {
   int nchunks;
   int next_chunk;
   int pending; /* helpers still running the job */
+  /* job generation << 8 | its number of helpers (workers 0..helpers-1
+   * take part): one word, so a worker reads both consistently */
+  uint64_t gen;
+  int sleeping[MAX_THREADS]; /* 1: worker i waits on its semaphore */
+  uint64_t start_gen[MAX_THREADS]; /* gen when worker i was created (no job in flight) */
 } P = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 static _Thread_local bool tl_in_worker;
@@ -54,17 +75,46 @@ static void run_chunks(void) {
   }
 }
 
+static void sleep_on(int index) {
+  while (sem_wait(&P.go[index]) != 0) {
+  }
+}
+
 static void *worker(void *arg) {
   int index = (int)(intptr_t)arg;
   tl_in_worker = true;
+  /* the generation at creation, not the current one: the job that created
+   * this worker may already be published when the thread starts */
+  uint64_t seen = P.start_gen[index];
   for (;;) {
-    while (sem_wait(&P.go[index]) != 0) {
+    /* wait for a job of a newer generation that includes this worker */
+    int spins = 0;
+    for (;;) {
+      if (__atomic_load_n(&P.shutdown, __ATOMIC_ACQUIRE)) return NULL;
+      uint64_t g = __atomic_load_n(&P.gen, __ATOMIC_ACQUIRE);
+      if (g != seen) {
+        seen = g;
+        if (index < (int)(g & 0xff)) break;
+        continue;
+      }
+      if (++spins < SPIN_ITERS) {
+        CPU_RELAX();
+        continue;
+      }
+      __atomic_store_n(&P.sleeping[index], 1, __ATOMIC_SEQ_CST);
+      if (__atomic_load_n(&P.gen, __ATOMIC_SEQ_CST) != seen ||
+          __atomic_load_n(&P.shutdown, __ATOMIC_SEQ_CST)) {
+        /* a job (or shutdown) came meanwhile: cancel the sleep, or, when
+         * the caller already took the flag, consume its post */
+        if (__atomic_exchange_n(&P.sleeping[index], 0, __ATOMIC_SEQ_CST) == 0) sleep_on(index);
+      } else {
+        sleep_on(index); /* the caller cleared the flag before posting */
+      }
+      spins = 0;
     }
-    if (__atomic_load_n(&P.shutdown, __ATOMIC_ACQUIRE)) break;
     run_chunks();
     if (__atomic_sub_fetch(&P.pending, 1, __ATOMIC_ACQ_REL) == 0) sem_post(&P.done);
   }
-  return NULL;
 }
 
 /* With P.mu held. */
@@ -76,6 +126,8 @@ static void ensure_started(void) {
     P.sems_ready = true;
   }
   while (P.started < P.nthreads - 1) {
+    /* called by a job's caller (job_mu held) before it publishes the job */
+    P.start_gen[P.started] = __atomic_load_n(&P.gen, __ATOMIC_RELAXED);
     if (pthread_create(&P.threads[P.started], NULL, worker, (void *)(intptr_t)P.started) != 0) {
       P.nthreads = P.started + 1; /* run with what we have */
       break;
@@ -127,22 +179,30 @@ void mx__parallel_for(int64_t n, int64_t grain, void (*fn)(void *, int64_t, int6
   P.next_chunk = 0;
   int helpers = MX_MIN(workers, P.nchunks - 1);
   __atomic_store_n(&P.pending, helpers, __ATOMIC_RELEASE);
-  for (int i = 0; i < helpers; i++) sem_post(&P.go[i]); /* publishes the job */
+  uint64_t g = __atomic_load_n(&P.gen, __ATOMIC_RELAXED); /* one writer: job_mu */
+  __atomic_store_n(&P.gen, (((g >> 8) + 1) << 8) | (uint64_t)helpers,
+                   __ATOMIC_SEQ_CST); /* publishes the job */
+  for (int i = 0; i < helpers; i++)
+    if (__atomic_exchange_n(&P.sleeping[i], 0, __ATOMIC_SEQ_CST) == 1) sem_post(&P.go[i]);
   tl_in_worker = true;
   run_chunks();
   tl_in_worker = false;
-  if (helpers > 0)
-    while (sem_wait(&P.done) != 0) {
+  if (helpers > 0) {
+    for (int s = 0; s < SPIN_ITERS && __atomic_load_n(&P.pending, __ATOMIC_ACQUIRE) > 0; s++)
+      CPU_RELAX();
+    while (sem_wait(&P.done) != 0) { /* the last helper always posts */
     }
+  }
   pthread_mutex_unlock(&job_mu);
 }
 
 __attribute__((destructor)) static void pool_fini(void) {
   pthread_mutex_lock(&P.mu);
-  __atomic_store_n(&P.shutdown, true, __ATOMIC_RELEASE);
+  __atomic_store_n(&P.shutdown, true, __ATOMIC_SEQ_CST);
   int started = P.started;
   pthread_mutex_unlock(&P.mu);
-  for (int i = 0; i < started; i++) sem_post(&P.go[i]);
+  for (int i = 0; i < started; i++)
+    if (__atomic_exchange_n(&P.sleeping[i], 0, __ATOMIC_SEQ_CST) == 1) sem_post(&P.go[i]);
   for (int i = 0; i < started; i++) pthread_join(P.threads[i], NULL);
   P.started = 0;
 }
