@@ -1,7 +1,8 @@
 /* bench_quantized.c — quantized_matmul (affine, MLX format) against dense
  * matmul: GEMV (decode, 1 x 4096 @ 4096 x 4096^T) and GEMM (512 rows), 4-
- * and 8-bit weights (group size 64, float32 scales/biases and activations)
- * next to float32 and bfloat16 mx_matmul. Prints one table: median time of
+ * and 8-bit weights (group size 64, float32 scales/biases and activations;
+ * and bf16 ones, as a bf16 model has) next to float32 and bfloat16
+ * mx_matmul, for 1, 128 and 512 rows. Prints one table: median time of
  * build + eval from evaluated inputs, GB/s of weight bytes streamed
  * (packed words + scales + biases, or the dense matrix) and GFLOP/s.
  *
@@ -70,19 +71,20 @@ int main(int argc, char **argv) {
   mx_array *w16 = mx_astype(w32, MX_BFLOAT16);
   mx_array_eval(w16);
   mx_array *wt32 = mx_transpose(w32, NULL, 0), *wt16 = mx_transpose(w16, NULL, 0);
-  mx_array *q[2][3];
+  mx_array *q[2][3], *qh[2][3]; /* qh: from the bf16 weight, bf16 scales/biases */
   int bitss[2] = {4, 8};
   for (int i = 0; i < 2; i++) {
     if (mx_quantize(w32, 64, bitss[i], &q[i][0], &q[i][1], &q[i][2]) ||
-        mx_eval(q[i], 3)) {
+        mx_eval(q[i], 3) || mx_quantize(w16, 64, bitss[i], &qh[i][0], &qh[i][1], &qh[i][2]) ||
+        mx_eval(qh[i], 3)) {
       fprintf(stderr, "bench_quantized: %s\n", mx_last_error());
       return 1;
     }
   }
   printf("| case | M x K @ (N x K)^T | weights | time (ms) | weight GB/s | GFLOP/s |\n");
   printf("|---|---|---|---:|---:|---:|\n");
-  int64_t Ms[2] = {1, 512};
-  for (int mi = 0; mi < 2; mi++) {
+  int64_t Ms[3] = {1, 128, 512};
+  for (int mi = 0; mi < 3; mi++) {
     int64_t M = Ms[mi];
     mx_array *x32 = rnd((int64_t[]){M, K}, 2, MX_FLOAT32, 1.0, 2);
     mx_array *x16 = mx_astype(x32, MX_BFLOAT16);
@@ -91,15 +93,19 @@ int main(int argc, char **argv) {
       const char *name;
       job j;
       double bytes;
-    } c[4] = {
+    } c[6] = {
         {"float32 matmul", {x32, wt32, NULL, NULL, NULL, 0}, (double)N * K * 4},
         {"bfloat16 matmul", {x16, wt16, NULL, NULL, NULL, 0}, (double)N * K * 2},
         {"4-bit quantized_matmul", {x32, NULL, q[0][0], q[0][1], q[0][2], 4},
          (double)N * K / 2 + 2.0 * N * K / 64 * 4},
         {"8-bit quantized_matmul", {x32, NULL, q[1][0], q[1][1], q[1][2], 8},
          (double)N * K + 2.0 * N * K / 64 * 4},
+        {"4-bit quantized_matmul, bf16", {x16, NULL, qh[0][0], qh[0][1], qh[0][2], 4},
+         (double)N * K / 2 + 2.0 * N * K / 64 * 2},
+        {"8-bit quantized_matmul, bf16", {x16, NULL, qh[1][0], qh[1][1], qh[1][2], 8},
+         (double)N * K + 2.0 * N * K / 64 * 2},
     };
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 6; i++) {
       double t = run(&c[i].j, reps);
       printf("| %s %s | %lld x %lld @ (%lld x %lld)^T | %.1f MB | %.3f | %.1f | %.1f |\n",
              M == 1 ? "GEMV" : "GEMM", c[i].name, (long long)M, (long long)K, (long long)N,
@@ -111,7 +117,7 @@ int main(int argc, char **argv) {
     mx_array_free(x16);
   }
   printf("\nthreads: %d, repeats: %d (median)\n", mx_get_num_threads(), reps);
-  for (int i = 0; i < 2; i++) mx_array_free_n(q[i], 3);
+  for (int i = 0; i < 2; i++) mx_array_free_n(q[i], 3), mx_array_free_n(qh[i], 3);
   mx_array_free_n((mx_array *[]){w32, w16, wt32, wt16}, 4);
   return 0;
 }

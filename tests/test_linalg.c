@@ -3,6 +3,7 @@
  * against a float64 reference (BLAS with views, batch folding, the widened
  * and the direct f16/bf16 kernels with both b layouts), thread-count
  * independence, and allocation failures during evaluation. */
+#include "backend/cpu/gemm_bf16.h"
 #include "mxc/mxc.h"
 #include "test.h"
 
@@ -190,7 +191,9 @@ TEST(large_products_on_every_path) {
       {65, 300, 129, MX_FLOAT32, 1e-6},   /* sgemm */
       {1, 1000, 300, MX_FLOAT32, 1e-6},   /* sgemv */
       {33, 70, 41, MX_FLOAT64, 1e-14},    /* dgemm */
-      {40, 300, 70, MX_BFLOAT16, 8e-3},   /* widened to f32 */
+      {40, 300, 70, MX_BFLOAT16, 8e-3},   /* bf16 dot kernel (or widened to f32) */
+      {130, 601, 300, MX_BFLOAT16, 8e-3}, /* odd K, several k blocks, row/column tails */
+      {16, 64, 9, MX_BFLOAT16, 8e-3},     /* the smallest M of the GEMM path */
       {1, 1000, 300, MX_BFLOAT16, 8e-3},  /* direct, decode shape */
       {5, 600, 130, MX_FLOAT16, 1e-3},    /* direct, several blocks */
   };
@@ -219,6 +222,46 @@ TEST(direct_kernel_is_identical_for_any_thread_count) {
   mx_set_num_threads(prev);
   ASSERT(!memcmp(mx_array_data(r[0]), mx_array_data(r[1]), 3 * 1500 * 2));
   mx_array_free_n(r, 2);
+}
+
+/* The bf16 GEMM (dot-product kernel where the CPU has it): there, the same
+ * bits for any thread count; and addmm's alpha/beta applied once, in float. */
+TEST(bf16_gemm_thread_independent_and_addmm) {
+  int prev = mx_get_num_threads();
+  mx_array *r[2];
+  double *av, *bv, *cv;
+  rng_state = 7;
+  mx_array *a = randa((int64_t[]){70, 515}, 2, MX_BFLOAT16, &av);
+  mx_array *w = randa((int64_t[]){301, 515}, 2, MX_BFLOAT16, &bv);
+  mx_array *c = randa((int64_t[]){70, 301}, 2, MX_BFLOAT16, &cv);
+  mx_array *wt = mx_transpose(w, NULL, 0);
+  for (int t = 0; t < 2; t++) {
+    mx_set_num_threads(t ? 3 : 1);
+    r[t] = mx_addmm(c, a, wt, 0.5, -2.0);
+    ASSERT_OK(mx_array_eval(r[t]));
+  }
+  mx_set_num_threads(prev);
+  /* (OpenBLAS, the fallback, may split its sums by thread count) */
+  if (mx__cpu_has_bf16_dot())
+    ASSERT(!memcmp(mx_array_data(r[0]), mx_array_data(r[1]), 70 * 301 * 2));
+  double *got = malloc(sizeof(double) * 70 * 301), worst = 0;
+  ASSERT_OK(mx_array_copy_to(r[0], MX_FLOAT64, got, 70 * 301));
+  for (int m = 0; m < 70; m++)
+    for (int n = 0; n < 301; n++) {
+      double s = 0, mag = 0;
+      for (int k = 0; k < 515; k++) {
+        s += av[m * 515 + k] * bv[n * 515 + k];
+        mag += fabs(av[m * 515 + k] * bv[n * 515 + k]);
+      }
+      double want = 0.5 * s - 2.0 * cv[m * 301 + n];
+      worst = fmax(worst, fabs(got[m * 301 + n] - want) / (0.5 * mag + 2 * fabs(cv[m * 301 + n]) + 1));
+    }
+  ASSERT_MSG(worst < 8e-3, "addmm bf16: error %g", worst);
+  free(got);
+  free(av);
+  free(bv);
+  free(cv);
+  mx_array_free_n((mx_array *[]){a, w, c, wt, r[0], r[1]}, 6);
 }
 
 /* ---- allocation failures ----------------------------------------------------------- */

@@ -310,6 +310,58 @@ TEST(qmm_bf16) {
   mx_array_free_n((mx_array *[]){key, key2, w, x, wq, s, b, d, dt, want, got}, 11);
 }
 
+/* bf16 activations with many rows (prefill): the weight's rows are
+ * dequantized to bf16 tiles and multiplied on the bf16 dot-product kernel
+ * where the CPU has it (else the float path). Against float64 of the bf16
+ * dequantization, within the output's rounding; every group size, 4 and 8
+ * bits (and 3 bits, which takes the float path), row counts around the
+ * kernel's panels of 32, K over several blocks of 256; the same bits for any
+ * thread count. */
+TEST(qmm_bf16_many_rows) {
+  const int gss[3] = {32, 64, 128}, bitss[3] = {4, 8, 3};
+  const int64_t Ms[3] = {16, 45, 97};
+  for (int gi = 0; gi < 3; gi++)
+    for (int bi = 0; bi < 3; bi++) {
+      int64_t M = Ms[(gi + bi) % 3], N = 37, K = 640, gs = gss[gi];
+      mx_array *k1 = mx_random_key((uint64_t)(gi * 10 + bi)), *k2 = mx_random_key(99);
+      mx_array *w = mx_random_normal((int64_t[]){N, K}, 2, MX_BFLOAT16, 0, 0.05, k1);
+      mx_array *x = mx_random_normal((int64_t[]){M, K}, 2, MX_BFLOAT16, 0, 1, k2);
+      mx_array *wq, *s, *b;
+      ASSERT_OK(mx_quantize(w, (int)gs, bitss[bi], &wq, &s, &b));
+      mx_array *d = mx_dequantize(wq, s, b, (int)gs, bitss[bi]);
+      mx_array *got = mx_quantized_matmul(x, wq, s, b, true, (int)gs, bitss[bi]);
+      ASSERT_NOT_NULL(got);
+      ASSERT_OK(mx_array_eval(got));
+      ASSERT_EQ_INT(mx_array_dtype(got), MX_BFLOAT16);
+      double *xv = malloc(sizeof(double) * (size_t)(M * K)), *dv = malloc(sizeof(double) * (size_t)(N * K));
+      double *gv = malloc(sizeof(double) * (size_t)(M * N)), worst = 0;
+      ASSERT_OK(mx_array_copy_to(x, MX_FLOAT64, xv, M * K));
+      ASSERT_OK(mx_array_copy_to(d, MX_FLOAT64, dv, N * K));
+      ASSERT_OK(mx_array_copy_to(got, MX_FLOAT64, gv, M * N));
+      for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+          double acc = 0, mag = 0;
+          for (int64_t k = 0; k < K; k++) {
+            acc += xv[m * K + k] * dv[n * K + k];
+            mag += fabs(xv[m * K + k] * dv[n * K + k]);
+          }
+          worst = fmax(worst, fabs(gv[m * N + n] - acc) / (mag + 1e-3));
+        }
+      ASSERT_MSG(worst < 6e-3, "gs %d bits %d M %lld: error %g", (int)gs, bitss[bi],
+                 (long long)M, worst);
+      int nt = mx_get_num_threads();
+      mx_set_num_threads(nt > 1 ? 1 : 3);
+      mx_array *got1 = mx_quantized_matmul(x, wq, s, b, true, (int)gs, bitss[bi]);
+      ASSERT_OK(mx_array_eval(got1));
+      mx_set_num_threads(nt);
+      ASSERT_MSG(max_rel_diff(got1, got) == 0, "result depends on the thread count");
+      free(xv);
+      free(dv);
+      free(gv);
+      mx_array_free_n((mx_array *[]){k1, k2, w, x, wq, s, b, d, got, got1}, 10);
+    }
+}
+
 /* decode with half-precision activations and a long K: the dense GEMV of a
  * dequantized weight (K >= 4096 rows take the four-columns-per-pass kernel
  * of the dense path) against float64, within the output's rounding; the

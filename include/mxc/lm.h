@@ -203,6 +203,10 @@ MX_API mx_lm_cache *mx_lm_cache_load(const mx_lm_model *m, const char *path,
 /* tokens: integer (B, T) or (T,). Returns logits (B, T, vocab) (lazy),
  * appending T positions to the cache (cache may be NULL: no cache). */
 MX_API mx_array *mx_lm_forward(mx_lm_model *m, mx_array *tokens, mx_lm_cache *cache);
+/* The same, but only the last position's logits (B, 1, vocab): the head
+ * (a large share of a short prompt's work) runs on one position. What
+ * generation uses; the cache is updated exactly as by mx_lm_forward. */
+MX_API mx_array *mx_lm_forward_last(mx_lm_model *m, mx_array *tokens, mx_lm_cache *cache);
 
 /* Gradient checkpointing for training (mlx-lm's --grad-checkpoint): when on,
  * forwards without a cache run each decoder layer under mx_checkpoint, so

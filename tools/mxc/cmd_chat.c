@@ -216,7 +216,7 @@ static int32_t feed(chat_session *s, const int32_t *ids, int n) {
   }
   int64_t rest = n - done;
   mx_array *t = mx_array_from_data(ids + done, (int64_t[]){1, rest}, 2, MX_INT32);
-  mx_array *logits = mx_lm_forward(s->m, t, s->cache);
+  mx_array *logits = mx_lm_forward_last(s->m, t, s->cache);
   mx_array_free(t);
   if (!logits) return mx_last_status();
   const int64_t *sh = mx_array_shape(logits);

@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "cpu.h"
+#include "gemm_bf16.h"
 #include "mxc/memory.h"
 #include "ops/linalg_params.h"
 #include "types.h"
@@ -483,11 +484,32 @@ done:
 
 #define WIDEN_MIN_M 16
 
+/* bf16 on the CPU's bf16 dot-product instruction (gemm_bf16.c); 1 when the
+ * CPU lacks it. */
+static void store_bf16_rows(const void *ctx, int64_t m, int64_t n0, int64_t nn, const float *acc) {
+  const gemm_args *g = ctx;
+  store_f32(g->C + (m * g->N + n0) * 2, g->dt, acc, nn, g->alpha, g->beta);
+}
+
+static int gemm_bf16_dot(const gemm_args *g) {
+  mx__bf16_dense_rows rows = {.B = (const uint16_t *)(const void *)g->B, .sbk = g->sbk,
+                              .sbn = g->sbn, .K = g->K};
+  mx__gemm_bf16_args a = {.M = g->M, .N = g->N, .K = g->K,
+                          .X = (const uint16_t *)(const void *)g->A, .sxm = g->sam,
+                          .sxk = g->sak, .rows = mx__bf16_dense_rows_fn, .rows_ctx = &rows,
+                          .store = store_bf16_rows, .store_ctx = g};
+  return mx__cpu_gemm_bf16(&a);
+}
+
 static int gemm(const gemm_args *g) {
   bool ints = fits_int(g->M) && fits_int(g->N) && fits_int(g->K) &&
               fits_int(g->M * g->K) && fits_int(g->K * g->N) && fits_int(g->M * g->N);
   if (g->K == 0 || !ints) return gemm_direct(g);
   if (g->dt == MX_FLOAT32 || g->dt == MX_FLOAT64) return gemm_blas(g);
+  if (g->dt == MX_BFLOAT16 && g->M >= WIDEN_MIN_M) {
+    int r = gemm_bf16_dot(g);
+    if (r <= 0) return r;
+  }
   if (g->M >= WIDEN_MIN_M) return gemm_widened(g);
   return gemm_direct(g);
 }

@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "cpu.h"
+#include "gemm_bf16.h"
 #include "mxc/memory.h"
 #include "ops/quantized_params.h"
 
@@ -1097,6 +1098,103 @@ static int qgemv_x86(const float *x, mx_array *wq, mx_array *s, mx_array *b, flo
 }
 #endif
 
+/* ---- bf16 activations, many rows: rows of W dequantized to bf16 tiles ------------------
+ * (as MLX's quantized GEMM does for bf16 inputs) and multiplied on the
+ * bf16 dot-product instruction (gemm_bf16.c). */
+typedef struct {
+  const uint8_t *w; /* (N, K * bits / 8) */
+  const void *s, *b;
+  mx_dtype sdt;
+  int64_t K;
+  int gs, bits;
+  char *out;
+  mx_dtype odt;
+  int64_t N;
+} qbf16_ctx;
+
+static float qb_param(const void *p, mx_dtype dt, int64_t i) {
+  if (dt == MX_BFLOAT16) return mx__bf16_to_f32(((const uint16_t *)p)[i]);
+  if (dt == MX_FLOAT16) return mx__f16_to_f32(((const uint16_t *)p)[i]);
+  return ((const float *)p)[i];
+}
+
+#ifdef HAVE_QGEMV_X86
+#define QB_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma"), noinline))
+/* One row, values [k0, k0 + kk) (whole groups), 4 or 8 bits, into dst as
+ * bf16: 32 values per step, pairs (2i, 2i + 1) meeting as one 32-bit word. */
+QB_TARGET static void qb_row_512(const qbf16_ctx *c, int64_t n, int64_t k0, int64_t kk,
+                                 uint16_t *dst) {
+  int64_t G = c->K / c->gs, rb = c->K * c->bits / 8;
+  const uint8_t *wr = c->w + n * rb;
+  const __m512i lo8 = _mm512_set1_epi32(c->bits == 4 ? 0x0F : 0xFF);
+  for (int64_t k = 0; k < kk; k += 32) {
+    int64_t g = n * G + (k0 + k) / c->gs;
+    __m512 sv = _mm512_set1_ps(qb_param(c->s, c->sdt, g));
+    __m512 bv = _mm512_set1_ps(qb_param(c->b, c->sdt, g));
+    __m512i v = c->bits == 4
+                    ? _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(wr + (k0 + k) / 2)))
+                    : _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(wr + k0 + k)));
+    __m512i lo = _mm512_and_si512(v, lo8), hi = _mm512_srli_epi32(v, (unsigned)c->bits);
+    __m512 flo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), sv, bv);
+    __m512 fhi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), sv, bv);
+    __m512i wlo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(flo));
+    __m512i whi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(fhi));
+    _mm512_storeu_si512(dst + k, _mm512_or_si512(wlo, _mm512_slli_epi32(whi, 16)));
+  }
+}
+#endif
+
+static const uint16_t *qb_rows(const void *ctx, int64_t n0, int nn, int64_t k0, int64_t kk,
+                               uint16_t *dst, int64_t ld, int64_t *ld_out) {
+  const qbf16_ctx *c = ctx;
+  *ld_out = ld;
+  /* the next tile's rows (the caller walks tiles of nn rows at one k0):
+   * each row contributes a short run the hardware prefetcher does not see */
+  int64_t rb = c->K * c->bits / 8, G = c->K / c->gs, es = (int64_t)mx_dtype_size(c->sdt);
+  for (int64_t n = n0 + nn; n < MX_MIN(c->N, n0 + 2 * nn); n++) {
+    const char *q = (const char *)c->w + n * rb + k0 * c->bits / 8;
+    for (int64_t o = 0; o < kk * c->bits / 8; o += 64) __builtin_prefetch(q + o);
+    __builtin_prefetch((const char *)c->s + (n * G + k0 / c->gs) * es);
+    __builtin_prefetch((const char *)c->b + (n * G + k0 / c->gs) * es);
+  }
+  for (int r = 0; r < nn; r++) {
+#ifdef HAVE_QGEMV_X86
+    qb_row_512(c, n0 + r, k0, kk, dst + r * ld);
+#else
+    (void)c;
+#endif
+  }
+  return dst;
+}
+
+static void qb_store(const void *ctx, int64_t m, int64_t n0, int64_t nn, const float *acc) {
+  const qbf16_ctx *c = ctx;
+  size_t es = mx_dtype_size(c->odt);
+  mx__cpu_convert(acc, MX_FLOAT32, c->out + (size_t)(m * c->N + n0) * es, c->odt, nn);
+}
+
+/* 1: not applicable */
+static int qmm_bf16_dot(mx_array *out, mx_array **in, const mx__qmm_params *p, int64_t M,
+                        int64_t N, int64_t K) {
+#ifdef HAVE_QGEMV_X86
+  mx_array *x = in[0];
+  if (!p->transpose || M < 16 || x->dtype != MX_BFLOAT16 || out->dtype != MX_BFLOAT16 ||
+      (p->bits != 4 && p->bits != 8) || p->group_size % 32 || K % 32 || !x->row_contiguous ||
+      !in[1]->row_contiguous || !in[2]->row_contiguous || !in[3]->row_contiguous ||
+      in[2]->dtype != in[3]->dtype || !mx__cpu_has_bf16_dot())
+    return 1;
+  qbf16_ctx c = {.w = mx__data(in[1]), .s = mx__data(in[2]), .b = mx__data(in[3]),
+                 .sdt = in[2]->dtype, .K = K, .gs = p->group_size, .bits = p->bits,
+                 .out = mx__data(out), .odt = out->dtype, .N = N};
+  mx__gemm_bf16_args a = {.M = M, .N = N, .K = K, .X = mx__data(x), .sxm = K, .sxk = 1,
+                          .rows = qb_rows, .rows_ctx = &c, .store = qb_store, .store_ctx = &c};
+  return mx__cpu_gemm_bf16(&a);
+#else
+  (void)out, (void)in, (void)p, (void)M, (void)N, (void)K;
+  return 1;
+#endif
+}
+
 static int k_quantized_matmul(mx_array *out, mx_array **in) {
   const mx__qmm_params *p = MX__PARAMS(out, mx__qmm_params);
   if (mx__array_alloc_data(out)) return mx_last_status();
@@ -1111,6 +1209,8 @@ static int k_quantized_matmul(mx_array *out, mx_array **in) {
     memset(mx__data(out), 0, (size_t)out->size * mx_dtype_size(out->dtype));
     goto done;
   }
+  if (M >= 16 && (rc = qmm_bf16_dot(out, in, p, M, N, K)) <= 0) goto done;
+  rc = MX_OK;
   if ((rc = as_float(in[0], ct, &x))) goto done;
 #ifdef HAVE_QGEMV_X86
   if (ct == MX_FLOAT32 && p->transpose &&

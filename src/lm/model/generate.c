@@ -26,7 +26,7 @@ static int32_t greedy(mx_array *logits) {
 static int32_t step(mx_lm_model *m, const int32_t *tokens, int64_t n, mx_lm_cache *c,
                     const mx_lm_generate_options *o) {
   mx_array *t = mx_array_from_data(tokens, (int64_t[]){1, n}, 2, MX_INT32);
-  mx_array *logits = mx_lm_forward(m, t, c);
+  mx_array *logits = mx_lm_forward_last(m, t, c);
   mx_array_free(t);
   if (!logits) return mx_last_status();
   const int64_t *s = mx_array_shape(logits);
@@ -48,7 +48,7 @@ static int32_t step(mx_lm_model *m, const int32_t *tokens, int64_t n, mx_lm_cach
  * tokens' logits. */
 static mx_array *lazy_step(mx_lm_model *m, mx_array *tokens, mx_lm_cache *c,
                            const mx_lm_generate_options *o) {
-  mx_array *logits = mx_lm_forward(m, tokens, c);
+  mx_array *logits = mx_lm_forward_last(m, tokens, c);
   if (!logits) return NULL;
   const int64_t *s = mx_array_shape(logits);
   mx_array *last = mx_slice(logits, (int64_t[]){0, s[1] - 1, 0}, (int64_t[]){1, s[1], s[2]},

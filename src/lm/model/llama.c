@@ -473,12 +473,21 @@ static mx_array *inner(mx_nn_module *self, mx_array *tokens, fwd_ctx *cache,
   return y;
 }
 
+/* last: only the last position's logits (B, 1, vocab) — generation needs no
+ * more, and the head is a large share of a short prompt's work. */
 static mx_array *logits_of(mx_nn_module *root, mx_array *tokens, fwd_ctx *cache,
-                           mx_array *freqs) {
+                           mx_array *freqs, bool last) {
   mx_nn_module *model = mx_nn_child(root, "model");
   if (!model) return NULL;
   mx_array *h = inner(model, tokens, cache, freqs);
   if (!h) return NULL;
+  const int64_t *hs = mx_array_shape(h);
+  if (last && mx_array_ndim(h) == 3 && hs[1] > 1) {
+    mx_array *l = mx_slice(h, (int64_t[]){0, hs[1] - 1, 0}, (int64_t[]){hs[0], hs[1], hs[2]},
+                           NULL, 3);
+    mx_array_free(h);
+    if (!(h = l)) return NULL;
+  }
   mx_array *y;
   if (cfg_of(root)->tie_word_embeddings)
     y = mx_nn_embedding_as_linear(mx_nn_child(model, "embed_tokens"), h);
@@ -514,7 +523,7 @@ static mx_array *inner_forward(mx_nn_module *self, mx_array *const *in, int n) {
 static mx_array *root_forward(mx_nn_module *self, mx_array *const *in, int n) {
   mx_array *t = with_batch(in[0]);
   mx_array *freqs = cfg_of(self)->rope_scaling == MX_LM_ROPE_LLAMA3 ? llama3_freqs(cfg_of(self)) : NULL;
-  mx_array *y = t ? logits_of(self, t, NULL, freqs) : NULL;
+  mx_array *y = t ? logits_of(self, t, NULL, freqs, false) : NULL;
   mx_array_free(t);
   mx_array_free(freqs);
   return y;
@@ -654,7 +663,8 @@ static mx_array *forward_tokens(mx_lm_model *m, mx_array *tokens) {
   return t;
 }
 
-mx_array *mx__lm_llama_forward(mx_lm_model *m, mx_array *tokens, mx_lm_cache *cache) {
+mx_array *mx__lm_llama_forward(mx_lm_model *m, mx_array *tokens, mx_lm_cache *cache,
+                               bool last) {
   mx_array *t = forward_tokens(m, tokens);
   if (!t) return NULL;
   int64_t T = mx_array_dim(t, 1);
@@ -668,7 +678,7 @@ mx_array *mx__lm_llama_forward(mx_lm_model *m, mx_array *tokens, mx_lm_cache *ca
     }
     f.plan = &plan;
   }
-  mx_array *y = logits_of(m->root, t, cache ? &f : NULL, m->rope_freqs);
+  mx_array *y = logits_of(m->root, t, cache ? &f : NULL, m->rope_freqs, last);
   mx_array_free(f.mask[0]);
   mx_array_free(f.mask[1]);
   if (y && cache) {
@@ -684,7 +694,7 @@ mx_array *mx__lm_forward_masked(mx_lm_model *m, mx_array *tokens, const bool *vi
   mx_array *t = forward_tokens(m, tokens);
   if (!t) return NULL;
   fwd_ctx f = {NULL, NULL, visible, {NULL, NULL}, {false, false}};
-  mx_array *y = logits_of(m->root, t, &f, m->rope_freqs);
+  mx_array *y = logits_of(m->root, t, &f, m->rope_freqs, false);
   mx_array_free(f.mask[0]);
   mx_array_free(f.mask[1]);
   mx_array_free(t);
@@ -699,7 +709,8 @@ int mx_lm_set_grad_checkpoint(mx_lm_model *m, bool on) {
   return MX_OK;
 }
 
-mx_array *mx_lm_forward(mx_lm_model *m, mx_array *tokens, mx_lm_cache *cache) {
+static mx_array *forward_checked(mx_lm_model *m, mx_array *tokens, mx_lm_cache *cache,
+                                 bool last) {
   if (!m || !tokens) {
     mx__set_error(MX_ERR_INVALID_ARG, "lm_forward: model or tokens is NULL");
     return NULL;
@@ -709,5 +720,13 @@ mx_array *mx_lm_forward(mx_lm_model *m, mx_array *tokens, mx_lm_cache *cache) {
                   cache->nlayers, (long long)m->config.num_hidden_layers);
     return NULL;
   }
-  return mx__lm_llama_forward(m, tokens, cache);
+  return mx__lm_llama_forward(m, tokens, cache, last);
+}
+
+mx_array *mx_lm_forward(mx_lm_model *m, mx_array *tokens, mx_lm_cache *cache) {
+  return forward_checked(m, tokens, cache, false);
+}
+
+mx_array *mx_lm_forward_last(mx_lm_model *m, mx_array *tokens, mx_lm_cache *cache) {
+  return forward_checked(m, tokens, cache, true);
 }

@@ -70,7 +70,8 @@ char *mx__lm_read_file(const char *path, size_t *len);
  * (float32 placeholder weights; quantized layers later). */
 mx_nn_module *mx__lm_build_llama(const mx_lm_config *cfg);
 /* The logits (B, T, vocab) of tokens (B, T). */
-mx_array *mx__lm_llama_forward(mx_lm_model *m, mx_array *tokens, mx_lm_cache *cache);
+mx_array *mx__lm_llama_forward(mx_lm_model *m, mx_array *tokens, mx_lm_cache *cache,
+                               bool last);
 /* The logits of tokens (B, T) without a cache, token i attending to token j
  * exactly when visible[i * T + j] (an explicit mask: the reference the
  * tests compare caches against). */
