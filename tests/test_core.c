@@ -327,3 +327,53 @@ TEST(dtype_names_and_parsing) {
 }
 
 int main(int argc, char **argv) { return test_main(argc, argv); }
+
+/* ---- the thread pool ---------------------------------------------------------------- */
+/* Every index of every job is run exactly once, whatever the pool does with
+ * its helpers (joining late, not at all, jobs run on the caller alone),
+ * across thousands of small jobs, thread-count changes and a busy thread
+ * competing for the cores. */
+#include <pthread.h>
+#include "array_impl.h"
+
+typedef struct {
+  int *hits;
+} pool_job;
+
+static void pool_mark(void *ctx, int64_t b, int64_t e) {
+  pool_job *j = ctx;
+  for (int64_t i = b; i < e; i++) __atomic_add_fetch(&j->hits[i], 1, __ATOMIC_RELAXED);
+}
+
+static volatile int pool_busy_stop;
+static void *pool_busy(void *arg) {
+  (void)arg;
+  unsigned long x = 1;
+  while (!pool_busy_stop) x = x * 6364136223846793005ul + 1;
+  return (void *)(uintptr_t)(x & 1);
+}
+
+TEST(pool_runs_every_index_once) {
+  int prev = mx_get_num_threads();
+  pthread_t busy;
+  pool_busy_stop = 0;
+  ASSERT(pthread_create(&busy, NULL, pool_busy, NULL) == 0);
+  int *hits = calloc(5000, sizeof(int));
+  for (int job = 0; job < 3000; job++) {
+    if (job % 500 == 0) mx_set_num_threads(1 + (job / 500) % 4);
+    int64_t n = 1 + (job * 37) % 5000, grain = 1 + job % 7;
+    memset(hits, 0, sizeof(int) * (size_t)n);
+    pool_job j = {hits};
+    mx__parallel_for(n, grain, pool_mark, &j);
+    for (int64_t i = 0; i < n; i++)
+      if (hits[i] != 1) {
+        ASSERT_MSG(0, "job %d: index %lld run %d times", job, (long long)i, hits[i]);
+        job = 3000;
+        break;
+      }
+  }
+  pool_busy_stop = 1;
+  pthread_join(busy, NULL);
+  free(hits);
+  mx_set_num_threads(prev);
+}

@@ -187,6 +187,10 @@ extern mx__backend mx__cpu_backend;
  * least `grain` long. Runs inline when small or already inside a worker. */
 void mx__parallel_for(int64_t n, int64_t grain,
                       void (*fn)(void *ctx, int64_t begin, int64_t end), void *ctx);
+/* The threads worth using now: mx_get_num_threads(), or 1 while the pool
+ * runs jobs on the caller alone because helpers were late (other processes
+ * busy on the cores). For libraries with their own threads (OpenBLAS). */
+int mx__parallel_threads(void);
 
 /* ---- half types -------------------------------------------------------------- */
 static inline float mx__bf16_to_f32(uint16_t h) {

@@ -13,7 +13,21 @@
  * The hand-off is race-free: a worker announces `sleeping` before its last
  * look at the generation, and the caller bumps the generation before it
  * takes `sleeping` back (both sequentially consistent), so either the
- * worker sees the job or the caller sees the sleeper and posts. */
+ * worker sees the job or the caller sees the sleeper and posts.
+ *
+ * Helpers join a job; they are not owed one. A woken worker takes part only
+ * if it arrives while the job is open (one atomic word: a closed bit and
+ * the number of helpers that joined). The caller runs chunks too, and once
+ * every chunk is claimed it closes the job and waits only for the helpers
+ * that joined (they are running chunks). So when the scheduler runs a
+ * helper late — other processes busy on the cores — the caller does the
+ * work itself instead of waiting a time slice for a thread that would find
+ * nothing left to do. A helper can still be preempted after it joined (its
+ * spinning used up its share of a busy core); when the caller ends up
+ * waiting for joined helpers longer than it worked itself (and over
+ * LATE_NS), the pool runs jobs on the caller alone for a while (SOLO_MIN_NS,
+ * doubling up to SOLO_MAX_NS while it keeps happening), then tries helpers
+ * again. Results do not change: kernels give the same bits for any split. */
 #include <pthread.h>
 #include <semaphore.h>
 #if defined(__x86_64__) || defined(__i386__)
@@ -22,7 +36,9 @@
 #else
 #define CPU_RELAX() ((void)0)
 #endif
+#include <sched.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "array_impl.h"
@@ -30,12 +46,15 @@
 
 #define MAX_THREADS 64
 #define SPIN_ITERS 4000
+#define JOIN_CLOSED 0x80000000u
+#define LATE_NS 200000ull        /* 0.2 ms */
+#define SOLO_MIN_NS 20000000ull  /* 20 ms */
+#define SOLO_MAX_NS 1000000000ull /* 1 s */
 
 static struct {
   pthread_mutex_t mu; /* guards nthreads / started / shutdown */
   pthread_t threads[MAX_THREADS];
   sem_t go[MAX_THREADS];
-  sem_t done;
   int nthreads; /* workers + caller */
   int started;  /* workers started */
   bool shutdown;
@@ -46,15 +65,24 @@ static struct {
   int64_t n, chunk;
   int nchunks;
   int next_chunk;
-  int pending; /* helpers still running the job */
+  uint32_t join;   /* JOIN_CLOSED | number of helpers that joined the job */
+  uint32_t finished; /* helpers of the job that are done */
   /* job generation << 8 | its number of helpers (workers 0..helpers-1
    * take part): one word, so a worker reads both consistently */
   uint64_t gen;
   int sleeping[MAX_THREADS]; /* 1: worker i waits on its semaphore */
   uint64_t start_gen[MAX_THREADS]; /* gen when worker i was created (no job in flight) */
-} P = {.mu = PTHREAD_MUTEX_INITIALIZER};
+} P = {.mu = PTHREAD_MUTEX_INITIALIZER, .join = JOIN_CLOSED};
 
 static _Thread_local bool tl_in_worker;
+/* late helpers: run jobs on the caller alone until solo_until (ns) */
+static uint64_t solo_until, solo_span = SOLO_MIN_NS;
+
+static uint64_t now_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
 static pthread_mutex_t job_mu = PTHREAD_MUTEX_INITIALIZER; /* one job at a time */
 
 static int default_threads(void) {
@@ -112,8 +140,16 @@ static void *worker(void *arg) {
       }
       spins = 0;
     }
-    run_chunks();
-    if (__atomic_sub_fetch(&P.pending, 1, __ATOMIC_ACQ_REL) == 0) sem_post(&P.done);
+    /* join the job if it is still open (acquire: its fields are written) */
+    uint32_t j = __atomic_load_n(&P.join, __ATOMIC_ACQUIRE);
+    bool joined = false;
+    while (!(j & JOIN_CLOSED) && !joined)
+      joined = __atomic_compare_exchange_n(&P.join, &j, j + 1, true, __ATOMIC_ACQ_REL,
+                                           __ATOMIC_ACQUIRE);
+    if (joined) {
+      run_chunks();
+      __atomic_add_fetch(&P.finished, 1, __ATOMIC_RELEASE);
+    }
   }
 }
 
@@ -122,7 +158,6 @@ static void ensure_started(void) {
   if (P.nthreads == 0) P.nthreads = default_threads();
   if (!P.sems_ready) {
     for (int i = 0; i < MAX_THREADS; i++) sem_init(&P.go[i], 0, 0);
-    sem_init(&P.done, 0, 0);
     P.sems_ready = true;
   }
   while (P.started < P.nthreads - 1) {
@@ -146,6 +181,11 @@ void mx_set_num_threads(int n) {
   pthread_mutex_unlock(&job_mu);
 }
 
+int mx__parallel_threads(void) {
+  if (now_ns() < __atomic_load_n(&solo_until, __ATOMIC_RELAXED)) return 1;
+  return mx_get_num_threads();
+}
+
 int mx_get_num_threads(void) {
   pthread_mutex_lock(&P.mu);
   if (P.nthreads == 0) P.nthreads = default_threads();
@@ -164,6 +204,14 @@ void mx__parallel_for(int64_t n, int64_t grain, void (*fn)(void *, int64_t, int6
     return;
   }
   pthread_mutex_lock(&job_mu);
+  uint64_t t0 = now_ns();
+  if (t0 < __atomic_load_n(&solo_until, __ATOMIC_RELAXED)) { /* helpers were late lately */
+    tl_in_worker = true;
+    fn(ctx, 0, n);
+    tl_in_worker = false;
+    pthread_mutex_unlock(&job_mu);
+    return;
+  }
   pthread_mutex_lock(&P.mu);
   ensure_started();
   int workers = MX_MIN(P.started, P.nthreads - 1);
@@ -178,7 +226,8 @@ void mx__parallel_for(int64_t n, int64_t grain, void (*fn)(void *, int64_t, int6
   P.nchunks = (int)((n + P.chunk - 1) / P.chunk);
   P.next_chunk = 0;
   int helpers = MX_MIN(workers, P.nchunks - 1);
-  __atomic_store_n(&P.pending, helpers, __ATOMIC_RELEASE);
+  __atomic_store_n(&P.finished, 0, __ATOMIC_RELAXED);
+  __atomic_store_n(&P.join, 0, __ATOMIC_RELEASE); /* opens the job */
   uint64_t g = __atomic_load_n(&P.gen, __ATOMIC_RELAXED); /* one writer: job_mu */
   __atomic_store_n(&P.gen, (((g >> 8) + 1) << 8) | (uint64_t)helpers,
                    __ATOMIC_SEQ_CST); /* publishes the job */
@@ -187,12 +236,20 @@ void mx__parallel_for(int64_t n, int64_t grain, void (*fn)(void *, int64_t, int6
   tl_in_worker = true;
   run_chunks();
   tl_in_worker = false;
-  if (helpers > 0) {
-    for (int s = 0; s < SPIN_ITERS && __atomic_load_n(&P.pending, __ATOMIC_ACQUIRE) > 0; s++)
-      CPU_RELAX();
-    while (sem_wait(&P.done) != 0) { /* the last helper always posts */
+  /* every chunk is claimed: close the job, wait for those who joined */
+  uint32_t joined = __atomic_fetch_or(&P.join, JOIN_CLOSED, __ATOMIC_ACQ_REL);
+  if (__atomic_load_n(&P.finished, __ATOMIC_ACQUIRE) < joined) {
+    uint64_t t1 = now_ns();
+    for (int s = 0; __atomic_load_n(&P.finished, __ATOMIC_ACQUIRE) < joined; s++) {
+      if (s < SPIN_ITERS) CPU_RELAX();
+      else sched_yield(); /* a joined helper was preempted mid-chunk */
     }
-  }
+    uint64_t t2 = now_ns(), waited = t2 - t1;
+    if (waited > LATE_NS && waited > (t1 - t0) / 2) {
+      __atomic_store_n(&solo_until, t2 + solo_span, __ATOMIC_RELAXED);
+      solo_span = solo_span * 2 > SOLO_MAX_NS ? SOLO_MAX_NS : solo_span * 2;
+    } else solo_span = SOLO_MIN_NS;
+  } else solo_span = SOLO_MIN_NS;
   pthread_mutex_unlock(&job_mu);
 }
 

@@ -49,6 +49,10 @@ void mx__iter_run_range(const mx__nd_iter *it, mx__inner_fn inner, const void *c
  * same dtype). */
 void mx__cpu_copy_to_contiguous(mx_array *in, void *out);
 
+/* Sets OpenBLAS's thread count for a product of `fmas` multiply-adds
+ * (linalg.c): 1 for small products, else the pool's current count. */
+void mx__blas_set_threads(double fmas);
+
 /* Convert n elements between dtypes (contiguous). */
 void mx__cpu_convert(const void *src, mx_dtype sdt, void *dst, mx_dtype ddt, int64_t n);
 

@@ -346,9 +346,15 @@ static bool blas_layout(int64_t rows, int64_t cols, int64_t rs, int64_t cs,
   return false;
 }
 
-static void blas_threads(void) {
+/* OpenBLAS's own threads for a product of fmas multiply-adds: one below
+ * BLAS_MT_MIN (its threads' hand-off costs more than they save, and they
+ * spin-wait: on a busy machine a late one stalls every small call by a
+ * time slice), else the pool's current count (1 while its helpers are
+ * late). */
+#define BLAS_MT_MIN (1 << 24)
+void mx__blas_set_threads(double fmas) {
   static int current;
-  int n = mx_get_num_threads();
+  int n = fmas < BLAS_MT_MIN ? 1 : mx__parallel_threads();
   if (__atomic_load_n(&current, __ATOMIC_RELAXED) != n) {
     openblas_set_num_threads(n);
     __atomic_store_n(&current, n, __ATOMIC_RELAXED);
@@ -415,7 +421,7 @@ static int gemm_blas(const gemm_args *g) {
     }
     B = pb->ptr, tb = CblasNoTrans, ldb = MX_MAX(1, g->N);
   }
-  blas_threads();
+  mx__blas_set_threads((double)g->M * (double)g->N * (double)g->K);
   int M = (int)g->M, N = (int)g->N, K = (int)g->K;
   if (M == 1) {
     /* y (N) = alpha * B^T x + beta * y, x = A's row (stride: A's column
@@ -470,7 +476,7 @@ static int gemm_widened(const gemm_args *g) {
     goto done;
   }
   if (g->beta != 0) mx__cpu_convert(g->C, g->dt, c32->ptr, MX_FLOAT32, g->M * g->N);
-  blas_threads();
+  mx__blas_set_threads((double)g->M * (double)g->N * (double)g->K);
   cblas_sgemm(CblasRowMajor, ta, tb, (int)g->M, (int)g->N, (int)g->K, (float)g->alpha,
               a32->ptr, (int)lda, b32->ptr, (int)ldb, g->beta != 0 ? (float)g->beta : 0.0f,
               c32->ptr, (int)MX_MAX(1, g->N));

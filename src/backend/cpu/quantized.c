@@ -465,7 +465,7 @@ static int qmm_t_blas(qmm_ctx *c) {
   int64_t K = c->K, nb = MX_MIN(c->N, MX_MAX(16, ((int64_t)1 << 21) / K)); /* ~8 MB */
   float *d = malloc(sizeof(float) * (size_t)(nb * K));
   if (!d) return mx__set_error(MX_ERR_OOM, "quantized_matmul: cannot allocate scratch");
-  openblas_set_num_threads(mx_get_num_threads());
+  mx__blas_set_threads((double)c->M * (double)nb * (double)K);
   for (int64_t n0 = 0; n0 < c->N; n0 += nb) {
     int64_t rows = MX_MIN(nb, c->N - n0);
     deq_rows_ctx j = {c, d, n0};
@@ -508,7 +508,7 @@ static int qmm_n_blas(qmm_ctx *c) {
   int64_t N = c->N, kb = MX_MIN(c->K, MX_MAX(16, ((int64_t)1 << 21) / MX_MAX(1, N))); /* ~8 MB */
   float *d = malloc(sizeof(float) * (size_t)(kb * N));
   if (!d) return mx__set_error(MX_ERR_OOM, "quantized_matmul: cannot allocate scratch");
-  openblas_set_num_threads(mx_get_num_threads());
+  mx__blas_set_threads((double)c->M * (double)N * (double)kb);
   for (int64_t k0 = 0; k0 < c->K; k0 += kb) {
     int64_t rows = MX_MIN(kb, c->K - k0);
     deq_krows_ctx j = {c, d, k0};
