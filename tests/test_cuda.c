@@ -530,4 +530,147 @@ TEST(sort_long_rows_equal_cpu) {
   for (int k = 0; k < 4; k++) ASSERT_EQ_INT(sort_case((sort_kind)k, 5, 3000, MX_FLOAT32, true), 0);
 }
 
+/* cumsum of long lines (one block per line on the GPU): every direction and
+ * kind, float and integer, one line and several, along a strided axis. */
+TEST(cumsum_long_lines_equal_cpu) {
+  NEED_GPU();
+  const int64_t shapes[][2] = {{1, 128256}, {3, 5000}, {2, 4096}};
+  const mx_dtype dts[] = {MX_FLOAT32, MX_BFLOAT16, MX_FLOAT64, MX_INT32};
+  for (int sh = 0; sh < 3; sh++)
+    for (int d = 0; d < 4; d++)
+      for (int v = 0; v < 4; v++)
+        for (int ax = 0; ax < 2; ax++) {
+          /* along the long axis: last and contiguous (ax 0) or first, strided */
+          int64_t shape[2] = {shapes[sh][ax], shapes[sh][1 - ax]};
+          mx_array *f = normal(shape, 2, 1.0, 11 + (uint64_t)sh);
+          mx_array *x = mx_dtype_is_float(dts[d]) ? mx_abs(f) : mx_multiply_scalar(f, 50.0);
+          mx_array *xd = mx_astype(x, dts[d]);
+          bool rev = v & 1, inc = v & 2;
+          mx_set_default_device(MX_CPU);
+          mx_array *c = mx_cumsum(xd, 1 - ax, rev, inc);
+          mx_set_default_device(MX_GPU);
+          mx_array *g = mx_cumsum(xd, 1 - ax, rev, inc);
+          mx_set_default_device(MX_CPU);
+          char what[96];
+          snprintf(what, sizeof what, "cumsum %lldx%lld %s rev %d inc %d", (long long)shape[0],
+                   (long long)shape[1], mx_dtype_name(dts[d]), rev, inc);
+          double tol = dts[d] == MX_INT32 ? 0 : dts[d] == MX_BFLOAT16 ? 1e-2 : 1e-6;
+          ASSERT_EQ_INT(mismatches(c, g, tol, what), 0);
+          mx_array_free(f);
+          mx_array_free(x);
+          mx_array_free(xd);
+          mx_array_free(c);
+          mx_array_free(g);
+        }
+}
+
+/* put_along_axis along long index axes (a parallel winner pass on the GPU):
+ * duplicates resolve as on the CPU, last write wins. */
+TEST(put_along_long_axis_equals_cpu) {
+  NEED_GPU();
+  const int64_t cases[][3] = {{1, 128256, 128256}, {2, 5000, 3000}, {3, 4096, 8192}};
+  for (int c = 0; c < 3; c++) {
+    int64_t R = cases[c][0], N = cases[c][1], K = cases[c][2];
+    int32_t *ix = malloc(sizeof(int32_t) * (size_t)(R * K));
+    float *vals = malloc(sizeof(float) * (size_t)(R * K));
+    uint64_t h = 88172645463325252ull;
+    for (int64_t i = 0; i < R * K; i++) {
+      h ^= h << 13, h ^= h >> 7, h ^= h << 17;
+      /* case 0: a permutation (top-p's mask); else random with duplicates, some negative */
+      ix[i] = c == 0 ? (int32_t)((i * 7919) % N)
+                     : (int32_t)(h % (uint64_t)(N + N / 4)) - (int32_t)(N / 4);
+      vals[i] = (float)i;
+    }
+    mx_array *a = mx_zeros((int64_t[]){R, N}, 2, MX_FLOAT32);
+    mx_array *idx = mx_array_from_data(ix, (int64_t[]){R, K}, 2, MX_INT32);
+    mx_array *v = mx_array_from_data(vals, (int64_t[]){R, K}, 2, MX_FLOAT32);
+    mx_set_default_device(MX_CPU);
+    mx_array *cpu = mx_put_along_axis(a, idx, v, 1);
+    mx_set_default_device(MX_GPU);
+    mx_array *gpu = mx_put_along_axis(a, idx, v, 1);
+    mx_set_default_device(MX_CPU);
+    ASSERT_EQ_INT(mismatches(cpu, gpu, 0, "put_along_axis long"), 0);
+    mx_array *arr[] = {a, idx, v, cpu, gpu};
+    for (int i = 0; i < 5; i++) mx_array_free(arr[i]);
+    free(ix);
+    free(vals);
+  }
+}
+
+/* argmax / argmin of very long rows (split over blocks on the GPU): ties
+ * (bf16 has many) go to the first index, a NaN wins, as on the CPU. */
+TEST(argreduce_long_rows_equal_cpu) {
+  NEED_GPU();
+  const int64_t shapes[][2] = {{1, 128256}, {3, 70001}};
+  for (int sh = 0; sh < 2; sh++)
+    for (int dt = 0; dt < 2; dt++)
+      for (int nan = 0; nan < 2; nan++) {
+        mx_array *f = normal(shapes[sh], 2, 1.0, 5 + (uint64_t)sh);
+        mx_array *x = mx_astype(f, dt ? MX_BFLOAT16 : MX_FLOAT32);
+        if (nan) { /* NaN at two places of every row: the first one wins */
+          mx_array *m = mx_zeros(shapes[sh], 2, MX_FLOAT32), *q = mx_array_scalar(NAN, MX_FLOAT32);
+          int64_t rows = shapes[sh][0];
+          mx_array *n1 = mx_slice_update(m, q, (int64_t[]){0, 40000}, (int64_t[]){rows, 40001},
+                                         NULL, 2);
+          mx_array *n2 = mx_slice_update(n1, q, (int64_t[]){0, 9000}, (int64_t[]){rows, 9001},
+                                         NULL, 2);
+          mx_array *nd = mx_astype(n2, mx_array_dtype(x)), *y = mx_add(x, nd);
+          mx_array *tmp[] = {x, m, q, n1, n2, nd};
+          for (int i = 0; i < 6; i++) mx_array_free(tmp[i]);
+          x = y;
+        }
+        for (int mx = 0; mx < 2; mx++) {
+          mx_set_default_device(MX_CPU);
+          mx_array *c = mx ? mx_argmax(x, 1, false) : mx_argmin(x, 1, false);
+          mx_set_default_device(MX_GPU);
+          mx_array *g = mx ? mx_argmax(x, 1, false) : mx_argmin(x, 1, false);
+          mx_set_default_device(MX_CPU);
+          ASSERT_EQ_INT(mismatches(c, g, 0, mx ? "argmax long" : "argmin long"), 0);
+          mx_array_free(c);
+          mx_array_free(g);
+        }
+        mx_array_free(f);
+        mx_array_free(x);
+      }
+}
+
+/* One activation row times W^T (a Linear layer in decode: the GEMV kernel),
+ * and shapes that must leave it (K not a multiple of 8, W^T not of
+ * contiguous rows, two rows). */
+TEST(half_precision_gemv_equals_cpu) {
+  NEED_GPU();
+  const int64_t cases[][4] = {/* M, K, N, transposed */
+                              {1, 2048, 3000, 1}, {1, 8192, 700, 1}, {1, 24, 5, 1},
+                              {1, 1000, 130, 1},  {1, 36, 40, 1},    {1, 256, 300, 0},
+                              {2, 512, 64, 1}};
+  mx_dtype dts[] = {MX_BFLOAT16, MX_FLOAT16};
+  for (int c = 0; c < 7; c++)
+    for (int d = 0; d < 2; d++) {
+      int64_t M = cases[c][0], K = cases[c][1], N = cases[c][2];
+      mx_array *x32 = normal((int64_t[]){1, M, K}, 3, 1, 3), *w32 = NULL, *wt = NULL;
+      if (cases[c][3]) {
+        w32 = normal((int64_t[]){N, K}, 2, 0.05, 4);
+        wt = mx_transpose(w32, (int[]){1, 0}, 2);
+      } else {
+        w32 = normal((int64_t[]){K, N}, 2, 0.05, 4);
+        wt = mx_array_retain(w32);
+      }
+      mx_array *x = mx_astype(x32, dts[d]), *w = mx_astype(wt, dts[d]);
+      ASSERT_OK(mx_array_eval(x));
+      ASSERT_OK(mx_array_eval(w));
+      mx_array *wh = mx_astype(w32, dts[d]); /* (N, K) rows: W^T as a view */
+      mx_array *wv = cases[c][3] ? mx_transpose(wh, (int[]){1, 0}, 2) : mx_array_retain(w);
+      mx_array *cpu = mx_matmul(x, wv);
+      mx_set_default_device(MX_GPU);
+      mx_array *gpu = mx_matmul(x, wv);
+      mx_set_default_device(MX_CPU);
+      char what[64];
+      snprintf(what, sizeof what, "gemv %lldx%lldx%lld %s", (long long)M, (long long)K,
+               (long long)N, mx_dtype_name(dts[d]));
+      ASSERT_EQ_INT(mismatches(cpu, gpu, dtype_tol(dts[d]), what), 0);
+      mx_array *all[] = {x32, w32, wt, x, w, wh, wv, cpu, gpu};
+      mx_array_free_n(all, 9);
+    }
+}
+
 int main(int argc, char **argv) { return test_main(argc, argv); }

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lm/model/lm_internal.h" /* mx__lm_replayed_steps */
 #include "mxc/mxc.h"
 #include "test.h"
 
@@ -200,6 +201,111 @@ TEST(greedy_generation_equals_cpu) {
     ASSERT(same);
     mx_lm_free(m);
   }
+}
+
+/* Greedy decoding on the GPU replays one captured graph per token where
+ * the model allows it (static caches, see generate.c): the ids must be
+ * those of the step-by-step path (MXC_CUDA_GRAPH=0), for every weight
+ * kind, and the replay path must have run for the plain architectures. */
+TEST(greedy_graph_replay_equals_step_by_step) {
+  NEED_GPU();
+  const char *prev = getenv("MXC_CUDA_GRAPH");
+  char *saved = prev ? strdup(prev) : NULL;
+  int differ = 0;
+  for (int w = 0; w < 3; w++)
+    for (int a = 0; a < NARCH; a++) {
+      mx_lm_model *m = load(ARCHS[a], (wkind)w);
+      ASSERT(m);
+      int32_t prompt[] = {1, 5, 9, 3, 7, 2};
+      int32_t got[2][72] = {{0}};
+      mx_lm_generate_options o = MX_LM_GENERATE_DEFAULTS;
+      o.max_tokens = 48;
+      o.stop_on_eos = false;
+      uint64_t r0 = mx__lm_replayed_steps();
+      for (int g = 0; g < 2; g++) {
+        if (g) unsetenv("MXC_CUDA_GRAPH");
+        else setenv("MXC_CUDA_GRAPH", "0", 1);
+        mx_set_default_device(MX_GPU);
+        int st = mx_lm_generate(m, prompt, 6, &o, collect, got[g], NULL);
+        mx_set_default_device(MX_CPU);
+        ASSERT_OK(st);
+      }
+      uint64_t replays = mx__lm_replayed_steps() - r0;
+      ASSERT_EQ_INT(got[0][0], 48);
+      ASSERT_EQ_INT(got[1][0], 48);
+      bool plain = !strcmp(ARCHS[a], "llama") || !strcmp(ARCHS[a], "qwen3");
+      if (plain && replays != 47) {
+        fprintf(stderr, "  %s: %llu replayed steps, want 47\n", ARCHS[a],
+                (unsigned long long)replays);
+        differ++;
+      }
+      if (memcmp(got[0], got[1], sizeof got[0])) {
+        fprintf(stderr, "  %s (weights %d): greedy ids differ with graph replay (%llu replays)\n",
+                ARCHS[a], w, (unsigned long long)replays);
+        differ++;
+      }
+      mx_lm_free(m);
+    }
+  if (saved) setenv("MXC_CUDA_GRAPH", saved, 1);
+  else unsetenv("MXC_CUDA_GRAPH");
+  free(saved);
+  ASSERT_EQ_INT(differ, 0);
+}
+
+static mx_array *lazy_sample(void *ctx, mx_array *logits) {
+  return mx_sampler_sample(ctx, logits, NULL, 0);
+}
+
+/* The same with a sampler (temperature and top-p, fixed seed): the replayed
+ * steps draw the random key sequence of the step-by-step path. */
+TEST(sampled_graph_replay_equals_step_by_step) {
+  NEED_GPU();
+  const char *prev = getenv("MXC_CUDA_GRAPH");
+  char *saved = prev ? strdup(prev) : NULL;
+  int differ = 0;
+  for (int a = 0; a < NARCH; a++) {
+    mx_lm_model *m = load(ARCHS[a], W_F32);
+    ASSERT(m);
+    int32_t prompt[] = {1, 5, 9, 3, 7, 2};
+    int32_t got[2][72] = {{0}};
+    uint64_t r0 = mx__lm_replayed_steps();
+    for (int g = 0; g < 2; g++) {
+      mx_sampler_config sc = mx_sampler_config_default();
+      sc.temp = 1.0;
+      sc.top_p = 0.9;
+      sc.seed = 7;
+      mx_sampler *smp = mx_sampler_new(&sc);
+      ASSERT(smp);
+      mx_lm_generate_options o = MX_LM_GENERATE_DEFAULTS;
+      o.max_tokens = 40;
+      o.stop_on_eos = false;
+      o.lazy_sampler = lazy_sample;
+      o.sampler_ctx = smp;
+      if (g) unsetenv("MXC_CUDA_GRAPH");
+      else setenv("MXC_CUDA_GRAPH", "0", 1);
+      mx_set_default_device(MX_GPU);
+      int st = mx_lm_generate(m, prompt, 6, &o, collect, got[g], NULL);
+      mx_set_default_device(MX_CPU);
+      mx_sampler_free(smp);
+      ASSERT_OK(st);
+    }
+    uint64_t replays = mx__lm_replayed_steps() - r0;
+    if (!strcmp(ARCHS[a], "llama") && replays != 39) {
+      fprintf(stderr, "  %s: %llu replayed sampled steps, want 39\n", ARCHS[a],
+              (unsigned long long)replays);
+      differ++;
+    }
+    if (memcmp(got[0], got[1], sizeof got[0])) {
+      fprintf(stderr, "  %s: sampled ids differ with graph replay (%llu replays)\n", ARCHS[a],
+              (unsigned long long)replays);
+      differ++;
+    }
+    mx_lm_free(m);
+  }
+  if (saved) setenv("MXC_CUDA_GRAPH", saved, 1);
+  else unsetenv("MXC_CUDA_GRAPH");
+  free(saved);
+  ASSERT_EQ_INT(differ, 0);
 }
 
 int main(int argc, char **argv) { return test_main(argc, argv); }

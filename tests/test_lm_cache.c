@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "lm/model/lm_internal.h"
+#include "ops/shape_params.h" /* mx__store_at */
 #include "mxc/io.h"
 #include "mxc/lm.h"
 #include "mxc/memory.h"
@@ -275,6 +276,68 @@ TEST(rotating_short_prompt_equals_plain_cache) {
   free(b);
   mx_lm_free(m);
   ASSERT_MSG(d < 1e-6, "rotating (unfilled) vs plain cache: %g", d);
+}
+
+/* Decode steps over static caches (what generate captures as a GPU graph
+ * and replays): the position lives in an array, rope / the cache writes /
+ * attention read it when they run, and the step advances it in place. */
+TEST(static_cache_steps_equal_plain_cache) {
+  mx_lm_model *m = llama();
+  const int P = 5, T = 12, CAP = 16;
+  ASSERT(mx__lm_static_ok(m, CAP));
+  float *ref = malloc(sizeof(float) * T * VOCAB), *got = malloc(sizeof(float) * VOCAB);
+  mx_lm_cache *p = mx_lm_cache_new(m), *c = mx_lm_cache_new(m);
+  run_schedule(m, p, ids(), T, (int[]){P, 1}, 2, ref);
+  run_chunk(m, c, ids(), P, ref); /* the prompt: c now holds P positions */
+  int n = (int)mx_lm_get_config(m)->num_hidden_layers;
+  mx_array *keys[8], *values[8];
+  ASSERT(n <= 8);
+  for (int l = 0; l < n; l++) {
+    mx_array *kv[2] = {c->keys[l], c->values[l]};
+    for (int j = 0; j < 2; j++) {
+      const int64_t *s = mx_array_shape(kv[j]);
+      mx_array *head = mx_slice_axis(kv[j], 2, 0, P, 1);
+      mx_array *z = mx_zeros((int64_t[]){s[0], s[1], CAP - P, s[3]}, 4, mx_array_dtype(kv[j]));
+      mx_array *full = mx_concatenate((mx_array *[]){head, z}, 2, 2);
+      ASSERT_OK(mx_array_eval(full));
+      *(j ? &values[l] : &keys[l]) = full;
+      mx_array_free(head);
+      mx_array_free(z);
+    }
+  }
+  int32_t at = P, one = 1;
+  mx_array *pos = mx_array_from_data(&at, (int64_t[]){1}, 1, MX_INT32);
+  mx_array *inc = mx_array_from_data(&one, (int64_t[]){1}, 1, MX_INT32);
+  double worst = 0;
+  for (int i = P; i < T; i++) {
+    mx_array *t = mx_array_from_data(ids() + i, (int64_t[]){1, 1}, 2, MX_INT32);
+    mx_array *l = mx__lm_forward_static(m, t, keys, values, pos);
+    ASSERT_MSG(l, "static forward: %s", mx_last_error());
+    ASSERT_OK(mx_array_copy_to(l, MX_FLOAT32, got, VOCAB));
+    double d = max_rel_diff(ref + (int64_t)i * VOCAB, got, VOCAB);
+    if (d > worst) worst = d;
+    mx_array *p1 = mx_add(pos, inc), *w = mx__store_at(pos, p1, NULL, 0);
+    ASSERT_OK(mx_array_eval(w));
+    mx_array_free(w);
+    mx_array_free(p1);
+    mx_array_free(l);
+    mx_array_free(t);
+  }
+  int64_t pos_now = 0;
+  ASSERT_OK(mx_array_item_int(pos, &pos_now));
+  ASSERT_EQ_INT(pos_now, T);
+  for (int l = 0; l < n; l++) {
+    mx_array_free(keys[l]);
+    mx_array_free(values[l]);
+  }
+  mx_array_free(pos);
+  mx_array_free(inc);
+  mx_lm_cache_free(p);
+  mx_lm_cache_free(c);
+  free(ref);
+  free(got);
+  mx_lm_free(m);
+  ASSERT_MSG(worst < 1e-6, "static cache steps vs plain cache: %g", worst);
 }
 
 TEST(rotating_decode_past_max_size) {

@@ -244,7 +244,10 @@ typedef struct {
  * mx_async_eval before the id of step t is read, so on a GPU the host
  * builds the next step while the device runs the current one. (An eager
  * `sampler`, or a caller's prompt_cache, which must not run one position
- * ahead, decode one step at a time.) */
+ * ahead, decode one step at a time.) On the GPU, for models whose attention
+ * needs no mask and without max_kv_size, one decode step is captured as a
+ * CUDA graph over static caches and replayed per token, the ids staying on
+ * the device (same ids; MXC_CUDA_GRAPH=0 turns it off; docs/cuda.md). */
 
 typedef struct {
   int prompt_tokens, generation_tokens;

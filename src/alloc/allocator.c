@@ -90,6 +90,18 @@ static void class_unlink(block *b) {
 }
 
 static mx__device_ops g_dev_ops[MX_DEVICE_COUNT];
+
+/* GPU blocks freed while a graph is being captured (see mx__graph_*):
+ * kept out of the cache, still counted active, owned by the graph. */
+typedef struct held_block {
+  struct held_block *next;
+  void *ptr;
+  size_t nbytes, cap;
+} held_block;
+static bool g_capturing;
+static held_block *g_held;
+static mx_array *g_deferred[16];
+static int g_ndeferred;
 static struct {
   size_t h2d_bytes, d2h_bytes, count;
 } g_xfer;
@@ -109,9 +121,10 @@ static void *device_alloc(int device, size_t n) {
   return g_dev_ops[device].alloc ? g_dev_ops[device].alloc(n + MX__GUARD) : NULL;
 }
 
-/* Evict least-recently-freed blocks until cached <= target. */
+/* Evict least-recently-freed blocks until cached <= target (not while
+ * capturing: freeing device memory would wait for the device). */
 static void trim_cache_locked(size_t target) {
-  while (A.cached > target && A.lru_tail) {
+  while (!g_capturing && A.cached > target && A.lru_tail) {
     block *b = A.lru_tail;
     lru_unlink(b);
     class_unlink(b);
@@ -189,6 +202,18 @@ static void block_put(void *ptr, size_t nbytes, size_t cap, int device) {
   int cls;
   round_size(nbytes, &cls);
   pthread_mutex_lock(&A.mu);
+  if (g_capturing && device != MX_CPU) {
+    held_block *h = malloc(sizeof *h);
+    if (h) {
+      *h = (held_block){g_held, ptr, nbytes, cap};
+      g_held = h;
+      pthread_mutex_unlock(&A.mu);
+      return;
+    }
+    /* no memory for the record: leak the block rather than reuse it */
+    pthread_mutex_unlock(&A.mu);
+    return;
+  }
   A.active -= cap;
   block *blk = A.cache_limit > 0 ? malloc(sizeof *blk) : NULL;
   if (blk) {
@@ -334,6 +359,112 @@ int mx__buffer_ensure(mx__buffer *b, int device) {
   pthread_mutex_unlock(&A.mu);
   b->valid |= (uint8_t)(1u << device);
   return MX_OK;
+}
+
+/* ---- captured GPU graphs ------------------------------------------------------------ */
+struct mx__graph {
+  void *exec;
+  held_block *held;
+};
+
+static void deferred_clear(void) {
+  for (int i = 0; i < g_ndeferred; i++) mx_array_free(g_deferred[i]);
+  g_ndeferred = 0;
+}
+
+static void held_release(held_block *h) {
+  while (h) {
+    held_block *n = h->next;
+    block_put(h->ptr, h->nbytes, h->cap, MX_GPU);
+    free(h);
+    h = n;
+  }
+}
+
+int mx__graph_capture_begin(void) {
+  const mx__device_ops *ops = &g_dev_ops[MX_GPU];
+  if (!ops->capture_begin || !ops->capture_end || !ops->graph_launch || !ops->graph_free)
+    return mx__set_error(MX_ERR_UNSUPPORTED, "graph capture: no GPU backend that can capture");
+  pthread_mutex_lock(&A.mu);
+  bool busy = g_capturing;
+  pthread_mutex_unlock(&A.mu);
+  if (busy) return mx__set_error(MX_ERR_INVALID_ARG, "graph capture: already capturing");
+  int st = ops->capture_begin();
+  if (st) return st;
+  pthread_mutex_lock(&A.mu);
+  g_capturing = true;
+  g_held = NULL;
+  pthread_mutex_unlock(&A.mu);
+  return MX_OK;
+}
+
+int mx__graph_capture_end(bool keep, mx__graph **g) {
+  *g = NULL;
+  void *exec = NULL;
+  deferred_clear(); /* (evaluated already when the capture is kept) */
+  int st = g_dev_ops[MX_GPU].capture_end(keep, keep ? &exec : NULL);
+  pthread_mutex_lock(&A.mu);
+  g_capturing = false;
+  held_block *held = g_held;
+  g_held = NULL;
+  pthread_mutex_unlock(&A.mu);
+  mx__graph *r = keep && !st && exec ? malloc(sizeof *r) : NULL;
+  if (!r) {
+    if (exec) g_dev_ops[MX_GPU].graph_free(exec);
+    /* nothing recorded ever runs: the blocks can go back to the cache */
+    held_release(held);
+    if (keep && !st) st = mx__set_error(MX_ERR_OOM, "graph capture: out of memory");
+    return st;
+  }
+  *r = (mx__graph){exec, held};
+  *g = r;
+  return MX_OK;
+}
+
+int mx__graph_launch(mx__graph *g) { return g_dev_ops[MX_GPU].graph_launch(g->exec); }
+
+bool mx__graph_capturing(void) {
+  pthread_mutex_lock(&A.mu);
+  bool c = g_capturing;
+  pthread_mutex_unlock(&A.mu);
+  return c;
+}
+
+int mx__graph_defer(mx_array *a) {
+  if (!mx__graph_capturing())
+    return mx__set_error(MX_ERR_INVALID_ARG, "graph capture: nothing is being captured");
+  if (g_ndeferred == (int)(sizeof g_deferred / sizeof *g_deferred))
+    return mx__set_error(MX_ERR_INVALID_ARG, "graph capture: too many deferred updates");
+  g_deferred[g_ndeferred++] = mx_array_retain(a);
+  return MX_OK;
+}
+
+int mx__graph_eval_deferred(void) {
+  int st = g_ndeferred ? mx_eval(g_deferred, g_ndeferred) : MX_OK;
+  deferred_clear();
+  return st;
+}
+
+void mx__graph_free(mx__graph *g) {
+  if (!g) return;
+  g_dev_ops[MX_GPU].graph_free(g->exec); /* waits for the device */
+  held_release(g->held);
+  free(g);
+}
+
+int mx__buffer_read_begin(mx__buffer *b, size_t n, void **pending, void *now) {
+  *pending = NULL;
+  const mx__device_ops *ops = &g_dev_ops[MX_GPU];
+  if (!b->dptr || !ops->copy) return mx__set_error(MX_ERR_INVALID_ARG, "read: no GPU copy");
+  if (ops->copy_to_host_async) {
+    int st = ops->copy_to_host_async(b->dptr, n, pending);
+    if (st || *pending) return st;
+  }
+  return ops->copy(now, MX_CPU, b->dptr, MX_GPU, n);
+}
+
+int mx__buffer_read_end(void *pending, void *dst, size_t n) {
+  return pending ? g_dev_ops[MX_GPU].finish_copy(pending, dst, n) : MX_OK;
 }
 
 void mx__buffer_retain(mx__buffer *b) { __atomic_add_fetch(&b->refcount, 1, __ATOMIC_RELAXED); }

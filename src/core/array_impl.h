@@ -51,6 +51,15 @@ typedef struct {
   int (*finish_copy)(void *pending, void *dst, size_t n);
   /* optional: wait until the device has finished all queued work */
   int (*sync)(void);
+  /* optional: record the work queued from capture_begin on into a graph
+   * instead of running it (host-to-device copies then complete at once);
+   * capture_end with keep false discards it, else *graph is the
+   * replayable graph; graph_launch queues one replay; graph_free waits for
+   * the device, then destroys it */
+  int (*capture_begin)(void);
+  int (*capture_end)(bool keep, void **graph);
+  int (*graph_launch)(void *graph);
+  void (*graph_free)(void *graph);
 } mx__device_ops;
 /* Waits for the device's queued work (no-op without a sync hook). */
 int mx__device_sync(int device);
@@ -60,6 +69,33 @@ void mx__register_device_ops(int device, const mx__device_ops *ops);
  * only, not for GPU work queued in between. No-op when the host copy is
  * current, a copy is already in flight, or the backend cannot. */
 int mx__buffer_prefetch_host(mx__buffer *b);
+
+/* Replayable GPU work (CUDA graphs): between mx__graph_capture_begin and
+ * mx__graph_capture_end, evaluations on the GPU are recorded, not run, and
+ * every GPU block freed meanwhile (temporaries of the recorded kernels,
+ * intermediates) goes to the graph instead of the allocator's cache, so
+ * replays never touch memory handed out again; arrays still alive after
+ * the capture must outlive the graph. Only one capture at a time. Host
+ * reads of GPU data fail while capturing. Without a GPU backend that can
+ * capture, begin fails with MX_ERR_UNSUPPORTED. */
+typedef struct mx__graph mx__graph;
+int mx__graph_capture_begin(void);
+/* keep false (an evaluation failed): discard; else *g is the graph, or
+ * NULL with an error when the capture failed. */
+int mx__graph_capture_end(bool keep, mx__graph **g);
+int mx__graph_launch(mx__graph *g);
+bool mx__graph_capturing(void);
+/* While capturing: keeps a (a new reference) to be evaluated by
+ * mx__graph_eval_deferred, after the recorded step — for state a step
+ * updates in place (a sampler's random key). */
+int mx__graph_defer(mx_array *a);
+int mx__graph_eval_deferred(void);
+void mx__graph_free(mx__graph *g); /* waits for the device; NULL ok */
+/* Starts copying n bytes of b's GPU copy to the host after the work queued
+ * so far: *pending, finished by mx__buffer_read_end; or, when the backend
+ * declines, copies synchronously into now (*pending NULL). */
+int mx__buffer_read_begin(mx__buffer *b, size_t n, void **pending, void *now);
+int mx__buffer_read_end(void *pending, void *dst, size_t n); /* dst NULL: discard */
 
 /* Debug: fill/check guard bytes after every buffer (op-parity harness). */
 void mx__debug_guard(bool on);

@@ -1,8 +1,10 @@
 /* sample.c — mlx-lm's sampler and logits processors, built from mxc ops;
  * stop conditions (EOS ids, stop strings over streamed text).
  * Semantics: see include/mxc/lm_sample.h and docs/sampling.md. */
+#include "array_impl.h" /* mx__graph_* */
 #include "internal.h"
 #include "mxc/lm_sample.h"
+#include "ops/shape_params.h" /* mx__store_at */
 #include "mxc/ops.h"
 #include "mxc/random.h"
 
@@ -385,8 +387,29 @@ mx_array *mx_sampler_process(mx_sampler *s, mx_array *logits, const int32_t *his
   return x;
 }
 
+/* While generate captures a decode step for replay (a GPU graph): the key
+ * stays the same array, evaluated, and the split's first half is written
+ * back into it in place after the step (mx__graph_defer), so every replay
+ * draws from a fresh key — the sequence of the step-by-step path. */
+static mx_array *next_subkey_captured(mx_sampler *s) {
+  tmp_list t = {0};
+  mx_array *keys = keep(&t, mx_random_split(s->key, 2));
+  mx_array *k0 = keep(&t, mx_slice_axis(keys, 0, 0, 1, 1));
+  mx_array *k1 = keep(&t, mx_slice_axis(keys, 0, 1, 2, 1));
+  mx_array *next = keep(&t, mx_reshape(k0, (const int64_t[]){2}, 1));
+  mx_array *sub = mx_reshape(k1, (const int64_t[]){2}, 1);
+  mx_array *w = next ? keep(&t, mx__store_at(s->key, next, NULL, 0)) : NULL;
+  if (!sub || !w || mx__graph_defer(w)) {
+    mx_array_free(sub);
+    sub = NULL;
+  }
+  tmp_free(&t);
+  return sub;
+}
+
 /* Splits the key: keeps one half for later draws, returns the other. */
 static mx_array *next_subkey(mx_sampler *s) {
+  if (mx__graph_capturing()) return next_subkey_captured(s);
   tmp_list t = {0};
   mx_array *keys = keep(&t, mx_random_split(s->key, 2)); // (2, 2)
   mx_array *k0 = keep(&t, mx_slice_axis(keys, 0, 0, 1, 1));
@@ -395,6 +418,13 @@ static mx_array *next_subkey(mx_sampler *s) {
   mx_array *sub = mx_reshape(k1, (const int64_t[]){2}, 1);
   tmp_free(&t);
   if (!next || !sub) {
+    mx_array_free(next);
+    mx_array_free(sub);
+    return NULL;
+  }
+  /* on a GPU the key is kept evaluated (a decode step captured for replay
+   * updates it in place, see above) */
+  if (mx_default_device() == MX_GPU && mx_array_eval(next)) {
     mx_array_free(next);
     mx_array_free(sub);
     return NULL;

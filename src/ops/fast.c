@@ -234,8 +234,9 @@ static int check_rope(mx_array *x, int dims, mx_array *freqs) {
   return MX_OK;
 }
 
-static mx_array *rope_node(mx_array *x, mx_array *freqs, const mx__rope_params *p) {
-  mx_array *ins[2] = {x, NULL};
+static mx_array *rope_node(mx_array *x, mx_array *freqs, mx_array *pos,
+                           const mx__rope_params *p) {
+  mx_array *ins[3] = {x, NULL, NULL};
   int n = 1;
   mx_array *f = NULL;
   if (freqs) {
@@ -243,6 +244,7 @@ static mx_array *rope_node(mx_array *x, mx_array *freqs, const mx__rope_params *
     if (!f) return NULL;
     ins[n++] = f;
   }
+  if (pos) ins[n++] = pos;
   mx_array *r = mx__node_new(&def_ROPE, x->dtype, x->shape, x->ndim, ins, n, p, sizeof *p);
   mx_array_free(f);
   return r;
@@ -255,7 +257,25 @@ mx_array *mx_fast_rope(mx_array *x, int dims, bool traditional, double base, dou
   mx__rope_params p = {.dims = dims, .traditional = traditional, .forward = true,
                        .has_freqs = freqs != NULL, .base = base, .scale = scale,
                        .offset = offset};
-  return rope_node(x, freqs, &p);
+  return rope_node(x, freqs, NULL, &p);
+}
+
+/* pos: int32 with one element (the position of the first row). */
+static int check_pos(const char *op, mx_array *pos) {
+  if (pos->dtype != MX_INT32 || pos->size != 1)
+    return mx__set_error(MX_ERR_INVALID_ARG, "%s: the position must be one int32, got %s of %lld "
+                         "elements", op, mx_dtype_name(pos->dtype), (long long)pos->size);
+  return MX_OK;
+}
+
+mx_array *mx__fast_rope_at(mx_array *x, int dims, bool traditional, double base, double scale,
+                           mx_array *pos, mx_array *freqs) {
+  MX__CHECK_IN("rope", x, pos);
+  if (check_rope(x, dims, freqs) || check_pos("rope", pos)) return NULL;
+  mx__rope_params p = {.dims = dims, .traditional = traditional, .forward = true,
+                       .has_freqs = freqs != NULL, .has_pos = true, .base = base,
+                       .scale = scale};
+  return rope_node(x, freqs, pos, &p);
 }
 
 /* The two rotated halves of x along the last axis: (x[:h], x[h:dims]) or,
@@ -327,11 +347,13 @@ static mx_array *rope_freqs_grad(mx_array *out, mx_array *cot, const mx__rope_pa
 static int vjp_rope(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {
   const mx__rope_params *p = MX__PARAMS(out, mx__rope_params);
   int st = MX_OK;
+  if (p->has_pos)
+    return mx__set_error(MX_ERR_UNSUPPORTED, "rope: no gradient at a device-side position");
   if (need[0]) {
     mx__rope_params q = *p;
     q.forward = !p->forward;
     mx_array *c = mx_astype(cot, out->dtype);
-    st = set_grad(&g[0], c ? rope_node(c, p->has_freqs ? out->inputs[1] : NULL, &q) : NULL,
+    st = set_grad(&g[0], c ? rope_node(c, p->has_freqs ? out->inputs[1] : NULL, NULL, &q) : NULL,
                   out->inputs[0]);
     mx_array_free(c);
   }
@@ -463,6 +485,23 @@ mx_array *mx_fast_scaled_dot_product_attention(mx_array *q, mx_array *k, mx_arra
   return r;
 }
 
+mx_array *mx__fast_sdpa_upto(mx_array *q, mx_array *k, mx_array *v, double scale,
+                             mx_array *pos) {
+  MX__CHECK_IN("scaled_dot_product_attention", q, k, v, pos);
+  mx_dtype dt;
+  int kind;
+  if (check_sdpa(q, k, v, NULL, &dt, &kind) || check_pos("scaled_dot_product_attention", pos))
+    return NULL;
+  mx__sdpa_params p = {.scale = scale, .causal = q->shape[2] > 1, .has_len = true};
+  int64_t shape[4] = {q->shape[0], q->shape[1], q->shape[2], v->shape[3]};
+  mx_array *c[4] = {mx_astype(q, dt), mx_astype(k, dt), mx_astype(v, dt), mx_array_retain(pos)};
+  mx_array *r = NULL;
+  if (c[0] && c[1] && c[2])
+    r = mx__node_new(&def_SDPA, dt, shape, 4, c, 4, &p, sizeof p);
+  mx_array_free_n(c, 4);
+  return r;
+}
+
 /* The attention probabilities in grouped layout, written with ops:
  * q5 (B, Hkv, G, Tq, D), k5/v5 (B, Hkv, 1, Tk, D), P (B, Hkv, G, Tq, Tk) in
  * the compute dtype; *keep is the boolean keep-mask (NULL when nothing is
@@ -548,6 +587,9 @@ mx_array *mx__fast_sdpa_composed(mx_array *q, mx_array *k, mx_array *v, double s
  * no gradient. */
 static int vjp_sdpa(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {
   const mx__sdpa_params *p = MX__PARAMS(out, mx__sdpa_params);
+  if (p->has_len)
+    return mx__set_error(MX_ERR_UNSUPPORTED, "scaled_dot_product_attention: no gradient over a "
+                         "device-side key length");
   mx_array *q = out->inputs[0], *k = out->inputs[1], *v = out->inputs[2];
   mx_array *mask = p->mask_kind ? out->inputs[3] : NULL;
   mx_dtype cdt = compute_dtype(out->dtype);

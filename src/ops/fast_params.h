@@ -20,15 +20,18 @@ typedef struct {
   bool has_weight, has_bias;
 } mx__layer_norm_params;
 
-/* inputs: x (..., T, D) [, freqs (dims/2), any float dtype].
- * theta[t][i] = (offset + t) * scale * inv_freq[i], inv_freq[i] =
- * base^(-2i/dims) or 1/freqs[i]. forward == false rotates by -theta (the
- * VJP, which is rope's inverse). */
+/* inputs: x (..., T, D) [, freqs (dims/2), any float dtype] [, pos (int32,
+ * one element)]. theta[t][i] = (offset + pos + t) * scale * inv_freq[i],
+ * inv_freq[i] = base^(-2i/dims) or 1/freqs[i]; pos is read from the
+ * array's memory when the kernel runs (has_pos: the position of a decode
+ * step replayed from a captured GPU graph, see mx__fast_rope_at), else 0.
+ * forward == false rotates by -theta (the VJP, which is rope's inverse). */
 typedef struct {
   int dims;
   bool traditional;
   bool forward;
   bool has_freqs;
+  bool has_pos;
   double base, scale;
   int64_t offset;
 } mx__rope_params;
@@ -45,7 +48,20 @@ typedef struct {
   double scale;
   bool causal;
   int mask_kind; /* MX__SDPA_MASK_* */
+  /* a last input pos (int32, one element): only keys [0, pos + Tq) exist
+   * (the filled part of a static KV cache; read when the kernel runs) */
+  bool has_len;
 } mx__sdpa_params;
+
+/* Decode steps over a static KV cache (replayable as a captured GPU graph:
+ * the position lives in device memory, so the launches never change):
+ * rope at offset pos[0] + t, and attention over keys [0, pos[0] + Tq) of
+ * k/v (no mask, not causal unless Tq > 1: lower-right aligned at
+ * pos[0] + Tq). pos: int32 with one element. Not differentiable. */
+mx_array *mx__fast_rope_at(mx_array *x, int dims, bool traditional, double base, double scale,
+                           mx_array *pos, mx_array *freqs);
+mx_array *mx__fast_sdpa_upto(mx_array *q, mx_array *k, mx_array *v, double scale,
+                             mx_array *pos);
 
 /* The same functions written as compositions of primitive ops (mean,
  * rsqrt, matmul, softmax, ...): the unfused reference of each fast op.

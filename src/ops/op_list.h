@@ -75,6 +75,7 @@
   X(CONCATENATE, "concatenate")                                             \
   X(PAD, "pad")                                                             \
   X(COPY, "copy")                                                           \
+  X(STORE_AT, "store_at")                                                   \
   /* indexing */                                                            \
   X(TAKE, "take")                                                           \
   X(TAKE_ALONG_AXIS, "take_along_axis")                                     \

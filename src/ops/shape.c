@@ -23,6 +23,7 @@ static const mx__op_def def_SLICE_UPDATE = {.id = MX_OP_SLICE_UPDATE, .vjp = vjp
 static const mx__op_def def_CONCATENATE = {.id = MX_OP_CONCATENATE, .vjp = vjp_concatenate};
 static const mx__op_def def_PAD = {.id = MX_OP_PAD, .vjp = vjp_pad};
 static const mx__op_def def_COPY = {.id = MX_OP_COPY, .vjp = vjp_copy};
+static const mx__op_def def_STORE_AT = {.id = MX_OP_STORE_AT};
 
 /* ---- reshape ---------------------------------------------------------------- */
 mx_array *mx_reshape(mx_array *a, const int64_t *shape, int ndim) {
@@ -351,6 +352,36 @@ mx_array *mx_slice_update(mx_array *a, mx_array *update, const int64_t *start,
   mx_array *r = mx__node_new(&def_SLICE_UPDATE, a->dtype, a->shape, a->ndim, ins, 2, &p, sizeof p);
   mx_array_free(u);
   return r;
+}
+
+/* ---- store_at (internal: in-place writes of replayable decode steps) -------------- */
+mx_array *mx__store_at(mx_array *dst, mx_array *src, mx_array *pos, int axis) {
+  MX__CHECK_IN("store_at", dst, src);
+  char s1[256], s2[256];
+  if (!dst->buf || !dst->row_contiguous || dst->offset || dst->op) {
+    mx__set_error(MX_ERR_INVALID_ARG, "store_at: the destination must be evaluated, "
+                  "row-contiguous data");
+    return NULL;
+  }
+  int ax;
+  if (mx__norm_axis("store_at", axis, dst->ndim, &ax)) return NULL;
+  bool fits = src->ndim == dst->ndim && src->dtype == dst->dtype;
+  for (int d = 0; fits && d < dst->ndim; d++)
+    if (d != ax && src->shape[d] != dst->shape[d]) fits = false;
+  if (!fits) {
+    mx__set_error(MX_ERR_SHAPE, "store_at: source %s %s does not fit the destination %s %s",
+                  mx_dtype_name(src->dtype), mx__shape_str(src->shape, src->ndim, s1, sizeof s1),
+                  mx_dtype_name(dst->dtype), mx__shape_str(dst->shape, dst->ndim, s2, sizeof s2));
+    return NULL;
+  }
+  if (pos && (pos->dtype != MX_INT32 || pos->size != 1)) {
+    mx__set_error(MX_ERR_INVALID_ARG, "store_at: the position must be one int32");
+    return NULL;
+  }
+  mx__store_at_params p = {.axis = ax, .has_pos = pos != NULL};
+  mx_array *ins[3] = {dst, src, pos};
+  return mx__node_new(&def_STORE_AT, dst->dtype, dst->shape, dst->ndim, ins, pos ? 3 : 2, &p,
+                      sizeof p);
 }
 
 /* ---- concatenate / stack / split ----------------------------------------------- */

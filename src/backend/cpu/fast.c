@@ -404,7 +404,9 @@ static int k_rope(mx_array *out, mx_array **in) {
     double lb = log(p->base) / half;
     for (int i = 0; i < half; i++) inv[i] = exp(-(double)i * lb);
   }
-  rope_table_ctx tcx = {.inv = inv, .offset = (double)p->offset, .scale = p->scale, .T = T,
+  double offset = (double)p->offset;
+  if (p->has_pos) offset += (double)*(const int32_t *)mx__data(in[p->has_freqs ? 2 : 1]);
+  rope_table_ctx tcx = {.inv = inv, .offset = offset, .scale = p->scale, .T = T,
                         .half = half, .f64 = f64, .forward = p->forward,
                         .c32 = tc, .s32 = ts, .c64 = tc, .s64 = ts};
   int64_t nblk = (T + ROPE_SEED - 1) / ROPE_SEED;
@@ -901,6 +903,10 @@ static int k_sdpa(mx_array *out, mx_array **in) {
                 .B = q->shape[0], .Hq = q->shape[1], .Hkv = k->shape[1], .Tq = q->shape[2],
                 .Tk = k->shape[2], .D = q->shape[3], .Dv = v->shape[3]};
   c.G = c.Hq / c.Hkv;
+  if (p->has_len) { /* keys [0, pos + Tq) of a static cache */
+    int64_t n = (int64_t)*(const int32_t *)mx__data(in[p->mask_kind ? 4 : 3]) + c.Tq;
+    c.Tk = n < 0 ? 0 : n < c.Tk ? n : c.Tk;
+  }
   c.off = c.Tk - c.Tq;
   if (c.mask) {
     int64_t full[4] = {c.B, c.Hq, c.Tq, c.Tk};

@@ -131,7 +131,28 @@ static int k_pad(mx_array *out, mx_array **in) {
   return MX_OK;
 }
 
+/* In place into dst's buffer (see mx__store_at). */
+static int k_store_at(mx_array *out, mx_array **in) {
+  const mx__store_at_params *p = MX__PARAMS(out, mx__store_at_params);
+  mx_array *dst = in[0], *src = in[1];
+  size_t es = mx_dtype_size(out->dtype);
+  int64_t pos = p->has_pos ? *(const int32_t *)mx__data(in[2]) : 0;
+  dst->buf->valid = 1u << MX_CPU; /* written on the host below */
+  int64_t row[MX_MAX_NDIM], shape[MX_MAX_NDIM];
+  mx__compute_row_strides(dst->shape, dst->ndim, row);
+  mx__array_set_view(out, dst, row, 0);
+  int64_t room = dst->shape[p->axis] - pos, len = src->shape[p->axis];
+  int64_t n = len < room ? len : room;
+  if (pos < 0 || n <= 0 || src->size == 0) return MX_OK;
+  memcpy(shape, src->shape, sizeof(int64_t) * (size_t)src->ndim);
+  shape[p->axis] = n;
+  strided_copy((char *)dst->buf->ptr + pos * row[p->axis] * (int64_t)es, row, shape, dst->ndim,
+               src, es);
+  return MX_OK;
+}
+
 void mx__cpu_register_shape(mx__kernel_fn *k) {
+  k[MX_OP_STORE_AT] = k_store_at;
   k[MX_OP_RESHAPE] = k_reshape;
   k[MX_OP_TRANSPOSE] = mx__view_transpose;
   k[MX_OP_BROADCAST] = mx__view_broadcast;

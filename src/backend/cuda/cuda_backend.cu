@@ -55,11 +55,21 @@ static void dev_free(void *p) {
   if (cudaFree(p) != cudaSuccess) cudaGetLastError();
 }
 
+static bool g_capturing; /* a graph capture is in progress on g_stream */
+
 static int dev_copy(void *dst, int dst_device, const void *src, int src_device, size_t n) {
   if (n == 0) return MX_OK;
   cudaMemcpyKind kind = dst_device == MX_CPU ? cudaMemcpyDeviceToHost
                         : src_device == MX_CPU ? cudaMemcpyHostToDevice
                                                : cudaMemcpyDeviceToDevice;
+  if (g_capturing) {
+    /* upload constants (scalars, masks) now, outside the recorded stream:
+     * the block then holds them for every replay */
+    if (kind != cudaMemcpyHostToDevice)
+      return mx__set_error(MX_ERR_UNSUPPORTED, "memcpy: reading GPU data while a graph is being "
+                           "captured");
+    return mx__cuda_check(cudaMemcpy(dst, src, n, kind), "memcpy");
+  }
   int st = mx__cuda_check(cudaMemcpyAsync(dst, src, n, kind, g_stream), "memcpy");
   /* wait: the host side may be read (D2H) or freed (H2D) right after */
   if (!st) st = mx__cuda_check(cudaStreamSynchronize(g_stream), "memcpy");
@@ -85,6 +95,7 @@ static int g_async_copies = -1; /* MXC_ASYNC_COPY=0 turns them off (A/B timing) 
 
 static int dev_copy_to_host_async(const void *src, size_t n, void **pending) {
   *pending = NULL;
+  if (g_capturing) return MX_OK; /* declined: the read then fails in dev_copy */
   if (g_async_copies < 0) {
     const char *e = getenv("MXC_ASYNC_COPY");
     g_async_copies = !(e && !strcmp(e, "0"));
@@ -133,7 +144,42 @@ static int dev_finish_copy(void *pending, void *dst, size_t n) {
 }
 
 static int dev_sync(void) {
+  if (g_capturing)
+    return mx__set_error(MX_ERR_UNSUPPORTED, "stream synchronize: a graph is being captured");
   return mx__cuda_check(cudaStreamSynchronize(g_stream), "stream synchronize");
+}
+
+/* ---- graphs (mx__graph_*): capture, replay ------------------------------------------
+ * Relaxed mode: the allocator may still cudaMalloc while capturing (it
+ * never frees then), and host-to-device copies run synchronously. */
+static int dev_capture_begin(void) {
+  int st = mx__cuda_check(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeRelaxed),
+                          "graph capture");
+  if (!st) g_capturing = true;
+  return st;
+}
+
+static int dev_capture_end(bool keep, void **graph) {
+  cudaGraph_t gr = NULL;
+  cudaError_t e = cudaStreamEndCapture(g_stream, &gr);
+  g_capturing = false;
+  int st = mx__cuda_check(e, "graph capture");
+  if (!st && keep) {
+    cudaGraphExec_t ex = NULL;
+    st = mx__cuda_check(cudaGraphInstantiate(&ex, gr, 0), "graph instantiate");
+    if (!st) *graph = (void *)ex;
+  }
+  if (gr) cudaGraphDestroy(gr);
+  return st;
+}
+
+static int dev_graph_launch(void *graph) {
+  return mx__cuda_check(cudaGraphLaunch((cudaGraphExec_t)graph, g_stream), "graph launch");
+}
+
+static void dev_graph_free(void *graph) {
+  if (cudaStreamSynchronize(g_stream) != cudaSuccess) cudaGetLastError();
+  if (cudaGraphExecDestroy((cudaGraphExec_t)graph) != cudaSuccess) cudaGetLastError();
 }
 
 /* ---- init ---------------------------------------------------------------------- */
@@ -155,6 +201,10 @@ static void init(void) {
   ops.copy_to_host_async = dev_copy_to_host_async;
   ops.finish_copy = dev_finish_copy;
   ops.sync = dev_sync;
+  ops.capture_begin = dev_capture_begin;
+  ops.capture_end = dev_capture_end;
+  ops.graph_launch = dev_graph_launch;
+  ops.graph_free = dev_graph_free;
   mx__register_device_ops(MX_GPU, &ops);
   g_cuda_backend.name = "cuda";
   mx__kernel_fn *k = g_cuda_backend.kernels;

@@ -5,15 +5,17 @@
 #include "cuda_common.cuh"
 #include "ops/fast_params.h"
 
+/* Sum over the block (blockDim a multiple of 32, at most 32 warps): warp
+ * shuffles, then the warp sums in order — a fixed order, deterministic. */
 template <class C>
 __device__ C block_sum(C v, C *sh) {
-  sh[threadIdx.x] = v;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (lane == 0) sh[warp] = v;
   __syncthreads();
-  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-    if ((int)threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
-    __syncthreads();
-  }
-  C r = sh[0];
+  C r = 0;
+  for (int i = 0; i < nw; i++) r += sh[i];
   __syncthreads();
   return r;
 }

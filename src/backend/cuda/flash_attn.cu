@@ -49,7 +49,22 @@ struct fa_geo {
   int vvec;  /* the same for V and Dv */
   bool causal;
   float scale;
+  /* decode over a static cache: keys [0, *lenp + Tq) of Tk exist, and the
+   * chunk size is chosen on the device from that length as the host does
+   * from Tk (want: splits wanted; chmax: the largest chunk) */
+  const int32_t *lenp;
+  int want, chmax;
 };
+
+/* Keys per split for Tk keys (the same on host and device, so a replayed
+ * decode step splits exactly as a freshly launched one). */
+__host__ __device__ __forceinline__ int64_t fd_chunk(int64_t Tk, int64_t want, int64_t chmax) {
+  int64_t ch = (Tk + want - 1) / want;
+  ch = (ch + 31) / 32 * 32;
+  if (ch < 64) ch = 64;
+  if (ch > chmax) ch = chmax;
+  return ch;
+}
 
 __device__ __forceinline__ float fa_max(float a, float b) { /* NaN skipped */
   return (b > a || a != a) ? b : a;
@@ -101,8 +116,15 @@ template <class T, int RM>
 __global__ void __launch_bounds__(FD_THREADS)
     k_fa_decode(const typename T::S *__restrict__ q, const typename T::S *__restrict__ k,
                 const typename T::S *__restrict__ v, const void *__restrict__ mask,
-                float *__restrict__ po, float2 *__restrict__ pml, fa_geo g, int CH) {
+                float *__restrict__ po, float2 *__restrict__ pml, fa_geo g0, int CH) {
   extern __shared__ float fd_sm[];
+  fa_geo g = g0;
+  if (g.lenp) {
+    int64_t n = (int64_t)*g.lenp + g.Tq;
+    g.Tk = n < 0 ? 0 : n < g.Tk ? n : g.Tk;
+    g.off = g.Tk - g.Tq;
+    CH = (int)fd_chunk(g.Tk, g.want, g.chmax);
+  }
   float *qsm = fd_sm;                  /* RM x D, scaled */
   float *ps = qsm + RM * (int)g.D;     /* RM x CH: scores, then weights */
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -111,7 +133,7 @@ __global__ void __launch_bounds__(FD_THREADS)
   const int R = (int)(g.G * g.Tq), r0 = blockIdx.z * RM;
   const int nr = min(RM, R - r0);
   const int64_t j0 = (int64_t)split * CH;
-  const int nk = (int)min((int64_t)CH, g.Tk - j0);
+  const int nk = (int)max((int64_t)0, min((int64_t)CH, g.Tk - j0)); /* 0: past the keys */
   const int D = (int)g.D, Dv = (int)g.Dv;
   const int64_t rows = g.B * g.Hq * g.Tq;
   for (int i = tid; i < RM * D; i += blockDim.x) {
@@ -668,12 +690,22 @@ static int run_decode(mx_array *out, const void *qp, const void *kp, const void 
   const int CHMAX = RM <= 8 ? 512 : 128;
   int64_t base = g.B * g.Hkv * ngroups;
   int64_t want = (2 * (int64_t)g_sms + base - 1) / base; /* splits for ~2 blocks per SM */
-  int64_t ch = (g.Tk + want - 1) / want;
-  ch = (ch + 31) / 32 * 32;
-  if (ch < 64) ch = 64;
-  if (ch > CHMAX) ch = CHMAX;
+  int64_t ch = fd_chunk(g.Tk, want, CHMAX);
   int64_t nsplit = (g.Tk + ch - 1) / ch;
-  if (nsplit > INT_MAX || g.B * g.Hkv > 65535 || ngroups > 65535 || rows > INT_MAX) return 1;
+  if (g.lenp) {
+    /* the length is known on the device only: launch the most splits any
+     * length up to Tk needs (ch(T) >= T / want unless ch is CHMAX); the
+     * splits past the keys write weight 0, which the combine adds exactly */
+    ch = CHMAX;
+    int64_t most = (g.Tk + CHMAX - 1) / CHMAX;
+    nsplit = want > most ? want : most;
+  }
+  if (nsplit > INT_MAX || want > INT_MAX || g.B * g.Hkv > 65535 || ngroups > 65535 ||
+      rows > INT_MAX)
+    return 1;
+  fa_geo gl = g;
+  gl.want = (int)want;
+  gl.chmax = CHMAX;
   mx__buffer *pb = mx__cuda_tmp(sizeof(float) * (size_t)(nsplit * rows * g.Dv) +
                                 sizeof(float2) * (size_t)(nsplit * rows));
   if (!pb) return -1;
@@ -685,7 +717,7 @@ static int run_decode(mx_array *out, const void *qp, const void *kp, const void 
   dim3 grid((unsigned)nsplit, (unsigned)(g.B * g.Hkv), (unsigned)ngroups);
   k_fa_decode<T, RM><<<grid, FD_THREADS, smem, s>>>(
       (const typename T::S *)qp, (const typename T::S *)kp, (const typename T::S *)vp, mp, po,
-      pml, g, (int)ch);
+      pml, gl, (int)ch);
   k_fa_combine<T><<<(unsigned)rows, 128, 0, s>>>(po, pml, (typename T::S *)out->buf->dptr, rows,
                                                  (int)g.Dv, (int)nsplit);
   mx__buffer_release(pb); /* reused only by later work of the same stream */
@@ -769,6 +801,10 @@ int mx__cuda_sdpa_fast(mx_array *out, mx_array **in, bool *done) {
   g.mbool = mask && mask->dtype == MX_BOOL;
   g.causal = p->causal;
   g.scale = (float)p->scale;
+  g.lenp = p->has_len ? (const int32_t *)mx__ddata(in[mask ? 4 : 3]) : NULL;
+  g.want = 0;
+  g.chmax = 0;
+  if (g.lenp && g.Tq > 4) return MX_OK; /* the caller reports it */
   const void *qp = mx__ddata(q), *kp = mx__ddata(k), *vp = mx__ddata(v);
   const void *mp = mask ? (const void *)mx__ddata(mask) : NULL;
   const int64_t es = (int64_t)mx_dtype_size(dt);

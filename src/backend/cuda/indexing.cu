@@ -3,7 +3,9 @@
  * As the CPU kernels: `a` is copied into the (row-contiguous) output, then
  * one thread per position on the non-indexed axes of the index array walks
  * the indexed axis in order, so writes never race and duplicates resolve as
- * on the CPU (last write wins for put; sums in index order for add).
+ * on the CPU (last write wins for put; sums in index order for add). A put
+ * along a long index axis (1024+) finds each element's last writer with
+ * atomicMax first instead (k_put_win), so a row is not one thread's walk.
  * Indices are normalised with mx__norm_index. f16/bf16 scatter-adds
  * accumulate in an f32 copy of the output, rounded once at the end. */
 #include "cuda_common.cuh"
@@ -61,6 +63,32 @@ __global__ void k_put(S *o, const TI *ix, const S *v, scat_geo g, int64_t count)
       int64_t j = norm_index((int64_t)ix[off[1] + k * g.istep], g.dim);
       o[off[0] + j * g.ostride] = v[off[2] + k * g.vstep];
     }
+  }
+}
+
+/* Long index axes (a sampler's mask over a vocabulary): one thread per
+ * (position, k); the last k writing an output element is found first with
+ * atomicMax on a per-element winner (the output's offset indexes it), then
+ * only the winners write — last write wins, as the serial walk. */
+template <class TI>
+__global__ void k_put_win(int32_t *win, const TI *ix, scat_geo g, int64_t total) {
+  MX_CUDA_LOOP(i, total) {
+    int64_t p = i / g.n, k = i % g.n, off[3];
+    mx__nd_offsets<3>(g.nd, p, off);
+    int64_t j = norm_index((int64_t)ix[off[1] + k * g.istep], g.dim);
+    atomicMax(&win[off[0] + j * g.ostride], (int32_t)k);
+  }
+}
+
+template <class S, class TI>
+__global__ void k_put_wins(S *o, const int32_t *win, const TI *ix, const S *v, scat_geo g,
+                           int64_t total) {
+  MX_CUDA_LOOP(i, total) {
+    int64_t p = i / g.n, k = i % g.n, off[3];
+    mx__nd_offsets<3>(g.nd, p, off);
+    int64_t j = norm_index((int64_t)ix[off[1] + k * g.istep], g.dim);
+    int64_t at = off[0] + j * g.ostride;
+    if (win[at] == (int32_t)k) o[at] = v[off[2] + k * g.vstep];
   }
 }
 
@@ -155,6 +183,29 @@ static int k_put_along_axis(mx_array *out, mx_array **in) {
   unsigned nb = mx__cuda_blocks(count);
   const void *ip = mx__ddata(idx), *vp = mx__ddata(v);
   void *op = out->buf->dptr;
+  if (g.n >= 1024 && g.n <= INT32_MAX && count <= g.n) {
+    int64_t total = count * g.n;
+    mx__buffer *wb = mx__cuda_tmp(sizeof(int32_t) * (size_t)out->size);
+    if (!wb) return mx_last_status();
+    int32_t *win = (int32_t *)wb->dptr;
+    st = mx__cuda_check(cudaMemsetAsync(win, 0xff, sizeof(int32_t) * (size_t)out->size, s),
+                        "put_along_axis"); /* -1: no writer */
+    unsigned nt = mx__cuda_blocks(total);
+    if (!st) {
+      IDX_DISPATCH(idx->dtype, k_put_win<TI><<<nt, MX_CUDA_THREADS, 0, s>>>(win, (const TI *)ip,
+                                                                             g, total))
+#define PUT_ES(ES, SS)                                                                       \
+  if (es == ES) {                                                                            \
+    IDX_DISPATCH(idx->dtype, k_put_wins<SS, TI><<<nt, MX_CUDA_THREADS, 0, s>>>(              \
+                                 (SS *)op, win, (const TI *)ip, (const SS *)vp, g, total))   \
+  }
+      PUT_ES(1, uint8_t)
+      else PUT_ES(2, uint16_t) else PUT_ES(4, uint32_t) else PUT_ES(8, uint64_t)
+#undef PUT_ES
+    }
+    mx__buffer_release(wb); /* reused only by later work of the same stream */
+    return st ? st : mx__cuda_launched(mx__opname(out));
+  }
 #define PUT_ES(ES, SS)                                                                     \
   if (es == ES) {                                                                          \
     IDX_DISPATCH(idx->dtype, k_put<SS, TI><<<nb, MX_CUDA_THREADS, 0, s>>>(                 \

@@ -210,18 +210,32 @@ __device__ __forceinline__ bool arg_better(bool an, double av, int64_t ai, bool 
   return is_max ? av > bv : av < bv;
 }
 
+/* Very long rows are split over gridDim.x blocks of `chunk` elements each;
+ * a block writes its candidate (value, index, NaN) to part, and
+ * k_argreduce_pick keeps the best of a row's candidates by the same rule
+ * (a total order, so the grouping does not change the answer). */
+struct arg_part {
+  double v;
+  int64_t i;
+  int n;
+};
+
 template <class T>
 __global__ void k_argreduce_rows(const typename T::S *x, mx__nd<1> outer, int64_t len,
-                                 int64_t stride, bool is_max, uint32_t *o) {
+                                 int64_t stride, bool is_max, uint32_t *o, int64_t chunk,
+                                 arg_part *part) {
   __shared__ double sv[ARG_THREADS];
   __shared__ int64_t si[ARG_THREADS];
   __shared__ bool sn[ARG_THREADS];
   int64_t base;
-  mx__nd_offsets<1>(outer, blockIdx.x, &base);
+  const int64_t row = part ? blockIdx.y : blockIdx.x;
+  mx__nd_offsets<1>(outer, row, &base);
+  const int64_t r0 = part ? (int64_t)blockIdx.x * chunk : 0;
+  const int64_t r1 = part && r0 + chunk < len ? r0 + chunk : len;
   bool bn = false;
   double bv = 0;
   int64_t bi = -1;
-  for (int64_t r = threadIdx.x; r < len; r += blockDim.x) {
+  for (int64_t r = r0 + threadIdx.x; r < r1; r += blockDim.x) {
     double v = (double)T::ld(x[base + r * stride]);
     bool n = v != v;
     if (bi < 0 || arg_better(n, v, r, bn, bv, bi, is_max)) {
@@ -248,7 +262,22 @@ __global__ void k_argreduce_rows(const typename T::S *x, mx__nd<1> outer, int64_
     }
     __syncthreads();
   }
-  if (threadIdx.x == 0) o[blockIdx.x] = (uint32_t)(si[0] < 0 ? 0 : si[0]);
+  if (threadIdx.x == 0) {
+    if (part) part[row * gridDim.x + blockIdx.x] = arg_part{sv[0], si[0], sn[0] ? 1 : 0};
+    else o[row] = (uint32_t)(si[0] < 0 ? 0 : si[0]);
+  }
+}
+
+__global__ void k_argreduce_pick(const arg_part *part, int nsplit, int64_t rows, bool is_max,
+                                 uint32_t *o) {
+  MX_CUDA_LOOP(row, rows) {
+    arg_part b = {0, -1, 0};
+    for (int k = 0; k < nsplit; k++) {
+      arg_part c = part[row * nsplit + k];
+      if (c.i >= 0 && (b.i < 0 || arg_better(c.n, c.v, c.i, b.n, b.v, b.i, is_max))) b = c;
+    }
+    o[row] = (uint32_t)(b.i < 0 ? 0 : b.i);
+  }
 }
 
 static int k_argreduce_op(mx_array *out, mx_array **in) {
@@ -268,16 +297,33 @@ static int k_argreduce_op(mx_array *out, mx_array **in) {
   bool is_max = out->op->id == MX_OP_ARGMAX;
   st = MX_ERR_NO_KERNEL;
   bool rows = len >= 1024 && out->size <= 2147483647LL;
+  /* a few very long rows: split each over blocks of ARG_CHUNK elements */
+  const int64_t ARG_CHUNK = 4096;
+  int64_t nsplit = (len + ARG_CHUNK - 1) / ARG_CHUNK;
+  mx__buffer *pb = NULL;
+  if (rows && len >= 4 * ARG_CHUNK && out->size <= 65535 && nsplit <= 65535) {
+    if (!(pb = mx__cuda_tmp(sizeof(arg_part) * (size_t)(nsplit * out->size))))
+      return mx_last_status();
+  }
+  cudaStream_t cs = mx__cuda_stream();
   MX_CUDA_DISPATCH_ALL(a->dtype, {
-    if (rows)
-      k_argreduce_rows<T><<<(unsigned)out->size, ARG_THREADS, 0, mx__cuda_stream()>>>(
-          (const T::S *)mx__ddata(a), outer, len, stride, is_max, (uint32_t *)out->buf->dptr);
+    if (pb) {
+      arg_part *part = (arg_part *)pb->dptr;
+      k_argreduce_rows<T><<<dim3((unsigned)nsplit, (unsigned)out->size), ARG_THREADS, 0, cs>>>(
+          (const T::S *)mx__ddata(a), outer, len, stride, is_max, NULL, ARG_CHUNK, part);
+      k_argreduce_pick<<<mx__cuda_blocks(out->size), MX_CUDA_THREADS, 0, cs>>>(
+          part, (int)nsplit, out->size, is_max, (uint32_t *)out->buf->dptr);
+    } else if (rows)
+      k_argreduce_rows<T><<<(unsigned)out->size, ARG_THREADS, 0, cs>>>(
+          (const T::S *)mx__ddata(a), outer, len, stride, is_max, (uint32_t *)out->buf->dptr,
+          0, NULL);
     else
       k_argreduce<T><<<mx__cuda_blocks(out->size), MX_CUDA_THREADS, 0, mx__cuda_stream()>>>(
           (const T::S *)mx__ddata(a), outer, out->size, len, stride, is_max,
           (uint32_t *)out->buf->dptr);
     st = mx__cuda_launched(mx__opname(out));
   })
+  if (pb) mx__buffer_release(pb); /* reused only by later work of the same stream */
   if (st == MX_ERR_NO_KERNEL) return mx__cuda_no_dtype(out, a->dtype);
   return st;
 }
@@ -302,6 +348,49 @@ __global__ void k_cumsum(const typename T::S *x, typename T::S *o, mx__nd<2> out
   }
 }
 
+/* Long lines (a sampler's top-p over a whole vocabulary): one block per
+ * line; thread i sums the i-th of CS_THREADS consecutive runs of the line,
+ * thread 0 scans the run totals in order, then every thread rewalks its run
+ * from its prefix.
+ * Deterministic; float sums are grouped differently from the serial walk
+ * (both in the accumulation type: double for floats). */
+#define CS_THREADS 256
+template <class T>
+__global__ void __launch_bounds__(CS_THREADS)
+    k_cumsum_long(const typename T::S *x, typename T::S *o, mx__nd<2> outer, int64_t len,
+                  int64_t xs, int64_t os, bool reverse, bool inclusive) {
+  typedef typename acc_of<T>::A A;
+  __shared__ A pre[CS_THREADS];
+  int64_t off[2];
+  mx__nd_offsets<2>(outer, blockIdx.x, off);
+  const int64_t run = (len + CS_THREADS - 1) / CS_THREADS;
+  const int64_t a = threadIdx.x * run, b = a + run < len ? a + run : len;
+  A s = 0;
+  for (int64_t r0 = a; r0 < b; r0++) {
+    int64_t r = reverse ? len - 1 - r0 : r0;
+    s = comb(R_SUM, s, (A)T::ld(x[off[0] + r * xs]));
+  }
+  pre[threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    A acc = 0;
+    for (int i = 0; i < CS_THREADS; i++) {
+      A v = pre[i];
+      pre[i] = acc;
+      acc = comb(R_SUM, acc, v);
+    }
+  }
+  __syncthreads();
+  s = pre[threadIdx.x];
+  for (int64_t r0 = a; r0 < b; r0++) {
+    int64_t r = reverse ? len - 1 - r0 : r0;
+    A v = (A)T::ld(x[off[0] + r * xs]);
+    if (inclusive) s = comb(R_SUM, s, v);
+    o[off[1] + r * os] = T::st(s);
+    if (!inclusive) s = comb(R_SUM, s, v);
+  }
+}
+
 static int k_cumsum_op(mx_array *out, mx_array **in) {
   mx_array *a = in[0];
   const mx__scan_params *p = MX__PARAMS(out, mx__scan_params);
@@ -320,6 +409,16 @@ static int k_cumsum_op(mx_array *out, mx_array **in) {
   mx__nd<2> outer = mx__nd_make<2>(sh, n, sp);
   int64_t len = a->shape[p->axis], nlines = out->size / (len ? len : 1);
   st = MX_ERR_NO_KERNEL;
+  if (len >= 4 * CS_THREADS && nlines <= 65535 && nlines * 8 < len) {
+    MX_CUDA_DISPATCH_ALL(a->dtype, {
+      k_cumsum_long<T><<<(unsigned)nlines, CS_THREADS, 0, mx__cuda_stream()>>>(
+          (const T::S *)mx__ddata(a), (T::S *)out->buf->dptr, outer, len, a->strides[p->axis],
+          out->strides[p->axis], p->reverse != 0, p->inclusive != 0);
+      st = mx__cuda_launched("cumsum");
+    })
+    if (st == MX_ERR_NO_KERNEL) return mx__cuda_no_dtype(out, a->dtype);
+    return st;
+  }
   MX_CUDA_DISPATCH_ALL(a->dtype, {
     k_cumsum<T><<<mx__cuda_blocks(nlines), MX_CUDA_THREADS, 0, mx__cuda_stream()>>>(
         (const T::S *)mx__ddata(a), (T::S *)out->buf->dptr, outer, nlines, len,

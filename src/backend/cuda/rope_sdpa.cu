@@ -25,11 +25,23 @@ __global__ void k_inv_freq(double *inv, int half, double lb, const typename F::S
   }
 }
 
+/* inv_freq of pair k: from the table inv, else from float32 freqs f32
+ * (stride fs), else base^(-2k/dims) (lb = log(base) / half) — the same
+ * double values k_inv_freq writes, computed in place (one launch less). */
+__device__ __forceinline__ double rope_inv(const double *inv, const float *f32, int64_t fs,
+                                           double lb, int k) {
+  if (inv) return inv[k];
+  if (f32) return 1.0 / (double)f32[k * fs];
+  return exp(-(double)k * lb);
+}
+
 template <class T, class C>
 __global__ void k_rope(const typename T::S *x, typename T::S *o, mx__nd<1> rnd, int64_t rows,
                        int64_t T_, int64_t D, int64_t xs, int half, const double *inv,
-                       double offset, double scale, bool forward, bool trad) {
+                       const float *f32, int64_t fs, double lb, double offset,
+                       const int32_t *posp, double scale, bool forward, bool trad) {
   int64_t per = half + (D - 2 * half); /* pairs then copied features */
+  if (posp) offset += (double)*posp;
   int64_t n = rows * per;
   MX_CUDA_LOOP(e, n) {
     int64_t r = e / per, k = e % per;
@@ -43,7 +55,7 @@ __global__ void k_rope(const typename T::S *x, typename T::S *o, mx__nd<1> rnd, 
       continue;
     }
     int64_t t = r % T_;
-    double th = (offset + (double)t) * (scale * inv[k]);
+    double th = (offset + (double)t) * (scale * rope_inv(inv, f32, fs, lb, (int)k));
     double cd = cos(th), sd = sin(th);
     if (!forward) sd = -sd;
     C cs = (C)cd, sn = (C)sd;
@@ -64,28 +76,31 @@ static int k_rope_op(mx_array *out, mx_array **in) {
   int nd = x->ndim, half = p->dims / 2;
   int64_t T_ = x->shape[nd - 2], D = x->shape[nd - 1], rows = out->size / D;
   cudaStream_t s = mx__cuda_stream();
-  mx__buffer *ib = mx__cuda_tmp(sizeof(double) * (size_t)(half > 0 ? half : 1));
-  if (!ib) return mx_last_status();
-  double *inv = (double *)ib->dptr;
-  if (half > 0) {
-    double lb = log(p->base) / half;
-    mx_array *fr = p->has_freqs ? in[1] : NULL;
-    mx_dtype fdt = fr ? fr->dtype : MX_FLOAT32;
-    const void *fp = fr ? (const void *)mx__ddata(fr) : NULL;
-    int64_t fs = fr ? fr->strides[0] : 0;
-    MX_CUDA_DISPATCH_FLOAT(fdt, k_inv_freq<T><<<mx__cuda_blocks(half), MX_CUDA_THREADS, 0, s>>>(
-                                    inv, half, lb, (const T::S *)fp, fs, fr != NULL))
+  double lb = half > 0 ? log(p->base) / half : 0.0;
+  mx_array *fr = p->has_freqs ? in[1] : NULL;
+  int64_t fs = fr ? fr->strides[0] : 0;
+  const float *f32 = fr && fr->dtype == MX_FLOAT32 ? (const float *)mx__ddata(fr) : NULL;
+  mx__buffer *ib = NULL; /* a table only for freqs of other float dtypes */
+  double *inv = NULL;
+  if (half > 0 && fr && !f32) {
+    if (!(ib = mx__cuda_tmp(sizeof(double) * (size_t)half))) return mx_last_status();
+    inv = (double *)ib->dptr;
+    MX_CUDA_DISPATCH_FLOAT(fr->dtype,
+                           k_inv_freq<T><<<mx__cuda_blocks(half), MX_CUDA_THREADS, 0, s>>>(
+                               inv, half, lb, (const T::S *)mx__ddata(fr), fs, true))
   }
   const int64_t *sp[1] = {x->strides};
   mx__nd<1> rnd = mx__nd_make<1>(x->shape, nd - 1, sp);
   int64_t n = rows * (half + (D - 2 * half));
   unsigned nb = mx__cuda_blocks(n);
+  const int32_t *posp = p->has_pos ? (const int32_t *)mx__ddata(in[p->has_freqs ? 2 : 1]) : NULL;
   switch (x->dtype) {
 #define C(DT, TAG, CT)                                                                        \
   case DT:                                                                                    \
     k_rope<TAG, CT><<<nb, MX_CUDA_THREADS, 0, s>>>(                                           \
         (const TAG::S *)mx__ddata(x), (TAG::S *)out->buf->dptr, rnd, rows, T_, D,             \
-        x->strides[nd - 1], half, inv, (double)p->offset, p->scale, p->forward,               \
+        x->strides[nd - 1], half, inv, f32, fs, lb, (double)p->offset, posp, p->scale,       \
+        p->forward,                                                                           \
         p->traditional);                                                                      \
     break;
     C(MX_FLOAT16, TF16, float) C(MX_BFLOAT16, TBF16, float) C(MX_FLOAT32, TF32, float)
@@ -93,7 +108,7 @@ static int k_rope_op(mx_array *out, mx_array **in) {
 #undef C
     default: break;
   }
-  mx__buffer_release(ib);
+  if (ib) mx__buffer_release(ib);
   return mx__cuda_launched(mx__opname(out));
 }
 
@@ -200,6 +215,9 @@ static int k_sdpa_op(mx_array *out, mx_array **in) {
   bool done = false;
   st = mx__cuda_sdpa_fast(out, in, &done);
   if (st || done) return st;
+  if (p->has_len)
+    return mx__set_error(MX_ERR_NO_KERNEL, "scaled_dot_product_attention: no CUDA kernel for a "
+                         "device-side key length outside the split-KV decode path");
   sdpa_geo g;
   g.B = q->shape[0];
   g.Hq = q->shape[1];

@@ -86,7 +86,69 @@ static int k_pad(mx_array *out, mx_array **in) {
                                out->ndim, in[0], "pad");
 }
 
+/* store_at: one thread per element of src; the position is read on the
+ * device, so a captured launch stays valid when it changes. */
+struct store_geo {
+  int ndim, axis;
+  int64_t shape[MX_MAX_NDIM], sst[MX_MAX_NDIM], dst[MX_MAX_NDIM];
+  int64_t dim; /* dst's length along axis */
+};
+
+template <class E>
+__global__ void k_store(E *d, const E *s, store_geo g, int64_t n, const int32_t *posp) {
+  int64_t pos = posp ? *posp : 0;
+  MX_CUDA_LOOP(i, n) {
+    int64_t r = i, so = 0, dof = 0;
+    bool ok = true;
+    for (int k = g.ndim - 1; k >= 0; k--) {
+      int64_t c = r % g.shape[k];
+      r /= g.shape[k];
+      so += c * g.sst[k];
+      if (k == g.axis) {
+        c += pos;
+        ok = c >= 0 && c < g.dim;
+      }
+      dof += c * g.dst[k];
+    }
+    if (ok) d[dof] = s[so];
+  }
+}
+
+static int k_store_at(mx_array *out, mx_array **in) {
+  const mx__store_at_params *p = MX__PARAMS(out, mx__store_at_params);
+  mx_array *dst = in[0], *src = in[1];
+  size_t es = mx_dtype_size(out->dtype);
+  dst->buf->valid = 1u << MX_GPU; /* written on the device below */
+  store_geo g;
+  g.ndim = dst->ndim;
+  g.axis = p->axis;
+  g.dim = dst->shape[p->axis];
+  mx__compute_row_strides(dst->shape, dst->ndim, g.dst);
+  mx__array_set_view(out, dst, g.dst, 0);
+  for (int d = 0; d < g.ndim; d++) {
+    g.shape[d] = src->shape[d];
+    g.sst[d] = src->strides[d];
+  }
+  if (src->size == 0) return MX_OK;
+  const int32_t *posp = p->has_pos ? (const int32_t *)mx__ddata(in[2]) : NULL;
+  unsigned nb = mx__cuda_blocks(src->size);
+  cudaStream_t s = mx__cuda_stream();
+  char *dp = (char *)dst->buf->dptr;
+  const char *sp = mx__ddata(src);
+  switch (es) {
+#define C(N, E)                                                                                \
+  case N:                                                                                      \
+    k_store<E><<<nb, MX_CUDA_THREADS, 0, s>>>((E *)dp, (const E *)sp, g, src->size, posp);    \
+    break;
+    C(1, uint8_t) C(2, uint16_t) C(4, uint32_t)
+    default: C(8, uint64_t)
+#undef C
+  }
+  return mx__cuda_launched("store_at");
+}
+
 void mx__cuda_register_shape(mx__kernel_fn *k) {
+  k[MX_OP_STORE_AT] = k_store_at;
   k[MX_OP_RESHAPE] = k_reshape;
   k[MX_OP_TRANSPOSE] = mx__view_transpose;
   k[MX_OP_BROADCAST] = mx__view_broadcast;

@@ -18,7 +18,9 @@
 
 #include "lm_internal.h"
 #include "mxc/ops.h"
+#include "ops/fast_params.h"   /* mx__fast_rope_at, mx__fast_sdpa_upto */
 #include "ops/ops_internal.h" /* mx__tmp */
+#include "ops/shape_params.h"  /* mx__store_at */
 
 /* Every custom module of the tree carries a copy of the config. */
 typedef struct {
@@ -44,6 +46,10 @@ typedef struct {
    * layers (they depend on nothing else) */
   mx_array *mask[2];
   bool plain[2];
+  /* a decode step over static caches (mx__lm_forward_static): the position
+   * pos (int32, device memory) and each layer's (B, KV, capacity, D) keys
+   * and values, written in place */
+  mx_array *pos, **skeys, **svalues;
 } fwd_ctx;
 
 /* gemma's RMSNorm: x * rsqrt(mean(x^2) + eps) * (1 + weight). */
@@ -126,10 +132,15 @@ static mx_array *llama3_freqs(const mx_lm_config *c) {
   return a;
 }
 
-static mx_array *rope(const mx_lm_config *c, mx_array *x, int64_t offset, mx_array *freqs) {
+static mx_array *rope(const mx_lm_config *c, mx_array *x, int64_t offset, mx_array *pos,
+                      mx_array *freqs) {
   double scale = c->rope_scaling == MX_LM_ROPE_LINEAR ? 1.0 / c->rope_factor : 1.0;
+  mx_array *fr = c->rope_scaling == MX_LM_ROPE_LLAMA3 ? freqs : NULL;
+  if (pos)
+    return mx__fast_rope_at(x, (int)rotary_dim(c), c->rope_traditional, c->rope_theta, scale, pos,
+                            fr);
   return mx_fast_rope(x, (int)rotary_dim(c), c->rope_traditional, c->rope_theta, scale, offset,
-                      c->rope_scaling == MX_LM_ROPE_LLAMA3 ? freqs : NULL);
+                      fr);
 }
 
 /* phi3's longrope: per-pair factors (long ones once offset + L exceeds the
@@ -259,12 +270,23 @@ static mx_array *attention(mx_nn_module *self, mx_array *x, fwd_ctx *f, int laye
     q = longrope(c, hq, offset, L);
     k = longrope(c, hk, offset, L);
   } else {
-    q = rope(c, hq, offset, freqs);
-    k = rope(c, hk, offset, freqs);
+    mx_array *pos = f ? f->pos : NULL;
+    q = rope(c, hq, offset, pos, freqs);
+    k = rope(c, hk, offset, pos, freqs);
   }
   mx_array_free(hq);
   mx_array_free(hk);
   if (!q || !k || !v) goto done;
+  if (f && f->pos) { /* static caches: written in place, keys up to pos + L */
+    mx_array *ck = mx__store_at(f->skeys[layer], k, f->pos, 2);
+    mx_array *cv = mx__store_at(f->svalues[layer], v, f->pos, 2);
+    mx_array_free(k);
+    mx_array_free(v);
+    k = ck;
+    v = cv;
+    o = k && v ? mx__fast_sdpa_upto(q, k, v, attn_scale(c), f->pos) : NULL;
+    goto project;
+  }
   if (cache) {
     mx_array *ck, *cv;
     if (f->plan) {
@@ -300,6 +322,7 @@ static mx_array *attention(mx_nn_module *self, mx_array *x, fwd_ctx *f, int laye
     o = attend(c, q, k, v, mask);
   else
     o = mx_fast_scaled_dot_product_attention(q, k, v, attn_scale(c), NULL, L > 1);
+project:
   if (!o) goto done;
   mx_array *ot = mx_transpose(o, (int[]){0, 2, 1, 3}, 4);
   mx_array *or = mx_reshape(ot, (int64_t[]){B, L, c->num_attention_heads * c->head_dim}, 3);
@@ -669,7 +692,7 @@ mx_array *mx__lm_llama_forward(mx_lm_model *m, mx_array *tokens, mx_lm_cache *ca
   if (!t) return NULL;
   int64_t T = mx_array_dim(t, 1);
   mx__lm_plan plan = {0};
-  fwd_ctx f = {cache, NULL, NULL, {NULL, NULL}, {false, false}};
+  fwd_ctx f = {cache, NULL, NULL, {NULL, NULL}, {false, false}, NULL, NULL, NULL};
   if (cache && cache->max_size) {
     if (mx__lm_plan_make(cache, T, &plan)) {
       mx__lm_plan_free(&plan);
@@ -690,10 +713,28 @@ mx_array *mx__lm_llama_forward(mx_lm_model *m, mx_array *tokens, mx_lm_cache *ca
   return y;
 }
 
+bool mx__lm_static_ok(const mx_lm_model *m, int64_t capacity) {
+  const mx_lm_config *c = &m->config;
+  mx_dtype dt = mx__lm_model_dtype(m);
+  return !c->longrope && c->attn_logit_softcapping <= 0 &&
+         (c->sliding_window <= 0 || capacity <= c->sliding_window) && c->head_dim <= 256 &&
+         (dt == MX_FLOAT16 || dt == MX_BFLOAT16 || dt == MX_FLOAT32);
+}
+
+mx_array *mx__lm_forward_static(mx_lm_model *m, mx_array *tokens, mx_array **keys,
+                                mx_array **values, mx_array *pos) {
+  mx_array *t = forward_tokens(m, tokens);
+  if (!t) return NULL;
+  fwd_ctx f = {NULL, NULL, NULL, {NULL, NULL}, {false, false}, pos, keys, values};
+  mx_array *y = logits_of(m->root, t, &f, m->rope_freqs, false);
+  mx_array_free(t);
+  return y;
+}
+
 mx_array *mx__lm_forward_masked(mx_lm_model *m, mx_array *tokens, const bool *visible) {
   mx_array *t = forward_tokens(m, tokens);
   if (!t) return NULL;
-  fwd_ctx f = {NULL, NULL, visible, {NULL, NULL}, {false, false}};
+  fwd_ctx f = {NULL, NULL, visible, {NULL, NULL}, {false, false}, NULL, NULL, NULL};
   mx_array *y = logits_of(m->root, t, &f, m->rope_freqs, false);
   mx_array_free(f.mask[0]);
   mx_array_free(f.mask[1]);

@@ -72,6 +72,18 @@ mx_nn_module *mx__lm_build_llama(const mx_lm_config *cfg);
 /* The logits (B, T, vocab) of tokens (B, T). */
 mx_array *mx__lm_llama_forward(mx_lm_model *m, mx_array *tokens, mx_lm_cache *cache,
                                bool last);
+/* Decode steps over static caches, replayable as a captured GPU graph:
+ * whether the model can run them for caches of `capacity` positions (no
+ * attention masks needed: no longrope, no soft-capping, no sliding window
+ * shorter than the capacity; a flash-attention dtype and head size), and
+ * the logits of tokens (B, T) at position pos[0] (int32, one element),
+ * each layer's keys/values (B, KV, capacity, D) written in place at pos
+ * and attended up to pos + T. The caller advances pos. */
+bool mx__lm_static_ok(const mx_lm_model *m, int64_t capacity);
+mx_array *mx__lm_forward_static(mx_lm_model *m, mx_array *tokens, mx_array **keys,
+                                mx_array **values, mx_array *pos);
+/* generate.c: decode steps run so far as replays of a captured graph. */
+uint64_t mx__lm_replayed_steps(void);
 /* The logits of tokens (B, T) without a cache, token i attending to token j
  * exactly when visible[i * T + j] (an explicit mask: the reference the
  * tests compare caches against). */
