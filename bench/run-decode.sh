@@ -171,18 +171,26 @@ bw=$(awk -v a="$bw1" -v b="$bw2" 'BEGIN { print (a > b ? a : b) }')
 # ---- the table ------------------------------------------------------------------------
 "$PY" - "$res" "$bw" <<'PYEOF'
 import json, sys
-bw = float(sys.argv[2])
+bw_test = float(sys.argv[2])
+rows = [json.loads(line) for line in open(sys.argv[1])]
+# A bound no engine may beat: when an engine streamed its weights faster
+# than the bandwidth test read (decode tok/s x bytes/token), that rate is
+# the better measure of what the memory gives, and the bound uses it.
+seen = max([r["gen_tps"] * r["bytes"] / 1e9 for r in rows if r["gen_tps"]] + [0])
+bw = max(bw_test, seen)
 f = lambda v, d=1: "n/a" if v is None else f"{v:.{d}f}"
 print(f"| model | dtype | peer | prompt {sys.argv[0] and ''}tok/s | prefill tok/s | decode tok/s | peak RSS (GB) | bytes/token (GB) | bound tok/s | % of bound |")
 print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
-for line in open(sys.argv[1]):
-    r = json.loads(line)
+for r in rows:
     gb = r["bytes"] / 1e9
     bound = bw / gb
     g = r["gen_tps"]
     pct = "n/a" if g is None else f"{100 * g / bound:.0f}%"
     print(f"| {r['model']} | {r['dtype']} | {r['peer']} | {f(r['prompt_tps'])} | {f(r['prefill_tps'])} | "
           f"{f(g)} | {f(r['rss'], 2)} | {gb:.3f} | {bound:.1f} | {pct} |")
+print()
+print(f"bound bandwidth: {bw:.1f} GB/s (bandwidth test {bw_test:.1f} GB/s; fastest weight stream "
+      f"of any engine's decode in this run {seen:.1f} GB/s)")
 PYEOF
 echo
 echo "read bandwidth: $bw GB/s (max of $bw1 at the start and $bw2 at the end; $THREADS threads,"\
