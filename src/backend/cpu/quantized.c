@@ -1101,6 +1101,7 @@ static int qgemv_x86(const float *x, mx_array *wq, mx_array *s, mx_array *b, flo
 /* ---- bf16 activations, many rows: rows of W dequantized to bf16 tiles ------------------
  * (as MLX's quantized GEMM does for bf16 inputs) and multiplied on the
  * bf16 dot-product instruction (gemm_bf16.c). */
+#ifdef HAVE_QGEMV_X86
 typedef struct {
   const uint8_t *w; /* (N, K * bits / 8) */
   const void *s, *b;
@@ -1118,7 +1119,6 @@ static float qb_param(const void *p, mx_dtype dt, int64_t i) {
   return ((const float *)p)[i];
 }
 
-#ifdef HAVE_QGEMV_X86
 #define QB_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma"), noinline))
 /* One row, values [k0, k0 + kk) (whole groups), 4 or 8 bits, into dst as
  * bf16: 32 values per step, pairs (2i, 2i + 1) meeting as one 32-bit word. */
@@ -1142,7 +1142,6 @@ QB_TARGET static void qb_row_512(const qbf16_ctx *c, int64_t n, int64_t k0, int6
     _mm512_storeu_si512(dst + k, _mm512_or_si512(wlo, _mm512_slli_epi32(whi, 16)));
   }
 }
-#endif
 
 static const uint16_t *qb_rows(const void *ctx, int64_t n0, int nn, int64_t k0, int64_t kk,
                                uint16_t *dst, int64_t ld, int64_t *ld_out) {
@@ -1157,13 +1156,7 @@ static const uint16_t *qb_rows(const void *ctx, int64_t n0, int nn, int64_t k0, 
     __builtin_prefetch((const char *)c->s + (n * G + k0 / c->gs) * es);
     __builtin_prefetch((const char *)c->b + (n * G + k0 / c->gs) * es);
   }
-  for (int r = 0; r < nn; r++) {
-#ifdef HAVE_QGEMV_X86
-    qb_row_512(c, n0 + r, k0, kk, dst + r * ld);
-#else
-    (void)c;
-#endif
-  }
+  for (int r = 0; r < nn; r++) qb_row_512(c, n0 + r, k0, kk, dst + r * ld);
   return dst;
 }
 
@@ -1172,6 +1165,7 @@ static void qb_store(const void *ctx, int64_t m, int64_t n0, int64_t nn, const f
   size_t es = mx_dtype_size(c->odt);
   mx__cpu_convert(acc, MX_FLOAT32, c->out + (size_t)(m * c->N + n0) * es, c->odt, nn);
 }
+#endif
 
 /* 1: not applicable */
 static int qmm_bf16_dot(mx_array *out, mx_array **in, const mx__qmm_params *p, int64_t M,
