@@ -310,6 +310,10 @@ TEST(static_cache_steps_equal_plain_cache) {
   mx_array *inc = mx_array_from_data(&one, (int64_t[]){1}, 1, MX_INT32);
   double worst = 0;
   for (int i = P; i < T; i++) {
+    if (i == P + 3) { /* the later steps with stacked q/k/v and gate/up projections */
+      ASSERT_OK(mx__lm_stack_projections(m));
+      ASSERT(m->stacks && m->stacks[0].n == 3 && m->stacks[1].n == 2);
+    }
     mx_array *t = mx_array_from_data(ids() + i, (int64_t[]){1, 1}, 2, MX_INT32);
     mx_array *l = mx__lm_forward_static(m, t, keys, values, pos);
     ASSERT_MSG(l, "static forward: %s", mx_last_error());

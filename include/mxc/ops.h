@@ -207,6 +207,10 @@ MX_API mx_array *mx_fast_rope(mx_array *x, int dims, bool traditional, double ba
 MX_API mx_array *mx_fast_scaled_dot_product_attention(mx_array *q, mx_array *k, mx_array *v,
                                                       double scale, mx_array *mask,
                                                       bool causal);
+/* The gated MLP activation silu(gate) * up = gate * sigmoid(gate) * up of
+ * two float arrays of one shape, in one pass; each step rounded to the
+ * result dtype exactly as multiply(multiply(gate, sigmoid(gate)), up). */
+MX_API mx_array *mx_fast_swiglu(mx_array *gate, mx_array *up);
 
 /* ---- affine quantization (MLX's format) --------------------------------------
  * A weight w (..., K) is split into groups of `group_size` along its last

@@ -69,11 +69,13 @@ static int vjp_rms_norm(mx_array *out, mx_array *cot, mx_array **g, const bool *
 static int vjp_layer_norm(mx_array *out, mx_array *cot, mx_array **g, const bool *need);
 static int vjp_rope(mx_array *out, mx_array *cot, mx_array **g, const bool *need);
 static int vjp_sdpa(mx_array *out, mx_array *cot, mx_array **g, const bool *need);
+static int vjp_swiglu(mx_array *out, mx_array *cot, mx_array **g, const bool *need);
 
 static const mx__op_def def_RMS_NORM = {.id = MX_OP_RMS_NORM, .vjp = vjp_rms_norm};
 static const mx__op_def def_LAYER_NORM = {.id = MX_OP_LAYER_NORM, .vjp = vjp_layer_norm};
 static const mx__op_def def_ROPE = {.id = MX_OP_ROPE, .vjp = vjp_rope};
 static const mx__op_def def_SDPA = {.id = MX_OP_SDPA, .vjp = vjp_sdpa};
+static const mx__op_def def_SWIGLU = {.id = MX_OP_SWIGLU, .vjp = vjp_swiglu};
 
 /* Builds a node whose inputs are `ins` cast to dt. */
 static mx_array *node_cast(const mx__op_def *def, mx_dtype dt, const int64_t *shape, int ndim,
@@ -168,6 +170,51 @@ static int vjp_layer_norm(mx_array *out, mx_array *cot, mx_array **g, const bool
   }
   if (!st && w && need[iw]) st = set_grad(&g[iw], sum_leading(mx__keep(&t, mx_multiply(gf, xh))), w);
   if (!st && b && need[ib]) st = set_grad(&g[ib], sum_leading(gf), b);
+  mx__tmp_free(&t);
+  return st;
+}
+
+/* ======================================================================
+ * swiglu: silu(gate) * up, the gated MLP of llama-family models in one
+ * kernel instead of three (sigmoid, multiply, multiply)
+ * ====================================================================== */
+
+mx_array *mx_fast_swiglu(mx_array *gate, mx_array *up) {
+  MX__CHECK_IN("swiglu", gate);
+  MX__CHECK_IN("swiglu", up);
+  char sa[256], sb[256];
+  if (gate->ndim != up->ndim ||
+      memcmp(gate->shape, up->shape, sizeof(int64_t) * (size_t)gate->ndim)) {
+    mx__set_error(MX_ERR_SHAPE, "swiglu: gate %s and up %s must have the same shape",
+                  mx__shape_str(gate->shape, gate->ndim, sa, sizeof sa),
+                  mx__shape_str(up->shape, up->ndim, sb, sizeof sb));
+    return NULL;
+  }
+  mx_dtype dt = mx_promote_types(gate->dtype, up->dtype);
+  if (!mx_dtype_is_float(dt)) {
+    mx__set_error(MX_ERR_DTYPE, "swiglu: unsupported dtype %s (a float type is needed)",
+                  mx_dtype_name(dt));
+    return NULL;
+  }
+  mx_array *ins[2] = {gate, up};
+  return node_cast(&def_SWIGLU, dt, gate->shape, gate->ndim, ins, 2, NULL, 0);
+}
+
+/* y = g s u with s = sigmoid(g):
+ *   dg = cot * u * s * (1 + g (1 - s)),  du = cot * g * s */
+static int vjp_swiglu(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {
+  mx_array *x = out->inputs[0], *u = out->inputs[1];
+  int st = MX_OK;
+  mx__tmp t = {0};
+  mx_array *s = mx__keep(&t, mx_sigmoid(x));
+  if (need[0]) {
+    mx_array *one_minus = mx__keep(&t, mx_subtract(mx__keep(&t, mx_ones_like(s)), s));
+    mx_array *d = mx__keep(&t, mx_add_scalar(mx__keep(&t, mx_multiply(x, one_minus)), 1.0));
+    mx_array *cu = mx__keep(&t, mx_multiply(cot, u));
+    st = set_grad(&g[0], mx_multiply(mx__keep(&t, mx_multiply(cu, s)), d), x);
+  }
+  if (!st && need[1])
+    st = set_grad(&g[1], mx_multiply(cot, mx__keep(&t, mx_multiply(x, s))), u);
   mx__tmp_free(&t);
   return st;
 }

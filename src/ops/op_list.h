@@ -95,6 +95,7 @@
   X(LAYER_NORM, "layer_norm")                                               \
   X(ROPE, "rope")                                                           \
   X(SDPA, "scaled_dot_product_attention")                                   \
+  X(SWIGLU, "swiglu")                                                       \
   /* affine quantization (MLX format) */                                    \
   X(QUANTIZE_PACK, "quantize_pack")                                         \
   X(DEQUANTIZE, "dequantize")                                               \

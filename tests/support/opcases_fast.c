@@ -137,6 +137,22 @@ static int f_sdpa(const mx_opcase *c, const double *const *in, double *out, int6
   return 0;
 }
 
+/* ---- swiglu: silu(gate) * up ---------------------------------------------------- */
+static mx_array *b_swiglu(const mx_opcase *c, mx_array **in) {
+  (void)c;
+  return mx_fast_swiglu(in[0], in[1]);
+}
+
+static int f_swiglu(const mx_opcase *c, const double *const *in, double *out, int64_t *oshape,
+                    int *ond) {
+  int nd = c->ndim[0];
+  int64_t n = oc_size(c->shape[0], nd);
+  memcpy(oshape, c->shape[0], sizeof(int64_t) * (size_t)nd);
+  *ond = nd;
+  for (int64_t i = 0; i < n; i++) out[i] = in[0][i] / (1.0 + exp(-in[0][i])) * in[1][i];
+  return 0;
+}
+
 /* ---- the table -------------------------------------------------------------- */
 #define ARR(...) {__VA_ARGS__}
 #define NORM(name, d, nin_, nd_, shapes, kinds, W, B, LN, eps)                                \
@@ -152,7 +168,16 @@ static int f_sdpa(const mx_opcase *c, const double *const *in, double *out, int6
    .shape = shapes, .kind = kinds, .lo = -1.5, .hi = 1.5, OC_FLOATS, .flags = OC_NONCONTIG,    \
    .ip = {causal, mask}, .dp = {scale}, .build = b_sdpa, .ref = f_sdpa}
 
+#define SWIGLU(d, nd_, shape_, lo_, hi_)                                                        \
+  {.op = "swiglu", .desc = d, .nin = 2, .ndim = {nd_, nd_}, .shape = {shape_, shape_},         \
+   .lo = lo_, .hi = hi_, OC_FLOATS, .flags = OC_NONCONTIG, .build = b_swiglu, .ref = f_swiglu}
+
 static const mx_opcase cases[] = {
+    /* swiglu */
+    SWIGLU("rows", 2, ARR(5, 37), -4, 4),
+    SWIGLU("3-d, large values", 3, ARR(2, 3, 64), -20, 20),
+    SWIGLU("1-d", 1, ARR(1000), -3, 3),
+    SWIGLU("0-size", 2, ARR(0, 8), -1, 1),
     /* rms_norm */
     NORM("rms_norm", "weight, rows of 33", 2, ARR(2, 1), ARR(ARR(4, 33), ARR(33)), ARR(0), 1, 0, 0,
          1e-5),

@@ -34,6 +34,6 @@ static const char *const mx_public_ops[] = {
     /* quantization */
     "quantize", "dequantize", "quantized_matmul",
     /* fast */
-    "rms_norm", "layer_norm", "rope", "scaled_dot_product_attention",
+    "rms_norm", "layer_norm", "rope", "scaled_dot_product_attention", "swiglu",
 };
 #endif

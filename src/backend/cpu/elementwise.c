@@ -289,6 +289,36 @@ static int k_astype(mx_array *out, mx_array **in) {
   return run_nary(out, in, 1, f);
 }
 
+/* swiglu: silu(g) * u, each step rounded to the dtype as the composition
+ * multiply(multiply(g, sigmoid(g)), u) with the sigmoid above */
+#define SWIGLU_LOOP(TAG, unused)                                                \
+  static void swiglu_##TAG(char **p, const int64_t *s, int64_t n, const void *c_) { \
+    MX_UNUSED(c_);                                                              \
+    T_##TAG *o = (T_##TAG *)p[0];                                               \
+    const T_##TAG *g = (const T_##TAG *)p[1], *u = (const T_##TAG *)p[2];       \
+    for (int64_t i = 0; i < n; i++) {                                           \
+      C_##TAG x = LD_##TAG(g[i * s[1]]);                                        \
+      C_##TAG sg = LD_##TAG(ST_##TAG(1 / (1 + VEXP(-x))));                      \
+      C_##TAG a = LD_##TAG(ST_##TAG(x * sg));                                   \
+      o[i] = ST_##TAG(a * LD_##TAG(u[i * s[2]]));                               \
+    }                                                                           \
+  }
+MX_FLOAT_TAGS(SWIGLU_LOOP, 0)
+
+static int k_swiglu(mx_array *out, mx_array **in) {
+  mx__inner_fn f = NULL;
+  switch (out->dtype) {
+    case MX_FLOAT16: f = swiglu_F16; break;
+    case MX_BFLOAT16: f = swiglu_BF16; break;
+    case MX_FLOAT32: f = swiglu_F32; break;
+    case MX_FLOAT64: f = swiglu_F64; break;
+    default: break;
+  }
+  if (!f || in[0]->dtype != out->dtype || in[1]->dtype != out->dtype)
+    return no_kernel(out, in[0]->dtype);
+  return run_nary(out, in, 2, f);
+}
+
 /* copy / identity kernels (floor/ceil/round of integers) */
 #define WHERE_LOOP(NAME, T)                                                     \
   static void NAME(char **p, const int64_t *s, int64_t n, const void *c_) {     \
@@ -392,6 +422,7 @@ void mx__cpu_register_elementwise(mx__kernel_fn *k) {
   for (size_t i = 0; i < sizeof binary_ops / sizeof *binary_ops; i++) k[binary_ops[i]] = k_binary;
   k[MX_OP_ASTYPE] = k_astype;
   k[MX_OP_WHERE] = k_where;
+  k[MX_OP_SWIGLU] = k_swiglu;
   k[MX_OP_COPY] = k_copy;
   k[MX_OP_FULL] = k_copy;
   k[MX_OP_ARANGE] = k_arange;

@@ -255,6 +255,40 @@ static int k_binary(mx_array *out, mx_array **in) {
   }
 }
 
+/* ---- swiglu ------------------------------------------------------------------------- */
+/* silu(g) * u with the roundings of multiply(multiply(g, sigmoid(g)), u)
+ * and the sigmoid of U_SIGMOID: the same bits as the three kernels */
+template <class T>
+struct SwigluF {
+  typedef typename T::S S;
+  S *o;
+  const S *g, *u;
+  __device__ void operator()(const int64_t *off) const {
+    typedef typename T::C X;
+    X x = T::ld(g[off[1]]);
+    X s = T::ld(T::st((X)1 / ((X)1 + m_exp(-x))));
+    X a = T::ld(T::st(x * s));
+    o[off[0]] = T::st(a * T::ld(u[off[2]]));
+  }
+};
+
+static int k_swiglu(mx_array *out, mx_array **in) {
+  mx_dtype dt = out->dtype;
+  if (!mx_dtype_is_float(dt) || in[0]->dtype != dt || in[1]->dtype != dt)
+    return mx__cuda_no_dtype(out, in[0]->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st) return st;
+  mx__nd<3> ix = out_nd<3>(out, in);
+  st = MX_ERR_NO_KERNEL;
+  MX_CUDA_DISPATCH_FLOAT(dt, {
+    SwigluF<T> f = {(T::S *)out->buf->dptr, (const T::S *)mx__ddata(in[0]),
+                    (const T::S *)mx__ddata(in[1])};
+    st = launch_map<3>(ix, out->size, f, mx__opname(out));
+  })
+  if (st == MX_ERR_NO_KERNEL) return mx__cuda_no_dtype(out, dt);
+  return st;
+}
+
 /* ---- astype ------------------------------------------------------------------------- */
 template <class TI, class TO>
 struct AstypeF {
@@ -396,6 +430,7 @@ void mx__cuda_register_elementwise(mx__kernel_fn *k) {
       MX_OP_LESS_EQUAL, MX_OP_GREATER, MX_OP_GREATER_EQUAL, MX_OP_LOGICAL_AND,
       MX_OP_LOGICAL_OR};
   for (size_t i = 0; i < sizeof binary_ops / sizeof *binary_ops; i++) k[binary_ops[i]] = k_binary;
+  k[MX_OP_SWIGLU] = k_swiglu;
   k[MX_OP_ASTYPE] = k_astype;
   k[MX_OP_WHERE] = k_where;
   k[MX_OP_COPY] = k_copy;

@@ -134,6 +134,9 @@ __global__ void __launch_bounds__(FD_THREADS)
   const int nr = min(RM, R - r0);
   const int64_t j0 = (int64_t)split * CH;
   const int nk = (int)max((int64_t)0, min((int64_t)CH, g.Tk - j0)); /* 0: past the keys */
+  /* a split past the keys of a static cache: the combine reads only the
+   * splits that hold keys (the same count, from the same length) */
+  if (nk == 0 && g.lenp && j0 > 0) return;
   const int D = (int)g.D, Dv = (int)g.Dv;
   const int64_t rows = g.B * g.Hq * g.Tq;
   for (int i = tid; i < RM * D; i += blockDim.x) {
@@ -281,11 +284,21 @@ __global__ void __launch_bounds__(FD_THREADS)
   }
 }
 
-/* one block per output row: rescale and sum the splits */
+/* one block per output row: rescale and sum the splits (over a static
+ * cache, only those that hold keys: [0, ceil(len / chunk)), at least one) */
 template <class T>
 __global__ void k_fa_combine(const float *__restrict__ po, const float2 *__restrict__ pml,
-                             typename T::S *__restrict__ o, int64_t rows, int Dv, int nsplit) {
+                             typename T::S *__restrict__ o, int64_t rows, int Dv, int nsplit,
+                             const int32_t *__restrict__ lenp, int64_t Tq, int64_t Tk, int want,
+                             int chmax) {
   const int64_t row = blockIdx.x;
+  if (lenp) {
+    int64_t n = (int64_t)*lenp + Tq;
+    n = n < 0 ? 0 : n < Tk ? n : Tk;
+    int64_t ch = fd_chunk(n, want, chmax), used = (n + ch - 1) / ch;
+    if (used < 1) used = 1;
+    if (used < nsplit) nsplit = (int)used;
+  }
   float M = -INFINITY;
   for (int s = 0; s < nsplit; s++) M = fa_max(M, pml[(int64_t)s * rows + row].x);
   float l = 0.f;
@@ -719,7 +732,8 @@ static int run_decode(mx_array *out, const void *qp, const void *kp, const void 
       (const typename T::S *)qp, (const typename T::S *)kp, (const typename T::S *)vp, mp, po,
       pml, gl, (int)ch);
   k_fa_combine<T><<<(unsigned)rows, 128, 0, s>>>(po, pml, (typename T::S *)out->buf->dptr, rows,
-                                                 (int)g.Dv, (int)nsplit);
+                                                 (int)g.Dv, (int)nsplit, g.lenp, g.Tq, g.Tk,
+                                                 (int)want, CHMAX);
   mx__buffer_release(pb); /* reused only by later work of the same stream */
   return 0;
 }

@@ -187,6 +187,83 @@ __global__ void __launch_bounds__(QMV_THREADS)
   }
 }
 
+/* One row of x (M = 1): a warp per RW output rows, no shared memory. Lane
+ * l takes the 16-byte segments l, l + 32, ... of its rows, S segments of
+ * each row at a time (S * RW = 8 weight loads in flight, with their x
+ * segments, scales and biases), then the warp sums its lanes by shuffles.
+ * The block kernel above runs one pass of its loads per block (K = 2048:
+ * one segment a thread), ~1 TB/s on the 1B model's 4-bit projections. */
+#define QMV1_WARPS 4
+template <class T, int BITS, int RW>
+__global__ void __launch_bounds__(QMV1_WARPS * 32)
+    k_qmv1(const typename T::S *__restrict__ x, const uint4 *__restrict__ w,
+           const typename T::S *__restrict__ sc, const typename T::S *__restrict__ bi,
+           typename T::S *__restrict__ o, int N, int K, int gs) {
+  constexpr int V = 128 / BITS, PW = 32 / BITS, S = 8 / RW;
+  constexpr uint32_t MASK = (1u << BITS) - 1u;
+  const int lane = threadIdx.x & 31;
+  const int n0 = (blockIdx.x * QMV1_WARPS + (threadIdx.x >> 5)) * RW;
+  if (n0 >= N) return;
+  const int segs = K / V, G = K / gs;
+  float acc[RW];
+#pragma unroll
+  for (int r = 0; r < RW; r++) acc[r] = 0.f;
+  for (int s0 = lane; s0 < segs; s0 += 32 * S) {
+    uint4 wv[S][RW];
+    float scl[S][RW], bia[S][RW];
+#pragma unroll
+    for (int u = 0; u < S; u++) {
+      const int s = s0 + 32 * u, g = s * V / gs;
+#pragma unroll
+      for (int r = 0; r < RW; r++) {
+        const int n = n0 + r < N ? n0 + r : N - 1;
+        if (s < segs) {
+          wv[u][r] = __ldg(w + (int64_t)n * segs + s);
+          scl[u][r] = (float)T::ld(sc[(int64_t)n * G + g]);
+          bia[u][r] = (float)T::ld(bi[(int64_t)n * G + g]);
+        } else {
+          wv[u][r] = make_uint4(0, 0, 0, 0);
+          scl[u][r] = bia[u][r] = 0.f;
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < S; u++) {
+      const int s = s0 + 32 * u;
+      if (s >= segs) break;
+      float xv[V];
+      qmv_ldx<T, V>(x + (int64_t)s * V, xv);
+      float xsum = 0.f, dot[RW];
+#pragma unroll
+      for (int r = 0; r < RW; r++) dot[r] = 0.f;
+#pragma unroll
+      for (int wi = 0; wi < 4; wi++)
+#pragma unroll
+        for (int j = 0; j < PW; j++) {
+          float xj = xv[wi * PW + j];
+          xsum += xj;
+#pragma unroll
+          for (int r = 0; r < RW; r++) {
+            uint32_t word = wi == 0   ? wv[u][r].x
+                            : wi == 1 ? wv[u][r].y
+                            : wi == 2 ? wv[u][r].z
+                                      : wv[u][r].w;
+            dot[r] = fmaf(xj, qmv_u2f((word >> (j * BITS)) & MASK), dot[r]);
+          }
+        }
+#pragma unroll
+      for (int r = 0; r < RW; r++) acc[r] += fmaf(scl[u][r], dot[r], bia[u][r] * xsum);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < RW; r++) {
+    float v = acc[r];
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    if (lane == 0 && n0 + r < N) o[n0 + r] = T::st(v);
+  }
+}
+
 /* ---- GEMV, any bits ---------------------------------------------------------------- */
 template <class T, int MM>
 __global__ void __launch_bounds__(128)
@@ -374,9 +451,25 @@ static int qmm_gemm(mx_array *out, const void *x, const uint32_t *w, const void 
 }
 
 /* ---- dispatch ------------------------------------------------------------------------ */
+template <class T, int BITS, int RW>
+static void launch_qmv1(const void *x, const uint32_t *w, const void *sc, const void *bi,
+                        void *o, int N, int K, int gs) {
+  const int rows = QMV1_WARPS * RW;
+  k_qmv1<T, BITS, RW><<<(unsigned)((N + rows - 1) / rows), QMV1_WARPS * 32, 0, mx__cuda_stream()>>>(
+      (const typename T::S *)x, (const uint4 *)w, (const typename T::S *)sc,
+      (const typename T::S *)bi, (typename T::S *)o, N, K, gs);
+}
+
 template <class T, int BITS, int MM>
 static void launch_qmv(const void *x, const uint32_t *w, const void *sc, const void *bi,
                        void *o, int M, int N, int K, int gs) {
+  if constexpr (MM == 1) {
+    /* rows per warp: enough warps to keep ~8 per SM busy on short N */
+    if (N >= 4224) launch_qmv1<T, BITS, 4>(x, w, sc, bi, o, N, K, gs);
+    else if (N >= 2112) launch_qmv1<T, BITS, 2>(x, w, sc, bi, o, N, K, gs);
+    else launch_qmv1<T, BITS, 1>(x, w, sc, bi, o, N, K, gs);
+    return;
+  }
   int segs = K / (128 / BITS);
   int threads = segs >= QMV_THREADS ? QMV_THREADS : (segs + 31) / 32 * 32;
   if (threads < 32) threads = 32;

@@ -174,6 +174,9 @@ static int replay_build(replay *r, mx_lm_model *m, mx_lm_cache *c, mx_array *y,
     r->values[i] = static_copy(c->values[i], c->offset, capacity);
     if (!r->keys[i] || !r->values[i]) return mx_last_status();
   }
+  /* one GEMV for q/k/v and one for gate/up in the step (optional: on
+   * failure the layers keep their separate projections) */
+  if (mx__lm_stack_projections(m)) mx__lm_stacks_free(m);
   int32_t at = (int32_t)c->offset, one = 1;
   r->tok = mx_array_retain(y);
   r->pos = mx_array_from_data(&at, (int64_t[]){1}, 1, MX_INT32);

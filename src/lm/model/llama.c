@@ -21,6 +21,7 @@
 #include "ops/fast_params.h"   /* mx__fast_rope_at, mx__fast_sdpa_upto */
 #include "ops/ops_internal.h" /* mx__tmp */
 #include "ops/shape_params.h"  /* mx__store_at */
+#include "nn/nn_internal.h"    /* mx__nn_linear_apply */
 
 /* Every custom module of the tree carries a copy of the config. */
 typedef struct {
@@ -50,6 +51,8 @@ typedef struct {
    * pos (int32, device memory) and each layer's (B, KV, capacity, D) keys
    * and values, written in place */
   mx_array *pos, **skeys, **svalues;
+  /* stacked projections per layer ([qkv, gate_up]; mx__lm_stack), or NULL */
+  const mx__lm_stack *stacks;
 } fwd_ctx;
 
 /* gemma's RMSNorm: x * rsqrt(mean(x^2) + eps) * (1 + weight). */
@@ -163,6 +166,132 @@ static mx_array *longrope(const mx_lm_config *c, mx_array *x, int64_t offset, in
   return y;
 }
 
+/* ---- stacked projections (decode steps) ---------------------------------------------- */
+
+static const char *const stack_params[3] = {"weight", "scales", "biases"};
+
+/* Whether every part of st still holds its view (nothing replaced them). */
+static bool stack_valid(const mx__lm_stack *st, mx_nn_module *parent) {
+  if (!st || !st->n) return false;
+  for (int i = 0; i < st->n; i++) {
+    mx_nn_module *c = mx_nn_child(parent, st->names[i]);
+    if (!c) return false;
+    for (int k = 0; k < st->nparams; k++)
+      if (!mx_nn_has_param(c, stack_params[k]) || mx_nn_param(c, stack_params[k]) != st->views[i][k])
+        return false;
+  }
+  return true;
+}
+
+/* The stacked projection of x split into its parts out[0..n) (slice
+ * views); false (nothing computed) when the stack is not valid. */
+static bool stack_apply(const mx__lm_stack *st, mx_nn_module *parent, mx_array *x,
+                        mx_array **out) {
+  if (!stack_valid(st, parent)) return false;
+  mx_array *y = st->nparams == 1
+                    ? mx__nn_linear_apply(x, st->stack[0], NULL)
+                    : mx_quantized_matmul(x, st->stack[0], st->stack[1], st->stack[2], true,
+                                          st->group_size, st->bits);
+  int ax = y ? mx_array_ndim(y) - 1 : 0;
+  int64_t r0 = 0;
+  for (int i = 0; i < st->n; i++) {
+    out[i] = y ? mx_slice_axis(y, ax, r0, r0 + st->rows[i], 1) : NULL;
+    r0 += st->rows[i];
+  }
+  mx_array_free(y);
+  return true;
+}
+
+/* Stacks the children `names` of parent (Linear or QuantizedLinear of one
+ * format, no bias, the same input size) into st; st->n stays 0 when they do
+ * not qualify. */
+static int stack_make(mx__lm_stack *st, mx_nn_module *parent, const char *const *names, int n) {
+  mx_nn_module *mods[MX__LM_MAX_STACK];
+  int gs = 0, bits = 0, np = 0;
+  for (int i = 0; i < n; i++) {
+    mods[i] = mx_nn_child(parent, names[i]);
+    if (!mods[i]) return MX_OK;
+    const char *type = mx_nn_module_type(mods[i]);
+    int g = 0, b = 0, p;
+    if (!strcmp(type, "Linear")) p = 1;
+    else if (!strcmp(type, "QuantizedLinear") && !mx_nn_quantized_info(mods[i], &g, &b)) p = 3;
+    else return MX_OK;
+    if (mx_nn_has_param(mods[i], "bias") || (i && (p != np || g != gs || b != bits))) return MX_OK;
+    np = p, gs = g, bits = b;
+    for (int k = 0; k < np; k++) {
+      mx_array *a = mx_nn_param(mods[i], stack_params[k]);
+      mx_array *a0 = mx_nn_param(mods[0], stack_params[k]);
+      if (!a || mx_array_ndim(a) != 2 || mx_array_dtype(a) != mx_array_dtype(a0) ||
+          mx_array_dim(a, 1) != mx_array_dim(a0, 1))
+        return MX_OK;
+    }
+  }
+  mx__lm_stack s = {.n = 0, .nparams = np, .group_size = gs, .bits = bits};
+  int stc = MX_OK;
+  for (int k = 0; k < np && !stc; k++) {
+    mx_array *parts[MX__LM_MAX_STACK];
+    for (int i = 0; i < n; i++) parts[i] = mx_nn_param(mods[i], stack_params[k]);
+    s.stack[k] = mx_concatenate(parts, n, 0);
+    stc = s.stack[k] ? mx_array_eval(s.stack[k]) : mx_last_status();
+    int64_t r0 = 0;
+    for (int i = 0; i < n && !stc; i++) {
+      s.rows[i] = mx_array_dim(parts[i], 0);
+      s.views[i][k] = mx_slice_axis(s.stack[k], 0, r0, r0 + s.rows[i], 1);
+      stc = s.views[i][k] ? mx_array_eval(s.views[i][k]) : mx_last_status();
+      r0 += s.rows[i];
+    }
+  }
+  /* only now, all built: the parts take their views (freeing the originals) */
+  for (int i = 0; i < n && !stc; i++)
+    for (int k = 0; k < np && !stc; k++)
+      stc = mx_nn_add_param(mods[i], stack_params[k], mx_array_retain(s.views[i][k]));
+  if (stc) {
+    for (int k = 0; k < 3; k++) {
+      mx_array_free(s.stack[k]);
+      for (int i = 0; i < MX__LM_MAX_STACK; i++) mx_array_free(s.views[i][k]);
+    }
+    return stc;
+  }
+  s.n = n;
+  for (int i = 0; i < n; i++) s.names[i] = names[i];
+  *st = s;
+  return MX_OK;
+}
+
+void mx__lm_stacks_free(mx_lm_model *m) {
+  if (!m || !m->stacks) return;
+  for (int64_t l = 0; l < 2 * m->config.num_hidden_layers; l++) {
+    mx__lm_stack *st = &m->stacks[l];
+    for (int k = 0; k < 3; k++) {
+      mx_array_free(st->stack[k]);
+      for (int i = 0; i < MX__LM_MAX_STACK; i++) mx_array_free(st->views[i][k]);
+    }
+  }
+  free(m->stacks);
+  m->stacks = NULL;
+}
+
+int mx__lm_stack_projections(mx_lm_model *m) {
+  if (!m) return mx__set_error(MX_ERR_INVALID_ARG, "lm: model is NULL");
+  if (m->stacks) return MX_OK;
+  const mx_lm_config *c = &m->config;
+  mx_nn_module *inner_m = mx_nn_child(m->root, "model");
+  int nl = inner_m ? mx_nn_list_size(inner_m, "layers") : -1;
+  if (nl != c->num_hidden_layers || nl <= 0) return MX_OK;
+  m->stacks = calloc((size_t)(2 * nl), sizeof *m->stacks);
+  if (!m->stacks) return mx__set_error(MX_ERR_OOM, "lm: out of memory");
+  static const char *const qkv[] = {"q_proj", "k_proj", "v_proj"}, *const gu[] = {"gate_proj",
+                                                                                 "up_proj"};
+  int st = MX_OK;
+  for (int l = 0; l < nl && !st; l++) {
+    mx_nn_module *layer = mx_nn_list_item(inner_m, "layers", l);
+    mx_nn_module *attn = mx_nn_child(layer, "self_attn"), *mlp = mx_nn_child(layer, "mlp");
+    if (attn && !c->fused_qkv) st = stack_make(&m->stacks[2 * l], attn, qkv, 3);
+    if (mlp && !c->fused_gate_up && !st) st = stack_make(&m->stacks[2 * l + 1], mlp, gu, 2);
+  }
+  return st;
+}
+
 /* ---- attention ----------------------------------------------------------------------- */
 
 /* (B, L, H*D) -> (B, H, L, D), with the per-head RMSNorm of qwen3 when norm. */
@@ -255,9 +384,14 @@ static mx_array *attention(mx_nn_module *self, mx_array *x, fwd_ctx *f, int laye
     pv = mx_slice_axis(qkv, 2, nq + nkv, nq + 2 * nkv, 1);
     mx_array_free(qkv);
   } else {
-    pq = mx_nn_forward(mx_nn_child(self, "q_proj"), x);
-    pk = mx_nn_forward(mx_nn_child(self, "k_proj"), x);
-    pv = mx_nn_forward(mx_nn_child(self, "v_proj"), x);
+    mx_array *p3[3];
+    if (f && f->stacks && stack_apply(&f->stacks[2 * layer], self, x, p3)) {
+      pq = p3[0], pk = p3[1], pv = p3[2];
+    } else {
+      pq = mx_nn_forward(mx_nn_child(self, "q_proj"), x);
+      pk = mx_nn_forward(mx_nn_child(self, "k_proj"), x);
+      pv = mx_nn_forward(mx_nn_child(self, "v_proj"), x);
+    }
   }
   if (!pq || !pk || !pv) goto done;
   mx_nn_module *qn = c->qk_norm ? mx_nn_child(self, "q_norm") : NULL;
@@ -350,28 +484,37 @@ static mx_array *attention_forward(mx_nn_module *self, mx_array *const *in, int 
 
 /* ---- MLP, block ---------------------------------------------------------------------- */
 
-static mx_array *mlp_forward(mx_nn_module *self, mx_array *const *in, int n) {
+/* st: the gate/up stack of a decode step, or NULL */
+static mx_array *mlp(mx_nn_module *self, mx_array *x, const mx__lm_stack *st) {
   const mx_lm_config *ar = cfg_of(self);
-  mx_array *g, *u;
+  mx_array *g, *u, *p2[2];
   if (ar->fused_gate_up) {
     int64_t I = cfg_of(self)->intermediate_size;
-    mx_array *gu = mx_nn_forward(mx_nn_child(self, "gate_up_proj"), in[0]);
+    mx_array *gu = mx_nn_forward(mx_nn_child(self, "gate_up_proj"), x);
     int ax = gu ? mx_array_ndim(gu) - 1 : 0;
     g = gu ? mx_slice_axis(gu, ax, 0, I, 1) : NULL;
     u = gu ? mx_slice_axis(gu, ax, I, 2 * I, 1) : NULL;
     mx_array_free(gu);
+  } else if (st && stack_apply(st, self, x, p2)) {
+    g = p2[0], u = p2[1];
   } else {
-    g = mx_nn_forward(mx_nn_child(self, "gate_proj"), in[0]);
-    u = mx_nn_forward(mx_nn_child(self, "up_proj"), in[0]);
+    g = mx_nn_forward(mx_nn_child(self, "gate_proj"), x);
+    u = mx_nn_forward(mx_nn_child(self, "up_proj"), x);
   }
-  mx_array *a = !g ? NULL : ar->activation == MX_LM_ACT_GELU_TANH ? mx_nn_gelu_approx(g) : mx_nn_silu(g);
-  mx_array *h = mx_multiply(a, u);
+  /* silu(g) * u in one kernel (the same bits as the composition) */
+  bool gelu = ar->activation == MX_LM_ACT_GELU_TANH;
+  mx_array *a = g && gelu ? mx_nn_gelu_approx(g) : NULL;
+  mx_array *h = gelu ? mx_multiply(a, u) : mx_fast_swiglu(g, u);
   mx_array *y = mx_nn_forward(mx_nn_child(self, "down_proj"), h);
   mx_array_free(g);
   mx_array_free(u);
   mx_array_free(a);
   mx_array_free(h);
   return y;
+}
+
+static mx_array *mlp_forward(mx_nn_module *self, mx_array *const *in, int n) {
+  return mlp(self, in[0], NULL);
 }
 
 static mx_array *block(mx_nn_module *self, mx_array *x, fwd_ctx *cache, int layer,
@@ -393,7 +536,9 @@ static mx_array *block(mx_nn_module *self, mx_array *x, fwd_ctx *cache, int laye
   mx_array *r = attention(mx_nn_child(self, "self_attn"), n1, cache, layer, freqs);
   mx_array *h = mx_add(x, r);
   mx_array *n2 = mx_nn_forward(mx_nn_child(self, "post_attention_layernorm"), h);
-  mx_array *f = mx_nn_forward(mx_nn_child(self, "mlp"), n2);
+  mx_nn_module *mm = mx_nn_child(self, "mlp");
+  const mx__lm_stack *gu = cache && cache->stacks ? &cache->stacks[2 * layer + 1] : NULL;
+  mx_array *f = stack_valid(gu, mm) ? mlp(mm, n2, gu) : mx_nn_forward(mm, n2);
   mx_array *y = mx_add(h, f);
   mx_array_free(n1);
   mx_array_free(r);
@@ -692,7 +837,7 @@ mx_array *mx__lm_llama_forward(mx_lm_model *m, mx_array *tokens, mx_lm_cache *ca
   if (!t) return NULL;
   int64_t T = mx_array_dim(t, 1);
   mx__lm_plan plan = {0};
-  fwd_ctx f = {cache, NULL, NULL, {NULL, NULL}, {false, false}, NULL, NULL, NULL};
+  fwd_ctx f = {cache, NULL, NULL, {NULL, NULL}, {false, false}, NULL, NULL, NULL, NULL};
   if (cache && cache->max_size) {
     if (mx__lm_plan_make(cache, T, &plan)) {
       mx__lm_plan_free(&plan);
@@ -725,7 +870,7 @@ mx_array *mx__lm_forward_static(mx_lm_model *m, mx_array *tokens, mx_array **key
                                 mx_array **values, mx_array *pos) {
   mx_array *t = forward_tokens(m, tokens);
   if (!t) return NULL;
-  fwd_ctx f = {NULL, NULL, NULL, {NULL, NULL}, {false, false}, pos, keys, values};
+  fwd_ctx f = {NULL, NULL, NULL, {NULL, NULL}, {false, false}, pos, keys, values, m->stacks};
   mx_array *y = logits_of(m->root, t, &f, m->rope_freqs, false);
   mx_array_free(t);
   return y;
@@ -734,7 +879,7 @@ mx_array *mx__lm_forward_static(mx_lm_model *m, mx_array *tokens, mx_array **key
 mx_array *mx__lm_forward_masked(mx_lm_model *m, mx_array *tokens, const bool *visible) {
   mx_array *t = forward_tokens(m, tokens);
   if (!t) return NULL;
-  fwd_ctx f = {NULL, NULL, visible, {NULL, NULL}, {false, false}, NULL, NULL, NULL};
+  fwd_ctx f = {NULL, NULL, visible, {NULL, NULL}, {false, false}, NULL, NULL, NULL, NULL};
   mx_array *y = logits_of(m->root, t, &f, m->rope_freqs, false);
   mx_array_free(f.mask[0]);
   mx_array_free(f.mask[1]);

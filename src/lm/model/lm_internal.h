@@ -7,11 +7,27 @@
 #include "internal.h"
 #include "mxc/lm.h"
 
+/* Projections that read the same input, stacked for decode steps (one
+ * GEMV instead of 2-3): q/k/v of an attention, gate/up of an MLP. The
+ * stacked arrays own the data; each part's module holds a row-slice view of
+ * them as its own parameter (the same values, no second copy), and the
+ * stack is used only while every part still holds exactly that view (a
+ * replaced or updated weight turns it off). */
+#define MX__LM_MAX_STACK 3
+typedef struct {
+  int n, nparams, group_size, bits; /* n == 0: not stacked */
+  const char *names[MX__LM_MAX_STACK]; /* the parts' child names */
+  mx_array *stack[3];                  /* weight [, scales, biases] of all rows */
+  mx_array *views[MX__LM_MAX_STACK][3]; /* retained: the parts' parameters */
+  int64_t rows[MX__LM_MAX_STACK];
+} mx__lm_stack;
+
 struct mx_lm_model {
   mx_lm_config config;
   mx_nn_module *root;  /* "Model": children model [, lm_head] */
   mx_tokenizer *tokenizer;
   mx_array *rope_freqs; /* llama3 rope scaling: periods (head_dim / 2,), else NULL */
+  mx__lm_stack *stacks; /* per layer [qkv, gate_up] (mx__lm_stack_projections), or NULL */
 };
 
 struct mx_lm_cache {
@@ -82,6 +98,11 @@ mx_array *mx__lm_llama_forward(mx_lm_model *m, mx_array *tokens, mx_lm_cache *ca
 bool mx__lm_static_ok(const mx_lm_model *m, int64_t capacity);
 mx_array *mx__lm_forward_static(mx_lm_model *m, mx_array *tokens, mx_array **keys,
                                 mx_array **values, mx_array *pos);
+/* Stacks each layer's q/k/v and gate/up projections (plain or quantized
+ * Linear layers without bias, see mx__lm_stack) for mx__lm_forward_static;
+ * a no-op once done. Layers that do not qualify keep their projections. */
+int mx__lm_stack_projections(mx_lm_model *m);
+void mx__lm_stacks_free(mx_lm_model *m);
 /* generate.c: decode steps run so far as replays of a captured graph. */
 uint64_t mx__lm_replayed_steps(void);
 /* The logits of tokens (B, T) without a cache, token i attending to token j

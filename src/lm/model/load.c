@@ -235,6 +235,7 @@ void mx_lm_free(mx_lm_model *m) {
   mx_nn_module_free(m->root);
   mx_tokenizer_free(m->tokenizer);
   mx_array_free(m->rope_freqs);
+  mx__lm_stacks_free(m);
   free(m);
 }
 
