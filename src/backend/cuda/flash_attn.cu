@@ -16,9 +16,13 @@
  * accumulated for every row: up to 8 rows with contiguous V rows, threads
  * are (key group, 8 features) with 16-byte loads and the groups are added
  * in order through shared memory; otherwise one thread per feature. Each
- * split writes its unnormalised accumulator with its (max, sum); a combine
- * kernel rescales and sums the splits. Splits are chosen to give the GPU
- * ~2 blocks per SM.
+ * split writes its unnormalised accumulator with its (max, sum); the last
+ * split of a block column to finish (an arrival counter per column) then
+ * rescales and sums the splits for its rows, so a decode step is one
+ * launch (a separate combine kernel when no counters are available).
+ * Splits are chosen to give the GPU ~2 blocks per SM; over a static cache
+ * (length on the device) the splits past the keys exit at once and the
+ * combine reads only those that hold keys.
  *
  * Prefill (Tq > 4), tiled flash attention: a block of 256 threads owns 64
  * query rows of one (b, head) and walks the keys in tiles of 32: Q, the K
@@ -116,8 +120,10 @@ template <class T, int RM>
 __global__ void __launch_bounds__(FD_THREADS)
     k_fa_decode(const typename T::S *__restrict__ q, const typename T::S *__restrict__ k,
                 const typename T::S *__restrict__ v, const void *__restrict__ mask,
-                float *__restrict__ po, float2 *__restrict__ pml, fa_geo g0, int CH) {
+                float *__restrict__ po, float2 *__restrict__ pml, fa_geo g0, int CH,
+                int *__restrict__ cnt, typename T::S *__restrict__ o) {
   extern __shared__ float fd_sm[];
+  __shared__ int fd_last;
   fa_geo g = g0;
   if (g.lenp) {
     int64_t n = (int64_t)*g.lenp + g.Tq;
@@ -261,7 +267,7 @@ __global__ void __launch_bounds__(FD_THREADS)
       int64_t h = hk * g.G + rr / g.Tq, t = rr % g.Tq;
       po[((int64_t)split * rows + (b * g.Hq + h) * g.Tq + t) * Dv + d] = red[i];
     }
-    return;
+    goto finish;
   }
   /* one thread per output feature */
   for (int d = tid; d < Dv; d += blockDim.x) {
@@ -281,6 +287,46 @@ __global__ void __launch_bounds__(FD_THREADS)
         int64_t h = hk * g.G + rr / g.Tq, t = rr % g.Tq;
         po[((int64_t)split * rows + (b * g.Hq + h) * g.Tq + t) * Dv + d] = acc[r];
       }
+  }
+finish:
+  /* cnt: the last split of this (batch x kv head, row group) to finish
+   * combines the splits for its rows, as k_fa_combine does (the same
+   * arithmetic, so the same bits), and resets its counter for the next
+   * launch; no second launch */
+  if (!cnt) return;
+  __threadfence();
+  __syncthreads();
+  const int used = (int)max((int64_t)1, (g.Tk + CH - 1) / CH);
+  if (tid == 0) {
+    int *cp = cnt + blockIdx.y * gridDim.z + blockIdx.z;
+    int prev = atomicAdd(cp, 1);
+    fd_last = prev == used - 1;
+    if (fd_last) *cp = 0;
+  }
+  __syncthreads();
+  if (!fd_last) return;
+  __threadfence();
+  for (int i = tid; i < nr * Dv; i += blockDim.x) {
+    int r = i / Dv, d = i - r * Dv;
+    int rr = r0 + r;
+    int64_t h = hk * g.G + rr / g.Tq, t = rr % g.Tq;
+    const int64_t row = (b * g.Hq + h) * g.Tq + t;
+    float M = -INFINITY;
+    for (int sp = 0; sp < used; sp++) M = fa_max(M, __ldcg(&pml[(int64_t)sp * rows + row]).x);
+    float l = 0.f;
+    for (int sp = 0; sp < used; sp++) {
+      float2 ml = __ldcg(&pml[(int64_t)sp * rows + row]);
+      float w = ml.x == -INFINITY ? 0.f : expf(ml.x - M);
+      l += w * ml.y;
+    }
+    float inv = l == 0.f ? NAN : 1.f / l;
+    float a = 0.f;
+    for (int sp = 0; sp < used; sp++) {
+      float2 ml = __ldcg(&pml[(int64_t)sp * rows + row]);
+      float w = ml.x == -INFINITY ? 0.f : expf(ml.x - M);
+      a += w * __ldcg(&po[((int64_t)sp * rows + row) * Dv + d]);
+    }
+    o[row * Dv + d] = T::st(a * inv);
   }
 }
 
@@ -687,6 +733,34 @@ static int run_prefill_tc(mx_array *out, const void *qp, const void *kp, const v
 /* ---- dispatch ---------------------------------------------------------------------- */
 static int g_sms;
 
+/* Arrival counters of the split-KV decode (one per block column, zero
+ * between launches: the last block resets its own), allocated and zeroed
+ * once outside any graph capture; NULL: combine in a second launch. */
+#define FD_COUNTERS 65536
+static int *g_fd_cnt;
+static int *fd_counters(cudaStream_t s, int64_t need) {
+  if (need > FD_COUNTERS) return NULL;
+  if (!g_fd_cnt) {
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(s, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone) {
+      cudaGetLastError();
+      return NULL;
+    }
+    int *p = NULL;
+    if (cudaMalloc(&p, sizeof(int) * FD_COUNTERS) != cudaSuccess) {
+      cudaGetLastError();
+      return NULL;
+    }
+    if (cudaMemsetAsync(p, 0, sizeof(int) * FD_COUNTERS, s) != cudaSuccess) {
+      cudaGetLastError();
+      cudaFree(p);
+      return NULL;
+    }
+    g_fd_cnt = p;
+  }
+  return g_fd_cnt;
+}
+
 template <class T, int RM>
 static int run_decode(mx_array *out, const void *qp, const void *kp, const void *vp,
                       const void *mp, const fa_geo &g) {
@@ -728,12 +802,14 @@ static int run_decode(mx_array *out, const void *qp, const void *kp, const void 
   const int64_t red = RM <= 8 && g.vvec ? RM * g.Dv : 0; /* vector accumulation */
   size_t smem = sizeof(float) * (size_t)(RM * g.D + RM * ch + red);
   dim3 grid((unsigned)nsplit, (unsigned)(g.B * g.Hkv), (unsigned)ngroups);
+  int *cnt = fd_counters(s, (int64_t)grid.y * grid.z);
+  typename T::S *op = (typename T::S *)out->buf->dptr;
   k_fa_decode<T, RM><<<grid, FD_THREADS, smem, s>>>(
       (const typename T::S *)qp, (const typename T::S *)kp, (const typename T::S *)vp, mp, po,
-      pml, gl, (int)ch);
-  k_fa_combine<T><<<(unsigned)rows, 128, 0, s>>>(po, pml, (typename T::S *)out->buf->dptr, rows,
-                                                 (int)g.Dv, (int)nsplit, g.lenp, g.Tq, g.Tk,
-                                                 (int)want, CHMAX);
+      pml, gl, (int)ch, cnt, op);
+  if (!cnt)
+    k_fa_combine<T><<<(unsigned)rows, 128, 0, s>>>(po, pml, op, rows, (int)g.Dv, (int)nsplit,
+                                                   g.lenp, g.Tq, g.Tk, (int)want, CHMAX);
   mx__buffer_release(pb); /* reused only by later work of the same stream */
   return 0;
 }

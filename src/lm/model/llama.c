@@ -186,7 +186,7 @@ static bool stack_valid(const mx__lm_stack *st, mx_nn_module *parent) {
 /* The stacked projection of x split into its parts out[0..n) (slice
  * views); false (nothing computed) when the stack is not valid. */
 static bool stack_apply(const mx__lm_stack *st, mx_nn_module *parent, mx_array *x,
-                        mx_array **out) {
+                        mx_array **out, mx_array **whole) {
   if (!stack_valid(st, parent)) return false;
   mx_array *y = st->nparams == 1
                     ? mx__nn_linear_apply(x, st->stack[0], NULL)
@@ -198,7 +198,8 @@ static bool stack_apply(const mx__lm_stack *st, mx_nn_module *parent, mx_array *
     out[i] = y ? mx_slice_axis(y, ax, r0, r0 + st->rows[i], 1) : NULL;
     r0 += st->rows[i];
   }
-  mx_array_free(y);
+  if (whole) *whole = y;
+  else mx_array_free(y);
   return true;
 }
 
@@ -374,7 +375,7 @@ static mx_array *attention(mx_nn_module *self, mx_array *x, fwd_ctx *f, int laye
   int64_t B = mx_array_dim(x, 0), L = mx_array_dim(x, 1);
   int64_t offset = cache ? cache->offset : 0;
   mx_array *q = NULL, *k = NULL, *v = NULL, *o = NULL, *out = NULL, *mask = NULL;
-  mx_array *pq = NULL, *pk = NULL, *pv = NULL;
+  mx_array *pq = NULL, *pk = NULL, *pv = NULL, *sqkv = NULL;
   if (c->fused_qkv) {
     int64_t nq = c->num_attention_heads * c->head_dim, nkv = c->num_key_value_heads * c->head_dim;
     mx_array *qkv = mx_nn_forward(mx_nn_child(self, "qkv_proj"), x);
@@ -385,7 +386,7 @@ static mx_array *attention(mx_nn_module *self, mx_array *x, fwd_ctx *f, int laye
     mx_array_free(qkv);
   } else {
     mx_array *p3[3];
-    if (f && f->stacks && stack_apply(&f->stacks[2 * layer], self, x, p3)) {
+    if (f && f->stacks && stack_apply(&f->stacks[2 * layer], self, x, p3, &sqkv)) {
       pq = p3[0], pk = p3[1], pv = p3[2];
     } else {
       pq = mx_nn_forward(mx_nn_child(self, "q_proj"), x);
@@ -397,9 +398,23 @@ static mx_array *attention(mx_nn_module *self, mx_array *x, fwd_ctx *f, int laye
   mx_nn_module *qn = c->qk_norm ? mx_nn_child(self, "q_norm") : NULL;
   mx_nn_module *kn = c->qk_norm ? mx_nn_child(self, "k_norm") : NULL;
   if (c->qk_norm && (!qn || !kn)) goto done;
+  v = heads(pv, c->num_key_value_heads, c->head_dim, NULL);
+  if (sqkv && !c->qk_norm && !c->longrope && f->pos) {
+    /* stacked q/k/v: q and k are adjacent heads of one projection, so one
+     * rope (the same positions) rotates both */
+    int64_t H = c->num_attention_heads, KV = c->num_key_value_heads;
+    mx_array *pqk = mx_slice_axis(sqkv, 2, 0, (H + KV) * c->head_dim, 1);
+    mx_array *hqk = pqk ? heads(pqk, H + KV, c->head_dim, NULL) : NULL;
+    mx_array *r = hqk ? rope(c, hqk, offset, f->pos, freqs) : NULL;
+    q = r ? mx_slice_axis(r, 1, 0, H, 1) : NULL;
+    k = r ? mx_slice_axis(r, 1, H, H + KV, 1) : NULL;
+    mx_array_free(pqk);
+    mx_array_free(hqk);
+    mx_array_free(r);
+    goto rotated;
+  }
   mx_array *hq = heads(pq, c->num_attention_heads, c->head_dim, qn);
   mx_array *hk = heads(pk, c->num_key_value_heads, c->head_dim, kn);
-  v = heads(pv, c->num_key_value_heads, c->head_dim, NULL);
   if (c->longrope) {
     q = longrope(c, hq, offset, L);
     k = longrope(c, hk, offset, L);
@@ -410,6 +425,7 @@ static mx_array *attention(mx_nn_module *self, mx_array *x, fwd_ctx *f, int laye
   }
   mx_array_free(hq);
   mx_array_free(hk);
+rotated:
   if (!q || !k || !v) goto done;
   if (f && f->pos) { /* static caches: written in place, keys up to pos + L */
     mx_array *ck = mx__store_at(f->skeys[layer], k, f->pos, 2);
@@ -464,6 +480,7 @@ project:
   out = mx_nn_forward(mx_nn_child(self, "o_proj"), or);
   mx_array_free(or);
 done:
+  mx_array_free(sqkv);
   mx_array_free(pq);
   mx_array_free(pk);
   mx_array_free(pv);
@@ -495,7 +512,7 @@ static mx_array *mlp(mx_nn_module *self, mx_array *x, const mx__lm_stack *st) {
     g = gu ? mx_slice_axis(gu, ax, 0, I, 1) : NULL;
     u = gu ? mx_slice_axis(gu, ax, I, 2 * I, 1) : NULL;
     mx_array_free(gu);
-  } else if (st && stack_apply(st, self, x, p2)) {
+  } else if (st && stack_apply(st, self, x, p2, NULL)) {
     g = p2[0], u = p2[1];
   } else {
     g = mx_nn_forward(mx_nn_child(self, "gate_proj"), x);
