@@ -642,9 +642,9 @@ TEST(half_precision_gemv_equals_cpu) {
   const int64_t cases[][4] = {/* M, K, N, transposed */
                               {1, 2048, 3000, 1}, {1, 8192, 700, 1}, {1, 24, 5, 1},
                               {1, 1000, 130, 1},  {1, 36, 40, 1},    {1, 256, 300, 0},
-                              {2, 512, 64, 1}};
+                              {2, 512, 64, 1},    {1, 2056, 37, 1},  {1, 4104, 301, 1}};
   mx_dtype dts[] = {MX_BFLOAT16, MX_FLOAT16};
-  for (int c = 0; c < 7; c++)
+  for (int c = 0; c < 9; c++)
     for (int d = 0; d < 2; d++) {
       int64_t M = cases[c][0], K = cases[c][1], N = cases[c][2];
       mx_array *x32 = normal((int64_t[]){1, M, K}, 3, 1, 3), *w32 = NULL, *wt = NULL;

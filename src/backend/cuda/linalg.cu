@@ -141,6 +141,45 @@ __global__ void __launch_bounds__(GV_WARPS * 32)
   if (lane == 0) o[row] = T::st(acc);
 }
 
+/* Rows longer than one batch a lane (K > 2048: the MLP's down projection)
+ * split over P warps of the block, each with its own batch of loads in
+ * flight (one warp walked its 8192-wide row in 4 dependent batches, ~1.9
+ * TB/s on an H100); the P partial sums are added in order. */
+template <class T, int P>
+__global__ void __launch_bounds__(GV_WARPS * 32)
+    k_gemv_split(const uint4 *__restrict__ w, const uint4 *__restrict__ x,
+                 typename T::S *__restrict__ o, int64_t N, int64_t K8, int64_t ldw8) {
+  __shared__ float part[GV_WARPS];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t row = (int64_t)blockIdx.x * (GV_WARPS / P) + warp / P;
+  const int64_t per = (K8 + P - 1) / P, s0 = (warp % P) * per;
+  const int64_t s1 = s0 + per < K8 ? s0 + per : K8;
+  float acc = 0.f;
+  if (row < N) {
+    const uint4 *wr = w + row * ldw8;
+    int64_t s = s0 + lane;
+    for (; s + 32 * (GV_BATCH - 1) < s1; s += 32 * GV_BATCH) {
+      uint4 a[GV_BATCH];
+#pragma unroll
+      for (int u = 0; u < GV_BATCH; u++) a[u] = __ldg(wr + s + 32 * u);
+#pragma unroll
+      for (int u = 0; u < GV_BATCH; u++) acc = gv_dot8<T>(a[u], __ldg(x + s + 32 * u), acc);
+    }
+    for (; s < s1; s += 32) acc = gv_dot8<T>(__ldg(wr + s), __ldg(x + s), acc);
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  if (lane == 0) part[warp] = acc;
+  __syncthreads();
+  if (threadIdx.x < GV_WARPS / P) {
+    const int64_t r = (int64_t)blockIdx.x * (GV_WARPS / P) + threadIdx.x;
+    float v = 0.f;
+#pragma unroll
+    for (int q = 0; q < P; q++) v += part[threadIdx.x * P + q];
+    if (r < N) o[r] = T::st(v);
+  }
+}
+
 /* out (1 x N) = a (1 x K) @ b (K x N) with b's K axis contiguous (W^T of a
  * row-major W); false: not this case (cuBLAS runs it). */
 static bool gemv(mx_array *out, mx_array *a, mx_array *b, const mx__matmul_params *p, int *st) {
@@ -160,6 +199,24 @@ static bool gemv(mx_array *out, mx_array *a, mx_array *b, const mx__matmul_param
     if (b->shape[d] != 1) return false;
   unsigned nb = (unsigned)((N + GV_WARPS - 1) / GV_WARPS);
   cudaStream_t s = mx__cuda_stream();
+  const int64_t K8 = K / 8;
+  if (K8 > 32 * GV_BATCH && N <= 2 * 2147483647LL) { /* split: 2 warps a row up to 4096, else 4 */
+    const bool four = K8 > 2 * 32 * GV_BATCH;
+    const int64_t rows = four ? GV_WARPS / 4 : GV_WARPS / 2;
+    const unsigned nbs = (unsigned)((N + rows - 1) / rows);
+    uint16_t *op = (uint16_t *)out->buf->dptr;
+    const uint4 *wp = (const uint4 *)bp, *xp = (const uint4 *)ap;
+    if (dt == MX_BFLOAT16 && four)
+      k_gemv_split<TBF16, 4><<<nbs, GV_WARPS * 32, 0, s>>>(wp, xp, op, N, K8, ns / 8);
+    else if (dt == MX_BFLOAT16)
+      k_gemv_split<TBF16, 2><<<nbs, GV_WARPS * 32, 0, s>>>(wp, xp, op, N, K8, ns / 8);
+    else if (four)
+      k_gemv_split<TF16, 4><<<nbs, GV_WARPS * 32, 0, s>>>(wp, xp, op, N, K8, ns / 8);
+    else
+      k_gemv_split<TF16, 2><<<nbs, GV_WARPS * 32, 0, s>>>(wp, xp, op, N, K8, ns / 8);
+    *st = mx__cuda_launched("matmul");
+    return true;
+  }
   if (dt == MX_BFLOAT16)
     k_gemv<TBF16><<<nb, GV_WARPS * 32, 0, s>>>((const uint4 *)bp, (const uint4 *)ap,
                                                (uint16_t *)out->buf->dptr, N, K / 8, ns / 8);
