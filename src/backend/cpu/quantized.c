@@ -928,13 +928,11 @@ QG_TARGET_BF16 static void q4_rows_bf16(const uint32_t *x, const float *xs,
                                         const uint8_t *pf, float *res) {
   int64_t K = G * gs;
   const int sh = gs == 32 ? 2 : gs == 64 ? 3 : 4;
-  /* word 2L + 1 <- the scale of lane L's group; even words zero */
-  __m512i widx = _mm512_setzero_si512();
-  {
-    uint16_t t[32] = {0};
-    for (int L = 0; L < 16; L++) t[2 * L + 1] = (uint16_t)(L >> sh);
-    widx = _mm512_loadu_si512(t);
-  }
+  /* word 2L + 1 <- the scale of lane L's group (even words: unused) */
+  const __m512i widx = _mm512_slli_epi32(
+      _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                        (unsigned)sh),
+      16);
   const __mmask32 odd = 0xAAAAAAAAu;
   const __mmask32 gmask = (__mmask32)((1u << (128 / gs)) - 1u);
   /* byte 2m of each qword: bit offset 16k + 4m; odd bytes are masked off */
@@ -1022,6 +1020,10 @@ static void qgemv_bf16_chunk(void *vctx, int64_t r0, int64_t r1) {
       wr[r] = c->w + n * rb;
       sr[r] = c->s + n * G;
       br[r] = c->b + n * G;
+    }
+    if (nr == QG_ROWS) { /* straight into the output */
+      q4_rows_bf16(c->x, c->xs, wr, sr, br, G, c->gs, pf, c->out + n0);
+      continue;
     }
     float res[QG_ROWS];
     q4_rows_bf16(c->x, c->xs, wr, sr, br, G, c->gs, pf, res);
