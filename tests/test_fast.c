@@ -240,6 +240,8 @@ static const sdpa_cfg SDPA_CASES[] = {
     {2, 4, 2, 19, 131, 40, 40, false, 2, 2},    /* boolean (Tq, Tk) */
     {1, 4, 4, 12, 12, 8, 8, true, 2, 4},        /* boolean full + causal */
     {1, 2, 1, 130, 130, 80, 80, true, 0, 0},    /* many row blocks */
+    {1, 8, 1, 1, 5, 96, 96, false, 0, 0},       /* decode, 8 heads per kv head, 5 keys */
+    {2, 8, 2, 2, 48, 64, 64, false, 0, 0},      /* 2 queries x 4 heads per kv head */
 };
 
 TEST(sdpa_matches_composition) {
@@ -257,6 +259,72 @@ TEST(sdpa_matches_composition) {
                  mx_dtype_name(FLOATS[d]), (int)i, e, mx_last_error());
       mx_array_free_n(in, 4);
     }
+}
+
+/* Decode-shaped attention in bfloat16 (few query rows per kv head: on CPUs
+ * with AVX512-BF16 the bf16 dot-product kernel, else — and under
+ * MXC_BF16_DOT=0, which ctest also runs — the float path) against float64
+ * on the same bf16 values, with sharp attention (scores spread over several
+ * units, so every key, block and the scale matter): head sizes 64, 96, 128,
+ * 1 to 8 query rows per kv head, 1 to 300 keys (partial key blocks). */
+TEST(sdpa_decode_bf16_matches_float64) {
+  const struct {
+    int64_t G, Tq, Tk, D;
+    bool causal;
+  } cs[] = {{4, 1, 300, 64, true}, {4, 1, 17, 128, false}, {8, 1, 1, 96, false},
+            {2, 2, 16, 64, false}, {1, 1, 33, 64, true}, {4, 2, 129, 128, false}};
+  const int64_t B = 2, Hkv = 2;
+  for (size_t ci = 0; ci < sizeof cs / sizeof *cs; ci++) {
+    int64_t G = cs[ci].G, Tq = cs[ci].Tq, Tk = cs[ci].Tk, D = cs[ci].D, Hq = G * Hkv;
+    mx_array *kq = mx_random_key(70 + ci), *kk = mx_random_key(80 + ci), *kv = mx_random_key(90 + ci);
+    mx_array *q = mx_random_normal((int64_t[]){B, Hq, Tq, D}, 4, MX_BFLOAT16, 0, 2, kq);
+    mx_array *k = mx_random_normal((int64_t[]){B, Hkv, Tk, D}, 4, MX_BFLOAT16, 0, 1, kk);
+    mx_array *v = mx_random_normal((int64_t[]){B, Hkv, Tk, D}, 4, MX_BFLOAT16, 0, 1, kv);
+    double scale = 1.0 / sqrt((double)D);
+    mx_array *o = mx_fast_scaled_dot_product_attention(q, k, v, scale, NULL, cs[ci].causal);
+    ASSERT_NOT_NULL(o);
+    ASSERT_OK(mx_array_eval(o));
+    ASSERT_EQ_INT(mx_array_dtype(o), MX_BFLOAT16);
+    double *qv = malloc(sizeof(double) * (size_t)(B * Hq * Tq * D));
+    double *kd = malloc(sizeof(double) * (size_t)(B * Hkv * Tk * D));
+    double *vd = malloc(sizeof(double) * (size_t)(B * Hkv * Tk * D));
+    double *od = malloc(sizeof(double) * (size_t)(B * Hq * Tq * D)), *w = malloc(sizeof(double) * (size_t)Tk);
+    ASSERT_OK(mx_array_copy_to(q, MX_FLOAT64, qv, B * Hq * Tq * D));
+    ASSERT_OK(mx_array_copy_to(k, MX_FLOAT64, kd, B * Hkv * Tk * D));
+    ASSERT_OK(mx_array_copy_to(v, MX_FLOAT64, vd, B * Hkv * Tk * D));
+    ASSERT_OK(mx_array_copy_to(o, MX_FLOAT64, od, B * Hq * Tq * D));
+    double worst = 0;
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t h = 0; h < Hq; h++)
+        for (int64_t t = 0; t < Tq; t++) {
+          const double *qr = qv + ((b * Hq + h) * Tq + t) * D;
+          int64_t hk = h / G, kend = cs[ci].causal ? Tk - Tq + t + 1 : Tk;
+          double mx = -INFINITY, sum = 0;
+          for (int64_t j = 0; j < kend; j++) {
+            const double *kr = kd + ((b * Hkv + hk) * Tk + j) * D;
+            double sc = 0;
+            for (int64_t d = 0; d < D; d++) sc += qr[d] * kr[d];
+            w[j] = sc * scale;
+            mx = fmax(mx, w[j]);
+          }
+          for (int64_t j = 0; j < kend; j++) sum += (w[j] = exp(w[j] - mx));
+          for (int64_t d = 0; d < D; d++) {
+            double ref = 0;
+            for (int64_t j = 0; j < kend; j++) ref += w[j] / sum * vd[((b * Hkv + hk) * Tk + j) * D + d];
+            double got = od[((b * Hq + h) * Tq + t) * D + d];
+            /* the output's rounding (half a bf16 step) in full, plus float32 sums */
+            worst = fmax(worst, fabs(got - ref) - fabs(ref) / 256);
+          }
+        }
+    ASSERT_MSG(worst < 1e-4, "case %d (G %lld Tq %lld Tk %lld D %lld): error %g", (int)ci,
+               (long long)G, (long long)Tq, (long long)Tk, (long long)D, worst);
+    free(qv);
+    free(kd);
+    free(vd);
+    free(od);
+    free(w);
+    mx_array_free_n((mx_array *[]){kq, kk, kv, q, k, v, o}, 7);
+  }
 }
 
 /* Large logits: the online softmax must not overflow. */

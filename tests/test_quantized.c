@@ -446,6 +446,68 @@ TEST(half_decode_long_rows) {
     }
 }
 
+/* 4-bit decode with bfloat16 activations (one row of x, K a multiple of
+ * 128): on CPUs with AVX-512 BF16 and VBMI it runs on the bf16 dot-product
+ * kernel (nibbles as the bf16 numbers 128 + q, the offset folded into the
+ * biases); elsewhere, and under MXC_BF16_DOT=0 (ctest runs this file both
+ * ways), on the float kernel. The weight is bfloat16, so are its scales and
+ * the output (float32 scales would promote x to float32 first). Both must
+ * agree with float64 within the output's rounding plus float32 rounding,
+ * for every group size, with rows that are not a multiple of the kernel's
+ * 4, x off-centre (the bias term matters), biases large next to the
+ * scales, and whatever the thread count. */
+TEST(qmm_decode_bf16_activations) {
+  const int gss[3] = {32, 64, 128};
+  const int64_t Ks[3] = {128, 640, 2048}, Ns[3] = {1, 45, 203};
+  mx_array *key = mx_random_key(17);
+  for (int gi = 0; gi < 3; gi++)
+    for (int ki = 0; ki < 3; ki++) {
+      int64_t K = Ks[ki], N = Ns[(gi + ki) % 3];
+      int gs = gss[gi];
+      mx_array *k1 = mx_random_key((uint64_t)(50 + gi * 3 + ki)), *k2 = mx_random_key(60);
+      mx_array *w0 = mx_random_normal((int64_t[]){N, K}, 2, MX_BFLOAT16, 0, 0.05, k1);
+      mx_array *w = mx_add_scalar(w0, 0.2); /* all-positive groups: biases >> scales */
+      mx_array *x = mx_random_normal((int64_t[]){1, K}, 2, MX_BFLOAT16, 0.5, 1, k2);
+      mx_array *wq, *s, *b;
+      ASSERT_OK(mx_quantize(w, gs, 4, &wq, &s, &b));
+      mx_array *got = mx_quantized_matmul(x, wq, s, b, true, gs, 4);
+      ASSERT_NOT_NULL(got);
+      ASSERT_OK(mx_array_eval(got));
+      ASSERT_EQ_INT(mx_array_dtype(s), MX_BFLOAT16);
+      ASSERT_EQ_INT(mx_array_dtype(got), MX_BFLOAT16);
+      mx_array *s32 = mx_astype(s, MX_FLOAT32), *b32 = mx_astype(b, MX_FLOAT32);
+      mx_array *d = mx_dequantize(wq, s32, b32, gs, 4); /* float32: no rounding to bf16 */
+      ASSERT_OK(mx_array_eval(d));
+      double *xv = malloc(sizeof(double) * (size_t)K), *dv = malloc(sizeof(double) * (size_t)(N * K));
+      double *gv = malloc(sizeof(double) * (size_t)N), worst = 0;
+      ASSERT_OK(mx_array_copy_to(x, MX_FLOAT64, xv, K));
+      ASSERT_OK(mx_array_copy_to(d, MX_FLOAT64, dv, N * K));
+      ASSERT_OK(mx_array_copy_to(got, MX_FLOAT64, gv, N));
+      for (int64_t n = 0; n < N; n++) {
+        double acc = 0, mag = 0;
+        for (int64_t k = 0; k < K; k++) {
+          acc += xv[k] * dv[n * K + k];
+          mag += fabs(xv[k] * dv[n * K + k]);
+        }
+        /* the output's rounding (half a bf16 step, 2^-8 relative) is allowed in full */
+        worst = fmax(worst, (fabs(gv[n] - acc) - fabs(acc) / 256) / mag);
+      }
+      ASSERT_MSG(worst < 1e-6, "gs %d K %lld N %lld: error %g", gs, (long long)K, (long long)N,
+                 worst);
+      int nt = mx_get_num_threads();
+      mx_set_num_threads(nt > 1 ? 1 : 3);
+      mx_array *got1 = mx_quantized_matmul(x, wq, s, b, true, gs, 4);
+      ASSERT_OK(mx_array_eval(got1));
+      mx_set_num_threads(nt);
+      ASSERT_MSG(max_rel_diff(got1, got) == 0, "result depends on the thread count");
+      free(xv);
+      free(dv);
+      free(gv);
+      mx_array_free_n((mx_array *[]){k1, k2, w0, w, x, wq, s, b, got, s32, b32, d, got1}, 13);
+    }
+  mx_array_free(key);
+}
+
 /* ---- gradients ------------------------------------------------------------------------- */
 
 typedef struct {

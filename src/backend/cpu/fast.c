@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "cpu.h"
+#include "gemm_bf16.h"
 #include "ops/fast_params.h"
 #include "types.h"
 
@@ -843,6 +844,148 @@ static void sdpa_tasks_f32(void *c_, int64_t t0, int64_t t1) {
   free(buf);
 }
 
+/* ---- decode with bf16 q, k and v on the bf16 dot-product instruction ---------
+ * One task per kv head; its G * Tq <= 8 query rows (GQA: the query heads
+ * sharing it) meet every key in blocks of 16. Scores: q . k on vdpbf16ps
+ * (pairs of bf16 products, exact in float32, float32 sums; q is not
+ * pre-scaled, so its bf16 values are used as they are and the scale is
+ * applied to the score), the 16 per-key partial vectors of a row folded
+ * into one vector of 16 scores by a transpose-and-add tree. Then the online
+ * softmax of the float path and P V in float32 (the probabilities are not
+ * rounded to bf16), with the value rows widened once per block. Reads each
+ * key and value once, with no float32 copy of them: decode attention over a
+ * long cache becomes bound by memory rather than by conversions. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define SDPA_DEC_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")))
+#define SDPA_DEC_MAXR 8
+
+/* r[j] = sum of the lanes of a[j], j < 16 */
+SDPA_DEC_TARGET static inline __m512 fold16(const __m512 *a) {
+  __m512 w[4];
+  for (int g = 0; g < 4; g++) {
+    const __m512 *v = a + 4 * g;
+    __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(v[0], v[1]), _mm512_unpackhi_ps(v[0], v[1]));
+    __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(v[2], v[3]), _mm512_unpackhi_ps(v[2], v[3]));
+    /* per 128-bit lane: the lane's sums of v0..v3 */
+    w[g] = _mm512_add_ps(_mm512_shuffle_ps(s01, s23, 0x44), _mm512_shuffle_ps(s01, s23, 0xEE));
+  }
+  __m512 y01 = _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], 0x44),
+                             _mm512_shuffle_f32x4(w[0], w[1], 0xEE));
+  __m512 y23 = _mm512_add_ps(_mm512_shuffle_f32x4(w[2], w[3], 0x44),
+                             _mm512_shuffle_f32x4(w[2], w[3], 0xEE));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(y01, y23, 0x88),
+                       _mm512_shuffle_f32x4(y01, y23, 0xDD));
+}
+
+/* The task body for head size D (a constant in the instances below, so the
+ * per-key loops unroll and their accumulators stay in registers). */
+SDPA_DEC_TARGET __attribute__((always_inline)) static inline void sdpa_decode_bf16_body(
+    sdpa_ctx *c, int64_t t0, int64_t t1, const int64_t D) {
+  const int64_t G = c->G, Tq = c->Tq, Tk = c->Tk, nr = G * Tq;
+  const mx_array *q = c->q, *k = c->k, *v = c->v;
+  const int64_t nc = D / 32; /* 32-value chunks of a row */
+  float scale = (float)c->p->scale;
+  float s[SDPA_DEC_MAXR][16], m[SDPA_DEC_MAXR], l[SDPA_DEC_MAXR];
+  float O[SDPA_DEC_MAXR * 256], Vf[16 * 256];
+  const uint16_t *qr[SDPA_DEC_MAXR];
+  int64_t rh[SDPA_DEC_MAXR], rt[SDPA_DEC_MAXR];
+  mx_dtype odt = c->out->dtype;
+  int64_t oes = (int64_t)mx_dtype_size(odt);
+  for (int64_t bh = t0; bh < t1; bh++) {
+    int64_t b = bh / c->Hkv, hk = bh % c->Hkv;
+    for (int64_t i = 0; i < nr; i++) {
+      rt[i] = i / G;
+      rh[i] = hk * G + i % G;
+      qr[i] = (const uint16_t *)mx__data(q) + b * q->strides[0] + rh[i] * q->strides[1] +
+              rt[i] * q->strides[2];
+      m[i] = -INFINITY;
+      l[i] = 0;
+    }
+    memset(O, 0, sizeof(float) * (size_t)(nr * D));
+    const uint16_t *kb = (const uint16_t *)mx__data(k) + b * k->strides[0] + hk * k->strides[1];
+    const uint16_t *vb = (const uint16_t *)mx__data(v) + b * v->strides[0] + hk * v->strides[1];
+    const int64_t ldk = k->strides[2], ldv = v->strides[2];
+    for (int64_t j0 = 0; j0 < Tk; j0 += 16) {
+      int64_t nk = MX_MIN(16, Tk - j0);
+      for (int64_t j = 0; j < nk; j += 4) /* the next block's keys and values */
+        for (int64_t o = 0; o < D * 2; o += 64) {
+          _mm_prefetch((const char *)(kb + (j0 + 16 + j) * ldk) + o, _MM_HINT_T0);
+          _mm_prefetch((const char *)(vb + (j0 + 16 + j) * ldv) + o, _MM_HINT_T0);
+        }
+      for (int64_t i = 0; i < nr; i++) {
+        __m512 acc[16];
+        for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
+        for (int64_t ch = 0; ch < nc; ch++) {
+          __m512bh qv = (__m512bh)_mm512_loadu_si512(qr[i] + 32 * ch);
+          for (int j = 0; j < 16; j++) /* past the end: the last key again, masked below */
+            acc[j] = _mm512_dpbf16_ps(
+                acc[j],
+                (__m512bh)_mm512_loadu_si512(kb + (j0 + MX_MIN(j, nk - 1)) * ldk + 32 * ch), qv);
+        }
+        __m512 sc = _mm512_mul_ps(fold16(acc), _mm512_set1_ps(scale));
+        /* keys past the end: -inf */
+        sc = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), (__mmask16)((1u << nk) - 1u), sc);
+        _mm512_storeu_ps(s[i], sc);
+      }
+      /* the block's values, widened once */
+      for (int64_t j = 0; j < nk; j++)
+        for (int64_t d = 0; d < D; d += 16) {
+          __m256i h = _mm256_loadu_si256((const __m256i *)(vb + (j0 + j) * ldv + d));
+          _mm512_storeu_ps(Vf + j * D + d,
+                           _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+        }
+      for (int64_t i = 0; i < nr; i++) {
+        float mx = row_max(s[i], nk);
+        float mnew = mx > m[i] ? mx : m[i];
+        float alpha = expf(m[i] - mnew);
+        l[i] = l[i] * alpha + row_exp_sum(s[i], nk, mnew);
+        m[i] = mnew;
+        float *o = O + i * D;
+        __m512 al = _mm512_set1_ps(alpha), a[16]; /* the row in registers: D / 16 chains */
+        const int64_t nd = D / 16;
+        for (int64_t dd = 0; dd < nd; dd++) a[dd] = _mm512_mul_ps(_mm512_loadu_ps(o + 16 * dd), al);
+        for (int64_t j = 0; j < nk; j++) {
+          __m512 pj = _mm512_set1_ps(s[i][j]);
+          for (int64_t dd = 0; dd < nd; dd++)
+            a[dd] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(Vf + j * D + 16 * dd), a[dd]);
+        }
+        for (int64_t dd = 0; dd < nd; dd++) _mm512_storeu_ps(o + 16 * dd, a[dd]);
+      }
+    }
+    for (int64_t i = 0; i < nr; i++) {
+      float *o = O + i * D;
+      float inv = Tk == 0 ? 0.0f : 1.0f / l[i];
+      for (int64_t d = 0; d < D; d++) o[d] *= inv;
+      int64_t orow = ((b * c->Hq + rh[i]) * Tq + rt[i]) * D;
+      store_f32((char *)mx__data(c->out) + orow * oes, odt, o, D);
+    }
+  }
+}
+
+SDPA_DEC_TARGET __attribute__((noinline)) static void sdpa_decode_bf16_task(void *c_, int64_t t0,
+                                                                           int64_t t1) {
+  sdpa_ctx *c = c_;
+  switch (c->D) {
+    case 64: sdpa_decode_bf16_body(c, t0, t1, 64); break;
+    case 128: sdpa_decode_bf16_body(c, t0, t1, 128); break;
+    default: sdpa_decode_bf16_body(c, t0, t1, c->D); break;
+  }
+}
+
+/* Whether sdpa_decode_bf16_task applies: bf16 q, k, v with contiguous rows,
+ * D = Dv a multiple of 32 up to 256, at most 8 query rows per kv head, no
+ * mask, and causal only for one query (then every key is visible). */
+static bool sdpa_decode_bf16_ok(const sdpa_ctx *c) {
+  const mx_array *q = c->q, *k = c->k, *v = c->v;
+  return q->dtype == MX_BFLOAT16 && k->dtype == MX_BFLOAT16 && v->dtype == MX_BFLOAT16 &&
+         q->strides[3] == 1 && k->strides[3] == 1 && v->strides[3] == 1 && c->D == c->Dv &&
+         c->D % 32 == 0 && c->D <= 256 && c->G * c->Tq <= SDPA_DEC_MAXR &&
+         c->p->mask_kind == MX__SDPA_MASK_NONE && (!c->p->causal || c->Tq == 1) && c->Tk > 0 &&
+         mx__cpu_has_bf16_dot();
+}
+#endif
+
 /* float64: one query row at a time, exact two-pass softmax. */
 static void sdpa_rows_f64(void *c_, int64_t r0, int64_t r1) {
   sdpa_ctx *c = c_;
@@ -917,6 +1060,12 @@ static int k_sdpa(mx_array *out, mx_array **in) {
     int64_t work = MX_MAX(1, c.Tk * (c.D + c.Dv));
     mx__parallel_for(rows, MX_MAX(1, 65536 / work), sdpa_rows_f64, &c);
   } else {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (sdpa_decode_bf16_ok(&c)) {
+      mx__parallel_for(c.B * c.Hkv, 1, sdpa_decode_bf16_task, &c);
+      return MX_OK;
+    }
+#endif
     c.nblk = (c.G * c.Tq + SDPA_BQ - 1) / SDPA_BQ;
     bool once = c.nblk > 2; /* K/V read by many tasks: convert them once */
     s = make_kv_view(k, once, &c.kv);

@@ -892,6 +892,174 @@ QG_TARGET_VNNI static void q4_rows_vnni(const float *x, const uint8_t *const *wr
   res[3] = _mm512_reduce_add_ps(c3) + corr[3];
 }
 
+/* ---- 4-bit decode with bf16 activations on the bf16 dot-product instruction ----------
+ * When x is bfloat16 (a bf16 model's activations) and so are the scales and
+ * biases, each packed nibble q is turned into the bf16 number 128 + q,
+ * whose bit pattern is 0x4300 | q (at 128 a bf16 step is 1): vpmultishiftqb
+ * moves nibbles into the low byte of 16-bit words and one vpternlogd keeps
+ * the nibble and sets the 0x43 exponent byte. vdpbf16ps then multiplies
+ * pairs of those with pairs of x exactly (bf16 x bf16 fits float32) and
+ * adds in float32, so per 32 weights it costs one shuffle, one logic op and
+ * one dot product, where the float path spends a shift, a shuffle and a
+ * multiply-add per 16. The offset comes out with the bias term:
+ * s (D - 128 Sx) + b Sx = s D + (b - 128 s) Sx per group (D the dot with
+ * 128 + q, Sx the group's sum of x). The results equal the float path's up
+ * to float32 rounding. Scales and biases are read in place as bf16 (a
+ * masked vpermw puts each group's scale in the high half of its lanes: that
+ * is its float32 value), and the bias term is summed in the same call, so
+ * nothing per row is left to scalar code.
+ *
+ * A 64-byte load holds 128 values; qword Q holds values 16Q..16Q+15 (value
+ * 16Q + i at bit 4i). Pass k (0..3) takes values 16Q + 4k .. 16Q + 4k + 3
+ * into qword Q's four 16-bit words, i.e. the pairs (16Q + 4k + 2h,
+ * 16Q + 4k + 2h + 1) into 32-bit lane 2Q + h. x is laid out to meet them:
+ * per block of 128 values, four vectors of 16 bf16 pairs, vector k lane L
+ * holding pair 8 (L >> 1) + 2k + (L & 1) of the block. Lane L covers values
+ * 16 (L >> 1) .. of the block, so its group is L >> log2(gs / 8), as in
+ * q4_rows_512. */
+#define QG_TARGET_BF16                                                                    \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512bf16,avx2,fma"), noinline))
+
+/* nr = 4 rows (missing ones repeat the first); x: qg_x_bf16's layout; xs:
+ * the G group sums of x; s, b: each row's G bf16 scales and biases. */
+QG_TARGET_BF16 static void q4_rows_bf16(const uint32_t *x, const float *xs,
+                                        const uint8_t *const *wr, const uint16_t *const *sr,
+                                        const uint16_t *const *br, int64_t G, int gs,
+                                        const uint8_t *pf, float *res) {
+  int64_t K = G * gs;
+  const int sh = gs == 32 ? 2 : gs == 64 ? 3 : 4;
+  /* word 2L + 1 <- the scale of lane L's group (even words: unused) */
+  const __m512i widx = _mm512_slli_epi32(
+      _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                        (unsigned)sh),
+      16);
+  const __mmask32 odd = 0xAAAAAAAAu;
+  const __mmask32 gmask = (__mmask32)((1u << (128 / gs)) - 1u);
+  /* byte 2m of each qword: bit offset 16k + 4m; odd bytes are masked off */
+  const __m512i ctl0 = _mm512_set1_epi64(0x000C000800040000LL);
+  const __m512i ctl1 = _mm512_set1_epi64(0x001C001800140010LL);
+  const __m512i ctl2 = _mm512_set1_epi64(0x002C002800240020LL);
+  const __m512i ctl3 = _mm512_set1_epi64(0x003C003800340030LL);
+  const __m512i nib = _mm512_set1_epi32(0x000F000F), expo = _mm512_set1_epi32(0x43004300);
+  const uint8_t *w0 = wr[0], *w1 = wr[1], *w2 = wr[2], *w3 = wr[3];
+  __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+  for (int64_t k = 0; k < K; k += 128) {
+    int64_t o = k / 2, g0 = k / gs;
+    _mm_prefetch((const char *)(pf + 4 * o), _MM_HINT_T0);
+    _mm_prefetch((const char *)(pf + 4 * o + 64), _MM_HINT_T0);
+    _mm_prefetch((const char *)(pf + 4 * o + 128), _MM_HINT_T0);
+    _mm_prefetch((const char *)(pf + 4 * o + 192), _MM_HINT_T0);
+    const uint32_t *xb = x + o; /* 64 pairs per block */
+    __m512bh x0 = (__m512bh)_mm512_loadu_si512(xb), x1 = (__m512bh)_mm512_loadu_si512(xb + 16);
+    __m512bh x2 = (__m512bh)_mm512_loadu_si512(xb + 32);
+    __m512bh x3 = (__m512bh)_mm512_loadu_si512(xb + 48);
+#define QB16_W(V, CTL) \
+  (__m512bh) _mm512_ternarylogic_epi32(_mm512_multishift_epi64_epi8(CTL, V), nib, expo, 0xEA)
+#define QB16(W, R, C)                                                                      \
+  {                                                                                        \
+    __m512i v = _mm512_loadu_si512(W + o);                                                 \
+    __m512 t0 = _mm512_dpbf16_ps(_mm512_setzero_ps(), QB16_W(v, ctl0), x0);                \
+    __m512 t1 = _mm512_dpbf16_ps(_mm512_setzero_ps(), QB16_W(v, ctl1), x1);                \
+    t0 = _mm512_dpbf16_ps(t0, QB16_W(v, ctl2), x2);                                        \
+    t1 = _mm512_dpbf16_ps(t1, QB16_W(v, ctl3), x3);                                        \
+    __m512i sw = _mm512_maskz_loadu_epi16(gmask, sr[R] + g0);                              \
+    C = _mm512_fmadd_ps(_mm512_add_ps(t0, t1),                                             \
+                        _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(odd, widx, sw)), \
+                        C);                                                                \
+  }
+    QB16(w0, 0, c0)
+    QB16(w1, 1, c1)
+    QB16(w2, 2, c2)
+    QB16(w3, 3, c3)
+#undef QB16
+#undef QB16_W
+  }
+  /* the bias term, sum_g (b_g - 128 s_g) Sx_g, 16 groups at a time */
+  for (int r = 0; r < 4; r++) {
+    __m512 cb = _mm512_setzero_ps(), cs = cb;
+    for (int64_t g = 0; g < G; g += 16) {
+      __mmask16 m = (__mmask16)(G - g >= 16 ? 0xFFFFu : (1u << (G - g)) - 1u);
+      __m512 xv = _mm512_maskz_loadu_ps(m, xs + g);
+      __m512i bw = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, br[r] + g));
+      __m512i sw = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, sr[r] + g));
+      cb = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(bw, 16)), xv, cb);
+      cs = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(sw, 16)), xv, cs);
+    }
+    __m512 c = r == 0 ? c0 : r == 1 ? c1 : r == 2 ? c2 : c3;
+    res[r] = _mm512_reduce_add_ps(_mm512_fmadd_ps(cs, _mm512_set1_ps(-128.0f), _mm512_add_ps(c, cb)));
+  }
+}
+
+typedef struct {
+  const uint32_t *x; /* qg_x_bf16's layout */
+  const float *xs;   /* (G) */
+  const uint8_t *w;  /* (N, K / 2) */
+  const uint16_t *s, *b; /* (N, G) bf16 */
+  float *out;        /* (N) */
+  int64_t N, K;
+  int gs;
+} qgemv_bf16_ctx;
+
+/* row blocks [r0, r1) of QG_ROWS rows */
+static void qgemv_bf16_chunk(void *vctx, int64_t r0, int64_t r1) {
+  const qgemv_bf16_ctx *c = vctx;
+  int64_t G = c->K / c->gs, rb = c->K / 2;
+  for (int64_t blk = r0; blk < r1; blk++) {
+    int64_t n0 = blk * QG_ROWS;
+    int nr = (int)MX_MIN(QG_ROWS, c->N - n0);
+    int64_t nx = MX_MIN(n0 + 2 * QG_ROWS, c->N - 1); /* the block after next */
+    const uint8_t *pf = c->w + nx * rb;
+    for (int64_t o = 0; o < QG_ROWS * G * 2; o += 64) { /* its scales and biases too */
+      __builtin_prefetch((const char *)(c->s + nx * G) + o);
+      __builtin_prefetch((const char *)(c->b + nx * G) + o);
+    }
+    const uint8_t *wr[QG_ROWS];
+    const uint16_t *sr[QG_ROWS], *br[QG_ROWS];
+    for (int r = 0; r < QG_ROWS; r++) {
+      int64_t n = n0 + (r < nr ? r : 0); /* missing rows repeat the first */
+      wr[r] = c->w + n * rb;
+      sr[r] = c->s + n * G;
+      br[r] = c->b + n * G;
+    }
+    if (nr == QG_ROWS) { /* straight into the output */
+      q4_rows_bf16(c->x, c->xs, wr, sr, br, G, c->gs, pf, c->out + n0);
+      continue;
+    }
+    float res[QG_ROWS];
+    q4_rows_bf16(c->x, c->xs, wr, sr, br, G, c->gs, pf, res);
+    for (int r = 0; r < nr; r++) c->out[n0 + r] = res[r];
+  }
+}
+
+/* Whether the CPU has what q4_rows_bf16 needs (and MXC_BF16_DOT is not 0). */
+static bool qgemv_bf16(void) {
+  static int ok = -1;
+  int v = __atomic_load_n(&ok, __ATOMIC_RELAXED);
+  if (v < 0) {
+    __builtin_cpu_init();
+    v = mx__cpu_has_bf16_dot() && __builtin_cpu_supports("avx512vbmi");
+    __atomic_store_n(&ok, v, __ATOMIC_RELAXED);
+  }
+  return v == 1;
+}
+
+/* q4_rows_bf16's x layout (K / 2 32-bit words) from a float row xm whose
+ * values are bfloat16 numbers (the low 16 bits are zero: exact). */
+static void qg_x_bf16(const float *xm, int64_t K, uint32_t *d) {
+  for (int64_t k0 = 0; k0 < K; k0 += 128) {
+    const float *xb = xm + k0;
+    uint32_t *db = d + k0 / 2;
+    for (int k = 0; k < 4; k++)
+      for (int L = 0; L < 16; L++) {
+        int64_t pr = 8 * (L >> 1) + 2 * k + (L & 1);
+        uint32_t a, b;
+        memcpy(&a, xb + 2 * pr, 4);
+        memcpy(&b, xb + 2 * pr + 1, 4);
+        db[16 * k + L] = (a >> 16) | (b & 0xFFFF0000u);
+      }
+  }
+}
+
 /* Whether MXC_QMM_INT8=1 asks for int8 activations and the CPU can. */
 static bool qgemv_int8(void) {
   const char *e = getenv("MXC_QMM_INT8");
@@ -1044,8 +1212,8 @@ static void qgemv_chunk(void *vctx, int64_t r0, int64_t r1) {
 }
 
 /* out (float32, M x N) = x @ W^T on the fast path; 1: not applicable. */
-static int qgemv_x86(const float *x, mx_array *wq, mx_array *s, mx_array *b, float *out,
-                     int64_t M, int64_t N, int64_t K, int gs, int bits) {
+static int qgemv_x86(const float *x, bool xbf16, mx_array *wq, mx_array *s, mx_array *b,
+                     float *out, int64_t M, int64_t N, int64_t K, int gs, int bits) {
   int level = qgemv_level();
   if (level == 2 && bits == 4 && K % 128) level = 1;
   /* from QMM_MR_MAX_M rows on, dequantizing blocks for sgemm is faster */
@@ -1059,6 +1227,9 @@ static int qgemv_x86(const float *x, mx_array *wq, mx_array *s, mx_array *b, flo
   /* int8 activations (opt-in): one row of x at a time, up to 7 rows */
   bool int8 = level == 2 && bits == 4 && M < QMM_STREAM_MAX_M && qgemv_int8();
   if (int8) multirow = false;
+  /* bf16 activations, scales and biases, one row: the bf16 dot-product kernel */
+  bool bf16 = !int8 && M == 1 && level == 2 && bits == 4 && xbf16 &&
+              s->dtype == MX_BFLOAT16 && qgemv_bf16();
   float *xr = malloc(sizeof(float) * (size_t)(M * (K + G)));
   if (!xr) return mx__set_error(MX_ERR_OOM, "quantized_matmul: cannot allocate %lld floats",
                                 (long long)(M * (K + G)));
@@ -1067,6 +1238,7 @@ static int qgemv_x86(const float *x, mx_array *wq, mx_array *s, mx_array *b, flo
     const float *xm = x + m * K;
     float *d = xr + m * K;
     if (int8) qg_x_int8(xm, K, gs, d);
+    else if (bf16) qg_x_bf16(xm, K, (uint32_t *)d);
     else if (bits == 4 && level == 2)
       for (int64_t k = 0; k < K; k += 128)
         for (int i = 0; i < 8; i++)
@@ -1090,6 +1262,13 @@ static int qgemv_x86(const float *x, mx_array *wq, mx_array *s, mx_array *b, flo
   /* about 64 KiB of weights per task at least */
   int64_t blocks = (N + QG_ROWS - 1) / QG_ROWS;
   int64_t per = MX_MAX(1, (int64_t)QG_ROWS * K * bits / 8);
+  if (bf16) {
+    qgemv_bf16_ctx cb = {.x = (const uint32_t *)xr, .xs = xsum, .w = c.w, .s = c.s, .b = c.b,
+                         .out = out, .N = N, .K = K, .gs = gs};
+    mx__parallel_for(blocks, MX_MAX(1, 65536 / per), qgemv_bf16_chunk, &cb);
+    free(xr);
+    return MX_OK;
+  }
   mx__parallel_for(blocks, MX_MAX(1, 65536 / per), qgemv_chunk, &c);
   free(xr);
   if (atomic_load(&c.failed))
@@ -1214,7 +1393,8 @@ static int k_quantized_matmul(mx_array *out, mx_array **in) {
       rc = mx__set_error(MX_ERR_OOM, "quantized_matmul: cannot allocate the output scratch");
       goto done;
     }
-    int r = qgemv_x86(x.p, in[1], in[2], in[3], o, M, N, K, p->group_size, p->bits);
+    int r = qgemv_x86(x.p, in[0]->dtype == MX_BFLOAT16, in[1], in[2], in[3], o, M, N, K,
+                      p->group_size, p->bits);
     if (r <= 0) {
       rc = r;
       if (!rc && obuf) mx__cpu_convert(obuf, MX_FLOAT32, mx__data(out), out->dtype, out->size);
