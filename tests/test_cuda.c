@@ -350,6 +350,14 @@ TEST(quantized_gemv_equals_cpu) {
       ASSERT_EQ_INT(qmm_case(ms[m], 72, 512, 64, 4, true, dts[d], 20 + (uint64_t)m), 0);
       ASSERT_EQ_INT(qmm_case(ms[m], 33, 256, 32, 8, true, dts[d], 30 + (uint64_t)m), 0);
     }
+  /* one row of x, outputs of 2049 rows and more: the warp-per-rows kernel
+   * (k_qmv1, 1, 2 and 4 rows a warp; shorter outputs take the block kernel) */
+  const int64_t long_n[] = {2050, 2117, 4229};
+  for (int d = 0; d < 3; d++)
+    for (int i = 0; i < 3; i++) {
+      ASSERT_EQ_INT(qmm_case(1, long_n[i], 256, 64, 4, true, dts[d], 60 + (uint64_t)i), 0);
+      ASSERT_EQ_INT(qmm_case(1, long_n[i], 384, 128, 8, true, dts[d], 63 + (uint64_t)i), 0);
+    }
   /* x staged in several chunks of K (M = 8: 1024 values a chunk) */
   ASSERT_EQ_INT(qmm_case(8, 24, 2560, 128, 4, true, MX_BFLOAT16, 40), 0);
   ASSERT_EQ_INT(qmm_case(1, 24, 9216, 64, 8, true, MX_FLOAT32, 41), 0);

@@ -29,6 +29,7 @@
 #include <cublas_v2.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdlib.h>
 
 #include "cuda_common.cuh"
 #include "ops/quantized_params.h"
@@ -464,15 +465,33 @@ static void launch_qmv1(const void *x, const uint32_t *w, const void *sc, const 
       (const typename T::S *)bi, (typename T::S *)o, N, K, gs);
 }
 
+/* The shortest output (N) that k_qmv1 serves for one row of x: below it
+ * the block kernel was faster in the decode profile (2048-row outputs:
+ * 8.4 against 9.5 us on an H100). MXC_QMV1_MIN_N overrides it (A/B runs;
+ * both kernels give the same results up to float32 summation order). */
+static int qmv1_min_n(void) {
+  static int v = -1;
+  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
+  if (r < 0) {
+    const char *e = getenv("MXC_QMV1_MIN_N");
+    r = e && *e ? atoi(e) : 2049;
+    if (r < 0) r = 0;
+    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
+  }
+  return r;
+}
+
 template <class T, int BITS, int MM>
 static void launch_qmv(const void *x, const uint32_t *w, const void *sc, const void *bi,
                        void *o, int M, int N, int K, int gs) {
   if constexpr (MM == 1) {
-    /* rows per warp: enough warps to keep ~8 per SM busy on short N */
-    if (N >= 4224) launch_qmv1<T, BITS, 4>(x, w, sc, bi, o, N, K, gs);
-    else if (N >= 2112) launch_qmv1<T, BITS, 2>(x, w, sc, bi, o, N, K, gs);
-    else launch_qmv1<T, BITS, 1>(x, w, sc, bi, o, N, K, gs);
-    return;
+    if (N >= qmv1_min_n()) {
+      /* rows per warp: enough warps to keep ~8 per SM busy on short N */
+      if (N >= 4224) launch_qmv1<T, BITS, 4>(x, w, sc, bi, o, N, K, gs);
+      else if (N >= 2112) launch_qmv1<T, BITS, 2>(x, w, sc, bi, o, N, K, gs);
+      else launch_qmv1<T, BITS, 1>(x, w, sc, bi, o, N, K, gs);
+      return;
+    }
   }
   int segs = K / (128 / BITS);
   int threads = segs >= QMV_THREADS ? QMV_THREADS : (segs + 31) / 32 * 32;
