@@ -17,7 +17,8 @@
  *     One row of x (M = 1, decode) takes k_qmv1 instead: a warp per 1, 2
  *     or 4 output rows (by N, to keep ~8 warps per SM), 8 weight segments
  *     in flight per lane, no shared memory (faster than the block kernel
- *     on long outputs, not yet on 2048-row ones: see docs/cuda.md).
+ *     on long outputs; outputs up to 2048 rows keep the block kernel:
+ *     see docs/cuda.md).
  *   - generic GEMV (transpose, M <= 8, any bits): one warp per output row,
  *     lanes walk K, values unpacked from the bit stream.
  *   - GEMM (M > 8, f16/bf16/f32, either layout): the weight is dequantized
