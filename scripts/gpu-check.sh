@@ -9,7 +9,7 @@
 # Release build, -j16, then test_ops, test_cuda and test_core with
 # MXC_DATA_DIR unset (plus test_cuda_models, test_cuda_reduce,
 # test_async_eval), then bench_cuda_kernels (printed after the table;
-# BENCH=0 skips it; LLM_BENCH=1 adds bench/run-gpu.sh's decode/prefill
+# BENCH=0 skips it; TESTS=0 skips the tests; LLM_BENCH=1 adds bench/run-gpu.sh's decode/prefill
 # table against PyTorch). GPU machines may lack the -dev packages mxc needs
 # (openblas, cjson, utf8proc, zlib, yaml, pkg-config): when pkg-config cannot find
 # them and build-deps/*.deb exist (fetch them here with `apt-get download`,
@@ -67,7 +67,9 @@ run_test() { # name seconds -> status; output in $LOG/<name>.log
   (cd "$ROOT" && timeout "$2" "$B/$1") >"$LOG/$1.log" 2>&1
 }
 RES=""
-for t in test_cuda:120 test_ops:${OPS_TIMEOUT:-300} test_core:120 test_cuda_models:180 test_cuda_reduce:60 test_async_eval:60; do
+TESTS_LIST="test_cuda:120 test_ops:${OPS_TIMEOUT:-300} test_core:120 test_cuda_models:180 test_cuda_reduce:60 test_async_eval:60"
+[ "${TESTS:-1}" = 0 ] && TESTS_LIST=""
+for t in $TESTS_LIST; do
   n=${t%%:*}
   if [ $BUILD = 0 ]; then run_test "$n" "${t##*:}"; s=$?; else s=127; fi
   RES="$RES $n:$s"

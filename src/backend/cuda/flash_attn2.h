@@ -1,0 +1,47 @@
+/* flash_attn2.h — tensor-core flash attention (mma.sync m16n8k16, f16 /
+ * bf16, head size 64 or 128, no array mask) for prefill and training:
+ * the forward (optionally with each row's log-sum-exp) and the two
+ * backward kernels (dq; dk and dv). Defined in flash_attn2.cu.
+ *
+ * Shapes: q (B, Hq, Tq, D), k (B, Hkv, Tk, D), v (B, Hkv, Tk, D),
+ * dout (B, Hq, Tq, D) of one 16-bit float dtype; lse and delta float32
+ * (B, Hq, Tq) with delta = sum(dout * out, -1); Hq a multiple of Hkv.
+ * causal: key j is seen by row t iff j <= t + Tk - Tq (needs Tq <= Tk).
+ * lse[t] = log sum_j exp(scale q_t . k_j) over the keys row t sees.
+ *
+ * Each returns 0 (done), 1 (not taken: another kernel must run; nothing
+ * written) or -1 (failed, error set). The output arrays are allocated by
+ * the caller. */
+#ifndef MXC_CUDA_FLASH_ATTN2_H
+#define MXC_CUDA_FLASH_ATTN2_H
+#include "array_impl.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Whether these kernels take this case (dtype, head sizes, causal with
+ * Tq <= Tk). Layouts never matter: inputs whose rows are not contiguous
+ * and 16-byte aligned are copied first. */
+bool mx__cuda_fa2_ok(mx_dtype dt, int64_t D, int64_t Dv, int64_t Tq, int64_t Tk, bool causal);
+
+/* o (B, Hq, Tq, D) of q's dtype (may be NULL) and lse float32 (B, Hq, Tq)
+ * (may be NULL); at least one of them. */
+int mx__cuda_fa2_forward(mx_array *o, mx_array *lse, mx_array *q, mx_array *k, mx_array *v,
+                         float scale, bool causal);
+
+/* dq (B, Hq, Tq, D) of q's dtype. */
+int mx__cuda_fa2_backward_q(mx_array *dq, mx_array *q, mx_array *k, mx_array *v,
+                            mx_array *dout, mx_array *lse, mx_array *delta, float scale,
+                            bool causal);
+
+/* dkv (B, Hkv, Tk, 2 D) of q's dtype: dk in [..., :D], dv in [..., D:],
+ * each summed over the query heads that share the kv head. */
+int mx__cuda_fa2_backward_kv(mx_array *dkv, mx_array *q, mx_array *k, mx_array *v,
+                             mx_array *dout, mx_array *lse, mx_array *delta, float scale,
+                             bool causal);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
