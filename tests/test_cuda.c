@@ -467,6 +467,16 @@ TEST(sdpa_prefill_equals_cpu) {
     ASSERT_EQ_INT(sdpa_case(1, 4, 1, 70, 100, 96, 48, true, 1, 0, dts[d], 12), 0);
     ASSERT_EQ_INT(sdpa_case(1, 2, 2, 65, 65, 256, 256, false, 2, 1, dts[d], 13), 0);
   }
+  /* the mma.sync kernels (flash_attn2.cu: 16-bit, head size 64 / 128, no
+   * array mask): key tiles crossing the diagonal and the ends, causal with
+   * Tq < Tk, several query blocks, GQA, transposed views */
+  for (int d = 1; d < 3; d++) {
+    ASSERT_EQ_INT(sdpa_case(1, 8, 2, 200, 456, 128, 128, true, 0, 1, dts[d], 20), 0);
+    ASSERT_EQ_INT(sdpa_case(2, 4, 4, 520, 520, 64, 64, true, 0, 0, dts[d], 21), 0);
+    ASSERT_EQ_INT(sdpa_case(1, 2, 1, 5, 5, 128, 128, true, 0, 0, dts[d], 22), 0);
+    ASSERT_EQ_INT(sdpa_case(1, 2, 2, 300, 70, 64, 64, false, 0, 1, dts[d], 23), 0);
+    ASSERT_EQ_INT(sdpa_case(1, 6, 3, 64, 129, 128, 128, false, 0, 0, dts[d], 24), 0);
+  }
   ASSERT_EQ_INT(sdpa_case(1, 2, 1, 100, 40, 32, 32, true, 0, 0, MX_FLOAT32, 14), 0);
   ASSERT_EQ_INT(sdpa_case(1, 2, 1, 9, 20, 6, 7, false, 0, 0, MX_FLOAT16, 16), 0);
   ASSERT_EQ_INT(sdpa_case(1, 3, 3, 17, 33, 1, 1, true, 0, 0, MX_FLOAT32, 17), 0);

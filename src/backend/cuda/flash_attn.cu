@@ -38,8 +38,11 @@
  * WMMA 16x16x16 fragments with f32 accumulation, see k_fa_prefill_tc. */
 #include <float.h>
 #include <limits.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "cuda_common.cuh"
+#include "flash_attn2.h"
 #include "ops/fast_params.h"
 
 int mx__cuda_sdpa_fast(mx_array *out, mx_array **in, bool *done);
@@ -902,6 +905,22 @@ int mx__cuda_sdpa_fast(mx_array *out, mx_array **in, bool *done) {
            (g.ks[0] * es) % 16 == 0 && (g.ks[1] * es) % 16 == 0 && (g.ks[2] * es) % 16 == 0;
   g.vvec = g.vs[3] == 1 && g.Dv % 8 == 0 && ((uintptr_t)vp & 15) == 0 &&
            (g.vs[0] * es) % 16 == 0 && (g.vs[1] * es) % 16 == 0 && (g.vs[2] * es) % 16 == 0;
+  /* Prefill without an array mask, head size 64 / 128, 16-bit: the
+   * mma.sync kernel of flash_attn2.cu (MXC_FA2=0: this file's kernels, for
+   * comparisons). */
+  static int fa2_on = -1;
+  if (fa2_on < 0) {
+    const char *e = getenv("MXC_FA2");
+    fa2_on = !(e && !strcmp(e, "0"));
+  }
+  if (fa2_on && !mask && g.Tq > 4 && mx__cuda_fa2_ok(dt, g.D, g.Dv, g.Tq, g.Tk, g.causal)) {
+    int r2 = mx__cuda_fa2_forward(out, NULL, q, k, v, g.scale, g.causal);
+    if (r2 < 0) return mx_last_status();
+    if (r2 == 0) {
+      *done = true;
+      return MX_OK;
+    }
+  }
   int r;
   switch (dt) {
     case MX_FLOAT16: r = run<TF16>(out, qp, kp, vp, mp, g); break;

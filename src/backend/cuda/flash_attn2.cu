@@ -1,29 +1,710 @@
-/* flash_attn2.cu — see flash_attn2.h. (Kernels being written.) */
-#include "flash_attn2.h"
+/* flash_attn2.cu — tensor-core flash attention for prefill and training
+ * (see flash_attn2.h for shapes and semantics).
+ *
+ * All three kernels use mma.sync m16n8k16 (f16 or bf16 in, f32
+ * accumulate) with fragments loaded by ldmatrix from shared memory tiles
+ * whose rows are padded by 16 bytes (conflict-free ldmatrix), filled with
+ * cp.async (zero-filled past the ends). A block is 4 warps; each warp owns
+ * 16 rows of the block's tile, so a row's running max and sum live in the
+ * four threads of a quad and are combined with two shuffles. Scores are
+ * kept in the log2 domain (scale * log2 e folded in once).
+ *
+ * Forward: a block owns 64 query rows of one (b, head); Q's fragments stay
+ * in registers; K and V tiles of 64 keys are double-buffered (the next
+ * tile's copies are in flight while this one is multiplied); the scores
+ * S = Q K^T and the probabilities P never leave registers (P's C
+ * fragments are the A fragments of P V after rounding to 16 bits). Causal
+ * blocks stop at the diagonal and mask only the tiles that cross it;
+ * blocks are issued heaviest first. Optionally writes each row's
+ * log-sum-exp (natural log) for the backward pass.
+ *
+ * Backward (FlashAttention-2's recomputation, without atomics, so results
+ * are deterministic): with P = exp(scale S - lse), dP = dO V^T,
+ * dS = P * (dP - delta):
+ *  - dq: a block owns 64 query rows (Q and dO fragments in registers) and
+ *    walks the keys in tiles of 32: dQ += dS K.
+ *  - dk, dv: a block owns 64 keys of one kv head (K and V tiles resident
+ *    in shared memory) and walks the query tiles (32 rows, double-
+ *    buffered) of every query head of its group: dV += P^T dO,
+ *    dK += dS^T Q, with S^T = K Q^T computed directly (no transposes).
+ * Accumulators are f32; each output is rounded once. */
+#include <float.h>
+#include <limits.h>
+#include <math.h>
+#include <string.h>
 
 #include "cuda_common.cuh"
+#include "flash_attn2.h"
+
+namespace {
+
+constexpr int NT = 128; /* threads per block: 4 warps */
+constexpr float LOG2E = 1.4426950408889634f;
+constexpr float LN2 = 0.6931471805599453f;
+
+/* ---- PTX wrappers -------------------------------------------------------------- */
+__device__ __forceinline__ uint32_t sptr(const void *p) {
+  return (uint32_t)__cvta_generic_to_shared(p);
+}
+__device__ __forceinline__ void ldsm4(uint32_t *r, const void *p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(sptr(p)));
+}
+__device__ __forceinline__ void ldsm4t(uint32_t *r, const void *p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(sptr(p)));
+}
+template <bool BF>
+__device__ __forceinline__ void mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+  if constexpr (BF)
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+/* two floats as a pair of 16-bit values, the first in the low half */
+template <bool BF>
+__device__ __forceinline__ uint32_t pack2(float x, float y) {
+  uint32_t r;
+  if constexpr (BF) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+    r = *(uint32_t *)&h;
+  } else {
+    __half2 h = __floats2half2_rn(x, y);
+    r = *(uint32_t *)&h;
+  }
+  return r;
+}
+/* 16 bytes global -> shared, zero-filled when !ok */
+__device__ __forceinline__ void cp16(void *dst, const void *src, bool ok) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sptr(dst)), "l"(src),
+               "r"(ok ? 16 : 0));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* rows [r0, r0 + R) of a (rows, D) tile into shared memory with row pitch
+ * D + 8; rows at or past nrows are zero-filled. src(r) is row r's start. */
+template <int R, int D>
+__device__ __forceinline__ void load_tile(uint16_t *s, const uint16_t *base, int64_t rstride,
+                                          int r0, int nrows) {
+  constexpr int CH = D / 8; /* 16-byte chunks per row */
+  for (int i = threadIdx.x; i < R * CH; i += NT) {
+    int r = i / CH, c = i % CH;
+    bool ok = r0 + r < nrows;
+    const uint16_t *src = ok ? base + (int64_t)(r0 + r) * rstride + c * 8 : base;
+    cp16(s + r * (D + 8) + c * 8, src, ok);
+  }
+}
+
+struct fa2_geo {
+  const uint16_t *q, *k, *v, *dout;
+  const float *lse_in, *delta;
+  uint16_t *o;   /* (B, Hq, Tq, D) contiguous, or the packed dk|dv, or dq */
+  float *lse;    /* (B, Hq, Tq) contiguous */
+  int64_t qs[3], ks[3], vs[3], ds[3]; /* strides (elements) of dims b, h, t */
+  int Hq, Hkv, G, Tq, Tk, off;
+  float sl2;   /* scale * log2 e */
+  float scale;
+};
+
+/* ---- forward ------------------------------------------------------------------- */
+constexpr int F_BQ = 64, F_BK = 64;
+
+template <bool BF, int D, bool CAUSAL>
+__global__ void __launch_bounds__(NT, 2) k_fa2_fwd(const fa2_geo g) {
+  extern __shared__ __align__(16) uint16_t sm[];
+  constexpr int P = D + 8;
+  uint16_t *Qs = sm, *Ks = Qs + F_BQ * P, *Vs = Ks + 2 * F_BK * P;
+  const bool wo = g.o != nullptr;
+  const int nqb = (g.Tq + F_BQ - 1) / F_BQ;
+  const int qb = CAUSAL ? nqb - 1 - (int)blockIdx.x : (int)blockIdx.x;
+  const int bh = blockIdx.y, b = bh / g.Hq, h = bh % g.Hq, hk = h / g.G;
+  const int q0 = qb * F_BQ;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane / 4, tg = lane % 4;
+  const uint16_t *qb_ = g.q + b * g.qs[0] + h * g.qs[1];
+  const uint16_t *kb = g.k + b * g.ks[0] + hk * g.ks[1];
+  const uint16_t *vb = wo ? g.v + b * g.vs[0] + hk * g.vs[1] : nullptr;
+  int nkt = (g.Tk + F_BK - 1) / F_BK;
+  if (CAUSAL) {
+    int last = q0 + F_BQ - 1 + g.off; /* the last key any row of the block sees */
+    int n = last / F_BK + 1;
+    if (n < nkt) nkt = n;
+  }
+  load_tile<F_BQ, D>(Qs, qb_, g.qs[2], q0, g.Tq);
+  load_tile<F_BK, D>(Ks, kb, g.ks[2], 0, g.Tk);
+  if (wo) load_tile<F_BK, D>(Vs, vb, g.vs[2], 0, g.Tk);
+  cp_commit();
+
+  uint32_t qf[D / 16][4];
+  float o[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f; /* rows gr and gr + 8 */
+  const int r0 = q0 + warp * 16 + gr;                        /* this thread's rows */
+
+  for (int kt = 0; kt < nkt; kt++) {
+    const int buf = kt & 1;
+    if (kt + 1 < nkt) {
+      load_tile<F_BK, D>(Ks + (buf ^ 1) * F_BK * P, kb, g.ks[2], (kt + 1) * F_BK, g.Tk);
+      if (wo) load_tile<F_BK, D>(Vs + (buf ^ 1) * F_BK * P, vb, g.vs[2], (kt + 1) * F_BK, g.Tk);
+      cp_commit();
+      cp_wait<1>();
+    } else {
+      cp_wait<0>();
+    }
+    __syncthreads();
+    if (kt == 0) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++)
+        ldsm4(qf[kk], Qs + (warp * 16 + (lane % 8) + ((lane / 8) & 1) * 8) * P + kk * 16 +
+                          (lane / 16) * 8);
+    }
+    const uint16_t *K = Ks + buf * F_BK * P, *V = Vs + buf * F_BK * P;
+    float s[F_BK / 8][4];
+#pragma unroll
+    for (int i = 0; i < F_BK / 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+    for (int np = 0; np < F_BK / 16; np++) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) {
+        uint32_t bb[4];
+        ldsm4(bb, K + (np * 16 + (lane % 8) + (lane / 16) * 8) * P + kk * 16 +
+                      ((lane / 8) & 1) * 8);
+        mma<BF>(s[2 * np], qf[kk], bb[0], bb[1]);
+        mma<BF>(s[2 * np + 1], qf[kk], bb[2], bb[3]);
+      }
+    }
+    const int k0 = kt * F_BK;
+    const bool edge = k0 + F_BK > g.Tk || (CAUSAL && k0 + F_BK - 1 > q0 + g.off);
+    float mx0 = m0, mx1 = m1;
+#pragma unroll
+    for (int i = 0; i < F_BK / 8; i++) {
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        float x = s[i][e] * g.sl2;
+        if (edge) {
+          int j = k0 + i * 8 + 2 * tg + (e & 1), t = r0 + (e >= 2 ? 8 : 0);
+          if (j >= g.Tk || (CAUSAL && j > t + g.off)) x = -INFINITY;
+        }
+        s[i][e] = x;
+      }
+      mx0 = fmaxf(mx0, fmaxf(s[i][0], s[i][1]));
+      mx1 = fmaxf(mx1, fmaxf(s[i][2], s[i][3]));
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    const float u0 = mx0 == -INFINITY ? 0.f : mx0, u1 = mx1 == -INFINITY ? 0.f : mx1;
+    const float a0 = exp2f(m0 - u0), a1 = exp2f(m1 - u1); /* m = -inf: 0 */
+    m0 = mx0;
+    m1 = mx1;
+    float ls0 = 0.f, ls1 = 0.f;
+#pragma unroll
+    for (int i = 0; i < F_BK / 8; i++) {
+      s[i][0] = exp2f(s[i][0] - u0);
+      s[i][1] = exp2f(s[i][1] - u0);
+      s[i][2] = exp2f(s[i][2] - u1);
+      s[i][3] = exp2f(s[i][3] - u1);
+      ls0 += s[i][0] + s[i][1];
+      ls1 += s[i][2] + s[i][3];
+    }
+    l0 = l0 * a0 + ls0;
+    l1 = l1 * a1 + ls1;
+    if (wo) {
+#pragma unroll
+      for (int i = 0; i < D / 8; i++) {
+        o[i][0] *= a0, o[i][1] *= a0;
+        o[i][2] *= a1, o[i][3] *= a1;
+      }
+#pragma unroll
+      for (int kk = 0; kk < F_BK / 16; kk++) {
+        uint32_t pa[4] = {pack2<BF>(s[2 * kk][0], s[2 * kk][1]),
+                          pack2<BF>(s[2 * kk][2], s[2 * kk][3]),
+                          pack2<BF>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                          pack2<BF>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+        for (int dp = 0; dp < D / 16; dp++) {
+          uint32_t bb[4];
+          ldsm4t(bb, V + (kk * 16 + (lane % 8) + ((lane / 8) & 1) * 8) * P + dp * 16 +
+                         (lane / 16) * 8);
+          mma<BF>(o[2 * dp], pa, bb[0], bb[1]);
+          mma<BF>(o[2 * dp + 1], pa, bb[2], bb[3]);
+        }
+      }
+    }
+    __syncthreads(); /* the next iteration refills this buffer */
+  }
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  const int64_t row0 = (int64_t)bh * g.Tq + r0;
+  if (wo) {
+    const float i0 = 1.f / l0, i1 = 1.f / l1;
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) {
+      if (r0 < g.Tq)
+        *(uint32_t *)(g.o + row0 * D + i * 8 + 2 * tg) = pack2<BF>(o[i][0] * i0, o[i][1] * i0);
+      if (r0 + 8 < g.Tq)
+        *(uint32_t *)(g.o + (row0 + 8) * D + i * 8 + 2 * tg) =
+            pack2<BF>(o[i][2] * i1, o[i][3] * i1);
+    }
+  }
+  if (g.lse && tg == 0) {
+    if (r0 < g.Tq) g.lse[row0] = (m0 + log2f(l0)) * LN2;
+    if (r0 + 8 < g.Tq) g.lse[row0 + 8] = (m1 + log2f(l1)) * LN2;
+  }
+}
+
+/* ---- backward: dq --------------------------------------------------------------- */
+constexpr int Q_BQ = 64, Q_BK = 32;
+
+template <bool BF, int D, bool CAUSAL>
+__global__ void __launch_bounds__(NT, 2) k_fa2_bwd_q(const fa2_geo g) {
+  extern __shared__ __align__(16) uint16_t sm[];
+  constexpr int P = D + 8;
+  uint16_t *Qs = sm, *Os = Qs + Q_BQ * P, *Ks = Os + Q_BQ * P, *Vs = Ks + 2 * Q_BK * P;
+  const int nqb = (g.Tq + Q_BQ - 1) / Q_BQ;
+  const int qb = CAUSAL ? nqb - 1 - (int)blockIdx.x : (int)blockIdx.x;
+  const int bh = blockIdx.y, b = bh / g.Hq, h = bh % g.Hq, hk = h / g.G;
+  const int q0 = qb * Q_BQ;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane / 4, tg = lane % 4;
+  const uint16_t *kb = g.k + b * g.ks[0] + hk * g.ks[1];
+  const uint16_t *vb = g.v + b * g.vs[0] + hk * g.vs[1];
+  int nkt = (g.Tk + Q_BK - 1) / Q_BK;
+  if (CAUSAL) {
+    int n = (q0 + Q_BQ - 1 + g.off) / Q_BK + 1;
+    if (n < nkt) nkt = n;
+  }
+  load_tile<Q_BQ, D>(Qs, g.q + b * g.qs[0] + h * g.qs[1], g.qs[2], q0, g.Tq);
+  load_tile<Q_BQ, D>(Os, g.dout + b * g.ds[0] + h * g.ds[1], g.ds[2], q0, g.Tq);
+  load_tile<Q_BK, D>(Ks, kb, g.ks[2], 0, g.Tk);
+  load_tile<Q_BK, D>(Vs, vb, g.vs[2], 0, g.Tk);
+  cp_commit();
+  const int r0 = q0 + warp * 16 + gr;
+  const int64_t row0 = (int64_t)bh * g.Tq + r0;
+  /* rows past Tq: lse +inf gives P = 0 */
+  const float lse0 = r0 < g.Tq ? g.lse_in[row0] * LOG2E : INFINITY;
+  const float lse1 = r0 + 8 < g.Tq ? g.lse_in[row0 + 8] * LOG2E : INFINITY;
+  const float dl0 = r0 < g.Tq ? g.delta[row0] : 0.f;
+  const float dl1 = r0 + 8 < g.Tq ? g.delta[row0 + 8] : 0.f;
+
+  uint32_t qf[D / 16][4], of[D / 16][4];
+  float dq[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; i++) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
+
+  for (int kt = 0; kt < nkt; kt++) {
+    const int buf = kt & 1;
+    if (kt + 1 < nkt) {
+      load_tile<Q_BK, D>(Ks + (buf ^ 1) * Q_BK * P, kb, g.ks[2], (kt + 1) * Q_BK, g.Tk);
+      load_tile<Q_BK, D>(Vs + (buf ^ 1) * Q_BK * P, vb, g.vs[2], (kt + 1) * Q_BK, g.Tk);
+      cp_commit();
+      cp_wait<1>();
+    } else {
+      cp_wait<0>();
+    }
+    __syncthreads();
+    if (kt == 0) {
+      const int ar = (warp * 16 + (lane % 8) + ((lane / 8) & 1) * 8) * P + (lane / 16) * 8;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) {
+        ldsm4(qf[kk], Qs + ar + kk * 16);
+        ldsm4(of[kk], Os + ar + kk * 16);
+      }
+    }
+    const uint16_t *K = Ks + buf * Q_BK * P, *V = Vs + buf * Q_BK * P;
+    float s[Q_BK / 8][4], dp[Q_BK / 8][4];
+#pragma unroll
+    for (int i = 0; i < Q_BK / 8; i++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) s[i][e] = dp[i][e] = 0.f;
+#pragma unroll
+    for (int np = 0; np < Q_BK / 16; np++) {
+      const int br = (np * 16 + (lane % 8) + (lane / 16) * 8) * P + ((lane / 8) & 1) * 8;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) {
+        uint32_t bb[4];
+        ldsm4(bb, K + br + kk * 16);
+        mma<BF>(s[2 * np], qf[kk], bb[0], bb[1]);
+        mma<BF>(s[2 * np + 1], qf[kk], bb[2], bb[3]);
+        ldsm4(bb, V + br + kk * 16);
+        mma<BF>(dp[2 * np], of[kk], bb[0], bb[1]);
+        mma<BF>(dp[2 * np + 1], of[kk], bb[2], bb[3]);
+      }
+    }
+    const int k0 = kt * Q_BK;
+    const bool edge = k0 + Q_BK > g.Tk || (CAUSAL && k0 + Q_BK - 1 > q0 + g.off);
+#pragma unroll
+    for (int i = 0; i < Q_BK / 8; i++) {
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const bool hi = e >= 2;
+        float p = exp2f(s[i][e] * g.sl2 - (hi ? lse1 : lse0));
+        if (edge) {
+          int j = k0 + i * 8 + 2 * tg + (e & 1), t = r0 + (hi ? 8 : 0);
+          if (j >= g.Tk || (CAUSAL && j > t + g.off)) p = 0.f;
+        }
+        s[i][e] = p * (dp[i][e] - (hi ? dl1 : dl0)); /* dS */
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < Q_BK / 16; kk++) {
+      uint32_t pa[4] = {pack2<BF>(s[2 * kk][0], s[2 * kk][1]),
+                        pack2<BF>(s[2 * kk][2], s[2 * kk][3]),
+                        pack2<BF>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                        pack2<BF>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int dd = 0; dd < D / 16; dd++) {
+        uint32_t bb[4];
+        ldsm4t(bb, K + (kk * 16 + (lane % 8) + ((lane / 8) & 1) * 8) * P + dd * 16 +
+                       (lane / 16) * 8);
+        mma<BF>(dq[2 * dd], pa, bb[0], bb[1]);
+        mma<BF>(dq[2 * dd + 1], pa, bb[2], bb[3]);
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < D / 8; i++) {
+    if (r0 < g.Tq)
+      *(uint32_t *)(g.o + row0 * D + i * 8 + 2 * tg) =
+          pack2<BF>(dq[i][0] * g.scale, dq[i][1] * g.scale);
+    if (r0 + 8 < g.Tq)
+      *(uint32_t *)(g.o + (row0 + 8) * D + i * 8 + 2 * tg) =
+          pack2<BF>(dq[i][2] * g.scale, dq[i][3] * g.scale);
+  }
+}
+
+/* ---- backward: dk, dv ----------------------------------------------------------- */
+constexpr int KV_BK = 64, KV_BQ = 32;
+
+template <bool BF, int D, bool CAUSAL>
+__global__ void __launch_bounds__(NT, 2) k_fa2_bwd_kv(const fa2_geo g) {
+  extern __shared__ __align__(16) uint16_t sm[];
+  constexpr int P = D + 8;
+  uint16_t *Ks = sm, *Vs = Ks + KV_BK * P, *Qs = Vs + KV_BK * P, *Os = Qs + 2 * KV_BQ * P;
+  float *Ls = (float *)(Os + 2 * KV_BQ * P), *Dl = Ls + 2 * KV_BQ;
+  const int bh = blockIdx.y, b = bh / g.Hkv, hk = bh % g.Hkv;
+  const int k0 = blockIdx.x * KV_BK;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane / 4, tg = lane % 4;
+  const int nqt = (g.Tq + KV_BQ - 1) / KV_BQ;
+  int first = 0; /* the first query tile that sees a key of this block */
+  if (CAUSAL) {
+    int t = k0 - g.off;
+    first = t > 0 ? t / KV_BQ : 0;
+  }
+  const int per = nqt - first, n = first < nqt ? per * g.G : 0;
+  load_tile<KV_BK, D>(Ks, g.k + b * g.ks[0] + hk * g.ks[1], g.ks[2], k0, g.Tk);
+  load_tile<KV_BK, D>(Vs, g.v + b * g.vs[0] + hk * g.vs[1], g.vs[2], k0, g.Tk);
+  /* query tile it: head hk * G + it / per, rows (first + it % per) * KV_BQ */
+  auto issue = [&](int it, int buf) {
+    const int h = hk * g.G + it / per, t0 = (first + it % per) * KV_BQ;
+    load_tile<KV_BQ, D>(Qs + buf * KV_BQ * P, g.q + b * g.qs[0] + h * g.qs[1], g.qs[2], t0,
+                        g.Tq);
+    load_tile<KV_BQ, D>(Os + buf * KV_BQ * P, g.dout + b * g.ds[0] + h * g.ds[1], g.ds[2], t0,
+                        g.Tq);
+    if (threadIdx.x < 2 * KV_BQ) {
+      const int i = threadIdx.x % KV_BQ, t = t0 + i;
+      const int64_t row = ((int64_t)b * g.Hq + h) * g.Tq + t;
+      if (threadIdx.x < KV_BQ)
+        Ls[buf * KV_BQ + i] = t < g.Tq ? g.lse_in[row] * LOG2E : INFINITY;
+      else
+        Dl[buf * KV_BQ + i] = t < g.Tq ? g.delta[row] : 0.f;
+    }
+  };
+  if (n > 0) issue(0, 0);
+  cp_commit();
+
+  float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; i++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0.f;
+  const int kr = k0 + warp * 16 + gr; /* this thread's keys: kr and kr + 8 */
+  const int ar = (warp * 16 + (lane % 8) + ((lane / 8) & 1) * 8) * P + (lane / 16) * 8;
+
+  for (int it = 0; it < n; it++) {
+    const int buf = it & 1;
+    if (it + 1 < n) {
+      __syncthreads(); /* Ls / Dl of buf ^ 1 are free (plain stores) */
+      issue(it + 1, buf ^ 1);
+      cp_commit();
+      cp_wait<1>();
+    } else {
+      cp_wait<0>();
+    }
+    __syncthreads();
+    const uint16_t *Q = Qs + buf * KV_BQ * P, *O = Os + buf * KV_BQ * P;
+    const float *L = Ls + buf * KV_BQ, *DL = Dl + buf * KV_BQ;
+    const int t0 = (first + it % per) * KV_BQ;
+    float s[KV_BQ / 8][4], dp[KV_BQ / 8][4];
+#pragma unroll
+    for (int i = 0; i < KV_BQ / 8; i++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) s[i][e] = dp[i][e] = 0.f;
+    /* S^T = K Q^T and dP^T = V dO^T: 16 keys x 32 queries per warp */
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+      uint32_t ka[4], va[4];
+      ldsm4(ka, Ks + ar + kk * 16);
+      ldsm4(va, Vs + ar + kk * 16);
+#pragma unroll
+      for (int np = 0; np < KV_BQ / 16; np++) {
+        const int br = (np * 16 + (lane % 8) + (lane / 16) * 8) * P + ((lane / 8) & 1) * 8;
+        uint32_t bb[4];
+        ldsm4(bb, Q + br + kk * 16);
+        mma<BF>(s[2 * np], ka, bb[0], bb[1]);
+        mma<BF>(s[2 * np + 1], ka, bb[2], bb[3]);
+        ldsm4(bb, O + br + kk * 16);
+        mma<BF>(dp[2 * np], va, bb[0], bb[1]);
+        mma<BF>(dp[2 * np + 1], va, bb[2], bb[3]);
+      }
+    }
+    const bool edge = k0 + KV_BK > g.Tk || (CAUSAL && k0 + KV_BK - 1 > t0 + g.off);
+    /* element (i, e): key kr + (e >= 2 ? 8 : 0), query t0 + i * 8 + 2 tg + (e & 1) */
+#pragma unroll
+    for (int i = 0; i < KV_BQ / 8; i++) {
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int qi = i * 8 + 2 * tg + (e & 1);
+        float p = exp2f(s[i][e] * g.sl2 - L[qi]);
+        if (edge) {
+          int j = kr + (e >= 2 ? 8 : 0), t = t0 + qi;
+          if (j >= g.Tk || (CAUSAL && j > t + g.off)) p = 0.f;
+        }
+        s[i][e] = p;
+        dp[i][e] = p * (dp[i][e] - DL[qi]); /* dS^T */
+      }
+    }
+    /* dV += P^T dO, dK += dS^T Q: A fragments from the C fragments */
+#pragma unroll
+    for (int kk = 0; kk < KV_BQ / 16; kk++) {
+      uint32_t pa[4] = {pack2<BF>(s[2 * kk][0], s[2 * kk][1]),
+                        pack2<BF>(s[2 * kk][2], s[2 * kk][3]),
+                        pack2<BF>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                        pack2<BF>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      uint32_t da[4] = {pack2<BF>(dp[2 * kk][0], dp[2 * kk][1]),
+                        pack2<BF>(dp[2 * kk][2], dp[2 * kk][3]),
+                        pack2<BF>(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
+                        pack2<BF>(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
+      const int tr = (kk * 16 + (lane % 8) + ((lane / 8) & 1) * 8) * P + (lane / 16) * 8;
+#pragma unroll
+      for (int dd = 0; dd < D / 16; dd++) {
+        uint32_t bb[4];
+        ldsm4t(bb, O + tr + dd * 16);
+        mma<BF>(dv[2 * dd], pa, bb[0], bb[1]);
+        mma<BF>(dv[2 * dd + 1], pa, bb[2], bb[3]);
+        ldsm4t(bb, Q + tr + dd * 16);
+        mma<BF>(dk[2 * dd], da, bb[0], bb[1]);
+        mma<BF>(dk[2 * dd + 1], da, bb[2], bb[3]);
+      }
+    }
+  }
+  const int64_t rowk = (int64_t)bh * g.Tk + kr;
+#pragma unroll
+  for (int i = 0; i < D / 8; i++) {
+    if (kr < g.Tk) {
+      uint16_t *p = g.o + rowk * (2 * D) + i * 8 + 2 * tg;
+      *(uint32_t *)p = pack2<BF>(dk[i][0] * g.scale, dk[i][1] * g.scale);
+      *(uint32_t *)(p + D) = pack2<BF>(dv[i][0], dv[i][1]);
+    }
+    if (kr + 8 < g.Tk) {
+      uint16_t *p = g.o + (rowk + 8) * (2 * D) + i * 8 + 2 * tg;
+      *(uint32_t *)p = pack2<BF>(dk[i][2] * g.scale, dk[i][3] * g.scale);
+      *(uint32_t *)(p + D) = pack2<BF>(dv[i][2], dv[i][3]);
+    }
+  }
+}
+
+/* ---- host side --------------------------------------------------------------------- */
+
+/* An operand as the kernels read it: rows contiguous, 16-byte aligned, row
+ * and head strides multiples of 8 elements; else a contiguous copy (held
+ * in *tmp until the launches are queued). */
+static int operand(mx_array *a, const uint16_t **p, int64_t st[3], mx__buffer **tmp) {
+  const char *base = mx__ddata(a);
+  bool ok = a->strides[3] == 1 && ((uintptr_t)base & 15) == 0;
+  for (int d = 0; d < 3 && ok; d++)
+    ok = a->shape[d] == 1 || (a->strides[d] % 8 == 0 && a->strides[d] >= 0);
+  if (ok) {
+    *p = (const uint16_t *)base;
+    for (int d = 0; d < 3; d++) st[d] = a->shape[d] == 1 ? 0 : a->strides[d];
+    return 0;
+  }
+  *tmp = mx__cuda_tmp((size_t)a->size * 2);
+  if (!*tmp) return -1;
+  if (mx__cuda_copy_to_contiguous(a, (*tmp)->dptr)) return -1;
+  *p = (const uint16_t *)(*tmp)->dptr;
+  st[2] = a->shape[3];
+  st[1] = a->shape[2] * st[2];
+  st[0] = a->shape[1] * st[1];
+  return 0;
+}
+
+/* A float32 (B, H, T) array, contiguous (copied if not). */
+static int rows_f32(mx_array *a, const float **p, mx__buffer **tmp) {
+  bool ok = a->strides[2] == 1 && a->strides[1] == a->shape[2] &&
+            (a->shape[0] == 1 || a->strides[0] == a->shape[1] * a->shape[2]);
+  if (ok) {
+    *p = (const float *)mx__ddata(a);
+    return 0;
+  }
+  *tmp = mx__cuda_tmp((size_t)a->size * 4);
+  if (!*tmp) return -1;
+  if (mx__cuda_copy_to_contiguous(a, (*tmp)->dptr)) return -1;
+  *p = (const float *)(*tmp)->dptr;
+  return 0;
+}
+
+template <class KF>
+static int launch(KF kern, dim3 grid, size_t smem, const fa2_geo &g, const char *what) {
+  if (smem > 48 * 1024) {
+    cudaError_t e =
+        cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      mx__cuda_check(e, what);
+      return -1;
+    }
+  }
+  kern<<<grid, NT, smem, mx__cuda_stream()>>>(g);
+  return mx__cuda_launched(what) ? -1 : 0;
+}
+
+enum { FWD, BWD_Q, BWD_KV };
+
+template <bool BF, int D, bool CAUSAL>
+static int dispatch(int which, const fa2_geo &g, int B) {
+  constexpr int P = D + 8;
+  if (which == FWD) {
+    dim3 grid((unsigned)((g.Tq + F_BQ - 1) / F_BQ), (unsigned)(B * g.Hq));
+    size_t smem = 2 * (size_t)P * (F_BQ + 2 * F_BK + (g.o ? 2 * F_BK : 0));
+    return launch(k_fa2_fwd<BF, D, CAUSAL>, grid, smem, g, "scaled_dot_product_attention");
+  }
+  if (which == BWD_Q) {
+    dim3 grid((unsigned)((g.Tq + Q_BQ - 1) / Q_BQ), (unsigned)(B * g.Hq));
+    size_t smem = 2 * (size_t)P * (2 * Q_BQ + 4 * Q_BK);
+    return launch(k_fa2_bwd_q<BF, D, CAUSAL>, grid, smem, g, "sdpa_backward_q");
+  }
+  dim3 grid((unsigned)((g.Tk + KV_BK - 1) / KV_BK), (unsigned)(B * g.Hkv));
+  size_t smem = 2 * (size_t)P * (2 * KV_BK + 4 * KV_BQ) + 4 * (size_t)(4 * KV_BQ);
+  return launch(k_fa2_bwd_kv<BF, D, CAUSAL>, grid, smem, g, "sdpa_backward_kv");
+}
+
+static int run(int which, mx_dtype dt, int D, bool causal, const fa2_geo &g, int B) {
+  const bool bf = dt == MX_BFLOAT16;
+#define FA2_CASE(BFV, DV, CV) \
+  if (bf == BFV && D == DV && causal == CV) return dispatch<BFV, DV, CV>(which, g, B);
+  FA2_CASE(true, 64, true)
+  FA2_CASE(true, 64, false)
+  FA2_CASE(true, 128, true)
+  FA2_CASE(true, 128, false)
+  FA2_CASE(false, 64, true)
+  FA2_CASE(false, 64, false)
+  FA2_CASE(false, 128, true)
+  FA2_CASE(false, 128, false)
+#undef FA2_CASE
+  return 1;
+}
+
+/* Geometry and operands of a call; tmp[] collects copies. */
+static int setup(fa2_geo *g, mx_array *q, mx_array *k, mx_array *v, mx_array *dout,
+                 mx_array *lse, mx_array *delta, float scale, mx__buffer **tmp) {
+  memset(g, 0, sizeof *g);
+  g->Hq = (int)q->shape[1];
+  g->Hkv = (int)k->shape[1];
+  g->G = g->Hq / g->Hkv;
+  g->Tq = (int)q->shape[2];
+  g->Tk = (int)k->shape[2];
+  g->off = g->Tk - g->Tq;
+  g->scale = scale;
+  g->sl2 = scale * LOG2E;
+  if (operand(q, &g->q, g->qs, &tmp[0]) || operand(k, &g->k, g->ks, &tmp[1])) return -1;
+  if (v && operand(v, &g->v, g->vs, &tmp[2])) return -1;
+  if (dout && operand(dout, &g->dout, g->ds, &tmp[3])) return -1;
+  if (lse && rows_f32(lse, &g->lse_in, &tmp[4])) return -1;
+  if (delta && rows_f32(delta, &g->delta, &tmp[5])) return -1;
+  return 0;
+}
+
+static void release(mx__buffer **tmp) {
+  for (int i = 0; i < 6; i++)
+    if (tmp[i]) mx__buffer_release(tmp[i]); /* reused only by later work of the stream */
+}
+
+static bool sizes_fit(const mx_array *q, const mx_array *k) {
+  return q->shape[0] * q->shape[1] <= 65535 && k->shape[0] * k->shape[1] <= 65535 &&
+         q->shape[2] < INT_MAX / 2 && k->shape[2] < INT_MAX / 2;
+}
+
+} // namespace
 
 extern "C" bool mx__cuda_fa2_ok(mx_dtype dt, int64_t D, int64_t Dv, int64_t Tq, int64_t Tk,
                                 bool causal) {
-  (void)dt, (void)D, (void)Dv, (void)Tq, (void)Tk, (void)causal;
-  return false;
+  return (dt == MX_BFLOAT16 || dt == MX_FLOAT16) && D == Dv && (D == 64 || D == 128) &&
+         Tq > 0 && Tk > 0 && !(causal && Tq > Tk);
 }
+
 extern "C" int mx__cuda_fa2_forward(mx_array *o, mx_array *lse, mx_array *q, mx_array *k,
                                     mx_array *v, float scale, bool causal) {
-  (void)o, (void)lse, (void)q, (void)k, (void)v, (void)scale, (void)causal;
-  return 1;
+  const int64_t D = q->shape[3];
+  if ((!o && !lse) || (o && !v) ||
+      !mx__cuda_fa2_ok(q->dtype, D, v ? v->shape[3] : D, q->shape[2], k->shape[2], causal) ||
+      !sizes_fit(q, k))
+    return 1;
+  mx__buffer *tmp[6] = {0};
+  fa2_geo g;
+  int st = setup(&g, q, k, o ? v : NULL, NULL, NULL, NULL, scale, tmp);
+  if (!st) {
+    g.o = o ? (uint16_t *)mx__ddata(o) : NULL;
+    g.lse = lse ? (float *)mx__ddata(lse) : NULL;
+    st = run(FWD, q->dtype, (int)D, causal, g, (int)q->shape[0]);
+  }
+  release(tmp);
+  return st;
 }
+
+static int backward(int which, mx_array *out, mx_array *q, mx_array *k, mx_array *v,
+                    mx_array *dout, mx_array *lse, mx_array *delta, float scale, bool causal) {
+  const int64_t D = q->shape[3];
+  if (!mx__cuda_fa2_ok(q->dtype, D, v->shape[3], q->shape[2], k->shape[2], causal) ||
+      !sizes_fit(q, k) || k->dtype != q->dtype || v->dtype != q->dtype ||
+      dout->dtype != q->dtype || lse->dtype != MX_FLOAT32 || delta->dtype != MX_FLOAT32)
+    return 1;
+  mx__buffer *tmp[6] = {0};
+  fa2_geo g;
+  int st = setup(&g, q, k, v, dout, lse, delta, scale, tmp);
+  if (!st) {
+    g.o = (uint16_t *)mx__ddata(out);
+    st = run(which, q->dtype, (int)D, causal, g, (int)q->shape[0]);
+  }
+  release(tmp);
+  return st;
+}
+
 extern "C" int mx__cuda_fa2_backward_q(mx_array *dq, mx_array *q, mx_array *k, mx_array *v,
                                        mx_array *dout, mx_array *lse, mx_array *delta,
                                        float scale, bool causal) {
-  (void)dq, (void)q, (void)k, (void)v, (void)dout, (void)lse, (void)delta, (void)scale,
-      (void)causal;
-  return mx__set_error(MX_ERR_NO_KERNEL, "sdpa backward: CUDA kernel not built yet"), -1;
+  return backward(BWD_Q, dq, q, k, v, dout, lse, delta, scale, causal);
 }
+
 extern "C" int mx__cuda_fa2_backward_kv(mx_array *dkv, mx_array *q, mx_array *k, mx_array *v,
                                         mx_array *dout, mx_array *lse, mx_array *delta,
                                         float scale, bool causal) {
-  (void)dkv, (void)q, (void)k, (void)v, (void)dout, (void)lse, (void)delta, (void)scale,
-      (void)causal;
-  return mx__set_error(MX_ERR_NO_KERNEL, "sdpa backward: CUDA kernel not built yet"), -1;
+  return backward(BWD_KV, dkv, q, k, v, dout, lse, delta, scale, causal);
 }
