@@ -55,12 +55,36 @@ static void prof_report(void) {
   }
 }
 
+/* MXC_PROFILE_SLOW=<us>: also each kernel slower than that, with shapes */
+static double g_prof_slow_us = -1;
+
+static void prof_shape(char *b, size_t n, const mx_array *x) {
+  size_t o = (size_t)snprintf(b, n, "%s(", mx_dtype_name(x->dtype));
+  for (int d = 0; d < x->ndim && o < n; d++)
+    o += (size_t)snprintf(b + o, n - o, "%s%lld", d ? "," : "", (long long)x->shape[d]);
+  if (o < n) snprintf(b + o, n - o, ")");
+}
+
+static void prof_slow(const mx_array *a, double dt) {
+  char line[512], sh[96];
+  prof_shape(sh, sizeof sh, a);
+  size_t o = (size_t)snprintf(line, sizeof line, "mxc slow %-24s %9.1f us  %s <-",
+                              mx__op_names[a->op->id], dt * 1e6, sh);
+  for (int j = 0; j < a->ninputs && o < sizeof line; j++) {
+    prof_shape(sh, sizeof sh, a->inputs[j]);
+    o += (size_t)snprintf(line + o, sizeof line - o, " %s", sh);
+  }
+  fprintf(stderr, "%s\n", line);
+}
+
 static bool prof_on(void) {
   if (g_prof < 0) {
     pthread_mutex_lock(&g_prof_mu);
     if (g_prof < 0) {
       const char *e = getenv("MXC_PROFILE");
       g_prof = e && *e && strcmp(e, "0") ? 1 : 0;
+      const char *sl = getenv("MXC_PROFILE_SLOW");
+      if (g_prof && sl && *sl) g_prof_slow_us = atof(sl);
       if (g_prof) atexit(prof_report);
     }
     pthread_mutex_unlock(&g_prof_mu);
@@ -220,6 +244,7 @@ int mx_eval(mx_array **arrays, int n) {
       g_prof_s[a->op->id][a->device] += dt;
       g_prof_n[a->op->id][a->device]++;
       pthread_mutex_unlock(&g_prof_mu);
+      if (g_prof_slow_us >= 0 && dt * 1e6 >= g_prof_slow_us) prof_slow(a, dt);
     }
     if (st) {
       if (a->buf) {
