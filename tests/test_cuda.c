@@ -615,6 +615,37 @@ TEST(put_along_long_axis_equals_cpu) {
   }
 }
 
+/* scatter_add_axis with long index lists over few columns (the embedding
+ * gradient: the destination rows are shared out among threads): the same
+ * additions in the same order as the CPU, so f32 results are equal */
+TEST(scatter_add_long_index_lists_equal_cpu) {
+  NEED_GPU();
+  const int64_t V = 517, D = 96, N = 3001;
+  int32_t *ix = malloc(sizeof(int32_t) * (size_t)N);
+  uint64_t h = 88172645463325252ull;
+  for (int64_t i = 0; i < N; i++) {
+    h ^= h << 13, h ^= h >> 7, h ^= h << 17;
+    ix[i] = i % 7 == 0 ? 3 : (int32_t)(h % (uint64_t)(V + 40)) - 40; /* hot row, negatives */
+  }
+  mx_array *idx = mx_array_from_data(ix, (int64_t[]){1, N, 1}, 3, MX_INT32);
+  mx_array *v = normal((int64_t[]){1, N, D}, 3, 1, 77);
+  const mx_dtype dts[] = {MX_FLOAT32, MX_BFLOAT16};
+  for (int d = 0; d < 2; d++) {
+    mx_array *z = mx_zeros((int64_t[]){1, V, D}, 3, dts[d]);
+    mx_array *vd = mx_astype(v, dts[d]);
+    mx_array *r[2];
+    for (int dev = 0; dev < 2; dev++) {
+      mx_set_default_device(dev ? MX_GPU : MX_CPU);
+      r[dev] = mx_scatter_add_axis(z, idx, vd, 1);
+    }
+    mx_set_default_device(MX_CPU);
+    ASSERT_EQ_INT(mismatches(r[0], r[1], d ? dtype_tol(dts[d]) : 0, "scatter_add_axis long"), 0);
+    mx_array_free_n((mx_array *[]){z, vd, r[0], r[1]}, 4);
+  }
+  mx_array_free_n((mx_array *[]){idx, v}, 2);
+  free(ix);
+}
+
 /* argmax / argmin of very long rows (split over blocks on the GPU): ties
  * (bf16 has many) go to the first index, a NaN wins, as on the CPU. */
 TEST(argreduce_long_rows_equal_cpu) {

@@ -116,13 +116,23 @@ template <> struct acc_op<TI64, int64_t> {
   __device__ static void add(int64_t &o, int64_t v) { o = (int64_t)((uint64_t)o + (uint64_t)v); }
 };
 
+/* Thread (i, r) of count x nr adds, in index order, the values whose
+ * destination row j along the axis falls in its share [r * per, r * per +
+ * per): every destination has one writer and sees its additions in index
+ * order (deterministic, the CPU's order), and a long index list (the
+ * embedding gradient: count = D, n = tokens) is spread over nr times more
+ * threads, each scanning the indices but only chaining the read-modify-
+ * writes of its own rows. */
 template <class T, class A, class TI>
-__global__ void k_add(A *o, const TI *ix, const typename T::S *v, scat_geo g, int64_t count) {
-  MX_CUDA_LOOP(i, count) {
+__global__ void k_add(A *o, const TI *ix, const typename T::S *v, scat_geo g, int64_t count,
+                      int64_t nr, int64_t per) {
+  MX_CUDA_LOOP(t, count * nr) {
+    int64_t i = t % count, r = t / count;
     int64_t off[3];
     mx__nd_offsets<3>(g.nd, i, off);
     for (int64_t k = 0; k < g.n; k++) {
       int64_t j = norm_index((int64_t)ix[off[1] + k * g.istep], g.dim);
+      if (nr > 1 && j / per != r) continue;
       acc_op<T, A>::add(o[off[0] + j * g.ostride], v[off[2] + k * g.vstep]);
     }
   }
@@ -229,7 +239,16 @@ static int k_scatter_add_axis(mx_array *out, mx_array **in) {
   if (count == 0 || idx->shape[ax] == 0) return MX_OK;
   scat_geo g = make_geo(out, idx, v, ax);
   cudaStream_t s = mx__cuda_stream();
-  unsigned nb = mx__cuda_blocks(count);
+  /* shares of the destination rows: ~256k threads when the index lists are
+   * long and few (each thread keeps >= 8 rows) */
+  int64_t nr = 1, per = g.dim;
+  if (g.n >= 256 && count < 65536 && g.dim >= 16) {
+    nr = (262144 + count - 1) / count;
+    if (nr > g.dim / 8) nr = g.dim / 8;
+    per = (g.dim + nr - 1) / nr;
+    nr = (g.dim + per - 1) / per;
+  }
+  unsigned nb = mx__cuda_blocks(count * nr);
   const void *ip = mx__ddata(idx), *vp = mx__ddata(v);
   void *op = out->buf->dptr;
   int64_t n = out->size;
@@ -237,7 +256,7 @@ static int k_scatter_add_axis(mx_array *out, mx_array **in) {
 #define PLAIN(DT, TAG, A)                                                                  \
   case DT:                                                                                 \
     IDX_DISPATCH(idx->dtype, k_add<TAG, A, TI><<<nb, MX_CUDA_THREADS, 0, s>>>(             \
-                                 (A *)op, (const TI *)ip, (const TAG::S *)vp, g, count))   \
+                                 (A *)op, (const TI *)ip, (const TAG::S *)vp, g, count, nr, per)) \
     break;
     PLAIN(MX_BOOL, TBool, uint8_t)
     PLAIN(MX_UINT8, TU8, uint8_t)
@@ -254,7 +273,7 @@ static int k_scatter_add_axis(mx_array *out, mx_array **in) {
     float *ap = (float *)acc->dptr;                                                        \
     k_to_f32<TAG><<<mx__cuda_blocks(n), MX_CUDA_THREADS, 0, s>>>((const TAG::S *)op, ap, n); \
     IDX_DISPATCH(idx->dtype, k_add<TAG, float, TI><<<nb, MX_CUDA_THREADS, 0, s>>>(         \
-                                 ap, (const TI *)ip, (const TAG::S *)vp, g, count))        \
+                                 ap, (const TI *)ip, (const TAG::S *)vp, g, count, nr, per)) \
     k_from_f32<TAG><<<mx__cuda_blocks(n), MX_CUDA_THREADS, 0, s>>>(ap, (TAG::S *)op, n);   \
     mx__buffer_release(acc);                                                               \
     break;                                                                                 \

@@ -102,6 +102,41 @@ __global__ void k_reduce_thread(const typename T::S *x, mx__nd<1> outer, mx__nd<
   }
 }
 
+/* Column reductions (the kept dims innermost in memory, e.g. the weight
+ * gradient of a norm: sum over (rows, D) -> D): consecutive threads take
+ * consecutive outputs, so every step of the reduced loop reads one
+ * coalesced run; blockIdx.y takes a fixed share of the reduced range and
+ * writes a partial, summed in split order by k_reduce_splits (the split
+ * count depends on the shape only, so results are the same run to run). */
+template <class T>
+__global__ void k_reduce_cols(const typename T::S *x, mx__nd<1> outer, mx__nd<1> inner,
+                              int64_t nout, int64_t r, int64_t chunk, rop op,
+                              typename acc_of<T>::A *part) {
+  typedef typename acc_of<T>::A A;
+  int64_t o = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (o >= nout) return;
+  int64_t base;
+  mx__nd_offsets<1>(outer, o, &base);
+  int64_t j0 = (int64_t)blockIdx.y * chunk, j1 = j0 + chunk < r ? j0 + chunk : r;
+  A v;
+  init_acc(op, &v);
+  for (int64_t j = j0; j < j1; j++) {
+    int64_t off;
+    mx__nd_offsets<1>(inner, j, &off);
+    v = comb(op, v, (A)T::ld(x[base + off]));
+  }
+  part[(int64_t)blockIdx.y * nout + o] = v;
+}
+
+template <class A>
+__global__ void k_reduce_splits(const A *part, int64_t nout, int nsplit, rop op, A *acc) {
+  MX_CUDA_LOOP(o, nout) {
+    A v = part[o];
+    for (int s = 1; s < nsplit; s++) v = comb(op, v, part[(int64_t)s * nout + o]);
+    acc[o] = v;
+  }
+}
+
 /* out[i] = TO(acc[i]) with the CPU's conversion rules */
 template <class TO, class A>
 __global__ void k_convert(typename TO::S *o, const A *acc, int64_t n, bool logical) {
@@ -149,7 +184,27 @@ static int reduce_typed(mx_array *out, mx_array *a, uint32_t mask, rop op) {
   A *acc = (A *)tmp->dptr;
   const typename T::S *x = (const typename T::S *)mx__ddata(a);
   cudaStream_t s = mx__cuda_stream();
-  if (r >= 128) {
+  if (on >= 1 && ost[on - 1] == 1 && osh[on - 1] >= 32 && nout >= 64 && r >= 64 &&
+      nout <= (int64_t)65535 * MX_CUDA_THREADS) {
+    /* column reduction: ~256k threads in all, at least 32 steps each */
+    int64_t want = (262144 + nout - 1) / nout, most = r / 32;
+    int64_t nsplit = want < most ? want : most;
+    if (nsplit < 1) nsplit = 1;
+    if (nsplit > 65535) nsplit = 65535;
+    int64_t chunk = (r + nsplit - 1) / nsplit;
+    nsplit = (r + chunk - 1) / chunk;
+    mx__buffer *pb = mx__cuda_tmp(sizeof(A) * (size_t)(nsplit * nout));
+    if (!pb) {
+      mx__buffer_release(tmp);
+      return mx_last_status();
+    }
+    dim3 grid((unsigned)((nout + MX_CUDA_THREADS - 1) / MX_CUDA_THREADS), (unsigned)nsplit);
+    k_reduce_cols<T><<<grid, MX_CUDA_THREADS, 0, s>>>(x, outer, inner, nout, r, chunk, op,
+                                                       (A *)pb->dptr);
+    k_reduce_splits<A><<<mx__cuda_blocks(nout), MX_CUDA_THREADS, 0, s>>>(
+        (const A *)pb->dptr, nout, (int)nsplit, op, acc);
+    mx__buffer_release(pb); /* reused only by later work of the same stream */
+  } else if (r >= 128) {
     unsigned g = (unsigned)(nout < 65535 * 8 ? nout : 65535 * 8);
     k_reduce_block<T><<<g, MX_CUDA_THREADS, 0, s>>>(x, outer, inner, nout, r, op, acc);
   } else {
