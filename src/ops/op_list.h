@@ -90,6 +90,8 @@
   X(ARGPARTITION, "argpartition")                                           \
   /* random */                                                              \
   X(RANDOM_BITS, "random_bits")                                             \
+  /* optimizers (fused update steps) */                                     \
+  X(ADAM_UPDATE, "adam_update")                                             \
   /* fast LLM ops */                                                        \
   X(RMS_NORM, "rms_norm")                                                   \
   X(LAYER_NORM, "layer_norm")                                               \

@@ -5,6 +5,7 @@
 
 #include "support/harness.h"
 #include "array_impl.h"
+#include "ops/optim_params.h"
 
 /* ---- unary ---------------------------------------------------------------- */
 typedef struct {
@@ -257,6 +258,36 @@ static int f_create(const mx_opcase *c, const double *const *in, double *out, in
 
 #define FL OC_FLOATS
 #define NG (OC_NONCONTIG | OC_NO_GRAD)
+/* ---- adam_update (internal: the fused optimizer step) ---------------------------- */
+/* ip[0] = form; dp = {beta or decay, c1, c2, eps} */
+static mx_array *b_adam(const mx_opcase *c, mx_array **in) {
+  mx__adam_params p = {.which = c->ip[0], .beta1 = c->dp[0], .beta2 = c->dp[0],
+                       .decay = c->dp[0], .c1 = c->dp[1], .c2 = c->dp[2], .eps = c->dp[3]};
+  return mx__adam_update(&p, in[0], in[1], c->nin > 2 ? in[2] : NULL);
+}
+
+static int f_adam(const mx_opcase *c, const double *const *in, double *out, int64_t *oshape,
+                  int *ond) {
+  int nd = c->ndim[0];
+  int64_t n = oc_size(c->shape[0], nd);
+  memcpy(oshape, c->shape[0], sizeof(int64_t) * (size_t)nd);
+  *ond = nd;
+  const double k = c->dp[0];
+  for (int64_t i = 0; i < n; i++) {
+    const double a = in[0][i], b = in[1][i];
+    out[i] = c->ip[0] == MX__ADAM_M   ? k * a + (1 - k) * b
+             : c->ip[0] == MX__ADAM_V ? k * a + (1 - k) * b * b
+                                      : k * a - c->dp[1] * b / (c->dp[2] * sqrt(in[2][i]) + c->dp[3]);
+  }
+  return 0;
+}
+
+#define ADAM(d, form, nin_, nd_, k, c1, c2, eps, ...)                                        \
+  {.op = "adam_update", .desc = d, .nin = nin_, .ndim = {nd_, nd_, nd_},                     \
+   .shape = {{__VA_ARGS__}, {__VA_ARGS__}, {__VA_ARGS__}}, .lo = 0, .hi = 2, OC_F32_F64,     \
+   .flags = OC_NONCONTIG | OC_NO_GRAD, .ip = {form}, .dp = {k, c1, c2, eps}, .build = b_adam, \
+   .ref = f_adam}
+
 static mx_opcase cases[] = {
     UN(0, -3, 3, OC_DT(MX_FLOAT32, MX_FLOAT64, MX_FLOAT16, MX_BFLOAT16, MX_INT32, MX_INT64)),
     UN(1, -3, 3, OC_DT(MX_FLOAT32, MX_FLOAT64, MX_FLOAT16, MX_BFLOAT16, MX_INT32, MX_UINT8)),
@@ -313,6 +344,13 @@ static mx_opcase cases[] = {
     CR("full_like", 5), CR("arange", 6), CR("linspace", 7), CR("eye", 8), CR("identity", 9),
     CR("tri", 10), CR("tril", 11), CR("triu", 12), CR("array_from_data", 13),
     CR("array_from_data_nocopy", 14),
+    /* adam_update (internal) */
+    ADAM("first moment", MX__ADAM_M, 2, 2, 0.9, 0, 0, 0, 37, 65),
+    ADAM("second moment", MX__ADAM_V, 2, 3, 0.999, 0, 0, 0, 3, 5, 129),
+    ADAM("update, AdamW decay, bias correction", MX__ADAM_P, 3, 2, 0.99997, 0.0031, 1.37, 1e-8,
+         33, 70),
+    ADAM("update, large eps", MX__ADAM_P, 3, 1, 1, 0.5, 1, 0.25, 1000),
+    ADAM("0-size", MX__ADAM_M, 2, 2, 0.9, 0, 0, 0, 0, 8),
 };
 
 static int fill_names(void) {

@@ -2,9 +2,11 @@
  * arange and copy. Loops are generated per dtype from the macros in
  * types.h; f16/bf16 compute in f32. Inputs may be strided or broadcast;
  * outputs are row-contiguous. */
+#include <math.h>
 #include <string.h>
 
 #include "cpu.h"
+#include "ops/optim_params.h"
 #include "types.h"
 #include "vmath.h"
 
@@ -319,6 +321,59 @@ static int k_swiglu(mx_array *out, mx_array **in) {
   return run_nary(out, in, 2, f);
 }
 
+/* adam_update (src/ops/optim_params.h): float32 / float64 */
+#define ADAM_LOOP(NAME, T)                                                                  \
+  static void NAME(char **p, const int64_t *s, int64_t n, const void *c_) {                 \
+    const mx__adam_params *a = (const mx__adam_params *)c_;                                \
+    T *o = (T *)p[0];                                                                       \
+    const T *x = (const T *)p[1], *y = (const T *)p[2], *z = (const T *)p[3];               \
+    if (a->which == MX__ADAM_M) {                                                           \
+      const T b = (T)a->beta1, nb = (T)(1.0 - a->beta1);                                    \
+      for (int64_t i = 0; i < n; i++) o[i] = b * x[i * s[1]] + nb * y[i * s[2]];            \
+    } else if (a->which == MX__ADAM_V) {                                                    \
+      const T b = (T)a->beta2, nb = (T)(1.0 - a->beta2);                                    \
+      for (int64_t i = 0; i < n; i++) {                                                     \
+        T g = y[i * s[2]];                                                                  \
+        o[i] = b * x[i * s[1]] + nb * (g * g);                                              \
+      }                                                                                     \
+    } else {                                                                                \
+      const T d = (T)a->decay, c1 = (T)a->c1, c2 = (T)a->c2, e = (T)a->eps;                 \
+      for (int64_t i = 0; i < n; i++)                                                       \
+        o[i] = d * x[i * s[1]] - (c1 * y[i * s[2]]) / (c2 * (T)sqrt((double)z[i * s[3]]) + e); \
+    }                                                                                       \
+  }
+ADAM_LOOP(adam_f32, float)
+ADAM_LOOP(adam_f64, double)
+
+static int k_adam_update(mx_array *out, mx_array **in) {
+  const mx__adam_params *a = MX__PARAMS(out, mx__adam_params);
+  int nin = a->which == MX__ADAM_P ? 3 : 2;
+  mx__inner_fn f = out->dtype == MX_FLOAT32 ? adam_f32 : out->dtype == MX_FLOAT64 ? adam_f64 : NULL;
+  for (int i = 0; i < nin; i++)
+    if (in[i]->dtype != out->dtype) f = NULL;
+  if (!f) return no_kernel(out, in[0]->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st) return st;
+  char *base[MX__MAX_OPERANDS];
+  size_t el[MX__MAX_OPERANDS];
+  int64_t strides[MX__MAX_OPERANDS][MX_MAX_NDIM];
+  const int64_t *sp[MX__MAX_OPERANDS];
+  base[0] = out->buf->ptr;
+  el[0] = mx_dtype_size(out->dtype);
+  sp[0] = NULL;
+  for (int i = 0; i < 3; i++) { /* a 2-input form passes input 0 as an unused third */
+    mx_array *x = in[i < nin ? i : 0];
+    base[i + 1] = mx__data(x);
+    el[i + 1] = mx_dtype_size(x->dtype);
+    bcast_strides(x, out->shape, out->ndim, strides[i + 1]);
+    sp[i + 1] = strides[i + 1];
+  }
+  mx__nd_iter it;
+  mx__iter_init(&it, out->shape, out->ndim, 4, base, el, sp);
+  mx__iter_run(&it, f, a);
+  return MX_OK;
+}
+
 /* copy / identity kernels (floor/ceil/round of integers) */
 #define WHERE_LOOP(NAME, T)                                                     \
   static void NAME(char **p, const int64_t *s, int64_t n, const void *c_) {     \
@@ -423,6 +478,7 @@ void mx__cpu_register_elementwise(mx__kernel_fn *k) {
   k[MX_OP_ASTYPE] = k_astype;
   k[MX_OP_WHERE] = k_where;
   k[MX_OP_SWIGLU] = k_swiglu;
+  k[MX_OP_ADAM_UPDATE] = k_adam_update;
   k[MX_OP_COPY] = k_copy;
   k[MX_OP_FULL] = k_copy;
   k[MX_OP_ARANGE] = k_arange;

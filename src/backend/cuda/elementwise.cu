@@ -4,6 +4,7 @@
  * the arithmetic mirrors src/backend/cpu/elementwise.c (f16/bf16 compute in
  * f32, integer arithmetic wraps through 64 bits, float -> int saturates). */
 #include "cuda_common.cuh"
+#include "ops/optim_params.h"
 
 /* ---- the generic strided map kernel ---------------------------------------------- */
 template <int N, class F>
@@ -289,6 +290,69 @@ static int k_swiglu(mx_array *out, mx_array **in) {
   return st;
 }
 
+/* ---- adam_update (src/ops/optim_params.h) -------------------------------------------- */
+/* Each product, sum and quotient rounded on its own (no contraction into
+ * FMAs), as the composition of separate ops rounds them. */
+__device__ __forceinline__ float r_mul(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double r_mul(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float r_add(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double r_add(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ float r_sub(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ double r_sub(double a, double b) { return __dsub_rn(a, b); }
+__device__ __forceinline__ float r_div(float a, float b) { return __fdiv_rn(a, b); }
+__device__ __forceinline__ double r_div(double a, double b) { return __ddiv_rn(a, b); }
+__device__ __forceinline__ float r_sqrt(float a) { return __fsqrt_rn(a); }
+__device__ __forceinline__ double r_sqrt(double a) { return __dsqrt_rn(a); }
+
+template <class X>
+struct AdamF {
+  X *o;
+  const X *a, *b, *c;
+  int which;
+  X k0, k1, c1, c2, eps;
+  __device__ void operator()(const int64_t *off) const {
+    if (which == MX__ADAM_M) {
+      o[off[0]] = r_add(r_mul(k0, a[off[1]]), r_mul(k1, b[off[2]]));
+    } else if (which == MX__ADAM_V) {
+      X g = b[off[2]];
+      o[off[0]] = r_add(r_mul(k0, a[off[1]]), r_mul(k1, r_mul(g, g)));
+    } else {
+      X den = r_add(r_mul(c2, r_sqrt(c[off[3]])), eps);
+      o[off[0]] = r_sub(r_mul(k0, a[off[1]]), r_div(r_mul(c1, b[off[2]]), den));
+    }
+  }
+};
+
+template <class X>
+static int adam_launch(mx_array *out, mx_array **in3, const mx__adam_params *p) {
+  mx__nd<4> ix = out_nd<4>(out, in3);
+  AdamF<X> f;
+  f.o = (X *)out->buf->dptr;
+  f.a = (const X *)mx__ddata(in3[0]);
+  f.b = (const X *)mx__ddata(in3[1]);
+  f.c = (const X *)mx__ddata(in3[2]);
+  f.which = p->which;
+  f.k0 = (X)(p->which == MX__ADAM_M ? p->beta1 : p->which == MX__ADAM_V ? p->beta2 : p->decay);
+  f.k1 = (X)(p->which == MX__ADAM_M ? 1.0 - p->beta1 : 1.0 - p->beta2);
+  f.c1 = (X)p->c1;
+  f.c2 = (X)p->c2;
+  f.eps = (X)p->eps;
+  return launch_map<4>(ix, out->size, f, mx__opname(out));
+}
+
+static int k_adam_update(mx_array *out, mx_array **in) {
+  const mx__adam_params *p = MX__PARAMS(out, mx__adam_params);
+  int nin = p->which == MX__ADAM_P ? 3 : 2;
+  mx_dtype dt = out->dtype;
+  for (int i = 0; i < nin; i++)
+    if (in[i]->dtype != dt) return mx__cuda_no_dtype(out, in[i]->dtype);
+  if (dt != MX_FLOAT32 && dt != MX_FLOAT64) return mx__cuda_no_dtype(out, dt);
+  int st = mx__array_alloc_data(out);
+  if (st) return st;
+  mx_array *in3[3] = {in[0], in[1], nin == 3 ? in[2] : in[0]};
+  return dt == MX_FLOAT32 ? adam_launch<float>(out, in3, p) : adam_launch<double>(out, in3, p);
+}
+
 /* ---- astype ------------------------------------------------------------------------- */
 template <class TI, class TO>
 struct AstypeF {
@@ -431,6 +495,7 @@ void mx__cuda_register_elementwise(mx__kernel_fn *k) {
       MX_OP_LOGICAL_OR};
   for (size_t i = 0; i < sizeof binary_ops / sizeof *binary_ops; i++) k[binary_ops[i]] = k_binary;
   k[MX_OP_SWIGLU] = k_swiglu;
+  k[MX_OP_ADAM_UPDATE] = k_adam_update;
   k[MX_OP_ASTYPE] = k_astype;
   k[MX_OP_WHERE] = k_where;
   k[MX_OP_COPY] = k_copy;
