@@ -439,7 +439,7 @@ static double loss_of(const fcall *c, mx_array **in, const double *cot) {
 
 /* The op's own VJP (called directly) against central differences, in
  * float64, for every float input. */
-static void check_vjp_fd(const fcall *c, mx_array **in, const char *what) {
+static void check_vjp_fd_tol(const fcall *c, mx_array **in, const char *what, double tol) {
   int n = nin_of(c);
   mx_array *y = call(c, in);
   ASSERT_NOT_NULL(y);
@@ -477,7 +477,7 @@ static void check_vjp_fd(const fcall *c, mx_array **in, const char *what) {
       in[i] = saved;
       xv[e] = x0;
       double fd = (lp - lm) / (2 * h);
-      if (!(fabs(fd - gv[e]) <= 1e-6 * (1 + fabs(fd))))
+      if (!(fabs(fd - gv[e]) <= tol * (1 + fabs(fd))))
         TEST_FAIL("%s: d/d input %d [%lld]: vjp %.10g, finite differences %.10g", what, i,
                   (long long)e, gv[e], fd);
     }
@@ -488,6 +488,10 @@ static void check_vjp_fd(const fcall *c, mx_array **in, const char *what) {
   mx_array_free_n(g, 4);
   mx_array_free(cot);
   mx_array_free(y);
+}
+
+static void check_vjp_fd(const fcall *c, mx_array **in, const char *what) {
+  check_vjp_fd_tol(c, in, what, 1e-6);
 }
 
 TEST(norm_vjps_match_finite_differences) {
@@ -804,6 +808,414 @@ TEST(allocation_failures_are_reported) {
   }
   mx_array *arr[] = {q, k, x, w};
   mx_array_free_n(arr, 4);
+}
+
+/* ======================================================================
+ * the fused attention backward (sdpa_logsumexp, sdpa_backward_q,
+ * sdpa_backward_kv) and its routing in the VJP of sdpa
+ * ====================================================================== */
+
+typedef struct {
+  int64_t B, Hq, Hkv, Tq, Tk, D;
+  bool causal;
+  bool strided; /* q as a (B, Tq, Hq, D) transpose, k with feature stride Tk */
+} bwd_cfg;
+
+static const bwd_cfg BWD_CASES[] = {
+    {1, 2, 2, 5, 5, 8, false, false},
+    {2, 4, 2, 37, 37, 64, true, false},   /* GQA 2:1, causal, Tq = Tk */
+    {1, 4, 2, 1, 200, 64, true, true},    /* one row, causal, Tq < Tk */
+    {1, 3, 1, 130, 200, 24, true, true},  /* MQA, several blocks, Tq < Tk */
+    {2, 2, 1, 37, 130, 128, false, true}, /* not causal, Tq < Tk, D = 128 */
+    {1, 2, 2, 200, 200, 16, true, false}, /* many row and key blocks */
+    {1, 4, 4, 66, 67, 40, false, true},   /* odd sizes, Hq = Hkv */
+};
+
+/* q (B, Hq, Tq, D) and k (B, Hkv, Tk, D) of dtype dt, as views when strided. */
+static void bwd_qk(const bwd_cfg *s, mx_dtype dt, mx_array **q, mx_array **k) {
+  if (!s->strided) {
+    *q = RND(dt, -1, 1, s->B, s->Hq, s->Tq, s->D);
+    *k = RND(dt, -1, 1, s->B, s->Hkv, s->Tk, s->D);
+    return;
+  }
+  mx_array *qt = RND(dt, -1, 1, s->B, s->Tq, s->Hq, s->D);
+  mx_array *kt = RND(dt, -1, 1, s->B, s->Hkv, s->D, s->Tk);
+  *q = mx_swapaxes(qt, 1, 2);
+  *k = mx_swapaxes(kt, 2, 3);
+  mx_array_free(qt);
+  mx_array_free(kt);
+}
+
+/* The three ops in float64 from their definitions (fast_params.h), on
+ * row-major host copies: lse from q, k; dq and dkv with the given lse_in
+ * and delta. */
+static void bwd_reference(const bwd_cfg *s, double scale, const double *q, const double *k,
+                          const double *v, const double *o, const double *lse_in,
+                          const double *delta, double *lse, double *dq, double *dkv) {
+  int64_t G = s->Hq / s->Hkv, D = s->D, off = s->Tk - s->Tq;
+  double *sc = malloc(sizeof(double) * (size_t)(s->Tk ? s->Tk : 1));
+  memset(dq, 0, sizeof(double) * (size_t)(s->B * s->Hq * s->Tq * D));
+  memset(dkv, 0, sizeof(double) * (size_t)(s->B * s->Hkv * s->Tk * 2 * D));
+  for (int64_t b = 0; b < s->B; b++)
+    for (int64_t h = 0; h < s->Hq; h++)
+      for (int64_t t = 0; t < s->Tq; t++) {
+        int64_t row = (b * s->Hq + h) * s->Tq + t, kh = b * s->Hkv + h / G;
+        const double *qr = q + row * D, *orow = o + row * D;
+        int64_t n = s->causal ? MX_MIN(s->Tk, t + off + 1) : s->Tk;
+        double mx = -INFINITY, sum = 0;
+        for (int64_t j = 0; j < n; j++) {
+          double a = 0;
+          for (int64_t d = 0; d < D; d++) a += qr[d] * k[(kh * s->Tk + j) * D + d];
+          sc[j] = scale * a;
+          mx = fmax(mx, sc[j]);
+        }
+        for (int64_t j = 0; j < n; j++) sum += exp(sc[j] - mx);
+        lse[row] = n ? mx + log(sum) : -INFINITY;
+        for (int64_t j = 0; j < n; j++) {
+          const double *kj = k + (kh * s->Tk + j) * D, *vj = v + (kh * s->Tk + j) * D;
+          double *dkj = dkv + (kh * s->Tk + j) * 2 * D;
+          double p = exp(sc[j] - lse_in[row]), dp = 0;
+          for (int64_t d = 0; d < D; d++) dp += orow[d] * vj[d];
+          double ds = p * (dp - delta[row]);
+          for (int64_t d = 0; d < D; d++) {
+            dq[row * D + d] += scale * ds * kj[d];
+            dkj[d] += scale * ds * qr[d];
+            dkj[D + d] += p * orow[d];
+          }
+        }
+      }
+  free(sc);
+}
+
+/* A float32 array of shape (B, Hq, Tq) holding v rounded to float32. */
+static mx_array *rows_f32(const bwd_cfg *s, const double *v) {
+  int64_t shape[3] = {s->B, s->Hq, s->Tq};
+  mx_array *d = mx_array_from_data(v, shape, 3, MX_FLOAT64);
+  mx_array *r = mx_astype(d, MX_FLOAT32);
+  mx_array_free(d);
+  return r;
+}
+
+/* Max error of a against the float64 values ref (same size), as max_err. */
+static double err_vs(mx_array *a, const double *ref) {
+  mx_array *r = mx_array_from_data(ref, mx_array_shape(a), mx_array_ndim(a), MX_FLOAT64);
+  double e = max_err(a, r);
+  mx_array_free(r);
+  return e;
+}
+
+TEST(sdpa_fused_backward_ops_match_float64_reference) {
+  const mx_dtype dts[4] = {MX_FLOAT32, MX_FLOAT64, MX_FLOAT16, MX_BFLOAT16};
+  const double tols[4] = {1e-5, 1e-5, 1e-3, 8e-3}; /* float32 compute; output rounding */
+  for (int di = 0; di < 4; di++)
+    for (size_t ci = 0; ci < sizeof BWD_CASES / sizeof *BWD_CASES; ci++) {
+      const bwd_cfg *s = &BWD_CASES[ci];
+      mx_dtype dt = dts[di];
+      double scale = 1.0 / sqrt((double)s->D);
+      mx_array *q, *k;
+      bwd_qk(s, dt, &q, &k);
+      mx_array *v = RND(dt, -1, 1, s->B, s->Hkv, s->Tk, s->D);
+      mx_array *o = RND(dt, -1, 1, s->B, s->Hq, s->Tq, s->D);
+      mx_array *delta = RND(MX_FLOAT32, -0.5, 0.5, s->B, s->Hq, s->Tq);
+      double *qh = host(q), *kh = host(k), *vh = host(v), *oh = host(o), *dh = host(delta);
+      ASSERT(qh && kh && vh && oh && dh);
+      int64_t nrow = s->B * s->Hq * s->Tq;
+      double *lse = malloc(sizeof(double) * (size_t)nrow);
+      double *lse_in = malloc(sizeof(double) * (size_t)nrow);
+      double *dq = malloc(sizeof(double) * (size_t)(nrow * s->D));
+      double *dkv = malloc(sizeof(double) * (size_t)(s->B * s->Hkv * s->Tk * 2 * s->D));
+      /* lse first (lse_in unused), then the backward with lse rounded to float32 */
+      bwd_reference(s, scale, qh, kh, vh, oh, dh, dh, lse, dq, dkv);
+      for (int64_t r = 0; r < nrow; r++) lse_in[r] = (float)lse[r];
+      bwd_reference(s, scale, qh, kh, vh, oh, lse_in, dh, lse, dq, dkv);
+      mx_array *lse_a = rows_f32(s, lse_in);
+      mx_array *r[3] = {mx__fast_sdpa_lse(q, k, scale, s->causal),
+                        mx__fast_sdpa_bwd_q(q, k, v, o, lse_a, delta, scale, s->causal),
+                        mx__fast_sdpa_bwd_kv(q, k, v, o, lse_a, delta, scale, s->causal)};
+      ASSERT_MSG(r[0] && r[1] && r[2], "build: %s", mx_last_error());
+      ASSERT_EQ_INT(mx_array_dtype(r[0]), MX_FLOAT32);
+      ASSERT_EQ_INT(mx_array_dtype(r[1]), dt);
+      ASSERT_EQ_INT(mx_array_dtype(r[2]), dt);
+      ASSERT_EQ_INT(mx_array_shape(r[2])[3], 2 * s->D);
+      double e[3] = {err_vs(r[0], lse), err_vs(r[1], dq), err_vs(r[2], dkv)};
+      const char *names[3] = {"lse", "dq", "dkv"};
+      for (int i = 0; i < 3; i++)
+        ASSERT_MSG(e[i] >= 0 && e[i] <= (i == 0 ? 5e-6 : tols[di]),
+                   "case %zu %s: %s error %g (%s)", ci, mx_dtype_name(dt), names[i], e[i],
+                   mx_last_error());
+      mx_array_free_n(r, 3);
+      mx_array *arr[] = {q, k, v, o, delta, lse_a};
+      mx_array_free_n(arr, 6);
+      double *bufs[] = {qh, kh, vh, oh, dh, lse, lse_in, dq, dkv};
+      for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
+    }
+}
+
+/* Edges: no keys (lse -inf, dq 0), no rows (dk = dv = 0), empty batch. */
+TEST(sdpa_fused_backward_ops_edges) {
+  mx_array *q = RND(MX_FLOAT32, -1, 1, 1, 2, 3, 8), *k0 = RND(MX_FLOAT32, -1, 1, 1, 2, 0, 8);
+  mx_array *o = RND(MX_FLOAT32, -1, 1, 1, 2, 3, 8), *rows = RND(MX_FLOAT32, -1, 1, 1, 2, 3);
+  mx_array *l = mx__fast_sdpa_lse(q, k0, 0.5, false);
+  mx_array *dq = mx__fast_sdpa_bwd_q(q, k0, k0, o, rows, rows, 0.5, false);
+  double *lv = host(l), *dv = host(dq);
+  ASSERT(lv && dv);
+  for (int i = 0; i < 6; i++) ASSERT(isinf(lv[i]) && lv[i] < 0);
+  for (int i = 0; i < 48; i++) ASSERT(dv[i] == 0);
+  free(lv);
+  free(dv);
+  mx_array *q0 = RND(MX_FLOAT32, -1, 1, 1, 2, 0, 8), *k = RND(MX_FLOAT32, -1, 1, 1, 1, 4, 8);
+  mx_array *r0 = RND(MX_FLOAT32, -1, 1, 1, 2, 0);
+  mx_array *dkv = mx__fast_sdpa_bwd_kv(q0, k, k, q0, r0, r0, 0.5, true);
+  double *kv = host(dkv);
+  ASSERT_NOT_NULL(kv);
+  ASSERT_EQ_INT(mx_array_size(dkv), 64);
+  for (int i = 0; i < 64; i++) ASSERT(kv[i] == 0);
+  free(kv);
+  mx_array *arr[] = {q, k0, o, rows, l, dq, q0, k, r0, dkv};
+  mx_array_free_n(arr, 10);
+}
+
+TEST(sdpa_fused_backward_ops_do_not_depend_on_thread_count) {
+  int saved = mx_get_num_threads();
+  bwd_cfg s = {2, 4, 2, 45, 100, 64, true, true};
+  mx_array *q, *k;
+  bwd_qk(&s, MX_BFLOAT16, &q, &k);
+  mx_array *v = RND(MX_BFLOAT16, -1, 1, 2, 2, 100, 64), *o = RND(MX_BFLOAT16, -1, 1, 2, 4, 45, 64);
+  mx_array *delta = RND(MX_FLOAT32, -0.5, 0.5, 2, 4, 45);
+  mx_array *ref[3] = {0};
+  for (int nt = 1; nt <= 4; nt++) {
+    mx_set_num_threads(nt);
+    mx_array *lse = mx__fast_sdpa_lse(q, k, 0.125, true);
+    mx_array *r[3] = {mx_array_retain(lse),
+                      mx__fast_sdpa_bwd_q(q, k, v, o, lse, delta, 0.125, true),
+                      mx__fast_sdpa_bwd_kv(q, k, v, o, lse, delta, 0.125, true)};
+    mx_array_free(lse);
+    ASSERT_OK(mx_eval(r, 3));
+    for (int i = 0; i < 3; i++) {
+      if (nt == 1) {
+        ref[i] = r[i];
+        continue;
+      }
+      ASSERT_MSG(max_err(r[i], ref[i]) == 0, "op %d differs with %d threads", i, nt);
+      mx_array_free(r[i]);
+    }
+  }
+  mx_set_num_threads(saved);
+  mx_array_free_n(ref, 3);
+  mx_array *arr[] = {q, k, v, o, delta};
+  mx_array_free_n(arr, 5);
+}
+
+TEST(sdpa_fused_backward_build_errors) {
+  mx_array *q = RND(MX_FLOAT32, -1, 1, 1, 4, 3, 8), *k = RND(MX_FLOAT32, -1, 1, 1, 2, 5, 8);
+  mx_array *k3 = RND(MX_FLOAT32, -1, 1, 1, 3, 5, 8), *kd = RND(MX_FLOAT32, -1, 1, 1, 2, 5, 4);
+  mx_array *k16 = RND(MX_FLOAT16, -1, 1, 1, 2, 5, 8), *o = RND(MX_FLOAT32, -1, 1, 1, 4, 3, 8);
+  mx_array *rows = RND(MX_FLOAT32, -1, 1, 1, 4, 3), *rows16 = RND(MX_FLOAT16, -1, 1, 1, 4, 3);
+  mx_array *rowsb = RND(MX_FLOAT32, -1, 1, 1, 4, 4), *k2 = RND(MX_FLOAT32, -1, 1, 1, 2, 2, 8);
+  const char *l = "sdpa_logsumexp", *bq = "sdpa_backward_q", *bkv = "sdpa_backward_kv";
+  expect_error(mx__fast_sdpa_lse(q, k3, 1, false), MX_ERR_SHAPE, l);
+  expect_error(mx__fast_sdpa_lse(q, kd, 1, false), MX_ERR_SHAPE, l);
+  expect_error(mx__fast_sdpa_lse(rows, k, 1, false), MX_ERR_SHAPE, l);
+  expect_error(mx__fast_sdpa_lse(q, k16, 1, false), MX_ERR_DTYPE, l);
+  expect_error(mx__fast_sdpa_lse(q, k2, 1, true), MX_ERR_INVALID_ARG, "Tq <= Tk");
+  expect_error(mx__fast_sdpa_bwd_q(q, k, kd, o, rows, rows, 1, false), MX_ERR_SHAPE, "dout");
+  expect_error(mx__fast_sdpa_bwd_q(q, k, k16, o, rows, rows, 1, false), MX_ERR_DTYPE, bq);
+  expect_error(mx__fast_sdpa_bwd_kv(q, k, k, o, rows16, rows, 1, false), MX_ERR_DTYPE, "lse");
+  expect_error(mx__fast_sdpa_bwd_kv(q, k, k, o, rows, rowsb, 1, false), MX_ERR_SHAPE, "delta");
+  expect_error(mx__fast_sdpa_bwd_kv(q, k, k3, o, rows, rows, 1, false), MX_ERR_SHAPE, bkv);
+  ASSERT(!mx__fast_sdpa_bwd_kv(q, k, NULL, o, rows, rows, 1, false));
+  mx_clear_error();
+  mx_array *arr[] = {q, k, k3, kd, k16, o, rows, rows16, rowsb, k2};
+  mx_array_free_n(arr, 10);
+}
+
+/* Whether op id appears in a's (lazy) graph. */
+static bool graph_has_op(const mx_array *a, int id, int depth) {
+  if (!a || depth > 40) return false;
+  if (a->op && (int)a->op->id == id) return true;
+  for (int i = 0; a->op && i < a->ninputs; i++)
+    if (graph_has_op(a->inputs[i], id, depth + 1)) return true;
+  return false;
+}
+
+/* MXC_SDPA_FUSED_BWD set to v (NULL: unset). */
+static void fused_env(const char *v) {
+  if (v) setenv("MXC_SDPA_FUSED_BWD", v, 1);
+  else unsetenv("MXC_SDPA_FUSED_BWD");
+}
+
+/* vjp of sdpa(q, k, v) under MXC_SDPA_FUSED_BWD = env: the three
+ * gradients appended to g (lazy); *fused: the graph uses the fused ops. */
+static void sdpa_vjp_with(const char *env, fcall *c, mx_array **in, mx_array *cot, mx_list *g,
+                          bool *fused) {
+  fused_env(env);
+  mx_closure *f = mx_closure_new(fcall_fn, c, NULL);
+  int st = mx_vjp(f, in, 3, &cot, 1, NULL, g);
+  mx_closure_free(f);
+  fused_env(NULL);
+  ASSERT_MSG(st == MX_OK, "vjp: %s", mx_last_error());
+  *fused = graph_has_op(g->items[0], MX_OP_SDPA_BWD_Q, 0) &&
+           graph_has_op(g->items[1], MX_OP_SDPA_BWD_KV, 0) &&
+           graph_has_op(g->items[2], MX_OP_SDPA_BWD_KV, 0);
+}
+
+TEST(sdpa_fused_vjp_equals_composed_vjp) {
+  for (size_t ci = 0; ci < sizeof BWD_CASES / sizeof *BWD_CASES; ci++) {
+    const bwd_cfg *s = &BWD_CASES[ci];
+    mx_array *in[3];
+    bwd_qk(s, MX_FLOAT32, &in[0], &in[1]);
+    in[2] = RND(MX_FLOAT32, -1, 1, s->B, s->Hkv, s->Tk, s->D);
+    mx_array *cot = RND(MX_FLOAT32, -1, 1, s->B, s->Hq, s->Tq, s->D);
+    fcall c = {.op = SDPA, .scale = 0.3, .causal = s->causal};
+    mx_list g[2] = {MX_LIST_INIT, MX_LIST_INIT};
+    bool fused[2];
+    sdpa_vjp_with("1", &c, in, cot, &g[0], &fused[0]);
+    sdpa_vjp_with("0", &c, in, cot, &g[1], &fused[1]);
+    ASSERT_MSG(fused[0] && !fused[1], "case %zu: fused path %d / %d", ci, fused[0], fused[1]);
+    for (int i = 0; i < 3; i++) {
+      double e = max_err(g[0].items[i], g[1].items[i]);
+      ASSERT_MSG(e >= 0 && e <= 1e-5, "case %zu: grad %d err %g (%s)", ci, i, e, mx_last_error());
+    }
+    mx_list_clear(&g[0]);
+    mx_list_clear(&g[1]);
+    mx_array_free_n(in, 3);
+    mx_array_free(cot);
+  }
+}
+
+/* Routing: on the CPU, unset or "auto" keeps the composed backward; a
+ * mask, D != Dv or causal Tq > Tk keep it even when forced. On a GPU (when
+ * there is one), auto takes the fused path for bf16 with D = 64 only. */
+TEST(sdpa_fused_vjp_routing) {
+  mx_array *q = RND(MX_FLOAT32, -1, 1, 1, 2, 4, 8), *k = RND(MX_FLOAT32, -1, 1, 1, 2, 6, 8);
+  mx_array *cot = RND(MX_FLOAT32, -1, 1, 1, 2, 4, 8), *in[3] = {q, k, k};
+  mx_list g = MX_LIST_INIT;
+  bool fused;
+  fcall c = {.op = SDPA, .scale = 0.3, .causal = true};
+  sdpa_vjp_with(NULL, &c, in, cot, &g, &fused);
+  ASSERT(!fused);
+  mx_list_clear(&g);
+  sdpa_vjp_with("auto", &c, in, cot, &g, &fused);
+  ASSERT(!fused);
+  mx_list_clear(&g);
+  sdpa_vjp_with("1", &c, in, cot, &g, &fused);
+  ASSERT(fused);
+  mx_list_clear(&g);
+  /* forced but not allowed: causal Tq > Tk, Dv != D, a mask */
+  mx_array *in2[3] = {k, q, q};
+  mx_array *cot2 = RND(MX_FLOAT32, -1, 1, 1, 2, 6, 8);
+  sdpa_vjp_with("1", &c, in2, cot2, &g, &fused);
+  ASSERT(!graph_has_op(g.items[0], MX_OP_SDPA_BWD_Q, 0));
+  mx_list_clear(&g);
+  mx_array *v4 = RND(MX_FLOAT32, -1, 1, 1, 2, 6, 4), *cot4 = RND(MX_FLOAT32, -1, 1, 1, 2, 4, 4);
+  mx_array *in3[3] = {q, k, v4};
+  sdpa_vjp_with("1", &c, in3, cot4, &g, &fused);
+  ASSERT(!graph_has_op(g.items[0], MX_OP_SDPA_BWD_Q, 0));
+  mx_list_clear(&g);
+  mx_array *m = RND(MX_FLOAT32, -1, 0, 4, 6), *inm[4] = {q, k, k, m};
+  fcall cm = {.op = SDPA, .scale = 0.3, .has_mask = true};
+  fused_env("1");
+  mx_closure *f = mx_closure_new(fcall_fn, &cm, NULL);
+  ASSERT_OK(mx_vjp(f, inm, 4, &cot, 1, NULL, &g));
+  mx_closure_free(f);
+  fused_env(NULL);
+  ASSERT(!graph_has_op(g.items[0], MX_OP_SDPA_BWD_Q, 0));
+  mx_list_clear(&g);
+  if (mx_device_available(MX_GPU)) {
+    int prev = mx_set_default_device(MX_GPU);
+    mx_array *qb = RND(MX_BFLOAT16, -1, 1, 1, 4, 70, 64);
+    mx_array *kb = RND(MX_BFLOAT16, -1, 1, 1, 2, 90, 64);
+    mx_array *cb = RND(MX_BFLOAT16, -1, 1, 1, 4, 70, 64), *inb[3] = {qb, kb, kb};
+    mx_list gb[2] = {MX_LIST_INIT, MX_LIST_INIT};
+    bool fb[2];
+    sdpa_vjp_with(NULL, &c, inb, cb, &gb[0], &fb[0]);
+    sdpa_vjp_with("0", &c, inb, cb, &gb[1], &fb[1]);
+    ASSERT(fb[0] && !fb[1]);
+    for (int i = 0; i < 3; i++) {
+      double e = max_err(gb[0].items[i], gb[1].items[i]);
+      ASSERT_MSG(e >= 0 && e <= 3e-2, "gpu bf16: grad %d err %g (%s)", i, e, mx_last_error());
+    }
+    mx_list_clear(&gb[0]);
+    mx_list_clear(&gb[1]);
+    sdpa_vjp_with(NULL, &c, in, cot, &g, &fused); /* float32 on the GPU: composed */
+    ASSERT(!fused);
+    mx_list_clear(&g);
+    mx_set_default_device((mx_device)prev);
+    mx_array *arr[] = {qb, kb, cb};
+    mx_array_free_n(arr, 3);
+  }
+  mx_array *arr[] = {q, k, cot, cot2, v4, cot4, m};
+  mx_array_free_n(arr, 7);
+}
+
+/* The fused VJP called directly: gradients against central differences
+ * (float64 inputs, computed in float32 by the fused ops), and only the
+ * requested gradients built. */
+TEST(sdpa_fused_vjp_matches_finite_differences) {
+  const bwd_cfg cs[] = {
+      {1, 2, 2, 3, 4, 4, false, false},
+      {1, 4, 2, 3, 5, 4, true, false}, /* GQA, causal, Tq < Tk */
+      {2, 2, 1, 4, 4, 3, true, true},
+  };
+  fused_env("1");
+  for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
+    mx_array *in[3];
+    bwd_qk(&cs[i], MX_FLOAT64, &in[0], &in[1]);
+    in[2] = RND(MX_FLOAT64, -1, 1, cs[i].B, cs[i].Hkv, cs[i].Tk, cs[i].D);
+    for (int j = 0; j < 2; j++) { /* check_vjp_fd wants the inputs themselves */
+      mx_array *cj = mx_contiguous(in[j]);
+      mx_array_free(in[j]);
+      in[j] = cj;
+    }
+    fcall c = {.op = SDPA, .scale = 0.8, .causal = cs[i].causal};
+    char what[64];
+    snprintf(what, sizeof what, "fused sdpa case %d", (int)i);
+    check_vjp_fd_tol(&c, in, what, 2e-5);
+    mx_array_free_n(in, 3);
+  }
+  mx_array *q = RND(MX_FLOAT32, -1, 1, 1, 2, 3, 8), *k = RND(MX_FLOAT32, -1, 1, 1, 2, 5, 8);
+  mx_array *y = mx_fast_scaled_dot_product_attention(q, k, k, 0.5, NULL, true);
+  mx_array *cot = RND(MX_FLOAT32, -1, 1, 1, 2, 3, 8);
+  ASSERT_NOT_NULL(y);
+  for (int w = 0; w < 3; w++) {
+    mx_array *g[3] = {0};
+    bool need[3] = {w == 0, w == 1, w == 2};
+    ASSERT_OK(y->op->vjp(y, cot, g, need));
+    for (int i = 0; i < 3; i++) ASSERT((g[i] != NULL) == need[i]);
+    ASSERT(graph_has_op(g[w], w == 0 ? MX_OP_SDPA_BWD_Q : MX_OP_SDPA_BWD_KV, 0));
+    ASSERT(!graph_has_op(g[w], w == 0 ? MX_OP_SDPA_BWD_KV : MX_OP_SDPA_BWD_Q, 0));
+    mx_array_free_n(g, 3);
+  }
+  fused_env(NULL);
+  mx_array *arr[] = {q, k, y, cot};
+  mx_array_free_n(arr, 4);
+}
+
+/* Second order through the fused backward is a clear error, not a crash. */
+TEST(sdpa_fused_vjp_second_order_is_an_error) {
+  mx_array *q = RND(MX_FLOAT32, -1, 1, 1, 2, 3, 8), *k = RND(MX_FLOAT32, -1, 1, 1, 2, 5, 8);
+  mx_array *in[3] = {q, k, k};
+  mx_array *tan[3] = {RND(MX_FLOAT32, -1, 1, 1, 2, 3, 8), RND(MX_FLOAT32, -1, 1, 1, 2, 5, 8),
+                      RND(MX_FLOAT32, -1, 1, 1, 2, 5, 8)};
+  fcall c = {.op = SDPA, .scale = 0.5, .causal = true};
+  mx_list jv = MX_LIST_INIT;
+  fused_env("1");
+  mx_closure *f = mx_closure_new(fcall_fn, &c, NULL);
+  int st = mx_jvp(f, in, 3, tan, 3, NULL, &jv);
+  fused_env(NULL);
+  ASSERT_EQ_INT(st, MX_ERR_UNSUPPORTED);
+  ASSERT_MSG(strstr(mx_last_error(), "MXC_SDPA_FUSED_BWD=0"), "message: %s", mx_last_error());
+  ASSERT_EQ_INT(jv.size, 0);
+  mx_clear_error();
+  fused_env("0"); /* the opt-out: the composed backward is differentiable */
+  st = mx_jvp(f, in, 3, tan, 3, NULL, &jv);
+  fused_env(NULL);
+  ASSERT_MSG(st == MX_OK, "%s", mx_last_error());
+  mx_list_clear(&jv);
+  mx_closure_free(f);
+  mx_array *arr[] = {q, k};
+  mx_array_free_n(arr, 2);
+  mx_array_free_n(tan, 3);
 }
 
 int main(int argc, char **argv) { return test_main(argc, argv); }

@@ -2,9 +2,13 @@
  * scaled_dot_product_attention. Builders (shape/dtype checks, MLX's
  * semantics), VJPs written with public ops, and the same functions as
  * compositions of primitive ops (the unfused references the fused kernels
- * must equal; see fast_params.h). Kernels: src/backend/cpu/fast.c. */
+ * must equal; see fast_params.h). The internal ops of the fused attention
+ * backward (sdpa_logsumexp, sdpa_backward_q, sdpa_backward_kv) and the
+ * rule that routes the VJP of attention to them are at the end. Kernels:
+ * src/backend/cpu/fast.c. */
 #include <float.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "fast_params.h"
@@ -627,17 +631,24 @@ mx_array *mx__fast_sdpa_composed(mx_array *q, mx_array *k, mx_array *v, double s
   return r;
 }
 
+static bool sdpa_fused_bwd(const mx__sdpa_params *p, const mx_array *q, const mx_array *k,
+                           const mx_array *v);
+static int vjp_sdpa_fused_path(mx_array *out, mx_array *cot, mx_array **g, const bool *need);
+
 /* With S = scale * q k^T (+ mask), P = softmax(S), O = P v and cotangent g:
  *   dv = P^T g,  dP = g v^T,  dS = P * (dP - sum(dP * P, -1)),
  *   dq = scale * dS k,  dk = scale * dS^T q,  dmask = dS (additive)
  * summed over the G query heads sharing a kv head; masked-out scores get
- * no gradient. */
+ * no gradient. This composed backward materialises P (B, Hkv, G, Tq, Tk);
+ * where sdpa_fused_bwd allows, vjp_sdpa_fused_path recomputes it block by
+ * block in the fused backward ops instead. */
 static int vjp_sdpa(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {
   const mx__sdpa_params *p = MX__PARAMS(out, mx__sdpa_params);
   if (p->has_len)
     return mx__set_error(MX_ERR_UNSUPPORTED, "scaled_dot_product_attention: no gradient over a "
                          "device-side key length");
   mx_array *q = out->inputs[0], *k = out->inputs[1], *v = out->inputs[2];
+  if (sdpa_fused_bwd(p, q, k, v)) return vjp_sdpa_fused_path(out, cot, g, need);
   mx_array *mask = p->mask_kind ? out->inputs[3] : NULL;
   mx_dtype cdt = compute_dtype(out->dtype);
   attn_parts a;
@@ -680,5 +691,155 @@ static int vjp_sdpa(mx_array *out, mx_array *cot, mx_array **g, const bool *need
   }
   mx__tmp_free(&t);
   attn_parts_free(&a);
+  return st;
+}
+
+/* ======================================================================
+ * the fused attention backward: sdpa_logsumexp, sdpa_backward_q,
+ * sdpa_backward_kv (semantics in fast_params.h; kernels in
+ * src/backend/cpu/fast.c and src/backend/cuda/rope_sdpa.cu)
+ * ====================================================================== */
+
+static int vjp_sdpa_fused(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {
+  (void)cot, (void)g, (void)need;
+  return mx__set_error(MX_ERR_UNSUPPORTED, "scaled_dot_product_attention: no second-order "
+                       "gradient through the fused backward (%s); set MXC_SDPA_FUSED_BWD=0",
+                       mx__op_names[out->op->id]);
+}
+
+static const mx__op_def def_SDPA_LSE = {.id = MX_OP_SDPA_LSE, .vjp = vjp_sdpa_fused};
+static const mx__op_def def_SDPA_BWD_Q = {.id = MX_OP_SDPA_BWD_Q, .vjp = vjp_sdpa_fused};
+static const mx__op_def def_SDPA_BWD_KV = {.id = MX_OP_SDPA_BWD_KV, .vjp = vjp_sdpa_fused};
+
+/* Checks the inputs of the three ops: q (B, Hq, Tq, D), k (B, Hkv, Tk, D)
+ * of one float dtype [, v (B, Hkv, Tk, Dv), dout (B, Hq, Tq, Dv) of that
+ * dtype, lse and delta float32 (B, Hq, Tq)]; causal needs Tq <= Tk. */
+static int check_sdpa_bwd(const char *op, mx_array *q, mx_array *k, mx_array *v, mx_array *dout,
+                          mx_array *lse, mx_array *delta, bool causal) {
+  char s1[256], s2[256];
+  if (q->ndim != 4 || k->ndim != 4)
+    return mx__set_error(MX_ERR_SHAPE, "%s: q and k must be 4-d (B, H, T, D), got %s and %s", op,
+                         mx__shape_str(q->shape, q->ndim, s1, sizeof s1),
+                         mx__shape_str(k->shape, k->ndim, s2, sizeof s2));
+  const int64_t *qs = q->shape, *ks = k->shape;
+  if (ks[0] != qs[0] || ks[3] != qs[3] || ks[1] == 0 || qs[1] % ks[1])
+    return mx__set_error(MX_ERR_SHAPE, "%s: incompatible shapes q %s, k %s (need equal batch and "
+                         "head size, and q heads a multiple of kv heads)", op,
+                         mx__shape_str(qs, 4, s1, sizeof s1), mx__shape_str(ks, 4, s2, sizeof s2));
+  if (!mx_dtype_is_float(q->dtype) || k->dtype != q->dtype)
+    return mx__set_error(MX_ERR_DTYPE, "%s: q and k must have one float dtype, got %s and %s", op,
+                         mx_dtype_name(q->dtype), mx_dtype_name(k->dtype));
+  if (causal && qs[2] > ks[2])
+    return mx__set_error(MX_ERR_INVALID_ARG, "%s: causal attention needs Tq <= Tk, got q %s and "
+                         "k %s", op, mx__shape_str(qs, 4, s1, sizeof s1),
+                         mx__shape_str(ks, 4, s2, sizeof s2));
+  if (!v) return MX_OK;
+  if (v->ndim != 4 || v->shape[0] != ks[0] || v->shape[1] != ks[1] || v->shape[2] != ks[2])
+    return mx__set_error(MX_ERR_SHAPE, "%s: v of shape %s does not match k %s (need (B, Hkv, Tk, "
+                         "Dv))", op, mx__shape_str(v->shape, v->ndim, s1, sizeof s1),
+                         mx__shape_str(ks, 4, s2, sizeof s2));
+  int64_t os[4] = {qs[0], qs[1], qs[2], v->shape[3]};
+  if (dout->ndim != 4 || memcmp(dout->shape, os, sizeof os))
+    return mx__set_error(MX_ERR_SHAPE, "%s: dout of shape %s, expected (B, Hq, Tq, Dv) = %s", op,
+                         mx__shape_str(dout->shape, dout->ndim, s1, sizeof s1),
+                         mx__shape_str(os, 4, s2, sizeof s2));
+  if (v->dtype != q->dtype || dout->dtype != q->dtype)
+    return mx__set_error(MX_ERR_DTYPE, "%s: v and dout must have q's dtype %s, got %s and %s", op,
+                         mx_dtype_name(q->dtype), mx_dtype_name(v->dtype),
+                         mx_dtype_name(dout->dtype));
+  mx_array *rows[2] = {lse, delta};
+  const char *names[2] = {"lse", "delta"};
+  for (int i = 0; i < 2; i++) {
+    mx_array *a = rows[i];
+    if (a->ndim != 3 || memcmp(a->shape, qs, 3 * sizeof(int64_t)))
+      return mx__set_error(MX_ERR_SHAPE, "%s: %s of shape %s, expected (B, Hq, Tq) = %s", op,
+                           names[i], mx__shape_str(a->shape, a->ndim, s1, sizeof s1),
+                           mx__shape_str(qs, 3, s2, sizeof s2));
+    if (a->dtype != MX_FLOAT32)
+      return mx__set_error(MX_ERR_DTYPE, "%s: %s must be float32, got %s", op, names[i],
+                           mx_dtype_name(a->dtype));
+  }
+  return MX_OK;
+}
+
+mx_array *mx__fast_sdpa_lse(mx_array *q, mx_array *k, double scale, bool causal) {
+  MX__CHECK_IN("sdpa_logsumexp", q, k);
+  if (check_sdpa_bwd("sdpa_logsumexp", q, k, NULL, NULL, NULL, NULL, causal)) return NULL;
+  mx__sdpa_params p = {.scale = scale, .causal = causal};
+  mx_array *ins[2] = {q, k};
+  return mx__node_new(&def_SDPA_LSE, MX_FLOAT32, q->shape, 3, ins, 2, &p, sizeof p);
+}
+
+static mx_array *sdpa_bwd_node(const mx__op_def *def, const char *op, mx_array *q, mx_array *k,
+                               mx_array *v, mx_array *dout, mx_array *lse, mx_array *delta,
+                               double scale, bool causal) {
+  MX__CHECK_IN(op, q, k, v, dout, lse, delta);
+  if (check_sdpa_bwd(op, q, k, v, dout, lse, delta, causal)) return NULL;
+  mx__sdpa_params p = {.scale = scale, .causal = causal};
+  int64_t shape[4] = {q->shape[0], q->shape[1], q->shape[2], q->shape[3]};
+  if (def->id == MX_OP_SDPA_BWD_KV) {
+    shape[1] = k->shape[1];
+    shape[2] = k->shape[2];
+    shape[3] = k->shape[3] + v->shape[3];
+  }
+  mx_array *ins[6] = {q, k, v, dout, lse, delta};
+  return mx__node_new(def, q->dtype, shape, 4, ins, 6, &p, sizeof p);
+}
+
+mx_array *mx__fast_sdpa_bwd_q(mx_array *q, mx_array *k, mx_array *v, mx_array *dout,
+                              mx_array *lse, mx_array *delta, double scale, bool causal) {
+  return sdpa_bwd_node(&def_SDPA_BWD_Q, "sdpa_backward_q", q, k, v, dout, lse, delta, scale,
+                       causal);
+}
+
+mx_array *mx__fast_sdpa_bwd_kv(mx_array *q, mx_array *k, mx_array *v, mx_array *dout,
+                               mx_array *lse, mx_array *delta, double scale, bool causal) {
+  return sdpa_bwd_node(&def_SDPA_BWD_KV, "sdpa_backward_kv", q, k, v, dout, lse, delta, scale,
+                       causal);
+}
+
+/* Whether vjp_sdpa takes the fused backward. MXC_SDPA_FUSED_BWD: "0"
+ * never, "1" whenever the op allows it (any device and float dtype: the
+ * tests use it on the CPU), otherwise (unset, "auto") when the gradient
+ * runs on the GPU in a case the tensor-core kernels take (f16/bf16, head
+ * size 64 or 128: the conditions of mx__cuda_fa2_ok in
+ * src/backend/cuda/flash_attn2.cu, restated here so that the core builds
+ * without CUDA). The ops need no mask, no device-side key length, D == Dv
+ * and, when causal, Tq <= Tk. */
+static bool sdpa_fused_bwd(const mx__sdpa_params *p, const mx_array *q, const mx_array *k,
+                           const mx_array *v) {
+  const char *e = getenv("MXC_SDPA_FUSED_BWD");
+  if (e && !strcmp(e, "0")) return false;
+  int64_t Tq = q->shape[2], Tk = k->shape[2], D = q->shape[3], Dv = v->shape[3];
+  if (p->mask_kind != MX__SDPA_MASK_NONE || p->has_len || D != Dv || (p->causal && Tq > Tk))
+    return false;
+  if (e && !strcmp(e, "1")) return true;
+  mx_dtype dt = q->dtype;
+  return mx__default_device_now() == MX_GPU && (dt == MX_FLOAT16 || dt == MX_BFLOAT16) &&
+         (D == 64 || D == 128) && Tq > 0 && Tk > 0 && q->size > 0;
+}
+
+/* The fused backward: delta = sum(dout * out, -1) in float32, lse of the
+ * scores, then dq and (dk | dv) from the two backward ops. */
+static int vjp_sdpa_fused_path(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {
+  const mx__sdpa_params *p = MX__PARAMS(out, mx__sdpa_params);
+  mx_array *q = out->inputs[0], *k = out->inputs[1], *v = out->inputs[2];
+  int64_t D = q->shape[3], Dv = v->shape[3];
+  int ax = -1, st = MX_OK;
+  mx__tmp t = {0};
+  mx_array *dout = mx__keep(&t, mx_astype(cot, q->dtype));
+  mx_array *prod = mx__keep(&t, mx_multiply(mx__keep(&t, mx_astype(dout, MX_FLOAT32)),
+                                            mx__keep(&t, mx_astype(out, MX_FLOAT32))));
+  mx_array *delta = mx__keep(&t, mx_sum(prod, &ax, 1, false));
+  mx_array *lse = mx__keep(&t, mx__fast_sdpa_lse(q, k, p->scale, p->causal));
+  if (need[0])
+    st = set_grad(&g[0], mx__fast_sdpa_bwd_q(q, k, v, dout, lse, delta, p->scale, p->causal), q);
+  if (!st && (need[1] || need[2])) {
+    mx_array *dkv =
+        mx__keep(&t, mx__fast_sdpa_bwd_kv(q, k, v, dout, lse, delta, p->scale, p->causal));
+    if (need[1]) st = set_grad(&g[1], mx_slice_axis(dkv, -1, 0, D, 1), k);
+    if (!st && need[2]) st = set_grad(&g[2], mx_slice_axis(dkv, -1, D, D + Dv, 1), v);
+  }
+  mx__tmp_free(&t);
   return st;
 }

@@ -53,6 +53,32 @@ typedef struct {
   bool has_len;
 } mx__sdpa_params;
 
+/* The fused attention backward (flash-attention style: the (Tq, Tk)
+ * probabilities are recomputed block by block, never stored), taken by
+ * the VJP of scaled_dot_product_attention when MXC_SDPA_FUSED_BWD allows
+ * it (see vjp_sdpa in src/ops/fast.c). Internal ops with mx__sdpa_params
+ * (mask_kind NONE, has_len false); not differentiable (their VJP reports
+ * MX_ERR_UNSUPPORTED). G = Hq / Hkv; query head h reads kv head h / G;
+ * row t sees key j iff not causal or j <= t + Tk - Tq (causal needs
+ * Tq <= Tk, so every row sees a key). s_tj = scale q_t . k_j.
+ *
+ * sdpa_logsumexp: inputs q (B, Hq, Tq, D), k (B, Hkv, Tk, D) of one float
+ *   dtype; output float32 (B, Hq, Tq): lse_t = log sum_{j seen} exp(s_tj).
+ * sdpa_backward_q: inputs q, k, v (B, Hkv, Tk, Dv), dout (B, Hq, Tq, Dv)
+ *   (all of q's dtype), lse and delta float32 (B, Hq, Tq), delta_t =
+ *   dout_t . out_t. With p_tj = exp(s_tj - lse_t) (0 for keys not seen),
+ *   dp_tj = dout_t . v_j and ds_tj = p_tj (dp_tj - delta_t): output
+ *   dq_t = scale sum_j ds_tj k_j, q's dtype and shape.
+ * sdpa_backward_kv: the same inputs; output of q's dtype (B, Hkv, Tk,
+ *   D + Dv): [..., :D] = dk_j = scale sum_{h in j's group, t} ds_htj q_ht,
+ *   [..., D:] = dv_j = sum_{h, t} p_htj dout_ht.
+ * The builders check shapes and dtypes (errors name the op). */
+mx_array *mx__fast_sdpa_lse(mx_array *q, mx_array *k, double scale, bool causal);
+mx_array *mx__fast_sdpa_bwd_q(mx_array *q, mx_array *k, mx_array *v, mx_array *dout,
+                              mx_array *lse, mx_array *delta, double scale, bool causal);
+mx_array *mx__fast_sdpa_bwd_kv(mx_array *q, mx_array *k, mx_array *v, mx_array *dout,
+                               mx_array *lse, mx_array *delta, double scale, bool causal);
+
 /* Decode steps over a static KV cache (replayable as a captured GPU graph:
  * the position lives in device memory, so the launches never change):
  * rope at offset pos[0] + t, and attention over keys [0, pos[0] + Tq) of

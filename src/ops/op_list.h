@@ -97,6 +97,9 @@
   X(LAYER_NORM, "layer_norm")                                               \
   X(ROPE, "rope")                                                           \
   X(SDPA, "scaled_dot_product_attention")                                   \
+  X(SDPA_LSE, "sdpa_logsumexp")                                             \
+  X(SDPA_BWD_Q, "sdpa_backward_q")                                          \
+  X(SDPA_BWD_KV, "sdpa_backward_kv")                                        \
   X(SWIGLU, "swiglu")                                                       \
   /* affine quantization (MLX format) */                                    \
   X(QUANTIZE_PACK, "quantize_pack")                                         \

@@ -1,11 +1,14 @@
 /* opcases_fast.c — op-parity cases for the fast LLM ops: rms_norm,
- * layer_norm, rope and scaled_dot_product_attention. References are plain C
- * in float64, written from the definitions (MLX's mx.fast semantics). */
+ * layer_norm, rope and scaled_dot_product_attention, and the internal ops
+ * of the fused attention backward (sdpa_logsumexp, sdpa_backward_q,
+ * sdpa_backward_kv). References are plain C in float64, written from the
+ * definitions (MLX's mx.fast semantics; ops/fast_params.h). */
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "ops/fast_params.h"
 #include "support/harness.h"
 
 /* ---- rms_norm / layer_norm -------------------------------------------------
@@ -137,6 +140,119 @@ static int f_sdpa(const mx_opcase *c, const double *const *in, double *out, int6
   return 0;
 }
 
+
+/* ---- the fused attention backward (internal ops, ops/fast_params.h) ---------------
+ * ip[0]: causal, ip[1]: 0 sdpa_logsumexp, 1 sdpa_backward_q, 2 sdpa_backward_kv;
+ * scale 1/sqrt(D). Inputs: q, k [, v, dout]. The backward ops' lse and delta
+ * are built from the inputs with float32 ops (not with the ops under test):
+ * lse = logsumexp of the scaled, causally masked scores; delta = sum(dout *
+ * out, -1) with out the float32 attention. */
+static mx_array *sdpa_lse_f32(mx_array *q, mx_array *k, double scale, bool causal) {
+  const int64_t *qs = mx_array_shape(q), *ks = mx_array_shape(k);
+  int64_t B = qs[0], Hq = qs[1], Tq = qs[2], D = qs[3], Hkv = ks[1], Tk = ks[2];
+  mx_array *t[10] = {0};
+  t[0] = mx_astype(q, MX_FLOAT32);
+  t[1] = mx_reshape(t[0], (int64_t[]){B, Hkv, Hq / Hkv, Tq, D}, 5);
+  t[2] = mx_astype(k, MX_FLOAT32);
+  t[3] = mx_reshape(t[2], (int64_t[]){B, Hkv, 1, Tk, D}, 5);
+  t[4] = mx_swapaxes(t[3], -1, -2);
+  t[5] = mx_matmul(t[1], t[4]);
+  mx_array *sc = t[6] = mx_multiply_scalar(t[5], scale);
+  if (causal) {
+    t[7] = mx_tri(Tq, Tk, Tk - Tq, MX_BOOL);
+    t[8] = mx_array_scalar(-INFINITY, MX_FLOAT32);
+    sc = t[9] = mx_where(t[7], t[6], t[8]);
+  }
+  int ax = -1;
+  mx_array *l = mx_logsumexp(sc, &ax, 1, false);
+  mx_array *r = mx_reshape(l, qs, 3);
+  mx_array_free(l);
+  mx_array_free_n(t, 10);
+  return r;
+}
+
+static mx_array *b_sdpa_bwd(const mx_opcase *c, mx_array **in) {
+  double scale = 1.0 / sqrt((double)c->shape[0][3]);
+  bool causal = c->ip[0];
+  if (c->ip[1] == 0) return mx__fast_sdpa_lse(in[0], in[1], scale, causal);
+  mx_array *t[6] = {0}, *r = NULL;
+  for (int i = 0; i < 4; i++) t[i] = mx_astype(in[i], MX_FLOAT32);
+  mx_array *lse = sdpa_lse_f32(in[0], in[1], scale, causal);
+  mx_array *o = mx__fast_sdpa_composed(t[0], t[1], t[2], scale, NULL, causal);
+  t[4] = mx_multiply(t[3], o);
+  int ax = -1;
+  mx_array *delta = mx_sum(t[4], &ax, 1, false);
+  if (c->ip[1] == 1) r = mx__fast_sdpa_bwd_q(in[0], in[1], in[2], in[3], lse, delta, scale, causal);
+  else r = mx__fast_sdpa_bwd_kv(in[0], in[1], in[2], in[3], lse, delta, scale, causal);
+  mx_array_free_n(t, 6);
+  mx_array_free(lse);
+  mx_array_free(o);
+  mx_array_free(delta);
+  return r;
+}
+
+static int f_sdpa_bwd(const mx_opcase *c, const double *const *in, double *out, int64_t *oshape,
+                      int *ond) {
+  const int64_t *qs = c->shape[0], *ks = c->shape[1];
+  int64_t B = qs[0], Hq = qs[1], Tq = qs[2], D = qs[3], Hkv = ks[1], Tk = ks[2];
+  int64_t G = Hq / Hkv, off = Tk - Tq, which = c->ip[1];
+  double scale = 1.0 / sqrt((double)D);
+  bool causal = c->ip[0];
+  *ond = which == 0 ? 3 : 4;
+  int64_t os[3][4] = {{B, Hq, Tq, 0}, {B, Hq, Tq, D}, {B, Hkv, Tk, 2 * D}};
+  memcpy(oshape, os[which], sizeof(int64_t) * 4);
+  if (which == 1) memset(out, 0, sizeof(double) * (size_t)(B * Hq * Tq * D));
+  if (which == 2) memset(out, 0, sizeof(double) * (size_t)(B * Hkv * Tk * 2 * D));
+  double *s = malloc(sizeof(double) * (size_t)(2 * Tk + D + 1));
+  double *p = s + Tk, *o = p + Tk;
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < Hq; h++)
+      for (int64_t t = 0; t < Tq; t++) {
+        int64_t row = (b * Hq + h) * Tq + t, kh = b * Hkv + h / G;
+        const double *q = in[0] + row * D;
+        int64_t n = causal ? (t + off + 1 < Tk ? t + off + 1 : Tk) : Tk;
+        double mx = -INFINITY, sum = 0;
+        for (int64_t j = 0; j < n; j++) {
+          double a = 0;
+          for (int64_t d = 0; d < D; d++) a += q[d] * in[1][(kh * Tk + j) * D + d];
+          s[j] = scale * a;
+          if (s[j] > mx) mx = s[j];
+        }
+        for (int64_t j = 0; j < n; j++) sum += exp(s[j] - mx);
+        double lse = mx + log(sum);
+        if (which == 0) {
+          out[row] = lse;
+          continue;
+        }
+        /* out and delta = dout . out */
+        const double *g = in[3] + row * D;
+        double delta = 0;
+        for (int64_t d = 0; d < D; d++) o[d] = 0;
+        for (int64_t j = 0; j < n; j++) {
+          p[j] = exp(s[j] - lse);
+          for (int64_t d = 0; d < D; d++) o[d] += p[j] * in[2][(kh * Tk + j) * D + d];
+        }
+        for (int64_t d = 0; d < D; d++) delta += g[d] * o[d];
+        for (int64_t j = 0; j < n; j++) {
+          const double *kj = in[1] + (kh * Tk + j) * D, *vj = in[2] + (kh * Tk + j) * D;
+          double dp = 0;
+          for (int64_t d = 0; d < D; d++) dp += g[d] * vj[d];
+          double ds = p[j] * (dp - delta);
+          if (which == 1) {
+            for (int64_t d = 0; d < D; d++) out[row * D + d] += scale * ds * kj[d];
+          } else {
+            double *dkv = out + (kh * Tk + j) * 2 * D;
+            for (int64_t d = 0; d < D; d++) {
+              dkv[d] += scale * ds * q[d];
+              dkv[D + d] += p[j] * g[d];
+            }
+          }
+        }
+      }
+  free(s);
+  return 0;
+}
+
 /* ---- swiglu: silu(gate) * up ---------------------------------------------------- */
 static mx_array *b_swiglu(const mx_opcase *c, mx_array **in) {
   (void)c;
@@ -167,6 +283,22 @@ static int f_swiglu(const mx_opcase *c, const double *const *in, double *out, in
   {.op = "scaled_dot_product_attention", .desc = d, .nin = nin_, .ndim = {4, 4, 4, mnd},       \
    .shape = shapes, .kind = kinds, .lo = -1.5, .hi = 1.5, OC_FLOATS, .flags = OC_NONCONTIG,    \
    .ip = {causal, mask}, .dp = {scale}, .build = b_sdpa, .ref = f_sdpa}
+
+/* One op of the fused attention backward in one dtype (tolerances for its
+ * output: lse float32; dq, dk, dv rounded to bf16/f16 by the GPU kernels,
+ * whose probabilities and dS are 16-bit operands of the tensor cores). */
+#define BWD1(name, which, d, dt, tl, B, Hq, Hkv, Tq, Tk, D, causal)                              \
+  {.op = name, .desc = d, .nin = (which) ? 4 : 2, .ndim = {4, 4, 4, 4},                          \
+   .shape = {{B, Hq, Tq, D}, {B, Hkv, Tk, D}, {B, Hkv, Tk, D}, {B, Hq, Tq, D}}, .lo = -1,          \
+   .hi = 1, OC_DT(dt), .flags = OC_NONCONTIG | OC_NO_GRAD, .ip = {causal, which}, .tol = tl,     \
+   .build = b_sdpa_bwd, .ref = f_sdpa_bwd}
+#define BWD(d, B, Hq, Hkv, Tq, Tk, D, causal)                                                    \
+  BWD1("sdpa_logsumexp", 0, d, MX_BFLOAT16, 1e-4, B, Hq, Hkv, Tq, Tk, D, causal),                \
+  BWD1("sdpa_logsumexp", 0, d, MX_FLOAT16, 1e-4, B, Hq, Hkv, Tq, Tk, D, causal),                 \
+  BWD1("sdpa_backward_q", 1, d, MX_BFLOAT16, 2e-2, B, Hq, Hkv, Tq, Tk, D, causal),               \
+  BWD1("sdpa_backward_q", 1, d, MX_FLOAT16, 4e-3, B, Hq, Hkv, Tq, Tk, D, causal),                \
+  BWD1("sdpa_backward_kv", 2, d, MX_BFLOAT16, 2e-2, B, Hq, Hkv, Tq, Tk, D, causal),              \
+  BWD1("sdpa_backward_kv", 2, d, MX_FLOAT16, 4e-3, B, Hq, Hkv, Tq, Tk, D, causal)
 
 #define SWIGLU(d, nd_, shape_, lo_, hi_)                                                        \
   {.op = "swiglu", .desc = d, .nin = 2, .ndim = {nd_, nd_}, .shape = {shape_, shape_},         \
@@ -247,6 +379,15 @@ static const mx_opcase cases[] = {
     SDPA("Tk = 0", 3, 4, ARR(ARR(1, 2, 3, 8), ARR(1, 2, 0, 8), ARR(1, 2, 0, 8)), ARR(0), 0, 0, 0),
     SDPA("0-size batch", 3, 4, ARR(ARR(0, 2, 3, 8), ARR(0, 2, 4, 8), ARR(0, 2, 4, 8)), ARR(0), 0, 0,
          0),
+    /* fused attention backward: GQA and not, causal and not, Tq < Tk and
+     * Tq = Tk, sizes not multiples of 64, D = 64 and 128 */
+    BWD("GQA 4:2, causal, Tq = Tk = 37, D 64", 1, 4, 2, 37, 37, 64, 1),
+    BWD("causal, Tq 1 < Tk 130, D 64", 2, 2, 2, 1, 130, 64, 1),
+    BWD("GQA 4:2, causal, Tq 130 < Tk 200, D 128", 1, 4, 2, 130, 200, 128, 1),
+    BWD("not causal, Tq = Tk = 200, D 128", 1, 2, 2, 200, 200, 128, 0),
+    BWD("GQA 4:2, not causal, Tq 37 < Tk 130, D 64", 2, 4, 2, 37, 130, 64, 0),
+    BWD("causal, Tq = Tk = 128, D 64", 1, 2, 2, 128, 128, 64, 1),
+    BWD("MQA 4:1, causal, Tq 63 < Tk 65, D 128", 1, 4, 1, 63, 65, 128, 1),
 };
 
 const mx_opcase_table mx_opcases_fast = {cases, (int)(sizeof cases / sizeof *cases)};

@@ -1,5 +1,6 @@
 /* fast.c (cpu) — fused kernels of rms_norm, layer_norm, rope and
- * scaled_dot_product_attention.
+ * scaled_dot_product_attention, and of the fused attention backward
+ * (sdpa_logsumexp, sdpa_backward_q, sdpa_backward_kv).
  *
  * f16/bf16/f32 compute in float32 (accumulations too), f64 in float64.
  * Inputs may be strided (rows are gathered into a float scratch row when
@@ -1078,9 +1079,295 @@ static int k_sdpa(mx_array *out, mx_array **in) {
   return s;
 }
 
+/* ======================================================================
+ * the fused attention backward: sdpa_logsumexp, sdpa_backward_q and
+ * sdpa_backward_kv (semantics in ops/fast_params.h)
+ *
+ * Flash-attention style: the probabilities are recomputed block by block
+ * from q, k and the row log-sum-exps, never stored whole. q, k, v and dout
+ * are read as float32 rows (the inputs themselves when they are float32
+ * with contiguous rows, else converted copies made once: f16, bf16 and f64
+ * compute in float32, as lse and delta are float32 anyway). Tasks: query
+ * row blocks of one head (logsumexp, dq) or key blocks of one kv head (dk,
+ * dv, summed over the G query heads that share it); each output row is
+ * written by one task in a fixed order, so results do not depend on the
+ * thread count.
+ * ====================================================================== */
+#define BWD_BQ 16  /* query rows per task (logsumexp, dq) */
+#define BWD_BK 128 /* keys per step (logsumexp, dq) */
+#define BWD_KB 32  /* keys per task (dk, dv) */
+#define BWD_QB 64  /* query rows per step (dk, dv) */
+
+typedef struct {
+  mx_array *out;
+  const mx_array *lse, *delta; /* float32 (B, Hq, Tq), any strides */
+  kv_view q, k, v, o;          /* float32 rows of q, k, v, dout */
+  float scale;
+  bool causal;
+  int64_t B, Hq, Hkv, G, Tq, Tk, D, Dv, off; /* off = Tk - Tq */
+  int64_t nblk;                              /* blocks per head */
+  int failed;
+} bwd_ctx;
+
+static const float *view_row(const kv_view *w, int64_t b, int64_t h, int64_t t) {
+  return w->base + b * w->sb + h * w->sh + t * w->st;
+}
+
+/* n float32 values of a (B, Hq, Tq) array at (b, h, t0...). */
+static void load_rowvals(const mx_array *a, int64_t b, int64_t h, int64_t t0, int64_t n,
+                         float *dst) {
+  const float *p = (const float *)mx__data(a) + b * a->strides[0] + h * a->strides[1];
+  for (int64_t i = 0; i < n; i++) dst[i] = p[(t0 + i) * a->strides[2]];
+}
+
+/* n rows of w for head (b, h) from t0, each times mul, into dst (stride d). */
+static void copy_rows(const kv_view *w, int64_t b, int64_t h, int64_t t0, int64_t n, int64_t d,
+                      float mul, float *dst) {
+  for (int64_t i = 0; i < n; i++) {
+    const float *r = view_row(w, b, h, t0 + i);
+    if (mul == 1.0f) memcpy(dst + i * d, r, sizeof(float) * (size_t)d);
+    else for (int64_t x = 0; x < d; x++) dst[i * d + x] = r[x] * mul;
+  }
+}
+
+/* s[i] = exp(s[i] - sub[i]) for i < n (arguments <= 0 up to rounding; the
+ * polynomial clamps them at 0). */
+static void exp_sub(float *s, const float *sub, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) st8(s + i, exp_neg8(ld8(s + i) - ld8(sub + i)));
+  for (; i < n; i++) s[i] = exp_neg8(splat(s[i] - sub[i]))[0];
+}
+
+/* Keys of [j0, j0 + nk) that row t sees: [j0, j0 + return). */
+static int64_t keys_seen(const bwd_ctx *c, int64_t t, int64_t j0, int64_t nk) {
+  if (!c->causal) return nk;
+  int64_t n = t + c->off - j0 + 1;
+  return n < 0 ? 0 : n < nk ? n : nk;
+}
+
+/* Task -> (b, h, first row, rows) for the row-block ops. */
+static void row_task(const bwd_ctx *c, int64_t task, int64_t *b, int64_t *h, int64_t *t0,
+                     int64_t *nr) {
+  int64_t bh = task / c->nblk;
+  *b = bh / c->Hq;
+  *h = bh % c->Hq;
+  *t0 = (task % c->nblk) * BWD_BQ;
+  *nr = MX_MIN(BWD_BQ, c->Tq - *t0);
+}
+
+/* logsumexp: for each row, the online max and sum over key blocks. */
+static void lse_tasks(void *c_, int64_t t0, int64_t t1) {
+  bwd_ctx *c = c_;
+  const int64_t D = c->D;
+  float *buf = malloc(sizeof(float) * (size_t)(BWD_BQ * D + BWD_BQ * BWD_BK + BWD_BQ));
+  if (!buf) {
+    __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  float *Qs = buf, *S = Qs + BWD_BQ * D, *res = S + BWD_BQ * BWD_BK;
+  for (int64_t task = t0; task < t1; task++) {
+    int64_t b, h, r0, nr;
+    row_task(c, task, &b, &h, &r0, &nr);
+    int64_t hk = h / c->G;
+    float m[BWD_BQ], l[BWD_BQ];
+    copy_rows(&c->q, b, h, r0, nr, D, c->scale, Qs);
+    for (int64_t i = 0; i < nr; i++) m[i] = -INFINITY, l[i] = 0;
+    int64_t kend = c->causal ? MX_MIN(c->Tk, r0 + nr - 1 + c->off + 1) : c->Tk;
+    for (int64_t j0 = 0; j0 < kend; j0 += BWD_BK) {
+      int64_t nk = MX_MIN(BWD_BK, kend - j0);
+      qk_block(Qs, nr, D, view_row(&c->k, b, hk, j0), c->k.st, nk, S, BWD_BK);
+      for (int64_t i = 0; i < nr; i++) {
+        int64_t n = keys_seen(c, r0 + i, j0, nk);
+        if (n == 0) continue;
+        float *s = S + i * BWD_BK;
+        float mx = row_max(s, n), mnew = mx > m[i] ? mx : m[i];
+        if (mnew == -INFINITY) continue;
+        l[i] = l[i] * expf(m[i] - mnew) + row_exp_sum(s, n, mnew);
+        m[i] = mnew;
+      }
+    }
+    for (int64_t i = 0; i < nr; i++) res[i] = l[i] > 0 ? m[i] + logf(l[i]) : -INFINITY;
+    float *dst = (float *)mx__data(c->out) + (b * c->Hq + h) * c->Tq + r0;
+    memcpy(dst, res, sizeof(float) * (size_t)nr);
+  }
+  free(buf);
+}
+
+/* dq: per key block, S = (scale q) k^T, P = exp(S - lse), dP = dout v^T,
+ * dS = P (dP - delta), dq += dS k; dq *= scale at the end. */
+static void dq_tasks(void *c_, int64_t t0, int64_t t1) {
+  bwd_ctx *c = c_;
+  const int64_t D = c->D, Dv = c->Dv;
+  size_t nfl = (size_t)(BWD_BQ * (2 * D + Dv) + 2 * BWD_BQ * BWD_BK);
+  float *buf = malloc(sizeof(float) * nfl);
+  if (!buf) {
+    __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  float *Qs = buf, *Os = Qs + BWD_BQ * D, *dQ = Os + BWD_BQ * Dv, *S = dQ + BWD_BQ * D;
+  float *dP = S + BWD_BQ * BWD_BK;
+  mx_dtype odt = c->out->dtype;
+  int64_t oes = (int64_t)mx_dtype_size(odt);
+  for (int64_t task = t0; task < t1; task++) {
+    int64_t b, h, r0, nr;
+    row_task(c, task, &b, &h, &r0, &nr);
+    int64_t hk = h / c->G;
+    float lse[BWD_BQ], delta[BWD_BQ];
+    copy_rows(&c->q, b, h, r0, nr, D, c->scale, Qs);
+    copy_rows(&c->o, b, h, r0, nr, Dv, 1.0f, Os);
+    load_rowvals(c->lse, b, h, r0, nr, lse);
+    load_rowvals(c->delta, b, h, r0, nr, delta);
+    memset(dQ, 0, sizeof(float) * (size_t)(nr * D));
+    int64_t kend = c->causal ? MX_MIN(c->Tk, r0 + nr - 1 + c->off + 1) : c->Tk;
+    for (int64_t j0 = 0; j0 < kend; j0 += BWD_BK) {
+      int64_t nk = MX_MIN(BWD_BK, kend - j0);
+      const float *K = view_row(&c->k, b, hk, j0);
+      qk_block(Qs, nr, D, K, c->k.st, nk, S, BWD_BK);
+      qk_block(Os, nr, Dv, view_row(&c->v, b, hk, j0), c->v.st, nk, dP, BWD_BK);
+      for (int64_t i = 0; i < nr; i++) {
+        float *s = S + i * BWD_BK, *dp = dP + i * BWD_BK, sub[BWD_BK];
+        int64_t n = keys_seen(c, r0 + i, j0, nk);
+        for (int64_t j = 0; j < n; j++) sub[j] = lse[i];
+        exp_sub(s, sub, n);
+        for (int64_t j = 0; j < n; j++) s[j] *= dp[j] - delta[i];
+        for (int64_t j = n; j < nk; j++) s[j] = 0;
+      }
+      pv_block(S, nr, BWD_BK, nk, K, c->k.st, D, dQ, D);
+    }
+    for (int64_t i = 0; i < nr; i++) {
+      float *dq = dQ + i * D;
+      for (int64_t x = 0; x < D; x++) dq[x] *= c->scale;
+      int64_t orow = ((b * c->Hq + h) * c->Tq + r0 + i) * D;
+      store_f32((char *)mx__data(c->out) + orow * oes, odt, dq, D);
+    }
+  }
+  free(buf);
+}
+
+/* dk and dv of a block of keys: for each query head of the group and each
+ * block of its rows, S^T = k (scale q)^T, P^T = exp(S^T - lse), dP^T = v
+ * dout^T, dS^T = P^T (dP^T - delta); dv += P^T dout, dk += dS^T (scale q). */
+static void dkv_tasks(void *c_, int64_t t0, int64_t t1) {
+  bwd_ctx *c = c_;
+  const int64_t D = c->D, Dv = c->Dv;
+  size_t nfl = (size_t)(2 * BWD_KB * (D + Dv) + BWD_QB * (D + Dv) + 2 * BWD_KB * BWD_QB +
+                        3 * BWD_QB);
+  float *buf = malloc(sizeof(float) * nfl);
+  if (!buf) {
+    __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  float *Kc = buf, *Vc = Kc + BWD_KB * D, *dK = Vc + BWD_KB * Dv, *dV = dK + BWD_KB * D;
+  float *Qs = dV + BWD_KB * Dv, *Os = Qs + BWD_QB * D, *ST = Os + BWD_QB * Dv;
+  float *dPT = ST + BWD_KB * BWD_QB, *lse = dPT + BWD_KB * BWD_QB, *delta = lse + BWD_QB;
+  float *row = delta + BWD_QB;
+  mx_dtype odt = c->out->dtype;
+  int64_t oes = (int64_t)mx_dtype_size(odt);
+  for (int64_t task = t0; task < t1; task++) {
+    int64_t bh = task / c->nblk, b = bh / c->Hkv, hk = bh % c->Hkv;
+    int64_t j0 = (task % c->nblk) * BWD_KB, nk = MX_MIN(BWD_KB, c->Tk - j0);
+    copy_rows(&c->k, b, hk, j0, nk, D, 1.0f, Kc);
+    copy_rows(&c->v, b, hk, j0, nk, Dv, 1.0f, Vc);
+    memset(dK, 0, sizeof(float) * (size_t)(nk * D));
+    memset(dV, 0, sizeof(float) * (size_t)(nk * Dv));
+    /* rows t see key j0 iff t >= j0 - off */
+    int64_t tstart = c->causal ? MX_MAX(0, j0 - c->off) : 0;
+    for (int64_t g = 0; g < c->G; g++) {
+      int64_t h = hk * c->G + g;
+      for (int64_t r0 = tstart; r0 < c->Tq; r0 += BWD_QB) {
+        int64_t nq = MX_MIN(BWD_QB, c->Tq - r0);
+        copy_rows(&c->q, b, h, r0, nq, D, c->scale, Qs);
+        copy_rows(&c->o, b, h, r0, nq, Dv, 1.0f, Os);
+        load_rowvals(c->lse, b, h, r0, nq, lse);
+        load_rowvals(c->delta, b, h, r0, nq, delta);
+        qk_block(Kc, nk, D, Qs, D, nq, ST, BWD_QB);
+        qk_block(Vc, nk, Dv, Os, Dv, nq, dPT, BWD_QB);
+        for (int64_t j = 0; j < nk; j++) {
+          float *p = ST + j * BWD_QB, *ds = dPT + j * BWD_QB;
+          /* key j0 + j is seen by rows t >= j0 + j - off: i >= i0 */
+          int64_t i0 = c->causal ? MX_MIN(nq, MX_MAX(0, j0 + j - c->off - r0)) : 0;
+          exp_sub(p + i0, lse + i0, nq - i0);
+          for (int64_t i = 0; i < i0; i++) p[i] = 0;
+          for (int64_t i = 0; i < nq; i++) row[i] = p[i] * (ds[i] - delta[i]);
+          memcpy(ds, row, sizeof(float) * (size_t)nq);
+        }
+        pv_block(ST, nk, BWD_QB, nq, Os, Dv, Dv, dV, Dv);
+        pv_block(dPT, nk, BWD_QB, nq, Qs, D, D, dK, D);
+      }
+    }
+    char *dst = (char *)mx__data(c->out);
+    for (int64_t j = 0; j < nk; j++) {
+      int64_t orow = ((b * c->Hkv + hk) * c->Tk + j0 + j) * (D + Dv);
+      store_f32(dst + orow * oes, odt, dK + j * D, D);
+      store_f32(dst + (orow + D) * oes, odt, dV + j * Dv, Dv);
+    }
+  }
+  free(buf);
+}
+
+/* One kernel for the three ops: which = MX_OP_SDPA_LSE, _BWD_Q or _BWD_KV. */
+static int sdpa_bwd_kernel(mx_array *out, mx_array **in, int which) {
+  const mx__sdpa_params *p = MX__PARAMS(out, mx__sdpa_params);
+  const char *op = mx__op_names[which];
+  int s = mx__array_alloc_data(out);
+  if (s || out->size == 0) return s;
+  mx_array *q = in[0], *k = in[1];
+  bool lse_op = which == MX_OP_SDPA_LSE;
+  bwd_ctx c = {.out = out, .scale = (float)p->scale, .causal = p->causal, .B = q->shape[0],
+               .Hq = q->shape[1], .Hkv = k->shape[1], .Tq = q->shape[2], .Tk = k->shape[2],
+               .D = q->shape[3], .Dv = lse_op ? 0 : in[2]->shape[3]};
+  c.G = c.Hq / c.Hkv;
+  c.off = c.Tk - c.Tq;
+  if (!lse_op) {
+    c.lse = in[4];
+    c.delta = in[5];
+  }
+  if (which == MX_OP_SDPA_BWD_KV) {
+    if (c.Tq == 0) { /* no rows: dk = dv = 0 */
+      memset(out->buf->ptr, 0, (size_t)out->size * mx_dtype_size(out->dtype));
+      return MX_OK;
+    }
+  }
+  /* a copy of an input is made once, when it is not float32 rows */
+  s = make_kv_view(q, true, &c.q);
+  if (!s) s = make_kv_view(k, true, &c.k);
+  if (!s && !lse_op) s = make_kv_view(in[2], true, &c.v);
+  if (!s && !lse_op) s = make_kv_view(in[3], true, &c.o);
+  if (!s) {
+    if (which == MX_OP_SDPA_BWD_KV) {
+      c.nblk = (c.Tk + BWD_KB - 1) / BWD_KB;
+      int64_t work = MX_MAX(1, c.G * c.Tq * BWD_KB * (c.D + c.Dv));
+      mx__parallel_for(c.B * c.Hkv * c.nblk, MX_MAX(1, 65536 / work), dkv_tasks, &c);
+    } else {
+      c.nblk = (c.Tq + BWD_BQ - 1) / BWD_BQ;
+      int64_t work = MX_MAX(1, c.Tk * BWD_BQ * (c.D + c.Dv));
+      mx__parallel_for(c.B * c.Hq * c.nblk, MX_MAX(1, 65536 / work),
+                       lse_op ? lse_tasks : dq_tasks, &c);
+    }
+  }
+  kv_view *views[4] = {&c.q, &c.k, &c.v, &c.o};
+  for (int i = 0; i < 4; i++)
+    if (views[i]->owned) mx__buffer_release(views[i]->owned);
+  if (!s && c.failed) s = oom(op, 0);
+  return s;
+}
+
+static int k_sdpa_lse(mx_array *out, mx_array **in) {
+  return sdpa_bwd_kernel(out, in, MX_OP_SDPA_LSE);
+}
+static int k_sdpa_bwd_q(mx_array *out, mx_array **in) {
+  return sdpa_bwd_kernel(out, in, MX_OP_SDPA_BWD_Q);
+}
+static int k_sdpa_bwd_kv(mx_array *out, mx_array **in) {
+  return sdpa_bwd_kernel(out, in, MX_OP_SDPA_BWD_KV);
+}
+
 void mx__cpu_register_fast(mx__kernel_fn *k) {
   k[MX_OP_RMS_NORM] = k_rms_norm;
   k[MX_OP_LAYER_NORM] = k_layer_norm;
   k[MX_OP_ROPE] = k_rope;
   k[MX_OP_SDPA] = k_sdpa;
+  k[MX_OP_SDPA_LSE] = k_sdpa_lse;
+  k[MX_OP_SDPA_BWD_Q] = k_sdpa_bwd_q;
+  k[MX_OP_SDPA_BWD_KV] = k_sdpa_bwd_kv;
 }

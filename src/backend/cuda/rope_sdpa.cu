@@ -10,10 +10,17 @@
  * chunks of blockDim with an online softmax in f32 (f64 for f64); the output row is
  * accumulated in shared memory. Masked-out scores are the lowest finite
  * value of the compute type; causal is lower-right aligned; GQA maps query
- * head h to kv head h / (Hq / Hkv). */
+ * head h to kv head h / (Hq / Hkv).
+ *
+ * The fused attention backward (sdpa_logsumexp, sdpa_backward_q,
+ * sdpa_backward_kv; see ops/fast_params.h) runs only on the tensor-core
+ * kernels of flash_attn2.cu; cases they do not take fail with
+ * MX_ERR_NO_KERNEL (vjp_sdpa routes only cases they take here, unless
+ * MXC_SDPA_FUSED_BWD=1 forces the fused path). */
 #include <float.h>
 
 #include "cuda_common.cuh"
+#include "flash_attn2.h"
 #include "ops/fast_params.h"
 
 /* ---- rope ------------------------------------------------------------------------ */
@@ -274,7 +281,44 @@ static int k_sdpa_op(mx_array *out, mx_array **in) {
   return mx__cuda_launched(mx__opname(out));
 }
 
+/* ---- the fused attention backward (flash_attn2.cu) ------------------------------- */
+/* The result r of a flash_attn2 launcher: 0 done, -1 failed (error set), 1
+ * not taken: no other CUDA kernel exists for these ops. */
+static int fa2_result(int r, const mx_array *out, const mx_array *q, const mx_array *k,
+                      const mx_array *v) {
+  if (r == 0) return mx__cuda_launched(mx__opname(out));
+  if (r < 0) return mx_last_status() ? mx_last_status() : MX_ERR_INTERNAL;
+  const mx__sdpa_params *p = MX__PARAMS(out, mx__sdpa_params);
+  return mx__set_error(MX_ERR_NO_KERNEL, "%s: no CUDA kernel for dtype %s, head size D = %lld, "
+                       "Dv = %lld (Tq = %lld, Tk = %lld%s); the tensor-core kernels take f16/bf16 "
+                       "with D = Dv in {64, 128}", mx__opname(out), mx_dtype_name(q->dtype),
+                       (long long)q->shape[3], (long long)(v ? v->shape[3] : q->shape[3]),
+                       (long long)q->shape[2], (long long)k->shape[2],
+                       p->causal ? ", causal" : "");
+}
+
+static int k_sdpa_lse_op(mx_array *out, mx_array **in) {
+  const mx__sdpa_params *p = MX__PARAMS(out, mx__sdpa_params);
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  int r = mx__cuda_fa2_forward(NULL, out, in[0], in[1], NULL, (float)p->scale, p->causal);
+  return fa2_result(r, out, in[0], in[1], NULL);
+}
+
+static int k_sdpa_bwd_op(mx_array *out, mx_array **in) {
+  const mx__sdpa_params *p = MX__PARAMS(out, mx__sdpa_params);
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  bool q_op = out->op->id == MX_OP_SDPA_BWD_Q;
+  int r = (q_op ? mx__cuda_fa2_backward_q : mx__cuda_fa2_backward_kv)(
+      out, in[0], in[1], in[2], in[3], in[4], in[5], (float)p->scale, p->causal);
+  return fa2_result(r, out, in[0], in[1], in[2]);
+}
+
 void mx__cuda_register_rope_sdpa(mx__kernel_fn *k) {
   k[MX_OP_ROPE] = k_rope_op;
   k[MX_OP_SDPA] = k_sdpa_op;
+  k[MX_OP_SDPA_LSE] = k_sdpa_lse_op;
+  k[MX_OP_SDPA_BWD_Q] = k_sdpa_bwd_op;
+  k[MX_OP_SDPA_BWD_KV] = k_sdpa_bwd_op;
 }
