@@ -67,7 +67,7 @@ run_test() { # name seconds -> status; output in $LOG/<name>.log
   (cd "$ROOT" && timeout "$2" "$B/$1") >"$LOG/$1.log" 2>&1
 }
 RES=""
-TESTS_LIST="test_cuda:120 test_ops:${OPS_TIMEOUT:-300} test_core:120 test_cuda_models:180 test_cuda_reduce:60 test_async_eval:60"
+TESTS_LIST="test_cuda:120 test_ops:${OPS_TIMEOUT:-300} test_fast:120 test_core:120 test_cuda_models:180 test_cuda_reduce:60 test_async_eval:60"
 [ "${TESTS:-1}" = 0 ] && TESTS_LIST=""
 for t in $TESTS_LIST; do
   n=${t%%:*}
