@@ -100,7 +100,15 @@ TEST(column_reductions) {
   mx_array *s = mx_slice(x, (int64_t[]){0, 0}, (int64_t[]){4089, 770}, NULL, 2);
   mx_array *y3 = mx_reshape(s, (int64_t[]){29, 141, 770}, 3);
   ASSERT_EQ_INT(check_red(y3, a01, 2, false), 0);
+  /* whole-array reductions (split over blocks): contiguous and strided */
+  ASSERT_EQ_INT(check_red(x, a01, 2, false), 0);
+  ASSERT_EQ_INT(check_red(bf, a01, 2, true), 0);
   mx_array *t = mx_transpose(x, NULL, 0); /* (C, R): sum over axis 1, strided */
+  ASSERT_EQ_INT(check_red(t, a01, 2, false), 0);
+  mx_array *top = mx_slice(x, (int64_t[]){0, 0}, (int64_t[]){1000, 770}, NULL, 2); /* no NaN */
+  ASSERT_EQ_INT(check_red(top, a01, 2, false), 0);
+  ASSERT_EQ_INT(check_red(top, a01, 2, true), 0);
+  mx_array_free(top);
   const int a1[] = {1};
   ASSERT_EQ_INT(check_red(t, a1, 1, false), 0);
   /* the answer itself: column 17 holds the NaN, column 0 a known sum */

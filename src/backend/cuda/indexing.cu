@@ -130,9 +130,10 @@ __global__ void k_add(A *o, const TI *ix, const typename T::S *v, scat_geo g, in
     int64_t i = t % count, r = t / count;
     int64_t off[3];
     mx__nd_offsets<3>(g.nd, i, off);
+    const int64_t lo = r * per, hi = lo + per; /* this thread's rows (nr > 1) */
     for (int64_t k = 0; k < g.n; k++) {
       int64_t j = norm_index((int64_t)ix[off[1] + k * g.istep], g.dim);
-      if (nr > 1 && j / per != r) continue;
+      if (nr > 1 && (j < lo || j >= hi)) continue;
       acc_op<T, A>::add(o[off[0] + j * g.ostride], v[off[2] + k * g.vstep]);
     }
   }
@@ -239,11 +240,12 @@ static int k_scatter_add_axis(mx_array *out, mx_array **in) {
   if (count == 0 || idx->shape[ax] == 0) return MX_OK;
   scat_geo g = make_geo(out, idx, v, ax);
   cudaStream_t s = mx__cuda_stream();
-  /* shares of the destination rows: ~256k threads when the index lists are
-   * long and few (each thread keeps >= 8 rows) */
+  /* shares of the destination rows: ~64k threads when the index lists are
+   * long and few (each thread keeps >= 8 rows); every thread scans the
+   * whole list, so more shares cost more scanning than they hide latency */
   int64_t nr = 1, per = g.dim;
-  if (g.n >= 256 && count < 65536 && g.dim >= 16) {
-    nr = (262144 + count - 1) / count;
+  if (g.n >= 256 && count < 32768 && g.dim >= 16) {
+    nr = (65536 + count - 1) / count;
     if (nr > g.dim / 8) nr = g.dim / 8;
     per = (g.dim + nr - 1) / nr;
     nr = (g.dim + per - 1) / per;

@@ -128,6 +128,35 @@ __global__ void k_reduce_cols(const typename T::S *x, mx__nd<1> outer, mx__nd<1>
   part[(int64_t)blockIdx.y * nout + o] = v;
 }
 
+/* Few outputs of long reductions (a sum of squares over a whole
+ * gradient): block (s, o) reduces share s of output o's range into
+ * part[s * nout + o]; k_reduce_splits adds the shares in order. */
+template <class T>
+__global__ void k_reduce_long(const typename T::S *x, mx__nd<1> outer, mx__nd<1> inner,
+                              int64_t nout, int64_t r, int64_t chunk, rop op,
+                              typename acc_of<T>::A *part) {
+  typedef typename acc_of<T>::A A;
+  __shared__ A sh[MX_CUDA_THREADS];
+  const int64_t o = blockIdx.y, j0 = (int64_t)blockIdx.x * chunk;
+  const int64_t j1 = j0 + chunk < r ? j0 + chunk : r;
+  int64_t base;
+  mx__nd_offsets<1>(outer, o, &base);
+  A v;
+  init_acc(op, &v);
+  for (int64_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
+    int64_t off;
+    mx__nd_offsets<1>(inner, j, &off);
+    v = comb(op, v, (A)T::ld(x[base + off]));
+  }
+  sh[threadIdx.x] = v;
+  __syncthreads();
+  for (int st = blockDim.x / 2; st > 0; st >>= 1) {
+    if ((int)threadIdx.x < st) sh[threadIdx.x] = comb(op, sh[threadIdx.x], sh[threadIdx.x + st]);
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) part[(int64_t)blockIdx.x * nout + o] = sh[0];
+}
+
 template <class A>
 __global__ void k_reduce_splits(const A *part, int64_t nout, int nsplit, rop op, A *acc) {
   MX_CUDA_LOOP(o, nout) {
@@ -200,6 +229,24 @@ static int reduce_typed(mx_array *out, mx_array *a, uint32_t mask, rop op) {
     }
     dim3 grid((unsigned)((nout + MX_CUDA_THREADS - 1) / MX_CUDA_THREADS), (unsigned)nsplit);
     k_reduce_cols<T><<<grid, MX_CUDA_THREADS, 0, s>>>(x, outer, inner, nout, r, chunk, op,
+                                                       (A *)pb->dptr);
+    k_reduce_splits<A><<<mx__cuda_blocks(nout), MX_CUDA_THREADS, 0, s>>>(
+        (const A *)pb->dptr, nout, (int)nsplit, op, acc);
+    mx__buffer_release(pb); /* reused only by later work of the same stream */
+  } else if (r >= 65536 && nout <= 1024) {
+    /* long reductions to few outputs: ~2048 blocks, >= 8192 elements each */
+    int64_t want = (2048 + nout - 1) / nout, most = r / 8192;
+    int64_t nsplit = want < most ? want : most;
+    if (nsplit < 1) nsplit = 1;
+    int64_t chunk = (r + nsplit - 1) / nsplit;
+    nsplit = (r + chunk - 1) / chunk;
+    mx__buffer *pb = mx__cuda_tmp(sizeof(A) * (size_t)(nsplit * nout));
+    if (!pb) {
+      mx__buffer_release(tmp);
+      return mx_last_status();
+    }
+    dim3 grid((unsigned)nsplit, (unsigned)nout);
+    k_reduce_long<T><<<grid, MX_CUDA_THREADS, 0, s>>>(x, outer, inner, nout, r, chunk, op,
                                                        (A *)pb->dptr);
     k_reduce_splits<A><<<mx__cuda_blocks(nout), MX_CUDA_THREADS, 0, s>>>(
         (const A *)pb->dptr, nout, (int)nsplit, op, acc);
