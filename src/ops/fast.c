@@ -80,6 +80,8 @@ static const mx__op_def def_LAYER_NORM = {.id = MX_OP_LAYER_NORM, .vjp = vjp_lay
 static const mx__op_def def_ROPE = {.id = MX_OP_ROPE, .vjp = vjp_rope};
 static const mx__op_def def_SDPA = {.id = MX_OP_SDPA, .vjp = vjp_sdpa};
 static const mx__op_def def_SWIGLU = {.id = MX_OP_SWIGLU, .vjp = vjp_swiglu};
+static int vjp_swiglu_grad(mx_array *out, mx_array *cot, mx_array **g, const bool *need);
+static const mx__op_def def_SWIGLU_GRAD = {.id = MX_OP_SWIGLU_GRAD, .vjp = vjp_swiglu_grad};
 
 /* Builds a node whose inputs are `ins` cast to dt. */
 static mx_array *node_cast(const mx__op_def *def, mx_dtype dt, const int64_t *shape, int ndim,
@@ -209,17 +211,64 @@ mx_array *mx_fast_swiglu(mx_array *gate, mx_array *up) {
 static int vjp_swiglu(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {
   mx_array *x = out->inputs[0], *u = out->inputs[1];
   int st = MX_OK;
-  mx__tmp t = {0};
-  mx_array *s = mx__keep(&t, mx_sigmoid(x));
-  if (need[0]) {
-    mx_array *one_minus = mx__keep(&t, mx_subtract(mx__keep(&t, mx_ones_like(s)), s));
-    mx_array *d = mx__keep(&t, mx_add_scalar(mx__keep(&t, mx_multiply(x, one_minus)), 1.0));
-    mx_array *cu = mx__keep(&t, mx_multiply(cot, u));
-    st = set_grad(&g[0], mx_multiply(mx__keep(&t, mx_multiply(cu, s)), d), x);
+  if (need[0]) st = set_grad(&g[0], mx__fast_swiglu_grad(0, x, u, cot), x);
+  if (!st && need[1]) st = set_grad(&g[1], mx__fast_swiglu_grad(1, x, cot, NULL), u);
+  return st;
+}
+
+mx_array *mx__fast_swiglu_grad(int which, mx_array *gate, mx_array *b, mx_array *c) {
+  MX__CHECK_IN("swiglu_backward", gate);
+  MX__CHECK_IN("swiglu_backward", b);
+  if (which != 0 && which != 1)
+    return mx__set_error(MX_ERR_INVALID_ARG, "swiglu_backward: unknown form %d", which), NULL;
+  if (which == 0) MX__CHECK_IN("swiglu_backward", c);
+  mx_array *ins[3] = {gate, b, c};
+  int n = which == 0 ? 3 : 2;
+  mx_dtype dt = gate->dtype;
+  for (int i = 0; i < n; i++) {
+    if (i) dt = mx_promote_types(dt, ins[i]->dtype);
+    if (ins[i]->ndim != gate->ndim ||
+        memcmp(ins[i]->shape, gate->shape, sizeof(int64_t) * (size_t)gate->ndim)) {
+      char sa[256], sb[256];
+      return mx__set_error(MX_ERR_SHAPE, "swiglu_backward: input %d of shape %s, not %s", i,
+                           mx__shape_str(ins[i]->shape, ins[i]->ndim, sa, sizeof sa),
+                           mx__shape_str(gate->shape, gate->ndim, sb, sizeof sb)), NULL;
+    }
   }
-  if (!st && need[1])
-    st = set_grad(&g[1], mx_multiply(cot, mx__keep(&t, mx_multiply(x, s))), u);
-  mx__tmp_free(&t);
+  if (!mx_dtype_is_float(dt))
+    return mx__set_error(MX_ERR_DTYPE, "swiglu_backward: unsupported dtype %s",
+                         mx_dtype_name(dt)), NULL;
+  mx__swiglu_grad_params p = {.which = which};
+  return node_cast(&def_SWIGLU_GRAD, dt, gate->shape, gate->ndim, ins, n, &p, sizeof p);
+}
+
+/* Second order. which 1: y = c silu(g): dg = h c silu'(g), dc = h silu(g).
+ * which 0: y = c u silu'(g): dg = h c u silu''(g), du = h c silu'(g),
+ * dc = h u silu'(g), with silu''(g) = s (1 - s) (2 + g (1 - 2 s)). */
+static int vjp_swiglu_grad(mx_array *out, mx_array *h, mx_array **g, const bool *need) {
+  const mx__swiglu_grad_params *p = MX__PARAMS(out, mx__swiglu_grad_params);
+  mx_array *x = out->inputs[0];
+  int st = MX_OK;
+  if (p->which == 1) {
+    mx_array *c = out->inputs[1];
+    if (need[0]) st = set_grad(&g[0], mx__fast_swiglu_grad(0, x, c, h), x);
+    if (!st && need[1]) st = set_grad(&g[1], mx__fast_swiglu_grad(1, x, h, NULL), c);
+    return st;
+  }
+  mx_array *u = out->inputs[1], *c = out->inputs[2];
+  if (need[0]) {
+    mx__tmp t = {0};
+    mx_array *s = mx__keep(&t, mx_sigmoid(x));
+    mx_array *s1 = mx__keep(&t, mx_subtract(mx__keep(&t, mx_ones_like(s)), s));
+    mx_array *t1 = mx__keep(&t, mx_multiply(s, s1));
+    mx_array *one2s = mx__keep(&t, mx_subtract(s1, s)); /* 1 - 2 s */
+    mx_array *t2 = mx__keep(&t, mx_add_scalar(mx__keep(&t, mx_multiply(x, one2s)), 2.0));
+    mx_array *hcu = mx__keep(&t, mx_multiply(mx__keep(&t, mx_multiply(h, c)), u));
+    st = set_grad(&g[0], mx_multiply(hcu, mx__keep(&t, mx_multiply(t1, t2))), x);
+    mx__tmp_free(&t);
+  }
+  if (!st && need[1]) st = set_grad(&g[1], mx__fast_swiglu_grad(0, x, c, h), u);
+  if (!st && need[2]) st = set_grad(&g[2], mx__fast_swiglu_grad(0, x, u, h), c);
   return st;
 }
 

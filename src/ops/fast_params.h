@@ -36,6 +36,16 @@ typedef struct {
   int64_t offset;
 } mx__rope_params;
 
+/* swiglu_backward (the VJP of swiglu in one pass): which 0 -> d gate =
+ * cot * up * silu'(gate), inputs (gate, up, cot); which 1 -> d up =
+ * cot * silu(gate), inputs (gate, cot); silu'(g) = s (1 + g (1 - s)),
+ * s = sigmoid(g). One float dtype; computed in the compute type (f32 for
+ * f16/bf16) and rounded once. */
+typedef struct {
+  int which;
+} mx__swiglu_grad_params;
+mx_array *mx__fast_swiglu_grad(int which, mx_array *gate, mx_array *up_or_cot, mx_array *cot);
+
 enum { MX__SDPA_MASK_NONE = 0, MX__SDPA_MASK_ADD = 1, MX__SDPA_MASK_BOOL = 2 };
 
 /* inputs: q (B, Hq, Tq, D), k (B, Hkv, Tk, D), v (B, Hkv, Tk, Dv) of the

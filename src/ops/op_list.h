@@ -101,6 +101,7 @@
   X(SDPA_BWD_Q, "sdpa_backward_q")                                          \
   X(SDPA_BWD_KV, "sdpa_backward_kv")                                        \
   X(SWIGLU, "swiglu")                                                       \
+  X(SWIGLU_GRAD, "swiglu_backward")                                         \
   /* affine quantization (MLX format) */                                    \
   X(QUANTIZE_PACK, "quantize_pack")                                         \
   X(DEQUANTIZE, "dequantize")                                               \

@@ -269,6 +269,24 @@ static int f_swiglu(const mx_opcase *c, const double *const *in, double *out, in
   return 0;
 }
 
+/* ---- swiglu_backward (internal: swiglu's VJP in one pass) --------------------- */
+static mx_array *b_swiglu_grad(const mx_opcase *c, mx_array **in) {
+  return mx__fast_swiglu_grad(c->ip[0], in[0], in[1], c->ip[0] == 0 ? in[2] : NULL);
+}
+
+static int f_swiglu_grad(const mx_opcase *c, const double *const *in, double *out,
+                         int64_t *oshape, int *ond) {
+  int nd = c->ndim[0];
+  int64_t n = oc_size(c->shape[0], nd);
+  memcpy(oshape, c->shape[0], sizeof(int64_t) * (size_t)nd);
+  *ond = nd;
+  for (int64_t i = 0; i < n; i++) {
+    double x = in[0][i], s = 1.0 / (1.0 + exp(-x));
+    out[i] = c->ip[0] == 0 ? in[2][i] * in[1][i] * s * (1 + x * (1 - s)) : in[1][i] * x * s;
+  }
+  return 0;
+}
+
 /* ---- the table -------------------------------------------------------------- */
 #define ARR(...) {__VA_ARGS__}
 #define NORM(name, d, nin_, nd_, shapes, kinds, W, B, LN, eps)                                \
@@ -304,7 +322,18 @@ static int f_swiglu(const mx_opcase *c, const double *const *in, double *out, in
   {.op = "swiglu", .desc = d, .nin = 2, .ndim = {nd_, nd_}, .shape = {shape_, shape_},         \
    .lo = lo_, .hi = hi_, OC_FLOATS, .flags = OC_NONCONTIG, .build = b_swiglu, .ref = f_swiglu}
 
+#define SWIGLU_GRAD(d, which, nd_, shape_, lo_, hi_)                                           \
+  {.op = "swiglu_backward", .desc = d, .nin = which == 0 ? 3 : 2, .ndim = {nd_, nd_, nd_},     \
+   .shape = {shape_, shape_, shape_}, .lo = lo_, .hi = hi_, OC_FLOATS, .flags = OC_NONCONTIG,  \
+   .ip = {which}, .build = b_swiglu_grad, .ref = f_swiglu_grad}
+
 static const mx_opcase cases[] = {
+    /* swiglu_backward (its own VJP is checked by finite differences too) */
+    SWIGLU_GRAD("d gate", 0, 2, ARR(5, 37), -4, 4),
+    SWIGLU_GRAD("d up", 1, 2, ARR(5, 37), -4, 4),
+    SWIGLU_GRAD("d gate, 3-d, large values", 0, 3, ARR(2, 3, 64), -20, 20),
+    SWIGLU_GRAD("d up, 1-d", 1, 1, ARR(1000), -3, 3),
+    SWIGLU_GRAD("0-size", 0, 2, ARR(0, 8), -1, 1),
     /* swiglu */
     SWIGLU("rows", 2, ARR(5, 37), -4, 4),
     SWIGLU("3-d, large values", 3, ARR(2, 3, 64), -20, 20),

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cpu.h"
+#include "ops/fast_params.h"
 #include "ops/optim_params.h"
 #include "types.h"
 #include "vmath.h"
@@ -321,6 +322,48 @@ static int k_swiglu(mx_array *out, mx_array **in) {
   return run_nary(out, in, 2, f);
 }
 
+/* swiglu_backward (src/ops/fast_params.h): d gate = cot * up * silu'(g),
+ * d up = cot * silu(g), in the compute type, rounded once */
+#define SWIGLU_GRAD_LOOP(TAG, unused)                                                  \
+  static void swiglu_dg_##TAG(char **p, const int64_t *s, int64_t n, const void *c_) { \
+    MX_UNUSED(c_);                                                                     \
+    T_##TAG *o = (T_##TAG *)p[0];                                                      \
+    const T_##TAG *g = (const T_##TAG *)p[1], *u = (const T_##TAG *)p[2];              \
+    const T_##TAG *c = (const T_##TAG *)p[3];                                          \
+    for (int64_t i = 0; i < n; i++) {                                                  \
+      C_##TAG x = LD_##TAG(g[i * s[1]]);                                               \
+      C_##TAG sg = 1 / (1 + VEXP(-x));                                                 \
+      C_##TAG d = sg * (1 + x * (1 - sg));                                             \
+      o[i] = ST_##TAG(LD_##TAG(c[i * s[3]]) * LD_##TAG(u[i * s[2]]) * d);              \
+    }                                                                                  \
+  }                                                                                    \
+  static void swiglu_du_##TAG(char **p, const int64_t *s, int64_t n, const void *c_) { \
+    MX_UNUSED(c_);                                                                     \
+    T_##TAG *o = (T_##TAG *)p[0];                                                      \
+    const T_##TAG *g = (const T_##TAG *)p[1], *c = (const T_##TAG *)p[2];              \
+    for (int64_t i = 0; i < n; i++) {                                                  \
+      C_##TAG x = LD_##TAG(g[i * s[1]]);                                               \
+      o[i] = ST_##TAG(LD_##TAG(c[i * s[2]]) * (x / (1 + VEXP(-x))));                   \
+    }                                                                                  \
+  }
+MX_FLOAT_TAGS(SWIGLU_GRAD_LOOP, 0)
+
+static int k_swiglu_grad(mx_array *out, mx_array **in) {
+  int which = MX__PARAMS(out, mx__swiglu_grad_params)->which, nin = which == 0 ? 3 : 2;
+  mx__inner_fn f = NULL;
+  switch (out->dtype) {
+    case MX_FLOAT16: f = which ? swiglu_du_F16 : swiglu_dg_F16; break;
+    case MX_BFLOAT16: f = which ? swiglu_du_BF16 : swiglu_dg_BF16; break;
+    case MX_FLOAT32: f = which ? swiglu_du_F32 : swiglu_dg_F32; break;
+    case MX_FLOAT64: f = which ? swiglu_du_F64 : swiglu_dg_F64; break;
+    default: break;
+  }
+  for (int i = 0; i < nin; i++)
+    if (in[i]->dtype != out->dtype) f = NULL;
+  if (!f) return no_kernel(out, in[0]->dtype);
+  return run_nary(out, in, nin, f);
+}
+
 /* adam_update (src/ops/optim_params.h): float32 / float64 */
 #define ADAM_LOOP(NAME, T)                                                                  \
   static void NAME(char **p, const int64_t *s, int64_t n, const void *c_) {                 \
@@ -479,6 +522,7 @@ void mx__cpu_register_elementwise(mx__kernel_fn *k) {
   k[MX_OP_WHERE] = k_where;
   k[MX_OP_SWIGLU] = k_swiglu;
   k[MX_OP_ADAM_UPDATE] = k_adam_update;
+  k[MX_OP_SWIGLU_GRAD] = k_swiglu_grad;
   k[MX_OP_COPY] = k_copy;
   k[MX_OP_FULL] = k_copy;
   k[MX_OP_ARANGE] = k_arange;

@@ -4,6 +4,7 @@
  * the arithmetic mirrors src/backend/cpu/elementwise.c (f16/bf16 compute in
  * f32, integer arithmetic wraps through 64 bits, float -> int saturates). */
 #include "cuda_common.cuh"
+#include "ops/fast_params.h"
 #include "ops/optim_params.h"
 
 /* ---- the generic strided map kernel ---------------------------------------------- */
@@ -290,6 +291,43 @@ static int k_swiglu(mx_array *out, mx_array **in) {
   return st;
 }
 
+/* ---- swiglu_backward (src/ops/fast_params.h) ------------------------------------------- */
+template <class T>
+struct SwigluGradF {
+  typedef typename T::S S;
+  S *o;
+  const S *g, *b, *c; /* (gate, up, cot) or (gate, cot) */
+  int which;
+  __device__ void operator()(const int64_t *off) const {
+    typedef typename T::C X;
+    X x = T::ld(g[off[1]]);
+    X s = (X)1 / ((X)1 + m_exp(-x));
+    if (which == 0)
+      o[off[0]] = T::st(T::ld(c[off[3]]) * T::ld(b[off[2]]) * (s * ((X)1 + x * ((X)1 - s))));
+    else
+      o[off[0]] = T::st(T::ld(b[off[2]]) * (x * s));
+  }
+};
+
+static int k_swiglu_grad(mx_array *out, mx_array **in) {
+  int which = MX__PARAMS(out, mx__swiglu_grad_params)->which, nin = which == 0 ? 3 : 2;
+  mx_dtype dt = out->dtype;
+  for (int i = 0; i < nin; i++)
+    if (in[i]->dtype != dt || !mx_dtype_is_float(dt)) return mx__cuda_no_dtype(out, in[i]->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st) return st;
+  mx_array *in3[3] = {in[0], in[1], nin == 3 ? in[2] : in[1]};
+  mx__nd<4> ix = out_nd<4>(out, in3);
+  st = MX_ERR_NO_KERNEL;
+  MX_CUDA_DISPATCH_FLOAT(dt, {
+    SwigluGradF<T> f = {(T::S *)out->buf->dptr, (const T::S *)mx__ddata(in3[0]),
+                        (const T::S *)mx__ddata(in3[1]), (const T::S *)mx__ddata(in3[2]), which};
+    st = launch_map<4>(ix, out->size, f, mx__opname(out));
+  })
+  if (st == MX_ERR_NO_KERNEL) return mx__cuda_no_dtype(out, dt);
+  return st;
+}
+
 /* ---- adam_update (src/ops/optim_params.h) -------------------------------------------- */
 /* Each product, sum and quotient rounded on its own (no contraction into
  * FMAs), as the composition of separate ops rounds them. */
@@ -496,6 +534,7 @@ void mx__cuda_register_elementwise(mx__kernel_fn *k) {
   for (size_t i = 0; i < sizeof binary_ops / sizeof *binary_ops; i++) k[binary_ops[i]] = k_binary;
   k[MX_OP_SWIGLU] = k_swiglu;
   k[MX_OP_ADAM_UPDATE] = k_adam_update;
+  k[MX_OP_SWIGLU_GRAD] = k_swiglu_grad;
   k[MX_OP_ASTYPE] = k_astype;
   k[MX_OP_WHERE] = k_where;
   k[MX_OP_COPY] = k_copy;
