@@ -463,6 +463,36 @@ int mx__cuda_strided_copy(char *dst, const int64_t *dst_strides, const int64_t *
   const int64_t *sp[2] = {dst_strides, sst};
   mx__nd<2> ix = mx__nd_make<2>(shape, ndim, sp);
   int64_t n = mx__shape_size(shape, ndim);
+  /* rows contiguous on both sides (a transpose of the leading axes, a
+   * slice, a broadcast of rows): move 16-, 8- or 4-byte words, one index
+   * computation per word instead of per element */
+  const int64_t es = (int64_t)mx_dtype_size(src->dtype);
+  const char *sp0 = mx__ddata(src);
+  const int l = ix.ndim - 1;
+  if (n > 0 && l >= 0 && ix.st[0][l] == 1 && ix.st[1][l] == 1) {
+    for (int64_t V = 16; V > es; V /= 2) {
+      bool ok = (ix.shape[l] * es) % V == 0 && ((uintptr_t)dst % V) == 0 &&
+                ((uintptr_t)sp0 % V) == 0;
+      for (int d = 0; d < l && ok; d++)
+        ok = (ix.st[0][d] * es) % V == 0 && (ix.st[1][d] * es) % V == 0;
+      if (!ok) continue;
+      mx__nd<2> w = ix;
+      const int64_t r = V / es;
+      w.shape[l] /= r;
+      for (int d = 0; d < l; d++) w.st[0][d] /= r, w.st[1][d] /= r;
+      const int64_t nw = n / r;
+      if (V == 16) {
+        CopyF<uint4> f = {(uint4 *)dst, (const uint4 *)sp0};
+        return launch_map<2>(w, nw, f, what);
+      }
+      if (V == 8) {
+        CopyF<uint2> f = {(uint2 *)dst, (const uint2 *)sp0};
+        return launch_map<2>(w, nw, f, what);
+      }
+      CopyF<uint32_t> f = {(uint32_t *)dst, (const uint32_t *)sp0};
+      return launch_map<2>(w, nw, f, what);
+    }
+  }
   switch (mx_dtype_size(src->dtype)) {
 #define C(N, S)                                                                 \
   case N: {                                                                     \

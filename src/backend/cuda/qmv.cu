@@ -384,6 +384,11 @@ static void deq_words(const uint32_t *w, const void *sc, const void *bi, typenam
   }
 }
 
+template <class T>
+__global__ void k_f32_to(const float *__restrict__ a, typename T::S *__restrict__ o, int64_t n) {
+  MX_CUDA_LOOP(i, n) o[i] = T::st(a[i]);
+}
+
 static cublasHandle_t g_qh;
 static pthread_mutex_t g_qmu = PTHREAD_MUTEX_INITIALIZER;
 
@@ -420,6 +425,42 @@ static int qmm_gemm(mx_array *out, const void *x, const uint32_t *w, const void 
   int st = qhandle(&h);
   if (st) return st;
   const size_t es = sizeof(typename T::S);
+  const bool word0 = (bits == 2 || bits == 4 || bits == 8);
+  if (!transpose && word0 && N * bits / 32 < INT_MAX) {
+    /* out = x W with W (K, N) packed along N: slices of whole rows of W
+     * (k0.., contiguous, dequantized one thread per word) multiply the
+     * matching columns of x and add up in an f32 buffer when there are
+     * several (so 16-bit outputs are rounded once) */
+    int64_t nk = ((int64_t)32 << 20) / (int64_t)(N * es);
+    nk = nk < 256 ? 256 : nk / 64 * 64;
+    if (nk > K) nk = K;
+    const bool multi = nk < K && es != 4;
+    mx__buffer *tb = mx__cuda_tmp((size_t)(nk * N) * es + (multi ? (size_t)(M * N) * 4 : 0));
+    if (!tb) return mx_last_status();
+    typename T::S *d = (typename T::S *)tb->dptr;
+    float *acc = multi ? (float *)((char *)tb->dptr + (size_t)(nk * N) * es) : NULL;
+    const float one = 1.f, zero = 0.f;
+    for (int64_t k0 = 0; k0 < K && !st; k0 += nk) {
+      int64_t ck = K - k0 < nk ? K - k0 : nk;
+      deq_words<T>(w, sc, bi, d, k0, ck, N, gs, bits);
+      if ((st = mx__cuda_launched("quantized_matmul"))) break;
+      /* column-major out^T (N x M) (+)= Wslice^T (N x ck) * x[:, k0:]^T (ck x M) */
+      const char *xp = (const char *)x + k0 * (int64_t)es;
+      st = qblas(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, (int)N, (int)M, (int)ck, &one, d, ty,
+                              (int)N, xp, ty, (int)K, k0 ? &one : &zero,
+                              multi ? (void *)acc : out->buf->dptr,
+                              multi ? CUDA_R_32F : ty, (int)N, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT),
+                 "cublasGemmEx");
+    }
+    if (!st && multi) {
+      k_f32_to<T><<<mx__cuda_blocks(M * N), MX_CUDA_THREADS, 0, mx__cuda_stream()>>>(
+          acc, (typename T::S *)out->buf->dptr, M * N);
+      st = mx__cuda_launched("quantized_matmul");
+    }
+    mx__buffer_release(tb); /* later kernels of the stream run after the GEMM */
+    return st;
+  }
   int64_t nc = ((int64_t)32 << 20) / (int64_t)(K * es);
   nc = nc < 64 ? 64 : nc / 64 * 64;
   if (nc > N) nc = N;
