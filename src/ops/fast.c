@@ -76,6 +76,9 @@ static int vjp_sdpa(mx_array *out, mx_array *cot, mx_array **g, const bool *need
 static int vjp_swiglu(mx_array *out, mx_array *cot, mx_array **g, const bool *need);
 
 static const mx__op_def def_RMS_NORM = {.id = MX_OP_RMS_NORM, .vjp = vjp_rms_norm};
+static int vjp_rms_norm_grad(mx_array *out, mx_array *cot, mx_array **g, const bool *need);
+static const mx__op_def def_RMS_NORM_GRAD = {.id = MX_OP_RMS_NORM_GRAD,
+                                             .vjp = vjp_rms_norm_grad};
 static const mx__op_def def_LAYER_NORM = {.id = MX_OP_LAYER_NORM, .vjp = vjp_layer_norm};
 static const mx__op_def def_ROPE = {.id = MX_OP_ROPE, .vjp = vjp_rope};
 static const mx__op_def def_SDPA = {.id = MX_OP_SDPA, .vjp = vjp_sdpa};
@@ -126,24 +129,95 @@ mx_array *mx_fast_layer_norm(mx_array *x, mx_array *weight, mx_array *bias, doub
 static int vjp_rms_norm(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {
   const mx__rms_norm_params *p = MX__PARAMS(out, mx__rms_norm_params);
   mx_array *x = out->inputs[0], *w = p->has_weight ? out->inputs[1] : NULL;
+  int st = MX_OK;
+  if (need[0]) st = set_grad(&g[0], mx__fast_rms_norm_grad(0, x, cot, w, p->eps), x);
+  if (!st && w && need[1]) {
+    mx_array *gxn = mx__fast_rms_norm_grad(1, x, cot, NULL, p->eps);
+    st = set_grad(&g[1], sum_leading(gxn), w);
+    mx_array_free(gxn);
+  }
+  return st;
+}
+
+mx_array *mx__fast_rms_norm_grad(int which, mx_array *x, mx_array *g, mx_array *w, double eps) {
+  MX__CHECK_IN("rms_norm_backward", x);
+  MX__CHECK_IN("rms_norm_backward", g);
+  if (which != 0 && which != 1)
+    return mx__set_error(MX_ERR_INVALID_ARG, "rms_norm_backward: unknown form %d", which), NULL;
+  if (which == 1) w = NULL;
+  mx_dtype dt;
+  if (check_norm("rms_norm_backward", x, w, NULL, &dt)) return NULL;
+  dt = mx_promote_types(dt, g->dtype);
+  if (g->ndim != x->ndim || memcmp(g->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim)) {
+    char sa[256], sb[256];
+    return mx__set_error(MX_ERR_SHAPE, "rms_norm_backward: cotangent %s for input %s",
+                         mx__shape_str(g->shape, g->ndim, sa, sizeof sa),
+                         mx__shape_str(x->shape, x->ndim, sb, sizeof sb)), NULL;
+  }
+  if (!mx_dtype_is_float(dt))
+    return mx__set_error(MX_ERR_DTYPE, "rms_norm_backward: unsupported dtype %s",
+                         mx_dtype_name(dt)), NULL;
+  mx__rms_norm_grad_params p = {.eps = eps, .which = which, .has_weight = w != NULL};
+  mx_array *ins[3] = {x, g, w};
+  mx_array *c[3] = {0};
+  int n = w ? 3 : 2, ok = 1;
+  for (int i = 0; i < n; i++)
+    if (!(c[i] = mx_astype(ins[i], dt))) ok = 0;
+  mx_array *r = ok ? mx__node_new(&def_RMS_NORM_GRAD, which ? compute_dtype(dt) : dt, x->shape,
+                                  x->ndim, c, n, &p, sizeof p)
+                   : NULL;
+  for (int i = 0; i < n; i++) mx_array_free(c[i]);
+  return r;
+}
+
+/* Second order, in the compute type, with n = rsqrt(mean(x^2) + eps),
+ * gw = g w, m = mean(gw x), cotangent h; means over the last axis:
+ *  which 0 (dx = n gw - x n^3 m):
+ *    d g = w * dx(x, h) (no weight),  d w = sum_leading(g * dx(x, h)),
+ *    d x = -n^3 (x mean(h gw) + m h + gw mean(h x)) + 3 n^5 m x mean(h x)
+ *  which 1 (y = g x n):
+ *    d g = h x n,  d x = h g n - n^3 x mean(h g x) */
+static int vjp_rms_norm_grad(mx_array *out, mx_array *h, mx_array **gr, const bool *need) {
+  const mx__rms_norm_grad_params *p = MX__PARAMS(out, mx__rms_norm_grad_params);
+  mx_array *x = out->inputs[0], *g = out->inputs[1], *w = p->has_weight ? out->inputs[2] : NULL;
   mx_dtype cdt = compute_dtype(x->dtype);
   int ax = -1, st = MX_OK;
   mx__tmp t = {0};
-  mx_array *xf = mx__keep(&t, mx_astype(x, cdt));
-  mx_array *gf = mx__keep(&t, mx_astype(cot, cdt));
-  mx_array *ms = mx__keep(&t, mx_mean(mx__keep(&t, mx_square(xf)), &ax, 1, true));
-  mx_array *n = mx__keep(&t, mx_rsqrt(mx__keep(&t, mx_add_scalar(ms, p->eps))));
-  mx_array *gw = w ? mx__keep(&t, mx_multiply(gf, mx__keep(&t, mx_astype(w, cdt)))) : gf;
-  if (need[0]) {
-    mx_array *m = mx__keep(&t, mx_mean(mx__keep(&t, mx_multiply(gw, xf)), &ax, 1, true));
-    mx_array *n3 = mx__keep(&t, mx_multiply(n, mx__keep(&t, mx_square(n))));
-    mx_array *corr = mx__keep(&t, mx_multiply(xf, mx__keep(&t, mx_multiply(n3, m))));
-    st = set_grad(&g[0], mx_subtract(mx__keep(&t, mx_multiply(gw, n)), corr), x);
+#define KP(e) mx__keep(&t, (e))
+  mx_array *xf = KP(mx_astype(x, cdt)), *gf = KP(mx_astype(g, cdt)), *hf = KP(mx_astype(h, cdt));
+  mx_array *n = KP(mx_rsqrt(KP(mx_add_scalar(KP(mx_mean(KP(mx_square(xf)), &ax, 1, true)),
+                                             p->eps))));
+  mx_array *n3 = KP(mx_multiply(n, KP(mx_square(n))));
+  if (p->which == 1) {
+    if (need[1]) st = set_grad(&gr[1], mx_multiply(hf, KP(mx_multiply(xf, n))), g);
+    if (!st && need[0]) {
+      mx_array *mhgx = KP(mx_mean(KP(mx_multiply(KP(mx_multiply(hf, gf)), xf)), &ax, 1, true));
+      mx_array *a = KP(mx_multiply(KP(mx_multiply(hf, gf)), n));
+      st = set_grad(&gr[0], mx_subtract(a, KP(mx_multiply(KP(mx_multiply(n3, xf)), mhgx))), x);
+    }
+    mx__tmp_free(&t);
+    return st;
   }
-  if (!st && w && need[1]) {
-    mx_array *xn = mx__keep(&t, mx_multiply(xf, n));
-    st = set_grad(&g[1], sum_leading(mx__keep(&t, mx_multiply(gf, xn))), w);
+  mx_array *wf = w ? KP(mx_astype(w, cdt)) : NULL;
+  if ((need[1] || (w && need[2])) && !st) {
+    mx_array *dxh = KP(mx__fast_rms_norm_grad(0, x, h, NULL, p->eps));
+    mx_array *dxf = KP(mx_astype(dxh, cdt));
+    if (need[1]) st = set_grad(&gr[1], wf ? mx_multiply(dxf, wf) : mx_array_retain(dxf), g);
+    if (!st && w && need[2]) st = set_grad(&gr[2], sum_leading(KP(mx_multiply(gf, dxf))), w);
   }
+  if (!st && need[0]) {
+    mx_array *gw = wf ? KP(mx_multiply(gf, wf)) : gf;
+    mx_array *m = KP(mx_mean(KP(mx_multiply(gw, xf)), &ax, 1, true));
+    mx_array *mhg = KP(mx_mean(KP(mx_multiply(hf, gw)), &ax, 1, true));
+    mx_array *mhx = KP(mx_mean(KP(mx_multiply(hf, xf)), &ax, 1, true));
+    mx_array *sum3 = KP(mx_add(KP(mx_add(KP(mx_multiply(xf, mhg)), KP(mx_multiply(hf, m)))),
+                               KP(mx_multiply(gw, mhx))));
+    mx_array *n5 = KP(mx_multiply(n3, KP(mx_square(n))));
+    mx_array *t5 = KP(mx_multiply_scalar(KP(mx_multiply(KP(mx_multiply(n5, m)),
+                                                        KP(mx_multiply(xf, mhx)))), 3.0));
+    st = set_grad(&gr[0], mx_subtract(t5, KP(mx_multiply(n3, sum3))), x);
+  }
+#undef KP
   mx__tmp_free(&t);
   return st;
 }

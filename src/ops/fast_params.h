@@ -36,6 +36,18 @@ typedef struct {
   int64_t offset;
 } mx__rope_params;
 
+/* rms_norm_backward (rms_norm's VJP, one pass per row). With n =
+ * rsqrt(mean(x^2) + eps) over the last axis: which 0 -> dx = n g w -
+ * x n^3 mean(g w x), inputs (x, g [, w]) of one float dtype (has_weight);
+ * which 1 -> g x n in the compute type (f32; f64 for f64), inputs (x, g),
+ * whose sum over the leading axes is dw. */
+typedef struct {
+  double eps;
+  int which;
+  bool has_weight;
+} mx__rms_norm_grad_params;
+mx_array *mx__fast_rms_norm_grad(int which, mx_array *x, mx_array *g, mx_array *w, double eps);
+
 /* swiglu_backward (the VJP of swiglu in one pass): which 0 -> d gate =
  * cot * up * silu'(gate), inputs (gate, up, cot); which 1 -> d up =
  * cot * silu(gate), inputs (gate, cot); silu'(g) = s (1 + g (1 - s)),

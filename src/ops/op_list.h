@@ -94,6 +94,7 @@
   X(ADAM_UPDATE, "adam_update")                                             \
   /* fast LLM ops */                                                        \
   X(RMS_NORM, "rms_norm")                                                   \
+  X(RMS_NORM_GRAD, "rms_norm_backward")                                     \
   X(LAYER_NORM, "layer_norm")                                               \
   X(ROPE, "rope")                                                           \
   X(SDPA, "scaled_dot_product_attention")                                   \

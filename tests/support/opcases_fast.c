@@ -269,6 +269,36 @@ static int f_swiglu(const mx_opcase *c, const double *const *in, double *out, in
   return 0;
 }
 
+/* ---- rms_norm_backward (internal: rms_norm's VJP, one pass per row) ------------ */
+/* ip = {which, has_weight}, dp = {eps} */
+static mx_array *b_rms_grad(const mx_opcase *c, mx_array **in) {
+  return mx__fast_rms_norm_grad(c->ip[0], in[0], in[1], c->ip[1] ? in[2] : NULL, c->dp[0]);
+}
+
+static int f_rms_grad(const mx_opcase *c, const double *const *in, double *out,
+                      int64_t *oshape, int *ond) {
+  int nd = c->ndim[0];
+  int64_t n = oc_size(c->shape[0], nd), D = c->shape[0][nd - 1];
+  memcpy(oshape, c->shape[0], sizeof(int64_t) * (size_t)nd);
+  *ond = nd;
+  for (int64_t r = 0; D && r < n / D; r++) {
+    const double *x = in[0] + r * D, *g = in[1] + r * D;
+    double ss = 0, m = 0;
+    for (int64_t i = 0; i < D; i++) {
+      double gw = c->ip[1] ? g[i] * in[2][i] : g[i];
+      ss += x[i] * x[i];
+      m += gw * x[i];
+    }
+    double nn = 1.0 / sqrt(ss / (double)D + c->dp[0]);
+    m /= (double)D;
+    for (int64_t i = 0; i < D; i++)
+      out[r * D + i] = c->ip[0] == 1 ? g[i] * x[i] * nn
+                                     : nn * (c->ip[1] ? g[i] * in[2][i] : g[i]) -
+                                           x[i] * nn * nn * nn * m;
+  }
+  return 0;
+}
+
 /* ---- swiglu_backward (internal: swiglu's VJP in one pass) --------------------- */
 static mx_array *b_swiglu_grad(const mx_opcase *c, mx_array **in) {
   return mx__fast_swiglu_grad(c->ip[0], in[0], in[1], c->ip[0] == 0 ? in[2] : NULL);
@@ -327,7 +357,18 @@ static int f_swiglu_grad(const mx_opcase *c, const double *const *in, double *ou
    .shape = {shape_, shape_, shape_}, .lo = lo_, .hi = hi_, OC_FLOATS, .flags = OC_NONCONTIG,  \
    .ip = {which}, .build = b_swiglu_grad, .ref = f_swiglu_grad}
 
+#define RMS_GRAD(d, which, w, nd_, xshape, dshape, eps)                                        \
+  {.op = "rms_norm_backward", .desc = d, .nin = w ? 3 : 2, .ndim = {nd_, nd_, 1},              \
+   .shape = {xshape, xshape, dshape}, .lo = -2, .hi = 2, OC_FLOATS, .flags = OC_NONCONTIG,     \
+   .ip = {which, w}, .dp = {eps}, .build = b_rms_grad, .ref = f_rms_grad}
+
 static const mx_opcase cases[] = {
+    /* rms_norm_backward (second order checked by finite differences) */
+    RMS_GRAD("dx, weight", 0, 1, 2, ARR(4, 33), ARR(33), 1e-5),
+    RMS_GRAD("dx, no weight, 3-d", 0, 0, 3, ARR(2, 3, 64), ARR(64), 1e-5),
+    RMS_GRAD("g x n", 1, 0, 2, ARR(5, 40), ARR(40), 1e-5),
+    RMS_GRAD("dx, long rows", 0, 1, 2, ARR(3, 1500), ARR(1500), 1e-5),
+    RMS_GRAD("0-size", 0, 1, 2, ARR(0, 8), ARR(8), 1e-5),
     /* swiglu_backward (its own VJP is checked by finite differences too) */
     SWIGLU_GRAD("d gate", 0, 2, ARR(5, 37), -4, 4),
     SWIGLU_GRAD("d up", 1, 2, ARR(5, 37), -4, 4),

@@ -256,6 +256,100 @@ static int k_rms_norm(mx_array *out, mx_array **in) {
   return norm_kernel(out, in, false, p->eps, p->has_weight ? in[1] : NULL, NULL);
 }
 
+/* rms_norm_backward (src/ops/fast_params.h): one row at a time */
+typedef struct {
+  mx_array *out, *x, *g;
+  int which;
+  double eps;
+  int64_t D;
+  const float *w;
+  const double *w64;
+  int failed;
+} rms_grad_ctx;
+
+static void rms_grad_rows_f32(void *c_, int64_t r0, int64_t r1) {
+  rms_grad_ctx *c = c_;
+  int64_t D = c->D, xs = c->x->strides[c->x->ndim - 1], gs = c->g->strides[c->g->ndim - 1];
+  int nlead = c->x->ndim - 1;
+  mx_dtype odt = c->out->dtype;
+  float *buf = malloc(sizeof(float) * (size_t)(3 * D + 1));
+  if (!buf) {
+    __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  float *gbuf = buf + D, *ybuf = buf + 2 * D;
+  for (int64_t r = r0; r < r1; r++) {
+    const float *x = row_f32(c->x, row_offset(c->x, nlead, r), xs, D, buf);
+    const float *g = row_f32(c->g, row_offset(c->g, nlead, r), gs, D, gbuf);
+    float *y = odt == MX_FLOAT32 ? (float *)mx__data(c->out) + r * D : ybuf;
+    float ss = 0, m = 0;
+    for (int64_t i = 0; i < D; i++) {
+      float gw = c->w ? g[i] * c->w[i] : g[i];
+      ss += x[i] * x[i];
+      m += gw * x[i];
+    }
+    float n = 1.0f / sqrtf(ss / (float)D + (float)c->eps);
+    m /= (float)D;
+    if (c->which == 1) {
+      for (int64_t i = 0; i < D; i++) y[i] = g[i] * x[i] * n;
+    } else {
+      float n3m = n * n * n * m;
+      for (int64_t i = 0; i < D; i++) y[i] = n * (c->w ? g[i] * c->w[i] : g[i]) - x[i] * n3m;
+    }
+    if (y == ybuf)
+      store_f32((char *)mx__data(c->out) + r * D * (int64_t)mx_dtype_size(odt), odt, y, D);
+  }
+  free(buf);
+}
+
+static void rms_grad_rows_f64(void *c_, int64_t r0, int64_t r1) {
+  rms_grad_ctx *c = c_;
+  int64_t D = c->D, xs = c->x->strides[c->x->ndim - 1], gs = c->g->strides[c->g->ndim - 1];
+  int nlead = c->x->ndim - 1;
+  for (int64_t r = r0; r < r1; r++) {
+    const double *x = (const double *)mx__data(c->x) + row_offset(c->x, nlead, r);
+    const double *g = (const double *)mx__data(c->g) + row_offset(c->g, nlead, r);
+    double *y = (double *)mx__data(c->out) + r * D;
+    double ss = 0, m = 0;
+    for (int64_t i = 0; i < D; i++) {
+      double gw = c->w64 ? g[i * gs] * c->w64[i] : g[i * gs];
+      ss += x[i * xs] * x[i * xs];
+      m += gw * x[i * xs];
+    }
+    double n = 1.0 / sqrt(ss / (double)D + c->eps);
+    m /= (double)D;
+    for (int64_t i = 0; i < D; i++) {
+      double gi = g[i * gs], xi = x[i * xs];
+      y[i] = c->which == 1 ? gi * xi * n
+                           : n * (c->w64 ? gi * c->w64[i] : gi) - xi * n * n * n * m;
+    }
+  }
+}
+
+static int k_rms_norm_grad(mx_array *out, mx_array **in) {
+  const mx__rms_norm_grad_params *p = MX__PARAMS(out, mx__rms_norm_grad_params);
+  int s = mx__array_alloc_data(out);
+  if (s || out->size == 0) return s;
+  mx_array *x = in[0], *w = p->has_weight ? in[2] : NULL;
+  rms_grad_ctx c = {.out = out, .x = x, .g = in[1], .which = p->which, .eps = p->eps,
+                    .D = x->shape[x->ndim - 1]};
+  int64_t rows = out->size / c.D, grain = MX_MAX(1, 16384 / c.D);
+  if (x->dtype == MX_FLOAT64) {
+    double *w64 = w ? param_f64(w, c.D) : NULL;
+    if (w && !w64) return oom("rms_norm_backward", sizeof(double) * (size_t)c.D);
+    c.w64 = w64;
+    mx__parallel_for(rows, grain, rms_grad_rows_f64, &c);
+    free(w64);
+    return MX_OK;
+  }
+  float *w32 = w ? param_f32(w, c.D) : NULL;
+  if (w && !w32) return oom("rms_norm_backward", sizeof(float) * (size_t)c.D);
+  c.w = w32;
+  mx__parallel_for(rows, grain, rms_grad_rows_f32, &c);
+  free(w32);
+  return c.failed ? oom("rms_norm_backward", sizeof(float) * 3 * (size_t)c.D) : MX_OK;
+}
+
 static int k_layer_norm(mx_array *out, mx_array **in) {
   const mx__layer_norm_params *p = MX__PARAMS(out, mx__layer_norm_params);
   mx_array *w = p->has_weight ? in[1] : NULL;
@@ -1364,6 +1458,7 @@ static int k_sdpa_bwd_kv(mx_array *out, mx_array **in) {
 
 void mx__cpu_register_fast(mx__kernel_fn *k) {
   k[MX_OP_RMS_NORM] = k_rms_norm;
+  k[MX_OP_RMS_NORM_GRAD] = k_rms_norm_grad;
   k[MX_OP_LAYER_NORM] = k_layer_norm;
   k[MX_OP_ROPE] = k_rope;
   k[MX_OP_SDPA] = k_sdpa;

@@ -470,7 +470,7 @@ int mx__cuda_strided_copy(char *dst, const int64_t *dst_strides, const int64_t *
   const char *sp0 = mx__ddata(src);
   const int l = ix.ndim - 1;
   if (n > 0 && l >= 0 && ix.st[0][l] == 1 && ix.st[1][l] == 1) {
-    for (int64_t V = 16; V > es; V /= 2) {
+    for (int64_t V = 16; V > es && V >= 4; V /= 2) {
       bool ok = (ix.shape[l] * es) % V == 0 && ((uintptr_t)dst % V) == 0 &&
                 ((uintptr_t)sp0 % V) == 0;
       for (int d = 0; d < l && ok; d++)

@@ -188,6 +188,81 @@ static int norm(mx_array *out, mx_array **in, bool layer, double eps, mx_array *
   return mx__cuda_launched(mx__opname(out));
 }
 
+/* ---- rms_norm_backward (src/ops/fast_params.h): one block per row --------------------- */
+template <class T, class C, class TO>
+__global__ void k_rms_grad(const typename T::S *x, const typename T::S *g,
+                           const typename T::S *w, typename TO::S *o, mx__nd<2> rnd,
+                           int64_t rows, int64_t D, int64_t xs, int64_t gs, int64_t ws, C eps,
+                           int which) {
+  __shared__ C sh[32];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    int64_t off[2];
+    mx__nd_offsets<2>(rnd, r, off);
+    const typename T::S *xr = x + off[0], *gr = g + off[1];
+    C ss = 0, m = 0;
+    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+      C xi = (C)T::ld(xr[i * xs]), gi = (C)T::ld(gr[i * gs]);
+      if (w) gi *= (C)T::ld(w[i * ws]);
+      ss += xi * xi;
+      m += gi * xi;
+    }
+    ss = block_sum<C>(ss, sh);
+    m = block_sum<C>(m, sh) / (C)D;
+    C n = (C)1 / sqrt(ss / (C)D + eps);
+    C n3m = n * n * n * m;
+    typename TO::S *orow = o + r * D;
+    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+      C xi = (C)T::ld(xr[i * xs]), gi = (C)T::ld(gr[i * gs]);
+      if (which == 1) {
+        orow[i] = TO::st(gi * xi * n);
+      } else {
+        if (w) gi *= (C)T::ld(w[i * ws]);
+        orow[i] = TO::st(n * gi - xi * n3m);
+      }
+    }
+  }
+}
+
+static int k_rms_norm_grad(mx_array *out, mx_array **in) {
+  const mx__rms_norm_grad_params *p = MX__PARAMS(out, mx__rms_norm_grad_params);
+  mx_array *x = in[0], *g = in[1], *w = p->has_weight ? in[2] : NULL;
+  mx_dtype dt = x->dtype;
+  if (!mx_dtype_is_float(dt) || g->dtype != dt || (w && w->dtype != dt))
+    return mx__cuda_no_dtype(out, g->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  int nd = x->ndim;
+  int64_t D = x->shape[nd - 1], rows = out->size / D;
+  int64_t xst[MX_MAX_NDIM], gst[MX_MAX_NDIM];
+  for (int d = 0; d < nd; d++) xst[d] = x->strides[d], gst[d] = g->strides[d];
+  const int64_t *sp[2] = {xst, gst};
+  mx__nd<2> rnd = mx__nd_make<2>(x->shape, nd - 1, sp);
+  unsigned gr = (unsigned)(rows < 65535 * 8 ? rows : 65535 * 8);
+  int64_t ws = w ? w->strides[w->ndim - 1] : 0;
+  cudaStream_t s = mx__cuda_stream();
+  const int which = p->which;
+#define RG(TAG, CT, TOUT)                                                                    \
+  k_rms_grad<TAG, CT, TOUT><<<gr, MX_CUDA_THREADS, 0, s>>>(                                  \
+      (const TAG::S *)mx__ddata(x), (const TAG::S *)mx__ddata(g),                            \
+      w ? (const TAG::S *)mx__ddata(w) : NULL, (TOUT::S *)out->buf->dptr, rnd, rows, D,      \
+      x->strides[nd - 1], g->strides[nd - 1], ws, (CT)p->eps, which)
+  switch (dt) {
+    case MX_FLOAT16:
+      if (which) RG(TF16, float, TF32);
+      else RG(TF16, float, TF16);
+      break;
+    case MX_BFLOAT16:
+      if (which) RG(TBF16, float, TF32);
+      else RG(TBF16, float, TBF16);
+      break;
+    case MX_FLOAT32: RG(TF32, float, TF32); break;
+    case MX_FLOAT64: RG(TF64, double, TF64); break;
+    default: return mx__cuda_no_dtype(out, dt);
+  }
+#undef RG
+  return mx__cuda_launched(mx__opname(out));
+}
+
 static int k_rms_norm(mx_array *out, mx_array **in) {
   const mx__rms_norm_params *p = MX__PARAMS(out, mx__rms_norm_params);
   return norm(out, in, false, p->eps, p->has_weight ? in[1] : NULL, NULL);
@@ -202,5 +277,6 @@ static int k_layer_norm(mx_array *out, mx_array **in) {
 
 void mx__cuda_register_fast(mx__kernel_fn *k) {
   k[MX_OP_RMS_NORM] = k_rms_norm;
+  k[MX_OP_RMS_NORM_GRAD] = k_rms_norm_grad;
   k[MX_OP_LAYER_NORM] = k_layer_norm;
 }
