@@ -3,6 +3,8 @@
  * over the output's index space with each input's (broadcast) strides;
  * the arithmetic mirrors src/backend/cpu/elementwise.c (f16/bf16 compute in
  * f32, integer arithmetic wraps through 64 bits, float -> int saturates). */
+#include <string.h>
+
 #include "cuda_common.cuh"
 #include "ops/fast_params.h"
 #include "ops/optim_params.h"
@@ -31,6 +33,76 @@ static int launch_map(const mx__nd<N> &ix, int64_t n, F f, const char *what) {
   if (n == 0) return MX_OK;
   k_map<N, F><<<mx__cuda_blocks(n), MX_CUDA_THREADS, 0, mx__cuda_stream()>>>(ix, n, f);
   return mx__cuda_launched(what);
+}
+
+/* ---- contiguous operands: 16-byte vectors ------------------------------------------
+ * When the output and every input are row-contiguous with the output's
+ * shape (no broadcast) and 16-byte aligned, float kernels load and store
+ * 16 bytes per operand (8 f16/bf16 or 4 f32 values) and apply the same
+ * per-element function as the strided path (the same bits); the tail past
+ * the last whole vector is done element by element. */
+template <class T>
+__device__ __forceinline__ void vld(const typename T::S *p, int64_t e0, typename T::C *v) {
+  constexpr int N = 16 / sizeof(typename T::S);
+  uint4 u = __ldg((const uint4 *)(p + e0));
+  const typename T::S *s = (const typename T::S *)&u;
+#pragma unroll
+  for (int i = 0; i < N; i++) v[i] = T::ld(s[i]);
+}
+template <class T>
+__device__ __forceinline__ void vst(typename T::S *p, int64_t e0, const typename T::C *v) {
+  constexpr int N = 16 / sizeof(typename T::S);
+  uint4 u;
+  typename T::S *s = (typename T::S *)&u;
+#pragma unroll
+  for (int i = 0; i < N; i++) s[i] = T::st(v[i]);
+  *(uint4 *)(p + e0) = u;
+}
+
+/* F: __device__ C operator()(C a, C b, C c) (unused inputs ignored) */
+template <class T, int NIN, class F>
+__global__ void k_vec(typename T::S *o, const typename T::S *a, const typename T::S *b,
+                      const typename T::S *c, int64_t n, F f) {
+  typedef typename T::C X;
+  constexpr int N = 16 / sizeof(typename T::S);
+  const int64_t nv = n / N;
+  MX_CUDA_LOOP(i, nv) {
+    X va[N], vb[N], vc[N], r[N];
+    vld<T>(a, i * N, va);
+    if (NIN > 1) vld<T>(b, i * N, vb);
+    if (NIN > 2) vld<T>(c, i * N, vc);
+#pragma unroll
+    for (int e = 0; e < N; e++) r[e] = f(va[e], NIN > 1 ? vb[e] : X(0), NIN > 2 ? vc[e] : X(0));
+    vst<T>(o, i * N, r);
+  }
+  for (int64_t e = nv * N + (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+       e += (int64_t)gridDim.x * blockDim.x)
+    o[e] = T::st(f(T::ld(a[e]), NIN > 1 ? T::ld(b[e]) : X(0), NIN > 2 ? T::ld(c[e]) : X(0)));
+}
+
+/* Whether out and in[0..nin) qualify for k_vec. */
+static bool vec_ok(const mx_array *out, mx_array *const *in, int nin) {
+  if (out->size < 64 || !out->row_contiguous || ((uintptr_t)out->buf->dptr & 15)) return false;
+  for (int i = 0; i < nin; i++) {
+    const mx_array *x = in[i];
+    if (x->dtype != out->dtype || !x->row_contiguous || x->ndim != out->ndim ||
+        memcmp(x->shape, out->shape, sizeof(int64_t) * (size_t)out->ndim) ||
+        ((uintptr_t)mx__ddata(x) & 15))
+      return false;
+  }
+  return true;
+}
+
+template <class T, int NIN, class F>
+static int launch_vec(mx_array *out, mx_array *const *in, F f) {
+  constexpr int N = 16 / sizeof(typename T::S);
+  const typename T::S *a = (const typename T::S *)mx__ddata(in[0]);
+  const typename T::S *b = NIN > 1 ? (const typename T::S *)mx__ddata(in[1]) : a;
+  const typename T::S *c = NIN > 2 ? (const typename T::S *)mx__ddata(in[2]) : a;
+  int64_t nv = out->size / N;
+  k_vec<T, NIN, F><<<mx__cuda_blocks(nv > 0 ? nv : 1), MX_CUDA_THREADS, 0, mx__cuda_stream()>>>(
+      (typename T::S *)out->buf->dptr, a, b, c, out->size, f);
+  return mx__cuda_launched(mx__opname(out));
 }
 
 /* Output (row-contiguous) + inputs broadcast to its shape. */
@@ -203,6 +275,39 @@ BOP(LOGICAL_AND, (X)((x != 0) && (y != 0)), (x != 0) && (y != 0), (x != 0) && (y
 BOP(LOGICAL_OR, (X)((x != 0) || (y != 0)), (x != 0) || (y != 0), (x != 0) || (y != 0), true, true)
 #undef BOP
 
+/* per-element functions of the vector path (k_vec) */
+template <class T, class OP>
+struct VBin {
+  OP op;
+  __device__ typename T::C operator()(typename T::C x, typename T::C y, typename T::C) const {
+    return op.f(x, y);
+  }
+};
+template <class T>
+struct VSwiglu { /* the roundings of SwigluF */
+  __device__ typename T::C operator()(typename T::C x, typename T::C u, typename T::C) const {
+    typedef typename T::C X;
+    X s = T::ld(T::st((X)1 / ((X)1 + m_exp(-x))));
+    X a = T::ld(T::st(x * s));
+    return a * u;
+  }
+};
+template <class T>
+struct VSwigluDG { /* as SwigluGradF, which 0 */
+  __device__ typename T::C operator()(typename T::C x, typename T::C u, typename T::C c) const {
+    typedef typename T::C X;
+    X s = (X)1 / ((X)1 + m_exp(-x));
+    return c * u * (s * ((X)1 + x * ((X)1 - s)));
+  }
+};
+template <class T>
+struct VSwigluDU { /* as SwigluGradF, which 1 */
+  __device__ typename T::C operator()(typename T::C x, typename T::C c, typename T::C) const {
+    typedef typename T::C X;
+    return c * (x * ((X)1 / ((X)1 + m_exp(-x))));
+  }
+};
+
 template <class T> struct is_signed_tag { static const bool value = false; };
 template <> struct is_signed_tag<TI32> { static const bool value = true; };
 template <> struct is_signed_tag<TI64> { static const bool value = true; };
@@ -235,6 +340,13 @@ static int run_binary(mx_array *out, mx_array **in) {
     return mx__cuda_no_dtype(out, dt);
   int st = mx__array_alloc_data(out);
   if (st) return st;
+  if constexpr (!OP::cmp) {
+    if ((dt == MX_FLOAT16 || dt == MX_BFLOAT16 || dt == MX_FLOAT32) && vec_ok(out, in, 2)) {
+      if (dt == MX_FLOAT16) return launch_vec<TF16, 2>(out, in, VBin<TF16, OP>());
+      if (dt == MX_BFLOAT16) return launch_vec<TBF16, 2>(out, in, VBin<TBF16, OP>());
+      return launch_vec<TF32, 2>(out, in, VBin<TF32, OP>());
+    }
+  }
   mx__nd<3> ix = out_nd<3>(out, in);
   st = MX_ERR_NO_KERNEL;
   MX_CUDA_DISPATCH_ALL(dt, {
@@ -280,6 +392,11 @@ static int k_swiglu(mx_array *out, mx_array **in) {
     return mx__cuda_no_dtype(out, in[0]->dtype);
   int st = mx__array_alloc_data(out);
   if (st) return st;
+  if ((dt == MX_FLOAT16 || dt == MX_BFLOAT16 || dt == MX_FLOAT32) && vec_ok(out, in, 2)) {
+    if (dt == MX_FLOAT16) return launch_vec<TF16, 2>(out, in, VSwiglu<TF16>());
+    if (dt == MX_BFLOAT16) return launch_vec<TBF16, 2>(out, in, VSwiglu<TBF16>());
+    return launch_vec<TF32, 2>(out, in, VSwiglu<TF32>());
+  }
   mx__nd<3> ix = out_nd<3>(out, in);
   st = MX_ERR_NO_KERNEL;
   MX_CUDA_DISPATCH_FLOAT(dt, {
@@ -317,6 +434,15 @@ static int k_swiglu_grad(mx_array *out, mx_array **in) {
   int st = mx__array_alloc_data(out);
   if (st) return st;
   mx_array *in3[3] = {in[0], in[1], nin == 3 ? in[2] : in[1]};
+  if ((dt == MX_FLOAT16 || dt == MX_BFLOAT16 || dt == MX_FLOAT32) && vec_ok(out, in3, nin)) {
+#define SG(TAG)                                                                   \
+  return which == 0 ? launch_vec<TAG, 3>(out, in3, VSwigluDG<TAG>())              \
+                    : launch_vec<TAG, 2>(out, in3, VSwigluDU<TAG>());
+    if (dt == MX_FLOAT16) SG(TF16)
+    if (dt == MX_BFLOAT16) SG(TBF16)
+    SG(TF32)
+#undef SG
+  }
   mx__nd<4> ix = out_nd<4>(out, in3);
   st = MX_ERR_NO_KERNEL;
   MX_CUDA_DISPATCH_FLOAT(dt, {
