@@ -415,6 +415,11 @@ static const mx_opcase cases[] = {
          1, 0, 2.0),
     ROPE("2-d (T, D), T = 1", 1, ARR(2), ARR(ARR(1, 8)), 8, 0, 7, 0, 10000, 1),
     ROPE("long T", 1, ARR(3), ARR(ARR(1, 300, 8)), 8, 0, 0, 0, 10000, 1),
+    /* many rows per position: the GPU's angle table */
+    ROPE("heads share positions, traditional, dims < D", 1, ARR(4), ARR(ARR(2, 4, 20, 24)), 16,
+         1, 3, 0, 10000, 1),
+    ROPE("heads share positions, custom freqs", 2, ARR(4, 1), ARR(ARR(2, 3, 16, 12), ARR(6)), 12,
+         0, 2, 1, 0, 1),
     ROPE("0-size batch", 1, ARR(4), ARR(ARR(0, 2, 3, 8)), 8, 0, 0, 0, 10000, 1),
     /* scaled_dot_product_attention */
     SDPA("no mask", 3, 4, ARR(ARR(2, 2, 5, 8), ARR(2, 2, 7, 8), ARR(2, 2, 7, 8)), ARR(0), 0, 0, 0),

@@ -42,11 +42,30 @@ __device__ __forceinline__ double rope_inv(const double *inv, const float *f32, 
   return exp(-(double)k * lb);
 }
 
+/* cos / sin (sin negated for the inverse rotation) of every (t, pair) in
+ * the compute type: the values k_rope computes in place, done once per
+ * position when many rows (batch x heads) share the positions. */
+template <class C>
+__global__ void k_rope_tab(C *tab, int64_t T_, int half, const double *inv, const float *f32,
+                           int64_t fs, double lb, double offset, const int32_t *posp,
+                           double scale, bool forward) {
+  if (posp) offset += (double)*posp;
+  MX_CUDA_LOOP(i, T_ * half) {
+    int64_t t = i / half;
+    int k = (int)(i % half);
+    double th = (offset + (double)t) * (scale * rope_inv(inv, f32, fs, lb, k));
+    double sd = sin(th);
+    tab[2 * i] = (C)cos(th);
+    tab[2 * i + 1] = (C)(forward ? sd : -sd);
+  }
+}
+
 template <class T, class C>
 __global__ void k_rope(const typename T::S *x, typename T::S *o, mx__nd<1> rnd, int64_t rows,
                        int64_t T_, int64_t D, int64_t xs, int half, const double *inv,
                        const float *f32, int64_t fs, double lb, double offset,
-                       const int32_t *posp, double scale, bool forward, bool trad) {
+                       const int32_t *posp, double scale, bool forward, bool trad,
+                       const C *tab) {
   int64_t per = half + (D - 2 * half); /* pairs then copied features */
   if (posp) offset += (double)*posp;
   int64_t n = rows * per;
@@ -62,10 +81,16 @@ __global__ void k_rope(const typename T::S *x, typename T::S *o, mx__nd<1> rnd, 
       continue;
     }
     int64_t t = r % T_;
-    double th = (offset + (double)t) * (scale * rope_inv(inv, f32, fs, lb, (int)k));
-    double cd = cos(th), sd = sin(th);
-    if (!forward) sd = -sd;
-    C cs = (C)cd, sn = (C)sd;
+    C cs, sn;
+    if (tab) {
+      cs = tab[2 * (t * half + k)];
+      sn = tab[2 * (t * half + k) + 1];
+    } else {
+      double th = (offset + (double)t) * (scale * rope_inv(inv, f32, fs, lb, (int)k));
+      double cd = cos(th), sd = sin(th);
+      if (!forward) sd = -sd;
+      cs = (C)cd, sn = (C)sd;
+    }
     int64_t ia = trad ? 2 * k : k, ib = trad ? 2 * k + 1 : k + half;
     C a = (C)T::ld(xr[ia * xs]), b = (C)T::ld(xr[ib * xs]);
     orow[ia] = T::st(a * cs - b * sn);
@@ -101,21 +126,34 @@ static int k_rope_op(mx_array *out, mx_array **in) {
   int64_t n = rows * (half + (D - 2 * half));
   unsigned nb = mx__cuda_blocks(n);
   const int32_t *posp = p->has_pos ? (const int32_t *)mx__ddata(in[p->has_freqs ? 2 : 1]) : NULL;
+  /* a table of the angles when at least 4 rows share each position (not
+   * for a decode step's single position: one launch more for nothing) */
+  const bool use_tab = half > 0 && T_ >= 16 && rows >= 4 * T_;
+  const size_t ces = x->dtype == MX_FLOAT64 ? sizeof(double) : sizeof(float);
+  mx__buffer *tb = use_tab ? mx__cuda_tmp((size_t)(2 * T_ * half) * ces) : NULL;
+  if (use_tab && !tb) {
+    if (ib) mx__buffer_release(ib);
+    return mx_last_status();
+  }
   switch (x->dtype) {
 #define C(DT, TAG, CT)                                                                        \
-  case DT:                                                                                    \
+  case DT: {                                                                                  \
+    CT *tab = tb ? (CT *)tb->dptr : NULL;                                                     \
+    if (tab)                                                                                  \
+      k_rope_tab<CT><<<mx__cuda_blocks(T_ * half), MX_CUDA_THREADS, 0, s>>>(                  \
+          tab, T_, half, inv, f32, fs, lb, (double)p->offset, posp, p->scale, p->forward);    \
     k_rope<TAG, CT><<<nb, MX_CUDA_THREADS, 0, s>>>(                                           \
         (const TAG::S *)mx__ddata(x), (TAG::S *)out->buf->dptr, rnd, rows, T_, D,             \
         x->strides[nd - 1], half, inv, f32, fs, lb, (double)p->offset, posp, p->scale,       \
-        p->forward,                                                                           \
-        p->traditional);                                                                      \
-    break;
+        p->forward, p->traditional, tab);                                                     \
+  } break;
     C(MX_FLOAT16, TF16, float) C(MX_BFLOAT16, TBF16, float) C(MX_FLOAT32, TF32, float)
     C(MX_FLOAT64, TF64, double)
 #undef C
     default: break;
   }
   if (ib) mx__buffer_release(ib);
+  if (tb) mx__buffer_release(tb); /* reused only by later work of the same stream */
   return mx__cuda_launched(mx__opname(out));
 }
 
