@@ -26,6 +26,10 @@
  *     packed word for 2/4/8 bits, else per value) into a dense
  *     temporary of the activation dtype, multiplied with cuBLAS (f32
  *     accumulation, TF32 off), each slice writing its columns of out.
+ *     x W with W (K, N) not transposed and 2/4/8 bits (the backward of a
+ *     quantized layer) takes slices of whole rows of W instead (one
+ *     contiguous dequantization per slice), each slice's GEMM adding into
+ *     out (f32) or into an f32 buffer rounded once (f16/bf16).
  * Everything else (f64, M <= 8 without transpose) returns *done = false. */
 #include <cublas_v2.h>
 #include <limits.h>
