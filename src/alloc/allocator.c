@@ -286,6 +286,10 @@ mx__buffer *mx__buffer_wrap(void *ptr, size_t nbytes, void (*deleter)(void *, vo
   return buf;
 }
 
+static uint32_t g_gpu_epoch = 1;
+uint32_t mx__gpu_epoch(void) { return __atomic_load_n(&g_gpu_epoch, __ATOMIC_ACQUIRE); }
+void mx__gpu_epoch_bump(void) { __atomic_add_fetch(&g_gpu_epoch, 1, __ATOMIC_ACQ_REL); }
+
 int mx__device_sync(int device) {
   if (device < 0 || device >= MX_DEVICE_COUNT || !g_dev_ops[device].sync) return MX_OK;
   return g_dev_ops[device].sync();

@@ -29,7 +29,17 @@ typedef struct mx__buffer {
   void (*deleter)(void *data, void *ctx); /* foreign memory */
   void *deleter_ctx;
   void *pending;    /* an in-flight copy to the host (mx__buffer_prefetch_host) */
+  uint32_t wepoch;  /* the GPU epoch in which a GPU op last wrote it (0: none) */
 } mx__buffer;
+
+/* GPU epochs: the counter moves on each time the GPU's stream is known to
+ * be idle (a full stream synchronisation). A buffer whose wepoch is below
+ * the current epoch was last written by a GPU kernel that has completed,
+ * so a kernel may read it before waiting for the kernel launched just
+ * before it (programmatic dependent launches, cuda_common.cuh). eval sets
+ * wepoch of each GPU op's output buffer (views and in-place writes too). */
+uint32_t mx__gpu_epoch(void);
+void mx__gpu_epoch_bump(void); /* called by the GPU backend after a full sync */
 
 /* Make the copy on `device` current, allocating and copying as needed
  * (counted in the transfer stats). Buffers are immutable once written, so

@@ -255,6 +255,7 @@ int mx_eval(mx_array **arrays, int n) {
       break;
     }
     MX_ASSERT(a->buf);
+    if (a->device != MX_CPU) a->buf->wepoch = mx__gpu_epoch();
     if (!tl_trace_depth) detach(a);
   }
   free(order.v);

@@ -28,6 +28,9 @@ static cudaStream_t g_stream;
 
 cudaStream_t mx__cuda_stream(void) { return g_stream; }
 
+static bool g_pdl; /* programmatic dependent launches (cuda_common.cuh) */
+bool mx__cuda_pdl(void) { return g_pdl; }
+
 int mx__cuda_check(cudaError_t e, const char *what) {
   if (e == cudaSuccess) return MX_OK;
   cudaGetLastError(); /* clear a sticky-free error so later calls can proceed */
@@ -73,6 +76,7 @@ static int dev_copy(void *dst, int dst_device, const void *src, int src_device, 
   int st = mx__cuda_check(cudaMemcpyAsync(dst, src, n, kind, g_stream), "memcpy");
   /* wait: the host side may be read (D2H) or freed (H2D) right after */
   if (!st) st = mx__cuda_check(cudaStreamSynchronize(g_stream), "memcpy");
+  if (!st) mx__gpu_epoch_bump(); /* the stream is idle */
   return st;
 }
 
@@ -146,7 +150,9 @@ static int dev_finish_copy(void *pending, void *dst, size_t n) {
 static int dev_sync(void) {
   if (g_capturing)
     return mx__set_error(MX_ERR_UNSUPPORTED, "stream synchronize: a graph is being captured");
-  return mx__cuda_check(cudaStreamSynchronize(g_stream), "stream synchronize");
+  int st = mx__cuda_check(cudaStreamSynchronize(g_stream), "stream synchronize");
+  if (!st) mx__gpu_epoch_bump(); /* the stream is idle */
+  return st;
 }
 
 /* ---- graphs (mx__graph_*): capture, replay ------------------------------------------
@@ -206,6 +212,11 @@ static void init(void) {
   ops.graph_launch = dev_graph_launch;
   ops.graph_free = dev_graph_free;
   mx__register_device_ops(MX_GPU, &ops);
+  int major = 0;
+  const char *pdl = getenv("MXC_PDL");
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess)
+    cudaGetLastError();
+  g_pdl = major >= 9 && !(pdl && !strcmp(pdl, "0"));
   g_cuda_backend.name = "cuda";
   mx__kernel_fn *k = g_cuda_backend.kernels;
   mx__cuda_register_elementwise(k);

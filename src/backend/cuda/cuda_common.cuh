@@ -30,6 +30,57 @@ int mx__cuda_check(cudaError_t e, const char *what);
 static inline int mx__cuda_launched(const char *what) {
   return mx__cuda_check(cudaGetLastError(), what);
 }
+/* Programmatic dependent launch (Hopper and later): a kernel launched with
+ * mx__cuda_launch_pdl may start while the kernel before it on the stream
+ * is still finishing, so its blocks are resident when that one ends (a
+ * decode step is ~200 short kernels, and the gap between two of them is a
+ * large share of each). Such a kernel MUST call mx__pdl_wait() before it
+ * touches global memory: the wait returns once the previous kernel has
+ * completed and its writes are visible. mx__pdl_trigger() lets the next
+ * kernel launch early; both are no-ops for a kernel launched plainly.
+ * MXC_PDL=0 turns it off (A/B); off on devices before compute 9.0. */
+bool mx__cuda_pdl(void);
+__device__ __forceinline__ void mx__pdl_wait(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void mx__pdl_trigger(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+/* The kernel's entry: wait for the previous kernel, let the next one launch. */
+#define MX_PDL_ENTRY()  \
+  do {                  \
+    mx__pdl_wait();     \
+    mx__pdl_trigger();  \
+  } while (0)
+/* a's data was last written by a GPU kernel that has completed (or by no
+ * kernel: uploaded): a PDL kernel may read it before mx__pdl_wait() — the
+ * weights of a decode step's GEMVs, streamed while the kernel before ends. */
+static inline bool mx__cuda_settled(const mx_array *a) {
+  return a->buf && a->buf->wepoch < mx__gpu_epoch();
+}
+template <class... KArgs, class... Args>
+static inline void mx__cuda_launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block,
+                                       size_t smem, Args... args) {
+  if (!mx__cuda_pdl()) {
+    kernel<<<grid, block, smem, mx__cuda_stream()>>>(args...);
+    return;
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = mx__cuda_stream();
+  cudaLaunchAttribute at[1];
+  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = at;
+  cfg.numAttrs = 1;
+  (void)cudaLaunchKernelEx(&cfg, kernel, ((KArgs)args)...); /* errors: cudaGetLastError */
+}
 /* Allocate a temporary device buffer through the caching allocator. */
 mx__buffer *mx__cuda_tmp(size_t nbytes);
 

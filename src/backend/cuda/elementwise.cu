@@ -66,6 +66,7 @@ __global__ void k_vec(typename T::S *o, const typename T::S *a, const typename T
   typedef typename T::C X;
   constexpr int N = 16 / sizeof(typename T::S);
   const int64_t nv = n / N;
+  MX_PDL_ENTRY();
   MX_CUDA_LOOP(i, nv) {
     X va[N], vb[N], vc[N], r[N];
     vld<T>(a, i * N, va);
@@ -100,8 +101,8 @@ static int launch_vec(mx_array *out, mx_array *const *in, F f) {
   const typename T::S *b = NIN > 1 ? (const typename T::S *)mx__ddata(in[1]) : a;
   const typename T::S *c = NIN > 2 ? (const typename T::S *)mx__ddata(in[2]) : a;
   int64_t nv = out->size / N;
-  k_vec<T, NIN, F><<<mx__cuda_blocks(nv > 0 ? nv : 1), MX_CUDA_THREADS, 0, mx__cuda_stream()>>>(
-      (typename T::S *)out->buf->dptr, a, b, c, out->size, f);
+  mx__cuda_launch_pdl(k_vec<T, NIN, F>, mx__cuda_blocks(nv > 0 ? nv : 1), MX_CUDA_THREADS, 0,
+                      (typename T::S *)out->buf->dptr, a, b, c, out->size, f);
   return mx__cuda_launched(mx__opname(out));
 }
 

@@ -97,6 +97,7 @@ __global__ void __launch_bounds__(1024)
   const int t = threadIdx.x;
   const bool on = t < nv;
   const float D = (float)nv * V;
+  MX_PDL_ENTRY();
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     float v[V], wv[V], bv[V];
     uint4 ux = on ? __ldg(x + row * nv + t) : make_uint4(0, 0, 0, 0);
@@ -148,13 +149,12 @@ static bool norm_vec(mx_array *out, mx_array *x, bool layer, double eps, mx_arra
   const uint4 *xp = (const uint4 *)mx__ddata(x);
   uint4 *op = (uint4 *)out->buf->dptr;
   const uint4 *wp = w ? (const uint4 *)mx__ddata(w) : NULL, *bp = b ? (const uint4 *)mx__ddata(b) : NULL;
-  cudaStream_t s = mx__cuda_stream();
   if (dt == MX_FLOAT16)
-    k_norm_vec<TF16, 8><<<g, threads, 0, s>>>(xp, op, nv, rows, wp, bp, (float)eps, layer);
+    mx__cuda_launch_pdl(k_norm_vec<TF16, 8>, g, threads, 0, xp, op, nv, rows, wp, bp, (float)eps, layer);
   else if (dt == MX_BFLOAT16)
-    k_norm_vec<TBF16, 8><<<g, threads, 0, s>>>(xp, op, nv, rows, wp, bp, (float)eps, layer);
+    mx__cuda_launch_pdl(k_norm_vec<TBF16, 8>, g, threads, 0, xp, op, nv, rows, wp, bp, (float)eps, layer);
   else
-    k_norm_vec<TF32, 4><<<g, threads, 0, s>>>(xp, op, nv, rows, wp, bp, (float)eps, layer);
+    mx__cuda_launch_pdl(k_norm_vec<TF32, 4>, g, threads, 0, xp, op, nv, rows, wp, bp, (float)eps, layer);
   *st = mx__cuda_launched(mx__opname(out));
   return true;
 }

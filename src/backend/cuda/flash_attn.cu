@@ -127,6 +127,7 @@ __global__ void __launch_bounds__(FD_THREADS)
                 int *__restrict__ cnt, typename T::S *__restrict__ o) {
   extern __shared__ float fd_sm[];
   __shared__ int fd_last;
+  MX_PDL_ENTRY();
   fa_geo g = g0;
   if (g.lenp) {
     int64_t n = (int64_t)*g.lenp + g.Tq;
@@ -807,9 +808,9 @@ static int run_decode(mx_array *out, const void *qp, const void *kp, const void 
   dim3 grid((unsigned)nsplit, (unsigned)(g.B * g.Hkv), (unsigned)ngroups);
   int *cnt = fd_counters(s, (int64_t)grid.y * grid.z);
   typename T::S *op = (typename T::S *)out->buf->dptr;
-  k_fa_decode<T, RM><<<grid, FD_THREADS, smem, s>>>(
-      (const typename T::S *)qp, (const typename T::S *)kp, (const typename T::S *)vp, mp, po,
-      pml, gl, (int)ch, cnt, op);
+  mx__cuda_launch_pdl(k_fa_decode<T, RM>, grid, FD_THREADS, smem, (const typename T::S *)qp,
+                      (const typename T::S *)kp, (const typename T::S *)vp, mp, po, pml, gl,
+                      (int)ch, cnt, op);
   if (!cnt)
     k_fa_combine<T><<<(unsigned)rows, 128, 0, s>>>(po, pml, op, rows, (int)g.Dv, (int)nsplit,
                                                    g.lenp, g.Tq, g.Tk, (int)want, CHMAX);

@@ -121,17 +121,28 @@ __device__ __forceinline__ float gv_dot8(uint4 a, uint4 b, float acc) {
 template <class T>
 __global__ void __launch_bounds__(GV_WARPS * 32)
     k_gemv(const uint4 *__restrict__ w, const uint4 *__restrict__ x, typename T::S *__restrict__ o,
-           int64_t N, int64_t K8, int64_t ldw8) {
+           int64_t N, int64_t K8, int64_t ldw8, bool pre) {
   const int lane = threadIdx.x & 31;
   const int64_t row = (int64_t)blockIdx.x * GV_WARPS + (threadIdx.x >> 5);
-  if (row >= N) return;
-  const uint4 *wr = w + row * ldw8;
-  float acc = 0.f;
+  const uint4 *wr = w + (row < N ? row : 0) * ldw8;
+  uint4 a[GV_BATCH];
   int64_t s = lane;
-  for (; s + 32 * (GV_BATCH - 1) < K8; s += 32 * GV_BATCH) { /* GV_BATCH loads in flight */
-    uint4 a[GV_BATCH];
+  /* pre: the weight is settled (cuda_common.cuh), its first batch is read
+   * while the kernel before this one (PDL) still runs */
+  bool have = pre && row < N && s + 32 * (GV_BATCH - 1) < K8;
+  if (have) {
 #pragma unroll
     for (int u = 0; u < GV_BATCH; u++) a[u] = __ldg(wr + s + 32 * u);
+  }
+  MX_PDL_ENTRY();
+  if (row >= N) return;
+  float acc = 0.f;
+  for (; s + 32 * (GV_BATCH - 1) < K8; s += 32 * GV_BATCH) { /* GV_BATCH loads in flight */
+    if (!have) {
+#pragma unroll
+      for (int u = 0; u < GV_BATCH; u++) a[u] = __ldg(wr + s + 32 * u);
+    }
+    have = false;
 #pragma unroll
     for (int u = 0; u < GV_BATCH; u++) acc = gv_dot8<T>(a[u], __ldg(x + s + 32 * u), acc);
   }
@@ -148,20 +159,29 @@ __global__ void __launch_bounds__(GV_WARPS * 32)
 template <class T, int P>
 __global__ void __launch_bounds__(GV_WARPS * 32)
     k_gemv_split(const uint4 *__restrict__ w, const uint4 *__restrict__ x,
-                 typename T::S *__restrict__ o, int64_t N, int64_t K8, int64_t ldw8) {
+                 typename T::S *__restrict__ o, int64_t N, int64_t K8, int64_t ldw8, bool pre) {
   __shared__ float part[GV_WARPS];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t row = (int64_t)blockIdx.x * (GV_WARPS / P) + warp / P;
   const int64_t per = (K8 + P - 1) / P, s0 = (warp % P) * per;
   const int64_t s1 = s0 + per < K8 ? s0 + per : K8;
+  const uint4 *wr = w + (row < N ? row : 0) * ldw8;
+  uint4 a[GV_BATCH];
+  int64_t s = s0 + lane;
+  bool have = pre && row < N && s + 32 * (GV_BATCH - 1) < s1; /* see k_gemv */
+  if (have) {
+#pragma unroll
+    for (int u = 0; u < GV_BATCH; u++) a[u] = __ldg(wr + s + 32 * u);
+  }
+  MX_PDL_ENTRY();
   float acc = 0.f;
   if (row < N) {
-    const uint4 *wr = w + row * ldw8;
-    int64_t s = s0 + lane;
     for (; s + 32 * (GV_BATCH - 1) < s1; s += 32 * GV_BATCH) {
-      uint4 a[GV_BATCH];
+      if (!have) {
 #pragma unroll
-      for (int u = 0; u < GV_BATCH; u++) a[u] = __ldg(wr + s + 32 * u);
+        for (int u = 0; u < GV_BATCH; u++) a[u] = __ldg(wr + s + 32 * u);
+      }
+      have = false;
 #pragma unroll
       for (int u = 0; u < GV_BATCH; u++) acc = gv_dot8<T>(a[u], __ldg(x + s + 32 * u), acc);
     }
@@ -198,7 +218,7 @@ static bool gemv(mx_array *out, mx_array *a, mx_array *b, const mx__matmul_param
   for (int d = 0; d < b->ndim - 2; d++) /* b's batch axes (all size 1 here) */
     if (b->shape[d] != 1) return false;
   unsigned nb = (unsigned)((N + GV_WARPS - 1) / GV_WARPS);
-  cudaStream_t s = mx__cuda_stream();
+  const bool pre = mx__cuda_settled(b);
   const int64_t K8 = K / 8;
   if (K8 > 32 * GV_BATCH && N <= 2 * 2147483647LL) { /* split: 2 warps a row up to 4096, else 4 */
     const bool four = K8 > 2 * 32 * GV_BATCH;
@@ -206,23 +226,24 @@ static bool gemv(mx_array *out, mx_array *a, mx_array *b, const mx__matmul_param
     const unsigned nbs = (unsigned)((N + rows - 1) / rows);
     uint16_t *op = (uint16_t *)out->buf->dptr;
     const uint4 *wp = (const uint4 *)bp, *xp = (const uint4 *)ap;
+    const dim3 bl(GV_WARPS * 32);
     if (dt == MX_BFLOAT16 && four)
-      k_gemv_split<TBF16, 4><<<nbs, GV_WARPS * 32, 0, s>>>(wp, xp, op, N, K8, ns / 8);
+      mx__cuda_launch_pdl(k_gemv_split<TBF16, 4>, nbs, bl, 0, wp, xp, op, N, K8, ns / 8, pre);
     else if (dt == MX_BFLOAT16)
-      k_gemv_split<TBF16, 2><<<nbs, GV_WARPS * 32, 0, s>>>(wp, xp, op, N, K8, ns / 8);
+      mx__cuda_launch_pdl(k_gemv_split<TBF16, 2>, nbs, bl, 0, wp, xp, op, N, K8, ns / 8, pre);
     else if (four)
-      k_gemv_split<TF16, 4><<<nbs, GV_WARPS * 32, 0, s>>>(wp, xp, op, N, K8, ns / 8);
+      mx__cuda_launch_pdl(k_gemv_split<TF16, 4>, nbs, bl, 0, wp, xp, op, N, K8, ns / 8, pre);
     else
-      k_gemv_split<TF16, 2><<<nbs, GV_WARPS * 32, 0, s>>>(wp, xp, op, N, K8, ns / 8);
+      mx__cuda_launch_pdl(k_gemv_split<TF16, 2>, nbs, bl, 0, wp, xp, op, N, K8, ns / 8, pre);
     *st = mx__cuda_launched("matmul");
     return true;
   }
   if (dt == MX_BFLOAT16)
-    k_gemv<TBF16><<<nb, GV_WARPS * 32, 0, s>>>((const uint4 *)bp, (const uint4 *)ap,
-                                               (uint16_t *)out->buf->dptr, N, K / 8, ns / 8);
+    mx__cuda_launch_pdl(k_gemv<TBF16>, nb, GV_WARPS * 32, 0, (const uint4 *)bp,
+                        (const uint4 *)ap, (uint16_t *)out->buf->dptr, N, K / 8, ns / 8, pre);
   else
-    k_gemv<TF16><<<nb, GV_WARPS * 32, 0, s>>>((const uint4 *)bp, (const uint4 *)ap,
-                                              (uint16_t *)out->buf->dptr, N, K / 8, ns / 8);
+    mx__cuda_launch_pdl(k_gemv<TF16>, nb, GV_WARPS * 32, 0, (const uint4 *)bp,
+                        (const uint4 *)ap, (uint16_t *)out->buf->dptr, N, K / 8, ns / 8, pre);
   *st = mx__cuda_launched("matmul");
   return true;
 }

@@ -94,7 +94,7 @@ template <class T, int BITS, int MM>
 __global__ void __launch_bounds__(QMV_THREADS)
     k_qmv(const typename T::S *__restrict__ x, const uint4 *__restrict__ w,
           const typename T::S *__restrict__ sc, const typename T::S *__restrict__ bi,
-          typename T::S *__restrict__ o, int M, int N, int K, int gs) {
+          typename T::S *__restrict__ o, int M, int N, int K, int gs, bool pre) {
   constexpr int V = 128 / BITS; /* values per 16-byte segment */
   constexpr int PW = 32 / BITS; /* values per word */
   constexpr int R = QMV_ROWS;
@@ -102,14 +102,9 @@ __global__ void __launch_bounds__(QMV_THREADS)
   __shared__ float red[QMV_THREADS / 32][MM * R];
   const int n0 = blockIdx.x * R;
   const int segs = K / V, G = K / gs;
-  float acc[MM][R];
-#pragma unroll
-  for (int m = 0; m < MM; m++)
-#pragma unroll
-    for (int r = 0; r < R; r++) acc[m][r] = 0.f;
-  for (int s = threadIdx.x; s < segs; s += blockDim.x) {
-    uint4 wv[R];
-    float scl[R], bia[R];
+  uint4 wv[R];
+  float scl[R], bia[R];
+  auto load = [&](int s) {
     const int g = s * V / gs;
 #pragma unroll
     for (int r = 0; r < R; r++) {
@@ -123,6 +118,18 @@ __global__ void __launch_bounds__(QMV_THREADS)
         scl[r] = bia[r] = 0.f;
       }
     }
+  };
+  bool have = pre && (int)threadIdx.x < segs; /* see k_qmv1 */
+  if (have) load(threadIdx.x);
+  MX_PDL_ENTRY();
+  float acc[MM][R];
+#pragma unroll
+  for (int m = 0; m < MM; m++)
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[m][r] = 0.f;
+  for (int s = threadIdx.x; s < segs; s += blockDim.x) {
+    if (!have) load(s);
+    have = false;
     if constexpr (MM > 1) {
       /* several rows of x: unpack each weight row once, reload x (L1) per row */
       float xsum[MM];
@@ -208,19 +215,15 @@ template <class T, int BITS, int RW>
 __global__ void __launch_bounds__(QMV1_WARPS * 32)
     k_qmv1(const typename T::S *__restrict__ x, const uint4 *__restrict__ w,
            const typename T::S *__restrict__ sc, const typename T::S *__restrict__ bi,
-           typename T::S *__restrict__ o, int N, int K, int gs) {
+           typename T::S *__restrict__ o, int N, int K, int gs, bool pre) {
   constexpr int V = 128 / BITS, PW = 32 / BITS, S = 8 / RW;
   constexpr uint32_t MASK = (1u << BITS) - 1u;
   const int lane = threadIdx.x & 31;
   const int n0 = (blockIdx.x * QMV1_WARPS + (threadIdx.x >> 5)) * RW;
-  if (n0 >= N) return;
   const int segs = K / V, G = K / gs;
-  float acc[RW];
-#pragma unroll
-  for (int r = 0; r < RW; r++) acc[r] = 0.f;
-  for (int s0 = lane; s0 < segs; s0 += 32 * S) {
-    uint4 wv[S][RW];
-    float scl[S][RW], bia[S][RW];
+  uint4 wv[S][RW];
+  float scl[S][RW], bia[S][RW];
+  auto load = [&](int s0) {
 #pragma unroll
     for (int u = 0; u < S; u++) {
       const int s = s0 + 32 * u, g = s * V / gs;
@@ -237,6 +240,19 @@ __global__ void __launch_bounds__(QMV1_WARPS * 32)
         }
       }
     }
+  };
+  /* pre: the weights are settled (cuda_common.cuh): the first batch is read
+   * while the kernel before this one (PDL) still runs */
+  bool have = pre && n0 < N && lane < segs;
+  if (have) load(lane);
+  MX_PDL_ENTRY();
+  if (n0 >= N) return;
+  float acc[RW];
+#pragma unroll
+  for (int r = 0; r < RW; r++) acc[r] = 0.f;
+  for (int s0 = lane; s0 < segs; s0 += 32 * S) {
+    if (!have) load(s0);
+    have = false;
 #pragma unroll
     for (int u = 0; u < S; u++) {
       const int s = s0 + 32 * u;
@@ -504,11 +520,11 @@ static int qmm_gemm(mx_array *out, const void *x, const uint32_t *w, const void 
 /* ---- dispatch ------------------------------------------------------------------------ */
 template <class T, int BITS, int RW>
 static void launch_qmv1(const void *x, const uint32_t *w, const void *sc, const void *bi,
-                        void *o, int N, int K, int gs) {
+                        void *o, int N, int K, int gs, bool pre) {
   const int rows = QMV1_WARPS * RW;
-  k_qmv1<T, BITS, RW><<<(unsigned)((N + rows - 1) / rows), QMV1_WARPS * 32, 0, mx__cuda_stream()>>>(
-      (const typename T::S *)x, (const uint4 *)w, (const typename T::S *)sc,
-      (const typename T::S *)bi, (typename T::S *)o, N, K, gs);
+  mx__cuda_launch_pdl(k_qmv1<T, BITS, RW>, (unsigned)((N + rows - 1) / rows), QMV1_WARPS * 32,
+                      0, (const typename T::S *)x, (const uint4 *)w, (const typename T::S *)sc,
+                      (const typename T::S *)bi, (typename T::S *)o, N, K, gs, pre);
 }
 
 /* The shortest output (N) that k_qmv1 serves for one row of x: below it
@@ -529,13 +545,13 @@ static int qmv1_min_n(void) {
 
 template <class T, int BITS, int MM>
 static void launch_qmv(const void *x, const uint32_t *w, const void *sc, const void *bi,
-                       void *o, int M, int N, int K, int gs) {
+                       void *o, int M, int N, int K, int gs, bool pre) {
   if constexpr (MM == 1) {
     if (N >= qmv1_min_n()) {
       /* rows per warp: enough warps to keep ~8 per SM busy on short N */
-      if (N >= 4224) launch_qmv1<T, BITS, 4>(x, w, sc, bi, o, N, K, gs);
-      else if (N >= 2112) launch_qmv1<T, BITS, 2>(x, w, sc, bi, o, N, K, gs);
-      else launch_qmv1<T, BITS, 1>(x, w, sc, bi, o, N, K, gs);
+      if (N >= 4224) launch_qmv1<T, BITS, 4>(x, w, sc, bi, o, N, K, gs, pre);
+      else if (N >= 2112) launch_qmv1<T, BITS, 2>(x, w, sc, bi, o, N, K, gs, pre);
+      else launch_qmv1<T, BITS, 1>(x, w, sc, bi, o, N, K, gs, pre);
       return;
     }
   }
@@ -543,16 +559,16 @@ static void launch_qmv(const void *x, const uint32_t *w, const void *sc, const v
   int threads = segs >= QMV_THREADS ? QMV_THREADS : (segs + 31) / 32 * 32;
   if (threads < 32) threads = 32;
   unsigned blocks = (unsigned)((N + QMV_ROWS - 1) / QMV_ROWS);
-  k_qmv<T, BITS, MM><<<blocks, threads, 0, mx__cuda_stream()>>>(
-      (const typename T::S *)x, (const uint4 *)w, (const typename T::S *)sc,
-      (const typename T::S *)bi, (typename T::S *)o, M, N, K, gs);
+  mx__cuda_launch_pdl(k_qmv<T, BITS, MM>, blocks, threads, 0, (const typename T::S *)x,
+                      (const uint4 *)w, (const typename T::S *)sc, (const typename T::S *)bi,
+                      (typename T::S *)o, M, N, K, gs, pre);
 }
 
 template <class T, int MM>
 static void qmv_m(const void *x, const uint32_t *w, const void *sc, const void *bi, void *o,
-                  int M, int N, int K, int gs, int bits, bool fast) {
-  if (fast && bits == 4) launch_qmv<T, 4, MM>(x, w, sc, bi, o, M, N, K, gs);
-  else if (fast && bits == 8) launch_qmv<T, 8, MM>(x, w, sc, bi, o, M, N, K, gs);
+                  int M, int N, int K, int gs, int bits, bool fast, bool pre) {
+  if (fast && bits == 4) launch_qmv<T, 4, MM>(x, w, sc, bi, o, M, N, K, gs, pre);
+  else if (fast && bits == 8) launch_qmv<T, 8, MM>(x, w, sc, bi, o, M, N, K, gs, pre);
   else
     k_qmv_generic<T, MM><<<(unsigned)((N + 3) / 4), 128, 0, mx__cuda_stream()>>>(
         (const typename T::S *)x, w, (const typename T::S *)sc, (const typename T::S *)bi,
@@ -561,11 +577,11 @@ static void qmv_m(const void *x, const uint32_t *w, const void *sc, const void *
 
 template <class T>
 static void qmv(const void *x, const uint32_t *w, const void *sc, const void *bi, void *o, int M,
-                int N, int K, int gs, int bits, bool fast) {
-  if (M <= 1) qmv_m<T, 1>(x, w, sc, bi, o, M, N, K, gs, bits, fast);
-  else if (M <= 2) qmv_m<T, 2>(x, w, sc, bi, o, M, N, K, gs, bits, fast);
-  else if (M <= 4) qmv_m<T, 4>(x, w, sc, bi, o, M, N, K, gs, bits, fast);
-  else qmv_m<T, 8>(x, w, sc, bi, o, M, N, K, gs, bits, fast);
+                int N, int K, int gs, int bits, bool fast, bool pre) {
+  if (M <= 1) qmv_m<T, 1>(x, w, sc, bi, o, M, N, K, gs, bits, fast, pre);
+  else if (M <= 2) qmv_m<T, 2>(x, w, sc, bi, o, M, N, K, gs, bits, fast, pre);
+  else if (M <= 4) qmv_m<T, 4>(x, w, sc, bi, o, M, N, K, gs, bits, fast, pre);
+  else qmv_m<T, 8>(x, w, sc, bi, o, M, N, K, gs, bits, fast, pre);
 }
 
 int mx__cuda_qmm_fast(mx_array *out, const void *x, const uint32_t *w, const void *sc,
@@ -581,11 +597,16 @@ int mx__cuda_qmm_fast(mx_array *out, const void *x, const uint32_t *w, const voi
                 ((uintptr_t)x & 15) == 0 && (K * bits / 8) % 16 == 0;
     *done = true;
     void *o = out->buf->dptr;
+    /* inputs x, w, scales, biases: the weights may be read before the
+     * previous kernel ends when all three are settled */
+    bool pre = out->ninputs >= 4;
+    for (int i = 1; i < 4 && pre; i++) /* not copied to a temporary just now */
+      pre = mx__cuda_settled(out->inputs[i]) && out->inputs[i]->row_contiguous;
     int m = (int)M, n = (int)N, k = (int)K;
     switch (dt) {
-      case MX_FLOAT16: qmv<TF16>(x, w, sc, bi, o, m, n, k, gs, bits, fast); break;
-      case MX_BFLOAT16: qmv<TBF16>(x, w, sc, bi, o, m, n, k, gs, bits, fast); break;
-      default: qmv<TF32>(x, w, sc, bi, o, m, n, k, gs, bits, fast); break;
+      case MX_FLOAT16: qmv<TF16>(x, w, sc, bi, o, m, n, k, gs, bits, fast, pre); break;
+      case MX_BFLOAT16: qmv<TBF16>(x, w, sc, bi, o, m, n, k, gs, bits, fast, pre); break;
+      default: qmv<TF32>(x, w, sc, bi, o, m, n, k, gs, bits, fast, pre); break;
     }
     return mx__cuda_launched("quantized_matmul");
   }

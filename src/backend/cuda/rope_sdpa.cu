@@ -67,6 +67,7 @@ __global__ void k_rope(const typename T::S *x, typename T::S *o, mx__nd<1> rnd, 
                        const int32_t *posp, double scale, bool forward, bool trad,
                        const C *tab) {
   int64_t per = half + (D - 2 * half); /* pairs then copied features */
+  MX_PDL_ENTRY();
   if (posp) offset += (double)*posp;
   int64_t n = rows * per;
   MX_CUDA_LOOP(e, n) {
@@ -142,10 +143,10 @@ static int k_rope_op(mx_array *out, mx_array **in) {
     if (tab)                                                                                  \
       k_rope_tab<CT><<<mx__cuda_blocks(T_ * half), MX_CUDA_THREADS, 0, s>>>(                  \
           tab, T_, half, inv, f32, fs, lb, (double)p->offset, posp, p->scale, p->forward);    \
-    k_rope<TAG, CT><<<nb, MX_CUDA_THREADS, 0, s>>>(                                           \
+    mx__cuda_launch_pdl(k_rope<TAG, CT>, nb, MX_CUDA_THREADS, 0,                              \
         (const TAG::S *)mx__ddata(x), (TAG::S *)out->buf->dptr, rnd, rows, T_, D,             \
         x->strides[nd - 1], half, inv, f32, fs, lb, (double)p->offset, posp, p->scale,       \
-        p->forward, p->traditional, tab);                                                     \
+        p->forward, p->traditional, (const CT *)tab);                                         \
   } break;
     C(MX_FLOAT16, TF16, float) C(MX_BFLOAT16, TBF16, float) C(MX_FLOAT32, TF32, float)
     C(MX_FLOAT64, TF64, double)

@@ -96,6 +96,7 @@ struct store_geo {
 
 template <class E>
 __global__ void k_store(E *d, const E *s, store_geo g, int64_t n, const int32_t *posp) {
+  MX_PDL_ENTRY();
   int64_t pos = posp ? *posp : 0;
   MX_CUDA_LOOP(i, n) {
     int64_t r = i, so = 0, dof = 0;
@@ -132,13 +133,13 @@ static int k_store_at(mx_array *out, mx_array **in) {
   if (src->size == 0) return MX_OK;
   const int32_t *posp = p->has_pos ? (const int32_t *)mx__ddata(in[2]) : NULL;
   unsigned nb = mx__cuda_blocks(src->size);
-  cudaStream_t s = mx__cuda_stream();
   char *dp = (char *)dst->buf->dptr;
   const char *sp = mx__ddata(src);
   switch (es) {
 #define C(N, E)                                                                                \
   case N:                                                                                      \
-    k_store<E><<<nb, MX_CUDA_THREADS, 0, s>>>((E *)dp, (const E *)sp, g, src->size, posp);    \
+    mx__cuda_launch_pdl(k_store<E>, nb, MX_CUDA_THREADS, 0, (E *)dp, (const E *)sp, g,         \
+                        src->size, posp);                                                      \
     break;
     C(1, uint8_t) C(2, uint16_t) C(4, uint32_t)
     default: C(8, uint64_t)
