@@ -1218,4 +1218,88 @@ TEST(sdpa_fused_vjp_second_order_is_an_error) {
   mx_array_free_n(tan, 3);
 }
 
+/* ---- a decode step's fused ops (add_rms_norm, rope_kv) ------------------------------ */
+
+/* add_rms_norm and rope_kv on `dev` against the ops they replace: the same
+ * bits on the GPU (a replayed decode step must give the step-by-step ids)
+ * and on the CPU for add_rms_norm; the CPU's rope_kv within rounding (the
+ * CPU rope takes its angles from a table). The caches hold the rotated
+ * keys and the values at pos and nothing else changes. */
+static void decode_fused_on(mx_device dev, mx_dtype dt) {
+  int prev = mx_set_default_device(dev);
+  mx_array *x = RND(dt, -2, 2, 2, 3, 64), *r = RND(dt, -2, 2, 2, 3, 64);
+  mx_array *w = RND(dt, 0.5, 1.5, 64);
+  mx_array *z = mx__fast_add_rms_norm(x, r, w, 1e-5);
+  mx_array *h = mx_add(x, r), *n = mx_fast_rms_norm(h, w, 1e-5);
+  mx_array *s0 = mx_slice_axis(z, 0, 0, 1, 1), *s1 = mx_slice_axis(z, 0, 1, 2, 1);
+  mx_array *z0 = mx_reshape(s0, (int64_t[]){2, 3, 64}, 3), *z1 = mx_reshape(s1, (int64_t[]){2, 3, 64}, 3);
+  const char *dn = dev == MX_GPU ? "gpu" : "cpu";
+  ASSERT_MSG(max_err(z0, h) == 0, "%s %s: add_rms_norm h", dn, mx_dtype_name(dt));
+  ASSERT_MSG(max_err(z1, n) == 0, "%s %s: add_rms_norm norm err %g", dn, mx_dtype_name(dt),
+             max_err(z1, n));
+  /* rope_kv: H = 4 query heads, KV = 2, D = 16, cache of 8, pos 5 */
+  const int64_t H = 4, KV = 2, D = 16, S = 8;
+  int32_t at = 5;
+  mx_array *flat = RND(dt, -2, 2, 1, 1, (H + 2 * KV) * D);
+  mx_array *r4 = mx_reshape(flat, (int64_t[]){1, 1, H + 2 * KV, D}, 4);
+  mx_array *hx = mx_transpose(r4, (int[]){0, 2, 1, 3}, 4);
+  mx_array *kc = mx_zeros((int64_t[]){1, KV, S, D}, 4, dt), *vc = mx_zeros((int64_t[]){1, KV, S, D}, 4, dt);
+  mx_array *pos = mx_array_from_data(&at, (int64_t[]){1}, 1, MX_INT32);
+  ASSERT_OK(mx_array_eval(kc));
+  ASSERT_OK(mx_array_eval(vc));
+  mx_array *q = mx__fast_rope_kv(hx, H, KV, kc, vc, D, false, 10000, 1.0, pos, NULL);
+  ASSERT_MSG(q, "rope_kv: %s", mx_last_error());
+  ASSERT_OK(mx_array_eval(q));
+  mx_array *hq = mx_slice_axis(hx, 1, 0, H, 1), *hk = mx_slice_axis(hx, 1, H, H + KV, 1);
+  mx_array *hv = mx_slice_axis(hx, 1, H + KV, H + 2 * KV, 1);
+  mx_array *rq = mx__fast_rope_at(hq, (int)D, false, 10000, 1.0, pos, NULL);
+  mx_array *rk = mx__fast_rope_at(hk, (int)D, false, 10000, 1.0, pos, NULL);
+  mx_array *kat = mx_slice_axis(kc, 2, at, at + 1, 1), *vat = mx_slice_axis(vc, 2, at, at + 1, 1);
+  double tol = dev == MX_GPU ? 0 : tol_of(dt);
+  double eq = max_err(q, rq), ek = max_err(kat, rk), ev = max_err(vat, hv);
+  ASSERT_MSG(eq >= 0 && eq <= tol && ek >= 0 && ek <= tol && ev == 0,
+             "%s %s: rope_kv q %g k %g v %g", dn, mx_dtype_name(dt), eq, ek, ev);
+  /* the other positions are untouched (zero) */
+  mx_array *a1 = mx_abs(kc), *a2 = mx_abs(vc), *a3 = mx_abs(kat), *a4 = mx_abs(vat);
+  mx_array *ks = mx_sum(a1, NULL, 0, false), *vs = mx_sum(a2, NULL, 0, false);
+  mx_array *ka = mx_sum(a3, NULL, 0, false), *va = mx_sum(a4, NULL, 0, false);
+  ASSERT(max_err(ks, ka) <= 1e-2 && max_err(vs, va) <= 1e-2);
+  mx_set_default_device((mx_device)prev);
+  mx_array *arr[] = {x,  r,  w,  z,  h,  n,  s0, s1, z0, z1, flat, r4, hx, kc, vc, pos, q,
+                     hq, hk, hv, rq, rk, kat, vat, a1, a2, a3, a4, ks, vs, ka, va};
+  mx_array_free_n(arr, 32);
+}
+
+TEST(decode_fused_ops_equal_the_separate_ops) {
+  mx_dtype dts[] = {MX_FLOAT32, MX_BFLOAT16, MX_FLOAT16};
+  for (int i = 0; i < 3; i++) {
+    decode_fused_on(MX_CPU, dts[i]);
+    if (mx_device_available(MX_GPU)) decode_fused_on(MX_GPU, dts[i]);
+  }
+}
+
+TEST(decode_fused_ops_errors) {
+  mx_array *x = RND(MX_FLOAT32, -1, 1, 2, 8), *r = RND(MX_FLOAT32, -1, 1, 2, 7);
+  mx_array *w = RND(MX_FLOAT32, -1, 1, 8), *w7 = RND(MX_FLOAT32, -1, 1, 7);
+  expect_error(mx__fast_add_rms_norm(x, r, w, 1e-5), MX_ERR_SHAPE, "add_rms_norm: residual");
+  expect_error(mx__fast_add_rms_norm(x, x, w7, 1e-5), MX_ERR_SHAPE, "add_rms_norm: weight");
+  int32_t at = 0;
+  mx_array *pos = mx_array_from_data(&at, (int64_t[]){1}, 1, MX_INT32);
+  mx_array *hx = RND(MX_FLOAT32, -1, 1, 1, 6, 1, 8);
+  mx_array *kc = mx_zeros((int64_t[]){1, 2, 4, 8}, 4, MX_FLOAT32);
+  expect_error(mx__fast_rope_kv(hx, 2, 2, kc, kc, 8, false, 1e4, 1, pos, NULL),
+               MX_ERR_INVALID_ARG, "evaluated");
+  ASSERT_OK(mx_array_eval(kc));
+  expect_error(mx__fast_rope_kv(hx, 4, 2, kc, kc, 8, false, 1e4, 1, pos, NULL), MX_ERR_SHAPE,
+               "rope_kv: x");
+  mx_array *k16 = mx_astype(kc, MX_FLOAT16);
+  ASSERT_OK(mx_array_eval(k16));
+  expect_error(mx__fast_rope_kv(hx, 2, 2, kc, k16, 8, false, 1e4, 1, pos, NULL), MX_ERR_SHAPE,
+               "value cache");
+  expect_error(mx__fast_rope_kv(hx, 2, 2, kc, kc, 8, false, 1e4, 1, w, NULL), MX_ERR_INVALID_ARG,
+               "position");
+  mx_array *arr[] = {x, r, w, w7, pos, hx, kc, k16};
+  mx_array_free_n(arr, 8);
+}
+
 int main(int argc, char **argv) { return test_main(argc, argv); }

@@ -85,6 +85,8 @@ static const mx__op_def def_SDPA = {.id = MX_OP_SDPA, .vjp = vjp_sdpa};
 static const mx__op_def def_SWIGLU = {.id = MX_OP_SWIGLU, .vjp = vjp_swiglu};
 static int vjp_swiglu_grad(mx_array *out, mx_array *cot, mx_array **g, const bool *need);
 static const mx__op_def def_SWIGLU_GRAD = {.id = MX_OP_SWIGLU_GRAD, .vjp = vjp_swiglu_grad};
+static const mx__op_def def_ADD_RMS_NORM = {.id = MX_OP_ADD_RMS_NORM};
+static const mx__op_def def_ROPE_KV = {.id = MX_OP_ROPE_KV};
 
 /* Builds a node whose inputs are `ins` cast to dt. */
 static mx_array *node_cast(const mx__op_def *def, mx_dtype dt, const int64_t *shape, int ndim,
@@ -440,6 +442,67 @@ static int check_pos(const char *op, mx_array *pos) {
     return mx__set_error(MX_ERR_INVALID_ARG, "%s: the position must be one int32, got %s of %lld "
                          "elements", op, mx_dtype_name(pos->dtype), (long long)pos->size);
   return MX_OK;
+}
+
+/* ---- add_rms_norm, rope_kv (internal: a decode step's fused kernels) ------------------ */
+mx_array *mx__fast_add_rms_norm(mx_array *x, mx_array *r, mx_array *weight, double eps) {
+  MX__CHECK_IN("add_rms_norm", x, r, weight);
+  char sa[256], sb[256];
+  mx_dtype dt;
+  if (check_norm("add_rms_norm", x, weight, NULL, &dt)) return NULL;
+  if (r->ndim != x->ndim || memcmp(r->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim))
+    return mx__set_error(MX_ERR_SHAPE, "add_rms_norm: residual %s does not match x %s",
+                         mx__shape_str(r->shape, r->ndim, sa, sizeof sa),
+                         mx__shape_str(x->shape, x->ndim, sb, sizeof sb)), NULL;
+  if (x->ndim >= MX_MAX_NDIM)
+    return mx__set_error(MX_ERR_SHAPE, "add_rms_norm: x has %d dimensions, at most %d allowed",
+                         x->ndim, MX_MAX_NDIM - 1), NULL;
+  dt = mx_promote_types(dt, r->dtype);
+  int64_t shape[MX_MAX_NDIM];
+  shape[0] = 2;
+  memcpy(shape + 1, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  mx__rms_norm_params p = {.eps = eps, .has_weight = true};
+  mx_array *ins[3] = {x, r, weight};
+  return node_cast(&def_ADD_RMS_NORM, dt, shape, x->ndim + 1, ins, 3, &p, sizeof p);
+}
+
+mx_array *mx__fast_rope_kv(mx_array *x, int64_t nq, int64_t nkv, mx_array *keys,
+                           mx_array *values, int dims, bool traditional, double base,
+                           double scale, mx_array *pos, mx_array *freqs) {
+  MX__CHECK_IN("rope_kv", x, keys, values, pos);
+  char sx[256], sk[256];
+  if (check_rope(x, dims, freqs) || check_pos("rope_kv", pos)) return NULL;
+  if (x->ndim != 4 || nq < 0 || nkv <= 0 || x->shape[1] != nq + 2 * nkv)
+    return mx__set_error(MX_ERR_SHAPE, "rope_kv: x %s must be (B, %lld + 2 x %lld heads, L, D)",
+                         mx__shape_str(x->shape, x->ndim, sx, sizeof sx), (long long)nq,
+                         (long long)nkv), NULL;
+  mx_array *c[2] = {keys, values};
+  for (int i = 0; i < 2; i++) {
+    mx_array *a = c[i];
+    if (!a->buf || a->op || !a->row_contiguous || a->offset)
+      return mx__set_error(MX_ERR_INVALID_ARG, "rope_kv: the %s cache must be evaluated, "
+                           "row-contiguous data", i ? "value" : "key"), NULL;
+    if (a->ndim != 4 || a->dtype != x->dtype || a->shape[0] != x->shape[0] ||
+        a->shape[1] != nkv || a->shape[3] != x->shape[3])
+      return mx__set_error(MX_ERR_SHAPE, "rope_kv: %s cache %s %s does not fit x %s %s",
+                           i ? "value" : "key", mx_dtype_name(a->dtype),
+                           mx__shape_str(a->shape, a->ndim, sk, sizeof sk),
+                           mx_dtype_name(x->dtype),
+                           mx__shape_str(x->shape, x->ndim, sx, sizeof sx)), NULL;
+  }
+  mx__rope_kv_params p = {.rope = {.dims = dims, .traditional = traditional, .forward = true,
+                                   .has_freqs = freqs != NULL, .has_pos = true, .base = base,
+                                   .scale = scale},
+                          .nq = nq, .nkv = nkv};
+  mx_array *f = NULL;
+  if (freqs && !(f = mx_dtype_is_float(freqs->dtype) ? mx_array_retain(freqs)
+                                                      : mx_astype(freqs, MX_FLOAT32)))
+    return NULL;
+  mx_array *ins[5] = {x, keys, values, pos, f};
+  int64_t shape[4] = {x->shape[0], nq, x->shape[2], x->shape[3]};
+  mx_array *r = mx__node_new(&def_ROPE_KV, x->dtype, shape, 4, ins, f ? 5 : 4, &p, sizeof p);
+  mx_array_free(f);
+  return r;
 }
 
 mx_array *mx__fast_rope_at(mx_array *x, int dims, bool traditional, double base, double scale,

@@ -111,6 +111,30 @@ mx_array *mx__fast_rope_at(mx_array *x, int dims, bool traditional, double base,
 mx_array *mx__fast_sdpa_upto(mx_array *q, mx_array *k, mx_array *v, double scale,
                              mx_array *pos);
 
+/* add_rms_norm (internal, a decode step's residual add and the RMSNorm
+ * after it in one kernel): inputs x, r (same shape (..., D)), weight (D);
+ * params mx__rms_norm_params. Output (2, ...x.shape): [0] = h = x + r
+ * rounded to the dtype, [1] = rms_norm(h, weight, eps) — the bits of
+ * mx_add then mx_fast_rms_norm on the GPU. Not differentiable. */
+mx_array *mx__fast_add_rms_norm(mx_array *x, mx_array *r, mx_array *weight, double eps);
+
+/* rope_kv (internal, a decode step over static caches): x (B, H + 2 KV,
+ * L, D) holds the step's query, key and value heads (the stacked q/k/v
+ * projection); rotates the query and key heads at positions pos[0] + t as
+ * mx__fast_rope_at does, writes the rotated keys and the values into
+ * keys/values (B, KV, S, D; evaluated, row-contiguous) at [pos[0],
+ * pos[0] + L) in place (rows past S are dropped, as store_at), and returns
+ * the rotated queries (B, H, L, D). The caches are inputs: a consumer that
+ * reads them must depend on the result (attention takes the queries).
+ * inputs: x, keys, values, pos [, freqs]. Not differentiable. */
+typedef struct {
+  mx__rope_params rope;
+  int64_t nq, nkv;
+} mx__rope_kv_params;
+mx_array *mx__fast_rope_kv(mx_array *x, int64_t nq, int64_t nkv, mx_array *keys,
+                           mx_array *values, int dims, bool traditional, double base,
+                           double scale, mx_array *pos, mx_array *freqs);
+
 /* The same functions written as compositions of primitive ops (mean,
  * rsqrt, matmul, softmax, ...): the unfused reference of each fast op.
  * Same arguments and checks as the public functions. */

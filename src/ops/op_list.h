@@ -103,6 +103,8 @@
   X(SDPA_BWD_KV, "sdpa_backward_kv")                                        \
   X(SWIGLU, "swiglu")                                                       \
   X(SWIGLU_GRAD, "swiglu_backward")                                         \
+  X(ADD_RMS_NORM, "add_rms_norm")                                           \
+  X(ROPE_KV, "rope_kv")                                                     \
   /* affine quantization (MLX format) */                                    \
   X(QUANTIZE_PACK, "quantize_pack")                                         \
   X(DEQUANTIZE, "dequantize")                                               \

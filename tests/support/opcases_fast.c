@@ -317,6 +317,75 @@ static int f_swiglu_grad(const mx_opcase *c, const double *const *in, double *ou
   return 0;
 }
 
+/* ---- add_rms_norm, rope_kv (internal: a decode step's fused kernels) ------------ */
+static mx_array *b_add_norm(const mx_opcase *c, mx_array **in) {
+  return mx__fast_add_rms_norm(in[0], in[1], in[2], c->dp[0]);
+}
+
+/* out (2, ...): x + r, then rms_norm(x + r) * w (float64) */
+static int f_add_norm(const mx_opcase *c, const double *const *in, double *out, int64_t *oshape,
+                      int *ond) {
+  int nd = c->ndim[0];
+  int64_t n = oc_size(c->shape[0], nd), D = c->shape[0][nd - 1];
+  oshape[0] = 2;
+  memcpy(oshape + 1, c->shape[0], sizeof(int64_t) * (size_t)nd);
+  *ond = nd + 1;
+  for (int64_t r = 0; D && r < n / D; r++) {
+    double ss = 0;
+    for (int64_t i = 0; i < D; i++) {
+      double h = in[0][r * D + i] + in[1][r * D + i];
+      out[r * D + i] = h;
+      ss += h * h;
+    }
+    double nn = 1.0 / sqrt(ss / (double)D + c->dp[0]);
+    for (int64_t i = 0; i < D; i++) out[n + r * D + i] = out[r * D + i] * nn * in[2][i];
+  }
+  return 0;
+}
+
+/* rope_kv: x (B, H + 2 KV, L, D) with ip = {H, KV, S, pos, dims, traditional};
+ * the output checked here is the rotated queries (the cache writes are
+ * checked in test_fast.c) */
+static mx_array *b_rope_kv(const mx_opcase *c, mx_array **in) {
+  const int64_t *xs = mx_array_shape(in[0]);
+  int64_t cs[4] = {xs[0], c->ip[1], c->ip[2], xs[3]};
+  int32_t pos = c->ip[3];
+  mx_array *kc = mx_zeros(cs, 4, mx_array_dtype(in[0])), *vc = mx_zeros(cs, 4, mx_array_dtype(in[0]));
+  mx_array *p = mx_array_from_data(&pos, (int64_t[]){1}, 1, MX_INT32);
+  mx_array *r = NULL;
+  if (kc && vc && p && !mx_array_eval(kc) && !mx_array_eval(vc))
+    r = mx__fast_rope_kv(in[0], c->ip[0], c->ip[1], kc, vc, c->ip[4], c->ip[5], c->dp[0], 1.0, p,
+                         NULL);
+  mx_array_free(kc);
+  mx_array_free(vc);
+  mx_array_free(p);
+  return r;
+}
+
+static int f_rope_kv(const mx_opcase *c, const double *const *in, double *out, int64_t *oshape,
+                     int *ond) {
+  const int64_t *xs = c->shape[0];
+  int64_t B = xs[0], N = xs[1], L = xs[2], D = xs[3], H = c->ip[0];
+  int half = c->ip[4] / 2;
+  bool trad = c->ip[5];
+  oshape[0] = B, oshape[1] = H, oshape[2] = L, oshape[3] = D;
+  *ond = 4;
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < H; h++)
+      for (int64_t t = 0; t < L; t++) {
+        const double *x = in[0] + ((b * N + h) * L + t) * D;
+        double *o = out + ((b * H + h) * L + t) * D;
+        memcpy(o, x, sizeof(double) * (size_t)D);
+        for (int i = 0; i < half; i++) {
+          double th = (double)(c->ip[3] + t) * pow(c->dp[0], -2.0 * i / (double)c->ip[4]);
+          int64_t ia = trad ? 2 * i : i, ib = trad ? 2 * i + 1 : i + half;
+          o[ia] = x[ia] * cos(th) - x[ib] * sin(th);
+          o[ib] = x[ia] * sin(th) + x[ib] * cos(th);
+        }
+      }
+  return 0;
+}
+
 /* ---- the table -------------------------------------------------------------- */
 #define ARR(...) {__VA_ARGS__}
 #define NORM(name, d, nin_, nd_, shapes, kinds, W, B, LN, eps)                                \
@@ -362,7 +431,25 @@ static int f_swiglu_grad(const mx_opcase *c, const double *const *in, double *ou
    .shape = {xshape, xshape, dshape}, .lo = -2, .hi = 2, OC_FLOATS, .flags = OC_NONCONTIG,     \
    .ip = {which, w}, .dp = {eps}, .build = b_rms_grad, .ref = f_rms_grad}
 
+#define ADD_NORM(d, nd_, xshape, dshape, eps)                                                  \
+  {.op = "add_rms_norm", .desc = d, .nin = 3, .ndim = {nd_, nd_, 1},                          \
+   .shape = {xshape, xshape, dshape}, .lo = -2, .hi = 2, OC_FLOATS,                           \
+   .flags = OC_NONCONTIG | OC_NO_GRAD, .dp = {eps}, .build = b_add_norm, .ref = f_add_norm}
+#define ROPE_KV(d, xshape, H, KV, S, pos, dims, trad, base)                                    \
+  {.op = "rope_kv", .desc = d, .nin = 1, .ndim = {4}, .shape = {xshape}, .lo = -2, .hi = 2,    \
+   OC_FLOATS, .flags = OC_NONCONTIG | OC_NO_GRAD, .ip = {H, KV, S, pos, dims, trad},          \
+   .dp = {base}, .build = b_rope_kv, .ref = f_rope_kv}
+
 static const mx_opcase cases[] = {
+    /* add_rms_norm (internal) */
+    ADD_NORM("decode row, D = 64", 3, ARR(1, 1, 64), ARR(64), 1e-5),
+    ADD_NORM("rows of 40 (not 16-byte vectors)", 2, ARR(3, 40), ARR(40), 1e-6),
+    ADD_NORM("long rows", 2, ARR(2, 2048), ARR(2048), 1e-5),
+    ADD_NORM("0-size", 2, ARR(0, 8), ARR(8), 1e-5),
+    /* rope_kv (internal) */
+    ROPE_KV("GQA, one position", ARR(1, 8, 1, 16), 4, 2, 8, 3, 16, 0, 10000),
+    ROPE_KV("traditional, dims < D, two rows", ARR(2, 5, 2, 12), 3, 1, 6, 4, 8, 1, 500),
+    ROPE_KV("position past the cache (q only)", ARR(1, 3, 1, 8), 1, 1, 4, 9, 8, 0, 10000),
     /* rms_norm_backward (second order checked by finite differences) */
     RMS_GRAD("dx, weight", 0, 1, 2, ARR(4, 33), ARR(33), 1e-5),
     RMS_GRAD("dx, no weight, 3-d", 0, 0, 3, ARR(2, 3, 64), ARR(64), 1e-5),

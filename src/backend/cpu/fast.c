@@ -1456,7 +1456,140 @@ static int k_sdpa_bwd_kv(mx_array *out, mx_array **in) {
   return sdpa_bwd_kernel(out, in, MX_OP_SDPA_BWD_KV);
 }
 
+/* ======================================================================
+ * add_rms_norm, rope_kv (internal: a decode step's fused ops; see
+ * ops/fast_params.h). Serial: a decode step's rows are few.
+ * ====================================================================== */
+static int k_add_rms_norm(mx_array *out, mx_array **in) {
+  const mx__rms_norm_params *p = MX__PARAMS(out, mx__rms_norm_params);
+  int s = mx__array_alloc_data(out);
+  if (s || out->size == 0) return s;
+  mx_array *x = in[0], *r = in[1], *w = in[2];
+  const mx_dtype dt = out->dtype;
+  const int nlead = x->ndim - 1;
+  const int64_t D = x->shape[nlead], n = x->size, rows = n / D;
+  const int64_t xs = x->strides[nlead], rs = r->strides[nlead];
+  const size_t es = mx_dtype_size(dt);
+  char *oh = mx__data(out), *on = oh + n * (int64_t)es;
+  if (dt == MX_FLOAT64) {
+    double *w64 = param_f64(w, D);
+    if (!w64) return oom("add_rms_norm", sizeof(double) * (size_t)D);
+    for (int64_t row = 0; row < rows; row++) {
+      const double *xr = (const double *)mx__data(x) + row_offset(x, nlead, row);
+      const double *rr = (const double *)mx__data(r) + row_offset(r, nlead, row);
+      double *h = (double *)oh + row * D, *y = (double *)on + row * D, ss = 0;
+      for (int64_t i = 0; i < D; i++) {
+        h[i] = xr[i * xs] + rr[i * rs];
+        ss += h[i] * h[i];
+      }
+      double nn = 1.0 / sqrt(ss / (double)D + p->eps);
+      for (int64_t i = 0; i < D; i++) y[i] = h[i] * nn * w64[i];
+    }
+    free(w64);
+    return MX_OK;
+  }
+  float *buf = malloc(sizeof(float) * (size_t)(4 * D)), *w32 = param_f32(w, D);
+  if (!buf || !w32) {
+    free(buf);
+    free(w32);
+    return oom("add_rms_norm", sizeof(float) * 5 * (size_t)D);
+  }
+  float *xb = buf, *rb = buf + D, *hb = buf + 2 * D, *yb = buf + 3 * D;
+  const float eps = (float)p->eps;
+  for (int64_t row = 0; row < rows; row++) {
+    const float *xf = row_f32(x, row_offset(x, nlead, row), xs, D, xb);
+    const float *rf = row_f32(r, row_offset(r, nlead, row), rs, D, rb);
+    for (int64_t i = 0; i < D; i++) hb[i] = xf[i] + rf[i];
+    char *ho = oh + row * D * (int64_t)es;
+    store_f32(ho, dt, hb, D);
+    load_f32(ho, dt, 1, D, hb); /* the norm sees h rounded to the dtype */
+    float nn = 1.0f / sqrtf(sumsq_f32(hb, D, 0.0f) / (float)D + eps);
+    for (int64_t i = 0; i < D; i++) yb[i] = hb[i] * nn * w32[i];
+    store_f32(on + row * D * (int64_t)es, dt, yb, D);
+  }
+  free(buf);
+  free(w32);
+  return MX_OK;
+}
+
+static int k_rope_kv(mx_array *out, mx_array **in) {
+  const mx__rope_kv_params *kp = MX__PARAMS(out, mx__rope_kv_params);
+  const mx__rope_params *p = &kp->rope;
+  int s = mx__array_alloc_data(out);
+  if (s) return s;
+  mx_array *x = in[0], *kc = in[1], *vc = in[2];
+  const mx_dtype dt = out->dtype;
+  const size_t es = mx_dtype_size(dt);
+  const int64_t B = x->shape[0], N = x->shape[1], L = x->shape[2], D = x->shape[3];
+  const int64_t H = kp->nq, KV = kp->nkv, S = kc->shape[2];
+  const int half = p->dims / 2;
+  const int64_t pos = *(const int32_t *)mx__data(in[3]);
+  kc->buf->valid = 1u << MX_CPU; /* written on the host below */
+  vc->buf->valid = 1u << MX_CPU;
+  double *inv = malloc(sizeof(double) * (size_t)(half ? half : 1));
+  double *row = malloc(sizeof(double) * (size_t)(2 * D));
+  float *rf = malloc(sizeof(float) * (size_t)D);
+  if (!inv || !row || !rf) {
+    free(inv);
+    free(row);
+    free(rf);
+    return oom("rope_kv", sizeof(double) * 3 * (size_t)D);
+  }
+  if (p->has_freqs) {
+    load_f64(mx__data(in[4]), in[4]->dtype, in[4]->strides[0], half, inv);
+    for (int i = 0; i < half; i++) inv[i] = 1.0 / inv[i];
+  } else {
+    double lb = half ? log(p->base) / half : 0.0;
+    for (int i = 0; i < half; i++) inv[i] = exp(-(double)i * lb);
+  }
+  double *o = row + D;
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < N; h++)
+      for (int64_t t = 0; t < L; t++) {
+        const char *xp = (const char *)mx__data(x) +
+                         (b * x->strides[0] + h * x->strides[1] + t * x->strides[2]) * (int64_t)es;
+        load_f64(xp, dt, x->strides[3], D, row);
+        char *dst;
+        if (h < H) {
+          dst = (char *)mx__data(out) + (((b * H + h) * L + t) * D) * (int64_t)es;
+        } else {
+          mx_array *c = h < H + KV ? kc : vc;
+          int64_t at = pos + t, hh = h < H + KV ? h - H : h - H - KV;
+          if (at < 0 || at >= S) continue;
+          dst = (char *)c->buf->ptr + (((b * KV + hh) * S + at) * D) * (int64_t)es;
+        }
+        memcpy(o, row, sizeof(double) * (size_t)D);
+        if (h < H + KV) {
+          const double tt = (double)(p->offset + pos + t);
+          for (int i = 0; i < half; i++) {
+            int64_t ia = p->traditional ? 2 * i : i, ib = p->traditional ? 2 * i + 1 : i + half;
+            double th = tt * (p->scale * inv[i]), cd = cos(th), sd = sin(th);
+            if (dt == MX_FLOAT64) {
+              o[ia] = row[ia] * cd - row[ib] * sd;
+              o[ib] = row[ia] * sd + row[ib] * cd;
+            } else { /* float32 rotation, as rope */
+              float a = (float)row[ia], bb = (float)row[ib], cs = (float)cd, sn = (float)sd;
+              o[ia] = a * cs - bb * sn;
+              o[ib] = a * sn + bb * cs;
+            }
+          }
+        }
+        if (dt == MX_FLOAT64) {
+          memcpy(dst, o, sizeof(double) * (size_t)D);
+        } else {
+          for (int64_t i = 0; i < D; i++) rf[i] = (float)o[i];
+          store_f32(dst, dt, rf, D);
+        }
+      }
+  free(inv);
+  free(row);
+  free(rf);
+  return MX_OK;
+}
+
 void mx__cpu_register_fast(mx__kernel_fn *k) {
+  k[MX_OP_ADD_RMS_NORM] = k_add_rms_norm;
+  k[MX_OP_ROPE_KV] = k_rope_kv;
   k[MX_OP_RMS_NORM] = k_rms_norm;
   k[MX_OP_RMS_NORM_GRAD] = k_rms_norm_grad;
   k[MX_OP_LAYER_NORM] = k_layer_norm;

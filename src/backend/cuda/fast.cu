@@ -275,7 +275,131 @@ static int k_layer_norm(mx_array *out, mx_array **in) {
   return norm(out, in, true, p->eps, w, b);
 }
 
+/* ---- add_rms_norm (ops/fast_params.h): h = x + r rounded to the dtype, then
+ * the rms_norm of h exactly as k_norm_vec / k_norm compute it ------------------ */
+template <class T, int V>
+__global__ void __launch_bounds__(1024)
+    k_add_norm_vec(const uint4 *__restrict__ x, const uint4 *__restrict__ r, uint4 *__restrict__ oh,
+                   uint4 *__restrict__ on, int nv, int64_t rows, const uint4 *__restrict__ w,
+                   float eps) {
+  __shared__ float sh[32];
+  const int t = threadIdx.x;
+  const bool in = t < nv;
+  const float D = (float)nv * V;
+  MX_PDL_ENTRY();
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    float v[V], rv[V], wv[V];
+    const uint4 z = make_uint4(0, 0, 0, 0);
+    norm_unpack<T, V>(in ? __ldg(x + row * nv + t) : z, v);
+    norm_unpack<T, V>(in ? __ldg(r + row * nv + t) : z, rv);
+    norm_unpack<T, V>(in ? __ldg(w + t) : z, wv);
+#pragma unroll
+    for (int i = 0; i < V; i++) v[i] = v[i] + rv[i];
+    const uint4 hp = norm_pack<T, V>(v); /* h in the dtype, as mx_add stores it */
+    if (in) oh[row * nv + t] = hp;
+    norm_unpack<T, V>(hp, v);
+    float ss = 0.f;
+#pragma unroll
+    for (int i = 0; i < V; i++) ss += in ? v[i] * v[i] : 0.f;
+    ss = block_sum<float>(ss, sh);
+    float n = 1.f / sqrtf(ss / D + eps);
+#pragma unroll
+    for (int i = 0; i < V; i++) {
+      v[i] *= n;
+      v[i] *= wv[i];
+    }
+    if (in) on[row * nv + t] = norm_pack<T, V>(v);
+  }
+}
+
+/* Any float dtype and row length; contiguous rows of x and r (copied first
+ * when not), w with stride ws. */
+template <class T, class C>
+__global__ void k_add_norm(const typename T::S *x, const typename T::S *r, typename T::S *oh,
+                           typename T::S *on, int64_t rows, int64_t D, const typename T::S *w,
+                           int64_t ws, double eps) {
+  __shared__ C sh[MX_CUDA_THREADS];
+  MX_PDL_ENTRY();
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t base = row * D;
+    C ss = 0;
+    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+      typename T::S h = T::st((C)T::ld(x[base + i]) + (C)T::ld(r[base + i]));
+      oh[base + i] = h;
+      C v = (C)T::ld(h);
+      ss += v * v;
+    }
+    ss = block_sum<C>(ss, sh);
+    C n = (C)1 / sqrt(ss / (C)D + (C)eps);
+    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+      C v = (C)T::ld(T::st((C)T::ld(x[base + i]) + (C)T::ld(r[base + i]))) * n;
+      on[base + i] = T::st(v * (C)T::ld(w[i * ws]));
+    }
+  }
+}
+
+static int k_add_rms_norm(mx_array *out, mx_array **in) {
+  const mx__rms_norm_params *p = MX__PARAMS(out, mx__rms_norm_params);
+  mx_array *x = in[0], *r = in[1], *w = in[2];
+  mx_dtype dt = out->dtype;
+  if (!mx_dtype_is_float(dt) || x->dtype != dt || r->dtype != dt || w->dtype != dt)
+    return mx__cuda_no_dtype(out, x->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  const int64_t D = x->shape[x->ndim - 1], n = x->size, rows = n / D;
+  const int es = (int)mx_dtype_size(dt);
+  char *oh = (char *)out->buf->dptr, *on = oh + n * es;
+  unsigned g = (unsigned)(rows < 65535 * 8 ? rows : 65535 * 8);
+  const int V = 16 / es;
+  if (dt != MX_FLOAT64 && D % V == 0 && D / V <= 1024 && x->row_contiguous &&
+      r->row_contiguous && w->strides[0] == 1 && !((uintptr_t)mx__ddata(x) & 15) &&
+      !((uintptr_t)mx__ddata(r) & 15) && !((uintptr_t)mx__ddata(w) & 15)) {
+    int nv = (int)(D / V), threads = (nv + 31) / 32 * 32;
+    const uint4 *xp = (const uint4 *)mx__ddata(x), *rp = (const uint4 *)mx__ddata(r);
+    const uint4 *wp = (const uint4 *)mx__ddata(w);
+    float eps = (float)p->eps;
+    if (dt == MX_FLOAT16)
+      mx__cuda_launch_pdl(k_add_norm_vec<TF16, 8>, g, threads, 0, xp, rp, (uint4 *)oh, (uint4 *)on, nv, rows, wp, eps);
+    else if (dt == MX_BFLOAT16)
+      mx__cuda_launch_pdl(k_add_norm_vec<TBF16, 8>, g, threads, 0, xp, rp, (uint4 *)oh, (uint4 *)on, nv, rows, wp, eps);
+    else
+      mx__cuda_launch_pdl(k_add_norm_vec<TF32, 4>, g, threads, 0, xp, rp, (uint4 *)oh, (uint4 *)on, nv, rows, wp, eps);
+    return mx__cuda_launched("add_rms_norm");
+  }
+  mx__buffer *tb[2] = {NULL, NULL};
+  const char *src[2];
+  mx_array *xr[2] = {x, r};
+  for (int i = 0; i < 2 && !st; i++) {
+    if (xr[i]->row_contiguous) {
+      src[i] = mx__ddata(xr[i]);
+      continue;
+    }
+    if (!(tb[i] = mx__cuda_tmp((size_t)n * (size_t)es))) st = mx_last_status();
+    else if (!(st = mx__cuda_copy_to_contiguous(xr[i], tb[i]->dptr))) src[i] = (const char *)tb[i]->dptr;
+  }
+  if (!st) {
+    cudaStream_t s = mx__cuda_stream();
+    switch (dt) {
+#define C(DT, TAG, CT)                                                                        \
+  case DT:                                                                                    \
+    k_add_norm<TAG, CT><<<g, MX_CUDA_THREADS, 0, s>>>(                                        \
+        (const TAG::S *)src[0], (const TAG::S *)src[1], (TAG::S *)oh, (TAG::S *)on, rows, D,  \
+        (const TAG::S *)mx__ddata(w), w->strides[0], p->eps);                                 \
+    break;
+      C(MX_FLOAT16, TF16, float) C(MX_BFLOAT16, TBF16, float) C(MX_FLOAT32, TF32, float)
+      C(MX_FLOAT64, TF64, double)
+#undef C
+      default: break;
+    }
+    st = mx__cuda_launched("add_rms_norm");
+  }
+  for (int i = 0; i < 2; i++)
+    if (tb[i]) mx__buffer_release(tb[i]); /* reused only by later work of the stream */
+  return st;
+}
+
 void mx__cuda_register_fast(mx__kernel_fn *k) {
+  k[MX_OP_ADD_RMS_NORM] = k_add_rms_norm;
   k[MX_OP_RMS_NORM] = k_rms_norm;
   k[MX_OP_RMS_NORM_GRAD] = k_rms_norm_grad;
   k[MX_OP_LAYER_NORM] = k_layer_norm;

@@ -354,7 +354,104 @@ static int k_sdpa_bwd_op(mx_array *out, mx_array **in) {
   return fa2_result(r, out, in[0], in[1], in[2]);
 }
 
+/* ---- rope_kv (ops/fast_params.h): a decode step's rope of q and k and the
+ * writes of k and v into the static caches, in one launch. One thread per
+ * (row, rotated pair or copied feature) of x's H + 2 KV heads; the angles
+ * as k_rope computes them in place (the same bits). */
+template <class T, class C>
+__global__ void k_rope_kv(const typename T::S *x, typename T::S *q, typename T::S *kc,
+                          typename T::S *vc, int64_t N, int64_t L, int64_t D, int64_t xs0,
+                          int64_t xs1, int64_t xs2, int64_t xs3, int64_t H, int64_t KV, int64_t S,
+                          int64_t rows, int half, const double *inv, const float *f32, int64_t fs,
+                          double lb, double offset, const int32_t *posp, double scale, bool trad) {
+  const int64_t per = half + (D - 2 * half);
+  MX_PDL_ENTRY();
+  const int64_t pos = *posp;
+  offset += (double)pos;
+  MX_CUDA_LOOP(e, rows * per) {
+    const int64_t r = e / per, k = e % per;
+    const int64_t t = r % L, h = (r / L) % N, b = r / (L * N);
+    const typename T::S *xr = x + b * xs0 + h * xs1 + t * xs2;
+    typename T::S *orow;
+    if (h < H) {
+      orow = q + ((b * H + h) * L + t) * D;
+    } else {
+      const int64_t at = pos + t;
+      if (at < 0 || at >= S) continue;
+      orow = h < H + KV ? kc + ((b * KV + (h - H)) * S + at) * D
+                        : vc + ((b * KV + (h - H - KV)) * S + at) * D;
+    }
+    if (k >= half) {
+      int64_t f = 2 * half + (k - half);
+      orow[f] = xr[f * xs3];
+      continue;
+    }
+    int64_t ia = trad ? 2 * k : k, ib = trad ? 2 * k + 1 : k + half;
+    if (h >= H + KV) { /* values: copied */
+      orow[ia] = xr[ia * xs3];
+      orow[ib] = xr[ib * xs3];
+      continue;
+    }
+    double th = (offset + (double)t) * (scale * rope_inv(inv, f32, fs, lb, (int)k));
+    C cs = (C)cos(th), sn = (C)sin(th);
+    C a = (C)T::ld(xr[ia * xs3]), bb = (C)T::ld(xr[ib * xs3]);
+    orow[ia] = T::st(a * cs - bb * sn);
+    orow[ib] = T::st(a * sn + bb * cs);
+  }
+}
+
+static int k_rope_kv_op(mx_array *out, mx_array **in) {
+  const mx__rope_kv_params *kp = MX__PARAMS(out, mx__rope_kv_params);
+  const mx__rope_params *p = &kp->rope;
+  mx_array *x = in[0], *kc = in[1], *vc = in[2];
+  if (!mx_dtype_is_float(x->dtype)) return mx__cuda_no_dtype(out, x->dtype);
+  mx_array *fr = p->has_freqs ? in[4] : NULL;
+  if (fr && !mx_dtype_is_float(fr->dtype)) return mx__cuda_no_dtype(out, fr->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st) return st;
+  kc->buf->valid = 1u << MX_GPU; /* written on the device below */
+  vc->buf->valid = 1u << MX_GPU;
+  kc->buf->wepoch = vc->buf->wepoch = mx__gpu_epoch();
+  const int half = p->dims / 2;
+  const int64_t N = x->shape[1], L = x->shape[2], D = x->shape[3];
+  const int64_t rows = x->shape[0] * N * L;
+  if (rows == 0 || D == 0) return MX_OK;
+  cudaStream_t s = mx__cuda_stream();
+  double lb = half > 0 ? log(p->base) / half : 0.0;
+  int64_t fs = fr ? fr->strides[0] : 0;
+  const float *f32 = fr && fr->dtype == MX_FLOAT32 ? (const float *)mx__ddata(fr) : NULL;
+  mx__buffer *ib = NULL;
+  double *inv = NULL;
+  if (half > 0 && fr && !f32) {
+    if (!(ib = mx__cuda_tmp(sizeof(double) * (size_t)half))) return mx_last_status();
+    inv = (double *)ib->dptr;
+    MX_CUDA_DISPATCH_FLOAT(fr->dtype,
+                           k_inv_freq<T><<<mx__cuda_blocks(half), MX_CUDA_THREADS, 0, s>>>(
+                               inv, half, lb, (const T::S *)mx__ddata(fr), fs, true))
+  }
+  const int32_t *posp = (const int32_t *)mx__ddata(in[3]);
+  unsigned nb = mx__cuda_blocks(rows * (half + (D - 2 * half)));
+  switch (x->dtype) {
+#define C(DT, TAG, CT)                                                                        \
+  case DT:                                                                                    \
+    mx__cuda_launch_pdl(k_rope_kv<TAG, CT>, nb, MX_CUDA_THREADS, 0,                           \
+                        (const TAG::S *)mx__ddata(x), (TAG::S *)out->buf->dptr,               \
+                        (TAG::S *)kc->buf->dptr, (TAG::S *)vc->buf->dptr, N, L, D,            \
+                        x->strides[0], x->strides[1], x->strides[2], x->strides[3], kp->nq,   \
+                        kp->nkv, kc->shape[2], rows, half, (const double *)inv, f32, fs, lb,  \
+                        (double)p->offset, posp, p->scale, p->traditional);                   \
+    break;
+    C(MX_FLOAT16, TF16, float) C(MX_BFLOAT16, TBF16, float) C(MX_FLOAT32, TF32, float)
+    C(MX_FLOAT64, TF64, double)
+#undef C
+    default: break;
+  }
+  if (ib) mx__buffer_release(ib);
+  return mx__cuda_launched("rope_kv");
+}
+
 void mx__cuda_register_rope_sdpa(mx__kernel_fn *k) {
+  k[MX_OP_ROPE_KV] = k_rope_kv_op;
   k[MX_OP_ROPE] = k_rope_op;
   k[MX_OP_SDPA] = k_sdpa_op;
   k[MX_OP_SDPA_LSE] = k_sdpa_lse_op;

@@ -33,6 +33,21 @@ typedef struct {
 
 static const mx_lm_config *cfg_of(mx_nn_module *m) { return &((lm_mod *)m)->cfg; }
 
+/* A decode step over static caches (mx__lm_forward_static) runs its
+ * residual adds with the RMSNorm after them (add_rms_norm) and the rope of
+ * q and k with the cache writes (rope_kv) as one kernel each: the same
+ * bits as the separate ops. MXC_DECODE_FUSE=0 keeps them apart (A/B). */
+static bool decode_fuse(void) {
+  static int v = -1;
+  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
+  if (r < 0) {
+    const char *e = getenv("MXC_DECODE_FUSE");
+    r = !(e && !strcmp(e, "0"));
+    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
+  }
+  return r;
+}
+
 static int64_t rotary_dim(const mx_lm_config *c) { return c->rotary_dim ? c->rotary_dim : c->head_dim; }
 static double attn_scale(const mx_lm_config *c) {
   return 1.0 / sqrt(c->query_pre_attn_scalar > 0 ? c->query_pre_attn_scalar : (double)c->head_dim);
@@ -399,6 +414,23 @@ static mx_array *attention(mx_nn_module *self, mx_array *x, fwd_ctx *f, int laye
   mx_nn_module *kn = c->qk_norm ? mx_nn_child(self, "k_norm") : NULL;
   if (c->qk_norm && (!qn || !kn)) goto done;
   v = heads(pv, c->num_key_value_heads, c->head_dim, NULL);
+  if (sqkv && !c->qk_norm && !c->longrope && f->pos && decode_fuse()) {
+    /* stacked q/k/v: one kernel rotates q and k and writes k and v into
+     * the static caches; attention reads the caches after it (it takes
+     * the rotated queries) */
+    int64_t H = c->num_attention_heads, KV = c->num_key_value_heads;
+    double scale = c->rope_scaling == MX_LM_ROPE_LINEAR ? 1.0 / c->rope_factor : 1.0;
+    mx_array *fr = c->rope_scaling == MX_LM_ROPE_LLAMA3 ? freqs : NULL;
+    mx_array *hx = heads(sqkv, H + 2 * KV, c->head_dim, NULL);
+    q = hx ? mx__fast_rope_kv(hx, H, KV, f->skeys[layer], f->svalues[layer],
+                              (int)rotary_dim(c), c->rope_traditional, c->rope_theta, scale,
+                              f->pos, fr)
+           : NULL;
+    mx_array_free(hx);
+    o = q ? mx__fast_sdpa_upto(q, f->skeys[layer], f->svalues[layer], attn_scale(c), f->pos)
+          : NULL;
+    goto project;
+  }
   if (sqkv && !c->qk_norm && !c->longrope && f->pos) {
     /* stacked q/k/v: q and k are adjacent heads of one projection, so one
      * rope (the same positions) rotates both */
@@ -565,6 +597,79 @@ static mx_array *block(mx_nn_module *self, mx_array *x, fwd_ctx *cache, int laye
   return y;
 }
 
+/* *h + r and the RMSNorm `norm` of it: *h is replaced by the sum, *n set.
+ * One add_rms_norm kernel for a plain RMSNorm of the same dtype, else the
+ * two ops. r NULL: the norm of *h alone. */
+static int add_norm(mx_nn_module *norm, const mx_lm_config *c, mx_array **h, mx_array *r,
+                    mx_array **n) {
+  *n = NULL;
+  if (!norm) return mx_last_status();
+  if (r) {
+    /* a plain RMSNorm (gemma's scales by 1 + weight) */
+    mx_array *w = !c->gemma_norm && !strcmp(mx_nn_module_type(norm), "RMSNorm")
+                      ? mx_nn_param(norm, "weight")
+                      : NULL;
+    mx_dtype dt = mx_array_dtype(*h);
+    if (w && mx_array_dtype(w) == dt && mx_array_dtype(r) == dt) {
+      mx_array *z = mx__fast_add_rms_norm(*h, r, w, c->rms_norm_eps);
+      int nd = mx_array_ndim(*h);
+      const int64_t *sh = mx_array_shape(*h);
+      mx_array *z0 = z ? mx_slice_axis(z, 0, 0, 1, 1) : NULL;
+      mx_array *z1 = z ? mx_slice_axis(z, 0, 1, 2, 1) : NULL;
+      mx_array *hn = z0 ? mx_reshape(z0, sh, nd) : NULL;
+      *n = z1 ? mx_reshape(z1, sh, nd) : NULL;
+      mx_array_free(z);
+      mx_array_free(z0);
+      mx_array_free(z1);
+      mx_array_free(*h);
+      *h = hn;
+      if (!hn || !*n) {
+        mx_array_free(*n);
+        *n = NULL;
+        return mx_last_status();
+      }
+      return MX_OK;
+    }
+    mx_array *sum = mx_add(*h, r);
+    mx_array_free(*h);
+    if (!(*h = sum)) return mx_last_status();
+  }
+  *n = mx_nn_forward(norm, *h);
+  return *n ? MX_OK : mx_last_status();
+}
+
+/* The layers of a decode step over static caches with the fused kernels:
+ * each layer's residual adds go into the norms after them (the MLP's into
+ * the next layer's input norm, the last one's into the final norm). */
+static mx_array *layers_static(mx_nn_module *self, mx_array *h, fwd_ctx *f, mx_array *freqs) {
+  const mx_lm_config *c = cfg_of(self);
+  mx_array *pend = NULL, *y = NULL;
+  int st = MX_OK, n = mx_nn_list_size(self, "layers");
+  for (int i = 0; i < n && !st; i++) {
+    mx_nn_module *layer = mx_nn_list_item(self, "layers", i);
+    mx_array *n1 = NULL, *n2 = NULL, *r = NULL;
+    st = add_norm(layer ? mx_nn_child(layer, "input_layernorm") : NULL, c, &h, pend, &n1);
+    mx_array_free(pend);
+    pend = NULL;
+    if (!st && !(r = attention(mx_nn_child(layer, "self_attn"), n1, f, i, freqs)))
+      st = mx_last_status();
+    if (!st) st = add_norm(mx_nn_child(layer, "post_attention_layernorm"), c, &h, r, &n2);
+    if (!st) {
+      mx_nn_module *mm = mx_nn_child(layer, "mlp");
+      const mx__lm_stack *gu = f->stacks ? &f->stacks[2 * i + 1] : NULL;
+      pend = stack_valid(gu, mm) ? mlp(mm, n2, gu) : mx_nn_forward(mm, n2);
+      if (!pend) st = mx_last_status();
+    }
+    mx_array_free(n1);
+    mx_array_free(n2);
+    mx_array_free(r);
+  }
+  if (!st) add_norm(mx_nn_child(self, "norm"), c, &h, pend, &y);
+  mx_array_free(pend);
+  mx_array_free(h);
+  return y;
+}
+
 static mx_array *block_forward(mx_nn_module *self, mx_array *const *in, int n) {
   mx_array *freqs = cfg_of(self)->rope_scaling == MX_LM_ROPE_LLAMA3 ? llama3_freqs(cfg_of(self)) : NULL;
   mx_array *y = block(self, in[0], NULL, ((lm_mod *)self)->layer, freqs);
@@ -645,6 +750,8 @@ static mx_array *inner(mx_nn_module *self, mx_array *tokens, fwd_ctx *cache,
     mx_array_free(h);
     h = s;
   }
+  if (h && cache && cache->pos && decode_fuse() && !cfg_of(self)->sandwich_norms)
+    return layers_static(self, h, cache, freqs);
   int n = mx_nn_list_size(self, "layers");
   for (int i = 0; i < n && h; i++) {
     mx_nn_module *layer = mx_nn_list_item(self, "layers", i);
