@@ -61,6 +61,10 @@ struct fa_geo {
    * from Tk (want: splits wanted; chmax: the largest chunk) */
   const int32_t *lenp;
   int want, chmax;
+  /* decode, vector accumulation: the key groups' partial sums all go to
+   * shared memory at once and each output adds them in order (one barrier
+   * instead of one a group) */
+  int tree;
 };
 
 /* Keys per split for Tk keys (the same on host and device, so a replayed
@@ -127,6 +131,7 @@ __global__ void __launch_bounds__(FD_THREADS)
                 int *__restrict__ cnt, typename T::S *__restrict__ o) {
   extern __shared__ float fd_sm[];
   __shared__ int fd_last;
+  __shared__ float2 fd_ml[RM]; /* each row's (max, sum) of this split */
   MX_PDL_ENTRY();
   fa_geo g = g0;
   if (g.lenp) {
@@ -224,9 +229,15 @@ __global__ void __launch_bounds__(FD_THREADS)
       int rr = r0 + r;
       int64_t h = hk * g.G + rr / g.Tq, t = rr % g.Tq;
       pml[(int64_t)split * rows + (b * g.Hq + h) * g.Tq + t] = make_float2(m, l);
+      fd_ml[r] = make_float2(m, l);
     }
   }
   __syncthreads();
+  /* one split holds every key (a short context): this block writes the
+   * output itself, with the combine's arithmetic for one split (the same
+   * bits), and no other block of its column waits for it */
+  const int used = (int)max((int64_t)1, (g.Tk + CH - 1) / CH);
+  const bool direct = cnt && used == 1;
   /* accumulators */
   const typename T::S *vb = v + b * g.vs[0] + hk * g.vs[1] + j0 * g.vs[2];
   if (RM <= 8 && g.vvec) {
@@ -254,23 +265,51 @@ __global__ void __launch_bounds__(FD_THREADS)
         }
       }
     }
-    for (int k = 0; k < KG; k++) {
-      if (kg == k)
+    if (g.tree) {
+      if (kg < KG)
 #pragma unroll
         for (int r = 0; r < (RM <= 8 ? RM : 1); r++)
 #pragma unroll
-          for (int e = 0; e < 8; e++) {
-            float *dst = red + r * Dv + 8 * c + e;
-            *dst = k == 0 ? acc[r][e] : *dst + acc[r][e];
-          }
+          for (int e = 0; e < 8; e++) red[(kg * RM + r) * Dv + 8 * c + e] = acc[r][e];
       __syncthreads();
+    } else {
+      for (int k = 0; k < KG; k++) {
+        if (kg == k)
+#pragma unroll
+          for (int r = 0; r < (RM <= 8 ? RM : 1); r++)
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+              float *dst = red + r * Dv + 8 * c + e;
+              *dst = k == 0 ? acc[r][e] : *dst + acc[r][e];
+            }
+        __syncthreads();
+      }
     }
     for (int i = tid; i < nr * Dv; i += blockDim.x) {
       int r = i / Dv, d = i - r * Dv;
       int rr = r0 + r;
       int64_t h = hk * g.G + rr / g.Tq, t = rr % g.Tq;
-      po[((int64_t)split * rows + (b * g.Hq + h) * g.Tq + t) * Dv + d] = red[i];
+      float val = red[i];
+      if (g.tree) { /* the groups in order, as the loop above adds them */
+        val = red[r * Dv + d];
+        for (int k = 1; k < KG; k++) val = val + red[(k * RM + r) * Dv + d];
+      }
+      const int64_t row = (b * g.Hq + h) * g.Tq + t;
+      if (direct) {
+        float2 ml = fd_ml[r];
+        float M = fa_max(-INFINITY, ml.x);
+        float w = ml.x == -INFINITY ? 0.f : expf(ml.x - M);
+        float l = 0.f;
+        l += w * ml.y;
+        float inv = l == 0.f ? NAN : 1.f / l;
+        float a = 0.f;
+        a += w * val;
+        o[row * Dv + d] = T::st(a * inv);
+      } else {
+        po[((int64_t)split * rows + row) * Dv + d] = val;
+      }
     }
+    if (direct) return;
     goto finish;
   }
   /* one thread per output feature */
@@ -300,7 +339,6 @@ finish:
   if (!cnt) return;
   __threadfence();
   __syncthreads();
-  const int used = (int)max((int64_t)1, (g.Tk + CH - 1) / CH);
   if (tid == 0) {
     int *cp = cnt + blockIdx.y * gridDim.z + blockIdx.z;
     int prev = atomicAdd(cp, 1);
@@ -803,8 +841,16 @@ static int run_decode(mx_array *out, const void *qp, const void *kp, const void 
   float2 *pml = (float2 *)pb->dptr; /* first: 8-byte aligned whatever Dv is */
   float *po = (float *)(pml + nsplit * rows);
   cudaStream_t s = mx__cuda_stream();
-  const int64_t red = RM <= 8 && g.vvec ? RM * g.Dv : 0; /* vector accumulation */
+  int64_t red = RM <= 8 && g.vvec ? RM * g.Dv : 0; /* vector accumulation */
+  const int64_t KG = g.Dv >= 8 ? FD_THREADS / (g.Dv / 8) : 0;
   size_t smem = sizeof(float) * (size_t)(RM * g.D + RM * ch + red);
+  gl.tree = 0;
+  if (red && KG > 1 &&
+      smem + sizeof(float) * (size_t)((KG - 1) * RM * g.Dv) <= 46 * 1024) { /* see fa_geo */
+    gl.tree = 1;
+    red = KG * RM * g.Dv;
+    smem = sizeof(float) * (size_t)(RM * g.D + RM * ch + red);
+  }
   dim3 grid((unsigned)nsplit, (unsigned)(g.B * g.Hkv), (unsigned)ngroups);
   int *cnt = fd_counters(s, (int64_t)grid.y * grid.z);
   typename T::S *op = (typename T::S *)out->buf->dptr;
