@@ -41,15 +41,15 @@ bench() { # name dir p g n -> "prompt_tps gen_tps peak"
 }
 R_BF=$(bench bf16 "$W/l1b-bf16" 128 256 2)
 R_Q4=$(bench q4 "$W/l1b-q4" 128 256 2)
-P_BF512=$(bench bf16-p512 "$W/l1b-bf16" 512 1 2 | cut -d' ' -f1)
-P_BF2K=$(bench bf16-p2048 "$W/l1b-bf16" 2048 1 2 | cut -d' ' -f1)
-P_Q4512=$(bench q4-p512 "$W/l1b-q4" 512 1 2 | cut -d' ' -f1)
-P_Q42K=$(bench q4-p2048 "$W/l1b-q4" 2048 1 2 | cut -d' ' -f1)
+P_BF512=$(bench bf16-p512 "$W/l1b-bf16" 512 1 3 | cut -d' ' -f1)
+P_BF2K=$(bench bf16-p2048 "$W/l1b-bf16" 2048 1 3 | cut -d' ' -f1)
+P_Q4512=$(bench q4-p512 "$W/l1b-q4" 512 1 3 | cut -d' ' -f1)
+P_Q42K=$(bench q4-p2048 "$W/l1b-q4" 2048 1 3 | cut -d' ' -f1)
 
 $PY "$ROOT/bench/peers/torch_decode_cuda.py" "$W/l1b-bf16" --json "$LOG/torch.json" \
   ${PEER_FLAGS:---hf} >"$LOG/torch.log" 2>&1 || tail -20 "$LOG/torch.log"
 
-$PY - "$LOG/torch.json" "$BYTES_BF16" "$BYTES_Q4" "$R_BF" "$R_Q4" "$P_BF512" "$P_BF2K" "$P_Q4512" "$P_Q42K" <<'PYEOF'
+$PY - "$LOG/torch.json" "$BYTES_BF16" "$BYTES_Q4" "$R_BF" "$R_Q4" "$P_BF512" "$P_BF2K" "$P_Q4512" "$P_Q42K" "$W/l1b-bf16/config.json" <<'PYEOF'
 import json, sys
 a = sys.argv
 t = json.load(open(a[1])) if a[1] else {}
@@ -75,4 +75,20 @@ for k, name in (("loop", "PyTorch loop (CUDA graph)"), ("loop_compile", "PyTorch
         row(name, "bf16", r["prompt_tps"], r["gen_tps"], r.get("prefill512_tps", float('nan')),
             r.get("prefill2048_tps", float('nan')), bbf)
 print(f"bound (bf16) {bw/bbf:.0f} tok/s, bound (4-bit) {bw/bq4:.0f} tok/s; mxc peak memory: bf16 {f(a[4],2):.2f} GB, 4-bit {f(a[5],2):.2f} GB")
+# Prefill against cuBLAS: the FLOPs a prompt of T tokens needs per token —
+# every projection (2 per weight), causal attention (q k^T and p v over
+# (T + 1) / 2 keys on average) and the LM head once (only the last
+# position's logits are needed) — times tok/s, over the GEMM rate above.
+c = json.load(open(a[10]))
+hs, it, nl = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+nh = c["num_attention_heads"]; kv = c.get("num_key_value_heads", nh)
+hd = c.get("head_dim") or hs // nh
+lin = hs * nh * hd * 2 + 2 * hs * kv * hd + 3 * hs * it
+def flops(T):
+    return 2 * nl * lin + 4 * nl * nh * hd * (T + 1) / 2 + 2 * hs * c["vocab_size"] / T
+g = t.get("gemm_bf16_TFLOPs", float("nan")) * 1e12
+for T, v in ((512, a[6]), (2048, a[7])):
+    r = float(v or "nan")
+    print(f"prefill {T}: {flops(T)/1e9:.3f} GFLOP a token; mxc bf16 {r*flops(T)/1e12:.0f} TFLOP/s = "
+          f"{100*r*flops(T)/g:.0f}% of cuBLAS")
 PYEOF

@@ -161,6 +161,42 @@ TEST(views_copy_nothing) {
   mx_set_cache_limit(SIZE_MAX);
 }
 
+/* Reshapes of strided views stay views where NumPy's would (axes split or
+ * merged within runs of contiguous axes), copy where they must, and read
+ * the same values either way. */
+TEST(reshape_of_a_view_copies_only_when_it_must) {
+  mx_array *r = mx_arange(0, 96, 1, MX_FLOAT32);
+  mx_array *a = mx_reshape(r, (int64_t[]){4, 24}, 2);
+  mx_array_free(r);
+  ASSERT_OK(mx_array_eval(a));
+  mx_set_cache_limit(0);
+  size_t before = mx_get_active_memory();
+  /* rows spread out (every other 12-wide half row), last axis split */
+  mx_array *h = mx_slice_axis(a, 1, 12, 24, 1);              /* (4, 12), row stride 24 */
+  mx_array *sp = mx_reshape(h, (int64_t[]){1, 4, 3, 4}, 4);   /* split: a view */
+  mx_array *tr = mx_transpose(sp, (int[]){0, 2, 1, 3}, 4);    /* (1, 3, 4, 4) */
+  mx_array *m1 = mx_reshape(sp, (int64_t[]){2, 2, 12}, 3);    /* split + merge: a view */
+  ASSERT_OK(mx_eval((mx_array *[]){sp, m1}, 2));
+  ASSERT_EQ_INT(mx_get_active_memory(), before);
+  ASSERT_EQ_INT(mx_array_strides(sp)[1], 24);
+  ASSERT_EQ_INT(mx_array_strides(sp)[2], 4);
+  ASSERT_EQ_INT(mx_array_strides(m1)[1], 24);
+  /* merging axes that are not contiguous with each other: a copy */
+  mx_array *m2 = mx_reshape(h, (int64_t[]){48}, 1);
+  mx_array *m3 = mx_reshape(tr, (int64_t[]){12, 4}, 2);
+  ASSERT_OK(mx_eval((mx_array *[]){m2, m3}, 2));
+  ASSERT(mx_get_active_memory() > before);
+  const float *d1 = mx_array_data(m1), *d2 = mx_array_data(m2), *d3 = mx_array_data(m3);
+  ASSERT(d1 && d2 && d3);
+  for (int i = 0; i < 48; i++) /* m1[i, j, c] = a[2 i + j, 12 + c] */
+    ASSERT_NEAR(d1[i], 24 * (i / 12) + 12 + i % 12, 0);
+  for (int i = 0; i < 48; i++) ASSERT_NEAR(d2[i], 24 * (i / 12) + 12 + i % 12, 0);
+  for (int i = 0; i < 12; i++) /* m3[3 r' ...]: tr row (i / 4, i % 4) */
+    for (int c = 0; c < 4; c++) ASSERT_NEAR(d3[i * 4 + c], 24 * (i % 4) + 12 + 4 * (i / 4) + c, 0);
+  mx_array_free_n((mx_array *[]){a, h, sp, tr, m1, m2, m3}, 7);
+  mx_set_cache_limit(SIZE_MAX);
+}
+
 static int deleted;
 static void count_delete(void *p, void *ctx) {
   (void)p;

@@ -3,11 +3,51 @@
 #include "array_impl.h"
 #include "ops/shape_params.h"
 
+/* The strides of a's data seen in out's shape without moving it, as
+ * NumPy's no-copy reshape finds them: out's axes are matched to a's in
+ * groups of equal element counts; each group of a's axes (size-1 axes
+ * dropped) must be contiguous among themselves, and then the group's new
+ * axes get row-major strides from the group's innermost one. E.g. the
+ * last axis of a view with spread-out rows split into heads. */
+static bool nocopy_strides(const mx_array *a, const int64_t *shape, int ndim, int64_t *st) {
+  int64_t os[MX_MAX_NDIM], ost[MX_MAX_NDIM];
+  int on = 0;
+  for (int d = 0; d < a->ndim; d++)
+    if (a->shape[d] != 1) os[on] = a->shape[d], ost[on++] = a->strides[d];
+  int oi = 0, oj = 1, ni = 0, nj = 1;
+  while (ni < ndim && oi < on) {
+    int64_t np = shape[ni], op = os[oi];
+    while (np != op) {
+      if (np < op) {
+        if (nj >= ndim) return false;
+        np *= shape[nj++];
+      } else {
+        if (oj >= on) return false;
+        op *= os[oj++];
+      }
+    }
+    for (int k = oi; k < oj - 1; k++)
+      if (ost[k] != os[k + 1] * ost[k + 1]) return false;
+    st[nj - 1] = ost[oj - 1];
+    for (int k = nj - 1; k > ni; k--) st[k - 1] = st[k] * shape[k];
+    ni = nj++;
+    oi = oj++;
+  }
+  for (int k = ni; k < ndim; k++) { /* trailing size-1 axes */
+    if (shape[k] != 1) return false;
+    st[k] = 1;
+  }
+  return oi >= on;
+}
+
 bool mx__view_reshape(mx_array *out, mx_array **in) {
   mx_array *a = in[0];
-  if (!a->row_contiguous) return false; /* the backend copies instead */
   int64_t st[MX_MAX_NDIM];
-  mx__compute_row_strides(out->shape, out->ndim, st);
+  if (a->row_contiguous || out->size == 0) {
+    mx__compute_row_strides(out->shape, out->ndim, st);
+  } else if (!nocopy_strides(a, out->shape, out->ndim, st)) {
+    return false; /* the backend copies instead */
+  }
   mx__array_set_view(out, a, st, a->offset);
   return true;
 }

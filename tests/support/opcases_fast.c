@@ -507,6 +507,13 @@ static const mx_opcase cases[] = {
          1, 3, 0, 10000, 1),
     ROPE("heads share positions, custom freqs", 2, ARR(4, 1), ARR(ARR(2, 3, 16, 12), ARR(6)), 12,
          0, 2, 1, 0, 1),
+    /* halves over the whole head, 8-pair multiples: the GPU's vector kernel */
+    ROPE("heads share positions, halves, dims = D = 32, offset", 1, ARR(4),
+         ARR(ARR(2, 4, 16, 32)), 32, 0, 5, 0, 10000, 1),
+    ROPE("heads share positions, halves, D = 64, base 5e5", 1, ARR(4), ARR(ARR(1, 6, 24, 64)), 64,
+         0, 0, 0, 500000, 1),
+    ROPE("heads share positions, halves, custom freqs, D = 16", 2, ARR(4, 1),
+         ARR(ARR(1, 5, 16, 16), ARR(8)), 16, 0, 1, 1, 0, 1),
     ROPE("0-size batch", 1, ARR(4), ARR(ARR(0, 2, 3, 8)), 8, 0, 0, 0, 10000, 1),
     /* scaled_dot_product_attention */
     SDPA("no mask", 3, 4, ARR(ARR(2, 2, 5, 8), ARR(2, 2, 7, 8), ARR(2, 2, 7, 8)), ARR(0), 0, 0, 0),
@@ -538,6 +545,11 @@ static const mx_opcase cases[] = {
          ARR(0, 0, 0, OC_IN_BOOL), 1, 1, 0),
     SDPA("1-size dims", 3, 4, ARR(ARR(1, 1, 1, 1), ARR(1, 1, 1, 1), ARR(1, 1, 1, 1)), ARR(0), 1, 0,
          0),
+    /* 256+ query rows, head size 64: several row blocks, edges, GQA */
+    SDPA("causal, Tq = Tk = 300, D 64", 3, 4,
+         ARR(ARR(1, 2, 300, 64), ARR(1, 2, 300, 64), ARR(1, 2, 300, 64)), ARR(0), 1, 0, 0),
+    SDPA("GQA 4:2, Tq 260 < Tk 333, D 64, scale", 3, 4,
+         ARR(ARR(1, 4, 260, 64), ARR(1, 2, 333, 64), ARR(1, 2, 333, 64)), ARR(0), 0, 0, 0.2),
     SDPA("Tk = 0", 3, 4, ARR(ARR(1, 2, 3, 8), ARR(1, 2, 0, 8), ARR(1, 2, 0, 8)), ARR(0), 0, 0, 0),
     SDPA("0-size batch", 3, 4, ARR(ARR(0, 2, 3, 8), ARR(0, 2, 4, 8), ARR(0, 2, 4, 8)), ARR(0), 0, 0,
          0),
@@ -549,6 +561,7 @@ static const mx_opcase cases[] = {
     BWD("not causal, Tq = Tk = 200, D 128", 1, 2, 2, 200, 200, 128, 0),
     BWD("GQA 4:2, not causal, Tq 37 < Tk 130, D 64", 2, 4, 2, 37, 130, 64, 0),
     BWD("causal, Tq = Tk = 128, D 64", 1, 2, 2, 128, 128, 64, 1),
+    BWD("GQA 2:1, causal, Tq 290 < Tk 300, D 64", 1, 2, 1, 290, 300, 64, 1),
     BWD("MQA 4:1, causal, Tq 63 < Tk 65, D 128", 1, 4, 1, 63, 65, 128, 1),
 };
 

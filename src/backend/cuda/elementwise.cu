@@ -81,25 +81,77 @@ __global__ void k_vec(typename T::S *o, const typename T::S *a, const typename T
     o[e] = T::st(f(T::ld(a[e]), NIN > 1 ? T::ld(b[e]) : X(0), NIN > 2 ? T::ld(c[e]) : X(0)));
 }
 
-/* Whether out and in[0..nin) qualify for k_vec. */
-static bool vec_ok(const mx_array *out, mx_array *const *in, int nin) {
+/* Inputs whose rows (the last axis contiguous) are spread out: the parts of
+ * a stacked projection (gate and up of one GEMM's output). Row r of input
+ * k starts at r * rs[k]; the output is contiguous. */
+template <class T, int NIN, class F>
+__global__ void k_vec_rows(typename T::S *o, const typename T::S *a, const typename T::S *b,
+                           const typename T::S *c, int64_t rows, int64_t nvr, int64_t ra,
+                           int64_t rb, int64_t rc, F f) {
+  typedef typename T::C X;
+  constexpr int N = 16 / sizeof(typename T::S);
+  MX_PDL_ENTRY();
+  MX_CUDA_LOOP(i, rows * nvr) {
+    const int64_t r = i / nvr, cv = (i - r * nvr) * N;
+    X va[N], vb[N], vc[N], res[N];
+    vld<T>(a, r * ra + cv, va);
+    if (NIN > 1) vld<T>(b, r * rb + cv, vb);
+    if (NIN > 2) vld<T>(c, r * rc + cv, vc);
+#pragma unroll
+    for (int e = 0; e < N; e++) res[e] = f(va[e], NIN > 1 ? vb[e] : X(0), NIN > 2 ? vc[e] : X(0));
+    vst<T>(o, i * N, res);
+  }
+}
+
+/* Element (r, c) of x (r over every axis but the last) at r * *rs + c? */
+static bool rows_spaced(const mx_array *x, int64_t *rs) {
+  const int nd = x->ndim;
+  if (nd == 0 || (x->shape[nd - 1] > 1 && x->strides[nd - 1] != 1)) return false;
+  int64_t st = -1, below = 1;
+  for (int d = nd - 2; d >= 0; d--) {
+    if (x->shape[d] == 1) continue;
+    if (st < 0) st = x->strides[d];
+    else if (x->strides[d] != st * below) return false;
+    below *= x->shape[d];
+  }
+  *rs = st < 0 ? x->shape[nd - 1] : st;
+  return true;
+}
+
+/* Whether out and in[0..nin) qualify for k_vec (*rows false) or k_vec_rows
+ * (*rows true, input k's row stride rs[k]). */
+static bool vec_ok(const mx_array *out, mx_array *const *in, int nin, bool *rows, int64_t *rs) {
   if (out->size < 64 || !out->row_contiguous || ((uintptr_t)out->buf->dptr & 15)) return false;
+  const int N = 16 / (int)mx_dtype_size(out->dtype);
+  const int64_t cols = out->shape[out->ndim - 1];
+  *rows = false;
   for (int i = 0; i < nin; i++) {
     const mx_array *x = in[i];
-    if (x->dtype != out->dtype || !x->row_contiguous || x->ndim != out->ndim ||
+    if (x->dtype != out->dtype || x->ndim != out->ndim ||
         memcmp(x->shape, out->shape, sizeof(int64_t) * (size_t)out->ndim) ||
         ((uintptr_t)mx__ddata(x) & 15))
       return false;
+    rs[i] = cols;
+    if (x->row_contiguous) continue;
+    if (cols % N || !rows_spaced(x, &rs[i]) || rs[i] % N) return false;
+    *rows = true;
   }
   return true;
 }
 
 template <class T, int NIN, class F>
-static int launch_vec(mx_array *out, mx_array *const *in, F f) {
+static int launch_vec(mx_array *out, mx_array *const *in, bool rows, const int64_t *rs, F f) {
   constexpr int N = 16 / sizeof(typename T::S);
   const typename T::S *a = (const typename T::S *)mx__ddata(in[0]);
   const typename T::S *b = NIN > 1 ? (const typename T::S *)mx__ddata(in[1]) : a;
   const typename T::S *c = NIN > 2 ? (const typename T::S *)mx__ddata(in[2]) : a;
+  if (rows) {
+    const int64_t cols = out->shape[out->ndim - 1], nvr = cols / N, nr = out->size / cols;
+    mx__cuda_launch_pdl(k_vec_rows<T, NIN, F>, mx__cuda_blocks(nr * nvr), MX_CUDA_THREADS, 0,
+                        (typename T::S *)out->buf->dptr, a, b, c, nr, nvr, rs[0],
+                        NIN > 1 ? rs[1] : 0, NIN > 2 ? rs[2] : 0, f);
+    return mx__cuda_launched(mx__opname(out));
+  }
   int64_t nv = out->size / N;
   mx__cuda_launch_pdl(k_vec<T, NIN, F>, mx__cuda_blocks(nv > 0 ? nv : 1), MX_CUDA_THREADS, 0,
                       (typename T::S *)out->buf->dptr, a, b, c, out->size, f);
@@ -342,10 +394,12 @@ static int run_binary(mx_array *out, mx_array **in) {
   int st = mx__array_alloc_data(out);
   if (st) return st;
   if constexpr (!OP::cmp) {
-    if ((dt == MX_FLOAT16 || dt == MX_BFLOAT16 || dt == MX_FLOAT32) && vec_ok(out, in, 2)) {
-      if (dt == MX_FLOAT16) return launch_vec<TF16, 2>(out, in, VBin<TF16, OP>());
-      if (dt == MX_BFLOAT16) return launch_vec<TBF16, 2>(out, in, VBin<TBF16, OP>());
-      return launch_vec<TF32, 2>(out, in, VBin<TF32, OP>());
+    bool rows;
+    int64_t rs[3];
+    if ((dt == MX_FLOAT16 || dt == MX_BFLOAT16 || dt == MX_FLOAT32) && vec_ok(out, in, 2, &rows, rs)) {
+      if (dt == MX_FLOAT16) return launch_vec<TF16, 2>(out, in, rows, rs, VBin<TF16, OP>());
+      if (dt == MX_BFLOAT16) return launch_vec<TBF16, 2>(out, in, rows, rs, VBin<TBF16, OP>());
+      return launch_vec<TF32, 2>(out, in, rows, rs, VBin<TF32, OP>());
     }
   }
   mx__nd<3> ix = out_nd<3>(out, in);
@@ -393,10 +447,12 @@ static int k_swiglu(mx_array *out, mx_array **in) {
     return mx__cuda_no_dtype(out, in[0]->dtype);
   int st = mx__array_alloc_data(out);
   if (st) return st;
-  if ((dt == MX_FLOAT16 || dt == MX_BFLOAT16 || dt == MX_FLOAT32) && vec_ok(out, in, 2)) {
-    if (dt == MX_FLOAT16) return launch_vec<TF16, 2>(out, in, VSwiglu<TF16>());
-    if (dt == MX_BFLOAT16) return launch_vec<TBF16, 2>(out, in, VSwiglu<TBF16>());
-    return launch_vec<TF32, 2>(out, in, VSwiglu<TF32>());
+  bool rows;
+  int64_t rs[3];
+  if ((dt == MX_FLOAT16 || dt == MX_BFLOAT16 || dt == MX_FLOAT32) && vec_ok(out, in, 2, &rows, rs)) {
+    if (dt == MX_FLOAT16) return launch_vec<TF16, 2>(out, in, rows, rs, VSwiglu<TF16>());
+    if (dt == MX_BFLOAT16) return launch_vec<TBF16, 2>(out, in, rows, rs, VSwiglu<TBF16>());
+    return launch_vec<TF32, 2>(out, in, rows, rs, VSwiglu<TF32>());
   }
   mx__nd<3> ix = out_nd<3>(out, in);
   st = MX_ERR_NO_KERNEL;
@@ -435,10 +491,13 @@ static int k_swiglu_grad(mx_array *out, mx_array **in) {
   int st = mx__array_alloc_data(out);
   if (st) return st;
   mx_array *in3[3] = {in[0], in[1], nin == 3 ? in[2] : in[1]};
-  if ((dt == MX_FLOAT16 || dt == MX_BFLOAT16 || dt == MX_FLOAT32) && vec_ok(out, in3, nin)) {
+  bool rows;
+  int64_t rs[3];
+  if ((dt == MX_FLOAT16 || dt == MX_BFLOAT16 || dt == MX_FLOAT32) &&
+      vec_ok(out, in3, nin, &rows, rs)) {
 #define SG(TAG)                                                                   \
-  return which == 0 ? launch_vec<TAG, 3>(out, in3, VSwigluDG<TAG>())              \
-                    : launch_vec<TAG, 2>(out, in3, VSwigluDU<TAG>());
+  return which == 0 ? launch_vec<TAG, 3>(out, in3, rows, rs, VSwigluDG<TAG>())    \
+                    : launch_vec<TAG, 2>(out, in3, rows, rs, VSwigluDU<TAG>());
     if (dt == MX_FLOAT16) SG(TF16)
     if (dt == MX_BFLOAT16) SG(TBF16)
     SG(TF32)

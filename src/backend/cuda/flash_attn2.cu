@@ -15,7 +15,11 @@
  * S = Q K^T and the probabilities P never leave registers (P's C
  * fragments are the A fragments of P V after rounding to 16 bits). Causal
  * blocks stop at the diagonal and mask only the tiles that cross it;
- * blocks are issued heaviest first. Optionally writes each row's
+ * blocks are issued heaviest first over all heads (the grid's x is the
+ * (batch, head), its y the row block, so the blocks of every head with the
+ * most keys start first and the light ones fill the tail; with x the row
+ * block, the last heads' heavy blocks started last and a quarter of the
+ * SMs' time was idle at 2048 tokens). Optionally writes each row's
  * log-sum-exp (natural log) for the backward pass.
  *
  * Backward (FlashAttention-2's recomputation, without atomics, so results
@@ -31,6 +35,7 @@
 #include <float.h>
 #include <limits.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cuda_common.cuh"
@@ -121,39 +126,51 @@ struct fa2_geo {
 };
 
 /* ---- forward ------------------------------------------------------------------- */
-constexpr int F_BQ = 64, F_BK = 64;
+constexpr int F_BK = 64;
 
-template <bool BF, int D, bool CAUSAL>
-__global__ void __launch_bounds__(NT, 2) k_fa2_fwd(const fa2_geo g) {
+/* MT: 16-row m-tiles per warp; a block owns 64 * MT query rows. With
+ * MT = 2 each K or V fragment loaded from shared memory feeds two MMAs
+ * and a warp has two independent chains (more work in flight per warp,
+ * half the shared-memory traffic per MMA). MINB: blocks per SM the
+ * registers must allow (head size 64: 4 blocks fit in 128 registers a
+ * thread, 16 warps an SM instead of 12). */
+template <bool BF, int D, bool CAUSAL, int MT, int MINB>
+__global__ void __launch_bounds__(NT, MINB) k_fa2_fwd(const fa2_geo g) {
   extern __shared__ __align__(16) uint16_t sm[];
-  constexpr int P = D + 8;
-  uint16_t *Qs = sm, *Ks = Qs + F_BQ * P, *Vs = Ks + 2 * F_BK * P;
+  constexpr int P = D + 8, BQ = 64 * MT;
+  uint16_t *Qs = sm, *Ks = Qs + BQ * P, *Vs = Ks + 2 * F_BK * P;
   const bool wo = g.o != nullptr;
-  const int nqb = (g.Tq + F_BQ - 1) / F_BQ;
-  const int qb = CAUSAL ? nqb - 1 - (int)blockIdx.x : (int)blockIdx.x;
-  const int bh = blockIdx.y, b = bh / g.Hq, h = bh % g.Hq, hk = h / g.G;
-  const int q0 = qb * F_BQ;
+  const int nqb = (g.Tq + BQ - 1) / BQ;
+  const int qb = CAUSAL ? nqb - 1 - (int)blockIdx.y : (int)blockIdx.y;
+  const int bh = blockIdx.x, b = bh / g.Hq, h = bh % g.Hq, hk = h / g.G;
+  const int q0 = qb * BQ;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane / 4, tg = lane % 4;
   const uint16_t *qb_ = g.q + b * g.qs[0] + h * g.qs[1];
   const uint16_t *kb = g.k + b * g.ks[0] + hk * g.ks[1];
   const uint16_t *vb = wo ? g.v + b * g.vs[0] + hk * g.vs[1] : nullptr;
   int nkt = (g.Tk + F_BK - 1) / F_BK;
   if (CAUSAL) {
-    int last = q0 + F_BQ - 1 + g.off; /* the last key any row of the block sees */
+    int last = q0 + BQ - 1 + g.off; /* the last key any row of the block sees */
     int n = last / F_BK + 1;
     if (n < nkt) nkt = n;
   }
-  load_tile<F_BQ, D>(Qs, qb_, g.qs[2], q0, g.Tq);
+  load_tile<BQ, D>(Qs, qb_, g.qs[2], q0, g.Tq);
   load_tile<F_BK, D>(Ks, kb, g.ks[2], 0, g.Tk);
   if (wo) load_tile<F_BK, D>(Vs, vb, g.vs[2], 0, g.Tk);
   cp_commit();
 
-  uint32_t qf[D / 16][4];
-  float o[D / 8][4];
+  uint32_t qf[MT][D / 16][4];
+  float o[MT][D / 8][4];
+  float m[MT][2], l[MT][2]; /* rows gr and gr + 8 of each m-tile */
+  int r0[MT];               /* this thread's first row in each m-tile */
 #pragma unroll
-  for (int i = 0; i < D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f; /* rows gr and gr + 8 */
-  const int r0 = q0 + warp * 16 + gr;                        /* this thread's rows */
+  for (int t = 0; t < MT; t++) {
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) o[t][i][0] = o[t][i][1] = o[t][i][2] = o[t][i][3] = 0.f;
+    m[t][0] = m[t][1] = -INFINITY;
+    l[t][0] = l[t][1] = 0.f;
+    r0[t] = q0 + (t * 4 + warp) * 16 + gr;
+  }
 
   for (int kt = 0; kt < nkt; kt++) {
     const int buf = kt & 1;
@@ -168,14 +185,18 @@ __global__ void __launch_bounds__(NT, 2) k_fa2_fwd(const fa2_geo g) {
     __syncthreads();
     if (kt == 0) {
 #pragma unroll
-      for (int kk = 0; kk < D / 16; kk++)
-        ldsm4(qf[kk], Qs + (warp * 16 + (lane % 8) + ((lane / 8) & 1) * 8) * P + kk * 16 +
-                          (lane / 16) * 8);
+      for (int t = 0; t < MT; t++)
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+          ldsm4(qf[t][kk], Qs + ((t * 4 + warp) * 16 + (lane % 8) + ((lane / 8) & 1) * 8) * P +
+                               kk * 16 + (lane / 16) * 8);
     }
     const uint16_t *K = Ks + buf * F_BK * P, *V = Vs + buf * F_BK * P;
-    float s[F_BK / 8][4];
+    float s[MT][F_BK / 8][4];
 #pragma unroll
-    for (int i = 0; i < F_BK / 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    for (int t = 0; t < MT; t++)
+#pragma unroll
+      for (int i = 0; i < F_BK / 8; i++) s[t][i][0] = s[t][i][1] = s[t][i][2] = s[t][i][3] = 0.f;
 #pragma unroll
     for (int np = 0; np < F_BK / 16; np++) {
 #pragma unroll
@@ -183,90 +204,113 @@ __global__ void __launch_bounds__(NT, 2) k_fa2_fwd(const fa2_geo g) {
         uint32_t bb[4];
         ldsm4(bb, K + (np * 16 + (lane % 8) + (lane / 16) * 8) * P + kk * 16 +
                       ((lane / 8) & 1) * 8);
-        mma<BF>(s[2 * np], qf[kk], bb[0], bb[1]);
-        mma<BF>(s[2 * np + 1], qf[kk], bb[2], bb[3]);
+#pragma unroll
+        for (int t = 0; t < MT; t++) {
+          mma<BF>(s[t][2 * np], qf[t][kk], bb[0], bb[1]);
+          mma<BF>(s[t][2 * np + 1], qf[t][kk], bb[2], bb[3]);
+        }
       }
     }
     const int k0 = kt * F_BK;
     const bool edge = k0 + F_BK > g.Tk || (CAUSAL && k0 + F_BK - 1 > q0 + g.off);
-    float mx0 = m0, mx1 = m1;
+    float a0[MT], a1[MT];
 #pragma unroll
-    for (int i = 0; i < F_BK / 8; i++) {
+    for (int t = 0; t < MT; t++) {
+      float mx0 = m[t][0], mx1 = m[t][1];
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
-        float x = s[i][e] * g.sl2;
-        if (edge) {
-          int j = k0 + i * 8 + 2 * tg + (e & 1), t = r0 + (e >= 2 ? 8 : 0);
-          if (j >= g.Tk || (CAUSAL && j > t + g.off)) x = -INFINITY;
+      for (int i = 0; i < F_BK / 8; i++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          float x = s[t][i][e] * g.sl2;
+          if (edge) {
+            int j = k0 + i * 8 + 2 * tg + (e & 1), r = r0[t] + (e >= 2 ? 8 : 0);
+            if (j >= g.Tk || (CAUSAL && j > r + g.off)) x = -INFINITY;
+          }
+          s[t][i][e] = x;
         }
-        s[i][e] = x;
+        mx0 = fmaxf(mx0, fmaxf(s[t][i][0], s[t][i][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[t][i][2], s[t][i][3]));
       }
-      mx0 = fmaxf(mx0, fmaxf(s[i][0], s[i][1]));
-      mx1 = fmaxf(mx1, fmaxf(s[i][2], s[i][3]));
-    }
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    const float u0 = mx0 == -INFINITY ? 0.f : mx0, u1 = mx1 == -INFINITY ? 0.f : mx1;
-    const float a0 = exp2f(m0 - u0), a1 = exp2f(m1 - u1); /* m = -inf: 0 */
-    m0 = mx0;
-    m1 = mx1;
-    float ls0 = 0.f, ls1 = 0.f;
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+      const float u0 = mx0 == -INFINITY ? 0.f : mx0, u1 = mx1 == -INFINITY ? 0.f : mx1;
+      a0[t] = exp2f(m[t][0] - u0); /* m = -inf: 0 */
+      a1[t] = exp2f(m[t][1] - u1);
+      m[t][0] = mx0;
+      m[t][1] = mx1;
+      float ls0 = 0.f, ls1 = 0.f;
 #pragma unroll
-    for (int i = 0; i < F_BK / 8; i++) {
-      s[i][0] = exp2f(s[i][0] - u0);
-      s[i][1] = exp2f(s[i][1] - u0);
-      s[i][2] = exp2f(s[i][2] - u1);
-      s[i][3] = exp2f(s[i][3] - u1);
-      ls0 += s[i][0] + s[i][1];
-      ls1 += s[i][2] + s[i][3];
+      for (int i = 0; i < F_BK / 8; i++) {
+        s[t][i][0] = exp2f(s[t][i][0] - u0);
+        s[t][i][1] = exp2f(s[t][i][1] - u0);
+        s[t][i][2] = exp2f(s[t][i][2] - u1);
+        s[t][i][3] = exp2f(s[t][i][3] - u1);
+        ls0 += s[t][i][0] + s[t][i][1];
+        ls1 += s[t][i][2] + s[t][i][3];
+      }
+      l[t][0] = l[t][0] * a0[t] + ls0;
+      l[t][1] = l[t][1] * a1[t] + ls1;
     }
-    l0 = l0 * a0 + ls0;
-    l1 = l1 * a1 + ls1;
     if (wo) {
 #pragma unroll
-      for (int i = 0; i < D / 8; i++) {
-        o[i][0] *= a0, o[i][1] *= a0;
-        o[i][2] *= a1, o[i][3] *= a1;
-      }
+      for (int t = 0; t < MT; t++)
+#pragma unroll
+        for (int i = 0; i < D / 8; i++) {
+          o[t][i][0] *= a0[t], o[t][i][1] *= a0[t];
+          o[t][i][2] *= a1[t], o[t][i][3] *= a1[t];
+        }
 #pragma unroll
       for (int kk = 0; kk < F_BK / 16; kk++) {
-        uint32_t pa[4] = {pack2<BF>(s[2 * kk][0], s[2 * kk][1]),
-                          pack2<BF>(s[2 * kk][2], s[2 * kk][3]),
-                          pack2<BF>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                          pack2<BF>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+        uint32_t pa[MT][4];
+#pragma unroll
+        for (int t = 0; t < MT; t++) {
+          pa[t][0] = pack2<BF>(s[t][2 * kk][0], s[t][2 * kk][1]);
+          pa[t][1] = pack2<BF>(s[t][2 * kk][2], s[t][2 * kk][3]);
+          pa[t][2] = pack2<BF>(s[t][2 * kk + 1][0], s[t][2 * kk + 1][1]);
+          pa[t][3] = pack2<BF>(s[t][2 * kk + 1][2], s[t][2 * kk + 1][3]);
+        }
 #pragma unroll
         for (int dp = 0; dp < D / 16; dp++) {
           uint32_t bb[4];
           ldsm4t(bb, V + (kk * 16 + (lane % 8) + ((lane / 8) & 1) * 8) * P + dp * 16 +
                          (lane / 16) * 8);
-          mma<BF>(o[2 * dp], pa, bb[0], bb[1]);
-          mma<BF>(o[2 * dp + 1], pa, bb[2], bb[3]);
+#pragma unroll
+          for (int t = 0; t < MT; t++) {
+            mma<BF>(o[t][2 * dp], pa[t], bb[0], bb[1]);
+            mma<BF>(o[t][2 * dp + 1], pa[t], bb[2], bb[3]);
+          }
         }
       }
     }
     __syncthreads(); /* the next iteration refills this buffer */
   }
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-  const int64_t row0 = (int64_t)bh * g.Tq + r0;
-  if (wo) {
-    const float i0 = 1.f / l0, i1 = 1.f / l1;
 #pragma unroll
-    for (int i = 0; i < D / 8; i++) {
-      if (r0 < g.Tq)
-        *(uint32_t *)(g.o + row0 * D + i * 8 + 2 * tg) = pack2<BF>(o[i][0] * i0, o[i][1] * i0);
-      if (r0 + 8 < g.Tq)
-        *(uint32_t *)(g.o + (row0 + 8) * D + i * 8 + 2 * tg) =
-            pack2<BF>(o[i][2] * i1, o[i][3] * i1);
+  for (int t = 0; t < MT; t++) {
+    float l0 = l[t][0], l1 = l[t][1];
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const int r = r0[t];
+    const int64_t row0 = (int64_t)bh * g.Tq + r;
+    if (wo) {
+      const float i0 = 1.f / l0, i1 = 1.f / l1;
+#pragma unroll
+      for (int i = 0; i < D / 8; i++) {
+        if (r < g.Tq)
+          *(uint32_t *)(g.o + row0 * D + i * 8 + 2 * tg) =
+              pack2<BF>(o[t][i][0] * i0, o[t][i][1] * i0);
+        if (r + 8 < g.Tq)
+          *(uint32_t *)(g.o + (row0 + 8) * D + i * 8 + 2 * tg) =
+              pack2<BF>(o[t][i][2] * i1, o[t][i][3] * i1);
+      }
     }
-  }
-  if (g.lse && tg == 0) {
-    if (r0 < g.Tq) g.lse[row0] = (m0 + log2f(l0)) * LN2;
-    if (r0 + 8 < g.Tq) g.lse[row0 + 8] = (m1 + log2f(l1)) * LN2;
+    if (g.lse && tg == 0) {
+      if (r < g.Tq) g.lse[row0] = (m[t][0] + log2f(l0)) * LN2;
+      if (r + 8 < g.Tq) g.lse[row0 + 8] = (m[t][1] + log2f(l1)) * LN2;
+    }
   }
 }
 
@@ -279,8 +323,8 @@ __global__ void __launch_bounds__(NT, 2) k_fa2_bwd_q(const fa2_geo g) {
   constexpr int P = D + 8;
   uint16_t *Qs = sm, *Os = Qs + Q_BQ * P, *Ks = Os + Q_BQ * P, *Vs = Ks + 2 * Q_BK * P;
   const int nqb = (g.Tq + Q_BQ - 1) / Q_BQ;
-  const int qb = CAUSAL ? nqb - 1 - (int)blockIdx.x : (int)blockIdx.x;
-  const int bh = blockIdx.y, b = bh / g.Hq, h = bh % g.Hq, hk = h / g.G;
+  const int qb = CAUSAL ? nqb - 1 - (int)blockIdx.y : (int)blockIdx.y;
+  const int bh = blockIdx.x, b = bh / g.Hq, h = bh % g.Hq, hk = h / g.G;
   const int q0 = qb * Q_BQ;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane / 4, tg = lane % 4;
   const uint16_t *kb = g.k + b * g.ks[0] + hk * g.ks[1];
@@ -399,8 +443,8 @@ __global__ void __launch_bounds__(NT, 2) k_fa2_bwd_kv(const fa2_geo g) {
   constexpr int P = D + 8;
   uint16_t *Ks = sm, *Vs = Ks + KV_BK * P, *Qs = Vs + KV_BK * P, *Os = Qs + 2 * KV_BQ * P;
   float *Ls = (float *)(Os + 2 * KV_BQ * P), *Dl = Ls + 2 * KV_BQ;
-  const int bh = blockIdx.y, b = bh / g.Hkv, hk = bh % g.Hkv;
-  const int k0 = blockIdx.x * KV_BK;
+  const int bh = blockIdx.x, b = bh / g.Hkv, hk = bh % g.Hkv;
+  const int k0 = blockIdx.y * KV_BK;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane / 4, tg = lane % 4;
   const int nqt = (g.Tq + KV_BQ - 1) / KV_BQ;
   int first = 0; /* the first query tile that sees a key of this block */
@@ -573,6 +617,13 @@ static int rows_f32(mx_array *a, const float **p, mx__buffer **tmp) {
 
 template <class KF>
 static int launch(KF kern, dim3 grid, size_t smem, const fa2_geo &g, const char *what) {
+  static bool carved = false; /* once per kernel: shared memory before L1 */
+  if (!__atomic_load_n(&carved, __ATOMIC_RELAXED)) {
+    cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout,
+                         (int)cudaSharedmemCarveoutMaxShared);
+    cudaGetLastError(); /* a hint: ignored where refused */
+    __atomic_store_n(&carved, true, __ATOMIC_RELAXED);
+  }
   if (smem > 48 * 1024) {
     cudaError_t e =
         cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
@@ -588,20 +639,40 @@ static int launch(KF kern, dim3 grid, size_t smem, const fa2_geo &g, const char 
 
 enum { FWD, BWD_Q, BWD_KV };
 
+/* The forward kernel's register budget for head size 64: 1 (default)
+ * for 4 blocks an SM, 0 (MXC_FA2_FWD=0, for A/B) for 2 (3 fit). An H200,
+ * prefill 2048: 0 gives 220-223k tok/s, 1 gives 231-233k, two m-tiles a
+ * warp (MT = 2, 2 blocks an SM) 217-220k. */
+static int fwd_variant(void) {
+  static int v = -1;
+  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
+  if (r < 0) {
+    const char *e = getenv("MXC_FA2_FWD");
+    r = e && !strcmp(e, "0") ? 0 : 1;
+    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
+  }
+  return r;
+}
+
 template <bool BF, int D, bool CAUSAL>
 static int dispatch(int which, const fa2_geo &g, int B) {
   constexpr int P = D + 8;
   if (which == FWD) {
-    dim3 grid((unsigned)((g.Tq + F_BQ - 1) / F_BQ), (unsigned)(B * g.Hq));
-    size_t smem = 2 * (size_t)P * (F_BQ + 2 * F_BK + (g.o ? 2 * F_BK : 0));
-    return launch(k_fa2_fwd<BF, D, CAUSAL>, grid, smem, g, "scaled_dot_product_attention");
+    /* two m-tiles a warp for head size 64 (registers allow it) when the
+     * query rows fill the blocks (MXC_FA2_MT=1 for A/B) */
+    dim3 grid((unsigned)(B * g.Hq), (unsigned)((g.Tq + 63) / 64));
+    size_t smem = 2 * (size_t)P * (64 + 2 * F_BK + (g.o ? 2 * F_BK : 0));
+    if (D == 64 && fwd_variant() == 1)
+      return launch(k_fa2_fwd<BF, D, CAUSAL, 1, (D == 64 ? 4 : 2)>, grid, smem, g,
+                    "scaled_dot_product_attention");
+    return launch(k_fa2_fwd<BF, D, CAUSAL, 1, 2>, grid, smem, g, "scaled_dot_product_attention");
   }
   if (which == BWD_Q) {
-    dim3 grid((unsigned)((g.Tq + Q_BQ - 1) / Q_BQ), (unsigned)(B * g.Hq));
+    dim3 grid((unsigned)(B * g.Hq), (unsigned)((g.Tq + Q_BQ - 1) / Q_BQ));
     size_t smem = 2 * (size_t)P * (2 * Q_BQ + 4 * Q_BK);
     return launch(k_fa2_bwd_q<BF, D, CAUSAL>, grid, smem, g, "sdpa_backward_q");
   }
-  dim3 grid((unsigned)((g.Tk + KV_BK - 1) / KV_BK), (unsigned)(B * g.Hkv));
+  dim3 grid((unsigned)(B * g.Hkv), (unsigned)((g.Tk + KV_BK - 1) / KV_BK));
   size_t smem = 2 * (size_t)P * (2 * KV_BK + 4 * KV_BQ) + 4 * (size_t)(4 * KV_BQ);
   return launch(k_fa2_bwd_kv<BF, D, CAUSAL>, grid, smem, g, "sdpa_backward_kv");
 }

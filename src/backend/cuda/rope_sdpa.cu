@@ -99,6 +99,41 @@ __global__ void k_rope(const typename T::S *x, typename T::S *o, mx__nd<1> rnd, 
   }
 }
 
+/* A prompt's common case in 16-byte vectors: f16/bf16, pairs split by
+ * halves over the whole head (dims == D), half a multiple of 8, the last
+ * axis contiguous and rows 16-byte aligned, the angles from the table. A
+ * thread rotates 8 pairs of one row; the arithmetic is k_rope's. */
+template <class T>
+__global__ void k_rope_vec(const uint16_t *__restrict__ x, uint16_t *__restrict__ o,
+                           mx__nd<1> rnd, int64_t rows, int64_t T_, int half,
+                           const float *__restrict__ tab) {
+  const int nv = half / 8;
+  MX_PDL_ENTRY();
+  MX_CUDA_LOOP(e, rows * nv) {
+    const int64_t r = e / nv;
+    const int k0 = (int)(e - r * nv) * 8;
+    int64_t base;
+    mx__nd_offsets<1>(rnd, r, &base);
+    const int64_t t = r % T_;
+    const uint4 ua = __ldg((const uint4 *)(x + base + k0));
+    const uint4 ub = __ldg((const uint4 *)(x + base + half + k0));
+    const float4 *tb = (const float4 *)(tab + 2 * (t * half + k0));
+    const uint32_t wa[4] = {ua.x, ua.y, ua.z, ua.w}, wb[4] = {ub.x, ub.y, ub.z, ub.w};
+    uint32_t oa[4], ob[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) { /* pairs k0 + 2j, k0 + 2j + 1 */
+      const float4 cs = __ldg(tb + j); /* cos, sin, cos, sin */
+      float a0 = T::ld((uint16_t)(wa[j] & 0xffffu)), a1 = T::ld((uint16_t)(wa[j] >> 16));
+      float b0 = T::ld((uint16_t)(wb[j] & 0xffffu)), b1 = T::ld((uint16_t)(wb[j] >> 16));
+      oa[j] = (uint32_t)T::st(a0 * cs.x - b0 * cs.y) | ((uint32_t)T::st(a1 * cs.z - b1 * cs.w) << 16);
+      ob[j] = (uint32_t)T::st(a0 * cs.y + b0 * cs.x) | ((uint32_t)T::st(a1 * cs.w + b1 * cs.z) << 16);
+    }
+    uint16_t *orow = o + r * 2 * half;
+    *(uint4 *)(orow + k0) = make_uint4(oa[0], oa[1], oa[2], oa[3]);
+    *(uint4 *)(orow + half + k0) = make_uint4(ob[0], ob[1], ob[2], ob[3]);
+  }
+}
+
 static int k_rope_op(mx_array *out, mx_array **in) {
   const mx__rope_params *p = MX__PARAMS(out, mx__rope_params);
   mx_array *x = in[0];
@@ -136,6 +171,24 @@ static int k_rope_op(mx_array *out, mx_array **in) {
     if (ib) mx__buffer_release(ib);
     return mx_last_status();
   }
+  /* the vector kernel: rows (their offsets) and the pair halves 16-byte aligned */
+  bool vec = tb && (x->dtype == MX_FLOAT16 || x->dtype == MX_BFLOAT16) && 2 * half == D &&
+             half % 8 == 0 && x->strides[nd - 1] == 1 && !((uintptr_t)mx__ddata(x) & 15);
+  for (int d = 0; d < nd - 1 && vec; d++) vec = x->shape[d] == 1 || x->strides[d] % 8 == 0;
+  if (vec) {
+    k_rope_tab<float><<<mx__cuda_blocks(T_ * half), MX_CUDA_THREADS, 0, s>>>(
+        (float *)tb->dptr, T_, half, inv, f32, fs, lb, (double)p->offset, posp, p->scale,
+        p->forward);
+    const uint16_t *xp = (const uint16_t *)mx__ddata(x);
+    uint16_t *op = (uint16_t *)out->buf->dptr;
+    unsigned nbv = mx__cuda_blocks(rows * (half / 8));
+    if (x->dtype == MX_FLOAT16)
+      mx__cuda_launch_pdl(k_rope_vec<TF16>, nbv, MX_CUDA_THREADS, 0, xp, op, rnd, rows, T_, half,
+                          (const float *)tb->dptr);
+    else
+      mx__cuda_launch_pdl(k_rope_vec<TBF16>, nbv, MX_CUDA_THREADS, 0, xp, op, rnd, rows, T_, half,
+                          (const float *)tb->dptr);
+  } else
   switch (x->dtype) {
 #define C(DT, TAG, CT)                                                                        \
   case DT: {                                                                                  \

@@ -95,10 +95,20 @@ mx_dtype mx__lm_model_dtype(const mx_lm_model *m) {
 }
 
 /* ---- the plain cache: written in place, grown by 256 positions ---------------------- */
+/* (the first update takes the prompt's keys as they are: see below) */
 
-mx_array *mx__lm_cache_put(mx_array **buf, mx_array *x, int64_t offset) {
+mx_array *mx__lm_cache_put(mx_array **buf, mx_array *x, int64_t offset, bool own) {
   const int64_t *s = mx_array_shape(x);
   int64_t T = s[2];
+  if (!*buf && offset == 0) {
+    /* the first update (a prompt): the buffer is x itself, or a copy of
+     * it, exactly T long — no zeros written and copied over; the next
+     * update grows it */
+    mx_array *b = own ? mx_array_retain(x) : mx_copy(x);
+    if (!b) return NULL;
+    *buf = b;
+    return mx_array_retain(b);
+  }
   if (!*buf || offset + T > mx_array_dim(*buf, 2)) {
     int64_t extra = (T + MX_LM_CACHE_STEP - 1) / MX_LM_CACHE_STEP * MX_LM_CACHE_STEP;
     mx_array *z = mx_zeros((int64_t[]){s[0], s[1], extra, s[3]}, 4, mx_array_dtype(x));

@@ -309,6 +309,9 @@ int mx_lm_generate(mx_lm_model *m, const int32_t *prompt, int nprompt,
                    : o.max_kv_size > 0 ? mx_lm_cache_new_rotating(m, o.max_kv_size, keep)
                                        : mx_lm_cache_new(m);
   if (!c) return mx_last_status();
+  /* on the GPU, one GEMM for q/k/v and one for gate/up from the prompt on
+   * (optional: on failure the layers keep their separate projections) */
+  if (mx_default_device() == MX_GPU && mx__lm_stack_projections(m)) mx__lm_stacks_free(m);
   mx_reset_peak_memory();
   int status = MX_OK;
   double t0 = now_s();

@@ -290,6 +290,8 @@ void mx__lm_stacks_free(mx_lm_model *m) {
 int mx__lm_stack_projections(mx_lm_model *m) {
   if (!m) return mx__set_error(MX_ERR_INVALID_ARG, "lm: model is NULL");
   if (m->stacks) return MX_OK;
+  const char *e = getenv("MXC_STACK"); /* 0: separate projections (A/B) */
+  if (e && !strcmp(e, "0")) return MX_OK;
   const mx_lm_config *c = &m->config;
   mx_nn_module *inner_m = mx_nn_child(m->root, "model");
   int nl = inner_m ? mx_nn_list_size(inner_m, "layers") : -1;
@@ -391,6 +393,8 @@ static mx_array *attention(mx_nn_module *self, mx_array *x, fwd_ctx *f, int laye
   int64_t offset = cache ? cache->offset : 0;
   mx_array *q = NULL, *k = NULL, *v = NULL, *o = NULL, *out = NULL, *mask = NULL;
   mx_array *pq = NULL, *pk = NULL, *pv = NULL, *sqkv = NULL;
+  /* whether k and v span all of their storage (a cache may keep them) */
+  bool kown = true, vown = !c->fused_qkv;
   if (c->fused_qkv) {
     int64_t nq = c->num_attention_heads * c->head_dim, nkv = c->num_key_value_heads * c->head_dim;
     mx_array *qkv = mx_nn_forward(mx_nn_child(self, "qkv_proj"), x);
@@ -403,6 +407,7 @@ static mx_array *attention(mx_nn_module *self, mx_array *x, fwd_ctx *f, int laye
     mx_array *p3[3];
     if (f && f->stacks && stack_apply(&f->stacks[2 * layer], self, x, p3, &sqkv)) {
       pq = p3[0], pk = p3[1], pv = p3[2];
+      vown = false; /* a part of the stacked projection */
     } else {
       pq = mx_nn_forward(mx_nn_child(self, "q_proj"), x);
       pk = mx_nn_forward(mx_nn_child(self, "k_proj"), x);
@@ -431,15 +436,17 @@ static mx_array *attention(mx_nn_module *self, mx_array *x, fwd_ctx *f, int laye
           : NULL;
     goto project;
   }
-  if (sqkv && !c->qk_norm && !c->longrope && f->pos) {
+  if (sqkv && !c->qk_norm && !c->longrope) {
     /* stacked q/k/v: q and k are adjacent heads of one projection, so one
-     * rope (the same positions) rotates both */
+     * rope (the same positions) rotates both (a decode step's position on
+     * the device, or a prompt's offset) */
     int64_t H = c->num_attention_heads, KV = c->num_key_value_heads;
     mx_array *pqk = mx_slice_axis(sqkv, 2, 0, (H + KV) * c->head_dim, 1);
     mx_array *hqk = pqk ? heads(pqk, H + KV, c->head_dim, NULL) : NULL;
     mx_array *r = hqk ? rope(c, hqk, offset, f->pos, freqs) : NULL;
     q = r ? mx_slice_axis(r, 1, 0, H, 1) : NULL;
     k = r ? mx_slice_axis(r, 1, H, H + KV, 1) : NULL;
+    kown = false; /* a part of r */
     mx_array_free(pqk);
     mx_array_free(hqk);
     mx_array_free(r);
@@ -475,8 +482,8 @@ rotated:
       ck = mx__lm_plan_apply(cache, f->plan, &cache->keys[layer], k);
       cv = mx__lm_plan_apply(cache, f->plan, &cache->values[layer], v);
     } else {
-      ck = mx__lm_cache_put(&cache->keys[layer], k, offset);
-      cv = mx__lm_cache_put(&cache->values[layer], v, offset);
+      ck = mx__lm_cache_put(&cache->keys[layer], k, offset, kown);
+      cv = mx__lm_cache_put(&cache->values[layer], v, offset, vown);
     }
     mx_array_free(k);
     mx_array_free(v);
@@ -638,10 +645,11 @@ static int add_norm(mx_nn_module *norm, const mx_lm_config *c, mx_array **h, mx_
   return *n ? MX_OK : mx_last_status();
 }
 
-/* The layers of a decode step over static caches with the fused kernels:
- * each layer's residual adds go into the norms after them (the MLP's into
- * the next layer's input norm, the last one's into the final norm). */
-static mx_array *layers_static(mx_nn_module *self, mx_array *h, fwd_ctx *f, mx_array *freqs) {
+/* The layers of an inference pass with a cache (a prompt, or a decode step
+ * over static caches) with the fused kernels: each layer's residual adds
+ * go into the norms after them (the MLP's into the next layer's input
+ * norm, the last one's into the final norm). */
+static mx_array *layers_fused(mx_nn_module *self, mx_array *h, fwd_ctx *f, mx_array *freqs) {
   const mx_lm_config *c = cfg_of(self);
   mx_array *pend = NULL, *y = NULL;
   int st = MX_OK, n = mx_nn_list_size(self, "layers");
@@ -750,8 +758,11 @@ static mx_array *inner(mx_nn_module *self, mx_array *tokens, fwd_ctx *cache,
     mx_array_free(h);
     h = s;
   }
-  if (h && cache && cache->pos && decode_fuse() && !cfg_of(self)->sandwich_norms)
-    return layers_static(self, h, cache, freqs);
+  /* inference with a cache (not under a transform: add_rms_norm has no
+   * VJP): the fused residual adds */
+  if (h && cache && (cache->pos || cache->cache) && decode_fuse() &&
+      !cfg_of(self)->sandwich_norms && !mx__tracing())
+    return layers_fused(self, h, cache, freqs);
   int n = mx_nn_list_size(self, "layers");
   for (int i = 0; i < n && h; i++) {
     mx_nn_module *layer = mx_nn_list_item(self, "layers", i);
@@ -961,7 +972,8 @@ mx_array *mx__lm_llama_forward(mx_lm_model *m, mx_array *tokens, mx_lm_cache *ca
   if (!t) return NULL;
   int64_t T = mx_array_dim(t, 1);
   mx__lm_plan plan = {0};
-  fwd_ctx f = {cache, NULL, NULL, {NULL, NULL}, {false, false}, NULL, NULL, NULL, NULL};
+  /* the stacked projections, once made (mx__lm_stack_projections) */
+  fwd_ctx f = {cache, NULL, NULL, {NULL, NULL}, {false, false}, NULL, NULL, NULL, m->stacks};
   if (cache && cache->max_size) {
     if (mx__lm_plan_make(cache, T, &plan)) {
       mx__lm_plan_free(&plan);

@@ -69,8 +69,11 @@ mx_array *mx__lm_plan_apply(const mx_lm_cache *c, const mx__lm_plan *p, mx_array
 int mx__lm_plan_commit(mx_lm_cache *c, mx__lm_plan *p, int64_t T);
 void mx__lm_plan_free(mx__lm_plan *p);
 /* The plain cache: writes x (B, H, T, D) at offset into *buf (grown in
- * steps of 256 positions); returns the filled part [:offset + T]. */
-mx_array *mx__lm_cache_put(mx_array **buf, mx_array *x, int64_t offset);
+ * steps of 256 positions); returns the filled part [:offset + T]. The
+ * first update of an empty cache keeps x as the buffer when own (x's
+ * storage is exactly x: an op's output, or a view of one that spans all
+ * of it), else a copy of it. */
+mx_array *mx__lm_cache_put(mx_array **buf, mx_array *x, int64_t offset, bool own);
 /* The dtype of the model's activations (its embedding / scales dtype). */
 mx_dtype mx__lm_model_dtype(const mx_lm_model *m);
 
