@@ -2,6 +2,10 @@
 transformers' save_pretrained (bfloat16 unless --dtype says otherwise).
 
     python3 bench/peers/make_llama_hf.py OUT_DIR [--layers 16] [--dtype bfloat16]
+        [--hidden 2048 --intermediate 8192 --heads 32 --kv-heads 8]
+
+(a narrow copy — e.g. --hidden 256 --intermediate 1024 --heads 4 --kv-heads 1 —
+runs the same ops on little data: its prefill time is mostly host work.)
 
 The configuration is Llama-3.2-1B's (hidden 2048, 16 layers, 32 heads, 8 KV
 heads, head_dim 64, MLP 8192, vocab 128256, tied embeddings, rope theta
@@ -21,10 +25,14 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--hidden", type=int, default=2048)
+    ap.add_argument("--intermediate", type=int, default=8192)
+    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--kv-heads", type=int, default=8)
     a = ap.parse_args()
     cfg = LlamaConfig(
-        vocab_size=128256, hidden_size=2048, intermediate_size=8192,
-        num_hidden_layers=a.layers, num_attention_heads=32, num_key_value_heads=8,
+        vocab_size=128256, hidden_size=a.hidden, intermediate_size=a.intermediate,
+        num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
         head_dim=64, max_position_embeddings=131072, rms_norm_eps=1e-5,
         rope_theta=500000.0, tie_word_embeddings=True,
         rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,

@@ -550,6 +550,8 @@ static const mx_opcase cases[] = {
          ARR(ARR(1, 2, 300, 64), ARR(1, 2, 300, 64), ARR(1, 2, 300, 64)), ARR(0), 1, 0, 0),
     SDPA("GQA 4:2, Tq 260 < Tk 333, D 64, scale", 3, 4,
          ARR(ARR(1, 4, 260, 64), ARR(1, 2, 333, 64), ARR(1, 2, 333, 64)), ARR(0), 0, 0, 0.2),
+    SDPA("causal, negative scale, D 64", 3, 4,
+         ARR(ARR(1, 2, 80, 64), ARR(1, 2, 80, 64), ARR(1, 2, 80, 64)), ARR(0), 1, 0, -0.15),
     SDPA("Tk = 0", 3, 4, ARR(ARR(1, 2, 3, 8), ARR(1, 2, 0, 8), ARR(1, 2, 0, 8)), ARR(0), 0, 0, 0),
     SDPA("0-size batch", 3, 4, ARR(ARR(0, 2, 3, 8), ARR(0, 2, 4, 8), ARR(0, 2, 4, 8)), ARR(0), 0, 0,
          0),

@@ -89,6 +89,15 @@ __device__ __forceinline__ uint32_t pack2(float x, float y) {
   }
   return r;
 }
+/* 2^x with denormal results flushed to zero: one MUFU.EX2 (exp2f's
+ * non-flushing form adds a range test and two multiplies). Only
+ * probabilities below 2^-126 of their row's maximum change (to zero). */
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 /* 16 bytes global -> shared, zero-filled when !ok */
 __device__ __forceinline__ void cp16(void *dst, const void *src, bool ok) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sptr(dst)), "l"(src),
@@ -216,17 +225,26 @@ __global__ void __launch_bounds__(NT, MINB) k_fa2_fwd(const fa2_geo g) {
     float a0[MT], a1[MT];
 #pragma unroll
     for (int t = 0; t < MT; t++) {
-      float mx0 = m[t][0], mx1 = m[t][1];
+      /* the raw scores' maximum, scaled once (for a positive scale); each
+       * probability is then one FFMA and one exp2. Other scales: the scores
+       * are scaled first and c is 1. */
+      float c = g.sl2;
+      if (!(c > 0.f)) {
+#pragma unroll
+        for (int i = 0; i < F_BK / 8; i++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) s[t][i][e] *= c;
+        c = 1.f;
+      }
+      float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
       for (int i = 0; i < F_BK / 8; i++) {
+        if (edge) {
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-          float x = s[t][i][e] * g.sl2;
-          if (edge) {
+          for (int e = 0; e < 4; e++) {
             int j = k0 + i * 8 + 2 * tg + (e & 1), r = r0[t] + (e >= 2 ? 8 : 0);
-            if (j >= g.Tk || (CAUSAL && j > r + g.off)) x = -INFINITY;
+            if (j >= g.Tk || (CAUSAL && j > r + g.off)) s[t][i][e] = -INFINITY;
           }
-          s[t][i][e] = x;
         }
         mx0 = fmaxf(mx0, fmaxf(s[t][i][0], s[t][i][1]));
         mx1 = fmaxf(mx1, fmaxf(s[t][i][2], s[t][i][3]));
@@ -235,18 +253,20 @@ __global__ void __launch_bounds__(NT, MINB) k_fa2_fwd(const fa2_geo g) {
       mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
       mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
       mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+      mx0 = fmaxf(m[t][0], mx0 * c); /* -inf stays -inf */
+      mx1 = fmaxf(m[t][1], mx1 * c);
       const float u0 = mx0 == -INFINITY ? 0.f : mx0, u1 = mx1 == -INFINITY ? 0.f : mx1;
-      a0[t] = exp2f(m[t][0] - u0); /* m = -inf: 0 */
-      a1[t] = exp2f(m[t][1] - u1);
+      a0[t] = ex2(m[t][0] - u0); /* m = -inf: 0 */
+      a1[t] = ex2(m[t][1] - u1);
       m[t][0] = mx0;
       m[t][1] = mx1;
       float ls0 = 0.f, ls1 = 0.f;
 #pragma unroll
       for (int i = 0; i < F_BK / 8; i++) {
-        s[t][i][0] = exp2f(s[t][i][0] - u0);
-        s[t][i][1] = exp2f(s[t][i][1] - u0);
-        s[t][i][2] = exp2f(s[t][i][2] - u1);
-        s[t][i][3] = exp2f(s[t][i][3] - u1);
+        s[t][i][0] = ex2(fmaf(s[t][i][0], c, -u0));
+        s[t][i][1] = ex2(fmaf(s[t][i][1], c, -u0));
+        s[t][i][2] = ex2(fmaf(s[t][i][2], c, -u1));
+        s[t][i][3] = ex2(fmaf(s[t][i][3], c, -u1));
         ls0 += s[t][i][0] + s[t][i][1];
         ls1 += s[t][i][2] + s[t][i][3];
       }
@@ -398,7 +418,7 @@ __global__ void __launch_bounds__(NT, 2) k_fa2_bwd_q(const fa2_geo g) {
 #pragma unroll
       for (int e = 0; e < 4; e++) {
         const bool hi = e >= 2;
-        float p = exp2f(s[i][e] * g.sl2 - (hi ? lse1 : lse0));
+        float p = ex2(fmaf(s[i][e], g.sl2, -(hi ? lse1 : lse0)));
         if (edge) {
           int j = k0 + i * 8 + 2 * tg + (e & 1), t = r0 + (hi ? 8 : 0);
           if (j >= g.Tk || (CAUSAL && j > t + g.off)) p = 0.f;
@@ -526,7 +546,7 @@ __global__ void __launch_bounds__(NT, 2) k_fa2_bwd_kv(const fa2_geo g) {
 #pragma unroll
       for (int e = 0; e < 4; e++) {
         const int qi = i * 8 + 2 * tg + (e & 1);
-        float p = exp2f(s[i][e] * g.sl2 - L[qi]);
+        float p = ex2(fmaf(s[i][e], g.sl2, -L[qi]));
         if (edge) {
           int j = kr + (e >= 2 ? 8 : 0), t = t0 + qi;
           if (j >= g.Tk || (CAUSAL && j > t + g.off)) p = 0.f;

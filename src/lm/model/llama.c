@@ -645,6 +645,21 @@ static int add_norm(mx_nn_module *norm, const mx_lm_config *c, mx_array **h, mx_
   return *n ? MX_OK : mx_last_status();
 }
 
+/* A prompt on the GPU queues each layer's kernels as soon as the layer is
+ * built (mx_eval does not wait for the device): the GPU starts on layer 0
+ * while the host builds the rest, instead of idling through the building
+ * of the whole graph. MXC_LAYER_EVAL=0 builds it whole (A/B). */
+static bool layer_eval(const fwd_ctx *f, int64_t L) {
+  static int v = -1;
+  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
+  if (r < 0) {
+    const char *e = getenv("MXC_LAYER_EVAL");
+    r = !(e && !strcmp(e, "0"));
+    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
+  }
+  return r && L > 1 && f->cache && !f->pos && mx_default_device() == MX_GPU && !mx__tracing();
+}
+
 /* The layers of an inference pass with a cache (a prompt, or a decode step
  * over static caches) with the fused kernels: each layer's residual adds
  * go into the norms after them (the MLP's into the next layer's input
@@ -653,6 +668,7 @@ static mx_array *layers_fused(mx_nn_module *self, mx_array *h, fwd_ctx *f, mx_ar
   const mx_lm_config *c = cfg_of(self);
   mx_array *pend = NULL, *y = NULL;
   int st = MX_OK, n = mx_nn_list_size(self, "layers");
+  const bool each = layer_eval(f, mx_array_ndim(h) == 3 ? mx_array_dim(h, 1) : 1);
   for (int i = 0; i < n && !st; i++) {
     mx_nn_module *layer = mx_nn_list_item(self, "layers", i);
     mx_array *n1 = NULL, *n2 = NULL, *r = NULL;
@@ -667,6 +683,7 @@ static mx_array *layers_fused(mx_nn_module *self, mx_array *h, fwd_ctx *f, mx_ar
       const mx__lm_stack *gu = f->stacks ? &f->stacks[2 * i + 1] : NULL;
       pend = stack_valid(gu, mm) ? mlp(mm, n2, gu) : mx_nn_forward(mm, n2);
       if (!pend) st = mx_last_status();
+      else if (each) st = mx_eval((mx_array *[]){h, pend}, 2);
     }
     mx_array_free(n1);
     mx_array_free(n2);
