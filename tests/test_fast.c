@@ -1303,3 +1303,39 @@ TEST(decode_fused_ops_errors) {
 }
 
 int main(int argc, char **argv) { return test_main(argc, argv); }
+
+/* softmax_cross_entropy (internal): targets outside [0, V) give NaN rows on
+ * every backend, never an error or a read out of bounds; bad inputs are
+ * errors at build time */
+static void ce_nan_on(mx_device dev) {
+  int prev = mx_set_default_device(dev);
+  mx_array *x = RND(MX_BFLOAT16, -2, 2, 3, 40);
+  int32_t tv[3] = {5, 40, -1};
+  mx_array *t = mx_array_from_data(tv, (int64_t[]){3}, 1, MX_INT32);
+  mx_array *c = mx_ones((int64_t[]){3}, 1, MX_FLOAT32);
+  mx_array *l = mx__fast_softmax_ce(x, t), *g = mx__fast_softmax_ce_grad(x, t, c);
+  mx_array *gf = g ? mx_astype(g, MX_FLOAT32) : NULL;
+  ASSERT_OK(mx_eval((mx_array *[]){l, gf}, 2));
+  ASSERT(mx_array_dtype(l) == MX_FLOAT32 && mx_array_dtype(g) == MX_BFLOAT16);
+  const float *lv = mx_array_data(l), *gv = mx_array_data(gf);
+  ASSERT(isfinite(lv[0]) && lv[0] > 0 && isnan(lv[1]) && isnan(lv[2]));
+  double sum = 0; /* a valid row's gradient sums to ~0: softmax - onehot */
+  for (int j = 0; j < 40; j++) sum += gv[j];
+  ASSERT_MSG(fabs(sum) < 0.05, "gradient row sum %g", sum);
+  ASSERT(isnan(gv[40]) && isnan(gv[80 + 7]));
+  mx_array_free_n((mx_array *[]){x, t, c, l, g, gf}, 6);
+  mx_set_default_device((mx_device)prev);
+}
+
+TEST(softmax_ce_bad_targets_and_inputs) {
+  ce_nan_on(MX_CPU);
+  if (mx_device_available(MX_GPU)) ce_nan_on(MX_GPU);
+  mx_array *x = RND(MX_FLOAT32, -1, 1, 2, 5), *xi = mx_zeros((int64_t[]){2, 5}, 2, MX_INT32);
+  mx_array *t = mx_zeros((int64_t[]){2}, 1, MX_INT32), *t3 = mx_zeros((int64_t[]){3}, 1, MX_INT32);
+  mx_array *tf = mx_zeros((int64_t[]){2}, 1, MX_FLOAT32);
+  expect_error(mx__fast_softmax_ce(xi, t), MX_ERR_DTYPE, "logits must be a float");
+  expect_error(mx__fast_softmax_ce(x, tf), MX_ERR_DTYPE, "targets must be integers");
+  expect_error(mx__fast_softmax_ce(x, t3), MX_ERR_SHAPE, "do not match");
+  expect_error(mx__fast_softmax_ce_grad(x, t, t3), MX_ERR_SHAPE, "cotangent");
+  mx_array_free_n((mx_array *[]){x, xi, t, t3, tf}, 5);
+}

@@ -1,8 +1,10 @@
 /* losses.c — mlx.nn.losses: cross entropy (indices or probabilities,
  * label smoothing, weights, ignore index), binary cross entropy, mse, l1,
  * smooth l1, nll, kl divergence. Compositions of ops: lazy and
- * differentiable. */
+ * differentiable (cross entropy's plain case over float32/float64 logits
+ * is one fused op, softmax_cross_entropy). */
 #include "nn_internal.h"
+#include "ops/fast_params.h" /* mx__fast_softmax_ce */
 #include "ops/ops_internal.h"
 
 static mx_array *reduce(mx_array *loss, mx_nn_reduction r) {
@@ -49,6 +51,9 @@ static mx_array *apply_weights(const char *op, mx_array *loss, mx_array *weights
 
 static int norm_axis(int axis, int ndim) { return axis < 0 ? axis + ndim : axis; }
 
+static mx_array *ce_finish(mx__tmp *tp, mx_array *loss, mx_array *weights, mx_array *valid,
+                           const mx_nn_ce_options *op);
+
 mx_array *mx_nn_cross_entropy(mx_array *logits, mx_array *targets, mx_array *weights,
                               const mx_nn_ce_options *options) {
   MX__CHECK_IN("cross_entropy", logits, targets);
@@ -94,8 +99,19 @@ mx_array *mx_nn_cross_entropy(mx_array *logits, mx_array *targets, mx_array *wei
       valid = mx__keep(&t, mx_not_equal(targets, ig));
       idx = mx__keep(&t, mx_where(valid, targets, mx__keep(&t, mx_zeros_like(targets))));
     }
-    mx_array *e = mx__keep(&t, mx_expand_dims(idx, &axis, 1));
-    score = mx__keep(&t, mx_squeeze(mx__keep(&t, mx_take_along_axis(logits, e, axis)), &axis, 1));
+    mx_dtype ldt = mx_array_dtype(logits);
+    if (axis == nd - 1 && o.label_smoothing == 0 && (ldt == MX_FLOAT32 || ldt == MX_FLOAT64)) {
+      /* the fused kernel: one pass over the logits each way, the same
+       * values (lse - logits[target]) in the logits' dtype */
+      score = NULL;
+    } else {
+      mx_array *e = mx__keep(&t, mx_expand_dims(idx, &axis, 1));
+      score = mx__keep(&t, mx_squeeze(mx__keep(&t, mx_take_along_axis(logits, e, axis)), &axis, 1));
+    }
+    if (!score) {
+      mx_array *loss = mx__fast_softmax_ce(logits, idx);
+      return ce_finish(&t, loss, weights, valid, &o);
+    }
   }
   mx_array *lse = mx__keep(&t, mx_logsumexp(logits, &axis, 1, false));
   mx_array *loss;
@@ -108,6 +124,14 @@ mx_array *mx_nn_cross_entropy(mx_array *logits, mx_array *targets, mx_array *wei
   } else {
     loss = mx_subtract(lse, score);
   }
+  return ce_finish(&t, loss, weights, valid, &o);
+}
+
+/* The per-element loss weighted, masked and reduced; consumes loss, frees t. */
+static mx_array *ce_finish(mx__tmp *tp, mx_array *loss, mx_array *weights, mx_array *valid,
+                           const mx_nn_ce_options *op) {
+  mx__tmp t = *tp;
+  mx_nn_ce_options o = *op;
   loss = apply_weights("cross_entropy", loss, weights);
   mx_array *out = NULL;
   if (loss && valid) {

@@ -87,6 +87,11 @@ static int vjp_swiglu_grad(mx_array *out, mx_array *cot, mx_array **g, const boo
 static const mx__op_def def_SWIGLU_GRAD = {.id = MX_OP_SWIGLU_GRAD, .vjp = vjp_swiglu_grad};
 static const mx__op_def def_ADD_RMS_NORM = {.id = MX_OP_ADD_RMS_NORM};
 static const mx__op_def def_ROPE_KV = {.id = MX_OP_ROPE_KV};
+static int vjp_softmax_ce(mx_array *out, mx_array *cot, mx_array **g, const bool *need);
+static int vjp_softmax_ce_grad(mx_array *out, mx_array *cot, mx_array **g, const bool *need);
+static const mx__op_def def_SOFTMAX_CE = {.id = MX_OP_SOFTMAX_CE, .vjp = vjp_softmax_ce};
+static const mx__op_def def_SOFTMAX_CE_GRAD = {.id = MX_OP_SOFTMAX_CE_GRAD,
+                                               .vjp = vjp_softmax_ce_grad};
 
 /* Builds a node whose inputs are `ins` cast to dt. */
 static mx_array *node_cast(const mx__op_def *def, mx_dtype dt, const int64_t *shape, int ndim,
@@ -1027,5 +1032,97 @@ static int vjp_sdpa_fused_path(mx_array *out, mx_array *cot, mx_array **g, const
     if (!st && need[2]) st = set_grad(&g[2], mx_slice_axis(dkv, -1, D, D + Dv, 1), v);
   }
   mx__tmp_free(&t);
+  return st;
+}
+
+/* ======================================================================
+ * softmax_cross_entropy (internal; semantics in fast_params.h)
+ * ====================================================================== */
+
+/* logits (..., V) float, targets (...) integer with logits' leading shape */
+static int check_ce(const char *op, mx_array *logits, mx_array *targets) {
+  if (!mx_dtype_is_float(logits->dtype))
+    return mx__set_error(MX_ERR_DTYPE, "%s: logits must be a float type, not %s", op,
+                         mx_dtype_name(logits->dtype));
+  if (!mx_dtype_is_integer(targets->dtype))
+    return mx__set_error(MX_ERR_DTYPE, "%s: targets must be integers, not %s", op,
+                         mx_dtype_name(targets->dtype));
+  if (logits->ndim < 1 || targets->ndim != logits->ndim - 1 ||
+      memcmp(targets->shape, logits->shape, sizeof(int64_t) * (size_t)targets->ndim)) {
+    char sa[256], sb[256];
+    return mx__set_error(MX_ERR_SHAPE, "%s: targets %s do not match logits %s without the "
+                         "class axis", op, mx__shape_str(targets->shape, targets->ndim, sa, sizeof sa),
+                         mx__shape_str(logits->shape, logits->ndim, sb, sizeof sb));
+  }
+  return MX_OK;
+}
+
+static mx_dtype ce_loss_dtype(mx_dtype logits) {
+  return logits == MX_FLOAT64 ? MX_FLOAT64 : MX_FLOAT32;
+}
+
+mx_array *mx__fast_softmax_ce(mx_array *logits, mx_array *targets) {
+  MX__CHECK_IN("softmax_cross_entropy", logits, targets);
+  if (check_ce("softmax_cross_entropy", logits, targets)) return NULL;
+  mx_array *t = mx_astype(targets, MX_INT32);
+  mx_array *r = t ? mx__node_new(&def_SOFTMAX_CE, ce_loss_dtype(logits->dtype), targets->shape,
+                                 targets->ndim, (mx_array *[]){logits, t}, 2, NULL, 0)
+                  : NULL;
+  mx_array_free(t);
+  return r;
+}
+
+mx_array *mx__fast_softmax_ce_grad(mx_array *logits, mx_array *targets, mx_array *cot) {
+  MX__CHECK_IN("softmax_cross_entropy_backward", logits, targets);
+  MX__CHECK_IN("softmax_cross_entropy_backward", cot);
+  if (check_ce("softmax_cross_entropy_backward", logits, targets)) return NULL;
+  if (cot->ndim != targets->ndim ||
+      memcmp(cot->shape, targets->shape, sizeof(int64_t) * (size_t)cot->ndim)) {
+    char sa[256], sb[256];
+    return mx__set_error(MX_ERR_SHAPE, "softmax_cross_entropy_backward: cotangent %s, not %s",
+                         mx__shape_str(cot->shape, cot->ndim, sa, sizeof sa),
+                         mx__shape_str(targets->shape, targets->ndim, sb, sizeof sb)), NULL;
+  }
+  mx_array *t = mx_astype(targets, MX_INT32);
+  mx_array *c = mx_astype(cot, ce_loss_dtype(logits->dtype));
+  mx_array *r = t && c ? mx__node_new(&def_SOFTMAX_CE_GRAD, logits->dtype, logits->shape,
+                                      logits->ndim, (mx_array *[]){logits, t, c}, 3, NULL, 0)
+                       : NULL;
+  mx_array_free(t);
+  mx_array_free(c);
+  return r;
+}
+
+/* d loss / d logits = cot (softmax - onehot): the backward op */
+static int vjp_softmax_ce(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {
+  if (!need[0]) return MX_OK;
+  mx_array *x = out->inputs[0];
+  return set_grad(&g[0], mx__fast_softmax_ce_grad(x, out->inputs[1], cot), x);
+}
+
+/* y = c (p - onehot(t)), p = softmax(x); with cotangent h (x's shape):
+ *   dx = c p (h - sum(p h)),   dc = sum(p h) - h[t]   (sums over the class axis)
+ * in float32 (float64), from ops. */
+static int vjp_softmax_ce_grad(mx_array *out, mx_array *h, mx_array **g, const bool *need) {
+  mx_array *x = out->inputs[0], *t = out->inputs[1], *c = out->inputs[2];
+  mx_dtype ct = ce_loss_dtype(x->dtype);
+  int ax = x->ndim - 1;
+  mx__tmp k = {0};
+  mx_array *xf = mx__keep(&k, mx_astype(x, ct)), *hf = mx__keep(&k, mx_astype(h, ct));
+  mx_array *p = mx__keep(&k, mx_softmax(xf, &ax, 1));
+  mx_array *ph = mx__keep(&k, mx_multiply(p, hf));
+  mx_array *sph = mx__keep(&k, mx_sum(ph, &ax, 1, false));
+  int st = MX_OK;
+  if (need[0]) {
+    mx_array *d = mx__keep(&k, mx_subtract(hf, mx__keep(&k, mx_expand_dims(sph, &ax, 1))));
+    mx_array *pd = mx__keep(&k, mx_multiply(p, d));
+    st = set_grad(&g[0], mx_multiply(pd, mx__keep(&k, mx_expand_dims(c, &ax, 1))), x);
+  }
+  if (!st && need[2]) {
+    mx_array *te = mx__keep(&k, mx_expand_dims(t, &ax, 1));
+    mx_array *ht = mx__keep(&k, mx_squeeze(mx__keep(&k, mx_take_along_axis(hf, te, ax)), &ax, 1));
+    st = set_grad(&g[2], mx_subtract(sph, ht), c);
+  }
+  mx__tmp_free(&k);
   return st;
 }

@@ -111,6 +111,21 @@ mx_array *mx__fast_rope_at(mx_array *x, int dims, bool traditional, double base,
 mx_array *mx__fast_sdpa_upto(mx_array *q, mx_array *k, mx_array *v, double scale,
                              mx_array *pos);
 
+/* softmax_cross_entropy (internal: the training loss in one pass over the
+ * logits): inputs logits (..., V) of a float dtype and targets (...) int32;
+ * output (...) float32 (float64 for float64 logits):
+ *   loss = logsumexp(logits) - logits[target],
+ * computed in float32 (float64) whatever the logits' dtype, as the
+ * composition over logits cast to float32 would. A target outside [0, V)
+ * gives NaN (on every backend; no error at run time). Differentiable in
+ * the logits:
+ * softmax_cross_entropy_backward: inputs logits, targets, cot (...) of the
+ * loss dtype; output of the logits' dtype and shape:
+ *   cot * (softmax(logits) - onehot(target)),
+ * with a VJP of its own written with ops (second order). */
+mx_array *mx__fast_softmax_ce(mx_array *logits, mx_array *targets);
+mx_array *mx__fast_softmax_ce_grad(mx_array *logits, mx_array *targets, mx_array *cot);
+
 /* add_rms_norm (internal, a decode step's residual add and the RMSNorm
  * after it in one kernel): inputs x, r (same shape (..., D)), weight (D);
  * params mx__rms_norm_params. Output (2, ...x.shape): [0] = h = x + r

@@ -105,6 +105,8 @@
   X(SWIGLU_GRAD, "swiglu_backward")                                         \
   X(ADD_RMS_NORM, "add_rms_norm")                                           \
   X(ROPE_KV, "rope_kv")                                                     \
+  X(SOFTMAX_CE, "softmax_cross_entropy")                                    \
+  X(SOFTMAX_CE_GRAD, "softmax_cross_entropy_backward")                      \
   /* affine quantization (MLX format) */                                    \
   X(QUANTIZE_PACK, "quantize_pack")                                         \
   X(DEQUANTIZE, "dequantize")                                               \

@@ -386,6 +386,35 @@ static int f_rope_kv(const mx_opcase *c, const double *const *in, double *out, i
   return 0;
 }
 
+/* softmax_cross_entropy (internal): logits (..., V), targets (...) in [0, V);
+ * the backward takes a cotangent (...) too */
+static mx_array *b_ce(const mx_opcase *c, mx_array **in) {
+  return c->ip[0] ? mx__fast_softmax_ce_grad(in[0], in[1], in[2])
+                  : mx__fast_softmax_ce(in[0], in[1]);
+}
+
+static int f_ce(const mx_opcase *c, const double *const *in, double *out, int64_t *oshape,
+                int *ond) {
+  int nd = c->ndim[0];
+  int64_t V = c->shape[0][nd - 1], rows = oc_size(c->shape[1], c->ndim[1]);
+  *ond = c->ip[0] ? nd : nd - 1;
+  memcpy(oshape, c->shape[0], sizeof(int64_t) * (size_t)*ond);
+  for (int64_t r = 0; r < rows; r++) {
+    const double *x = in[0] + r * V;
+    double m = -INFINITY, sum = 0;
+    for (int64_t j = 0; j < V; j++) m = x[j] > m ? x[j] : m;
+    for (int64_t j = 0; j < V; j++) sum += exp(x[j] - m);
+    double lse = m + log(sum);
+    int64_t t = (int64_t)in[1][r];
+    if (!c->ip[0]) {
+      out[r] = lse - x[t];
+      continue;
+    }
+    for (int64_t j = 0; j < V; j++) out[r * V + j] = in[2][r] * (exp(x[j] - lse) - (j == t));
+  }
+  return 0;
+}
+
 /* ---- the table -------------------------------------------------------------- */
 #define ARR(...) {__VA_ARGS__}
 #define NORM(name, d, nin_, nd_, shapes, kinds, W, B, LN, eps)                                \
@@ -440,7 +469,22 @@ static int f_rope_kv(const mx_opcase *c, const double *const *in, double *out, i
    OC_FLOATS, .flags = OC_NONCONTIG | OC_NO_GRAD, .ip = {H, KV, S, pos, dims, trad},          \
    .dp = {base}, .build = b_rope_kv, .ref = f_rope_kv}
 
+#define CE(d, bwd, nd_, lshape, tshape, V)                                                     \
+  {.op = bwd ? "softmax_cross_entropy_backward" : "softmax_cross_entropy", .desc = d,          \
+   .nin = bwd ? 3 : 2, .ndim = {nd_, nd_ - 1, nd_ - 1}, .shape = {lshape, tshape, tshape},     \
+   .kind = {OC_IN_DATA, OC_IN_INT, OC_IN_DATA}, .lo = -6, .hi = 6, .ilo = 0, .ihi = V,         \
+   OC_FLOATS, .flags = OC_NONCONTIG, .ip = {bwd}, .build = b_ce, .ref = f_ce}
+
 static const mx_opcase cases[] = {
+    /* softmax_cross_entropy (internal; its VJP is the backward op, whose
+     * own VJP is checked by finite differences too) */
+    CE("rows", 0, 2, ARR(6, 37), ARR(6), 37),
+    CE("3-d, wide rows", 0, 3, ARR(2, 3, 3000), ARR(2, 3), 3000),
+    CE("one class", 0, 2, ARR(4, 1), ARR(4), 1),
+    CE("0 rows", 0, 2, ARR(0, 9), ARR(0), 9),
+    CE("backward, rows", 1, 2, ARR(6, 37), ARR(6), 37),
+    CE("backward, 3-d, wide rows", 1, 3, ARR(2, 3, 3000), ARR(2, 3), 3000),
+    CE("backward, one row (1-d)", 1, 1, ARR(50), ARR(1), 50),
     /* add_rms_norm (internal) */
     ADD_NORM("decode row, D = 64", 3, ARR(1, 1, 64), ARR(64), 1e-5),
     ADD_NORM("rows of 40 (not 16-byte vectors)", 2, ARR(3, 40), ARR(40), 1e-6),

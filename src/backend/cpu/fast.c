@@ -1587,7 +1587,99 @@ static int k_rope_kv(mx_array *out, mx_array **in) {
   return MX_OK;
 }
 
+/* ---- softmax_cross_entropy and its backward (src/ops/fast_params.h) ------
+ * One row at a time: its maximum, the sum of exp(x - max) (accumulated in
+ * float64), lse = max + log(sum); the loss lse - x[t], or the gradient
+ * cot (exp(x - lse) - [j == t]). float64 logits compute in float64, the
+ * others in float32. A target outside [0, V) gives a NaN row. */
+typedef struct {
+  mx_array *out, *x, *t, *c; /* c: the cotangent (backward) or NULL */
+  int64_t V;
+  int failed;
+} ce_ctx;
+
+static int64_t ce_target(const ce_ctx *c, int64_t r) {
+  return ((const int32_t *)mx__data(c->t))[row_offset(c->t, c->t->ndim, r)];
+}
+
+static void ce_rows_f32(void *c_, int64_t r0, int64_t r1) {
+  ce_ctx *c = c_;
+  const int64_t V = c->V, xs = c->x->strides[c->x->ndim - 1];
+  const int nlead = c->x->ndim - 1;
+  float *buf = malloc(sizeof(float) * (size_t)(2 * V + 1));
+  if (!buf) {
+    __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  for (int64_t r = r0; r < r1; r++) {
+    const float *x = row_f32(c->x, row_offset(c->x, nlead, r), xs, V, buf);
+    float m = -INFINITY;
+    for (int64_t j = 0; j < V; j++) m = x[j] > m ? x[j] : m;
+    double sum = 0;
+    for (int64_t j = 0; j < V; j++) sum += (double)expf(x[j] - m);
+    const float lse = m + (float)log(sum);
+    const int64_t t = ce_target(c, r);
+    const bool ok = t >= 0 && t < V;
+    if (!c->c) {
+      ((float *)mx__data(c->out))[r] = ok ? lse - x[t] : NAN;
+      continue;
+    }
+    const float g = ((const float *)mx__data(c->c))[row_offset(c->c, c->c->ndim, r)];
+    float *y = buf + V;
+    for (int64_t j = 0; j < V; j++) y[j] = ok ? g * (expf(x[j] - lse) - (j == t ? 1.f : 0.f)) : NAN;
+    store_f32((char *)mx__data(c->out) + r * V * (int64_t)mx_dtype_size(c->out->dtype),
+              c->out->dtype, y, V);
+  }
+  free(buf);
+}
+
+static void ce_rows_f64(void *c_, int64_t r0, int64_t r1) {
+  ce_ctx *c = c_;
+  const int64_t V = c->V, xs = c->x->strides[c->x->ndim - 1];
+  const int nlead = c->x->ndim - 1;
+  for (int64_t r = r0; r < r1; r++) {
+    const double *x = (const double *)mx__data(c->x) + row_offset(c->x, nlead, r);
+    double m = -INFINITY, sum = 0;
+    for (int64_t j = 0; j < V; j++) m = x[j * xs] > m ? x[j * xs] : m;
+    for (int64_t j = 0; j < V; j++) sum += exp(x[j * xs] - m);
+    const double lse = m + log(sum);
+    const int64_t t = ce_target(c, r);
+    const bool ok = t >= 0 && t < V;
+    if (!c->c) {
+      ((double *)mx__data(c->out))[r] = ok ? lse - x[t * xs] : NAN;
+      continue;
+    }
+    const double g = ((const double *)mx__data(c->c))[row_offset(c->c, c->c->ndim, r)];
+    double *y = (double *)mx__data(c->out) + r * V;
+    for (int64_t j = 0; j < V; j++) y[j] = ok ? g * (exp(x[j * xs] - lse) - (j == t)) : NAN;
+  }
+}
+
+static int ce_kernel(mx_array *out, mx_array **in, bool grad) {
+  int s = mx__array_alloc_data(out);
+  if (s || out->size == 0) return s;
+  ce_ctx c = {.out = out, .x = in[0], .t = in[1], .c = grad ? in[2] : NULL,
+              .V = in[0]->shape[in[0]->ndim - 1]};
+  const int64_t rows = c.t->size;
+  if (c.V == 0) { /* no classes: lse = -inf, no target is valid */
+    if (!grad)
+      for (int64_t r = 0; r < rows; r++) {
+        if (out->dtype == MX_FLOAT64) ((double *)mx__data(out))[r] = NAN;
+        else ((float *)mx__data(out))[r] = NAN;
+      }
+    return MX_OK;
+  }
+  const int64_t grain = MX_MAX(1, 16384 / c.V);
+  mx__parallel_for(rows, grain, in[0]->dtype == MX_FLOAT64 ? ce_rows_f64 : ce_rows_f32, &c);
+  return c.failed ? oom(mx__op_names[out->op->id], sizeof(float) * 2 * (size_t)c.V) : MX_OK;
+}
+
+static int k_softmax_ce(mx_array *out, mx_array **in) { return ce_kernel(out, in, false); }
+static int k_softmax_ce_grad(mx_array *out, mx_array **in) { return ce_kernel(out, in, true); }
+
 void mx__cpu_register_fast(mx__kernel_fn *k) {
+  k[MX_OP_SOFTMAX_CE] = k_softmax_ce;
+  k[MX_OP_SOFTMAX_CE_GRAD] = k_softmax_ce_grad;
   k[MX_OP_ADD_RMS_NORM] = k_add_rms_norm;
   k[MX_OP_ROPE_KV] = k_rope_kv;
   k[MX_OP_RMS_NORM] = k_rms_norm;

@@ -398,7 +398,101 @@ static int k_add_rms_norm(mx_array *out, mx_array **in) {
   return st;
 }
 
+/* ---- softmax_cross_entropy and its backward (ops/fast_params.h) -----------
+ * One block per row: an online maximum and sum of exp(x - max) per thread
+ * over the row (one read), combined over the block in a fixed order (so
+ * deterministic); lse = max + log(sum). The loss is lse - x[t]; the
+ * backward reads the row a second time and writes cot (exp(x - lse) -
+ * [j == t]) in the logits' dtype. f32 compute (f64 for f64). A target
+ * outside [0, V) gives NaN. */
+template <class C>
+__device__ __forceinline__ void ce_merge(C &m, C &s, C m2, C s2) {
+  C n = m > m2 ? m : m2;
+  if (n == -(C)INFINITY) return; /* both empty */
+  s = s * exp(m - n) + s2 * exp(m2 - n);
+  m = n;
+}
+
+template <class T>
+__global__ void __launch_bounds__(256)
+    k_ce(const typename T::S *x, const int32_t *tg, const typename T::C *cot, void *out,
+         mx__nd<1> xr, mx__nd<1> tr, mx__nd<1> cr, int64_t rows, int64_t V, int64_t xs) {
+  typedef typename T::C C;
+  __shared__ C shm[32], shs[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    int64_t xo, to, co = 0;
+    mx__nd_offsets<1>(xr, r, &xo);
+    mx__nd_offsets<1>(tr, r, &to);
+    if (cot) mx__nd_offsets<1>(cr, r, &co);
+    const typename T::S *row = x + xo;
+    C m = -(C)INFINITY, sm = 0;
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+      C v = T::ld(row[j * xs]);
+      if (v > m) {
+        sm = sm * exp(m - v) + (C)1;
+        m = v;
+      } else if (v > -(C)INFINITY) { /* a -inf logit adds nothing */
+        sm += exp(v - m);
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      C m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, sm, o);
+      ce_merge(m, sm, m2, s2);
+    }
+    if (lane == 0) shm[warp] = m, shs[warp] = sm;
+    __syncthreads();
+    m = shm[0], sm = shs[0];
+    for (int i = 1; i < nw; i++) ce_merge(m, sm, shm[i], shs[i]);
+    __syncthreads(); /* shm/shs are rewritten by the next row */
+    const C lse = m + log(sm);
+    const int64_t t = tg[to];
+    const bool ok = t >= 0 && t < V;
+    if (!cot) {
+      if (threadIdx.x == 0) ((C *)out)[r] = ok ? lse - (C)T::ld(row[t * xs]) : (C)NAN;
+      continue;
+    }
+    const C g = cot[co];
+    typename T::S *y = (typename T::S *)out + r * V;
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x)
+      y[j] = T::st(ok ? g * (exp((C)T::ld(row[j * xs]) - lse) - (j == t ? (C)1 : (C)0)) : (C)NAN);
+  }
+}
+
+static int ce_launch(mx_array *out, mx_array **in, bool grad) {
+  mx_array *x = in[0], *t = in[1], *c = grad ? in[2] : NULL;
+  if (!mx_dtype_is_float(x->dtype)) return mx__cuda_no_dtype(out, x->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  const int nd = x->ndim;
+  const int64_t V = x->shape[nd - 1], rows = t->size;
+  const int64_t *xsp[1] = {x->strides}, *tsp[1] = {t->strides};
+  mx__nd<1> xr = mx__nd_make<1>(x->shape, nd - 1, xsp);
+  mx__nd<1> tr = mx__nd_make<1>(t->shape, t->ndim, tsp);
+  mx__nd<1> cr = tr;
+  if (c) {
+    const int64_t *csp[1] = {c->strides};
+    cr = mx__nd_make<1>(c->shape, c->ndim, csp);
+  }
+  unsigned g = (unsigned)(rows < 65535 * 8 ? rows : 65535 * 8);
+  cudaStream_t s = mx__cuda_stream();
+  st = MX_ERR_NO_KERNEL;
+  MX_CUDA_DISPATCH_FLOAT(x->dtype, {
+    k_ce<T><<<g, 256, 0, s>>>((const T::S *)mx__ddata(x), (const int32_t *)mx__ddata(t),
+                              c ? (const T::C *)mx__ddata(c) : NULL, out->buf->dptr, xr, tr, cr,
+                              rows, V, x->strides[nd - 1]);
+    st = mx__cuda_launched(mx__opname(out));
+  })
+  return st == MX_ERR_NO_KERNEL ? mx__cuda_no_dtype(out, x->dtype) : st;
+}
+
+static int k_softmax_ce(mx_array *out, mx_array **in) { return ce_launch(out, in, false); }
+static int k_softmax_ce_grad(mx_array *out, mx_array **in) { return ce_launch(out, in, true); }
+
 void mx__cuda_register_fast(mx__kernel_fn *k) {
+  k[MX_OP_SOFTMAX_CE] = k_softmax_ce;
+  k[MX_OP_SOFTMAX_CE_GRAD] = k_softmax_ce_grad;
   k[MX_OP_ADD_RMS_NORM] = k_add_rms_norm;
   k[MX_OP_RMS_NORM] = k_rms_norm;
   k[MX_OP_RMS_NORM_GRAD] = k_rms_norm_grad;

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "../model/lm_internal.h"
+#include "ops/fast_params.h" /* mx__fast_softmax_ce */
 #include "mxc/io.h"
 #include "mxc/memory.h"
 #include "mxc/ops.h"
@@ -113,23 +114,28 @@ int mx_train_write_config(const mx_lm_config *c, const char *dir) {
 
 /* ---- loss and step ------------------------------------------------------------ */
 
+/* The mean cross entropy of logits (..., V) against targets (...), in
+ * float32 whatever the logits' dtype (float64 for float64): one fused pass
+ * over the logits forward and one backward (softmax_cross_entropy), not the
+ * half-dozen float32 passes of the composition over a float32 copy. */
+static mx_array *mean_token_loss(mx_array *logits, mx_array *targets) {
+  mx_array *ce = logits ? mx__fast_softmax_ce(logits, targets) : NULL;
+  mx_array *l = ce ? mx_mean(ce, NULL, 0, false) : NULL;
+  mx_array_free(ce);
+  return l;
+}
+
 int mx_train_lm_loss(void *payload, mx_nn_module *model, mx_array **in, int n, mx_list *out) {
   (void)payload;
   if (n < 2) return mx__set_error(MX_ERR_INVALID_ARG, "train loss: needs inputs and targets");
   mx_array *logits = mx_nn_forward(model, in[0]);
-  if (logits && mx_array_dtype(logits) != MX_FLOAT32) { /* the loss in float32 */
-    mx_array *l32 = mx_astype(logits, MX_FLOAT32);
-    mx_array_free(logits);
-    logits = l32;
-  }
   if (n < 3 || !in[2]) {
-    mx_nn_ce_options o = {.reduction = MX_NN_MEAN};
-    mx_array *l = mx_nn_cross_entropy(logits, in[1], NULL, &o);
+    mx_array *l = mean_token_loss(logits, in[1]);
     mx_array_free(logits);
     return mx_list_push(out, l);
   }
-  mx_array *ce = mx_nn_cross_entropy(logits, in[1], NULL, NULL);
-  mx_array *mask = mx_astype(in[2], MX_FLOAT32);
+  mx_array *ce = logits ? mx__fast_softmax_ce(logits, in[1]) : NULL;
+  mx_array *mask = mx_astype(in[2], ce ? mx_array_dtype(ce) : MX_FLOAT32);
   mx_array *w = mx_multiply(ce, mask);
   mx_array *num = mx_sum(w, NULL, 0, false);
   mx_array *den = mx_sum(mask, NULL, 0, false);
@@ -304,8 +310,7 @@ int mx_train_lm_loss_checkpointed(void *payload, mx_nn_module *model, mx_array *
   }
   mx_array_free(hn);
   if (!logits) return mx_last_status();
-  mx_nn_ce_options o = {.reduction = MX_NN_MEAN};
-  mx_array *l = mx_nn_cross_entropy(logits, in[1], NULL, &o);
+  mx_array *l = mean_token_loss(logits, in[1]);
   mx_array_free(logits);
   return mx_list_push(out, l);
 }
