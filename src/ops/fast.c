@@ -138,20 +138,16 @@ static int vjp_rms_norm(mx_array *out, mx_array *cot, mx_array **g, const bool *
   mx_array *x = out->inputs[0], *w = p->has_weight ? out->inputs[1] : NULL;
   int st = MX_OK;
   if (need[0]) st = set_grad(&g[0], mx__fast_rms_norm_grad(0, x, cot, w, p->eps), x);
-  if (!st && w && need[1]) {
-    mx_array *gxn = mx__fast_rms_norm_grad(1, x, cot, NULL, p->eps);
-    st = set_grad(&g[1], sum_leading(gxn), w);
-    mx_array_free(gxn);
-  }
+  if (!st && w && need[1]) st = set_grad(&g[1], mx__fast_rms_norm_grad(2, x, cot, NULL, p->eps), w);
   return st;
 }
 
 mx_array *mx__fast_rms_norm_grad(int which, mx_array *x, mx_array *g, mx_array *w, double eps) {
   MX__CHECK_IN("rms_norm_backward", x);
   MX__CHECK_IN("rms_norm_backward", g);
-  if (which != 0 && which != 1)
+  if (which < 0 || which > 2)
     return mx__set_error(MX_ERR_INVALID_ARG, "rms_norm_backward: unknown form %d", which), NULL;
-  if (which == 1) w = NULL;
+  if (which) w = NULL;
   mx_dtype dt;
   if (check_norm("rms_norm_backward", x, w, NULL, &dt)) return NULL;
   dt = mx_promote_types(dt, g->dtype);
@@ -170,8 +166,11 @@ mx_array *mx__fast_rms_norm_grad(int which, mx_array *x, mx_array *g, mx_array *
   int n = w ? 3 : 2, ok = 1;
   for (int i = 0; i < n; i++)
     if (!(c[i] = mx_astype(ins[i], dt))) ok = 0;
-  mx_array *r = ok ? mx__node_new(&def_RMS_NORM_GRAD, which ? compute_dtype(dt) : dt, x->shape,
-                                  x->ndim, c, n, &p, sizeof p)
+  /* which 2: the sum over the leading axes, (D) (check_norm: x->ndim >= 1) */
+  const int64_t *osh = which == 2 ? x->shape + x->ndim - 1 : x->shape;
+  int ond = which == 2 ? 1 : x->ndim;
+  mx_array *r = ok ? mx__node_new(&def_RMS_NORM_GRAD, which ? compute_dtype(dt) : dt, osh, ond, c,
+                                  n, &p, sizeof p)
                    : NULL;
   for (int i = 0; i < n; i++) mx_array_free(c[i]);
   return r;
@@ -182,7 +181,8 @@ mx_array *mx__fast_rms_norm_grad(int which, mx_array *x, mx_array *g, mx_array *
  *  which 0 (dx = n gw - x n^3 m):
  *    d g = w * dx(x, h) (no weight),  d w = sum_leading(g * dx(x, h)),
  *    d x = -n^3 (x mean(h gw) + m h + gw mean(h x)) + 3 n^5 m x mean(h x)
- *  which 1 (y = g x n):
+ *  which 1 (y = g x n), and which 2 (its sum over the leading axes, with h
+ *  broadcast back over them):
  *    d g = h x n,  d x = h g n - n^3 x mean(h g x) */
 static int vjp_rms_norm_grad(mx_array *out, mx_array *h, mx_array **gr, const bool *need) {
   const mx__rms_norm_grad_params *p = MX__PARAMS(out, mx__rms_norm_grad_params);
@@ -192,10 +192,12 @@ static int vjp_rms_norm_grad(mx_array *out, mx_array *h, mx_array **gr, const bo
   mx__tmp t = {0};
 #define KP(e) mx__keep(&t, (e))
   mx_array *xf = KP(mx_astype(x, cdt)), *gf = KP(mx_astype(g, cdt)), *hf = KP(mx_astype(h, cdt));
+  /* which 2 sums which 1 over the leading axes: its cotangent, broadcast */
+  if (p->which == 2) hf = KP(mx_broadcast_to(hf, x->shape, x->ndim));
   mx_array *n = KP(mx_rsqrt(KP(mx_add_scalar(KP(mx_mean(KP(mx_square(xf)), &ax, 1, true)),
                                              p->eps))));
   mx_array *n3 = KP(mx_multiply(n, KP(mx_square(n))));
-  if (p->which == 1) {
+  if (p->which >= 1) {
     if (need[1]) st = set_grad(&gr[1], mx_multiply(hf, KP(mx_multiply(xf, n))), g);
     if (!st && need[0]) {
       mx_array *mhgx = KP(mx_mean(KP(mx_multiply(KP(mx_multiply(hf, gf)), xf)), &ax, 1, true));

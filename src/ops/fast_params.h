@@ -40,7 +40,9 @@ typedef struct {
  * rsqrt(mean(x^2) + eps) over the last axis: which 0 -> dx = n g w -
  * x n^3 mean(g w x), inputs (x, g [, w]) of one float dtype (has_weight);
  * which 1 -> g x n in the compute type (f32; f64 for f64), inputs (x, g),
- * whose sum over the leading axes is dw. */
+ * whose sum over the leading axes is dw; which 2 -> that sum itself, (D)
+ * in the compute type (the weight gradient without the (..., D) float32
+ * intermediate; summed in a fixed order, whatever the thread count). */
 typedef struct {
   double eps;
   int which;

@@ -281,6 +281,11 @@ static int f_rms_grad(const mx_opcase *c, const double *const *in, double *out,
   int64_t n = oc_size(c->shape[0], nd), D = c->shape[0][nd - 1];
   memcpy(oshape, c->shape[0], sizeof(int64_t) * (size_t)nd);
   *ond = nd;
+  if (c->ip[0] == 2) { /* the weight gradient: (D), summed over the rows */
+    oshape[0] = D;
+    *ond = 1;
+    for (int64_t i = 0; i < D; i++) out[i] = 0;
+  }
   for (int64_t r = 0; D && r < n / D; r++) {
     const double *x = in[0] + r * D, *g = in[1] + r * D;
     double ss = 0, m = 0;
@@ -291,6 +296,10 @@ static int f_rms_grad(const mx_opcase *c, const double *const *in, double *out,
     }
     double nn = 1.0 / sqrt(ss / (double)D + c->dp[0]);
     m /= (double)D;
+    if (c->ip[0] == 2) {
+      for (int64_t i = 0; i < D; i++) out[i] += g[i] * x[i] * nn;
+      continue;
+    }
     for (int64_t i = 0; i < D; i++)
       out[r * D + i] = c->ip[0] == 1 ? g[i] * x[i] * nn
                                      : nn * (c->ip[1] ? g[i] * in[2][i] : g[i]) -
@@ -500,6 +509,10 @@ static const mx_opcase cases[] = {
     RMS_GRAD("g x n", 1, 0, 2, ARR(5, 40), ARR(40), 1e-5),
     RMS_GRAD("dx, long rows", 0, 1, 2, ARR(3, 1500), ARR(1500), 1e-5),
     RMS_GRAD("0-size", 0, 1, 2, ARR(0, 8), ARR(8), 1e-5),
+    RMS_GRAD("dw summed over rows", 2, 0, 2, ARR(7, 33), ARR(33), 1e-5),
+    RMS_GRAD("dw summed over rows, 3-d, many rows", 2, 0, 3, ARR(3, 70, 48), ARR(48), 1e-5),
+    RMS_GRAD("dw, long rows", 2, 0, 2, ARR(3, 1500), ARR(1500), 1e-5),
+    RMS_GRAD("dw, no rows", 2, 0, 2, ARR(0, 8), ARR(8), 1e-5),
     /* swiglu_backward (its own VJP is checked by finite differences too) */
     SWIGLU_GRAD("d gate", 0, 2, ARR(5, 37), -4, 4),
     SWIGLU_GRAD("d up", 1, 2, ARR(5, 37), -4, 4),

@@ -326,10 +326,74 @@ static void rms_grad_rows_f64(void *c_, int64_t r0, int64_t r1) {
   }
 }
 
+/* which 2 (the weight gradient): rows in fixed chunks (at most 256, by the
+ * row count only), each chunk's sum of g x n per column in float64, then
+ * the chunks added in order — the same result for any thread count. */
+typedef struct {
+  const mx_array *x, *g;
+  double eps, *part;
+  int64_t D, rows, chunk;
+  int failed;
+} rms_dw_ctx;
+
+static void rms_dw_chunks(void *c_, int64_t k0, int64_t k1) {
+  rms_dw_ctx *c = c_;
+  const int64_t D = c->D, xs = c->x->strides[c->x->ndim - 1], gs = c->g->strides[c->g->ndim - 1];
+  const int nlead = c->x->ndim - 1;
+  const bool f64 = c->x->dtype == MX_FLOAT64;
+  float *buf = f64 ? NULL : malloc(sizeof(float) * (size_t)(2 * D + 1));
+  if (!f64 && !buf) {
+    __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  for (int64_t k = k0; k < k1; k++) {
+    double *acc = c->part + k * D;
+    for (int64_t i = 0; i < D; i++) acc[i] = 0;
+    const int64_t r1 = MX_MIN(c->rows, (k + 1) * c->chunk);
+    for (int64_t r = k * c->chunk; r < r1; r++) {
+      if (f64) {
+        const double *x = (const double *)mx__data(c->x) + row_offset(c->x, nlead, r);
+        const double *g = (const double *)mx__data(c->g) + row_offset(c->g, nlead, r);
+        double ss = 0;
+        for (int64_t i = 0; i < D; i++) ss += x[i * xs] * x[i * xs];
+        double n = 1.0 / sqrt(ss / (double)D + c->eps);
+        for (int64_t i = 0; i < D; i++) acc[i] += g[i * gs] * x[i * xs] * n;
+      } else {
+        const float *x = row_f32(c->x, row_offset(c->x, nlead, r), xs, D, buf);
+        const float *g = row_f32(c->g, row_offset(c->g, nlead, r), gs, D, buf + D);
+        float ss = 0;
+        for (int64_t i = 0; i < D; i++) ss += x[i] * x[i];
+        float n = 1.0f / sqrtf(ss / (float)D + (float)c->eps);
+        for (int64_t i = 0; i < D; i++) acc[i] += (double)(g[i] * x[i] * n);
+      }
+    }
+  }
+  free(buf);
+}
+
+static int rms_norm_dw(mx_array *out, mx_array *x, mx_array *g, double eps) {
+  const int64_t D = out->size, rows = D ? x->size / D : 0;
+  const int64_t chunk = MX_MAX(64, (rows + 255) / 256), nk = (rows + chunk - 1) / chunk;
+  rms_dw_ctx c = {.x = x, .g = g, .eps = eps, .D = D, .rows = rows, .chunk = chunk};
+  c.part = malloc(sizeof(double) * (size_t)MX_MAX(1, nk * D));
+  if (!c.part) return oom("rms_norm_backward", sizeof(double) * (size_t)(nk * D));
+  mx__parallel_for(nk, 1, rms_dw_chunks, &c);
+  if (!c.failed)
+    for (int64_t i = 0; i < D; i++) {
+      double t = 0;
+      for (int64_t k = 0; k < nk; k++) t += c.part[k * D + i];
+      if (out->dtype == MX_FLOAT64) ((double *)mx__data(out))[i] = t;
+      else ((float *)mx__data(out))[i] = (float)t;
+    }
+  free(c.part);
+  return c.failed ? oom("rms_norm_backward", sizeof(float) * 2 * (size_t)D) : MX_OK;
+}
+
 static int k_rms_norm_grad(mx_array *out, mx_array **in) {
   const mx__rms_norm_grad_params *p = MX__PARAMS(out, mx__rms_norm_grad_params);
   int s = mx__array_alloc_data(out);
   if (s || out->size == 0) return s;
+  if (p->which == 2) return rms_norm_dw(out, in[0], in[1], p->eps);
   mx_array *x = in[0], *w = p->has_weight ? in[2] : NULL;
   rms_grad_ctx c = {.out = out, .x = x, .g = in[1], .which = p->which, .eps = p->eps,
                     .D = x->shape[x->ndim - 1]};

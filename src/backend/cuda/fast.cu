@@ -223,6 +223,131 @@ __global__ void k_rms_grad(const typename T::S *x, const typename T::S *g,
   }
 }
 
+/* Rows of up to 1024 values: one warp a row (8 rows a block), shuffles only
+ * — a block a row spent most of its time in barriers for D = 768. */
+template <class T, class C, class TO>
+__global__ void __launch_bounds__(256)
+    k_rms_grad_warp(const typename T::S *x, const typename T::S *g, const typename T::S *w,
+                    typename TO::S *o, mx__nd<2> rnd, int64_t rows, int64_t D, int64_t xs,
+                    int64_t gs, int64_t ws, C eps, int which) {
+  const int lane = threadIdx.x & 31;
+  for (int64_t r = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5); r < rows;
+       r += (int64_t)gridDim.x * 8) {
+    int64_t off[2];
+    mx__nd_offsets<2>(rnd, r, off);
+    const typename T::S *xr = x + off[0], *gr = g + off[1];
+    C ss = 0, m = 0;
+    for (int64_t i = lane; i < D; i += 32) {
+      C xi = (C)T::ld(xr[i * xs]), gi = (C)T::ld(gr[i * gs]);
+      if (w) gi *= (C)T::ld(w[i * ws]);
+      ss += xi * xi;
+      m += gi * xi;
+    }
+#pragma unroll
+    for (int o2 = 16; o2 > 0; o2 >>= 1) {
+      ss += __shfl_xor_sync(0xffffffffu, ss, o2);
+      m += __shfl_xor_sync(0xffffffffu, m, o2);
+    }
+    m /= (C)D;
+    C n = (C)1 / sqrt(ss / (C)D + eps);
+    C n3m = n * n * n * m;
+    typename TO::S *orow = o + r * D;
+    for (int64_t i = lane; i < D; i += 32) {
+      C xi = (C)T::ld(xr[i * xs]), gi = (C)T::ld(gr[i * gs]);
+      if (which == 1) {
+        orow[i] = TO::st(gi * xi * n);
+      } else {
+        if (w) gi *= (C)T::ld(w[i * ws]);
+        orow[i] = TO::st(n * gi - xi * n3m);
+      }
+    }
+  }
+}
+
+/* which 2, the weight gradient sum(g x n) over the rows: each row's n (one
+ * warp a row), then per fixed chunk of rows each column's partial sum (a
+ * thread a column: coalesced across the row), then the chunks added in
+ * order for each column — deterministic. */
+template <class T, class C>
+__global__ void k_rms_rown(const typename T::S *x, mx__nd<2> rnd, int64_t rows, int64_t D,
+                           int64_t xs, C eps, C *nout) {
+  const int lane = threadIdx.x & 31;
+  for (int64_t r = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5); r < rows;
+       r += (int64_t)gridDim.x * 8) {
+    int64_t off[2];
+    mx__nd_offsets<2>(rnd, r, off);
+    const typename T::S *xr = x + off[0];
+    C ss = 0;
+    for (int64_t i = lane; i < D; i += 32) {
+      C xi = (C)T::ld(xr[i * xs]);
+      ss += xi * xi;
+    }
+#pragma unroll
+    for (int o2 = 16; o2 > 0; o2 >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o2);
+    if (lane == 0) nout[r] = (C)1 / sqrt(ss / (C)D + eps);
+  }
+}
+
+template <class T, class C>
+__global__ void k_rms_dw_part(const typename T::S *x, const typename T::S *g, mx__nd<2> rnd,
+                              int64_t rows, int64_t D, int64_t xs, int64_t gs, const C *n,
+                              int64_t chunk, C *part) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, k = blockIdx.y;
+  if (i >= D) return;
+  const int64_t r1 = rows < (k + 1) * chunk ? rows : (k + 1) * chunk;
+  C acc = 0;
+  for (int64_t r = k * chunk; r < r1; r++) {
+    int64_t off[2];
+    mx__nd_offsets<2>(rnd, r, off);
+    acc += (C)T::ld(g[off[1] + i * gs]) * (C)T::ld(x[off[0] + i * xs]) * n[r];
+  }
+  part[k * D + i] = acc;
+}
+
+template <class C>
+__global__ void k_rms_dw_sum(const C *part, int64_t nk, int64_t D, C *out) {
+  MX_CUDA_LOOP(i, D) {
+    C t = 0;
+    for (int64_t k = 0; k < nk; k++) t += part[k * D + i];
+    out[i] = t;
+  }
+}
+
+static int rms_dw(mx_array *out, mx_array *x, mx_array *g, double eps) {
+  const int nd = x->ndim;
+  const int64_t D = out->size, rows = x->size / D;
+  const int64_t chunk = MX_MAX(64, (rows + 255) / 256), nk = (rows + chunk - 1) / chunk;
+  const bool f64 = x->dtype == MX_FLOAT64;
+  const size_t cs = f64 ? sizeof(double) : sizeof(float);
+  if (rows == 0)
+    return mx__cuda_check(cudaMemsetAsync(out->buf->dptr, 0, (size_t)D * cs, mx__cuda_stream()),
+                          "rms_norm_backward");
+  mx__buffer *tb = mx__cuda_tmp(cs * (size_t)(rows + nk * D));
+  if (!tb) return mx_last_status();
+  int64_t xst[MX_MAX_NDIM], gst[MX_MAX_NDIM];
+  for (int d = 0; d < nd; d++) xst[d] = x->strides[d], gst[d] = g->strides[d];
+  const int64_t *sp[2] = {xst, gst};
+  mx__nd<2> rnd = mx__nd_make<2>(x->shape, nd - 1, sp);
+  cudaStream_t s = mx__cuda_stream();
+  unsigned gw = (unsigned)MX_MIN((rows + 7) / 8, (int64_t)65535 * 8);
+  dim3 gp((unsigned)((D + 255) / 256), (unsigned)nk);
+  int st = MX_ERR_NO_KERNEL;
+  MX_CUDA_DISPATCH_FLOAT(x->dtype, {
+    typedef T::C CT;
+    CT *nb = (CT *)tb->dptr, *part = nb + rows;
+    k_rms_rown<T, CT><<<gw, 256, 0, s>>>((const T::S *)mx__ddata(x), rnd, rows, D,
+                                         x->strides[nd - 1], (CT)eps, nb);
+    k_rms_dw_part<T, CT><<<gp, 256, 0, s>>>((const T::S *)mx__ddata(x), (const T::S *)mx__ddata(g),
+                                            rnd, rows, D, x->strides[nd - 1], g->strides[nd - 1],
+                                            nb, chunk, part);
+    k_rms_dw_sum<CT><<<mx__cuda_blocks(D), MX_CUDA_THREADS, 0, s>>>(part, nk, D,
+                                                                   (CT *)out->buf->dptr);
+    st = mx__cuda_launched("rms_norm_backward");
+  })
+  mx__buffer_release(tb); /* reused only by later work of the stream */
+  return st == MX_ERR_NO_KERNEL ? mx__cuda_no_dtype(out, x->dtype) : st;
+}
+
 static int k_rms_norm_grad(mx_array *out, mx_array **in) {
   const mx__rms_norm_grad_params *p = MX__PARAMS(out, mx__rms_norm_grad_params);
   mx_array *x = in[0], *g = in[1], *w = p->has_weight ? in[2] : NULL;
@@ -231,6 +356,7 @@ static int k_rms_norm_grad(mx_array *out, mx_array **in) {
     return mx__cuda_no_dtype(out, g->dtype);
   int st = mx__array_alloc_data(out);
   if (st || out->size == 0) return st;
+  if (p->which == 2) return rms_dw(out, x, g, p->eps);
   int nd = x->ndim;
   int64_t D = x->shape[nd - 1], rows = out->size / D;
   int64_t xst[MX_MAX_NDIM], gst[MX_MAX_NDIM];
@@ -241,7 +367,15 @@ static int k_rms_norm_grad(mx_array *out, mx_array **in) {
   int64_t ws = w ? w->strides[w->ndim - 1] : 0;
   cudaStream_t s = mx__cuda_stream();
   const int which = p->which;
+  const bool warp = D <= 1024;
+  const unsigned gw = (unsigned)MX_MIN((rows + 7) / 8, (int64_t)65535 * 8);
 #define RG(TAG, CT, TOUT)                                                                    \
+  if (warp)                                                                                  \
+    k_rms_grad_warp<TAG, CT, TOUT><<<gw, 256, 0, s>>>(                                       \
+        (const TAG::S *)mx__ddata(x), (const TAG::S *)mx__ddata(g),                          \
+        w ? (const TAG::S *)mx__ddata(w) : NULL, (TOUT::S *)out->buf->dptr, rnd, rows, D,    \
+        x->strides[nd - 1], g->strides[nd - 1], ws, (CT)p->eps, which);                      \
+  else                                                                                       \
   k_rms_grad<TAG, CT, TOUT><<<gr, MX_CUDA_THREADS, 0, s>>>(                                  \
       (const TAG::S *)mx__ddata(x), (const TAG::S *)mx__ddata(g),                            \
       w ? (const TAG::S *)mx__ddata(w) : NULL, (TOUT::S *)out->buf->dptr, rnd, rows, D,      \
