@@ -109,6 +109,11 @@ static int f_take_along(const mx_opcase *c, const double *const *in, double *out
 /* ---- put_along_axis / scatter_add_axis ------------------------------------------ */
 static mx_array *b_scatter(const mx_opcase *c, mx_array **in) {
   mx_array *idx = index_input(c, in[1]);
+  if (c->ip[3] && idx) { /* the index broadcast over the values' other axes (a view) */
+    mx_array *b = mx_broadcast_to(idx, mx_array_shape(in[2]), mx_array_ndim(in[2]));
+    mx_array_free(idx);
+    idx = b;
+  }
   mx_array *r = c->ip[2] ? mx_scatter_add_axis(in[0], idx, in[2], c->ip[0])
                          : mx_put_along_axis(in[0], idx, in[2], c->ip[0]);
   mx_array_free(idx);
@@ -202,6 +207,13 @@ static const mx_opcase cases[] = {
     ADD("embedding grad shape", 3, (1, 7, 1), (1, 12, 1), 3, (1, 12, 1), 1, 3, 0, 7,
         OC_DT(MX_FLOAT32, MX_BFLOAT16)),
     ADD("empty indices", 2, (3, 4), (3, 0), 2, (3, 0), 1, 0, 0, 4, OC_DT(MX_FLOAT32)),
+    /* the embedding gradient: ids broadcast over the model dimension (a
+     * stride-0 view), a long list with duplicates, clamped ids too */
+    ADD("embedding grad, ids broadcast over 40 columns", 3, (1, 37, 40), (1, 600, 1), 3,
+        (1, 600, 40), 1, 0, -2, 39, OC_DT(MX_FLOAT32, MX_BFLOAT16, MX_FLOAT16, MX_FLOAT64),
+        .ip = {1, 0, 1, 1}),
+    ADD("ids broadcast, 2 leading rows, int64 ids", 3, (2, 300, 24), (1, 700, 1), 3,
+        (2, 700, 24), 1, 1, 0, 300, OC_DT(MX_FLOAT32, MX_BFLOAT16), .ip = {1, 1, 1, 1}),
 };
 
 const mx_opcase_table mx_opcases_indexing = {cases, (int)(sizeof cases / sizeof *cases)};

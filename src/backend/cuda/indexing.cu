@@ -139,6 +139,85 @@ __global__ void k_add(A *o, const TI *ix, const typename T::S *v, scat_geo g, in
   }
 }
 
+/* Row scatter-adds whose index depends on k only (the embedding gradient:
+ * the token ids broadcast over the model dimension): a block owns R
+ * destination rows and every position (the count non-indexed elements).
+ * It walks the index list in tiles, compacts the k that land in its rows
+ * in order (a block-wide prefix sum), and adds those value rows into its
+ * accumulators in shared memory — each destination element still sums in
+ * index order (the bits of k_add), but the list is read once per block
+ * instead of once per thread and share. */
+constexpr int AR_TILE = 1024, AR_THREADS = 256;
+
+template <class T, class A, class TI>
+__global__ void __launch_bounds__(AR_THREADS)
+    k_add_rows(A *o, const TI *ix, const typename T::S *v, scat_geo g, int64_t count, int R) {
+  extern __shared__ __align__(16) unsigned char arsm[];
+  A *acc = (A *)arsm;                               /* R x count */
+  int32_t *lk = (int32_t *)(acc + (int64_t)R * count); /* matches of a tile: k */
+  int32_t *lj = lk + AR_TILE;                        /* and their row */
+  __shared__ int32_t wsum[AR_THREADS / 32 + 1];
+  const int64_t v0 = (int64_t)blockIdx.x * R;
+  const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+  constexpr int PP = 8; /* positions a thread: count <= PP * AR_THREADS */
+  int64_t oo[PP], vo[PP];
+#pragma unroll
+  for (int q = 0; q < PP; q++) {
+    const int64_t p = t + (int64_t)q * AR_THREADS;
+    int64_t off[3] = {0, 0, 0};
+    if (p < count) mx__nd_offsets<3>(g.nd, p, off);
+    oo[q] = off[0];
+    vo[q] = off[2];
+    for (int r = 0; r < R && p < count; r++)
+      acc[r * count + p] = v0 + r < g.dim ? o[off[0] + (v0 + r) * g.ostride] : (A)0;
+  }
+  for (int64_t k0 = 0; k0 < g.n; k0 += AR_TILE) {
+    /* thread t checks entries 4t .. 4t + 3 of the tile, in order */
+    int32_t mk[4], mj[4];
+    int c = 0;
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      const int64_t k = k0 + 4 * t + e;
+      if (k < g.n) {
+        const int64_t j = norm_index((int64_t)ix[k * g.istep], g.dim) - v0;
+        if (j >= 0 && j < R) mk[c] = (int32_t)(k - k0), mj[c] = (int32_t)j, c++;
+      }
+    }
+    int incl = c; /* the block's exclusive prefix of c */
+#pragma unroll
+    for (int o2 = 1; o2 < 32; o2 <<= 1) {
+      int y = __shfl_up_sync(0xffffffffu, incl, o2);
+      if (lane >= o2) incl += y;
+    }
+    __syncthreads(); /* the previous tile's list is consumed */
+    if (lane == 31) wsum[warp] = incl;
+    __syncthreads();
+    int base = 0, total = 0;
+    for (int w = 0; w < AR_THREADS / 32; w++) {
+      if (w < warp) base += wsum[w];
+      total += wsum[w];
+    }
+    base += incl - c;
+    for (int e = 0; e < c; e++) lk[base + e] = mk[e], lj[base + e] = mj[e];
+    __syncthreads();
+    for (int m = 0; m < total; m++) {
+      const int64_t k = k0 + lk[m];
+      A *row = acc + (int64_t)lj[m] * count;
+#pragma unroll
+      for (int q = 0; q < PP; q++) {
+        const int64_t p = t + (int64_t)q * AR_THREADS;
+        if (p < count) acc_op<T, A>::add(row[p], v[vo[q] + k * g.vstep]);
+      }
+    }
+  }
+#pragma unroll
+  for (int q = 0; q < PP; q++) {
+    const int64_t p = t + (int64_t)q * AR_THREADS;
+    for (int r = 0; r < R && p < count && v0 + r < g.dim; r++)
+      o[oo[q] + (v0 + r) * g.ostride] = acc[r * count + p];
+  }
+}
+
 template <class T>
 __global__ void k_to_f32(const typename T::S *a, float *o, int64_t n) {
   MX_CUDA_LOOP(i, n) o[i] = (float)T::ld(a[i]);
@@ -254,6 +333,44 @@ static int k_scatter_add_axis(mx_array *out, mx_array **in) {
   const void *ip = mx__ddata(idx), *vp = mx__ddata(v);
   void *op = out->buf->dptr;
   int64_t n = out->size;
+  /* the index depends on k only, a long list, few positions: k_add_rows */
+  bool rows_only = g.n >= 256 && g.n <= INT32_MAX && count <= 8 * AR_THREADS &&
+                   mx_dtype_is_float(out->dtype);
+  for (int d = 0; d < g.nd.ndim && rows_only; d++)
+    rows_only = g.nd.st[1][d] == 0 || g.nd.shape[d] == 1;
+  if (rows_only) {
+    const size_t as = out->dtype == MX_FLOAT64 ? sizeof(double) : sizeof(float);
+    int R = (int)MX_MAX(1, MX_MIN(32, (int64_t)(32768 / as) / count));
+    const size_t smem = (size_t)R * (size_t)count * as + 2 * sizeof(int32_t) * AR_TILE;
+    const unsigned nbr = (unsigned)((g.dim + R - 1) / R);
+    mx__buffer *acc = NULL;
+    switch (out->dtype) {
+#define ROWS(TAG, A, P)                                                                      \
+  IDX_DISPATCH(idx->dtype, k_add_rows<TAG, A, TI><<<nbr, AR_THREADS, smem, s>>>(             \
+                               (A *)(P), (const TI *)ip, (const TAG::S *)vp, g, count, R))
+      case MX_FLOAT32: ROWS(TF32, float, op); break;
+      case MX_FLOAT64: ROWS(TF64, double, op); break;
+      case MX_FLOAT16:
+      case MX_BFLOAT16: {
+        if (!(acc = mx__cuda_tmp((size_t)n * sizeof(float)))) return mx_last_status();
+        float *ap = (float *)acc->dptr;
+        if (out->dtype == MX_FLOAT16) {
+          k_to_f32<TF16><<<mx__cuda_blocks(n), MX_CUDA_THREADS, 0, s>>>((const uint16_t *)op, ap, n);
+          ROWS(TF16, float, ap);
+          k_from_f32<TF16><<<mx__cuda_blocks(n), MX_CUDA_THREADS, 0, s>>>(ap, (uint16_t *)op, n);
+        } else {
+          k_to_f32<TBF16><<<mx__cuda_blocks(n), MX_CUDA_THREADS, 0, s>>>((const uint16_t *)op, ap, n);
+          ROWS(TBF16, float, ap);
+          k_from_f32<TBF16><<<mx__cuda_blocks(n), MX_CUDA_THREADS, 0, s>>>(ap, (uint16_t *)op, n);
+        }
+        mx__buffer_release(acc);
+        break;
+      }
+      default: break;
+#undef ROWS
+    }
+    return mx__cuda_launched(mx__opname(out));
+  }
   switch (out->dtype) {
 #define PLAIN(DT, TAG, A)                                                                  \
   case DT:                                                                                 \
