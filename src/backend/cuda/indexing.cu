@@ -146,7 +146,12 @@ __global__ void k_add(A *o, const TI *ix, const typename T::S *v, scat_geo g, in
  * in order (a block-wide prefix sum), and adds those value rows into its
  * accumulators in shared memory — each destination element still sums in
  * index order (the bits of k_add), but the list is read once per block
- * instead of once per thread and share. */
+ * instead of once per thread and share. Measured in a training step (H200,
+ * 32,768 ids, 8,457 x 768): ~3.1 ms, about what the per-thread scan took —
+ * a frequent token's rows collect thousands of hits in one block, each
+ * waiting for its value row's load; loading several hits' rows before
+ * adding them, or splitting a row's hits over warps with partial sums
+ * added in a fixed order, is the next step. */
 constexpr int AR_TILE = 1024, AR_THREADS = 256;
 
 template <class T, class A, class TI>
