@@ -293,6 +293,47 @@ static int64_t mismatches(mx_array *c, mx_array *g, double tol, const char *what
   return bad;
 }
 
+/* Matrix products through cuBLASLt plans: unaligned views, addmm's beta,
+ * a repeated shape (cached plan: the same bits), and float32 with TF32
+ * (MX_MATMUL_HIGH: close to the CPU, but not its bits) or without. */
+TEST(float32_matmul_plans_and_tf32) {
+  NEED_GPU();
+  mx_matmul_precision p0 = mx_get_float32_matmul_precision();
+  mx_array *a0 = normal((int64_t[]){301, 257}, 2, 1, 21);
+  mx_array *b = normal((int64_t[]){256, 131}, 2, 1, 22);
+  mx_array *c = normal((int64_t[]){131}, 1, 1, 23);
+  /* a: columns 1..256 of a0, 4-byte aligned rows of stride 257 */
+  mx_array *a = mx_slice(a0, (int64_t[]){0, 1}, (int64_t[]){301, 257}, NULL, 2);
+  ASSERT_OK(mx_eval((mx_array *[]){a, b, c}, 3));
+  mx_array *cpu = mx_addmm(c, a, b, 0.5, 2.0);
+  mx_array *cpu2 = mx_matmul(a, b);
+  ASSERT_OK(mx_eval((mx_array *[]){cpu, cpu2}, 2));
+  mx_set_default_device(MX_GPU);
+  ASSERT_OK(mx_set_float32_matmul_precision(MX_MATMUL_HIGHEST));
+  mx_array *g = mx_addmm(c, a, b, 0.5, 2.0);
+  mx_array *g2 = mx_matmul(a, b), *g3 = mx_matmul(a, b);
+  ASSERT_OK(mx_set_float32_matmul_precision(MX_MATMUL_HIGH));
+  mx_array *t = mx_matmul(a, b);
+  ASSERT_OK(mx_set_float32_matmul_precision(p0));
+  mx_set_default_device(MX_CPU);
+  ASSERT_OK(mx_eval((mx_array *[]){g, g2, g3, t}, 4));
+  ASSERT_EQ_INT(mismatches(cpu, g, 2e-5, "addmm f32"), 0);
+  ASSERT_EQ_INT(mismatches(cpu2, g2, 2e-5, "matmul f32"), 0);
+  const float *v2 = mx_array_data(g2), *v3 = mx_array_data(g3), *vt = mx_array_data(t);
+  const float *vc = mx_array_data(cpu2);
+  ASSERT(!memcmp(v2, v3, sizeof(float) * 301 * 131));
+  /* TF32: inputs keep 10 mantissa bits; K = 256 products of N(0,1) */
+  double maxd = 0;
+  for (int i = 0; i < 301 * 131; i++) {
+    double d = fabs((double)vt[i] - vc[i]);
+    if (d > maxd) maxd = d;
+  }
+  printf("    tf32 max |gpu - cpu| = %.3g\n", maxd);
+  ASSERT(maxd < 0.1);
+  ASSERT(maxd > 1e-4); /* TF32 was used: full float32 is ~1e-5 here */
+  mx_array_free_n((mx_array *[]){a0, a, b, c, cpu, cpu2, g, g2, g3, t}, 10);
+}
+
 static double dtype_tol(mx_dtype dt) {
   return dt == MX_BFLOAT16 ? 1.6e-2 : dt == MX_FLOAT16 ? 2e-3 : 2e-5;
 }

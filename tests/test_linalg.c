@@ -295,4 +295,22 @@ TEST(allocation_failures_are_statuses_and_leak_nothing) {
   mx_array_free_n((mx_array *[]){a, b, c}, 3);
 }
 
+TEST(float32_matmul_precision_setting) {
+  mx_matmul_precision p0 = mx_get_float32_matmul_precision();
+  ASSERT_EQ_INT(mx_set_float32_matmul_precision((mx_matmul_precision)7), MX_ERR_INVALID_ARG);
+  ASSERT(strstr(mx_last_error(), "precision"));
+  ASSERT_EQ_INT(mx_get_float32_matmul_precision(), p0);
+  mx_array *a = mx_random_normal((int64_t[]){9, 33}, 2, MX_FLOAT32, 0, 1, NULL);
+  mx_array *b = mx_random_normal((int64_t[]){33, 5}, 2, MX_FLOAT32, 0, 1, NULL);
+  ASSERT_OK(mx_set_float32_matmul_precision(MX_MATMUL_HIGHEST));
+  mx_array *c0 = mx_matmul(a, b);
+  ASSERT_OK(mx_set_float32_matmul_precision(MX_MATMUL_HIGH));
+  ASSERT_EQ_INT(mx_get_float32_matmul_precision(), MX_MATMUL_HIGH);
+  mx_array *c1 = mx_matmul(a, b); /* the CPU ignores it: the same bits */
+  ASSERT_OK(mx_set_float32_matmul_precision(p0));
+  ASSERT_OK(mx_eval((mx_array *[]){c0, c1}, 2));
+  ASSERT(!memcmp(mx_array_data(c0), mx_array_data(c1), sizeof(float) * 9 * 5));
+  mx_array_free_n((mx_array *[]){a, b, c0, c1}, 4);
+}
+
 int main(int argc, char **argv) { return test_main(argc, argv); }

@@ -181,6 +181,18 @@ MX_API mx_array *mx_gather_rows(mx_array *a, mx_array *indices);
 MX_API mx_array *mx_matmul(mx_array *a, mx_array *b);
 /* alpha * (a @ b) + beta * c. */
 MX_API mx_array *mx_addmm(mx_array *c, mx_array *a, mx_array *b, double alpha, double beta);
+/* Float32 matmul precision on GPUs, as PyTorch's set_float32_matmul_precision:
+ * MX_MATMUL_HIGHEST (the default) multiplies in full float32, as the CPU's
+ * sgemm does; MX_MATMUL_HIGH lets the CUDA backend use TF32 tensor cores
+ * (inputs rounded to 10 mantissa bits, float32 accumulation: ~1e-3
+ * relative error, several times the speed). A matmul takes the setting in
+ * force when it is built (not when it is evaluated); the CPU backend and
+ * other dtypes ignore it. MXC_TF32=1 in the environment makes HIGH the
+ * starting value. Process-wide. Set: MX_OK, or MX_ERR_INVALID_ARG for another
+ * value. */
+typedef enum { MX_MATMUL_HIGHEST = 0, MX_MATMUL_HIGH = 1 } mx_matmul_precision;
+MX_API int mx_set_float32_matmul_precision(mx_matmul_precision p);
+MX_API mx_matmul_precision mx_get_float32_matmul_precision(void);
 
 /* ---- sorting ------------------------------------------------------------- */
 MX_API mx_array *mx_sort(mx_array *a, int axis);

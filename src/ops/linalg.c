@@ -9,6 +9,8 @@
  * The primitive sees a (..., M, K) and b (..., K, N) with equal batch
  * shapes (broadcast_to views), and for addmm c broadcast to (..., M, N),
  * all of the output dtype: out = alpha * (a @ b) + beta * c. */
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "linalg_params.h"
@@ -129,12 +131,34 @@ static mx_array *matmul_build(const char *op, mx_array *a, mx_array *b, mx_array
     if (!ins[2]) goto done;
     nin = 3;
   }
-  mx__matmul_params p = {alpha, c ? beta : 0.0};
+  mx__matmul_params p = {alpha, c ? beta : 0.0,
+                         dt == MX_FLOAT32 && mx_get_float32_matmul_precision() == MX_MATMUL_HIGH};
   mx_array *o = mx__keep(&t, mx__node_new(&def_MATMUL, dt, po, pn, ins, nin, &p, sizeof p));
   if (o) r = mx_reshape(o, fs, fn);
 done:
   mx__tmp_free(&t);
   return r;
+}
+
+static atomic_int g_f32_precision = -1; /* -1: MXC_TF32 not read yet */
+
+int mx_set_float32_matmul_precision(mx_matmul_precision p) {
+  if (p != MX_MATMUL_HIGHEST && p != MX_MATMUL_HIGH)
+    return mx__set_error(MX_ERR_INVALID_ARG, "set_float32_matmul_precision: unknown precision %d",
+                         (int)p);
+  atomic_store(&g_f32_precision, (int)p);
+  return MX_OK;
+}
+
+mx_matmul_precision mx_get_float32_matmul_precision(void) {
+  int p = atomic_load(&g_f32_precision);
+  if (p < 0) {
+    const char *e = getenv("MXC_TF32");
+    int want = e && !strcmp(e, "1") ? MX_MATMUL_HIGH : MX_MATMUL_HIGHEST;
+    atomic_compare_exchange_strong(&g_f32_precision, &p, want);
+    p = atomic_load(&g_f32_precision);
+  }
+  return (mx_matmul_precision)p;
 }
 
 mx_array *mx_matmul(mx_array *a, mx_array *b) {

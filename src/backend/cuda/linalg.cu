@@ -1,18 +1,33 @@
-/* linalg.cu — matmul through cuBLAS: out = alpha * (a @ b) + beta * c.
+/* linalg.cu — matmul through cuBLASLt (cuBLAS for batched and float64
+ * products): out = alpha * (a @ b) + beta * c.
  *
  * Inputs as for the CPU kernel (src/backend/cpu/linalg.c): a (..., M, K),
  * b (..., K, N) with out's batch shape (batch strides 0 where broadcast),
  * optional c broadcast to out. Row-major C = A B is computed as the
  * column-major C^T = B^T A^T, so a row- or column-major operand goes to
- * cuBLAS as it lies (op N or T, its leading dimension); an operand whose
- * strides cuBLAS cannot express, or whose batch axes are not one strided
- * run, is first copied to a contiguous buffer. One strided-batched GEMM per
- * matmul.
+ * the library as it lies (op N or T, its leading dimension); an operand
+ * whose strides cannot be expressed, or whose batch axes are not one
+ * strided run, is first copied to a contiguous buffer.
  *
- *   f32   CUBLAS_COMPUTE_32F (TF32 off: results match the CPU's sgemm)
+ * One matrix product (every Linear layer, all of prefill and training):
+ * cublasLtMatmul with a plan cached per shape (descriptors, layouts and
+ * the algorithm: cuBLASLt's first heuristic, or with MXC_GEMM_TUNE=1 the
+ * fastest of up to 8 of its candidates, timed on the shape's first use
+ * outside graph capture). Reductions that add partial products in the
+ * output with atomics are excluded, so a plan's results are the same bits
+ * every call; MXC_GEMM_TUNE's choice can differ between processes (it is
+ * timed), so it is off by default. A batch of products, or float64: one
+ * cublasGemmStridedBatchedEx.
+ *
+ *   f32   CUBLAS_COMPUTE_32F (TF32 off: results match the CPU's sgemm);
+ *         CUBLAS_COMPUTE_32F_FAST_TF32 for matmuls built with
+ *         mx_set_float32_matmul_precision(MX_MATMUL_HIGH)
  *   f16, bf16  f32 accumulation (CUBLAS_COMPUTE_32F), tensor cores
  *   f64   CUBLAS_COMPUTE_64F */
+#include <cublasLt.h>
 #include <cublas_v2.h>
+#include <stdlib.h>
+#include <string.h>
 #include <limits.h>
 #include <pthread.h>
 
@@ -96,6 +111,230 @@ static int prepare(operand *o, mx_array *x, int nd, const int64_t *bshape, int64
   o->cs = 1;
   o->bs = o->rows * o->cols;
   return MX_OK;
+}
+
+/* ---- cuBLASLt plans -------------------------------------------------------------------
+ * Keyed by everything that shapes the call; never evicted (a full table
+ * makes throwaway plans). A plan's handles are immutable once published. */
+typedef struct {
+  int32_t ty, ct, opa, opb, beta_nz;
+  uint16_t align_a, align_b, align_c, pad; /* pointer alignment (bytes, <= 256) */
+  int64_t m, n, k, lda, ldb, ldc;
+} lt_key;
+typedef struct {
+  bool used, none; /* none: cuBLASLt has no algorithm (cuBLAS runs it) */
+  lt_key key;
+  cublasLtMatmulDesc_t op;
+  cublasLtMatrixLayout_t la, lb, lc;
+  cublasLtMatmulAlgo_t algo;
+  size_t ws;
+} lt_plan;
+#define LT_PLANS 1024
+#define LT_MAX_WS ((size_t)32 << 20)
+static lt_plan g_plans[LT_PLANS];
+static cublasLtHandle_t g_lt;
+static int g_tune = -1; /* MXC_GEMM_TUNE */
+
+static int lt_check(cublasStatus_t s, const char *what) { return cublas_check(s, what); }
+
+static void lt_plan_destroy(lt_plan *p) {
+  if (p->op) cublasLtMatmulDescDestroy(p->op);
+  if (p->la) cublasLtMatrixLayoutDestroy(p->la);
+  if (p->lb) cublasLtMatrixLayoutDestroy(p->lb);
+  if (p->lc) cublasLtMatrixLayoutDestroy(p->lc);
+  p->op = NULL, p->la = p->lb = p->lc = NULL;
+}
+
+static uint64_t lt_hash(const lt_key *k) {
+  const unsigned char *b = (const unsigned char *)k;
+  uint64_t h = 1469598103934665603ULL;
+  for (size_t i = 0; i < sizeof *k; i++) h = (h ^ b[i]) * 1099511628211ULL;
+  return h;
+}
+
+/* Time one algorithm (median of 3 after one untimed call); < 0: it failed. */
+static float lt_time(const lt_plan *p, const cublasLtMatmulAlgo_t *algo, size_t ws,
+                     const void *alpha, const void *beta, const void *A, const void *B, void *C,
+                     void *wsp, cudaStream_t s) {
+  cudaEvent_t e0, e1;
+  if (cudaEventCreate(&e0) != cudaSuccess) return cudaGetLastError(), -1.f;
+  if (cudaEventCreate(&e1) != cudaSuccess) return cudaEventDestroy(e0), cudaGetLastError(), -1.f;
+  float t[3] = {0, 0, 0};
+  bool ok = cublasLtMatmul(g_lt, p->op, alpha, B, p->lb, A, p->la, beta, C, p->lc, C, p->lc, algo,
+                           wsp, ws, s) == CUBLAS_STATUS_SUCCESS;
+  for (int i = 0; ok && i < 3; i++) {
+    ok = cudaEventRecord(e0, s) == cudaSuccess &&
+         cublasLtMatmul(g_lt, p->op, alpha, B, p->lb, A, p->la, beta, C, p->lc, C, p->lc, algo,
+                        wsp, ws, s) == CUBLAS_STATUS_SUCCESS &&
+         cudaEventRecord(e1, s) == cudaSuccess && cudaEventSynchronize(e1) == cudaSuccess &&
+         cudaEventElapsedTime(&t[i], e0, e1) == cudaSuccess;
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaGetLastError();
+  if (!ok) return -1.f;
+  float a = t[0] < t[1] ? t[0] : t[1], b = t[0] < t[1] ? t[1] : t[0];
+  return t[2] < a ? a : t[2] > b ? b : t[2];
+}
+
+/* Build (or find) the plan for key; tune with the operands when asked. */
+static int lt_plan_get(const lt_key *key, lt_plan **out, lt_plan *scratch, const void *alpha,
+                       const void *beta, const void *A, const void *B, void *C) {
+  uint64_t h = lt_hash(key);
+  pthread_mutex_lock(&g_mu);
+  int st = MX_OK;
+  if (!g_lt) st = lt_check(cublasLtCreate(&g_lt), "cublasLtCreate");
+  if (g_tune < 0) {
+    const char *e = getenv("MXC_GEMM_TUNE");
+    g_tune = e && !strcmp(e, "1");
+  }
+  lt_plan *slot = NULL;
+  for (int i = 0; !st && i < LT_PLANS; i++) {
+    lt_plan *p = &g_plans[(h + (uint64_t)i) % LT_PLANS];
+    if (!p->used) {
+      slot = p;
+      break;
+    }
+    if (!memcmp(&p->key, key, sizeof *key)) {
+      *out = p;
+      pthread_mutex_unlock(&g_mu);
+      return p->none ? MX_ERR_UNSUPPORTED : MX_OK;
+    }
+  }
+  /* new plan: built under the lock (first use of a shape only) */
+  lt_plan *p = slot ? slot : scratch;
+  memset(p, 0, sizeof *p);
+  p->key = *key;
+  const cudaDataType_t ty = (cudaDataType_t)key->ty;
+  const cublasOperation_t opa = (cublasOperation_t)key->opa, opb = (cublasOperation_t)key->opb;
+  const cudaDataType_t scale_ty = ty == CUDA_R_64F ? CUDA_R_64F : CUDA_R_32F;
+  if (!st)
+    st = lt_check(cublasLtMatmulDescCreate(&p->op, (cublasComputeType_t)key->ct, scale_ty),
+                  "cublasLtMatmulDescCreate");
+  /* column-major C^T (n x m) = op(B^T) (n x k) * op(A^T) (k x m): "A" of the
+   * library call is our B */
+  if (!st)
+    st = lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opb, sizeof opb),
+                  "cublasLtMatmulDescSetAttribute");
+  if (!st)
+    st = lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opa, sizeof opa),
+                  "cublasLtMatmulDescSetAttribute");
+  const int64_t n = key->n, m = key->m, k = key->k;
+  if (!st)
+    st = lt_check(cublasLtMatrixLayoutCreate(&p->lb, ty, opb == CUBLAS_OP_N ? n : k,
+                                             opb == CUBLAS_OP_N ? k : n, key->ldb),
+                  "cublasLtMatrixLayoutCreate");
+  if (!st)
+    st = lt_check(cublasLtMatrixLayoutCreate(&p->la, ty, opa == CUBLAS_OP_N ? k : m,
+                                             opa == CUBLAS_OP_N ? m : k, key->lda),
+                  "cublasLtMatrixLayoutCreate");
+  if (!st)
+    st = lt_check(cublasLtMatrixLayoutCreate(&p->lc, ty, n, m, key->ldc),
+                  "cublasLtMatrixLayoutCreate");
+  cublasLtMatmulPreference_t pref = NULL;
+  if (!st) st = lt_check(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
+  size_t wmax = LT_MAX_WS;
+  /* no in-place (atomic) split-K reductions: the same bits every call */
+  uint32_t mask = CUBLASLT_REDUCTION_SCHEME_MASK & ~(uint32_t)CUBLASLT_REDUCTION_SCHEME_INPLACE;
+  if (!st)
+    st = lt_check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                       &wmax, sizeof wmax),
+                  "cublasLtMatmulPreferenceSetAttribute");
+  if (!st)
+    st = lt_check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                                                       &mask, sizeof mask),
+                  "cublasLtMatmulPreferenceSetAttribute");
+  /* the library's A is our B (and its B our A) */
+  const struct {
+    cublasLtMatmulPreferenceAttributes_t at;
+    uint32_t v;
+  } al[4] = {{CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key->align_b},
+             {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key->align_a},
+             {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key->align_c},
+             {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key->align_c}};
+  for (int i = 0; i < 4 && !st; i++)
+    st = lt_check(cublasLtMatmulPreferenceSetAttribute(pref, al[i].at, &al[i].v, sizeof al[i].v),
+                  "cublasLtMatmulPreferenceSetAttribute");
+  cublasLtMatmulHeuristicResult_t res[8];
+  int nres = 0;
+  cudaStream_t s = mx__cuda_stream();
+  cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+  const bool tune = g_tune && key->beta_nz == 0 && cudaStreamIsCapturing(s, &cs) == cudaSuccess &&
+                    cs == cudaStreamCaptureStatusNone;
+  cudaGetLastError();
+  if (!st &&
+      cublasLtMatmulAlgoGetHeuristic(g_lt, p->op, p->lb, p->la, p->lc, p->lc, pref, tune ? 8 : 1,
+                                     res, &nres) != CUBLAS_STATUS_SUCCESS)
+    nres = 0;
+  if (pref) cublasLtMatmulPreferenceDestroy(pref);
+  if (!st && nres == 0) st = MX_ERR_UNSUPPORTED; /* the caller falls back to cuBLAS */
+  int best = 0;
+  if (!st && tune && nres > 1) {
+    size_t wsz = 0;
+    for (int i = 0; i < nres; i++) wsz = res[i].workspaceSize > wsz ? res[i].workspaceSize : wsz;
+    mx__buffer *w = wsz ? mx__cuda_tmp(wsz) : NULL;
+    if (wsz && !w) {
+      mx_clear_error(); /* no room to tune: the first heuristic */
+    } else {
+      float bt = -1.f;
+      for (int i = 0; i < nres; i++) {
+        float t = lt_time(p, &res[i].algo, res[i].workspaceSize, alpha, beta, A, B, C,
+                          w ? w->dptr : NULL, s);
+        if (t >= 0.f && (bt < 0.f || t < bt)) bt = t, best = i;
+      }
+      mx__gpu_epoch_bump(); /* the stream was synchronised */
+    }
+    if (w) mx__buffer_release(w);
+  }
+  if (!st) {
+    p->algo = res[best].algo;
+    p->ws = res[best].workspaceSize;
+    p->used = p != scratch;
+  } else {
+    lt_plan_destroy(p);
+    memset(p, 0, sizeof *p);
+    if (st == MX_ERR_UNSUPPORTED && p != scratch) { /* remember: cuBLAS runs this shape */
+      p->key = *key;
+      p->used = p->none = true;
+    }
+  }
+  pthread_mutex_unlock(&g_mu);
+  *out = p;
+  return st;
+}
+
+static uint16_t ptr_align(const void *p) {
+  uintptr_t a = (uintptr_t)p;
+  uint16_t r = 256;
+  while (r > 1 && a % r) r /= 2;
+  return r;
+}
+
+/* C (m x n, row-major) = alpha * A B + beta * C with one cublasLtMatmul;
+ * MX_ERR_UNSUPPORTED (no error set): use cuBLAS instead. */
+static int lt_matmul(cudaDataType_t ty, cublasComputeType_t ct, cublasOperation_t opa,
+                     cublasOperation_t opb, int64_t m, int64_t n, int64_t k, const void *A,
+                     int64_t lda, const void *B, int64_t ldb, void *C, int64_t ldc,
+                     const void *alpha, const void *beta, bool beta_nz) {
+  lt_key key;
+  memset(&key, 0, sizeof key);
+  key.ty = (int32_t)ty, key.ct = (int32_t)ct, key.opa = (int32_t)opa, key.opb = (int32_t)opb;
+  key.beta_nz = beta_nz, key.m = m, key.n = n, key.k = k;
+  key.lda = lda, key.ldb = ldb, key.ldc = ldc;
+  key.align_a = ptr_align(A), key.align_b = ptr_align(B), key.align_c = ptr_align(C);
+  lt_plan scratch, *p = NULL;
+  int st = lt_plan_get(&key, &p, &scratch, alpha, beta, A, B, C);
+  if (st) return st;
+  mx__buffer *w = p->ws ? mx__cuda_tmp(p->ws) : NULL;
+  if (p->ws && !w) st = mx_last_status();
+  if (!st)
+    st = cublas_check(cublasLtMatmul(g_lt, p->op, alpha, B, p->lb, A, p->la, beta, C, p->lc, C,
+                                     p->lc, &p->algo, w ? w->dptr : NULL, p->ws,
+                                     mx__cuda_stream()),
+                      "cublasLtMatmul");
+  if (w) mx__buffer_release(w);
+  if (p == &scratch) lt_plan_destroy(p);
+  return st;
 }
 
 /* ---- GEMV: one row of f16/bf16 activations times a weight of contiguous
@@ -255,7 +494,10 @@ static int k_matmul(mx_array *out, mx_array **in) {
   cudaDataType_t ty;
   cublasComputeType_t ct = CUBLAS_COMPUTE_32F;
   switch (dt) {
-    case MX_FLOAT32: ty = CUDA_R_32F; break;
+    case MX_FLOAT32:
+      ty = CUDA_R_32F;
+      if (p->tf32) ct = CUBLAS_COMPUTE_32F_FAST_TF32;
+      break;
     case MX_FLOAT16: ty = CUDA_R_16F; break;
     case MX_BFLOAT16: ty = CUDA_R_16BF; break;
     case MX_FLOAT64: ty = CUDA_R_64F; ct = CUBLAS_COMPUTE_64F; break;
@@ -299,7 +541,12 @@ static int k_matmul(mx_array *out, mx_array **in) {
     double ad = p->alpha, bd = beta;
     const void *alpha = dt == MX_FLOAT64 ? (const void *)&ad : (const void *)&af;
     const void *betap = dt == MX_FLOAT64 ? (const void *)&bd : (const void *)&bf;
-    st = cublas_check(
+    st = MX_ERR_UNSUPPORTED;
+    if (nbatch == 1 && dt != MX_FLOAT64 && K > 0)
+      st = lt_matmul(ty, ct, opa, opb, M, N, K, A.ptr, lda_, B.ptr, ldb_, out->buf->dptr,
+                     MX_MAX(1, N), alpha, betap, beta != 0);
+    if (st == MX_ERR_UNSUPPORTED)
+      st = cublas_check(
         cublasGemmStridedBatchedEx(h, opb, opa, (int)N, (int)M, (int)K, alpha, B.ptr, ty, ldb_,
                                    B.bs, A.ptr, ty, lda_, A.bs, betap, out->buf->dptr, ty,
                                    (int)MX_MAX(1, N), M * N, (int)nbatch, ct, CUBLAS_GEMM_DEFAULT),
