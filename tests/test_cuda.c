@@ -524,6 +524,11 @@ TEST(sdpa_prefill_equals_cpu) {
     ASSERT_EQ_INT(sdpa_case(1, 2, 2, 300, 70, 64, 64, false, 0, 1, dts[d], 23), 0);
     ASSERT_EQ_INT(sdpa_case(1, 6, 3, 64, 129, 128, 128, false, 0, 0, dts[d], 24), 0);
   }
+  /* the cases above launch few blocks: the forward splits each block's
+   * keys over two warp groups; 540 blocks (four an SM on a 132-SM card)
+   * take the one-group kernel */
+  ASSERT_EQ_INT(sdpa_case(1, 36, 4, 960, 960, 64, 64, true, 0, 0, MX_BFLOAT16, 25), 0);
+  ASSERT_EQ_INT(sdpa_case(1, 36, 6, 960, 960, 128, 128, false, 0, 1, MX_FLOAT16, 26), 0);
   ASSERT_EQ_INT(sdpa_case(1, 2, 1, 100, 40, 32, 32, true, 0, 0, MX_FLOAT32, 14), 0);
   ASSERT_EQ_INT(sdpa_case(1, 2, 1, 9, 20, 6, 7, false, 0, 0, MX_FLOAT16, 16), 0);
   ASSERT_EQ_INT(sdpa_case(1, 3, 3, 17, 33, 1, 1, true, 0, 0, MX_FLOAT32, 17), 0);

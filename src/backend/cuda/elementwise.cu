@@ -91,15 +91,25 @@ __global__ void k_vec_rows(typename T::S *o, const typename T::S *a, const typen
   typedef typename T::C X;
   constexpr int N = 16 / sizeof(typename T::S);
   MX_PDL_ENTRY();
-  MX_CUDA_LOOP(i, rows * nvr) {
-    const int64_t r = i / nvr, cv = (i - r * nvr) * N;
+  auto one = [&](int64_t r, int64_t v) {
+    const int64_t cv = v * N;
     X va[N], vb[N], vc[N], res[N];
     vld<T>(a, r * ra + cv, va);
     if (NIN > 1) vld<T>(b, r * rb + cv, vb);
     if (NIN > 2) vld<T>(c, r * rc + cv, vc);
 #pragma unroll
     for (int e = 0; e < N; e++) res[e] = f(va[e], NIN > 1 ? vb[e] : X(0), NIN > 2 ? vc[e] : X(0));
-    vst<T>(o, i * N, res);
+    vst<T>(o, (r * nvr + v) * N, res);
+  };
+  if (gridDim.y > 1) { /* long rows: x over a row's vectors, y over rows (no divisions) */
+    const int64_t v = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (v < nvr)
+      for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) one(r, v);
+    return;
+  }
+  MX_CUDA_LOOP(i, rows * nvr) {
+    const int64_t r = i / nvr;
+    one(r, i - r * nvr);
   }
 }
 
@@ -147,7 +157,11 @@ static int launch_vec(mx_array *out, mx_array *const *in, bool rows, const int64
   const typename T::S *c = NIN > 2 ? (const typename T::S *)mx__ddata(in[2]) : a;
   if (rows) {
     const int64_t cols = out->shape[out->ndim - 1], nvr = cols / N, nr = out->size / cols;
-    mx__cuda_launch_pdl(k_vec_rows<T, NIN, F>, mx__cuda_blocks(nr * nvr), MX_CUDA_THREADS, 0,
+    dim3 grid(mx__cuda_blocks(nr * nvr));
+    if (nvr >= MX_CUDA_THREADS / 2 && nr > 1) /* see k_vec_rows */
+      grid = dim3((unsigned)((nvr + MX_CUDA_THREADS - 1) / MX_CUDA_THREADS),
+                  (unsigned)(nr < 65535 ? nr : 65535));
+    mx__cuda_launch_pdl(k_vec_rows<T, NIN, F>, grid, MX_CUDA_THREADS, 0,
                         (typename T::S *)out->buf->dptr, a, b, c, nr, nvr, rs[0],
                         NIN > 1 ? rs[1] : 0, NIN > 2 ? rs[2] : 0, f);
     return mx__cuda_launched(mx__opname(out));
@@ -328,6 +342,18 @@ BOP(LOGICAL_AND, (X)((x != 0) && (y != 0)), (x != 0) && (y != 0), (x != 0) && (y
 BOP(LOGICAL_OR, (X)((x != 0) || (y != 0)), (x != 0) || (y != 0), (x != 0) || (y != 0), true, true)
 #undef BOP
 
+/* swiglu's sigmoid. For 16-bit dtypes, whose result is rounded to 8 or 11
+ * bits, the fast exp and division (MUFU.EX2, MUFU.RCP: ~2 ulp of float32)
+ * change the rounded value only next to a rounding boundary (a few
+ * elements in 10^4 differ by one unit); float32 and float64 are exact. The
+ * swiglu of a prompt's MLP is compute-bound otherwise. */
+template <class T>
+__device__ __forceinline__ typename T::C swiglu_sigmoid(typename T::C x) {
+  typedef typename T::C X;
+  if constexpr (sizeof(typename T::S) == 2) return __fdividef(1.f, 1.f + __expf(-x));
+  else return (X)1 / ((X)1 + m_exp(-x));
+}
+
 /* per-element functions of the vector path (k_vec) */
 template <class T, class OP>
 struct VBin {
@@ -340,7 +366,7 @@ template <class T>
 struct VSwiglu { /* the roundings of SwigluF */
   __device__ typename T::C operator()(typename T::C x, typename T::C u, typename T::C) const {
     typedef typename T::C X;
-    X s = T::ld(T::st((X)1 / ((X)1 + m_exp(-x))));
+    X s = T::ld(T::st(swiglu_sigmoid<T>(x)));
     X a = T::ld(T::st(x * s));
     return a * u;
   }
@@ -435,7 +461,7 @@ struct SwigluF {
   __device__ void operator()(const int64_t *off) const {
     typedef typename T::C X;
     X x = T::ld(g[off[1]]);
-    X s = T::ld(T::st((X)1 / ((X)1 + m_exp(-x))));
+    X s = T::ld(T::st(swiglu_sigmoid<T>(x)));
     X a = T::ld(T::st(x * s));
     o[off[0]] = T::st(a * T::ld(u[off[2]]));
   }

@@ -111,11 +111,11 @@ __device__ __forceinline__ void cp_wait() {
 
 /* rows [r0, r0 + R) of a (rows, D) tile into shared memory with row pitch
  * D + 8; rows at or past nrows are zero-filled. src(r) is row r's start. */
-template <int R, int D>
+template <int R, int D, int NTH = NT>
 __device__ __forceinline__ void load_tile(uint16_t *s, const uint16_t *base, int64_t rstride,
                                           int r0, int nrows) {
   constexpr int CH = D / 8; /* 16-byte chunks per row */
-  for (int i = threadIdx.x; i < R * CH; i += NT) {
+  for (int i = threadIdx.x; i < R * CH; i += NTH) {
     int r = i / CH, c = i % CH;
     bool ok = r0 + r < nrows;
     const uint16_t *src = ok ? base + (int64_t)(r0 + r) * rstride + c * 8 : base;
@@ -143,29 +143,34 @@ constexpr int F_BK = 64;
  * half the shared-memory traffic per MMA). MINB: blocks per SM the
  * registers must allow (head size 64: 4 blocks fit in 128 registers a
  * thread, 16 warps an SM instead of 12). */
-template <bool BF, int D, bool CAUSAL, int MT, int MINB>
-__global__ void __launch_bounds__(NT, MINB) k_fa2_fwd(const fa2_geo g) {
+template <bool BF, int D, bool CAUSAL, int MT, int MINB, int KS>
+__global__ void __launch_bounds__(NT * KS, MINB) k_fa2_fwd(const fa2_geo g) {
+  static_assert(KS == 1 || MT == 1, "key splits take one m-tile a warp");
   extern __shared__ __align__(16) uint16_t sm[];
-  constexpr int P = D + 8, BQ = 64 * MT;
-  uint16_t *Qs = sm, *Ks = Qs + BQ * P, *Vs = Ks + 2 * F_BK * P;
+  constexpr int P = D + 8, BQ = 64 * MT, BK = F_BK * KS, NTH = NT * KS;
+  uint16_t *Qs = sm, *Ks = Qs + BQ * P, *Vs = Ks + 2 * BK * P;
   const bool wo = g.o != nullptr;
   const int nqb = (g.Tq + BQ - 1) / BQ;
   const int qb = CAUSAL ? nqb - 1 - (int)blockIdx.y : (int)blockIdx.y;
   const int bh = blockIdx.x, b = bh / g.Hq, h = bh % g.Hq, hk = h / g.G;
   const int q0 = qb * BQ;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane / 4, tg = lane % 4;
+  /* KS = 2: warps 0-3 and 4-7 (groups) own the same 64 rows and take the
+   * even and odd key tiles of each 128-key step; combined at the end */
+  const int warp = (threadIdx.x / 32) % 4, grp = threadIdx.x / 128, lane = threadIdx.x % 32;
+  const int gr = lane / 4, tg = lane % 4;
   const uint16_t *qb_ = g.q + b * g.qs[0] + h * g.qs[1];
   const uint16_t *kb = g.k + b * g.ks[0] + hk * g.ks[1];
   const uint16_t *vb = wo ? g.v + b * g.vs[0] + hk * g.vs[1] : nullptr;
-  int nkt = (g.Tk + F_BK - 1) / F_BK;
+  int nkt = (g.Tk + F_BK - 1) / F_BK; /* 64-key tiles */
   if (CAUSAL) {
     int last = q0 + BQ - 1 + g.off; /* the last key any row of the block sees */
     int n = last / F_BK + 1;
     if (n < nkt) nkt = n;
   }
-  load_tile<BQ, D>(Qs, qb_, g.qs[2], q0, g.Tq);
-  load_tile<F_BK, D>(Ks, kb, g.ks[2], 0, g.Tk);
-  if (wo) load_tile<F_BK, D>(Vs, vb, g.vs[2], 0, g.Tk);
+  const int nit = (nkt + KS - 1) / KS;
+  load_tile<BQ, D, NTH>(Qs, qb_, g.qs[2], q0, g.Tq);
+  load_tile<BK, D, NTH>(Ks, kb, g.ks[2], 0, g.Tk);
+  if (wo) load_tile<BK, D, NTH>(Vs, vb, g.vs[2], 0, g.Tk);
   cp_commit();
 
   uint32_t qf[MT][D / 16][4];
@@ -181,18 +186,18 @@ __global__ void __launch_bounds__(NT, MINB) k_fa2_fwd(const fa2_geo g) {
     r0[t] = q0 + (t * 4 + warp) * 16 + gr;
   }
 
-  for (int kt = 0; kt < nkt; kt++) {
-    const int buf = kt & 1;
-    if (kt + 1 < nkt) {
-      load_tile<F_BK, D>(Ks + (buf ^ 1) * F_BK * P, kb, g.ks[2], (kt + 1) * F_BK, g.Tk);
-      if (wo) load_tile<F_BK, D>(Vs + (buf ^ 1) * F_BK * P, vb, g.vs[2], (kt + 1) * F_BK, g.Tk);
+  for (int it = 0; it < nit; it++) {
+    const int buf = it & 1, kt = it * KS + grp;
+    if (it + 1 < nit) {
+      load_tile<BK, D, NTH>(Ks + (buf ^ 1) * BK * P, kb, g.ks[2], (it + 1) * BK, g.Tk);
+      if (wo) load_tile<BK, D, NTH>(Vs + (buf ^ 1) * BK * P, vb, g.vs[2], (it + 1) * BK, g.Tk);
       cp_commit();
       cp_wait<1>();
     } else {
       cp_wait<0>();
     }
     __syncthreads();
-    if (kt == 0) {
+    if (it == 0) {
 #pragma unroll
       for (int t = 0; t < MT; t++)
 #pragma unroll
@@ -200,7 +205,11 @@ __global__ void __launch_bounds__(NT, MINB) k_fa2_fwd(const fa2_geo g) {
           ldsm4(qf[t][kk], Qs + ((t * 4 + warp) * 16 + (lane % 8) + ((lane / 8) & 1) * 8) * P +
                                kk * 16 + (lane / 16) * 8);
     }
-    const uint16_t *K = Ks + buf * F_BK * P, *V = Vs + buf * F_BK * P;
+    if (KS > 1 && kt >= nkt) { /* this group has no tile in the last step */
+      __syncthreads();
+      continue;
+    }
+    const uint16_t *K = Ks + (buf * BK + grp * F_BK) * P, *V = Vs + (buf * BK + grp * F_BK) * P;
     float s[MT][F_BK / 8][4];
 #pragma unroll
     for (int t = 0; t < MT; t++)
@@ -305,6 +314,33 @@ __global__ void __launch_bounds__(NT, MINB) k_fa2_fwd(const fa2_geo g) {
       }
     }
     __syncthreads(); /* the next iteration refills this buffer */
+  }
+  if constexpr (KS > 1) {
+    /* group 1 leaves its (m, l, o) in the K/V buffers (free now: the last
+     * step ended with a barrier); group 0 adds them to its own */
+    float *x = (float *)Ks + (size_t)(threadIdx.x % 128) * (D / 2 + 4);
+    if (grp == 1) {
+      x[0] = m[0][0], x[1] = m[0][1], x[2] = l[0][0], x[3] = l[0][1];
+#pragma unroll
+      for (int i = 0; i < D / 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) x[4 + i * 4 + e] = o[0][i][e];
+    }
+    __syncthreads();
+    if (grp == 1) return;
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+      const float mo = x[hr], mm = fmaxf(m[0][hr], mo);
+      const float u = mm == -INFINITY ? 0.f : mm;
+      const float a = ex2(m[0][hr] - u), bo = ex2(mo - u);
+      m[0][hr] = mm;
+      l[0][hr] = l[0][hr] * a + x[2 + hr] * bo;
+#pragma unroll
+      for (int i = 0; i < D / 8; i++) {
+        o[0][i][2 * hr] = o[0][i][2 * hr] * a + x[4 + i * 4 + 2 * hr] * bo;
+        o[0][i][2 * hr + 1] = o[0][i][2 * hr + 1] * a + x[4 + i * 4 + 2 * hr + 1] * bo;
+      }
+    }
   }
 #pragma unroll
   for (int t = 0; t < MT; t++) {
@@ -636,7 +672,8 @@ static int rows_f32(mx_array *a, const float **p, mx__buffer **tmp) {
 }
 
 template <class KF>
-static int launch(KF kern, dim3 grid, size_t smem, const fa2_geo &g, const char *what) {
+static int launch(KF kern, dim3 grid, size_t smem, const fa2_geo &g, const char *what,
+                  int threads = NT) {
   static bool carved = false; /* once per kernel: shared memory before L1 */
   if (!__atomic_load_n(&carved, __ATOMIC_RELAXED)) {
     cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout,
@@ -653,7 +690,7 @@ static int launch(KF kern, dim3 grid, size_t smem, const fa2_geo &g, const char 
       return -1;
     }
   }
-  kern<<<grid, NT, smem, mx__cuda_stream()>>>(g);
+  kern<<<grid, threads, smem, mx__cuda_stream()>>>(g);
   return mx__cuda_launched(what) ? -1 : 0;
 }
 
@@ -674,18 +711,43 @@ static int fwd_variant(void) {
   return r;
 }
 
+/* Key splits of the forward (MXC_FA2_KS: 1 or 2 forces one; default:
+ * 2 when the blocks would not give every SM four, i.e. short prompts:
+ * the longest block's chain of key tiles is halved and 8 warps share
+ * its rows). */
+static int fwd_splits(int64_t blocks) {
+  static int v = -1, sms = 0;
+  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
+  if (r < 0) {
+    const char *e = getenv("MXC_FA2_KS");
+    r = e && (!strcmp(e, "1") || !strcmp(e, "2")) ? atoi(e) : 0;
+    int dev = 0, n = 0;
+    if (cudaGetDevice(&dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess)
+      sms = n;
+    cudaGetLastError();
+    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
+  }
+  if (r) return r;
+  return sms > 0 && blocks < 4 * (int64_t)sms ? 2 : 1;
+}
+
 template <bool BF, int D, bool CAUSAL>
 static int dispatch(int which, const fa2_geo &g, int B) {
   constexpr int P = D + 8;
   if (which == FWD) {
-    /* two m-tiles a warp for head size 64 (registers allow it) when the
-     * query rows fill the blocks (MXC_FA2_MT=1 for A/B) */
     dim3 grid((unsigned)(B * g.Hq), (unsigned)((g.Tq + 63) / 64));
+    if (fwd_splits((int64_t)grid.x * grid.y) == 2) {
+      size_t smem = 2 * (size_t)P * (64 + 4 * F_BK + (g.o ? 4 * F_BK : 0));
+      return launch(k_fa2_fwd<BF, D, CAUSAL, 1, (D == 64 ? 2 : 1), 2>, grid, smem, g,
+                    "scaled_dot_product_attention", 2 * NT);
+    }
     size_t smem = 2 * (size_t)P * (64 + 2 * F_BK + (g.o ? 2 * F_BK : 0));
     if (D == 64 && fwd_variant() == 1)
-      return launch(k_fa2_fwd<BF, D, CAUSAL, 1, (D == 64 ? 4 : 2)>, grid, smem, g,
+      return launch(k_fa2_fwd<BF, D, CAUSAL, 1, (D == 64 ? 4 : 2), 1>, grid, smem, g,
                     "scaled_dot_product_attention");
-    return launch(k_fa2_fwd<BF, D, CAUSAL, 1, 2>, grid, smem, g, "scaled_dot_product_attention");
+    return launch(k_fa2_fwd<BF, D, CAUSAL, 1, 2, 1>, grid, smem, g,
+                  "scaled_dot_product_attention");
   }
   if (which == BWD_Q) {
     dim3 grid((unsigned)(B * g.Hq), (unsigned)((g.Tq + Q_BQ - 1) / Q_BQ));

@@ -370,15 +370,29 @@ __global__ void k_argreduce_rows(const typename T::S *x, mx__nd<1> outer, int64_
   }
 }
 
+/* One block per row: the candidates are read in parallel (a thread
+ * walking them one after another waited on each load in turn). */
 __global__ void k_argreduce_pick(const arg_part *part, int nsplit, int64_t rows, bool is_max,
                                  uint32_t *o) {
-  MX_CUDA_LOOP(row, rows) {
+  __shared__ arg_part sp[ARG_THREADS];
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     arg_part b = {0, -1, 0};
-    for (int k = 0; k < nsplit; k++) {
+    for (int k = threadIdx.x; k < nsplit; k += blockDim.x) {
       arg_part c = part[row * nsplit + k];
       if (c.i >= 0 && (b.i < 0 || arg_better(c.n, c.v, c.i, b.n, b.v, b.i, is_max))) b = c;
     }
-    o[row] = (uint32_t)(b.i < 0 ? 0 : b.i);
+    sp[threadIdx.x] = b;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+      if ((int)threadIdx.x < s) {
+        arg_part c = sp[threadIdx.x + s], d = sp[threadIdx.x];
+        if (c.i >= 0 && (d.i < 0 || arg_better(c.n, c.v, c.i, d.n, d.v, d.i, is_max)))
+          sp[threadIdx.x] = c;
+      }
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) o[row] = (uint32_t)(sp[0].i < 0 ? 0 : sp[0].i);
+    __syncthreads();
   }
 }
 
@@ -399,11 +413,12 @@ static int k_argreduce_op(mx_array *out, mx_array **in) {
   bool is_max = out->op->id == MX_OP_ARGMAX;
   st = MX_ERR_NO_KERNEL;
   bool rows = len >= 1024 && out->size <= 2147483647LL;
-  /* a few very long rows: split each over blocks of ARG_CHUNK elements */
-  const int64_t ARG_CHUNK = 4096;
+  /* a few very long rows: split each over blocks of ARG_CHUNK elements
+   * (4 a thread: a vocabulary of 128k is 126 blocks) */
+  const int64_t ARG_CHUNK = 1024;
   int64_t nsplit = (len + ARG_CHUNK - 1) / ARG_CHUNK;
   mx__buffer *pb = NULL;
-  if (rows && len >= 4 * ARG_CHUNK && out->size <= 65535 && nsplit <= 65535) {
+  if (rows && len >= 16 * ARG_CHUNK && out->size <= 65535 && nsplit <= 65535) {
     if (!(pb = mx__cuda_tmp(sizeof(arg_part) * (size_t)(nsplit * out->size))))
       return mx_last_status();
   }
@@ -413,7 +428,7 @@ static int k_argreduce_op(mx_array *out, mx_array **in) {
       arg_part *part = (arg_part *)pb->dptr;
       k_argreduce_rows<T><<<dim3((unsigned)nsplit, (unsigned)out->size), ARG_THREADS, 0, cs>>>(
           (const T::S *)mx__ddata(a), outer, len, stride, is_max, NULL, ARG_CHUNK, part);
-      k_argreduce_pick<<<mx__cuda_blocks(out->size), MX_CUDA_THREADS, 0, cs>>>(
+      k_argreduce_pick<<<(unsigned)out->size, ARG_THREADS, 0, cs>>>(
           part, (int)nsplit, out->size, is_max, (uint32_t *)out->buf->dptr);
     } else if (rows)
       k_argreduce_rows<T><<<(unsigned)out->size, ARG_THREADS, 0, cs>>>(
