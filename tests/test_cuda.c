@@ -317,8 +317,8 @@ TEST(float32_matmul_plans_and_tf32) {
   ASSERT_OK(mx_set_float32_matmul_precision(p0));
   mx_set_default_device(MX_CPU);
   ASSERT_OK(mx_eval((mx_array *[]){g, g2, g3, t}, 4));
-  ASSERT_EQ_INT(mismatches(cpu, g, 2e-5, "addmm f32"), 0);
-  ASSERT_EQ_INT(mismatches(cpu2, g2, 2e-5, "matmul f32"), 0);
+  ASSERT_EQ_INT(mismatches(cpu, g, 1e-4, "addmm f32"), 0); /* K = 256: sums of ~200 */
+  ASSERT_EQ_INT(mismatches(cpu2, g2, 1e-4, "matmul f32"), 0);
   const float *v2 = mx_array_data(g2), *v3 = mx_array_data(g3), *vt = mx_array_data(t);
   const float *vc = mx_array_data(cpu2);
   ASSERT(!memcmp(v2, v3, sizeof(float) * 301 * 131));
@@ -330,7 +330,7 @@ TEST(float32_matmul_plans_and_tf32) {
   }
   printf("    tf32 max |gpu - cpu| = %.3g\n", maxd);
   ASSERT(maxd < 0.1);
-  ASSERT(maxd > 1e-4); /* TF32 was used: full float32 is ~1e-5 here */
+  ASSERT(maxd > 1e-3); /* TF32 was used: full float32 stays below 1e-4 here */
   mx_array_free_n((mx_array *[]){a0, a, b, c, cpu, cpu2, g, g2, g3, t}, 10);
 }
 
