@@ -303,6 +303,18 @@ static int lt_plan_get(const lt_key *key, lt_plan **out, lt_plan *scratch, const
   return st;
 }
 
+/* MXC_CUBLASLT=0: every product through cublasGemmStridedBatchedEx (A/B) */
+static bool lt_enabled(void) {
+  static int v = -1;
+  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
+  if (r < 0) {
+    const char *e = getenv("MXC_CUBLASLT");
+    r = !(e && !strcmp(e, "0"));
+    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
+  }
+  return r != 0;
+}
+
 static uint16_t ptr_align(const void *p) {
   uintptr_t a = (uintptr_t)p;
   uint16_t r = 256;
@@ -542,7 +554,7 @@ static int k_matmul(mx_array *out, mx_array **in) {
     const void *alpha = dt == MX_FLOAT64 ? (const void *)&ad : (const void *)&af;
     const void *betap = dt == MX_FLOAT64 ? (const void *)&bd : (const void *)&bf;
     st = MX_ERR_UNSUPPORTED;
-    if (nbatch == 1 && dt != MX_FLOAT64 && K > 0)
+    if (nbatch == 1 && dt != MX_FLOAT64 && K > 0 && lt_enabled())
       st = lt_matmul(ty, ct, opa, opb, M, N, K, A.ptr, lda_, B.ptr, ldb_, out->buf->dptr,
                      MX_MAX(1, N), alpha, betap, beta != 0);
     if (st == MX_ERR_UNSUPPORTED)

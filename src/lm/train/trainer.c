@@ -848,7 +848,7 @@ int mx_train_run(const mx_train_options *o, mx_train_event_fn on_event, void *ct
     if (step % o->log_every == 0 || step == o->iters) {
       fprintf(metrics,
               "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.4f, "
-              "\"tokens_per_sec\": %.1f, \"peak_memory\": %zu, \"elapsed\": %.2f}\n",
+              "\"tokens_per_sec\": %.1f, \"peak_memory\": %zu, \"elapsed\": %.4f}\n",
               (long long)step, log_loss / (double)log_n, lr, ss.grad_norm, ev.tokens_per_sec,
               ev.peak_memory, el);
       fflush(metrics);
