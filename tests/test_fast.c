@@ -1339,3 +1339,31 @@ TEST(softmax_ce_bad_targets_and_inputs) {
   expect_error(mx__fast_softmax_ce_grad(x, t, t3), MX_ERR_SHAPE, "cotangent");
   mx_array_free_n((mx_array *[]){x, xi, t, t3, tf}, 5);
 }
+
+/* row_dot (internal): float32 sums of 16-bit products (not rounded to the
+ * inputs' dtype), the same on every backend; bad inputs are errors */
+TEST(row_dot_f32_sums_and_errors) {
+  for (int dv = 0; dv < 2; dv++) {
+    if (dv && !mx_device_available(MX_GPU)) break;
+    int prev = mx_set_default_device(dv ? MX_GPU : MX_CPU);
+    /* 256 products of 1 + 2^-7 (exact in bf16): each product needs more
+     * than bf16's 8 bits, so any rounding to bf16 on the way shows */
+    mx_array *a = mx_full((int64_t[]){3, 256}, 2, 1.0 + 1.0 / 128, MX_BFLOAT16);
+    mx_array *r = mx__fast_row_dot(a, a);
+    ASSERT_OK(mx_array_eval(r));
+    ASSERT(mx_array_dtype(r) == MX_FLOAT32 && mx_array_ndim(r) == 1);
+    const float *rv = mx_array_data(r);
+    const double want = 256.0 * (1.0 + 1.0 / 128) * (1.0 + 1.0 / 128);
+    for (int i = 0; i < 3; i++) ASSERT_MSG(fabs(rv[i] - want) < 1e-3, "row %d: %g, want %g", i, rv[i], want);
+    mx_array_free_n((mx_array *[]){a, r}, 2);
+    mx_set_default_device((mx_device)prev);
+  }
+  mx_array *x = RND(MX_FLOAT32, -1, 1, 2, 5), *xb = RND(MX_BFLOAT16, -1, 1, 2, 5);
+  mx_array *xi = mx_zeros((int64_t[]){2, 5}, 2, MX_INT32), *x3 = RND(MX_FLOAT32, -1, 1, 2, 4);
+  mx_array *s = mx_array_scalar(1.0, MX_FLOAT32);
+  expect_error(mx__fast_row_dot(x, xb), MX_ERR_DTYPE, "one float dtype");
+  expect_error(mx__fast_row_dot(xi, xi), MX_ERR_DTYPE, "one float dtype");
+  expect_error(mx__fast_row_dot(x, x3), MX_ERR_SHAPE, "one shape");
+  expect_error(mx__fast_row_dot(s, s), MX_ERR_SHAPE, "at least one axis");
+  mx_array_free_n((mx_array *[]){x, xb, xi, x3, s}, 5);
+}

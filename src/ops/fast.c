@@ -888,6 +888,42 @@ static int vjp_sdpa(mx_array *out, mx_array *cot, mx_array **g, const bool *need
 }
 
 /* ======================================================================
+ * row_dot (internal; semantics in fast_params.h)
+ * ====================================================================== */
+
+/* d a = cot[..., None] * b, d b = cot[..., None] * a: in the compute type
+ * (cot's), rounded once to the inputs' dtype. */
+static int vjp_row_dot(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {
+  mx_array *a = out->inputs[0], *b = out->inputs[1];
+  int ax = -1, st = MX_OK;
+  mx__tmp t = {0};
+  mx_array *c = mx__keep(&t, mx_expand_dims(mx__keep(&t, mx_astype(cot, out->dtype)), &ax, 1));
+  if (need[0])
+    st = set_grad(&g[0], mx_multiply(c, mx__keep(&t, mx_astype(b, out->dtype))), a);
+  if (!st && need[1])
+    st = set_grad(&g[1], mx_multiply(c, mx__keep(&t, mx_astype(a, out->dtype))), b);
+  mx__tmp_free(&t);
+  return st;
+}
+
+static const mx__op_def def_ROW_DOT = {.id = MX_OP_ROW_DOT, .vjp = vjp_row_dot};
+
+mx_array *mx__fast_row_dot(mx_array *a, mx_array *b) {
+  MX__CHECK_IN("row_dot", a, b);
+  char s1[256], s2[256];
+  if (!mx_dtype_is_float(a->dtype) || b->dtype != a->dtype)
+    return mx__set_error(MX_ERR_DTYPE, "row_dot: a and b must have one float dtype, got %s and "
+                         "%s", mx_dtype_name(a->dtype), mx_dtype_name(b->dtype)), NULL;
+  if (a->ndim < 1 || b->ndim != a->ndim ||
+      memcmp(a->shape, b->shape, sizeof(int64_t) * (size_t)a->ndim))
+    return mx__set_error(MX_ERR_SHAPE, "row_dot: a %s and b %s must have one shape of at least "
+                         "one axis", mx__shape_str(a->shape, a->ndim, s1, sizeof s1),
+                         mx__shape_str(b->shape, b->ndim, s2, sizeof s2)), NULL;
+  mx_dtype dt = a->dtype == MX_FLOAT64 ? MX_FLOAT64 : MX_FLOAT32;
+  return mx__node_new(&def_ROW_DOT, dt, a->shape, a->ndim - 1, (mx_array *[]){a, b}, 2, NULL, 0);
+}
+
+/* ======================================================================
  * the fused attention backward: sdpa_logsumexp, sdpa_backward_q,
  * sdpa_backward_kv (semantics in fast_params.h; kernels in
  * src/backend/cpu/fast.c and src/backend/cuda/rope_sdpa.cu)
@@ -1012,18 +1048,17 @@ static bool sdpa_fused_bwd(const mx__sdpa_params *p, const mx_array *q, const mx
          (D == 64 || D == 128) && Tq > 0 && Tk > 0 && q->size > 0;
 }
 
-/* The fused backward: delta = sum(dout * out, -1) in float32, lse of the
- * scores, then dq and (dk | dv) from the two backward ops. */
+/* The fused backward: delta = sum(dout * out, -1) in float32 (row_dot),
+ * lse of the scores, then dq and (dk | dv) from the two backward ops. */
 static int vjp_sdpa_fused_path(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {
   const mx__sdpa_params *p = MX__PARAMS(out, mx__sdpa_params);
   mx_array *q = out->inputs[0], *k = out->inputs[1], *v = out->inputs[2];
   int64_t D = q->shape[3], Dv = v->shape[3];
-  int ax = -1, st = MX_OK;
+  int st = MX_OK;
   mx__tmp t = {0};
   mx_array *dout = mx__keep(&t, mx_astype(cot, q->dtype));
-  mx_array *prod = mx__keep(&t, mx_multiply(mx__keep(&t, mx_astype(dout, MX_FLOAT32)),
-                                            mx__keep(&t, mx_astype(out, MX_FLOAT32))));
-  mx_array *delta = mx__keep(&t, mx_sum(prod, &ax, 1, false));
+  mx_array *delta = mx__keep(&t, mx__fast_row_dot(dout, out));
+  if (delta && delta->dtype != MX_FLOAT32) delta = mx__keep(&t, mx_astype(delta, MX_FLOAT32));
   mx_array *lse = mx__keep(&t, mx__fast_sdpa_lse(q, k, p->scale, p->causal));
   if (need[0])
     st = set_grad(&g[0], mx__fast_sdpa_bwd_q(q, k, v, dout, lse, delta, p->scale, p->causal), q);

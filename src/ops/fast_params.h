@@ -97,6 +97,12 @@ typedef struct {
  *   D + Dv): [..., :D] = dk_j = scale sum_{h in j's group, t} ds_htj q_ht,
  *   [..., D:] = dv_j = sum_{h, t} p_htj dout_ht.
  * The builders check shapes and dtypes (errors name the op). */
+/* row_dot: sum(a * b) over the last axis in the compute type — float32
+ * for f16/bf16/f32 (no rounding of the products to the inputs' dtype),
+ * float64 for f64. a and b: one float dtype and one shape (..., D); the
+ * result (...). The fused attention backward's delta = sum(dO * O). */
+mx_array *mx__fast_row_dot(mx_array *a, mx_array *b);
+
 mx_array *mx__fast_sdpa_lse(mx_array *q, mx_array *k, double scale, bool causal);
 mx_array *mx__fast_sdpa_bwd_q(mx_array *q, mx_array *k, mx_array *v, mx_array *dout,
                               mx_array *lse, mx_array *delta, double scale, bool causal);

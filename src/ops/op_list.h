@@ -107,6 +107,7 @@
   X(ROPE_KV, "rope_kv")                                                     \
   X(SOFTMAX_CE, "softmax_cross_entropy")                                    \
   X(SOFTMAX_CE_GRAD, "softmax_cross_entropy_backward")                      \
+  X(ROW_DOT, "row_dot")                                                     \
   /* affine quantization (MLX format) */                                    \
   X(QUANTIZE_PACK, "quantize_pack")                                         \
   X(DEQUANTIZE, "dequantize")                                               \

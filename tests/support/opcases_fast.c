@@ -424,6 +424,26 @@ static int f_ce(const mx_opcase *c, const double *const *in, double *out, int64_
   return 0;
 }
 
+/* row_dot (internal): sum(a * b) over the last axis */
+static mx_array *b_row_dot(const mx_opcase *c, mx_array **in) {
+  (void)c;
+  return mx__fast_row_dot(in[0], in[1]);
+}
+
+static int f_row_dot(const mx_opcase *c, const double *const *in, double *out, int64_t *oshape,
+                     int *ond) {
+  int nd = c->ndim[0];
+  int64_t D = c->shape[0][nd - 1], rows = oc_size(c->shape[0], nd - 1);
+  *ond = nd - 1;
+  memcpy(oshape, c->shape[0], sizeof(int64_t) * (size_t)(nd - 1));
+  for (int64_t r = 0; r < rows; r++) {
+    double acc = 0;
+    for (int64_t i = 0; i < D; i++) acc += in[0][r * D + i] * in[1][r * D + i];
+    out[r] = acc;
+  }
+  return 0;
+}
+
 /* ---- the table -------------------------------------------------------------- */
 #define ARR(...) {__VA_ARGS__}
 #define NORM(name, d, nin_, nd_, shapes, kinds, W, B, LN, eps)                                \
@@ -484,7 +504,18 @@ static int f_ce(const mx_opcase *c, const double *const *in, double *out, int64_
    .kind = {OC_IN_DATA, OC_IN_INT, OC_IN_DATA}, .lo = -6, .hi = 6, .ilo = 0, .ihi = V,         \
    OC_FLOATS, .flags = OC_NONCONTIG, .ip = {bwd}, .build = b_ce, .ref = f_ce}
 
+#define ROW_DOT(d, nd_, shape_)                                                                 \
+  {.op = "row_dot", .desc = d, .nin = 2, .ndim = {nd_, nd_}, .shape = {shape_, shape_},        \
+   .lo = -2, .hi = 2, OC_FLOATS, .flags = OC_NONCONTIG, .build = b_row_dot, .ref = f_row_dot}
+
 static const mx_opcase cases[] = {
+    /* row_dot (internal: attention's delta; vectors of 8 or 4 values a
+     * thread when rows are contiguous and aligned) */
+    ROW_DOT("rows of 37 (scalar loads)", 2, ARR(6, 37)),
+    ROW_DOT("(B, H, T, 64): 8 threads a row", 4, ARR(2, 3, 5, 64)),
+    ROW_DOT("rows of 768: a warp a row", 2, ARR(5, 768)),
+    ROW_DOT("rows of 8, 1-d", 1, ARR(8)),
+    ROW_DOT("0 rows", 2, ARR(0, 16)),
     /* softmax_cross_entropy (internal; its VJP is the backward op, whose
      * own VJP is checked by finite differences too) */
     CE("rows", 0, 2, ARR(6, 37), ARR(6), 37),

@@ -1738,12 +1738,58 @@ static int ce_kernel(mx_array *out, mx_array **in, bool grad) {
   return c.failed ? oom(mx__op_names[out->op->id], sizeof(float) * 2 * (size_t)c.V) : MX_OK;
 }
 
+/* ---- row_dot (src/ops/fast_params.h): sum(a * b) over the last axis in
+ * float32 (float64 for f64), each row summed in order ---------------------- */
+typedef struct {
+  mx_array *out, *a, *b;
+  int64_t D;
+  int failed;
+} rowdot_ctx;
+
+static void rowdot_rows(void *c_, int64_t r0, int64_t r1) {
+  rowdot_ctx *c = c_;
+  const int64_t D = c->D, as = c->a->strides[c->a->ndim - 1], bs = c->b->strides[c->b->ndim - 1];
+  const int nlead = c->a->ndim - 1;
+  if (c->a->dtype == MX_FLOAT64) {
+    for (int64_t r = r0; r < r1; r++) {
+      const double *a = (const double *)mx__data(c->a) + row_offset(c->a, nlead, r);
+      const double *b = (const double *)mx__data(c->b) + row_offset(c->b, nlead, r);
+      double acc = 0;
+      for (int64_t i = 0; i < D; i++) acc += a[i * as] * b[i * bs];
+      ((double *)mx__data(c->out))[r] = acc;
+    }
+    return;
+  }
+  float *buf = malloc(sizeof(float) * (size_t)(2 * D + 1));
+  if (!buf) {
+    __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  for (int64_t r = r0; r < r1; r++) {
+    const float *a = row_f32(c->a, row_offset(c->a, nlead, r), as, D, buf);
+    const float *b = row_f32(c->b, row_offset(c->b, nlead, r), bs, D, buf + D);
+    float acc = 0;
+    for (int64_t i = 0; i < D; i++) acc += a[i] * b[i];
+    ((float *)mx__data(c->out))[r] = acc;
+  }
+  free(buf);
+}
+
+static int k_row_dot(mx_array *out, mx_array **in) {
+  int s = mx__array_alloc_data(out);
+  if (s || out->size == 0) return s;
+  rowdot_ctx c = {.out = out, .a = in[0], .b = in[1], .D = in[0]->shape[in[0]->ndim - 1]};
+  mx__parallel_for(out->size, MX_MAX(1, 16384 / MX_MAX(c.D, 1)), rowdot_rows, &c);
+  return c.failed ? oom("row_dot", sizeof(float) * 2 * (size_t)c.D) : MX_OK;
+}
+
 static int k_softmax_ce(mx_array *out, mx_array **in) { return ce_kernel(out, in, false); }
 static int k_softmax_ce_grad(mx_array *out, mx_array **in) { return ce_kernel(out, in, true); }
 
 void mx__cpu_register_fast(mx__kernel_fn *k) {
   k[MX_OP_SOFTMAX_CE] = k_softmax_ce;
   k[MX_OP_SOFTMAX_CE_GRAD] = k_softmax_ce_grad;
+  k[MX_OP_ROW_DOT] = k_row_dot;
   k[MX_OP_ADD_RMS_NORM] = k_add_rms_norm;
   k[MX_OP_ROPE_KV] = k_rope_kv;
   k[MX_OP_RMS_NORM] = k_rms_norm;

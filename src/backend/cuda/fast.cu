@@ -621,12 +621,121 @@ static int ce_launch(mx_array *out, mx_array **in, bool grad) {
   return st == MX_ERR_NO_KERNEL ? mx__cuda_no_dtype(out, x->dtype) : st;
 }
 
+/* ---- row_dot (src/ops/fast_params.h): sum(a * b) over the last axis in
+ * the compute type ---------------------------------------------------------------- */
+
+/* Whether a's rows can be read as 16-byte vectors of V values: a
+ * contiguous last axis of a multiple of V values, element 0 aligned, and
+ * every leading stride a multiple of V. */
+static bool rows_vec_ok(const mx_array *a, int V) {
+  const int nd = a->ndim;
+  const int64_t D = a->shape[nd - 1];
+  if (D % V || (D > 1 && a->strides[nd - 1] != 1) || ((uintptr_t)mx__ddata(a) & 15)) return false;
+  for (int d = 0; d < nd - 1; d++)
+    if (a->shape[d] > 1 && a->strides[d] % V) return false;
+  return true;
+}
+
+/* TPR threads a row (TPR divides 32), each adding V-value vectors. */
+template <class T, int V, int TPR>
+__global__ void __launch_bounds__(256)
+    k_row_dot_vec(const typename T::S *a, const typename T::S *b, float *o, mx__nd<2> rnd,
+                  int64_t rows, int nv) {
+  const int g = threadIdx.x % TPR;
+  const int64_t per = blockDim.x / TPR;
+  MX_PDL_ENTRY();
+  for (int64_t r = (int64_t)blockIdx.x * per + threadIdx.x / TPR; r < rows;
+       r += (int64_t)gridDim.x * per) {
+    int64_t off[2];
+    mx__nd_offsets<2>(rnd, r, off);
+    const uint4 *av = (const uint4 *)(a + off[0]), *bv = (const uint4 *)(b + off[1]);
+    float acc = 0.f;
+    for (int i = g; i < nv; i += TPR) {
+      float x[V], y[V];
+      norm_unpack<T, V>(__ldg(av + i), x);
+      norm_unpack<T, V>(__ldg(bv + i), y);
+#pragma unroll
+      for (int k = 0; k < V; k++) acc = fmaf(x[k], y[k], acc);
+    }
+#pragma unroll
+    for (int m = TPR / 2; m > 0; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+    if (g == 0) o[r] = acc;
+  }
+}
+
+/* Any strides and float dtype: a warp a row. */
+template <class T>
+__global__ void __launch_bounds__(256)
+    k_row_dot(const typename T::S *a, const typename T::S *b, typename T::C *o, mx__nd<2> rnd,
+              int64_t rows, int64_t D, int64_t as, int64_t bs) {
+  typedef typename T::C C;
+  const int lane = threadIdx.x & 31;
+  MX_PDL_ENTRY();
+  for (int64_t r = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5); r < rows;
+       r += (int64_t)gridDim.x * 8) {
+    int64_t off[2];
+    mx__nd_offsets<2>(rnd, r, off);
+    C acc = 0;
+    for (int64_t i = lane; i < D; i += 32)
+      acc += (C)T::ld(a[off[0] + i * as]) * (C)T::ld(b[off[1] + i * bs]);
+#pragma unroll
+    for (int m = 16; m > 0; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+    if (lane == 0) o[r] = acc;
+  }
+}
+
+static int k_row_dot_launch(mx_array *out, mx_array **in) {
+  mx_array *a = in[0], *b = in[1];
+  if (!mx_dtype_is_float(a->dtype) || b->dtype != a->dtype) return mx__cuda_no_dtype(out, a->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  const int nd = a->ndim;
+  const int64_t D = a->shape[nd - 1], rows = out->size;
+  if (D == 0)
+    return mx__cuda_check(cudaMemsetAsync(out->buf->dptr, 0,
+                                          (size_t)rows * mx_dtype_size(out->dtype),
+                                          mx__cuda_stream()), "row_dot");
+  const int64_t *sp[2] = {a->strides, b->strides};
+  mx__nd<2> rnd = mx__nd_make<2>(a->shape, nd - 1, sp);
+  const dim3 blk(256);
+  const int V = a->dtype == MX_FLOAT32 ? 4 : 8;
+  if (a->dtype != MX_FLOAT64 && rows_vec_ok(a, V) && rows_vec_ok(b, V)) {
+    /* leading strides counted in elements of S; the kernel steps by uint4 */
+    const int nv = (int)(D / V), tpr = nv <= 8 ? 8 : 32;
+    const dim3 grid((unsigned)MX_MIN((rows * tpr + 255) / 256, (int64_t)65535 * 8));
+    float *o = (float *)out->buf->dptr;
+#define RD(TAG, VV)                                                                          \
+  if (tpr == 8)                                                                              \
+    mx__cuda_launch_pdl(k_row_dot_vec<TAG, VV, 8>, grid, blk, 0, (const TAG::S *)mx__ddata(a), \
+                        (const TAG::S *)mx__ddata(b), o, rnd, rows, nv);                     \
+  else                                                                                       \
+    mx__cuda_launch_pdl(k_row_dot_vec<TAG, VV, 32>, grid, blk, 0,                            \
+                        (const TAG::S *)mx__ddata(a), (const TAG::S *)mx__ddata(b), o, rnd,  \
+                        rows, nv)
+    if (a->dtype == MX_FLOAT16) RD(TF16, 8);
+    else if (a->dtype == MX_BFLOAT16) RD(TBF16, 8);
+    else RD(TF32, 4);
+#undef RD
+    return mx__cuda_launched("row_dot");
+  }
+  const dim3 grid((unsigned)MX_MIN((rows + 7) / 8, (int64_t)65535 * 8));
+  st = MX_ERR_NO_KERNEL;
+  MX_CUDA_DISPATCH_FLOAT(a->dtype, {
+    mx__cuda_launch_pdl(k_row_dot<T>, grid, blk, 0, (const T::S *)mx__ddata(a),
+                        (const T::S *)mx__ddata(b), (T::C *)out->buf->dptr, rnd, rows, D,
+                        a->strides[nd - 1], b->strides[nd - 1]);
+    st = mx__cuda_launched("row_dot");
+  })
+  return st == MX_ERR_NO_KERNEL ? mx__cuda_no_dtype(out, a->dtype) : st;
+}
+
 static int k_softmax_ce(mx_array *out, mx_array **in) { return ce_launch(out, in, false); }
 static int k_softmax_ce_grad(mx_array *out, mx_array **in) { return ce_launch(out, in, true); }
 
 void mx__cuda_register_fast(mx__kernel_fn *k) {
   k[MX_OP_SOFTMAX_CE] = k_softmax_ce;
   k[MX_OP_SOFTMAX_CE_GRAD] = k_softmax_ce_grad;
+  k[MX_OP_ROW_DOT] = k_row_dot_launch;
   k[MX_OP_ADD_RMS_NORM] = k_add_rms_norm;
   k[MX_OP_RMS_NORM] = k_rms_norm;
   k[MX_OP_RMS_NORM_GRAD] = k_rms_norm_grad;
