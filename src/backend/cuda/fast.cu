@@ -264,6 +264,111 @@ __global__ void __launch_bounds__(256)
   }
 }
 
+/* Whether a's rows can be read as 16-byte vectors of V values: a
+ * contiguous last axis of a multiple of V values, element 0 aligned, and
+ * every leading stride a multiple of V. */
+static bool rows_vec_ok(const mx_array *a, int V) {
+  const int nd = a->ndim;
+  const int64_t D = a->shape[nd - 1];
+  if (D % V || (D > 1 && a->strides[nd - 1] != 1) || ((uintptr_t)mx__ddata(a) & 15)) return false;
+  for (int d = 0; d < nd - 1; d++)
+    if (a->shape[d] > 1 && a->strides[d] % V) return false;
+  return true;
+}
+
+/* which 0 for rows of up to 128 16-byte vectors (D <= 1024 for 16-bit
+ * types, 512 for float32) read as vectors: a warp a row, each lane keeping
+ * its NV packed vectors of x and g in registers between the two passes —
+ * one read of each from memory. The same arithmetic as k_rms_grad_warp,
+ * summed in another order. */
+template <class T, int V, int NV>
+__global__ void __launch_bounds__(256)
+    k_rms_grad_vec(const typename T::S *x, const typename T::S *g, const uint4 *__restrict__ w,
+                   uint4 *__restrict__ o, mx__nd<2> rnd, int64_t rows, int nv, float eps) {
+  const int lane = threadIdx.x & 31;
+  const float D = (float)nv * V;
+  MX_PDL_ENTRY();
+  for (int64_t r = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5); r < rows;
+       r += (int64_t)gridDim.x * 8) {
+    int64_t off[2];
+    mx__nd_offsets<2>(rnd, r, off);
+    const uint4 *xr = (const uint4 *)(x + off[0]), *gr = (const uint4 *)(g + off[1]);
+    uint4 xv[NV], gv[NV];
+    float ss = 0.f, m = 0.f;
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+      const int i = lane + 32 * k;
+      if (i < nv) {
+        xv[k] = __ldg(xr + i), gv[k] = __ldg(gr + i);
+        float a[V], b[V], c[V];
+        norm_unpack<T, V>(xv[k], a);
+        norm_unpack<T, V>(gv[k], b);
+        if (w) norm_unpack<T, V>(__ldg(w + i), c);
+#pragma unroll
+        for (int j = 0; j < V; j++) {
+          const float gj = w ? b[j] * c[j] : b[j];
+          ss += a[j] * a[j];
+          m += gj * a[j];
+        }
+      }
+    }
+#pragma unroll
+    for (int o2 = 16; o2 > 0; o2 >>= 1) {
+      ss += __shfl_xor_sync(0xffffffffu, ss, o2);
+      m += __shfl_xor_sync(0xffffffffu, m, o2);
+    }
+    m /= D;
+    const float n = 1.f / sqrtf(ss / D + eps), n3m = n * n * n * m;
+    uint4 *orow = o + r * nv;
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+      const int i = lane + 32 * k;
+      if (i < nv) {
+        float a[V], b[V], c[V];
+        norm_unpack<T, V>(xv[k], a);
+        norm_unpack<T, V>(gv[k], b);
+        if (w) norm_unpack<T, V>(__ldg(w + i), c);
+#pragma unroll
+        for (int j = 0; j < V; j++) {
+          const float gj = w ? b[j] * c[j] : b[j];
+          b[j] = n * gj - a[j] * n3m;
+        }
+        orow[i] = norm_pack<T, V>(b);
+      }
+    }
+  }
+}
+
+/* k_rms_dw_part for rows read as 16-byte vectors: a thread a vector of V
+ * columns, four rows in flight. */
+template <class T, int V>
+__global__ void __launch_bounds__(128)
+    k_rms_dw_part_vec(const typename T::S *x, const typename T::S *g, mx__nd<2> rnd,
+                      int64_t rows, int nv, const float *n, int64_t chunk, float *part) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  const int64_t k = blockIdx.y;
+  MX_PDL_ENTRY();
+  if (i >= nv) return;
+  const int64_t r0 = k * chunk, r1 = rows < (k + 1) * chunk ? rows : (k + 1) * chunk;
+  float acc[V];
+#pragma unroll
+  for (int j = 0; j < V; j++) acc[j] = 0.f;
+#pragma unroll 4
+  for (int64_t r = r0; r < r1; r++) {
+    int64_t off[2];
+    mx__nd_offsets<2>(rnd, r, off);
+    float a[V], b[V];
+    norm_unpack<T, V>(__ldg((const uint4 *)(x + off[0]) + i), a);
+    norm_unpack<T, V>(__ldg((const uint4 *)(g + off[1]) + i), b);
+    const float nr = __ldg(n + r);
+#pragma unroll
+    for (int j = 0; j < V; j++) acc[j] += b[j] * a[j] * nr;
+  }
+  float *pk = part + k * (int64_t)nv * V + (int64_t)i * V;
+#pragma unroll
+  for (int j = 0; j < V; j++) pk[j] = acc[j];
+}
+
 /* which 2, the weight gradient sum(g x n) over the rows: each row's n (one
  * warp a row), then per fixed chunk of rows each column's partial sum (a
  * thread a column: coalesced across the row), then the chunks added in
@@ -313,10 +418,20 @@ __global__ void k_rms_dw_sum(const C *part, int64_t nk, int64_t D, C *out) {
   }
 }
 
+template <class T>
+static void rms_dw_part_vec(dim3 grid, cudaStream_t s, const mx_array *x, const mx_array *g,
+                            mx__nd<2> rnd, int64_t rows, int nv, const typename T::C *n,
+                            int64_t chunk, typename T::C *part) {
+  if constexpr (sizeof(typename T::C) == sizeof(float))
+    k_rms_dw_part_vec<T, sizeof(typename T::S) == 2 ? 8 : 4><<<grid, 128, 0, s>>>(
+        (const typename T::S *)mx__ddata(x), (const typename T::S *)mx__ddata(g), rnd, rows, nv,
+        n, chunk, part);
+}
+
 static int rms_dw(mx_array *out, mx_array *x, mx_array *g, double eps) {
   const int nd = x->ndim;
   const int64_t D = out->size, rows = x->size / D;
-  const int64_t chunk = MX_MAX(64, (rows + 255) / 256), nk = (rows + chunk - 1) / chunk;
+  const int64_t chunk = MX_MAX(32, (rows + 1023) / 1024), nk = (rows + chunk - 1) / chunk;
   const bool f64 = x->dtype == MX_FLOAT64;
   const size_t cs = f64 ? sizeof(double) : sizeof(float);
   if (rows == 0)
@@ -331,15 +446,23 @@ static int rms_dw(mx_array *out, mx_array *x, mx_array *g, double eps) {
   cudaStream_t s = mx__cuda_stream();
   unsigned gw = (unsigned)MX_MIN((rows + 7) / 8, (int64_t)65535 * 8);
   dim3 gp((unsigned)((D + 255) / 256), (unsigned)nk);
+  /* 16-bit or float32 rows read as 16-byte vectors (V values) */
+  const int V = x->dtype == MX_FLOAT32 ? 4 : 8;
+  const bool vec = x->dtype != MX_FLOAT64 && rows_vec_ok(x, V) && rows_vec_ok(g, V);
+  dim3 gv((unsigned)((D / V + 127) / 128), (unsigned)nk);
   int st = MX_ERR_NO_KERNEL;
   MX_CUDA_DISPATCH_FLOAT(x->dtype, {
     typedef T::C CT;
     CT *nb = (CT *)tb->dptr, *part = nb + rows;
     k_rms_rown<T, CT><<<gw, 256, 0, s>>>((const T::S *)mx__ddata(x), rnd, rows, D,
                                          x->strides[nd - 1], (CT)eps, nb);
-    k_rms_dw_part<T, CT><<<gp, 256, 0, s>>>((const T::S *)mx__ddata(x), (const T::S *)mx__ddata(g),
-                                            rnd, rows, D, x->strides[nd - 1], g->strides[nd - 1],
-                                            nb, chunk, part);
+    if (vec)
+      rms_dw_part_vec<T>(gv, s, x, g, rnd, rows, (int)(D / V), nb, chunk, part);
+    else
+      k_rms_dw_part<T, CT><<<gp, 256, 0, s>>>((const T::S *)mx__ddata(x),
+                                              (const T::S *)mx__ddata(g), rnd, rows, D,
+                                              x->strides[nd - 1], g->strides[nd - 1], nb, chunk,
+                                              part);
     k_rms_dw_sum<CT><<<mx__cuda_blocks(D), MX_CUDA_THREADS, 0, s>>>(part, nk, D,
                                                                    (CT *)out->buf->dptr);
     st = mx__cuda_launched("rms_norm_backward");
@@ -369,6 +492,30 @@ static int k_rms_norm_grad(mx_array *out, mx_array **in) {
   const int which = p->which;
   const bool warp = D <= 1024;
   const unsigned gw = (unsigned)MX_MIN((rows + 7) / 8, (int64_t)65535 * 8);
+  const int V = dt == MX_FLOAT32 ? 4 : 8;
+  if (which == 0 && dt != MX_FLOAT64 && D <= 128 * V && rows_vec_ok(x, V) && rows_vec_ok(g, V) &&
+      (!w || (w->ndim == 1 && rows_vec_ok(w, V)))) {
+    const int nv = (int)(D / V), NV = (nv + 31) / 32;
+    const uint4 *wv = w ? (const uint4 *)mx__ddata(w) : NULL;
+    uint4 *o = (uint4 *)out->buf->dptr;
+#define RV(TAG, VV, K)                                                                       \
+  mx__cuda_launch_pdl(k_rms_grad_vec<TAG, VV, K>, dim3(gw), dim3(256), 0,                    \
+                      (const TAG::S *)mx__ddata(x), (const TAG::S *)mx__ddata(g), wv, o, rnd, \
+                      rows, nv, (float)p->eps)
+#define RVD(TAG, VV)                                                                         \
+  switch (NV) {                                                                              \
+    case 1: RV(TAG, VV, 1); break;                                                           \
+    case 2: RV(TAG, VV, 2); break;                                                           \
+    case 3: RV(TAG, VV, 3); break;                                                           \
+    default: RV(TAG, VV, 4); break;                                                          \
+  }
+    if (dt == MX_FLOAT16) RVD(TF16, 8)
+    else if (dt == MX_BFLOAT16) RVD(TBF16, 8)
+    else RVD(TF32, 4)
+#undef RVD
+#undef RV
+    return mx__cuda_launched(mx__opname(out));
+  }
 #define RG(TAG, CT, TOUT)                                                                    \
   if (warp)                                                                                  \
     k_rms_grad_warp<TAG, CT, TOUT><<<gw, 256, 0, s>>>(                                       \
@@ -623,18 +770,6 @@ static int ce_launch(mx_array *out, mx_array **in, bool grad) {
 
 /* ---- row_dot (src/ops/fast_params.h): sum(a * b) over the last axis in
  * the compute type ---------------------------------------------------------------- */
-
-/* Whether a's rows can be read as 16-byte vectors of V values: a
- * contiguous last axis of a multiple of V values, element 0 aligned, and
- * every leading stride a multiple of V. */
-static bool rows_vec_ok(const mx_array *a, int V) {
-  const int nd = a->ndim;
-  const int64_t D = a->shape[nd - 1];
-  if (D % V || (D > 1 && a->strides[nd - 1] != 1) || ((uintptr_t)mx__ddata(a) & 15)) return false;
-  for (int d = 0; d < nd - 1; d++)
-    if (a->shape[d] > 1 && a->strides[d] % V) return false;
-  return true;
-}
 
 /* TPR threads a row (TPR divides 32), each adding V-value vectors. */
 template <class T, int V, int TPR>
