@@ -6,14 +6,13 @@
 
 static const mx__op_def def_ADAM_UPDATE = {.id = MX_OP_ADAM_UPDATE};
 
-mx_array *mx__adam_update(const mx__adam_params *p, mx_array *a, mx_array *b, mx_array *c) {
-  MX__CHECK_IN("adam_update", a);
-  MX__CHECK_IN("adam_update", b);
-  int n = p->which == MX__ADAM_P ? 3 : 2;
-  if (n == 3) MX__CHECK_IN("adam_update", c);
-  if (p->which < MX__ADAM_M || p->which > MX__ADAM_P)
+mx_array *mx__adam_update(const mx__adam_params *p, mx_array *a, mx_array *b, mx_array *c,
+                          mx_array *d) {
+  if (p->which < MX__ADAM_M || p->which > MX__ADAM_ALL)
     return mx__set_error(MX_ERR_INVALID_ARG, "adam_update: unknown form %d", p->which), NULL;
-  mx_array *in[3] = {a, b, c};
+  int n = p->which == MX__ADAM_ALL ? 4 : p->which == MX__ADAM_P ? 3 : 2;
+  mx_array *in[4] = {a, b, c, d};
+  for (int i = 0; i < n; i++) MX__CHECK_IN("adam_update", in[i]);
   mx_dtype dt = a->dtype;
   if (dt != MX_FLOAT32 && dt != MX_FLOAT64)
     return mx__set_error(MX_ERR_DTYPE, "adam_update: float32 or float64 needed, not %s",
@@ -30,5 +29,13 @@ mx_array *mx__adam_update(const mx__adam_params *p, mx_array *a, mx_array *b, mx
                            mx__shape_str(a->shape, a->ndim, s2, sizeof s2)), NULL;
     }
   }
-  return mx__node_new(&def_ADAM_UPDATE, dt, a->shape, a->ndim, in, n, p, sizeof *p);
+  if (p->which != MX__ADAM_ALL)
+    return mx__node_new(&def_ADAM_UPDATE, dt, a->shape, a->ndim, in, n, p, sizeof *p);
+  if (a->ndim + 1 > MX_MAX_NDIM)
+    return mx__set_error(MX_ERR_SHAPE, "adam_update: %d axes leave no room for the packed "
+                         "axis", a->ndim), NULL;
+  int64_t shape[MX_MAX_NDIM];
+  shape[0] = 3;
+  memcpy(shape + 1, a->shape, sizeof(int64_t) * (size_t)a->ndim);
+  return mx__node_new(&def_ADAM_UPDATE, dt, shape, a->ndim + 1, in, n, p, sizeof *p);
 }

@@ -197,15 +197,36 @@ static int apply_adam(mx_optimizer *o, const char *key, mx_array *p, mx_array *g
       ap.c1 = lr / (1.0 - pow(a->beta1, t));
       ap.c2 = 1.0 / sqrt(1.0 - pow(a->beta2, t));
     }
-    mx_array *m = K(P, mx__adam_update(&ap, m0, g, NULL));
-    ap.which = MX__ADAM_V;
-    mx_array *v = K(P, mx__adam_update(&ap, v0, g, NULL));
-    if (!m || !v) return mx_last_status();
-    if (slot_set(o, key, "m", m) || slot_set(o, key, "v", v))
-      return mx_last_status();
-    ap.which = MX__ADAM_P;
-    *out = mx__adam_update(&ap, p, m, v);
-    return *out ? MX_OK : mx_last_status();
+    if (mx_array_dtype(g) != dt || mx_array_ndim(g) != mx_array_ndim(p) ||
+        memcmp(mx_array_shape(g), mx_array_shape(p), sizeof(int64_t) * (size_t)mx_array_ndim(p)) ||
+        mx_array_ndim(p) + 1 > MX_MAX_NDIM) {
+      mx_array *m = K(P, mx__adam_update(&ap, m0, g, NULL, NULL));
+      ap.which = MX__ADAM_V;
+      mx_array *v = K(P, mx__adam_update(&ap, v0, g, NULL, NULL));
+      if (!m || !v) return mx_last_status();
+      if (slot_set(o, key, "m", m) || slot_set(o, key, "v", v)) return mx_last_status();
+      ap.which = MX__ADAM_P;
+      *out = mx__adam_update(&ap, p, m, v, NULL);
+      return *out ? MX_OK : mx_last_status();
+    }
+    /* one pass: [m', v', p'] packed, the state and the parameter views of it */
+    ap.which = MX__ADAM_ALL;
+    mx_array *all = K(P, mx__adam_update(&ap, p, m0, v0, g));
+    mx_array *part[3] = {NULL, NULL, NULL};
+    int ax0 = 0;
+    for (int i = 0; i < 3 && all; i++) {
+      part[i] = mx_squeeze(K(P, mx_slice_axis(all, 0, i, i + 1, 1)), &ax0, 1);
+      if (!part[i]) break;
+    }
+    if (!part[2] || slot_set(o, key, "m", part[0]) || slot_set(o, key, "v", part[1])) {
+      int st = mx_last_status();
+      mx_array_free_n(part, 3);
+      return st ? st : MX_ERR_INTERNAL;
+    }
+    mx_array_free(part[0]);
+    mx_array_free(part[1]);
+    *out = part[2];
+    return MX_OK;
   }
   if (o->kind == O_ADAMW) p = MUL(p, 1.0 - lr * a->weight_decay);
   mx_array *m0 = slot_like(o, key, "m", p), *v0 = m0 ? slot_like(o, key, "v", p) : NULL;

@@ -260,10 +260,14 @@ static int f_create(const mx_opcase *c, const double *const *in, double *out, in
 #define NG (OC_NONCONTIG | OC_NO_GRAD)
 /* ---- adam_update (internal: the fused optimizer step) ---------------------------- */
 /* ip[0] = form; dp = {beta or decay, c1, c2, eps} */
+/* ADAM_ALL (4 inputs p, m, v, g): beta1 0.9, beta2 0.999, dp[0] the decay */
+#define ALL_B1 0.9
+#define ALL_B2 0.999
 static mx_array *b_adam(const mx_opcase *c, mx_array **in) {
   mx__adam_params p = {.which = c->ip[0], .beta1 = c->dp[0], .beta2 = c->dp[0],
                        .decay = c->dp[0], .c1 = c->dp[1], .c2 = c->dp[2], .eps = c->dp[3]};
-  return mx__adam_update(&p, in[0], in[1], c->nin > 2 ? in[2] : NULL);
+  if (c->ip[0] == MX__ADAM_ALL) p.beta1 = ALL_B1, p.beta2 = ALL_B2;
+  return mx__adam_update(&p, in[0], in[1], c->nin > 2 ? in[2] : NULL, c->nin > 3 ? in[3] : NULL);
 }
 
 static int f_adam(const mx_opcase *c, const double *const *in, double *out, int64_t *oshape,
@@ -273,6 +277,18 @@ static int f_adam(const mx_opcase *c, const double *const *in, double *out, int6
   memcpy(oshape, c->shape[0], sizeof(int64_t) * (size_t)nd);
   *ond = nd;
   const double k = c->dp[0];
+  if (c->ip[0] == MX__ADAM_ALL) {
+    oshape[0] = 3;
+    memcpy(oshape + 1, c->shape[0], sizeof(int64_t) * (size_t)nd);
+    *ond = nd + 1;
+    for (int64_t i = 0; i < n; i++) {
+      const double g = in[3][i], m = ALL_B1 * in[1][i] + (1 - ALL_B1) * g;
+      const double v = ALL_B2 * in[2][i] + (1 - ALL_B2) * g * g;
+      out[i] = m, out[n + i] = v;
+      out[2 * n + i] = k * in[0][i] - c->dp[1] * m / (c->dp[2] * sqrt(v) + c->dp[3]);
+    }
+    return 0;
+  }
   for (int64_t i = 0; i < n; i++) {
     const double a = in[0][i], b = in[1][i];
     out[i] = c->ip[0] == MX__ADAM_M   ? k * a + (1 - k) * b
@@ -283,8 +299,9 @@ static int f_adam(const mx_opcase *c, const double *const *in, double *out, int6
 }
 
 #define ADAM(d, form, nin_, nd_, k, c1, c2, eps, ...)                                        \
-  {.op = "adam_update", .desc = d, .nin = nin_, .ndim = {nd_, nd_, nd_},                     \
-   .shape = {{__VA_ARGS__}, {__VA_ARGS__}, {__VA_ARGS__}}, .lo = 0, .hi = 2, OC_F32_F64,     \
+  {.op = "adam_update", .desc = d, .nin = nin_, .ndim = {nd_, nd_, nd_, nd_},                \
+   .shape = {{__VA_ARGS__}, {__VA_ARGS__}, {__VA_ARGS__}, {__VA_ARGS__}}, .lo = 0, .hi = 2,  \
+   OC_F32_F64,                                                                               \
    .flags = OC_NONCONTIG | OC_NO_GRAD, .ip = {form}, .dp = {k, c1, c2, eps}, .build = b_adam, \
    .ref = f_adam}
 
@@ -351,6 +368,11 @@ static mx_opcase cases[] = {
          33, 70),
     ADAM("update, large eps", MX__ADAM_P, 3, 1, 1, 0.5, 1, 0.25, 1000),
     ADAM("0-size", MX__ADAM_M, 2, 2, 0.9, 0, 0, 0, 0, 8),
+    ADAM("one pass, packed [m', v', p'] (vectors of 4)", MX__ADAM_ALL, 4, 2, 0.99997, 0.0031,
+         1.37, 1e-8, 33, 64),
+    ADAM("one pass, odd size", MX__ADAM_ALL, 4, 3, 1, 0.01, 1, 1e-3, 3, 5, 7),
+    ADAM("one pass, scalar parameter", MX__ADAM_ALL, 4, 0, 0.999, 0.1, 2, 1e-8, 0),
+    ADAM("one pass, 0-size", MX__ADAM_ALL, 4, 2, 1, 0.1, 1, 1e-8, 0, 4),
 };
 
 static int fill_names(void) {

@@ -388,8 +388,67 @@ static int k_swiglu_grad(mx_array *out, mx_array **in) {
 ADAM_LOOP(adam_f32, float)
 ADAM_LOOP(adam_f64, double)
 
+/* ADAM_ALL: operand 0 is m' (row-contiguous over the inputs' shape); v'
+ * and p' follow at total and 2 total elements */
+typedef struct {
+  const mx__adam_params *a;
+  int64_t total;
+} adam_all_ctx;
+
+#define ADAM_ALL_LOOP(NAME, T)                                                              \
+  static void NAME(char **p, const int64_t *s, int64_t n, const void *c_) {                 \
+    const adam_all_ctx *c = (const adam_all_ctx *)c_;                                       \
+    const mx__adam_params *a = c->a;                                                        \
+    T *om = (T *)p[0], *ov = om + c->total, *op = ov + c->total;                            \
+    const T *x = (const T *)p[1], *m = (const T *)p[2], *v = (const T *)p[3];               \
+    const T *g = (const T *)p[4];                                                           \
+    const T b1 = (T)a->beta1, nb1 = (T)(1.0 - a->beta1), b2 = (T)a->beta2;                  \
+    const T nb2 = (T)(1.0 - a->beta2), d = (T)a->decay, c1 = (T)a->c1, c2 = (T)a->c2;       \
+    const T e = (T)a->eps;                                                                  \
+    for (int64_t i = 0; i < n; i++) {                                                       \
+      const T gi = g[i * s[4]];                                                             \
+      const T mi = b1 * m[i * s[2]] + nb1 * gi, vi = b2 * v[i * s[3]] + nb2 * (gi * gi);    \
+      om[i] = mi;                                                                           \
+      ov[i] = vi;                                                                           \
+      op[i] = d * x[i * s[1]] - (c1 * mi) / (c2 * (T)sqrt((double)vi) + e);                 \
+    }                                                                                       \
+  }
+ADAM_ALL_LOOP(adam_all_f32, float)
+ADAM_ALL_LOOP(adam_all_f64, double)
+
+static int k_adam_all(mx_array *out, mx_array **in) {
+  const mx__adam_params *a = MX__PARAMS(out, mx__adam_params);
+  mx__inner_fn f = out->dtype == MX_FLOAT32 ? adam_all_f32 : out->dtype == MX_FLOAT64 ? adam_all_f64 : NULL;
+  for (int i = 0; i < 4; i++)
+    if (in[i]->dtype != out->dtype) f = NULL;
+  if (!f) return no_kernel(out, in[0]->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  const int64_t *shape = out->shape + 1;
+  const int nd = out->ndim - 1;
+  char *base[MX__MAX_OPERANDS];
+  size_t el[MX__MAX_OPERANDS];
+  int64_t strides[MX__MAX_OPERANDS][MX_MAX_NDIM];
+  const int64_t *sp[MX__MAX_OPERANDS];
+  base[0] = out->buf->ptr;
+  el[0] = mx_dtype_size(out->dtype);
+  sp[0] = NULL;
+  for (int i = 0; i < 4; i++) {
+    base[i + 1] = mx__data(in[i]);
+    el[i + 1] = mx_dtype_size(in[i]->dtype);
+    bcast_strides(in[i], shape, nd, strides[i + 1]);
+    sp[i + 1] = strides[i + 1];
+  }
+  adam_all_ctx c = {.a = a, .total = out->size / 3};
+  mx__nd_iter it;
+  mx__iter_init(&it, shape, nd, 5, base, el, sp);
+  mx__iter_run(&it, f, &c);
+  return MX_OK;
+}
+
 static int k_adam_update(mx_array *out, mx_array **in) {
   const mx__adam_params *a = MX__PARAMS(out, mx__adam_params);
+  if (a->which == MX__ADAM_ALL) return k_adam_all(out, in);
   int nin = a->which == MX__ADAM_P ? 3 : 2;
   mx__inner_fn f = out->dtype == MX_FLOAT32 ? adam_f32 : out->dtype == MX_FLOAT64 ? adam_f64 : NULL;
   for (int i = 0; i < nin; i++)

@@ -590,8 +590,86 @@ static int adam_launch(mx_array *out, mx_array **in3, const mx__adam_params *p) 
   return launch_map<4>(ix, out->size, f, mx__opname(out));
 }
 
+/* ADAM_ALL: [m', v', p'] at o, o + n, o + 2 n (off[0] over the inputs' shape) */
+template <class X>
+struct AdamAll {
+  X *o;
+  int64_t n;
+  const X *p, *m, *v, *g;
+  X b1, nb1, b2, nb2, decay, c1, c2, eps;
+  __device__ __forceinline__ void step(X pi, X mi, X vi, X gi, X &m2, X &v2, X &p2) const {
+    m2 = r_add(r_mul(b1, mi), r_mul(nb1, gi));
+    v2 = r_add(r_mul(b2, vi), r_mul(nb2, r_mul(gi, gi)));
+    const X den = r_add(r_mul(c2, r_sqrt(v2)), eps);
+    p2 = r_sub(r_mul(decay, pi), r_div(r_mul(c1, m2), den));
+  }
+  __device__ void operator()(const int64_t *off) const {
+    X m2, v2, p2;
+    step(p[off[1]], m[off[2]], v[off[3]], g[off[4]], m2, v2, p2);
+    o[off[0]] = m2, o[n + off[0]] = v2, o[2 * n + off[0]] = p2;
+  }
+};
+
+/* contiguous float32 operands, 16-byte aligned, n a multiple of 4 */
+__global__ void k_adam_all_vec(AdamAll<float> f, int64_t n4) {
+  MX_PDL_ENTRY();
+  const float4 *p = (const float4 *)f.p, *m = (const float4 *)f.m, *v = (const float4 *)f.v,
+               *g = (const float4 *)f.g;
+  float4 *om = (float4 *)f.o, *ov = om + n4, *op = ov + n4;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n4;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const float4 a = __ldg(p + i), b = __ldg(m + i), c = __ldg(v + i), d = __ldg(g + i);
+    float4 m2, v2, p2;
+    f.step(a.x, b.x, c.x, d.x, m2.x, v2.x, p2.x);
+    f.step(a.y, b.y, c.y, d.y, m2.y, v2.y, p2.y);
+    f.step(a.z, b.z, c.z, d.z, m2.z, v2.z, p2.z);
+    f.step(a.w, b.w, c.w, d.w, m2.w, v2.w, p2.w);
+    om[i] = m2, ov[i] = v2, op[i] = p2;
+  }
+}
+
+template <class X>
+static int adam_all_launch(mx_array *out, mx_array **in, const mx__adam_params *pp) {
+  AdamAll<X> f;
+  f.o = (X *)out->buf->dptr;
+  f.n = out->size / 3;
+  f.p = (const X *)mx__ddata(in[0]);
+  f.m = (const X *)mx__ddata(in[1]);
+  f.v = (const X *)mx__ddata(in[2]);
+  f.g = (const X *)mx__ddata(in[3]);
+  f.b1 = (X)pp->beta1, f.nb1 = (X)(1.0 - pp->beta1);
+  f.b2 = (X)pp->beta2, f.nb2 = (X)(1.0 - pp->beta2);
+  f.decay = (X)pp->decay, f.c1 = (X)pp->c1, f.c2 = (X)pp->c2, f.eps = (X)pp->eps;
+  if (f.n == 0) return MX_OK;
+  bool vec = sizeof(X) == 4 && f.n % 4 == 0;
+  for (int i = 0; i < 4 && vec; i++)
+    vec = in[i]->row_contiguous && !((uintptr_t)mx__ddata(in[i]) & 15);
+  if (vec) {
+    if constexpr (sizeof(X) == 4) {
+      const int64_t n4 = f.n / 4;
+      mx__cuda_launch_pdl(k_adam_all_vec, dim3(mx__cuda_blocks(n4)), dim3(MX_CUDA_THREADS), 0, f,
+                          n4);
+    }
+    return mx__cuda_launched(mx__opname(out));
+  }
+  const int nd = out->ndim - 1;
+  const int64_t *sp[5] = {NULL, in[0]->strides, in[1]->strides, in[2]->strides, in[3]->strides};
+  mx__nd<5> ix = mx__nd_make<5>(out->shape + 1, nd, sp);
+  return launch_map<5>(ix, f.n, f, mx__opname(out));
+}
+
 static int k_adam_update(mx_array *out, mx_array **in) {
   const mx__adam_params *p = MX__PARAMS(out, mx__adam_params);
+  if (p->which == MX__ADAM_ALL) {
+    mx_dtype dt = out->dtype;
+    for (int i = 0; i < 4; i++)
+      if (in[i]->dtype != dt) return mx__cuda_no_dtype(out, in[i]->dtype);
+    if (dt != MX_FLOAT32 && dt != MX_FLOAT64) return mx__cuda_no_dtype(out, dt);
+    int st = mx__array_alloc_data(out);
+    if (st) return st;
+    return dt == MX_FLOAT32 ? adam_all_launch<float>(out, in, p)
+                            : adam_all_launch<double>(out, in, p);
+  }
   int nin = p->which == MX__ADAM_P ? 3 : 2;
   mx_dtype dt = out->dtype;
   for (int i = 0; i < nin; i++)
