@@ -92,6 +92,7 @@
   X(RANDOM_BITS, "random_bits")                                             \
   /* optimizers (fused update steps) */                                     \
   X(ADAM_UPDATE, "adam_update")                                             \
+  X(SUM_SQUARES, "sum_squares")                                             \
   /* fast LLM ops */                                                        \
   X(RMS_NORM, "rms_norm")                                                   \
   X(RMS_NORM_GRAD, "rms_norm_backward")                                     \

@@ -39,3 +39,38 @@ mx_array *mx__adam_update(const mx__adam_params *p, mx_array *a, mx_array *b, mx
   memcpy(shape + 1, a->shape, sizeof(int64_t) * (size_t)a->ndim);
   return mx__node_new(&def_ADAM_UPDATE, dt, shape, a->ndim + 1, in, n, p, sizeof *p);
 }
+
+/* d a_i = 2 cot a_i (in the compute type, rounded to a_i's dtype) */
+static int vjp_sum_squares(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {
+  mx_array *c2 = mx_multiply_scalar(cot, 2.0);
+  if (!c2) return mx_last_status();
+  int st = MX_OK;
+  for (int i = 0; i < out->ninputs && !st; i++) {
+    if (!need[i]) continue;
+    mx_array *a = out->inputs[i];
+    mx_array *af = mx_astype(a, out->dtype), *p = af ? mx_multiply(af, c2) : NULL;
+    g[i] = p ? mx_astype(p, a->dtype) : NULL;
+    if (!g[i]) st = mx_last_status();
+    mx_array_free(af);
+    mx_array_free(p);
+  }
+  mx_array_free(c2);
+  return st;
+}
+
+static const mx__op_def def_SUM_SQUARES = {.id = MX_OP_SUM_SQUARES, .vjp = vjp_sum_squares};
+
+mx_array *mx__sum_squares(mx_array **a, int n) {
+  if (!a || n < 1)
+    return mx__set_error(MX_ERR_INVALID_ARG, "sum_squares: no arrays given"), NULL;
+  mx_dtype dt = MX_FLOAT32;
+  for (int i = 0; i < n; i++) {
+    MX__CHECK_IN("sum_squares", a[i]);
+    if (!mx_dtype_is_float(a[i]->dtype))
+      return mx__set_error(MX_ERR_DTYPE, "sum_squares: input %d is %s, not a float type", i,
+                           mx_dtype_name(a[i]->dtype)), NULL;
+    if (a[i]->dtype == MX_FLOAT64) dt = MX_FLOAT64;
+  }
+  const int64_t none[1] = {1};
+  return mx__node_new(&def_SUM_SQUARES, dt, none, 0, a, n, NULL, 0);
+}

@@ -32,4 +32,11 @@ typedef struct {
 mx_array *mx__adam_update(const mx__adam_params *p, mx_array *a, mx_array *b, mx_array *c,
                           mx_array *d);
 
+/* sum_squares: sum over every element of every input of x^2, a scalar —
+ * one op (two launches on the GPU) for a gradient norm over any number of
+ * arrays instead of a square, a sum and an add for each. Inputs: n >= 1
+ * arrays of float dtypes, any shapes and strides; accumulated in float64
+ * in a fixed order; the result float32 (float64 when an input is). */
+mx_array *mx__sum_squares(mx_array **a, int n);
+
 #endif

@@ -407,17 +407,21 @@ int mx_optimizer_load_state(mx_optimizer *o, const mx_map *state) {
 int mx_clip_grad_norm(mx_map *grads, double max_norm, mx_array **total_norm) {
   if (total_norm) *total_norm = NULL;
   if (!grads) return mx__set_error(MX_ERR_INVALID_ARG, "clip_grad_norm: grads is NULL");
-  mx_array *acc = mx_array_scalar(0.0, MX_FLOAT32);
-  for (int i = 0; i < mx_map_size(grads) && acc; i++) {
-    mx_array *g = mx_map_value(grads, i);
-    mx_array *sq = mx_square(g), *s = mx_sum(sq, NULL, 0, false), *n = mx_add(acc, s);
-    mx_array_free(sq);
-    mx_array_free(s);
+  /* one sum_squares op over every gradient (float64 sums), not a square,
+   * a sum and an add for each */
+  const int ng = mx_map_size(grads);
+  mx_array *norm;
+  if (ng == 0) {
+    norm = mx_array_scalar(0.0, MX_FLOAT32);
+  } else {
+    mx_array **all = malloc(sizeof *all * (size_t)ng);
+    if (!all) return mx__set_error(MX_ERR_OOM, "clip_grad_norm: out of memory");
+    for (int i = 0; i < ng; i++) all[i] = mx_map_value(grads, i);
+    mx_array *acc = mx__sum_squares(all, ng);
+    free(all);
+    norm = mx_sqrt(acc);
     mx_array_free(acc);
-    acc = n;
   }
-  mx_array *norm = mx_sqrt(acc);
-  mx_array_free(acc);
   if (!norm) return mx_last_status();
   /* normalizer = min(max_norm / (norm + 1e-6), 1) */
   mx_array *d = mx_add_scalar(norm, 1e-6), *mn = mx_array_scalar(max_norm, MX_FLOAT32);

@@ -305,6 +305,28 @@ static int f_adam(const mx_opcase *c, const double *const *in, double *out, int6
    .flags = OC_NONCONTIG | OC_NO_GRAD, .ip = {form}, .dp = {k, c1, c2, eps}, .build = b_adam, \
    .ref = f_adam}
 
+/* ---- sum_squares (internal: the gradient norm) ------------------------------------ */
+static mx_array *b_sumsq(const mx_opcase *c, mx_array **in) { return mx__sum_squares(in, c->nin); }
+
+static int f_sumsq(const mx_opcase *c, const double *const *in, double *out, int64_t *oshape,
+                   int *ond) {
+  (void)oshape;
+  *ond = 0;
+  double acc = 0;
+  for (int i = 0; i < c->nin; i++) {
+    int64_t n = oc_size(c->shape[i], c->ndim[i]);
+    for (int64_t j = 0; j < n; j++) acc += in[i][j] * in[i][j];
+  }
+  out[0] = acc;
+  return 0;
+}
+
+#define ARR4(...) {__VA_ARGS__}
+#define ARR4S(...) {__VA_ARGS__}
+#define SUMSQ(d, nin_, nds, shapes)                                                           \
+  {.op = "sum_squares", .desc = d, .nin = nin_, .ndim = nds, .shape = shapes, .lo = -2,      \
+   .hi = 2, FL, .flags = OC_NONCONTIG, .build = b_sumsq, .ref = f_sumsq}
+
 static mx_opcase cases[] = {
     UN(0, -3, 3, OC_DT(MX_FLOAT32, MX_FLOAT64, MX_FLOAT16, MX_BFLOAT16, MX_INT32, MX_INT64)),
     UN(1, -3, 3, OC_DT(MX_FLOAT32, MX_FLOAT64, MX_FLOAT16, MX_BFLOAT16, MX_INT32, MX_UINT8)),
@@ -368,6 +390,11 @@ static mx_opcase cases[] = {
          33, 70),
     ADAM("update, large eps", MX__ADAM_P, 3, 1, 1, 0.5, 1, 0.25, 1000),
     ADAM("0-size", MX__ADAM_M, 2, 2, 0.9, 0, 0, 0, 0, 8),
+    /* sum_squares (internal) */
+    SUMSQ("one array", 1, ARR4(2), ARR4S({37, 65})),
+    SUMSQ("arrays of several shapes, a scalar", 4, ARR4(2, 1, 3, 0), ARR4S({5, 7}, {129}, {2, 3, 4}, {0})),
+    SUMSQ("several blocks a launch (20000 values), a 0-size array", 2, ARR4(1, 2, 0, 0),
+          ARR4S({20000}, {0, 3})),
     ADAM("one pass, packed [m', v', p'] (vectors of 4)", MX__ADAM_ALL, 4, 2, 0.99997, 0.0031,
          1.37, 1e-8, 33, 64),
     ADAM("one pass, odd size", MX__ADAM_ALL, 4, 3, 1, 0.01, 1, 1e-3, 3, 5, 7),

@@ -446,6 +446,42 @@ static int k_adam_all(mx_array *out, mx_array **in) {
   return MX_OK;
 }
 
+/* sum_squares (src/ops/optim_params.h): float64 sums, inputs in order */
+static int k_sum_squares(mx_array *out, mx_array **in) {
+  const int n = out->ninputs;
+  for (int i = 0; i < n; i++)
+    if (!mx_dtype_is_float(in[i]->dtype)) return no_kernel(out, in[i]->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st) return st;
+  double acc = 0;
+  enum { CH = 4096 };
+  double buf[CH];
+  for (int i = 0; i < n; i++) {
+    mx_array *a = in[i];
+    const size_t es = mx_dtype_size(a->dtype);
+    if (a->size == 0) continue;
+    void *tmp = NULL;
+    const char *base = mx__data(a);
+    if (!a->row_contiguous) {
+      tmp = malloc(es * (size_t)a->size);
+      if (!tmp)
+        return mx__set_error(MX_ERR_OOM, "sum_squares: out of memory (%zu bytes)",
+                             es * (size_t)a->size);
+      mx__cpu_copy_to_contiguous(a, tmp);
+      base = tmp;
+    }
+    for (int64_t j = 0; j < a->size; j += CH) {
+      const int64_t m = MX_MIN((int64_t)CH, a->size - j);
+      mx__cpu_convert(base + (size_t)j * es, a->dtype, buf, MX_FLOAT64, m);
+      for (int64_t k = 0; k < m; k++) acc += buf[k] * buf[k];
+    }
+    free(tmp);
+  }
+  if (out->dtype == MX_FLOAT64) *(double *)out->buf->ptr = acc;
+  else *(float *)out->buf->ptr = (float)acc;
+  return MX_OK;
+}
+
 static int k_adam_update(mx_array *out, mx_array **in) {
   const mx__adam_params *a = MX__PARAMS(out, mx__adam_params);
   if (a->which == MX__ADAM_ALL) return k_adam_all(out, in);
@@ -581,6 +617,7 @@ void mx__cpu_register_elementwise(mx__kernel_fn *k) {
   k[MX_OP_WHERE] = k_where;
   k[MX_OP_SWIGLU] = k_swiglu;
   k[MX_OP_ADAM_UPDATE] = k_adam_update;
+  k[MX_OP_SUM_SQUARES] = k_sum_squares;
   k[MX_OP_SWIGLU_GRAD] = k_swiglu_grad;
   k[MX_OP_COPY] = k_copy;
   k[MX_OP_FULL] = k_copy;

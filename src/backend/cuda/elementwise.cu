@@ -681,6 +681,139 @@ static int k_adam_update(mx_array *out, mx_array **in) {
   return dt == MX_FLOAT32 ? adam_launch<float>(out, in3, p) : adam_launch<double>(out, in3, p);
 }
 
+/* ---- sum_squares (src/ops/optim_params.h) ------------------------------------------- */
+/* Up to SQ_TAB contiguous inputs a launch; block b sums SQ_CH elements of
+ * one input (the one whose block range holds b) in float64 and writes its
+ * partial; a last one-block kernel adds the partials, both in a fixed
+ * order: deterministic. */
+enum { SQ_TAB = 24, SQ_CH = 8192, SQ_THREADS = 256 };
+struct SqTab {
+  const void *p[SQ_TAB];
+  int64_t n[SQ_TAB];
+  int64_t blk0[SQ_TAB + 1]; /* first block of each input (partial index) */
+  int dt[SQ_TAB];
+  int cnt;
+};
+
+template <class S, class L>
+__device__ __forceinline__ double sq_chunk(const S *p, int64_t j0, int64_t j1, L ld) {
+  double acc = 0;
+  for (int64_t j = j0 + threadIdx.x; j < j1; j += SQ_THREADS) {
+    const double x = (double)ld(p[j]);
+    acc += x * x;
+  }
+  return acc;
+}
+
+__global__ void __launch_bounds__(SQ_THREADS) k_sumsq(SqTab t, double *part) {
+  __shared__ double sh[SQ_THREADS / 32];
+  MX_PDL_ENTRY();
+  const int64_t b = t.blk0[0] + blockIdx.x;
+  int i = 0;
+  while (i + 1 < t.cnt && b >= t.blk0[i + 1]) i++;
+  const int64_t j0 = (b - t.blk0[i]) * SQ_CH, j1 = MX_MIN(j0 + SQ_CH, t.n[i]);
+  double acc = 0;
+  switch (t.dt[i]) {
+    case MX_FLOAT16:
+      acc = sq_chunk((const uint16_t *)t.p[i], j0, j1, [](uint16_t v) { return TF16::ld(v); });
+      break;
+    case MX_BFLOAT16:
+      acc = sq_chunk((const uint16_t *)t.p[i], j0, j1, [](uint16_t v) { return TBF16::ld(v); });
+      break;
+    case MX_FLOAT32:
+      acc = sq_chunk((const float *)t.p[i], j0, j1, [](float v) { return v; });
+      break;
+    default:
+      acc = sq_chunk((const double *)t.p[i], j0, j1, [](double v) { return v; });
+      break;
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = acc;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double r = 0;
+    for (int w = 0; w < SQ_THREADS / 32; w++) r += sh[w];
+    part[b] = r;
+  }
+}
+
+__global__ void __launch_bounds__(1024) k_sumsq_final(const double *part, int64_t np, void *out,
+                                                      bool f64) {
+  __shared__ double sh[32];
+  MX_PDL_ENTRY();
+  double acc = 0;
+  for (int64_t j = threadIdx.x; j < np; j += blockDim.x) acc += part[j];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = acc;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double r = 0;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) r += sh[w];
+    if (f64) *(double *)out = r;
+    else *(float *)out = (float)r;
+  }
+}
+
+static int k_sum_squares(mx_array *out, mx_array **in) {
+  const int n = out->ninputs;
+  for (int i = 0; i < n; i++)
+    if (!mx_dtype_is_float(in[i]->dtype)) return mx__cuda_no_dtype(out, in[i]->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st) return st;
+  int64_t nblk = 0;
+  for (int i = 0; i < n; i++) nblk += (in[i]->size + SQ_CH - 1) / SQ_CH;
+  /* the partials, then contiguous copies of strided inputs */
+  size_t extra = 0;
+  for (int i = 0; i < n; i++)
+    if (!in[i]->row_contiguous && in[i]->size > 0)
+      extra += ((size_t)in[i]->size * mx_dtype_size(in[i]->dtype) + 255) & ~(size_t)255;
+  const size_t pbytes = ((size_t)MX_MAX(nblk, 1) * sizeof(double) + 255) & ~(size_t)255;
+  mx__buffer *tb = mx__cuda_tmp(pbytes + extra);
+  if (!tb) return mx_last_status();
+  double *part = (double *)tb->dptr;
+  char *cp = (char *)tb->dptr + pbytes;
+  cudaStream_t s = mx__cuda_stream();
+  SqTab t;
+  t.cnt = 0;
+  t.blk0[0] = 0;
+  int64_t b0 = 0;
+  for (int i = 0; i < n && !st; i++) {
+    mx_array *a = in[i];
+    if (a->size == 0) continue;
+    const void *p = mx__ddata(a);
+    if (!a->row_contiguous) {
+      int64_t row[MX_MAX_NDIM];
+      mx__compute_row_strides(a->shape, a->ndim, row);
+      st = mx__cuda_strided_copy(cp, row, a->shape, a->ndim, a, "sum_squares");
+      p = cp;
+      cp += ((size_t)a->size * mx_dtype_size(a->dtype) + 255) & ~(size_t)255;
+    }
+    const int k = t.cnt++;
+    t.p[k] = p, t.n[k] = a->size, t.dt[k] = (int)a->dtype;
+    t.blk0[k + 1] = t.blk0[k] + (a->size + SQ_CH - 1) / SQ_CH;
+    if (t.cnt == SQ_TAB || i == n - 1) {
+      const int64_t nb = t.blk0[t.cnt] - t.blk0[0];
+      k_sumsq<<<(unsigned)nb, SQ_THREADS, 0, s>>>(t, part);
+      st = mx__cuda_launched("sum_squares");
+      b0 = t.blk0[t.cnt];
+      t.cnt = 0;
+      t.blk0[0] = b0;
+    }
+  }
+  if (!st && t.cnt) { /* trailing 0-size inputs ended the loop with a table left */
+    k_sumsq<<<(unsigned)(t.blk0[t.cnt] - t.blk0[0]), SQ_THREADS, 0, s>>>(t, part);
+    st = mx__cuda_launched("sum_squares");
+  }
+  if (!st) {
+    k_sumsq_final<<<1, 1024, 0, s>>>(part, nblk, out->buf->dptr, out->dtype == MX_FLOAT64);
+    st = mx__cuda_launched("sum_squares");
+  }
+  mx__buffer_release(tb); /* reused only by later work of the stream */
+  return st;
+}
+
 /* ---- astype ------------------------------------------------------------------------- */
 template <class TI, class TO>
 struct AstypeF {
@@ -854,6 +987,7 @@ void mx__cuda_register_elementwise(mx__kernel_fn *k) {
   for (size_t i = 0; i < sizeof binary_ops / sizeof *binary_ops; i++) k[binary_ops[i]] = k_binary;
   k[MX_OP_SWIGLU] = k_swiglu;
   k[MX_OP_ADAM_UPDATE] = k_adam_update;
+  k[MX_OP_SUM_SQUARES] = k_sum_squares;
   k[MX_OP_SWIGLU_GRAD] = k_swiglu_grad;
   k[MX_OP_ASTYPE] = k_astype;
   k[MX_OP_WHERE] = k_where;
