@@ -350,6 +350,44 @@ static mx_array *normal_dt(const int64_t *shape, int ndim, double scale, uint64_
   return r;
 }
 
+/* Products whose operands or result have a row pitch that is not a
+ * multiple of 16 bytes (a vocabulary of 8,519: the LM head) go through
+ * padded copies when large; MXC_GEMM_PAD_MIN=0 takes that path for small
+ * ones too: the three products of a Linear layer with 45 outputs, against
+ * the CPU and against the unpadded GPU path. */
+TEST(matmul_padded_misaligned_operands) {
+  NEED_GPU();
+  for (int di = 0; di < 2; di++) {
+    mx_dtype dt = di ? MX_FLOAT32 : MX_BFLOAT16;
+    mx_array *x = normal_dt((int64_t[]){37, 29}, 2, 1, 31, dt);
+    mx_array *w = normal_dt((int64_t[]){45, 29}, 2, 1, 32, dt);
+    mx_array *d = normal_dt((int64_t[]){37, 45}, 2, 1, 33, dt);
+    mx_array *wt = mx_transpose(w, NULL, 0), *xt = mx_transpose(x, NULL, 0);
+    mx_array *cpu[3] = {mx_matmul(x, wt), mx_matmul(d, w), mx_matmul(xt, d)};
+    ASSERT_OK(mx_eval(cpu, 3));
+    mx_array *gpu[2][3];
+    for (int pad = 0; pad < 2; pad++) {
+      setenv("MXC_GEMM_PAD_MIN", pad ? "0" : "-1", 1);
+      mx_set_default_device(MX_GPU);
+      gpu[pad][0] = mx_matmul(x, wt), gpu[pad][1] = mx_matmul(d, w);
+      gpu[pad][2] = mx_matmul(xt, d);
+      mx_set_default_device(MX_CPU);
+      ASSERT_OK(mx_eval(gpu[pad], 3));
+    }
+    unsetenv("MXC_GEMM_PAD_MIN");
+    const double tol = dt == MX_BFLOAT16 ? 3e-2 : 1e-4;
+    const char *names[3] = {"x w^T (result padded)", "d w (a padded)", "x^T d (b padded)"};
+    for (int i = 0; i < 3; i++) {
+      ASSERT_EQ_INT(mismatches(cpu[i], gpu[1][i], tol, names[i]), 0);
+      ASSERT_EQ_INT(mismatches(gpu[0][i], gpu[1][i], tol, names[i]), 0);
+    }
+    mx_array_free_n((mx_array *[]){x, w, d, wt, xt}, 5);
+    mx_array_free_n(cpu, 3);
+    mx_array_free_n(gpu[0], 3);
+    mx_array_free_n(gpu[1], 3);
+  }
+}
+
 /* quantized_matmul on both devices; returns the mismatch count. */
 static int64_t qmm_case(int64_t M, int64_t N, int64_t K, int gs, int bits, bool transpose,
                         mx_dtype dt, uint64_t seed) {

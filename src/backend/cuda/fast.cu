@@ -339,6 +339,33 @@ __global__ void __launch_bounds__(256)
   }
 }
 
+/* k_rms_rown for rows read as 16-byte vectors (up to 4 a lane, all in
+ * flight) */
+template <class T, int V>
+__global__ void __launch_bounds__(256)
+    k_rms_rown_vec(const typename T::S *x, mx__nd<2> rnd, int64_t rows, int nv, float eps,
+                   float *nout) {
+  const int lane = threadIdx.x & 31;
+  MX_PDL_ENTRY();
+  for (int64_t r = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5); r < rows;
+       r += (int64_t)gridDim.x * 8) {
+    int64_t off[2];
+    mx__nd_offsets<2>(rnd, r, off);
+    const uint4 *xr = (const uint4 *)(x + off[0]);
+    float ss = 0.f;
+#pragma unroll 4
+    for (int i = lane; i < nv; i += 32) {
+      float a[V];
+      norm_unpack<T, V>(__ldg(xr + i), a);
+#pragma unroll
+      for (int j = 0; j < V; j++) ss += a[j] * a[j];
+    }
+#pragma unroll
+    for (int o2 = 16; o2 > 0; o2 >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o2);
+    if (lane == 0) nout[r] = 1.f / sqrtf(ss / ((float)nv * V) + eps);
+  }
+}
+
 /* k_rms_dw_part for rows read as 16-byte vectors: a thread a vector of V
  * columns, four rows in flight. */
 template <class T, int V>
@@ -420,12 +447,16 @@ __global__ void k_rms_dw_sum(const C *part, int64_t nk, int64_t D, C *out) {
 
 template <class T>
 static void rms_dw_part_vec(dim3 grid, cudaStream_t s, const mx_array *x, const mx_array *g,
-                            mx__nd<2> rnd, int64_t rows, int nv, const typename T::C *n,
-                            int64_t chunk, typename T::C *part) {
-  if constexpr (sizeof(typename T::C) == sizeof(float))
+                            mx__nd<2> rnd, int64_t rows, int nv, typename T::C *n,
+                            int64_t chunk, typename T::C *part, double eps) {
+  if constexpr (sizeof(typename T::C) == sizeof(float)) {
+    const unsigned gw = (unsigned)MX_MIN((rows + 7) / 8, (int64_t)65535 * 8);
+    k_rms_rown_vec<T, sizeof(typename T::S) == 2 ? 8 : 4><<<gw, 256, 0, s>>>(
+        (const typename T::S *)mx__ddata(x), rnd, rows, nv, (float)eps, n);
     k_rms_dw_part_vec<T, sizeof(typename T::S) == 2 ? 8 : 4><<<grid, 128, 0, s>>>(
         (const typename T::S *)mx__ddata(x), (const typename T::S *)mx__ddata(g), rnd, rows, nv,
         n, chunk, part);
+  }
 }
 
 static int rms_dw(mx_array *out, mx_array *x, mx_array *g, double eps) {
@@ -454,15 +485,16 @@ static int rms_dw(mx_array *out, mx_array *x, mx_array *g, double eps) {
   MX_CUDA_DISPATCH_FLOAT(x->dtype, {
     typedef T::C CT;
     CT *nb = (CT *)tb->dptr, *part = nb + rows;
-    k_rms_rown<T, CT><<<gw, 256, 0, s>>>((const T::S *)mx__ddata(x), rnd, rows, D,
-                                         x->strides[nd - 1], (CT)eps, nb);
-    if (vec)
-      rms_dw_part_vec<T>(gv, s, x, g, rnd, rows, (int)(D / V), nb, chunk, part);
-    else
+    if (vec) {
+      rms_dw_part_vec<T>(gv, s, x, g, rnd, rows, (int)(D / V), nb, chunk, part, eps);
+    } else {
+      k_rms_rown<T, CT><<<gw, 256, 0, s>>>((const T::S *)mx__ddata(x), rnd, rows, D,
+                                           x->strides[nd - 1], (CT)eps, nb);
       k_rms_dw_part<T, CT><<<gp, 256, 0, s>>>((const T::S *)mx__ddata(x),
                                               (const T::S *)mx__ddata(g), rnd, rows, D,
                                               x->strides[nd - 1], g->strides[nd - 1], nb, chunk,
                                               part);
+    }
     k_rms_dw_sum<CT><<<mx__cuda_blocks(D), MX_CUDA_THREADS, 0, s>>>(part, nk, D,
                                                                    (CT *)out->buf->dptr);
     st = mx__cuda_launched("rms_norm_backward");

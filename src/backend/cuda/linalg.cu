@@ -349,6 +349,39 @@ static int lt_matmul(cudaDataType_t ty, cublasComputeType_t ct, cublasOperation_
   return st;
 }
 
+/* ---- misaligned leading dimensions ----------------------------------------------------
+ * A row pitch that is not a multiple of 16 bytes (a vocabulary of 8,519
+ * tokens: the LM head's logits and their gradient) leaves cuBLASLt only
+ * its 2-byte-aligned kernels, 4-6x slower than the aligned ones. For a
+ * large product it is cheaper to copy such an operand to a padded buffer
+ * (one pitched copy at memory bandwidth) and write the result through one
+ * too. MXC_GEMM_PAD_MIN: the least 2 M N K for this (default 2^30; 0:
+ * always, for tests; -1: never). */
+static double pad_min_flops(void) {
+  const char *e = getenv("MXC_GEMM_PAD_MIN");
+  return e && *e ? atof(e) : 1073741824.0;
+}
+
+static bool ld_aligned(const void *p, int64_t ld, size_t es) {
+  return ptr_align(p) >= 16 && ((size_t)ld * es) % 16 == 0;
+}
+
+/* Copies cnt runs of len elements at pitch ld to a buffer of pitch
+ * round_up(len, 16 bytes); *ptr and *ld then describe the copy. */
+static int pad_operand(const void **ptr, int *ld, int64_t len, int64_t cnt, size_t es,
+                       mx__buffer **tmp) {
+  const int64_t al = (int64_t)(16 / es), ld2 = (len + al - 1) / al * al;
+  *tmp = mx__cuda_tmp((size_t)(ld2 * cnt) * es);
+  if (!*tmp) return mx_last_status();
+  int st = mx__cuda_check(cudaMemcpy2DAsync((*tmp)->dptr, (size_t)ld2 * es, *ptr,
+                                            (size_t)*ld * es, (size_t)len * es, (size_t)cnt,
+                                            cudaMemcpyDeviceToDevice, mx__cuda_stream()),
+                          "matmul (padded operand)");
+  *ptr = (*tmp)->dptr;
+  *ld = (int)ld2;
+  return st;
+}
+
 /* ---- GEMV: one row of f16/bf16 activations times a weight of contiguous
  * rows (x @ W^T of a Linear layer in decode) ------------------------------------------
  * A warp per output element: lanes take the 16-byte segments lane, lane +
@@ -532,7 +565,7 @@ static int k_matmul(mx_array *out, mx_array **in) {
   }
   cublasHandle_t h;
   if ((st = handle(&h))) return st;
-  mx__buffer *ta = NULL, *tb = NULL;
+  mx__buffer *ta = NULL, *tb = NULL, *ta2 = NULL, *tb2 = NULL;
   operand A, B;
   st = prepare(&A, a, nd, out->shape, nbatch, &ta);
   if (!st) st = prepare(&B, b, nd, out->shape, nbatch, &tb);
@@ -554,9 +587,42 @@ static int k_matmul(mx_array *out, mx_array **in) {
     const void *alpha = dt == MX_FLOAT64 ? (const void *)&ad : (const void *)&af;
     const void *betap = dt == MX_FLOAT64 ? (const void *)&bd : (const void *)&bf;
     st = MX_ERR_UNSUPPORTED;
-    if (nbatch == 1 && dt != MX_FLOAT64 && K > 0 && lt_enabled())
-      st = lt_matmul(ty, ct, opa, opb, M, N, K, A.ptr, lda_, B.ptr, ldb_, out->buf->dptr,
-                     MX_MAX(1, N), alpha, betap, beta != 0);
+    const size_t es = mx_dtype_size(dt);
+    const void *pa = A.ptr, *pb = B.ptr;
+    void *pc = out->buf->dptr;
+    int ldc_ = (int)MX_MAX(1, N);
+    mx__buffer *tc = NULL;
+    const double padmin = nbatch == 1 && dt != MX_FLOAT64 && K > 0 ? pad_min_flops() : -1;
+    if (padmin >= 0 && 2.0 * (double)M * (double)N * (double)K >= padmin) {
+      /* operand runs: N -> rows of the row-major matrix, T -> its columns */
+      int rc = MX_OK;
+      if (!ld_aligned(pa, lda_, es))
+        rc = pad_operand(&pa, &lda_, opa == CUBLAS_OP_N ? K : M, opa == CUBLAS_OP_N ? M : K, es,
+                         &ta2);
+      if (!rc && !ld_aligned(pb, ldb_, es))
+        rc = pad_operand(&pb, &ldb_, opb == CUBLAS_OP_N ? N : K, opb == CUBLAS_OP_N ? K : N, es,
+                         &tb2);
+      if (!rc && beta == 0 && !ld_aligned(pc, ldc_, es)) {
+        const int64_t al = (int64_t)(16 / es), ld2 = (N + al - 1) / al * al;
+        tc = mx__cuda_tmp((size_t)(ld2 * M) * es);
+        if (!tc) rc = mx_last_status();
+        else pc = tc->dptr, ldc_ = (int)ld2;
+      }
+      if (rc) st = rc;
+    }
+    if (st == MX_ERR_UNSUPPORTED && nbatch == 1 && dt != MX_FLOAT64 && K > 0 && lt_enabled())
+      st = lt_matmul(ty, ct, opa, opb, M, N, K, pa, lda_, pb, ldb_, pc, ldc_, alpha, betap,
+                     beta != 0);
+    if (st == MX_ERR_UNSUPPORTED && (pa != A.ptr || pb != B.ptr || tc))
+      st = cublas_check(cublasGemmEx(h, opb, opa, (int)N, (int)M, (int)K, alpha, pb, ty, ldb_,
+                                     pa, ty, lda_, betap, pc, ty, ldc_, ct, CUBLAS_GEMM_DEFAULT),
+                        "cublasGemmEx");
+    if (!st && tc)
+      st = mx__cuda_check(cudaMemcpy2DAsync(out->buf->dptr, (size_t)N * es, pc,
+                                            (size_t)ldc_ * es, (size_t)N * es, (size_t)M,
+                                            cudaMemcpyDeviceToDevice, mx__cuda_stream()),
+                          "matmul (padded result)");
+    if (tc) mx__buffer_release(tc); /* reused only by later work of the stream */
     if (st == MX_ERR_UNSUPPORTED)
       st = cublas_check(
         cublasGemmStridedBatchedEx(h, opb, opa, (int)N, (int)M, (int)K, alpha, B.ptr, ty, ldb_,
@@ -566,6 +632,8 @@ static int k_matmul(mx_array *out, mx_array **in) {
   }
   if (ta) mx__buffer_release(ta);
   if (tb) mx__buffer_release(tb);
+  if (ta2) mx__buffer_release(ta2);
+  if (tb2) mx__buffer_release(tb2);
   return st;
 }
 
