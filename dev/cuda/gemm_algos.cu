@@ -31,7 +31,8 @@
 struct Shape {
   const char *name;
   int M, N, K; /* Linear: x (M x K), W (N x K) */
-  int kind;    /* 0 forward, 1 dX, 2 dW */
+  int kind;    /* 0 forward, 1 dX, 2 dW, 3 dW^T (a tied embedding's gradient as mxc forms it) */
+  int pad;     /* leading dimensions equal to N rounded up to 16 bytes */
 };
 
 static float median(std::vector<float> v) {
@@ -53,6 +54,10 @@ int main(int argc, char **argv) {
       {"91M down dX", 32768, 768, 2048, 1},    {"91M down dW", 32768, 768, 2048, 2},
       {"91M head fwd", 32768, 32768, 768, 0},  {"91M head dX", 32768, 32768, 768, 1},
       {"91M head dW", 32768, 32768, 768, 2},
+      /* a vocabulary of 8,519: rows of 17,038 bytes, and padded to 8,520 */
+      {"V8519 head fwd", 32768, 8519, 768, 0},     {"V8519 head fwd pad", 32768, 8519, 768, 0, 1},
+      {"V8519 head dX", 32768, 8519, 768, 1},      {"V8519 head dX pad", 32768, 8519, 768, 1, 1},
+      {"V8519 head dW^T", 32768, 8519, 768, 3},    {"V8519 head dW^T pad", 32768, 8519, 768, 3, 1},
   };
   cublasHandle_t h;
   cublasLtHandle_t lt;
@@ -66,7 +71,8 @@ int main(int argc, char **argv) {
   CK(cudaMalloc(&ws, wsz));
   size_t maxe = 0;
   for (const Shape &sh : shapes) {
-    maxe = std::max(maxe, (size_t)sh.M * sh.K);
+    maxe = std::max(maxe, (size_t)sh.M * (sh.K + 8));
+    maxe = std::max(maxe, (size_t)sh.M * (sh.N + 8));
     maxe = std::max(maxe, (size_t)sh.N * sh.K);
     maxe = std::max(maxe, (size_t)sh.M * sh.N);
   }
@@ -87,7 +93,14 @@ int main(int argc, char **argv) {
     cublasOperation_t ta, tb;
     if (sh.kind == 0) m = sh.N, n = sh.M, k = sh.K, ta = CUBLAS_OP_T, tb = CUBLAS_OP_N, lda = sh.K, ldb = sh.K, ldc = sh.N;
     else if (sh.kind == 1) m = sh.K, n = sh.M, k = sh.N, ta = CUBLAS_OP_N, tb = CUBLAS_OP_N, lda = sh.K, ldb = sh.N, ldc = sh.K;
-    else m = sh.K, n = sh.N, k = sh.M, ta = CUBLAS_OP_N, tb = CUBLAS_OP_T, lda = sh.K, ldb = sh.N, ldc = sh.K;
+    else if (sh.kind == 2) m = sh.K, n = sh.N, k = sh.M, ta = CUBLAS_OP_N, tb = CUBLAS_OP_T, lda = sh.K, ldb = sh.N, ldc = sh.K;
+    else m = sh.N, n = sh.K, k = sh.M, ta = CUBLAS_OP_N, tb = CUBLAS_OP_T, lda = sh.N, ldb = sh.K, ldc = sh.N;
+    if (sh.pad) {
+      const int p8 = (sh.N + 7) / 8 * 8;
+      if (lda == sh.N) lda = p8;
+      if (ldb == sh.N) ldb = p8;
+      if (ldc == sh.N) ldc = p8;
+    }
     float one = 1.f, zero = 0.f;
     double flops = 2.0 * m * n * k;
     auto time_it = [&](auto fn) {
@@ -139,6 +152,20 @@ int main(int argc, char **argv) {
     cublasLtMatrixLayoutDestroy(lb);
     cublasLtMatrixLayoutDestroy(lc);
     cublasLtMatmulDescDestroy(op);
+  }
+  { /* the pitched copy a padded operand costs: 32768 rows of 8,519 bf16 */
+    const size_t w = 8519 * 2, sp = 8519 * 2, dp = 8520 * 2, rows = 32768;
+    for (int i = 0; i < 3; i++)
+      CK(cudaMemcpy2DAsync(b, dp, a, sp, w, rows, cudaMemcpyDeviceToDevice, s));
+    CK(cudaEventRecord(e0, s));
+    for (int i = 0; i < 10; i++)
+      CK(cudaMemcpy2DAsync(b, dp, a, sp, w, rows, cudaMemcpyDeviceToDevice, s));
+    CK(cudaEventRecord(e1, s));
+    CK(cudaEventSynchronize(e1));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    printf("cudaMemcpy2DAsync 32768 x 17038 B -> pitch 17040: %.1f us (%.0f GB/s)\n", ms * 100.f,
+           2.0 * w * rows / (ms / 10 * 1e-3) * 1e-9);
   }
   return 0;
 }

@@ -349,36 +349,55 @@ static int lt_matmul(cudaDataType_t ty, cublasComputeType_t ct, cublasOperation_
   return st;
 }
 
-/* ---- misaligned leading dimensions ----------------------------------------------------
- * A row pitch that is not a multiple of 16 bytes (a vocabulary of 8,519
- * tokens: the LM head's logits and their gradient) leaves cuBLASLt only
- * its 2-byte-aligned kernels, 4-6x slower than the aligned ones. For a
- * large product it is cheaper to copy such an operand to a padded buffer
- * (one pitched copy at memory bandwidth) and write the result through one
- * too. MXC_GEMM_PAD_MIN: the least 2 M N K for this (default 2^30; 0:
- * always, for tests; -1: never). */
+/* ---- dimensions that are not a multiple of 16 bytes ---------------------------------
+ * cuBLAS(Lt) runs a product whose M, N or K is not a multiple of 8 (16-bit
+ * types) on its slow kernels: an LM head with a vocabulary of 8,519 ran at
+ * 90-145 TFLOP/s on an H200, against 800+ for 8,192 (dev/cuda/gemm_algos.cu),
+ * and padding the leading dimensions alone does not help. For a large
+ * product it is cheaper to copy the operands into zero-padded buffers
+ * (multiples of 16 bytes in every dimension), multiply those, and copy the
+ * result's M x N corner out. MXC_GEMM_PAD_MIN: the least 2 M N K for this
+ * (default 2^30; 0: always, for tests; -1: never). */
 static double pad_min_flops(void) {
   const char *e = getenv("MXC_GEMM_PAD_MIN");
   return e && *e ? atof(e) : 1073741824.0;
 }
 
-static bool ld_aligned(const void *p, int64_t ld, size_t es) {
-  return ptr_align(p) >= 16 && ((size_t)ld * es) % 16 == 0;
+/* dst (rows_d x cols_d, pitch dld) = src (rows_s x cols_s, pitch sld),
+ * zeros outside it; E: the element type by size. */
+template <class E>
+__global__ void k_pad2d(E *__restrict__ dst, int64_t dld, const E *__restrict__ src, int64_t sld,
+                        int64_t rows_s, int64_t cols_s, int64_t rows_d, int64_t cols_d) {
+  MX_PDL_ENTRY();
+  const int64_t n = rows_d * cols_d;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = i / cols_d, c = i - r * cols_d;
+    dst[r * dld + c] = r < rows_s && c < cols_s ? src[r * sld + c] : E(0);
+  }
 }
 
-/* Copies cnt runs of len elements at pitch ld to a buffer of pitch
- * round_up(len, 16 bytes); *ptr and *ld then describe the copy. */
-static int pad_operand(const void **ptr, int *ld, int64_t len, int64_t cnt, size_t es,
-                       mx__buffer **tmp) {
-  const int64_t al = (int64_t)(16 / es), ld2 = (len + al - 1) / al * al;
-  *tmp = mx__cuda_tmp((size_t)(ld2 * cnt) * es);
+static int pad2d(void *dst, int64_t dld, const void *src, int64_t sld, int64_t rows_s,
+                 int64_t cols_s, int64_t rows_d, int64_t cols_d, size_t es) {
+  const unsigned g = mx__cuda_blocks(rows_d * cols_d);
+  if (es == 2)
+    mx__cuda_launch_pdl(k_pad2d<uint16_t>, dim3(g), dim3(MX_CUDA_THREADS), 0, (uint16_t *)dst,
+                        dld, (const uint16_t *)src, sld, rows_s, cols_s, rows_d, cols_d);
+  else
+    mx__cuda_launch_pdl(k_pad2d<uint32_t>, dim3(g), dim3(MX_CUDA_THREADS), 0, (uint32_t *)dst,
+                        dld, (const uint32_t *)src, sld, rows_s, cols_s, rows_d, cols_d);
+  return mx__cuda_launched("matmul (padding)");
+}
+
+/* An operand of cnt runs of len contiguous elements at pitch *ld, copied
+ * to cnt2 runs of len2 (zeros beyond); *ptr and *ld then describe it. */
+static int pad_operand(const void **ptr, int *ld, int64_t len, int64_t cnt, int64_t len2,
+                       int64_t cnt2, size_t es, mx__buffer **tmp) {
+  *tmp = mx__cuda_tmp((size_t)(len2 * cnt2) * es);
   if (!*tmp) return mx_last_status();
-  int st = mx__cuda_check(cudaMemcpy2DAsync((*tmp)->dptr, (size_t)ld2 * es, *ptr,
-                                            (size_t)*ld * es, (size_t)len * es, (size_t)cnt,
-                                            cudaMemcpyDeviceToDevice, mx__cuda_stream()),
-                          "matmul (padded operand)");
+  int st = pad2d((*tmp)->dptr, len2, *ptr, *ld, cnt, len, cnt2, len2, es);
   *ptr = (*tmp)->dptr;
-  *ld = (int)ld2;
+  *ld = (int)len2;
   return st;
 }
 
@@ -592,36 +611,33 @@ static int k_matmul(mx_array *out, mx_array **in) {
     void *pc = out->buf->dptr;
     int ldc_ = (int)MX_MAX(1, N);
     mx__buffer *tc = NULL;
-    const double padmin = nbatch == 1 && dt != MX_FLOAT64 && K > 0 ? pad_min_flops() : -1;
-    if (padmin >= 0 && 2.0 * (double)M * (double)N * (double)K >= padmin) {
-      /* operand runs: N -> rows of the row-major matrix, T -> its columns */
-      int rc = MX_OK;
-      if (!ld_aligned(pa, lda_, es))
-        rc = pad_operand(&pa, &lda_, opa == CUBLAS_OP_N ? K : M, opa == CUBLAS_OP_N ? M : K, es,
-                         &ta2);
-      if (!rc && !ld_aligned(pb, ldb_, es))
-        rc = pad_operand(&pb, &ldb_, opb == CUBLAS_OP_N ? N : K, opb == CUBLAS_OP_N ? K : N, es,
-                         &tb2);
-      if (!rc && beta == 0 && !ld_aligned(pc, ldc_, es)) {
-        const int64_t al = (int64_t)(16 / es), ld2 = (N + al - 1) / al * al;
-        tc = mx__cuda_tmp((size_t)(ld2 * M) * es);
+    const double padmin = nbatch == 1 && dt != MX_FLOAT64 && K > 0 && beta == 0 ? pad_min_flops() : -1;
+    const int64_t al = (int64_t)(16 / es);
+    int64_t M2 = M, N2 = N, K2 = K;
+    if (padmin >= 0 && 2.0 * (double)M * (double)N * (double)K >= padmin &&
+        (M % al || N % al || K % al)) {
+      M2 = (M + al - 1) / al * al, N2 = (N + al - 1) / al * al, K2 = (K + al - 1) / al * al;
+      /* runs: op N -> the row-major matrix's rows, op T -> its columns */
+      int rc = opa == CUBLAS_OP_N ? pad_operand(&pa, &lda_, K, M, K2, M2, es, &ta2)
+                                  : pad_operand(&pa, &lda_, M, K, M2, K2, es, &ta2);
+      if (!rc)
+        rc = opb == CUBLAS_OP_N ? pad_operand(&pb, &ldb_, N, K, N2, K2, es, &tb2)
+                                : pad_operand(&pb, &ldb_, K, N, K2, N2, es, &tb2);
+      if (!rc) {
+        tc = mx__cuda_tmp((size_t)(M2 * N2) * es);
         if (!tc) rc = mx_last_status();
-        else pc = tc->dptr, ldc_ = (int)ld2;
+        else pc = tc->dptr, ldc_ = (int)N2;
       }
       if (rc) st = rc;
     }
     if (st == MX_ERR_UNSUPPORTED && nbatch == 1 && dt != MX_FLOAT64 && K > 0 && lt_enabled())
-      st = lt_matmul(ty, ct, opa, opb, M, N, K, pa, lda_, pb, ldb_, pc, ldc_, alpha, betap,
+      st = lt_matmul(ty, ct, opa, opb, M2, N2, K2, pa, lda_, pb, ldb_, pc, ldc_, alpha, betap,
                      beta != 0);
-    if (st == MX_ERR_UNSUPPORTED && (pa != A.ptr || pb != B.ptr || tc))
-      st = cublas_check(cublasGemmEx(h, opb, opa, (int)N, (int)M, (int)K, alpha, pb, ty, ldb_,
+    if (st == MX_ERR_UNSUPPORTED && tc)
+      st = cublas_check(cublasGemmEx(h, opb, opa, (int)N2, (int)M2, (int)K2, alpha, pb, ty, ldb_,
                                      pa, ty, lda_, betap, pc, ty, ldc_, ct, CUBLAS_GEMM_DEFAULT),
                         "cublasGemmEx");
-    if (!st && tc)
-      st = mx__cuda_check(cudaMemcpy2DAsync(out->buf->dptr, (size_t)N * es, pc,
-                                            (size_t)ldc_ * es, (size_t)N * es, (size_t)M,
-                                            cudaMemcpyDeviceToDevice, mx__cuda_stream()),
-                          "matmul (padded result)");
+    if (!st && tc) st = pad2d(out->buf->dptr, N, pc, ldc_, M, N, M, N, es);
     if (tc) mx__buffer_release(tc); /* reused only by later work of the stream */
     if (st == MX_ERR_UNSUPPORTED)
       st = cublas_check(
