@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "mxc/mxc.h"
+#include "ops/fast_params.h"
 #include "test.h"
 
 #define NEED_GPU()                                                         \
@@ -543,6 +544,48 @@ TEST(sdpa_decode_equals_cpu) {
   ASSERT_EQ_INT(sdpa_case(1, 2, 1, 3, 37, 5, 3, true, 0, 0, MX_BFLOAT16, 8), 0);
 }
 
+/* Attention over static caches with the key length on the device (a
+ * replayed decode step): up to 1,024 keys one block per query row takes
+ * every key (flash_attn.cu, fd_short), beyond that the split-KV kernel.
+ * The GPU must equal the CPU on lengths around that switch, and both the
+ * same attention over the first pos + Tq keys. */
+static int64_t upto_case(int64_t Hq, int64_t Hkv, int64_t Tq, int64_t D, int32_t pos, mx_dtype dt,
+                         uint64_t seed) {
+  const int64_t S = 1536;
+  mx_array *q = normal_dt((int64_t[]){1, Hq, Tq, D}, 4, 1, seed, dt);
+  mx_array *k = normal_dt((int64_t[]){1, Hkv, S, D}, 4, 1, seed + 1, dt);
+  mx_array *v = normal_dt((int64_t[]){1, Hkv, S, D}, 4, 1, seed + 2, dt);
+  mx_array *p = mx_array_from_data(&pos, (int64_t[]){1}, 1, MX_INT32);
+  double scale = 1.0 / sqrt((double)D);
+  int64_t n = pos + Tq;
+  mx_array *ks = mx_slice_axis(k, 2, 0, n, 1), *vs = mx_slice_axis(v, 2, 0, n, 1);
+  mx_array *ref = mx_fast_scaled_dot_product_attention(q, ks, vs, scale, NULL, Tq > 1);
+  mx_array *c = mx__fast_sdpa_upto(q, k, v, scale, p);
+  mx_set_default_device(MX_GPU);
+  mx_array *g = mx__fast_sdpa_upto(q, k, v, scale, p);
+  mx_set_default_device(MX_CPU);
+  char what[128];
+  snprintf(what, sizeof what, "sdpa upto Hq=%lld Hkv=%lld Tq=%lld D=%lld pos=%d %s",
+           (long long)Hq, (long long)Hkv, (long long)Tq, (long long)D, pos, mx_dtype_name(dt));
+  double tol = dt == MX_FLOAT32 ? 1e-4 : dtype_tol(dt);
+  int64_t bad = mismatches(c, g, tol, what) + mismatches(ref, g, tol, what);
+  mx_array *all[] = {q, k, v, p, ks, vs, ref, c, g};
+  mx_array_free_n(all, 9);
+  return bad;
+}
+
+TEST(sdpa_device_length_equals_cpu) {
+  NEED_GPU();
+  const int32_t lens[] = {0, 1, 63, 300, 1021, 1023, 1024, 1200, 1530};
+  const mx_dtype dts[] = {MX_FLOAT32, MX_BFLOAT16, MX_FLOAT16};
+  for (int d = 0; d < 3; d++)
+    for (int i = 0; i < (int)(sizeof lens / sizeof lens[0]); i++) {
+      uint64_t seed = 40 + 3 * (uint64_t)i;
+      ASSERT_EQ_INT(upto_case(8, 2, 1, 64, lens[i], dts[d], seed), 0);
+      if (lens[i] + 3 <= 1536) ASSERT_EQ_INT(upto_case(4, 4, 3, 128, lens[i], dts[d], seed), 0);
+    }
+}
+
 TEST(sdpa_prefill_equals_cpu) {
   NEED_GPU();
   const mx_dtype dts[] = {MX_FLOAT32, MX_BFLOAT16, MX_FLOAT16};
@@ -781,9 +824,11 @@ TEST(half_precision_gemv_equals_cpu) {
   const int64_t cases[][4] = {/* M, K, N, transposed */
                               {1, 2048, 3000, 1}, {1, 8192, 700, 1}, {1, 24, 5, 1},
                               {1, 1000, 130, 1},  {1, 36, 40, 1},    {1, 256, 300, 0},
-                              {2, 512, 64, 1},    {1, 2056, 37, 1},  {1, 4104, 301, 1}};
+                              {2, 512, 64, 1},    {1, 2056, 37, 1},  {1, 4104, 301, 1},
+                              /* many rows (a head), tails of a batch */
+                              {1, 2048, 20000, 1}, {1, 520, 17000, 1}, {1, 4104, 9001, 1}};
   mx_dtype dts[] = {MX_BFLOAT16, MX_FLOAT16};
-  for (int c = 0; c < 9; c++)
+  for (int c = 0; c < 12; c++)
     for (int d = 0; d < 2; d++) {
       int64_t M = cases[c][0], K = cases[c][1], N = cases[c][2];
       mx_array *x32 = normal((int64_t[]){1, M, K}, 3, 1, 3), *w32 = NULL, *wt = NULL;
@@ -809,6 +854,50 @@ TEST(half_precision_gemv_equals_cpu) {
       ASSERT_EQ_INT(mismatches(cpu, gpu, dtype_tol(dts[d]), what), 0);
       mx_array *all[] = {x32, w32, wt, x, w, wh, wv, cpu, gpu};
       mx_array_free_n(all, 9);
+    }
+}
+
+/* swiglu_linear (a decode step's gate/up GEMV and swiglu in one kernel)
+ * has the bits of the stacked GEMV followed by the swiglu kernel for rows
+ * of up to 2,048 (one batch of loads a lane), and is close to the CPU for longer ones. */
+TEST(swiglu_linear_has_the_bits_of_gemv_and_swiglu) {
+  NEED_GPU();
+  const int64_t cases[][2] = {{2048, 1024}, {512, 300}, {1000, 37}, {4096, 128},
+                              /* a decode MLP's size, a row off the batch */
+                              {2048, 8192}, {1000, 9000}};
+  mx_dtype dts[] = {MX_BFLOAT16, MX_FLOAT16};
+  for (int c = 0; c < 6; c++)
+    for (int d = 0; d < 2; d++) {
+      int64_t K = cases[c][0], I = cases[c][1];
+      mx_array *x32 = normal((int64_t[]){1, 1, K}, 3, 1, 11);
+      mx_array *w32 = normal((int64_t[]){2 * I, K}, 2, 0.05, 12);
+      mx_array *x = mx_astype(x32, dts[d]), *w = mx_astype(w32, dts[d]);
+      ASSERT_OK(mx_array_eval(x));
+      ASSERT_OK(mx_array_eval(w));
+      mx_array *cpu = mx__fast_swiglu_linear(x, w);
+      mx_set_default_device(MX_GPU);
+      mx_array *fused = mx__fast_swiglu_linear(x, w);
+      mx_array *wt = mx_transpose(w, (int[]){1, 0}, 2);
+      mx_array *y = mx_matmul(x, wt);
+      mx_array *g = mx_slice_axis(y, 2, 0, I, 1), *u = mx_slice_axis(y, 2, I, 2 * I, 1);
+      mx_array *two = mx_fast_swiglu(g, u);
+      ASSERT_OK(mx_array_eval(two));
+      ASSERT_OK(mx_array_eval(fused));
+      mx_set_default_device(MX_CPU);
+      char what[64];
+      snprintf(what, sizeof what, "swiglu_linear K %lld I %lld %s", (long long)K, (long long)I,
+               mx_dtype_name(dts[d]));
+      ASSERT_EQ_INT(mismatches(cpu, fused, dtype_tol(dts[d]), what), 0);
+      if (K <= 2048 && K % 8 == 0) {
+        const void *a = mx_array_data(fused), *b = mx_array_data(two);
+        ASSERT(a && b);
+        if (memcmp(a, b, 2 * (size_t)I)) {
+          fprintf(stderr, "  %s: not the bits of the GEMV + swiglu\n", what);
+          ASSERT(0);
+        }
+      }
+      mx_array *all[] = {x32, w32, x, w, cpu, fused, wt, y, g, u, two};
+      mx_array_free_n(all, 11);
     }
 }
 

@@ -87,6 +87,7 @@ static int vjp_swiglu_grad(mx_array *out, mx_array *cot, mx_array **g, const boo
 static const mx__op_def def_SWIGLU_GRAD = {.id = MX_OP_SWIGLU_GRAD, .vjp = vjp_swiglu_grad};
 static const mx__op_def def_ADD_RMS_NORM = {.id = MX_OP_ADD_RMS_NORM};
 static const mx__op_def def_ROPE_KV = {.id = MX_OP_ROPE_KV};
+static const mx__op_def def_SWIGLU_LINEAR = {.id = MX_OP_SWIGLU_LINEAR};
 static int vjp_softmax_ce(mx_array *out, mx_array *cot, mx_array **g, const bool *need);
 static int vjp_softmax_ce_grad(mx_array *out, mx_array *cot, mx_array **g, const bool *need);
 static const mx__op_def def_SOFTMAX_CE = {.id = MX_OP_SOFTMAX_CE, .vjp = vjp_softmax_ce};
@@ -510,6 +511,24 @@ mx_array *mx__fast_rope_kv(mx_array *x, int64_t nq, int64_t nkv, mx_array *keys,
   mx_array *r = mx__node_new(&def_ROPE_KV, x->dtype, shape, 4, ins, f ? 5 : 4, &p, sizeof p);
   mx_array_free(f);
   return r;
+}
+
+mx_array *mx__fast_swiglu_linear(mx_array *x, mx_array *w) {
+  MX__CHECK_IN("swiglu_linear", x, w);
+  char sx[256], sw[256];
+  mx_dtype dt = mx_promote_types(x->dtype, w->dtype);
+  if (!mx_dtype_is_float(dt))
+    return mx__set_error(MX_ERR_DTYPE, "swiglu_linear: needs floating-point inputs, got %s and %s",
+                         mx_dtype_name(x->dtype), mx_dtype_name(w->dtype)), NULL;
+  if (x->ndim < 1 || w->ndim != 2 || w->shape[0] % 2 || w->shape[1] != x->shape[x->ndim - 1])
+    return mx__set_error(MX_ERR_SHAPE, "swiglu_linear: x %s and w %s: w must be (2 I, K) for x "
+                         "(..., K)", mx__shape_str(x->shape, x->ndim, sx, sizeof sx),
+                         mx__shape_str(w->shape, w->ndim, sw, sizeof sw)), NULL;
+  int64_t shape[MX_MAX_NDIM];
+  memcpy(shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  shape[x->ndim - 1] = w->shape[0] / 2;
+  mx_array *ins[2] = {x, w};
+  return node_cast(&def_SWIGLU_LINEAR, dt, shape, x->ndim, ins, 2, NULL, 0);
 }
 
 mx_array *mx__fast_rope_at(mx_array *x, int dims, bool traditional, double base, double scale,

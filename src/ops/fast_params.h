@@ -158,6 +158,13 @@ mx_array *mx__fast_rope_kv(mx_array *x, int64_t nq, int64_t nkv, mx_array *keys,
                            mx_array *values, int dims, bool traditional, double base,
                            double scale, mx_array *pos, mx_array *freqs);
 
+/* swiglu_linear (internal, a decode step's MLP: the gate/up projection and
+ * swiglu in one kernel): x (..., K), w (2 I, K) — the gate rows then the
+ * up rows of a stacked projection. Output (..., I) = swiglu(g, u) with
+ * g = x w[:I]^T and u = x w[I:]^T each rounded to the dtype: the bits of
+ * mx_matmul then mx_fast_swiglu on the GPU. Not differentiable. */
+mx_array *mx__fast_swiglu_linear(mx_array *x, mx_array *w);
+
 /* The same functions written as compositions of primitive ops (mean,
  * rsqrt, matmul, softmax, ...): the unfused reference of each fast op.
  * Same arguments and checks as the public functions. */

@@ -444,6 +444,32 @@ static int f_row_dot(const mx_opcase *c, const double *const *in, double *out, i
   return 0;
 }
 
+/* ---- swiglu_linear (internal: a decode step's gate/up projection + swiglu) ------ */
+static mx_array *b_swiglu_lin(const mx_opcase *c, mx_array **in) {
+  MX_UNUSED(c);
+  return mx__fast_swiglu_linear(in[0], in[1]);
+}
+
+/* out (..., I) = silu(x w[:I]^T) * (x w[I:]^T) in float64 */
+static int f_swiglu_lin(const mx_opcase *c, const double *const *in, double *out, int64_t *oshape,
+                        int *ond) {
+  int nd = c->ndim[0];
+  int64_t K = c->shape[0][nd - 1], rows = oc_size(c->shape[0], nd - 1), I = c->shape[1][0] / 2;
+  *ond = nd;
+  memcpy(oshape, c->shape[0], sizeof(int64_t) * (size_t)nd);
+  oshape[nd - 1] = I;
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t j = 0; j < I; j++) {
+      double g = 0, u = 0;
+      for (int64_t k = 0; k < K; k++) {
+        g += in[0][r * K + k] * in[1][j * K + k];
+        u += in[0][r * K + k] * in[1][(I + j) * K + k];
+      }
+      out[r * I + j] = g / (1 + exp(-g)) * u;
+    }
+  return 0;
+}
+
 /* ---- the table -------------------------------------------------------------- */
 #define ARR(...) {__VA_ARGS__}
 #define NORM(name, d, nin_, nd_, shapes, kinds, W, B, LN, eps)                                \
@@ -508,7 +534,19 @@ static int f_row_dot(const mx_opcase *c, const double *const *in, double *out, i
   {.op = "row_dot", .desc = d, .nin = 2, .ndim = {nd_, nd_}, .shape = {shape_, shape_},        \
    .lo = -2, .hi = 2, OC_FLOATS, .flags = OC_NONCONTIG, .build = b_row_dot, .ref = f_row_dot}
 
+#define SWIGLU_LIN(d, nd_, xshape, wshape, lo_, hi_)                                            \
+  {.op = "swiglu_linear", .desc = d, .nin = 2, .ndim = {nd_, 2}, .shape = {xshape, wshape},      \
+   .lo = lo_, .hi = hi_, OC_FLOATS, .flags = OC_NONCONTIG | OC_NO_GRAD, .build = b_swiglu_lin,   \
+   .ref = f_swiglu_lin}
+
 static const mx_opcase cases[] = {
+    /* swiglu_linear (internal; on the GPU a warp per output reads 16-byte
+     * vectors of both rows for f16/bf16, else a strided fallback) */
+    SWIGLU_LIN("decode row, K 64", 3, ARR(1, 1, 64), ARR(80, 64), -1, 1),
+    SWIGLU_LIN("rows of K 20 (no vectors)", 2, ARR(3, 20), ARR(14, 20), -1, 1),
+    SWIGLU_LIN("K 2048: one batch of loads a lane", 2, ARR(1, 2048), ARR(32, 2048), -0.25, 0.25),
+    SWIGLU_LIN("K 2056: a batch and a tail", 2, ARR(2, 2056), ARR(18, 2056), -0.25, 0.25),
+    SWIGLU_LIN("0 rows", 2, ARR(0, 16), ARR(8, 16), -1, 1),
     /* row_dot (internal: attention's delta; vectors of 8 or 4 values a
      * thread when rows are contiguous and aligned) */
     ROW_DOT("rows of 37 (scalar loads)", 2, ARR(6, 37)),
@@ -645,6 +683,12 @@ static const mx_opcase cases[] = {
          ARR(ARR(1, 4, 260, 64), ARR(1, 2, 333, 64), ARR(1, 2, 333, 64)), ARR(0), 0, 0, 0.2),
     SDPA("causal, negative scale, D 64", 3, 4,
          ARR(ARR(1, 2, 80, 64), ARR(1, 2, 80, 64), ARR(1, 2, 80, 64)), ARR(0), 1, 0, -0.15),
+    /* decode rows on the GPU: up to 1,024 keys one block per query row,
+     * beyond that the split-KV kernel */
+    SDPA("decode GQA 4:1, Tq 3 causal, Tk 300, D 64", 3, 4,
+         ARR(ARR(1, 8, 3, 64), ARR(1, 2, 300, 64), ARR(1, 2, 300, 64)), ARR(0), 1, 0, 0),
+    SDPA("decode GQA 4:1, Tk 1100 (split), D 64", 3, 4,
+         ARR(ARR(1, 8, 1, 64), ARR(1, 2, 1100, 64), ARR(1, 2, 1100, 64)), ARR(0), 0, 0, 0),
     SDPA("Tk = 0", 3, 4, ARR(ARR(1, 2, 3, 8), ARR(1, 2, 0, 8), ARR(1, 2, 0, 8)), ARR(0), 0, 0, 0),
     SDPA("0-size batch", 3, 4, ARR(ARR(0, 2, 3, 8), ARR(0, 2, 4, 8), ARR(0, 2, 4, 8)), ARR(0), 0, 0,
          0),

@@ -1576,6 +1576,68 @@ static int k_add_rms_norm(mx_array *out, mx_array **in) {
   return MX_OK;
 }
 
+/* n float32 values rounded to dt in place (scratch: n elements of dt) */
+static void round_f32(void *scratch, mx_dtype dt, float *v, int64_t n) {
+  store_f32(scratch, dt, v, n);
+  load_f32(scratch, dt, 1, n, v);
+}
+
+/* swiglu_linear (ops/fast_params.h): per row of x, g_j = x . w_j and u_j =
+ * x . w_(I + j) accumulated in float64 and rounded to the dtype, then
+ * silu(g) * u with swiglu's roundings (x * sigmoid(x) rounded, times u). */
+static int k_swiglu_linear(mx_array *out, mx_array **in) {
+  int s = mx__array_alloc_data(out);
+  if (s || out->size == 0) return s;
+  mx_array *x = in[0], *w = in[1];
+  const mx_dtype dt = out->dtype;
+  const int nlead = x->ndim - 1;
+  const int64_t K = x->shape[nlead], I = out->shape[out->ndim - 1], rows = out->size / I;
+  const size_t es = mx_dtype_size(dt);
+  double *xb = malloc(sizeof(double) * (size_t)(2 * K + 1));
+  float *gu = malloc(sizeof(float) * (size_t)(3 * I)), *sg = gu + 2 * I;
+  char *rb = malloc(es * (size_t)(2 * I));
+  if (!xb || !gu || !rb) {
+    free(xb);
+    free(gu);
+    free(rb);
+    return oom("swiglu_linear", (sizeof(double) * 2 + sizeof(float) * 2 + 2 * es) * (size_t)K);
+  }
+  double *wb = xb + K;
+  const char *xp = mx__data(x), *wp = mx__data(w);
+  char *op = mx__data(out);
+  for (int64_t row = 0; row < rows; row++) {
+    load_f64(xp + row_offset(x, nlead, row) * (int64_t)es, dt, x->strides[nlead], K, xb);
+    for (int64_t j = 0; j < 2 * I; j++) {
+      load_f64(wp + j * w->strides[0] * (int64_t)es, dt, w->strides[1], K, wb);
+      double acc = 0;
+      for (int64_t k = 0; k < K; k++) acc += xb[k] * wb[k];
+      if (dt == MX_FLOAT64) ((double *)rb)[j] = acc;
+      else gu[j] = (float)acc;
+    }
+    char *orow = op + row * I * (int64_t)es;
+    if (dt == MX_FLOAT64) {
+      const double *g = (const double *)rb, *u = g + I;
+      double *o = (double *)orow;
+      for (int64_t j = 0; j < I; j++) o[j] = g[j] / (1 + exp(-g[j])) * u[j];
+      continue;
+    }
+    /* each step rounded to the dtype (a round trip through it) */
+    store_f32(rb, dt, gu, 2 * I);
+    load_f32(rb, dt, 1, 2 * I, gu);
+    float *g = gu, *u = gu + I, *t = sg;
+    for (int64_t j = 0; j < I; j++) t[j] = 1.0f / (1.0f + expf(-g[j]));
+    round_f32(rb, dt, t, I);
+    for (int64_t j = 0; j < I; j++) t[j] *= g[j];
+    round_f32(rb, dt, t, I);
+    for (int64_t j = 0; j < I; j++) t[j] *= u[j];
+    store_f32(orow, dt, t, I);
+  }
+  free(xb);
+  free(gu);
+  free(rb);
+  return MX_OK;
+}
+
 static int k_rope_kv(mx_array *out, mx_array **in) {
   const mx__rope_kv_params *kp = MX__PARAMS(out, mx__rope_kv_params);
   const mx__rope_params *p = &kp->rope;
@@ -1792,6 +1854,7 @@ void mx__cpu_register_fast(mx__kernel_fn *k) {
   k[MX_OP_ROW_DOT] = k_row_dot;
   k[MX_OP_ADD_RMS_NORM] = k_add_rms_norm;
   k[MX_OP_ROPE_KV] = k_rope_kv;
+  k[MX_OP_SWIGLU_LINEAR] = k_swiglu_linear;
   k[MX_OP_RMS_NORM] = k_rms_norm;
   k[MX_OP_RMS_NORM_GRAD] = k_rms_norm_grad;
   k[MX_OP_LAYER_NORM] = k_layer_norm;

@@ -342,18 +342,7 @@ BOP(LOGICAL_AND, (X)((x != 0) && (y != 0)), (x != 0) && (y != 0), (x != 0) && (y
 BOP(LOGICAL_OR, (X)((x != 0) || (y != 0)), (x != 0) || (y != 0), (x != 0) || (y != 0), true, true)
 #undef BOP
 
-/* swiglu's sigmoid. For 16-bit dtypes, whose result is rounded to 8 or 11
- * bits, the fast exp and division (MUFU.EX2, MUFU.RCP: ~2 ulp of float32)
- * change the rounded value only next to a rounding boundary (a few
- * elements in 10^4 differ by one unit); float32 and float64 are exact. The
- * swiglu of a prompt's MLP is compute-bound otherwise. */
-template <class T>
-__device__ __forceinline__ typename T::C swiglu_sigmoid(typename T::C x) {
-  typedef typename T::C X;
-  if constexpr (sizeof(typename T::S) == 2) return __fdividef(1.f, 1.f + __expf(-x));
-  else return (X)1 / ((X)1 + m_exp(-x));
-}
-
+/* swiglu's sigmoid: swiglu_sigmoid in cuda_common.cuh */
 /* per-element functions of the vector path (k_vec) */
 template <class T, class OP>
 struct VBin {

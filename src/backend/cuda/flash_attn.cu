@@ -65,6 +65,9 @@ struct fa_geo {
    * shared memory at once and each output adds them in order (one barrier
    * instead of one a group) */
   int tree;
+  /* keys up to which one block per query row takes all of them (no split,
+   * no combine: see fd_short); 0: never */
+  int shortmax;
 };
 
 /* Keys per split for Tk keys (the same on host and device, so a replayed
@@ -123,6 +126,115 @@ __device__ __forceinline__ void ld8f(const typename T::S *p, float *f) {
   }
 }
 
+/* A short context (Tk <= g.shortmax): the block takes one query row against
+ * every key, so there is no split to combine and a decode step's attention
+ * is three dependent reads (q, K, V) instead of six. Scores: D / 8 lanes a
+ * key (16-byte loads, FD_SHORT_U keys a lane in flight), summed with
+ * shuffles in a fixed order; the softmax's max and sum over the block in a
+ * fixed order; P V: threads (key group, 8 features), the groups added in
+ * order. sm: D + shortmax + (FD_THREADS / (Dv / 8)) x Dv floats. */
+#define FD_SHORT_U 4
+template <class T>
+__device__ __forceinline__ void fd_short(const typename T::S *__restrict__ q,
+                                         const typename T::S *__restrict__ k,
+                                         const typename T::S *__restrict__ v,
+                                         const void *__restrict__ mask, const fa_geo &g, int64_t b,
+                                         int64_t hk, int rr, float *sm,
+                                         typename T::S *__restrict__ o) {
+  __shared__ float fs_red[FD_THREADS / 32];
+  const int D = (int)g.D, Dv = (int)g.Dv, Tk = (int)g.Tk;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t h = hk * g.G + rr / g.Tq, t = rr % g.Tq;
+  float *qs = sm, *ps = sm + D, *red = ps + g.shortmax;
+  for (int i = tid; i < D; i += FD_THREADS)
+    qs[i] = (float)T::ld(q[b * g.qs[0] + h * g.qs[1] + t * g.qs[2] + i * g.qs[3]]) * g.scale;
+  __syncthreads();
+  /* scores */
+  const int lpk = D / 8, kpw = 32 / lpk, kpb = kpw * (FD_THREADS / 32);
+  const int sub = lane / lpk, c = lane % lpk;
+  float qr[8];
+#pragma unroll
+  for (int e = 0; e < 8; e++) qr[e] = qs[8 * c + e];
+  const typename T::S *kb = k + b * g.ks[0] + hk * g.ks[1] + 8 * c;
+  for (int j0 = warp * kpw + sub; j0 - sub < Tk; j0 += FD_SHORT_U * kpb) {
+    float kv[FD_SHORT_U][8];
+#pragma unroll
+    for (int u = 0; u < FD_SHORT_U; u++) {
+      const int j = j0 + u * kpb;
+      if (j < Tk) ld8f<T>(kb + (int64_t)j * g.ks[2], kv[u]);
+      else
+#pragma unroll
+        for (int e = 0; e < 8; e++) kv[u][e] = 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < FD_SHORT_U; u++) {
+      float a = 0.f;
+#pragma unroll
+      for (int e = 0; e < 8; e++) a = fmaf(qr[e], kv[u][e], a);
+      for (int off = lpk >> 1; off > 0; off >>= 1) a += __shfl_xor_sync(0xffffffffu, a, off);
+      const int j = j0 + u * kpb;
+      if (c == 0 && j < Tk) ps[j] = fa_mask<T>(g, mask, a, b, h, t, j);
+    }
+  }
+  __syncthreads();
+  /* max, then exp and sum, each over the block in a fixed order */
+  float m = -INFINITY;
+  for (int j = tid; j < Tk; j += FD_THREADS) m = fa_max(m, ps[j]);
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) m = fa_max(m, __shfl_xor_sync(0xffffffffu, m, off));
+  if (lane == 0) fs_red[warp] = m;
+  __syncthreads();
+  m = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < FD_THREADS / 32; w++) m = fa_max(m, fs_red[w]);
+  __syncthreads();
+  float l = 0.f;
+  for (int j = tid; j < Tk; j += FD_THREADS) {
+    float p = m == -INFINITY ? 0.f : expf(ps[j] - m);
+    ps[j] = p;
+    l += p;
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) l += __shfl_xor_sync(0xffffffffu, l, off);
+  if (lane == 0) fs_red[warp] = l;
+  __syncthreads(); /* also: every weight is in ps */
+  l = 0.f;
+#pragma unroll
+  for (int w = 0; w < FD_THREADS / 32; w++) l += fs_red[w];
+  /* P V */
+  const int nch = Dv / 8, KG = FD_THREADS / nch;
+  const int cv = tid % nch, kg = tid / nch;
+  const typename T::S *vb = v + b * g.vs[0] + hk * g.vs[1] + 8 * cv;
+  float acc[8];
+#pragma unroll
+  for (int e = 0; e < 8; e++) acc[e] = 0.f;
+  if (kg < KG) {
+    for (int j0 = kg; j0 < Tk; j0 += FD_SHORT_U * KG) {
+      float vv[FD_SHORT_U][8];
+#pragma unroll
+      for (int u = 0; u < FD_SHORT_U; u++)
+        if (j0 + u * KG < Tk) ld8f<T>(vb + (int64_t)(j0 + u * KG) * g.vs[2], vv[u]);
+#pragma unroll
+      for (int u = 0; u < FD_SHORT_U; u++)
+        if (j0 + u * KG < Tk) {
+          const float p = ps[j0 + u * KG];
+#pragma unroll
+          for (int e = 0; e < 8; e++) acc[e] = fmaf(p, vv[u][e], acc[e]);
+        }
+    }
+#pragma unroll
+    for (int e = 0; e < 8; e++) red[kg * Dv + 8 * cv + e] = acc[e];
+  }
+  __syncthreads();
+  const float inv = l == 0.f ? NAN : 1.f / l;
+  const int64_t row = (b * g.Hq + h) * g.Tq + t;
+  for (int d = tid; d < Dv; d += FD_THREADS) {
+    float val = red[d];
+    for (int kk = 1; kk < KG; kk++) val += red[kk * Dv + d];
+    o[row * Dv + d] = T::st(val * inv);
+  }
+}
+
 template <class T, int RM>
 __global__ void __launch_bounds__(FD_THREADS)
     k_fa_decode(const typename T::S *__restrict__ q, const typename T::S *__restrict__ k,
@@ -139,6 +251,12 @@ __global__ void __launch_bounds__(FD_THREADS)
     g.Tk = n < 0 ? 0 : n < g.Tk ? n : g.Tk;
     g.off = g.Tk - g.Tq;
     CH = (int)fd_chunk(g.Tk, g.want, g.chmax);
+  }
+  if (g.shortmax && g.Tk <= g.shortmax) { /* block x takes row x of its group, all keys */
+    const int rs = blockIdx.z * RM + blockIdx.x;
+    if ((int)blockIdx.x >= RM || rs >= (int)(g.G * g.Tq)) return;
+    fd_short<T>(q, k, v, mask, g, blockIdx.y / g.Hkv, blockIdx.y % g.Hkv, rs, fd_sm, o);
+    return;
   }
   float *qsm = fd_sm;                  /* RM x D, scaled */
   float *ps = qsm + RM * (int)g.D;     /* RM x CH: scores, then weights */
@@ -803,6 +921,18 @@ static int *fd_counters(cudaStream_t s, int64_t need) {
   return g_fd_cnt;
 }
 
+/* The most keys a decode block takes whole (fd_short): 1024, or
+ * MXC_FD_SHORT (0: always split, for comparisons). */
+static int fd_short_max(void) {
+  static int v = -1;
+  if (v < 0) {
+    const char *e = getenv("MXC_FD_SHORT");
+    long n = e && *e ? strtol(e, NULL, 10) : 1024;
+    v = n < 0 ? 0 : n > 4096 ? 4096 : (int)n;
+  }
+  return v;
+}
+
 template <class T, int RM>
 static int run_decode(mx_array *out, const void *qp, const void *kp, const void *vp,
                       const void *mp, const fa_geo &g) {
@@ -851,13 +981,26 @@ static int run_decode(mx_array *out, const void *qp, const void *kp, const void 
     red = KG * RM * g.Dv;
     smem = sizeof(float) * (size_t)(RM * g.D + RM * ch + red);
   }
+  /* short contexts: a block per query row over all keys (fd_short); over a
+   * static cache the kernel picks it from the length on the device, so the
+   * grid must hold a block for each row of a group */
+  int *cnt = fd_counters(s, (int64_t)(g.B * g.Hkv) * ngroups);
+  gl.shortmax = 0;
+  const int64_t rpb = R < RM ? R : RM, nchv = g.Dv / 8;
+  if (fd_short_max() > 0 && g.kvec && g.vvec && g.D % 8 == 0 && 32 % (g.D / 8) == 0 &&
+      g.Dv % 8 == 0 && nchv <= FD_THREADS && FD_THREADS % nchv == 0 &&
+      (g.lenp ? cnt && nsplit >= rpb : g.Tk <= fd_short_max())) {
+    gl.shortmax = fd_short_max();
+    if (!g.lenp) nsplit = rpb;
+    const size_t need = sizeof(float) * (size_t)(g.D + gl.shortmax + FD_THREADS / nchv * g.Dv);
+    if (need > smem) smem = need;
+  }
   dim3 grid((unsigned)nsplit, (unsigned)(g.B * g.Hkv), (unsigned)ngroups);
-  int *cnt = fd_counters(s, (int64_t)grid.y * grid.z);
   typename T::S *op = (typename T::S *)out->buf->dptr;
   mx__cuda_launch_pdl(k_fa_decode<T, RM>, grid, FD_THREADS, smem, (const typename T::S *)qp,
                       (const typename T::S *)kp, (const typename T::S *)vp, mp, po, pml, gl,
                       (int)ch, cnt, op);
-  if (!cnt)
+  if (!cnt && !(gl.shortmax && !g.lenp))
     k_fa_combine<T><<<(unsigned)rows, 128, 0, s>>>(po, pml, op, rows, (int)g.Dv, (int)nsplit,
                                                    g.lenp, g.Tq, g.Tk, (int)want, CHMAX);
   mx__buffer_release(pb); /* reused only by later work of the same stream */

@@ -503,6 +503,17 @@ __global__ void __launch_bounds__(GV_WARPS * 32)
   }
 }
 
+/* silu(g) * u with the roundings of the swiglu kernel (g and u rounded
+ * to the dtype first, as a GEMV writes them) */
+template <class T>
+__device__ __forceinline__ typename T::S swiglu_round(typename T::C g, typename T::C u) {
+  typedef typename T::C X;
+  X x = T::ld(T::st(g));
+  X s = T::ld(T::st(swiglu_sigmoid<T>(x)));
+  X a = T::ld(T::st(x * s));
+  return T::st(a * T::ld(T::st(u)));
+}
+
 /* out (1 x N) = a (1 x K) @ b (K x N) with b's K axis contiguous (W^T of a
  * row-major W); false: not this case (cuBLAS runs it). */
 static bool gemv(mx_array *out, mx_array *a, mx_array *b, const mx__matmul_params *p, int *st) {
@@ -549,6 +560,138 @@ static bool gemv(mx_array *out, mx_array *a, mx_array *b, const mx__matmul_param
                         (const uint4 *)ap, (uint16_t *)out->buf->dptr, N, K / 8, ns / 8, pre);
   *st = mx__cuda_launched("matmul");
   return true;
+}
+
+/* ---- swiglu_linear (ops/fast_params.h): a decode step's gate/up projection
+ * and swiglu in one kernel --------------------------------------------------------------
+ * A warp per output j walks gate row j and up row I + j together (16
+ * loads in flight a lane), as k_gemv walks one row: the same sums in the
+ * same order, each rounded to the dtype, then swiglu's roundings, so the
+ * result has the bits of the GEMV (K <= 2048; longer rows there split over
+ * warps) followed by the swiglu kernel. */
+template <class T>
+__global__ void __launch_bounds__(GV_WARPS * 32)
+    k_gemv_swiglu(const uint4 *__restrict__ w, const uint4 *__restrict__ x,
+                  typename T::S *__restrict__ o, int64_t I, int64_t K8, int64_t ldw8, bool pre) {
+  const int lane = threadIdx.x & 31;
+  const int64_t j = (int64_t)blockIdx.x * GV_WARPS + (threadIdx.x >> 5);
+  const int64_t jr = j < I ? j : 0;
+  const uint4 *wg = w + jr * ldw8, *wu = w + (jr + I) * ldw8, *xr = x + blockIdx.y * K8;
+  uint4 a[GV_BATCH], b[GV_BATCH];
+  int64_t s = lane;
+  bool have = pre && j < I && s + 32 * (GV_BATCH - 1) < K8; /* see k_gemv */
+  if (have) {
+#pragma unroll
+    for (int u = 0; u < GV_BATCH; u++) {
+      a[u] = __ldg(wg + s + 32 * u);
+      b[u] = __ldg(wu + s + 32 * u);
+    }
+  }
+  MX_PDL_ENTRY();
+  if (j >= I) return;
+  float ag = 0.f, au = 0.f;
+  for (; s + 32 * (GV_BATCH - 1) < K8; s += 32 * GV_BATCH) {
+    if (!have) {
+#pragma unroll
+      for (int u = 0; u < GV_BATCH; u++) {
+        a[u] = __ldg(wg + s + 32 * u);
+        b[u] = __ldg(wu + s + 32 * u);
+      }
+    }
+    have = false;
+#pragma unroll
+    for (int u = 0; u < GV_BATCH; u++) {
+      const uint4 xv = __ldg(xr + s + 32 * u);
+      ag = gv_dot8<T>(a[u], xv, ag);
+      au = gv_dot8<T>(b[u], xv, au);
+    }
+  }
+  for (; s < K8; s += 32) {
+    const uint4 xv = __ldg(xr + s);
+    ag = gv_dot8<T>(__ldg(wg + s), xv, ag);
+    au = gv_dot8<T>(__ldg(wu + s), xv, au);
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    ag += __shfl_xor_sync(0xffffffffu, ag, off);
+    au += __shfl_xor_sync(0xffffffffu, au, off);
+  }
+  if (lane == 0) o[blockIdx.y * I + j] = swiglu_round<T>(ag, au);
+}
+
+/* any float dtype and strides of w (x row-contiguous): a warp per output,
+ * lanes over K */
+template <class T>
+__global__ void __launch_bounds__(GV_WARPS * 32)
+    k_swiglu_linear_any(const typename T::S *__restrict__ w, const typename T::S *__restrict__ x,
+                        typename T::S *__restrict__ o, int64_t I, int64_t K, int64_t ws0,
+                        int64_t ws1) {
+  typedef typename T::C X;
+  const int lane = threadIdx.x & 31;
+  const int64_t j = (int64_t)blockIdx.x * GV_WARPS + (threadIdx.x >> 5);
+  MX_PDL_ENTRY();
+  if (j >= I) return;
+  const typename T::S *xr = x + blockIdx.y * K;
+  X ag = 0, au = 0;
+  for (int64_t k = lane; k < K; k += 32) {
+    const X xv = T::ld(xr[k]);
+    ag += xv * T::ld(w[j * ws0 + k * ws1]);
+    au += xv * T::ld(w[(j + I) * ws0 + k * ws1]);
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    ag += __shfl_xor_sync(0xffffffffu, ag, off);
+    au += __shfl_xor_sync(0xffffffffu, au, off);
+  }
+  if (lane == 0) o[blockIdx.y * I + j] = swiglu_round<T>(ag, au);
+}
+
+static int k_swiglu_linear(mx_array *out, mx_array **in) {
+  mx_array *x = in[0], *w = in[1];
+  const mx_dtype dt = out->dtype;
+  if (!mx_dtype_is_float(dt) || x->dtype != dt || w->dtype != dt)
+    return mx__cuda_no_dtype(out, x->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  const int64_t K = x->shape[x->ndim - 1], I = out->shape[out->ndim - 1], rows = out->size / I;
+  if (rows > 65535) return mx__set_error(MX_ERR_UNSUPPORTED, "swiglu_linear: %lld rows on the "
+                                         "GPU (at most 65,535)", (long long)rows);
+  const size_t es = mx_dtype_size(dt);
+  /* x as contiguous rows */
+  const char *xp = (const char *)mx__ddata(x);
+  mx__buffer *tmp = NULL;
+  if (!x->row_contiguous) {
+    if (!(tmp = mx__cuda_tmp(es * (size_t)(rows * K)))) return mx_last_status();
+    int64_t cs[MX_MAX_NDIM], acc = 1;
+    for (int d = x->ndim - 1; d >= 0; d--) cs[d] = acc, acc *= x->shape[d];
+    st = mx__cuda_strided_copy((char *)tmp->dptr, cs, x->shape, x->ndim, x, "swiglu_linear");
+    xp = (const char *)tmp->dptr;
+  }
+  const char *wp = (const char *)mx__ddata(w);
+  const int64_t ws0 = w->strides[0], ws1 = w->strides[1];
+  const dim3 grid((unsigned)((I + GV_WARPS - 1) / GV_WARPS), (unsigned)rows);
+  const bool vec = (dt == MX_BFLOAT16 || dt == MX_FLOAT16) && K % 8 == 0 && K > 0 &&
+                   (ws1 == 1 || K == 1) && (ws0 * 2) % 16 == 0 && !((uintptr_t)xp & 15) &&
+                   !((uintptr_t)wp & 15) && grid.x <= 2147483647u;
+  if (!st && vec) {
+    const bool pre = mx__cuda_settled(w);
+    if (dt == MX_BFLOAT16)
+      mx__cuda_launch_pdl(k_gemv_swiglu<TBF16>, grid, GV_WARPS * 32, 0, (const uint4 *)wp,
+                          (const uint4 *)xp, (uint16_t *)out->buf->dptr, I, K / 8, ws0 / 8, pre);
+    else
+      mx__cuda_launch_pdl(k_gemv_swiglu<TF16>, grid, GV_WARPS * 32, 0, (const uint4 *)wp,
+                          (const uint4 *)xp, (uint16_t *)out->buf->dptr, I, K / 8, ws0 / 8, pre);
+    st = mx__cuda_launched("swiglu_linear");
+  } else if (!st) {
+    st = MX_ERR_NO_KERNEL;
+    MX_CUDA_DISPATCH_FLOAT(dt, {
+      mx__cuda_launch_pdl(k_swiglu_linear_any<T>, grid, GV_WARPS * 32, 0, (const T::S *)wp,
+                          (const T::S *)xp, (T::S *)out->buf->dptr, I, K, ws0, ws1);
+      st = mx__cuda_launched("swiglu_linear");
+    })
+  }
+  if (tmp) mx__buffer_release(tmp);
+  return st;
 }
 
 static int k_matmul(mx_array *out, mx_array **in) {
@@ -653,4 +796,7 @@ static int k_matmul(mx_array *out, mx_array **in) {
   return st;
 }
 
-void mx__cuda_register_linalg(mx__kernel_fn *k) { k[MX_OP_MATMUL] = k_matmul; }
+void mx__cuda_register_linalg(mx__kernel_fn *k) {
+  k[MX_OP_MATMUL] = k_matmul;
+  k[MX_OP_SWIGLU_LINEAR] = k_swiglu_linear;
+}

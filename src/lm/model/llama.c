@@ -48,6 +48,20 @@ static bool decode_fuse(void) {
   return r;
 }
 
+/* A decode row's gate/up projection and swiglu as one kernel
+ * (swiglu_linear) where the projections are one dense stack;
+ * MXC_SWIGLU_LINEAR=0 runs the stacked GEMV and swiglu (A/B). */
+static bool swiglu_linear_on(void) {
+  static int v = -1;
+  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
+  if (r < 0) {
+    const char *e = getenv("MXC_SWIGLU_LINEAR");
+    r = !(e && !strcmp(e, "0"));
+    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
+  }
+  return r;
+}
+
 static int64_t rotary_dim(const mx_lm_config *c) { return c->rotary_dim ? c->rotary_dim : c->head_dim; }
 static double attn_scale(const mx_lm_config *c) {
   return 1.0 / sqrt(c->query_pre_attn_scalar > 0 ? c->query_pre_attn_scalar : (double)c->head_dim);
@@ -543,6 +557,7 @@ static mx_array *attention_forward(mx_nn_module *self, mx_array *const *in, int 
 /* st: the gate/up stack of a decode step, or NULL */
 static mx_array *mlp(mx_nn_module *self, mx_array *x, const mx__lm_stack *st) {
   const mx_lm_config *ar = cfg_of(self);
+  const bool gelu = ar->activation == MX_LM_ACT_GELU_TANH;
   mx_array *g, *u, *p2[2];
   if (ar->fused_gate_up) {
     int64_t I = cfg_of(self)->intermediate_size;
@@ -551,6 +566,17 @@ static mx_array *mlp(mx_nn_module *self, mx_array *x, const mx__lm_stack *st) {
     g = gu ? mx_slice_axis(gu, ax, 0, I, 1) : NULL;
     u = gu ? mx_slice_axis(gu, ax, I, 2 * I, 1) : NULL;
     mx_array_free(gu);
+  } else if (st && st->nparams == 1 && !gelu && x && mx_default_device() == MX_GPU &&
+             mx_array_dim(x, -1) > 0 && mx_array_size(x) == mx_array_dim(x, -1) &&
+             mx_array_dtype(x) == mx_array_dtype(st->stack[0]) &&
+             (mx_array_dtype(x) == MX_BFLOAT16 || mx_array_dtype(x) == MX_FLOAT16) &&
+             swiglu_linear_on() &&
+             stack_valid(st, self)) {
+    /* one decode row: the stacked gate/up GEMV and swiglu in one kernel */
+    mx_array *h = mx__fast_swiglu_linear(x, st->stack[0]);
+    mx_array *y = h ? mx_nn_forward(mx_nn_child(self, "down_proj"), h) : NULL;
+    mx_array_free(h);
+    return y;
   } else if (st && stack_apply(st, self, x, p2, NULL)) {
     g = p2[0], u = p2[1];
   } else {
@@ -558,7 +584,6 @@ static mx_array *mlp(mx_nn_module *self, mx_array *x, const mx__lm_stack *st) {
     u = mx_nn_forward(mx_nn_child(self, "up_proj"), x);
   }
   /* silu(g) * u in one kernel (the same bits as the composition) */
-  bool gelu = ar->activation == MX_LM_ACT_GELU_TANH;
   mx_array *a = g && gelu ? mx_nn_gelu_approx(g) : NULL;
   mx_array *h = gelu ? mx_multiply(a, u) : mx_fast_swiglu(g, u);
   mx_array *y = mx_nn_forward(mx_nn_child(self, "down_proj"), h);
