@@ -68,6 +68,7 @@ struct fa_geo {
   /* keys up to which one block per query row takes all of them (no split,
    * no combine: see fd_short); 0: never */
   int shortmax;
+  int prefetch; /* the block's keys and values prefetched into L2 before the PDL wait */
 };
 
 /* Keys per split for Tk keys (the same on host and device, so a replayed
@@ -129,7 +130,8 @@ __device__ __forceinline__ void ld8f(const typename T::S *p, float *f) {
 /* A short context (Tk <= g.shortmax): the block takes one query row against
  * every key, so there is no split to combine and a decode step's attention
  * is three dependent reads (q, K, V) instead of six. Scores: D / 8 lanes a
- * key (16-byte loads, FD_SHORT_U keys a lane in flight), summed with
+ * key (16-byte loads, FD_SHORT_U keys a lane in flight; 8 measured the
+ * same), summed with
  * shuffles in a fixed order; the softmax's max and sum over the block in a
  * fixed order; P V: threads (key group, 8 features), the groups added in
  * order. sm: D + shortmax + (FD_THREADS / (Dv / 8)) x Dv floats. */
@@ -244,6 +246,36 @@ __global__ void __launch_bounds__(FD_THREADS)
   extern __shared__ float fd_sm[];
   __shared__ int fd_last;
   __shared__ float2 fd_ml[RM]; /* each row's (max, sum) of this split */
+  if (g0.prefetch) {
+    /* The K and V rows this block will read, prefetched into L2 while the
+     * kernel before this one still runs: a hint (L2 is coherent, so a row
+     * that kernel writes is read afresh), from a length read early for
+     * the same reason. */
+    int64_t tk = g0.Tk;
+    if (g0.lenp) {
+      const int64_t n = (int64_t)*(volatile const int32_t *)g0.lenp + g0.Tq;
+      tk = n < 0 ? 0 : n < g0.Tk ? n : g0.Tk;
+    }
+    int64_t j0 = 0, j1 = tk;
+    if (!(g0.shortmax && tk <= g0.shortmax)) {
+      const int64_t ch = g0.lenp ? fd_chunk(tk, g0.want, g0.chmax) : CH;
+      j0 = (int64_t)blockIdx.x * ch;
+      j1 = j0 + ch < tk ? j0 + ch : tk;
+    } else if (blockIdx.x >= RM) {
+      j1 = 0;
+    }
+    const int64_t b = blockIdx.y / g0.Hkv, hk = blockIdx.y % g0.Hkv;
+    const char *kr = (const char *)(k + b * g0.ks[0] + hk * g0.ks[1]);
+    const char *vr = (const char *)(v + b * g0.vs[0] + hk * g0.vs[1]);
+    const int64_t es = (int64_t)sizeof(typename T::S);
+    const int64_t kl = (g0.D * es + 127) / 128, vl = (g0.Dv * es + 127) / 128;
+    for (int64_t i = threadIdx.x; i < (j1 - j0) * (kl + vl); i += blockDim.x) {
+      const int64_t j = j0 + i / (kl + vl), l = i % (kl + vl);
+      const char *pp = l < kl ? kr + (j * g0.ks[2] * es + l * 128)
+                              : vr + (j * g0.vs[2] * es + (l - kl) * 128);
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(pp));
+    }
+  }
   MX_PDL_ENTRY();
   fa_geo g = g0;
   if (g.lenp) {
@@ -921,6 +953,11 @@ static int *fd_counters(cudaStream_t s, int64_t need) {
   return g_fd_cnt;
 }
 
+static int fd_env(const char *name, int def) {
+  const char *e = getenv(name);
+  return e && *e ? atoi(e) : def;
+}
+
 /* The most keys a decode block takes whole (fd_short): 1024, or
  * MXC_FD_SHORT (0: always split, for comparisons). */
 static int fd_short_max(void) {
@@ -986,6 +1023,11 @@ static int run_decode(mx_array *out, const void *qp, const void *kp, const void 
    * grid must hold a block for each row of a group */
   int *cnt = fd_counters(s, (int64_t)(g.B * g.Hkv) * ngroups);
   gl.shortmax = 0;
+  {
+    static int pf = -1; /* MXC_FD_PREFETCH=0: no L2 prefetch (comparisons) */
+    if (pf < 0) pf = fd_env("MXC_FD_PREFETCH", 1) != 0;
+    gl.prefetch = pf;
+  }
   const int64_t rpb = R < RM ? R : RM, nchv = g.Dv / 8;
   if (fd_short_max() > 0 && g.kvec && g.vvec && g.D % 8 == 0 && 32 % (g.D / 8) == 0 &&
       g.Dv % 8 == 0 && nchv <= FD_THREADS && FD_THREADS % nchv == 0 &&
