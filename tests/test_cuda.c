@@ -536,6 +536,10 @@ TEST(sdpa_decode_equals_cpu) {
     ASSERT_EQ_INT(sdpa_case(1, 4, 4, 4, 700, 64, 32, true, 0, 0, dts[d], 3), 0);
     ASSERT_EQ_INT(sdpa_case(1, 12, 1, 3, 900, 80, 80, true, 1, 1, dts[d], 4), 0); /* 36 rows */
     ASSERT_EQ_INT(sdpa_case(2, 6, 3, 2, 257, 256, 256, false, 2, 0, dts[d], 5), 0);
+    /* the cluster kernel for 16-bit (no array mask, D == Dv in {64, 128}) */
+    ASSERT_EQ_INT(sdpa_case(1, 32, 8, 1, 700, 64, 64, false, 0, 0, dts[d], 30), 0);
+    ASSERT_EQ_INT(sdpa_case(2, 8, 2, 2, 300, 128, 128, true, 0, 1, dts[d], 31), 0);
+    ASSERT_EQ_INT(sdpa_case(1, 4, 1, 4, 2048, 64, 64, true, 0, 0, dts[d], 32), 0);
   }
   /* Tq > Tk with causal: the first rows see no key (they average v) */
   ASSERT_EQ_INT(sdpa_case(1, 2, 1, 4, 2, 32, 32, true, 0, 0, MX_FLOAT32, 6), 0);
@@ -550,8 +554,7 @@ TEST(sdpa_decode_equals_cpu) {
  * The GPU must equal the CPU on lengths around that switch, and both the
  * same attention over the first pos + Tq keys. */
 static int64_t upto_case(int64_t Hq, int64_t Hkv, int64_t Tq, int64_t D, int32_t pos, mx_dtype dt,
-                         uint64_t seed) {
-  const int64_t S = 1536;
+                         uint64_t seed, int64_t S) {
   mx_array *q = normal_dt((int64_t[]){1, Hq, Tq, D}, 4, 1, seed, dt);
   mx_array *k = normal_dt((int64_t[]){1, Hkv, S, D}, 4, 1, seed + 1, dt);
   mx_array *v = normal_dt((int64_t[]){1, Hkv, S, D}, 4, 1, seed + 2, dt);
@@ -578,12 +581,23 @@ TEST(sdpa_device_length_equals_cpu) {
   NEED_GPU();
   const int32_t lens[] = {0, 1, 63, 300, 1021, 1023, 1024, 1200, 1530};
   const mx_dtype dts[] = {MX_FLOAT32, MX_BFLOAT16, MX_FLOAT16};
+  const uint64_t runs = mx__sdpa_cluster_runs;
   for (int d = 0; d < 3; d++)
     for (int i = 0; i < (int)(sizeof lens / sizeof lens[0]); i++) {
       uint64_t seed = 40 + 3 * (uint64_t)i;
-      ASSERT_EQ_INT(upto_case(8, 2, 1, 64, lens[i], dts[d], seed), 0);
-      if (lens[i] + 3 <= 1536) ASSERT_EQ_INT(upto_case(4, 4, 3, 128, lens[i], dts[d], seed), 0);
+      /* capacity 1536: 16-bit takes the cluster kernel; 3000: the others */
+      ASSERT_EQ_INT(upto_case(8, 2, 1, 64, lens[i], dts[d], seed, 1536), 0);
+      ASSERT_EQ_INT(upto_case(8, 2, 1, 64, lens[i], dts[d], seed, 3000), 0);
+      if (lens[i] + 3 <= 1536) ASSERT_EQ_INT(upto_case(4, 4, 3, 128, lens[i], dts[d], seed, 1536), 0);
+      if (dts[d] == MX_FLOAT32) continue;
+      /* 8 rows a kv head (query heads x positions), both head sizes */
+      ASSERT_EQ_INT(upto_case(16, 2, 1, 128, lens[i], dts[d], seed, 1536), 0);
+      if (lens[i] + 2 <= 1536) ASSERT_EQ_INT(upto_case(4, 1, 2, 64, lens[i], dts[d], seed, 1536), 0);
     }
+  /* the 16-bit cases above ran on the cluster kernel (compute capability
+   * 9.0, which the default build targets), unless it is switched off */
+  const char *e = getenv("MXC_FD_CLUSTER");
+  if (!(e && !strcmp(e, "0"))) ASSERT(mx__sdpa_cluster_runs > runs);
 }
 
 TEST(sdpa_prefill_equals_cpu) {

@@ -748,6 +748,8 @@ mx_array *mx_fast_scaled_dot_product_attention(mx_array *q, mx_array *k, mx_arra
   return r;
 }
 
+uint64_t mx__sdpa_cluster_runs;
+
 mx_array *mx__fast_sdpa_upto(mx_array *q, mx_array *k, mx_array *v, double scale,
                              mx_array *pos) {
   MX__CHECK_IN("scaled_dot_product_attention", q, k, v, pos);

@@ -113,11 +113,17 @@ mx_array *mx__fast_sdpa_bwd_kv(mx_array *q, mx_array *k, mx_array *v, mx_array *
  * the position lives in device memory, so the launches never change):
  * rope at offset pos[0] + t, and attention over keys [0, pos[0] + Tq) of
  * k/v (no mask, not causal unless Tq > 1: lower-right aligned at
- * pos[0] + Tq). pos: int32 with one element. Not differentiable. */
+ * pos[0] + Tq). pos: int32 with one element. Not differentiable.
+ * Rows before pos[0] of k and v must have been written before the kernel
+ * that runs just before the attention (a static cache's earlier steps):
+ * the GPU kernel reads them while that kernel still runs. */
 mx_array *mx__fast_rope_at(mx_array *x, int dims, bool traditional, double base, double scale,
                            mx_array *pos, mx_array *freqs);
 mx_array *mx__fast_sdpa_upto(mx_array *q, mx_array *k, mx_array *v, double scale,
                              mx_array *pos);
+/* Decode attentions the GPU ran with the thread-block cluster kernel
+ * (flash_attn.cu, k_fa_decode_cl); stays 0 without CUDA. For tests. */
+extern uint64_t mx__sdpa_cluster_runs;
 
 /* softmax_cross_entropy (internal: the training loss in one pass over the
  * logits): inputs logits (..., V) of a float dtype and targets (...) int32;

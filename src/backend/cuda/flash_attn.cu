@@ -41,6 +41,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cooperative_groups.h>
+
 #include "cuda_common.cuh"
 #include "flash_attn2.h"
 #include "ops/fast_params.h"
@@ -69,6 +71,10 @@ struct fa_geo {
    * no combine: see fd_short); 0: never */
   int shortmax;
   int prefetch; /* the block's keys and values prefetched into L2 before the PDL wait */
+  /* k_fa_decode_cl may read K and V before the PDL wait: rows before
+   * *lenp (a static cache: see mx__fast_sdpa_upto), or every row (arrays
+   * that no running kernel writes); 0: none */
+  int pre;
 };
 
 /* Keys per split for Tk keys (the same on host and device, so a replayed
@@ -970,6 +976,325 @@ static int fd_short_max(void) {
   return v;
 }
 
+/* ---- decode: one thread-block cluster per kv head ---------------------------------
+ * 16-bit K and V, head size 64 or 128 (D == Dv), no array mask, up to 8
+ * rows (query heads x positions) sharing a kv head: a cluster of FC_C
+ * blocks per (batch, kv head), block c taking keys [c ch, (c + 1) ch) of
+ * the n keys (ch = ceil(n / FC_C)) in tiles of FC_KT for every row, so K
+ * and V are read once. K and V of keys that settled before this step (a
+ * static cache's rows before *lenp; every row of arrays no running kernel
+ * writes) go to registers before the PDL wait, so they load while the
+ * kernel before this one (rope_kv) runs; after it only q and the new rows
+ * are read. Each block keeps a (max, sum, accumulator) per row in shared
+ * memory; the cluster then combines them through distributed shared
+ * memory (no partials in global memory, no second kernel, no counters):
+ * block c writes outputs [c per, (c + 1) per) of the R x Dv, adding the
+ * blocks in rank order (deterministic). Scores: D / 8 lanes a key (each 8
+ * features of 16 bytes), summed with shuffles in a fixed order; a warp per
+ * row takes the tile's max and exp-sum (online over tiles); P V: threads
+ * (key group, 8 features), the groups added in order. */
+#define FC_C 8
+#define FC_KT 64
+#define FC_THREADS 128
+
+template <class T>
+__device__ __forceinline__ void cvt8(uint4 u, float *f) {
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    f[2 * i] = (float)T::ld((uint16_t)(w[i] & 0xffffu));
+    f[2 * i + 1] = (float)T::ld((uint16_t)(w[i] >> 16));
+  }
+}
+
+/* keys [j0, j1) of n for cluster rank c */
+__device__ __forceinline__ void fc_range(int64_t n, int c, int64_t *j0, int64_t *j1) {
+  const int64_t ch = (n + FC_C - 1) / FC_C;
+  int64_t a = (int64_t)c * ch, e = a + ch;
+  *j0 = a < n ? a : n;
+  *j1 = e < n ? e : n;
+}
+
+template <class T, int D, int R>
+__global__ void __launch_bounds__(FC_THREADS)
+    k_fa_decode_cl(const typename T::S *__restrict__ q, const typename T::S *__restrict__ k,
+                   const typename T::S *__restrict__ v, fa_geo g0, int pre,
+                   typename T::S *__restrict__ o) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  constexpr int LPK = D / 8, KPW = 32 / LPK, KPB = KPW * (FC_THREADS / 32), UK = FC_KT / KPB;
+  constexpr int NCH = D / 8, KG = FC_THREADS / NCH, UV = FC_KT / KG;
+  __shared__ float ps[R][FC_KT];
+  __shared__ float st_m[R], st_a[R], st_l[R];
+  __shared__ __align__(16) float red[FC_THREADS / 32][R][D];
+  cg::cluster_group cluster = cg::this_cluster();
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int crank = (int)cluster.block_rank();
+  const int64_t b = blockIdx.y / g0.Hkv, hk = blockIdx.y % g0.Hkv;
+  const typename T::S *kb = k + b * g0.ks[0] + hk * g0.ks[1];
+  const typename T::S *vb = v + b * g0.vs[0] + hk * g0.vs[1];
+  const int sub = lane / LPK, cl = lane % LPK;  /* scores: key sub of the warp, features 8 cl */
+  const int cv = tid % NCH, kg = tid / NCH;     /* P V: key group kg, features 8 cv */
+  uint4 kr[UK], vr[UV];
+#pragma unroll
+  for (int u = 0; u < UK; u++) kr[u] = make_uint4(0, 0, 0, 0);
+#pragma unroll
+  for (int u = 0; u < UV; u++) vr[u] = make_uint4(0, 0, 0, 0);
+  /* before the wait: the first tile's settled rows */
+  int64_t n0 = -1, settled = 0;
+  if (pre) {
+    if (g0.lenp) {
+      const int64_t len = (int64_t)*(volatile const int32_t *)g0.lenp;
+      n0 = len + g0.Tq;
+      n0 = n0 < 0 ? 0 : n0 < g0.Tk ? n0 : g0.Tk;
+      settled = len < 0 ? 0 : len < n0 ? len : n0;
+    } else {
+      n0 = settled = g0.Tk;
+    }
+    int64_t j0, j1;
+    fc_range(n0, crank, &j0, &j1);
+    const int64_t te = j0 + FC_KT < j1 ? j0 + FC_KT : j1, se = te < settled ? te : settled;
+#pragma unroll
+    for (int u = 0; u < UK; u++) {
+      const int64_t j = j0 + warp * KPW + sub + u * KPB;
+      if (j < se) kr[u] = __ldg((const uint4 *)(kb + j * g0.ks[2] + 8 * cl));
+    }
+#pragma unroll
+    for (int u = 0; u < UV; u++) {
+      const int64_t j = j0 + kg + u * KG;
+      if (j < se) vr[u] = __ldg((const uint4 *)(vb + j * g0.vs[2] + 8 * cv));
+    }
+    /* later tiles: into L2 (a hint) */
+    const int64_t es = (int64_t)sizeof(typename T::S), rl = (D * es + 127) / 128;
+    const int64_t ls = j1 < settled ? j1 : settled;
+    for (int64_t i = tid; i < (ls - te) * 2 * rl; i += FC_THREADS) {
+      const int64_t j = te + i / (2 * rl), l = i % (2 * rl);
+      const char *pp = l < rl ? (const char *)(kb + j * g0.ks[2]) + l * 128
+                              : (const char *)(vb + j * g0.vs[2]) + (l - rl) * 128;
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(pp));
+    }
+  }
+  MX_PDL_ENTRY();
+  int64_t n = g0.Tk;
+  if (g0.lenp) {
+    n = (int64_t)*g0.lenp + g0.Tq;
+    n = n < 0 ? 0 : n < g0.Tk ? n : g0.Tk;
+  }
+  if (n != n0) settled = 0; /* the length moved: nothing loaded early counts */
+  const int64_t off = n - g0.Tq;
+  const int nr = (int)(g0.G * g0.Tq);
+  float qr[R][8];
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const int64_t h = hk * g0.G + r / g0.Tq, t = r % g0.Tq;
+#pragma unroll
+    for (int e = 0; e < 8; e++)
+      qr[r][e] = r < nr ? (float)T::ld(q[b * g0.qs[0] + h * g0.qs[1] + t * g0.qs[2] +
+                                         (8 * cl + e) * g0.qs[3]]) *
+                              g0.scale
+                        : 0.f;
+  }
+  if (tid < R) {
+    st_m[tid] = -INFINITY;
+    st_l[tid] = 0.f;
+  }
+  float acc[R][8];
+#pragma unroll
+  for (int r = 0; r < R; r++)
+#pragma unroll
+    for (int e = 0; e < 8; e++) acc[r][e] = 0.f;
+  int64_t j0, j1;
+  fc_range(n, crank, &j0, &j1);
+  for (int64_t a = j0; a < j1; a += FC_KT) {
+    const int64_t te = a + FC_KT < j1 ? a + FC_KT : j1;
+    const int64_t have = a == j0 ? (te < settled ? te : settled) : a; /* rows already in registers */
+#pragma unroll
+    for (int u = 0; u < UK; u++) {
+      const int64_t j = a + warp * KPW + sub + u * KPB;
+      if (j >= have && j < te) kr[u] = __ldcg((const uint4 *)(kb + j * g0.ks[2] + 8 * cl));
+    }
+#pragma unroll
+    for (int u = 0; u < UV; u++) {
+      const int64_t j = a + kg + u * KG;
+      if (j >= have && j < te) vr[u] = __ldcg((const uint4 *)(vb + j * g0.vs[2] + 8 * cv));
+    }
+    /* scores */
+#pragma unroll
+    for (int u = 0; u < UK; u++) {
+      const int64_t j = a + warp * KPW + sub + u * KPB;
+      float kf[8];
+      cvt8<T>(kr[u], kf);
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        float s = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; e++) s = fmaf(qr[r][e], kf[e], s);
+#pragma unroll
+        for (int sh = LPK >> 1; sh > 0; sh >>= 1) s += __shfl_xor_sync(0xffffffffu, s, sh);
+        if (g0.causal && j > r % g0.Tq + off) s = -FLT_MAX;
+        if (cl == 0 && j < te) ps[r][j - a] = s;
+      }
+    }
+    __syncthreads();
+    /* a warp per row: the tile's max and exp-sum, online over tiles */
+    const int nk = (int)(te - a);
+    for (int r = warp; r < R; r += FC_THREADS / 32) {
+      float m = -INFINITY;
+      for (int j = lane; j < nk; j += 32) m = fa_max(m, ps[r][j]);
+#pragma unroll
+      for (int sh = 16; sh > 0; sh >>= 1) m = fa_max(m, __shfl_xor_sync(0xffffffffu, m, sh));
+      const float mo = st_m[r], mn = fa_max(mo, m);
+      float l = 0.f;
+      for (int j = lane; j < nk; j += 32) {
+        const float p = mn == -INFINITY ? 0.f : expf(ps[r][j] - mn);
+        ps[r][j] = p;
+        l += p;
+      }
+#pragma unroll
+      for (int sh = 16; sh > 0; sh >>= 1) l += __shfl_xor_sync(0xffffffffu, l, sh);
+      if (lane == 0) {
+        const float al = mo == -INFINITY ? 0.f : expf(mo - mn);
+        st_a[r] = al;
+        st_l[r] = st_l[r] * al + l;
+        st_m[r] = mn;
+      }
+    }
+    __syncthreads();
+    /* P V */
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      const float al = st_a[r];
+#pragma unroll
+      for (int e = 0; e < 8; e++) acc[r][e] *= al;
+    }
+#pragma unroll
+    for (int u = 0; u < UV; u++) {
+      const int64_t j = a + kg + u * KG;
+      if (j < te) {
+        float vf[8];
+        cvt8<T>(vr[u], vf);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+          const float p = ps[r][j - a];
+#pragma unroll
+          for (int e = 0; e < 8; e++) acc[r][e] = fmaf(p, vf[e], acc[r][e]);
+        }
+      }
+    }
+    __syncthreads(); /* ps is the next tile's */
+  }
+  /* the key groups of a warp (lanes NCH apart), then the warps, in order */
+#pragma unroll
+  for (int r = 0; r < R; r++)
+#pragma unroll
+    for (int e = 0; e < 8; e++)
+#pragma unroll
+      for (int sh = NCH; sh < 32; sh <<= 1)
+        acc[r][e] += __shfl_xor_sync(0xffffffffu, acc[r][e], sh);
+  if (lane < NCH)
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+      for (int e = 0; e < 8; e++) red[warp][r][8 * cv + e] = acc[r][e];
+  __syncthreads();
+  float *rf = &red[0][0][0];
+  for (int i = tid; i < R * D; i += FC_THREADS) {
+    float s = rf[i];
+#pragma unroll
+    for (int w = 1; w < FC_THREADS / 32; w++) s += rf[w * R * D + i];
+    rf[i] = s;
+  }
+  cluster.sync(); /* every block's (max, sum, accumulator) is final */
+  const int per = (nr * D + FC_C - 1) / FC_C;
+  for (int i = tid; i < per; i += FC_THREADS) {
+    const int idx = crank * per + i;
+    if (idx >= nr * D) break;
+    const int r = idx / D, d = idx % D;
+    float mc[FC_C], M = -INFINITY;
+#pragma unroll
+    for (int c = 0; c < FC_C; c++) {
+      mc[c] = *cluster.map_shared_rank(&st_m[r], c);
+      M = fa_max(M, mc[c]);
+    }
+    float L = 0.f, O = 0.f;
+#pragma unroll
+    for (int c = 0; c < FC_C; c++) {
+      const float w = mc[c] == -INFINITY ? 0.f : expf(mc[c] - M);
+      L += w * *cluster.map_shared_rank(&st_l[r], c);
+      O += w * *cluster.map_shared_rank(&red[0][r][d], c);
+    }
+    const int64_t h = hk * g0.G + r / g0.Tq, t = r % g0.Tq;
+    const int64_t row = (b * g0.Hq + h) * g0.Tq + t;
+    o[row * D + d] = T::st(L == 0.f ? NAN : O / L);
+  }
+  cluster.sync(); /* no block leaves while another reads its shared memory */
+#endif
+}
+
+/* The cluster kernel (see k_fa_decode_cl) when it applies: 1 launched, 0
+ * not applicable, -1 error. MXC_FD_CLUSTER: the most keys (capacity) it
+ * takes, 2048 by default; 0 never. */
+static int fd_cluster_max(void) {
+  static int v = -1;
+  if (v < 0) {
+    const char *e = getenv("MXC_FD_CLUSTER");
+    long x = e && *e ? strtol(e, NULL, 10) : 2048;
+    int major = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess) {
+      cudaGetLastError();
+      major = 0;
+    }
+    v = major < 9 || x < 0 ? 0 : x > (1 << 20) ? (1 << 20) : (int)x;
+  }
+  return v;
+}
+
+template <class T, int D, int R>
+static int launch_decode_cl(mx_array *out, const void *qp, const void *kp, const void *vp,
+                            const fa_geo &g, int pre) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(FC_C, (unsigned)(g.B * g.Hkv));
+  cfg.blockDim = dim3(FC_THREADS);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = mx__cuda_stream();
+  cudaLaunchAttribute at[2];
+  at[0].id = cudaLaunchAttributeClusterDimension;
+  at[0].val.clusterDim.x = FC_C;
+  at[0].val.clusterDim.y = 1;
+  at[0].val.clusterDim.z = 1;
+  at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[1].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = at;
+  cfg.numAttrs = mx__cuda_pdl() ? 2 : 1;
+  const typename T::S *qs = (const typename T::S *)qp, *ks = (const typename T::S *)kp,
+                      *vs = (const typename T::S *)vp;
+  typename T::S *os = (typename T::S *)out->buf->dptr;
+  if (cudaLaunchKernelEx(&cfg, k_fa_decode_cl<T, D, R>, qs, ks, vs, g, pre, os) != cudaSuccess) {
+    cudaGetLastError(); /* not launched: the split kernel takes it */
+    return 0;
+  }
+  mx__sdpa_cluster_runs++;
+  return 1;
+}
+
+template <class T>
+static int run_decode_cl(mx_array *out, const void *qp, const void *kp, const void *vp,
+                         const fa_geo &g, int pre) {
+  if constexpr (sizeof(typename T::S) != 2) {
+    return 0;
+  } else {
+    const int64_t R = g.G * g.Tq;
+    if (g.kind || !g.kvec || !g.vvec || g.D != g.Dv || (g.D != 64 && g.D != 128) || R > 8 ||
+        g.Tk > fd_cluster_max() || g.B * g.Hkv > 65535)
+      return 0;
+    if (g.D == 64)
+      return R <= 4 ? launch_decode_cl<T, 64, 4>(out, qp, kp, vp, g, pre)
+                    : launch_decode_cl<T, 64, 8>(out, qp, kp, vp, g, pre);
+    return R <= 4 ? launch_decode_cl<T, 128, 4>(out, qp, kp, vp, g, pre)
+                  : launch_decode_cl<T, 128, 8>(out, qp, kp, vp, g, pre);
+  }
+}
+
 template <class T, int RM>
 static int run_decode(mx_array *out, const void *qp, const void *kp, const void *vp,
                       const void *mp, const fa_geo &g) {
@@ -1073,6 +1398,7 @@ template <class T>
 static int run(mx_array *out, const void *qp, const void *kp, const void *vp, const void *mp,
                const fa_geo &g) {
   if (g.Tq <= 4) {
+    if (int c = run_decode_cl<T>(out, qp, kp, vp, g, g.pre)) return c < 0 ? c : 0;
     int64_t R = g.G * g.Tq;
     if (R == 1) return run_decode<T, 1>(out, qp, kp, vp, mp, g);
     if (R <= 4) return run_decode<T, 4>(out, qp, kp, vp, mp, g);
@@ -1129,6 +1455,11 @@ int mx__cuda_sdpa_fast(mx_array *out, mx_array **in, bool *done) {
   g.lenp = p->has_len ? (const int32_t *)mx__ddata(in[mask ? 4 : 3]) : NULL;
   g.want = 0;
   g.chmax = 0;
+  {
+    static int pw = -1; /* MXC_FD_PREWAIT=0: nothing read before the PDL wait (comparisons) */
+    if (pw < 0) pw = fd_env("MXC_FD_PREWAIT", 1) != 0;
+    g.pre = pw && (g.lenp || (mx__cuda_settled(k) && mx__cuda_settled(v)));
+  }
   if (g.lenp && g.Tq > 4) return MX_OK; /* the caller reports it */
   const void *qp = mx__ddata(q), *kp = mx__ddata(k), *vp = mx__ddata(v);
   const void *mp = mask ? (const void *)mx__ddata(mask) : NULL;
