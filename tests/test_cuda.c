@@ -915,4 +915,56 @@ TEST(swiglu_linear_has_the_bits_of_gemv_and_swiglu) {
     }
 }
 
+/* add_norm_linear on the GPU: the bits of add_rms_norm then the GEMV (or
+ * swiglu_linear) for 16-bit rows of D <= 2048 in vectors (the kernel with
+ * the norm in its prologue); near the CPU everywhere (the fallback too). */
+TEST(add_norm_linear_has_the_bits_of_add_rms_norm_and_gemv) {
+  NEED_GPU();
+  const int64_t cases[][3] = {/* D, N, swiglu */
+                              {2048, 3072, 0}, {2048, 16384, 1}, {1024, 300, 0}, {512, 74, 1},
+                              {2048, 128256, 0}, {2056, 40, 0}, {40, 30, 1}};
+  mx_dtype dts[] = {MX_BFLOAT16, MX_FLOAT16};
+  for (int c = 0; c < 7; c++)
+    for (int d = 0; d < 2; d++) {
+      const int64_t D = cases[c][0], N = cases[c][1];
+      const bool sw = cases[c][2] != 0;
+      const int64_t M = sw ? N / 2 : N;
+      mx_array *x32 = normal((int64_t[]){1, 1, D}, 3, 1, 21 + (uint64_t)c);
+      mx_array *r32 = normal((int64_t[]){1, 1, D}, 3, 1, 41 + (uint64_t)c);
+      mx_array *n32 = normal((int64_t[]){D}, 1, 0.3, 61 + (uint64_t)c);
+      mx_array *w32 = normal((int64_t[]){N, D}, 2, 0.05, 81 + (uint64_t)c);
+      mx_array *x = mx_astype(x32, dts[d]), *r = mx_astype(r32, dts[d]);
+      mx_array *nw = mx_astype(n32, dts[d]), *w = mx_astype(w32, dts[d]);
+      mx_array *ins[] = {x, r, nw, w};
+      ASSERT_OK(mx_eval(ins, 4));
+      mx_array *cpu = mx__fast_add_norm_linear(x, r, nw, w, 1e-5, sw);
+      mx_set_default_device(MX_GPU);
+      mx_array *fused = mx__fast_add_norm_linear(x, r, nw, w, 1e-5, sw);
+      mx_array *z = mx__fast_add_rms_norm(x, r, nw, 1e-5);
+      mx_array *h = mx_slice_axis(z, 0, 0, 1, 1), *n = mx_slice_axis(z, 0, 1, 2, 1);
+      mx_array *hn = mx_reshape(h, (int64_t[]){1, 1, D}, 3), *nn = mx_reshape(n, (int64_t[]){1, 1, D}, 3);
+      mx_array *wt = mx_transpose(w, (int[]){1, 0}, 2);
+      mx_array *y = sw ? mx__fast_swiglu_linear(nn, w) : mx_matmul(nn, wt);
+      mx_array *two = mx_concatenate((mx_array *[]){hn, y}, 2, 2);
+      ASSERT_OK(mx_array_eval(two));
+      ASSERT_OK(mx_array_eval(fused));
+      mx_set_default_device(MX_CPU);
+      char what[96];
+      snprintf(what, sizeof what, "add_norm_linear D %lld N %lld%s %s", (long long)D, (long long)N,
+               sw ? " swiglu" : "", mx_dtype_name(dts[d]));
+      ASSERT_EQ_INT(mismatches(cpu, two, 0.05, what), 0);
+      ASSERT_EQ_INT(mismatches(cpu, fused, 0.05, what), 0);
+      if (D <= 2048 && D % 8 == 0) {
+        const void *a = mx_array_data(fused), *b = mx_array_data(two);
+        ASSERT(a && b);
+        if (memcmp(a, b, 2 * (size_t)(D + M))) {
+          fprintf(stderr, "  %s: not the bits of add_rms_norm + the GEMV\n", what);
+          ASSERT(0);
+        }
+      }
+      mx_array *all[] = {x32, r32, n32, w32, x, r, nw, w, cpu, fused, z, h, n, hn, nn, wt, y, two};
+      mx_array_free_n(all, 18);
+    }
+}
+
 int main(int argc, char **argv) { return test_main(argc, argv); }

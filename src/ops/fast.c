@@ -88,6 +88,7 @@ static const mx__op_def def_SWIGLU_GRAD = {.id = MX_OP_SWIGLU_GRAD, .vjp = vjp_s
 static const mx__op_def def_ADD_RMS_NORM = {.id = MX_OP_ADD_RMS_NORM};
 static const mx__op_def def_ROPE_KV = {.id = MX_OP_ROPE_KV};
 static const mx__op_def def_SWIGLU_LINEAR = {.id = MX_OP_SWIGLU_LINEAR};
+static const mx__op_def def_ADD_NORM_LINEAR = {.id = MX_OP_ADD_NORM_LINEAR};
 static int vjp_softmax_ce(mx_array *out, mx_array *cot, mx_array **g, const bool *need);
 static int vjp_softmax_ce_grad(mx_array *out, mx_array *cot, mx_array **g, const bool *need);
 static const mx__op_def def_SOFTMAX_CE = {.id = MX_OP_SOFTMAX_CE, .vjp = vjp_softmax_ce};
@@ -529,6 +530,37 @@ mx_array *mx__fast_swiglu_linear(mx_array *x, mx_array *w) {
   shape[x->ndim - 1] = w->shape[0] / 2;
   mx_array *ins[2] = {x, w};
   return node_cast(&def_SWIGLU_LINEAR, dt, shape, x->ndim, ins, 2, NULL, 0);
+}
+
+mx_array *mx__fast_add_norm_linear(mx_array *x, mx_array *r, mx_array *weight, mx_array *w,
+                                   double eps, bool swiglu) {
+  MX__CHECK_IN("add_norm_linear", x, r, weight, w);
+  char sa[256], sb[256];
+  mx_dtype dt;
+  if (check_norm("add_norm_linear", x, weight, NULL, &dt)) return NULL;
+  if (r->ndim != x->ndim || memcmp(r->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim))
+    return mx__set_error(MX_ERR_SHAPE, "add_norm_linear: residual %s does not match x %s",
+                         mx__shape_str(r->shape, r->ndim, sa, sizeof sa),
+                         mx__shape_str(x->shape, x->ndim, sb, sizeof sb)), NULL;
+  const int64_t D = x->shape[x->ndim - 1];
+  if (D == 0)
+    return mx__set_error(MX_ERR_SHAPE, "add_norm_linear: x %s has empty rows",
+                         mx__shape_str(x->shape, x->ndim, sb, sizeof sb)), NULL;
+  if (w->ndim != 2 || w->shape[1] != D || (swiglu && w->shape[0] % 2))
+    return mx__set_error(MX_ERR_SHAPE, "add_norm_linear: w %s must be (%s, %lld) for x %s",
+                         mx__shape_str(w->shape, w->ndim, sa, sizeof sa),
+                         swiglu ? "2 I" : "N", (long long)D,
+                         mx__shape_str(x->shape, x->ndim, sb, sizeof sb)), NULL;
+  dt = mx_promote_types(mx_promote_types(dt, r->dtype), w->dtype);
+  const int64_t M = swiglu ? w->shape[0] / 2 : w->shape[0];
+  int64_t shape[MX_MAX_NDIM];
+  memcpy(shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  if (M > INT64_MAX - D)
+    return mx__set_error(MX_ERR_SHAPE, "add_norm_linear: output too large"), NULL;
+  shape[x->ndim - 1] = D + M;
+  mx__add_norm_linear_params p = {.eps = eps, .swiglu = swiglu};
+  mx_array *ins[4] = {x, r, weight, w};
+  return node_cast(&def_ADD_NORM_LINEAR, dt, shape, x->ndim, ins, 4, &p, sizeof p);
 }
 
 mx_array *mx__fast_rope_at(mx_array *x, int dims, bool traditional, double base, double scale,

@@ -171,6 +171,21 @@ mx_array *mx__fast_rope_kv(mx_array *x, int64_t nq, int64_t nkv, mx_array *keys,
  * mx_matmul then mx_fast_swiglu on the GPU. Not differentiable. */
 mx_array *mx__fast_swiglu_linear(mx_array *x, mx_array *w);
 
+/* add_norm_linear (internal, a decode step's residual add, RMSNorm and the
+ * projection after it in one kernel): x, r (..., D), norm weight (D), w
+ * (N, D) — or (2 I, D), the gate rows then the up rows, when swiglu.
+ * Output (..., D + M): [..., :D] = h = x + r rounded to the dtype (the new
+ * residual), [..., D:] = y = n w^T rounded (M = N), or swiglu(n w[:I]^T,
+ * n w[I:]^T) with swiglu_linear's roundings (M = I), where n =
+ * rms_norm(h, weight, eps): the bits of add_rms_norm then the GEMV (or
+ * swiglu_linear) on the GPU. Not differentiable. */
+typedef struct {
+  double eps;
+  bool swiglu;
+} mx__add_norm_linear_params;
+mx_array *mx__fast_add_norm_linear(mx_array *x, mx_array *r, mx_array *weight, mx_array *w,
+                                   double eps, bool swiglu);
+
 /* The same functions written as compositions of primitive ops (mean,
  * rsqrt, matmul, softmax, ...): the unfused reference of each fast op.
  * Same arguments and checks as the public functions. */

@@ -107,6 +107,7 @@
   X(ADD_RMS_NORM, "add_rms_norm")                                           \
   X(ROPE_KV, "rope_kv")                                                     \
   X(SWIGLU_LINEAR, "swiglu_linear")                                         \
+  X(ADD_NORM_LINEAR, "add_norm_linear")                                     \
   X(SOFTMAX_CE, "softmax_cross_entropy")                                    \
   X(SOFTMAX_CE_GRAD, "softmax_cross_entropy_backward")                      \
   X(ROW_DOT, "row_dot")                                                     \

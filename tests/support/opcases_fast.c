@@ -470,6 +470,45 @@ static int f_swiglu_lin(const mx_opcase *c, const double *const *in, double *out
   return 0;
 }
 
+/* add_norm_linear: x, r (..., D), norm weight (D), w (N, D); ip[0]: swiglu */
+static mx_array *b_add_norm_lin(const mx_opcase *c, mx_array **in) {
+  return mx__fast_add_norm_linear(in[0], in[1], in[2], in[3], c->dp[0], c->ip[0] != 0);
+}
+
+/* out (..., D + M): [h | y] with h = x + r, n = rms_norm(h) * weight and
+ * y = n w^T (or swiglu of its two halves), in float64 */
+static int f_add_norm_lin(const mx_opcase *c, const double *const *in, double *out,
+                          int64_t *oshape, int *ond) {
+  int nd = c->ndim[0];
+  int64_t D = c->shape[0][nd - 1], rows = oc_size(c->shape[0], nd - 1), N = c->shape[3][0];
+  int64_t M = c->ip[0] ? N / 2 : N, W = D + M;
+  *ond = nd;
+  memcpy(oshape, c->shape[0], sizeof(int64_t) * (size_t)nd);
+  oshape[nd - 1] = W;
+  double *n = malloc(sizeof(double) * (size_t)(D + N));
+  if (!n) return -1;
+  double *acc = n + D;
+  for (int64_t r = 0; r < rows; r++) {
+    double ss = 0;
+    for (int64_t i = 0; i < D; i++) {
+      double h = in[0][r * D + i] + in[1][r * D + i];
+      out[r * W + i] = h;
+      ss += h * h;
+    }
+    double nn = 1.0 / sqrt(ss / (double)D + c->dp[0]);
+    for (int64_t i = 0; i < D; i++) n[i] = out[r * W + i] * nn * in[2][i];
+    for (int64_t j = 0; j < N; j++) {
+      double a = 0;
+      for (int64_t k = 0; k < D; k++) a += n[k] * in[3][j * D + k];
+      acc[j] = a;
+    }
+    for (int64_t j = 0; j < M; j++)
+      out[r * W + D + j] = c->ip[0] ? acc[j] / (1 + exp(-acc[j])) * acc[M + j] : acc[j];
+  }
+  free(n);
+  return 0;
+}
+
 /* ---- the table -------------------------------------------------------------- */
 #define ARR(...) {__VA_ARGS__}
 #define NORM(name, d, nin_, nd_, shapes, kinds, W, B, LN, eps)                                \
@@ -534,12 +573,30 @@ static int f_swiglu_lin(const mx_opcase *c, const double *const *in, double *out
   {.op = "row_dot", .desc = d, .nin = 2, .ndim = {nd_, nd_}, .shape = {shape_, shape_},        \
    .lo = -2, .hi = 2, OC_FLOATS, .flags = OC_NONCONTIG, .build = b_row_dot, .ref = f_row_dot}
 
+#define ADD_NORM_LIN(d, sw, nd_, xshape, dshape, wshape, lo_, hi_)                              \
+  {.op = "add_norm_linear", .desc = d, .nin = 4, .ndim = {nd_, nd_, 1, 2},                    \
+   .shape = {xshape, xshape, dshape, wshape}, .lo = lo_, .hi = hi_, OC_FLOATS,                \
+   .flags = OC_NONCONTIG | OC_NO_GRAD, .ip = {sw}, .dp = {1e-5}, .build = b_add_norm_lin,      \
+   .ref = f_add_norm_lin}
 #define SWIGLU_LIN(d, nd_, xshape, wshape, lo_, hi_)                                            \
   {.op = "swiglu_linear", .desc = d, .nin = 2, .ndim = {nd_, 2}, .shape = {xshape, wshape},      \
    .lo = lo_, .hi = hi_, OC_FLOATS, .flags = OC_NONCONTIG | OC_NO_GRAD, .build = b_swiglu_lin,   \
    .ref = f_swiglu_lin}
 
 static const mx_opcase cases[] = {
+    /* add_norm_linear (internal; on the GPU f16/bf16 rows of D <= 2048 in
+     * 16-byte vectors take the GEMV kernel with the norm in its prologue,
+     * everything else a strided fallback) */
+    ADD_NORM_LIN("decode row, D 64, linear", 0, 3, ARR(1, 1, 64), ARR(64), ARR(40, 64), -1, 1),
+    ADD_NORM_LIN("decode row, D 64, swiglu", 1, 3, ARR(1, 1, 64), ARR(64), ARR(80, 64), -1, 1),
+    ADD_NORM_LIN("D 2048: a batch of loads a lane", 0, 2, ARR(1, 2048), ARR(2048), ARR(24, 2048),
+                 -0.25, 0.25),
+    ADD_NORM_LIN("D 2048, swiglu, two rows", 1, 2, ARR(2, 2048), ARR(2048), ARR(18, 2048), -0.25,
+                 0.25),
+    ADD_NORM_LIN("D 40 (no vectors), rows", 1, 2, ARR(3, 40), ARR(40), ARR(14, 40), -1, 1),
+    ADD_NORM_LIN("D 2056 (past the vector kernel)", 0, 2, ARR(1, 2056), ARR(2056), ARR(9, 2056),
+                 -0.25, 0.25),
+    ADD_NORM_LIN("0 rows", 0, 2, ARR(0, 16), ARR(16), ARR(8, 16), -1, 1),
     /* swiglu_linear (internal; on the GPU a warp per output reads 16-byte
      * vectors of both rows for f16/bf16, else a strided fallback) */
     SWIGLU_LIN("decode row, K 64", 3, ARR(1, 1, 64), ARR(80, 64), -1, 1),

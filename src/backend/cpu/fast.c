@@ -1582,6 +1582,89 @@ static void round_f32(void *scratch, mx_dtype dt, float *v, int64_t n) {
   load_f32(scratch, dt, 1, n, v);
 }
 
+
+/* add_norm_linear (ops/fast_params.h): per row, h = x + r rounded to the
+ * dtype and n = rms_norm(h) * weight rounded, as add_rms_norm computes
+ * them; then each output n . w_j accumulated in float64 and rounded (with
+ * swiglu_linear's roundings when swiglu). float64: all in float64. */
+static int k_add_norm_linear(mx_array *out, mx_array **in) {
+  const mx__add_norm_linear_params *p = MX__PARAMS(out, mx__add_norm_linear_params);
+  int s = mx__array_alloc_data(out);
+  if (s || out->size == 0) return s;
+  mx_array *x = in[0], *r = in[1], *nw = in[2], *w = in[3];
+  const mx_dtype dt = out->dtype;
+  const int nlead = x->ndim - 1;
+  const int64_t D = x->shape[nlead], W = out->shape[out->ndim - 1], M = W - D;
+  const int64_t rows = x->size / D, N = w->shape[0];
+  const int64_t xs = x->strides[nlead], rs = r->strides[nlead];
+  const size_t es = mx_dtype_size(dt);
+  double *db = malloc(sizeof(double) * (size_t)(3 * D + N + 1));
+  float *fb = malloc(sizeof(float) * (size_t)(4 * D + 2 * N + 1));
+  char *rb = malloc(es * (size_t)(D + 2 * N + 1));
+  double *w64 = param_f64(nw, D);
+  if (!db || !fb || !rb || !w64) {
+    free(db), free(fb), free(rb), free(w64);
+    return oom("add_norm_linear", (sizeof(double) * 4 + sizeof(float) * 6 + es * 3) * (size_t)(D + N));
+  }
+  double *nb = db, *wb = db + D, *acc = db + 2 * D; /* acc: N (then the doubles' tail) */
+  float *xb = fb, *rb32 = fb + D, *hb = fb + 2 * D, *yb = fb + 3 * D, *gu = fb + 4 * D;
+  const char *wp = mx__data(w);
+  char *op = mx__data(out);
+  for (int64_t row = 0; row < rows; row++) {
+    char *orow = op + row * W * (int64_t)es;
+    if (dt == MX_FLOAT64) {
+      const double *xr = (const double *)mx__data(x) + row_offset(x, nlead, row);
+      const double *rr = (const double *)mx__data(r) + row_offset(r, nlead, row);
+      double *h = (double *)orow, ss = 0;
+      for (int64_t i = 0; i < D; i++) {
+        h[i] = xr[i * xs] + rr[i * rs];
+        ss += h[i] * h[i];
+      }
+      double nn = 1.0 / sqrt(ss / (double)D + p->eps);
+      for (int64_t i = 0; i < D; i++) nb[i] = h[i] * nn * w64[i];
+    } else {
+      const float *xf = row_f32(x, row_offset(x, nlead, row), xs, D, xb);
+      const float *rf = row_f32(r, row_offset(r, nlead, row), rs, D, rb32);
+      for (int64_t i = 0; i < D; i++) hb[i] = xf[i] + rf[i];
+      store_f32(orow, dt, hb, D);
+      load_f32(orow, dt, 1, D, hb); /* the norm sees h rounded to the dtype */
+      float nn = 1.0f / sqrtf(sumsq_f32(hb, D, 0.0f) / (float)D + (float)p->eps);
+      for (int64_t i = 0; i < D; i++) yb[i] = hb[i] * nn * (float)w64[i];
+      store_f32(rb, dt, yb, D); /* n rounded to the dtype */
+      load_f64(rb, dt, 1, D, nb);
+    }
+    for (int64_t j = 0; j < N; j++) {
+      load_f64(wp + j * w->strides[0] * (int64_t)es, dt, w->strides[1], D, wb);
+      double a = 0;
+      for (int64_t k = 0; k < D; k++) a += nb[k] * wb[k];
+      acc[j] = a;
+    }
+    char *yo = orow + D * (int64_t)es;
+    if (dt == MX_FLOAT64) {
+      double *o = (double *)yo;
+      for (int64_t j = 0; j < M; j++)
+        o[j] = p->swiglu ? acc[j] / (1 + exp(-acc[j])) * acc[M + j] : acc[j];
+      continue;
+    }
+    for (int64_t j = 0; j < N; j++) gu[j] = (float)acc[j];
+    if (!p->swiglu) {
+      store_f32(yo, dt, gu, N);
+      continue;
+    }
+    /* swiglu_linear's roundings */
+    round_f32(rb, dt, gu, N);
+    float *g = gu, *u = gu + M, *t = gu + N;
+    for (int64_t j = 0; j < M; j++) t[j] = 1.0f / (1.0f + expf(-g[j]));
+    round_f32(rb, dt, t, M);
+    for (int64_t j = 0; j < M; j++) t[j] *= g[j];
+    round_f32(rb, dt, t, M);
+    for (int64_t j = 0; j < M; j++) t[j] *= u[j];
+    store_f32(yo, dt, t, M);
+  }
+  free(db), free(fb), free(rb), free(w64);
+  return MX_OK;
+}
+
 /* swiglu_linear (ops/fast_params.h): per row of x, g_j = x . w_j and u_j =
  * x . w_(I + j) accumulated in float64 and rounded to the dtype, then
  * silu(g) * u with swiglu's roundings (x * sigmoid(x) rounded, times u). */
@@ -1855,6 +1938,7 @@ void mx__cpu_register_fast(mx__kernel_fn *k) {
   k[MX_OP_ADD_RMS_NORM] = k_add_rms_norm;
   k[MX_OP_ROPE_KV] = k_rope_kv;
   k[MX_OP_SWIGLU_LINEAR] = k_swiglu_linear;
+  k[MX_OP_ADD_NORM_LINEAR] = k_add_norm_linear;
   k[MX_OP_RMS_NORM] = k_rms_norm;
   k[MX_OP_RMS_NORM_GRAD] = k_rms_norm_grad;
   k[MX_OP_LAYER_NORM] = k_layer_norm;

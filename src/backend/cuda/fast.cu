@@ -10,22 +10,8 @@
  * in flight at once. A decode step's norm (one row of 2048) was ~10 us with
  * the general kernel's dependent 2-byte loads, mostly DRAM latency. */
 #include "cuda_common.cuh"
+#include "norm_row.cuh"
 #include "ops/fast_params.h"
-
-/* Sum over the block (blockDim a multiple of 32, at most 32 warps): warp
- * shuffles, then the warp sums in order — a fixed order, deterministic. */
-template <class C>
-__device__ C block_sum(C v, C *sh) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  if (lane == 0) sh[warp] = v;
-  __syncthreads();
-  C r = 0;
-  for (int i = 0; i < nw; i++) r += sh[i];
-  __syncthreads();
-  return r;
-}
 
 template <class T, class C>
 __global__ void k_norm(const typename T::S *x, typename T::S *o, mx__nd<1> rows_nd, int64_t rows,
@@ -54,36 +40,6 @@ __global__ void k_norm(const typename T::S *x, typename T::S *o, mx__nd<1> rows_
       if (b) v += (C)T::ld(b[i * bs]);
       o[row * D + i] = T::st(v);
     }
-  }
-}
-
-/* One 16-byte vector: V values of storage type S, as floats. */
-template <class T, int V>
-__device__ __forceinline__ void norm_unpack(uint4 u, float *f) {
-  if constexpr (V == 8) {
-    uint32_t w4[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-      f[2 * k] = T::ld((uint16_t)(w4[k] & 0xffffu));
-      f[2 * k + 1] = T::ld((uint16_t)(w4[k] >> 16));
-    }
-  } else {
-    f[0] = __uint_as_float(u.x), f[1] = __uint_as_float(u.y);
-    f[2] = __uint_as_float(u.z), f[3] = __uint_as_float(u.w);
-  }
-}
-
-template <class T, int V>
-__device__ __forceinline__ uint4 norm_pack(const float *f) {
-  if constexpr (V == 8) {
-    uint32_t w4[4];
-#pragma unroll
-    for (int k = 0; k < 4; k++)
-      w4[k] = (uint32_t)T::st(f[2 * k]) | ((uint32_t)T::st(f[2 * k + 1]) << 16);
-    return make_uint4(w4[0], w4[1], w4[2], w4[3]);
-  } else {
-    return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]),
-                      __float_as_uint(f[3]));
   }
 }
 
@@ -597,31 +553,14 @@ __global__ void __launch_bounds__(1024)
                    float eps) {
   __shared__ float sh[32];
   const int t = threadIdx.x;
-  const bool in = t < nv;
-  const float D = (float)nv * V;
   MX_PDL_ENTRY();
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    float v[V], rv[V], wv[V];
-    const uint4 z = make_uint4(0, 0, 0, 0);
-    norm_unpack<T, V>(in ? __ldg(x + row * nv + t) : z, v);
-    norm_unpack<T, V>(in ? __ldg(r + row * nv + t) : z, rv);
-    norm_unpack<T, V>(in ? __ldg(w + t) : z, wv);
-#pragma unroll
-    for (int i = 0; i < V; i++) v[i] = v[i] + rv[i];
-    const uint4 hp = norm_pack<T, V>(v); /* h in the dtype, as mx_add stores it */
-    if (in) oh[row * nv + t] = hp;
-    norm_unpack<T, V>(hp, v);
-    float ss = 0.f;
-#pragma unroll
-    for (int i = 0; i < V; i++) ss += in ? v[i] * v[i] : 0.f;
-    ss = block_sum<float>(ss, sh);
-    float n = 1.f / sqrtf(ss / D + eps);
-#pragma unroll
-    for (int i = 0; i < V; i++) {
-      v[i] *= n;
-      v[i] *= wv[i];
+    uint4 hp, np;
+    add_norm_row<T, V>(x + row * nv, r + row * nv, w, nv, eps, sh, &hp, &np);
+    if (t < nv) {
+      oh[row * nv + t] = hp;
+      on[row * nv + t] = np;
     }
-    if (in) on[row * nv + t] = norm_pack<T, V>(v);
   }
 }
 

@@ -1008,14 +1008,15 @@ __device__ __forceinline__ void cvt8(uint4 u, float *f) {
 }
 
 /* keys [j0, j1) of n for cluster rank c */
+template <int C>
 __device__ __forceinline__ void fc_range(int64_t n, int c, int64_t *j0, int64_t *j1) {
-  const int64_t ch = (n + FC_C - 1) / FC_C;
+  const int64_t ch = (n + C - 1) / C;
   int64_t a = (int64_t)c * ch, e = a + ch;
   *j0 = a < n ? a : n;
   *j1 = e < n ? e : n;
 }
 
-template <class T, int D, int R>
+template <class T, int D, int R, int C>
 __global__ void __launch_bounds__(FC_THREADS)
     k_fa_decode_cl(const typename T::S *__restrict__ q, const typename T::S *__restrict__ k,
                    const typename T::S *__restrict__ v, fa_geo g0, int pre,
@@ -1052,7 +1053,7 @@ __global__ void __launch_bounds__(FC_THREADS)
       n0 = settled = g0.Tk;
     }
     int64_t j0, j1;
-    fc_range(n0, crank, &j0, &j1);
+    fc_range<C>(n0, crank, &j0, &j1);
     const int64_t te = j0 + FC_KT < j1 ? j0 + FC_KT : j1, se = te < settled ? te : settled;
 #pragma unroll
     for (int u = 0; u < UK; u++) {
@@ -1104,7 +1105,7 @@ __global__ void __launch_bounds__(FC_THREADS)
 #pragma unroll
     for (int e = 0; e < 8; e++) acc[r][e] = 0.f;
   int64_t j0, j1;
-  fc_range(n, crank, &j0, &j1);
+  fc_range<C>(n, crank, &j0, &j1);
   for (int64_t a = j0; a < j1; a += FC_KT) {
     const int64_t te = a + FC_KT < j1 ? a + FC_KT : j1;
     const int64_t have = a == j0 ? (te < settled ? te : settled) : a; /* rows already in registers */
@@ -1205,20 +1206,20 @@ __global__ void __launch_bounds__(FC_THREADS)
     rf[i] = s;
   }
   cluster.sync(); /* every block's (max, sum, accumulator) is final */
-  const int per = (nr * D + FC_C - 1) / FC_C;
+  const int per = (nr * D + C - 1) / C;
   for (int i = tid; i < per; i += FC_THREADS) {
     const int idx = crank * per + i;
     if (idx >= nr * D) break;
     const int r = idx / D, d = idx % D;
-    float mc[FC_C], M = -INFINITY;
+    float mc[C], M = -INFINITY;
 #pragma unroll
-    for (int c = 0; c < FC_C; c++) {
+    for (int c = 0; c < C; c++) {
       mc[c] = *cluster.map_shared_rank(&st_m[r], c);
       M = fa_max(M, mc[c]);
     }
     float L = 0.f, O = 0.f;
 #pragma unroll
-    for (int c = 0; c < FC_C; c++) {
+    for (int c = 0; c < C; c++) {
       const float w = mc[c] == -INFINITY ? 0.f : expf(mc[c] - M);
       L += w * *cluster.map_shared_rank(&st_l[r], c);
       O += w * *cluster.map_shared_rank(&red[0][r][d], c);
@@ -1249,17 +1250,17 @@ static int fd_cluster_max(void) {
   return v;
 }
 
-template <class T, int D, int R>
+template <class T, int D, int R, int C>
 static int launch_decode_cl(mx_array *out, const void *qp, const void *kp, const void *vp,
                             const fa_geo &g, int pre) {
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(FC_C, (unsigned)(g.B * g.Hkv));
+  cfg.gridDim = dim3(C, (unsigned)(g.B * g.Hkv));
   cfg.blockDim = dim3(FC_THREADS);
   cfg.dynamicSmemBytes = 0;
   cfg.stream = mx__cuda_stream();
   cudaLaunchAttribute at[2];
   at[0].id = cudaLaunchAttributeClusterDimension;
-  at[0].val.clusterDim.x = FC_C;
+  at[0].val.clusterDim.x = C;
   at[0].val.clusterDim.y = 1;
   at[0].val.clusterDim.z = 1;
   at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -1269,7 +1270,7 @@ static int launch_decode_cl(mx_array *out, const void *qp, const void *kp, const
   const typename T::S *qs = (const typename T::S *)qp, *ks = (const typename T::S *)kp,
                       *vs = (const typename T::S *)vp;
   typename T::S *os = (typename T::S *)out->buf->dptr;
-  if (cudaLaunchKernelEx(&cfg, k_fa_decode_cl<T, D, R>, qs, ks, vs, g, pre, os) != cudaSuccess) {
+  if (cudaLaunchKernelEx(&cfg, k_fa_decode_cl<T, D, R, C>, qs, ks, vs, g, pre, os) != cudaSuccess) {
     cudaGetLastError(); /* not launched: the split kernel takes it */
     return 0;
   }
@@ -1288,10 +1289,10 @@ static int run_decode_cl(mx_array *out, const void *qp, const void *kp, const vo
         g.Tk > fd_cluster_max() || g.B * g.Hkv > 65535)
       return 0;
     if (g.D == 64)
-      return R <= 4 ? launch_decode_cl<T, 64, 4>(out, qp, kp, vp, g, pre)
-                    : launch_decode_cl<T, 64, 8>(out, qp, kp, vp, g, pre);
-    return R <= 4 ? launch_decode_cl<T, 128, 4>(out, qp, kp, vp, g, pre)
-                  : launch_decode_cl<T, 128, 8>(out, qp, kp, vp, g, pre);
+      return R <= 4 ? launch_decode_cl<T, 64, 4, FC_C>(out, qp, kp, vp, g, pre)
+                    : launch_decode_cl<T, 64, 8, FC_C>(out, qp, kp, vp, g, pre);
+    return R <= 4 ? launch_decode_cl<T, 128, 4, FC_C>(out, qp, kp, vp, g, pre)
+                  : launch_decode_cl<T, 128, 8, FC_C>(out, qp, kp, vp, g, pre);
   }
 }
 

@@ -32,6 +32,8 @@
 #include <pthread.h>
 
 #include "cuda_common.cuh"
+#include "norm_row.cuh"
+#include "ops/fast_params.h"
 #include "ops/linalg_params.h"
 
 static cublasHandle_t g_handle;
@@ -694,6 +696,216 @@ static int k_swiglu_linear(mx_array *out, mx_array **in) {
   return st;
 }
 
+/* ---- add_norm_linear (ops/fast_params.h): a decode step's residual add,
+ * RMSNorm and the projection after it in one kernel ----------------------------------------
+ * Each block first computes the whole normalised row as add_rms_norm's
+ * vector kernel does (norm_row.cuh: the same code, so the same bits) into
+ * shared memory; block 0 also writes the sum h. Then a warp per output
+ * walks its weight row(s) as k_gemv / k_gemv_swiglu do, reading the row
+ * from shared memory: the bits of add_rms_norm then the GEMV (or
+ * swiglu_linear), without the norm's own launch. The weights' first batch
+ * is read before the PDL wait (a settled weight). Rows of D <= 2048 16-bit
+ * values (256 vectors, one a thread). */
+template <class T, bool SW>
+__global__ void __launch_bounds__(GV_WARPS * 32)
+    k_gemv_norm(const uint4 *__restrict__ w, const uint4 *__restrict__ x,
+                const uint4 *__restrict__ r, const uint4 *__restrict__ nw,
+                typename T::S *__restrict__ o, int64_t M, int nv, int64_t ldw8, float eps,
+                bool pre) {
+  __shared__ float sh[32];
+  __shared__ uint4 xs[GV_WARPS * 32];
+  const int lane = threadIdx.x & 31, t = threadIdx.x;
+  const int64_t j = (int64_t)blockIdx.x * GV_WARPS + (threadIdx.x >> 5);
+  const int64_t jr = j < M ? j : 0, K8 = nv, D = 8 * (int64_t)nv, row = blockIdx.y;
+  const uint4 *wg = w + jr * ldw8, *wu = SW ? w + (jr + M) * ldw8 : wg;
+  uint4 a[GV_BATCH], b[GV_BATCH];
+  int64_t s = lane;
+  bool have = pre && j < M && s + 32 * (GV_BATCH - 1) < K8; /* see k_gemv */
+  if (have) {
+#pragma unroll
+    for (int u = 0; u < GV_BATCH; u++) {
+      a[u] = __ldg(wg + s + 32 * u);
+      if (SW) b[u] = __ldg(wu + s + 32 * u);
+    }
+  }
+  MX_PDL_ENTRY();
+  uint4 hp, np;
+  add_norm_row<T, 8>(x + row * nv, r + row * nv, nw, nv, eps, sh, &hp, &np);
+  typename T::S *orow = o + row * (D + M);
+  if (t < nv) {
+    xs[t] = np;
+    if (blockIdx.x == 0) {
+      const uint32_t hw[4] = {hp.x, hp.y, hp.z, hp.w};
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        orow[8 * t + 2 * i] = (typename T::S)(hw[i] & 0xffffu);
+        orow[8 * t + 2 * i + 1] = (typename T::S)(hw[i] >> 16);
+      }
+    }
+  }
+  __syncthreads();
+  if (j >= M) return;
+  float ag = 0.f, au = 0.f;
+  for (; s + 32 * (GV_BATCH - 1) < K8; s += 32 * GV_BATCH) {
+    if (!have) {
+#pragma unroll
+      for (int u = 0; u < GV_BATCH; u++) {
+        a[u] = __ldg(wg + s + 32 * u);
+        if (SW) b[u] = __ldg(wu + s + 32 * u);
+      }
+    }
+    have = false;
+#pragma unroll
+    for (int u = 0; u < GV_BATCH; u++) {
+      const uint4 xv = xs[s + 32 * u];
+      ag = gv_dot8<T>(a[u], xv, ag);
+      if (SW) au = gv_dot8<T>(b[u], xv, au);
+    }
+  }
+  for (; s < K8; s += 32) {
+    const uint4 xv = xs[s];
+    ag = gv_dot8<T>(__ldg(wg + s), xv, ag);
+    if (SW) au = gv_dot8<T>(__ldg(wu + s), xv, au);
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    ag += __shfl_xor_sync(0xffffffffu, ag, off);
+    if (SW) au += __shfl_xor_sync(0xffffffffu, au, off);
+  }
+  if (lane == 0) orow[D + j] = SW ? swiglu_round<T>(ag, au) : T::st(ag);
+}
+
+/* Any float dtype, D and strides of the weights (x and r as contiguous
+ * rows): each block normalises the row into shared memory (compute type
+ * C), then a warp per output, lanes over D. */
+template <class T, bool SW>
+__global__ void __launch_bounds__(GV_WARPS * 32)
+    k_add_norm_linear_any(const typename T::S *__restrict__ w, const typename T::S *__restrict__ x,
+                          const typename T::S *__restrict__ r, const typename T::S *__restrict__ nw,
+                          int64_t nws, typename T::S *__restrict__ o, int64_t M, int64_t D,
+                          int64_t ws0, int64_t ws1, double eps) {
+  typedef typename T::C X;
+  extern __shared__ __align__(16) unsigned char anl_sm[];
+  X *nrow = (X *)anl_sm;
+  __shared__ X sh[32];
+  const int lane = threadIdx.x & 31;
+  const int64_t j = (int64_t)blockIdx.x * GV_WARPS + (threadIdx.x >> 5), row = blockIdx.y;
+  MX_PDL_ENTRY();
+  const typename T::S *xr = x + row * D, *rr = r + row * D;
+  typename T::S *orow = o + row * (D + M);
+  X ss = 0;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    const typename T::S h = T::st(T::ld(xr[i]) + T::ld(rr[i]));
+    if (blockIdx.x == 0) orow[i] = h;
+    const X v = T::ld(h);
+    nrow[i] = v;
+    ss += v * v;
+  }
+  ss = block_sum<X>(ss, sh);
+  const X nn = (X)1 / sqrt(ss / (X)D + (X)eps);
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x)
+    nrow[i] = T::ld(T::st(nrow[i] * nn * T::ld(nw[i * nws])));
+  __syncthreads();
+  if (j >= M) return;
+  X ag = 0, au = 0;
+  for (int64_t k = lane; k < D; k += 32) {
+    ag += nrow[k] * T::ld(w[j * ws0 + k * ws1]);
+    if (SW) au += nrow[k] * T::ld(w[(j + M) * ws0 + k * ws1]);
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    ag += __shfl_xor_sync(0xffffffffu, ag, off);
+    if (SW) au += __shfl_xor_sync(0xffffffffu, au, off);
+  }
+  if (lane == 0) orow[D + j] = SW ? swiglu_round<T>(ag, au) : T::st(ag);
+}
+
+template <class T, bool SW>
+static int anl_any(mx_array *out, const char *wp, const char *xp, const char *rp, mx_array *nw,
+                   int64_t M, int64_t D, int64_t rows, int64_t ws0, int64_t ws1, double eps) {
+  const size_t smem = sizeof(typename T::C) * (size_t)D;
+  if (smem > 200 * 1024)
+    return mx__set_error(MX_ERR_UNSUPPORTED, "add_norm_linear: rows of %lld on the GPU (at most "
+                         "%d)", (long long)D, (int)(200 * 1024 / sizeof(typename T::C)));
+  if (smem > 48 * 1024 &&
+      cudaFuncSetAttribute(k_add_norm_linear_any<T, SW>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
+    return mx__cuda_launched("add_norm_linear");
+  const dim3 grid((unsigned)((M + GV_WARPS - 1) / GV_WARPS), (unsigned)rows);
+  mx__cuda_launch_pdl(k_add_norm_linear_any<T, SW>, grid, GV_WARPS * 32, smem,
+                      (const typename T::S *)wp, (const typename T::S *)xp,
+                      (const typename T::S *)rp, (const typename T::S *)mx__ddata(nw),
+                      nw->strides[0], (typename T::S *)out->buf->dptr, M, D, ws0, ws1, eps);
+  return mx__cuda_launched("add_norm_linear");
+}
+
+static int k_add_norm_linear(mx_array *out, mx_array **in) {
+  const mx__add_norm_linear_params *p = MX__PARAMS(out, mx__add_norm_linear_params);
+  mx_array *x = in[0], *r = in[1], *nw = in[2], *w = in[3];
+  const mx_dtype dt = out->dtype;
+  if (!mx_dtype_is_float(dt) || x->dtype != dt || r->dtype != dt || nw->dtype != dt ||
+      w->dtype != dt)
+    return mx__cuda_no_dtype(out, x->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  const int64_t D = x->shape[x->ndim - 1], M = out->shape[out->ndim - 1] - D;
+  const int64_t rows = x->size / D;
+  if (rows > 65535)
+    return mx__set_error(MX_ERR_UNSUPPORTED, "add_norm_linear: %lld rows on the GPU (at most "
+                         "65,535)", (long long)rows);
+  const size_t es = mx_dtype_size(dt);
+  /* x and r as contiguous rows */
+  mx__buffer *tb[2] = {NULL, NULL};
+  const char *src[2];
+  mx_array *xr[2] = {x, r};
+  for (int i = 0; i < 2 && !st; i++) {
+    if (xr[i]->row_contiguous) {
+      src[i] = mx__ddata(xr[i]);
+      continue;
+    }
+    if (!(tb[i] = mx__cuda_tmp(es * (size_t)x->size))) st = mx_last_status();
+    else if (!(st = mx__cuda_copy_to_contiguous(xr[i], tb[i]->dptr))) src[i] = (const char *)tb[i]->dptr;
+  }
+  const char *wp = mx__ddata(w);
+  const int64_t ws0 = w->strides[0], ws1 = w->strides[1];
+  const unsigned gx = (unsigned)((M + GV_WARPS - 1) / GV_WARPS);
+  const bool vec = !st && (dt == MX_BFLOAT16 || dt == MX_FLOAT16) && D % 8 == 0 &&
+                   D / 8 <= GV_WARPS * 32 && ws1 == 1 && (ws0 * 2) % 16 == 0 &&
+                   nw->strides[0] == 1 && !((uintptr_t)src[0] & 15) &&
+                   !((uintptr_t)src[1] & 15) && !((uintptr_t)mx__ddata(nw) & 15) &&
+                   !((uintptr_t)wp & 15) && (M + GV_WARPS - 1) / GV_WARPS <= 2147483647LL;
+  if (vec) {
+    const bool pre = mx__cuda_settled(w);
+    const dim3 grid(gx, (unsigned)rows);
+    const uint4 *w4 = (const uint4 *)wp, *x4 = (const uint4 *)src[0], *r4 = (const uint4 *)src[1];
+    const uint4 *n4 = (const uint4 *)mx__ddata(nw);
+    uint16_t *op = (uint16_t *)out->buf->dptr;
+    const int nv = (int)(D / 8);
+    const float eps = (float)p->eps;
+#define ANL(TAG, SWV)                                                                        \
+  mx__cuda_launch_pdl(k_gemv_norm<TAG, SWV>, grid, GV_WARPS * 32, 0, w4, x4, r4, n4, op, M, nv, \
+                      ws0 / 8, eps, pre)
+    if (dt == MX_BFLOAT16) {
+      if (p->swiglu) ANL(TBF16, true);
+      else ANL(TBF16, false);
+    } else {
+      if (p->swiglu) ANL(TF16, true);
+      else ANL(TF16, false);
+    }
+#undef ANL
+    st = mx__cuda_launched("add_norm_linear");
+  } else if (!st) {
+    st = MX_ERR_NO_KERNEL;
+    MX_CUDA_DISPATCH_FLOAT(dt, {
+      st = p->swiglu ? anl_any<T, true>(out, wp, src[0], src[1], nw, M, D, rows, ws0, ws1, p->eps)
+                     : anl_any<T, false>(out, wp, src[0], src[1], nw, M, D, rows, ws0, ws1, p->eps);
+    })
+  }
+  for (int i = 0; i < 2; i++)
+    if (tb[i]) mx__buffer_release(tb[i]); /* reused only by later work of the stream */
+  return st;
+}
+
 static int k_matmul(mx_array *out, mx_array **in) {
   const mx__matmul_params *p = MX__PARAMS(out, mx__matmul_params);
   mx_array *a = in[0], *b = in[1], *c = out->ninputs > 2 ? in[2] : NULL;
@@ -799,4 +1011,5 @@ static int k_matmul(mx_array *out, mx_array **in) {
 void mx__cuda_register_linalg(mx__kernel_fn *k) {
   k[MX_OP_MATMUL] = k_matmul;
   k[MX_OP_SWIGLU_LINEAR] = k_swiglu_linear;
+  k[MX_OP_ADD_NORM_LINEAR] = k_add_norm_linear;
 }

@@ -82,6 +82,10 @@ typedef struct {
   mx_array *pos, **skeys, **svalues;
   /* stacked projections per layer ([qkv, gate_up]; mx__lm_stack), or NULL */
   const mx__lm_stack *stacks;
+  /* the next attention's stacked q/k/v projection, already computed (with
+   * the residual add and the norm before it: add_norm_linear); taken by
+   * attention() */
+  mx_array *pre_qkv;
 } fwd_ctx;
 
 /* gemma's RMSNorm: x * rsqrt(mean(x^2) + eps) * (1 + weight). */
@@ -214,6 +218,8 @@ static bool stack_valid(const mx__lm_stack *st, mx_nn_module *parent) {
 
 /* The stacked projection of x split into its parts out[0..n) (slice
  * views); false (nothing computed) when the stack is not valid. */
+static void stack_split(const mx__lm_stack *st, mx_array *y, mx_array **out);
+
 static bool stack_apply(const mx__lm_stack *st, mx_nn_module *parent, mx_array *x,
                         mx_array **out, mx_array **whole) {
   if (!stack_valid(st, parent)) return false;
@@ -221,15 +227,20 @@ static bool stack_apply(const mx__lm_stack *st, mx_nn_module *parent, mx_array *
                     ? mx__nn_linear_apply(x, st->stack[0], NULL)
                     : mx_quantized_matmul(x, st->stack[0], st->stack[1], st->stack[2], true,
                                           st->group_size, st->bits);
+  stack_split(st, y, out);
+  if (whole) *whole = y;
+  else mx_array_free(y);
+  return true;
+}
+
+/* The parts of a stacked projection's output y (views; NULL when y is). */
+static void stack_split(const mx__lm_stack *st, mx_array *y, mx_array **out) {
   int ax = y ? mx_array_ndim(y) - 1 : 0;
   int64_t r0 = 0;
   for (int i = 0; i < st->n; i++) {
     out[i] = y ? mx_slice_axis(y, ax, r0, r0 + st->rows[i], 1) : NULL;
     r0 += st->rows[i];
   }
-  if (whole) *whole = y;
-  else mx_array_free(y);
-  return true;
 }
 
 /* Stacks the children `names` of parent (Linear or QuantizedLinear of one
@@ -419,7 +430,13 @@ static mx_array *attention(mx_nn_module *self, mx_array *x, fwd_ctx *f, int laye
     mx_array_free(qkv);
   } else {
     mx_array *p3[3];
-    if (f && f->stacks && stack_apply(&f->stacks[2 * layer], self, x, p3, &sqkv)) {
+    if (f && f->pre_qkv) { /* computed with the norm before it (layers_fused) */
+      sqkv = f->pre_qkv;
+      f->pre_qkv = NULL;
+      stack_split(&f->stacks[2 * layer], sqkv, p3);
+      pq = p3[0], pk = p3[1], pv = p3[2];
+      vown = false;
+    } else if (f && f->stacks && stack_apply(&f->stacks[2 * layer], self, x, p3, &sqkv)) {
       pq = p3[0], pk = p3[1], pv = p3[2];
       vown = false; /* a part of the stacked projection */
     } else {
@@ -670,6 +687,57 @@ static int add_norm(mx_nn_module *norm, const mx_lm_config *c, mx_array **h, mx_
   return *n ? MX_OK : mx_last_status();
 }
 
+/* MXC_NORM_LINEAR=0: a decode row's residual add + RMSNorm stays its own
+ * kernel before the projection after it (A/B). */
+static bool norm_linear_on(void) {
+  static int v = -1;
+  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
+  if (r < 0) {
+    const char *e = getenv("MXC_NORM_LINEAR");
+    r = !(e && !strcmp(e, "0"));
+    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
+  }
+  return r;
+}
+
+/* One 16-bit decode row on the GPU: *h + r, its plain RMSNorm `norm` and
+ * the dense stack st of parent (swiglu: the gate/up stack and swiglu) as
+ * one add_norm_linear kernel, the same bits as add_norm then the
+ * projection. *h is replaced by the sum and *y set to the projection.
+ * Returns false, changing nothing, where it does not apply; on an error
+ * *st is set. */
+static bool norm_linear(mx_nn_module *norm, const mx_lm_config *c, mx_array **h, mx_array *r,
+                        const mx__lm_stack *s, mx_nn_module *parent, bool swiglu, mx_array **y,
+                        int *st) {
+  *y = NULL;
+  if (!r || !norm || !s || s->nparams != 1 || c->gemma_norm || !norm_linear_on() ||
+      mx_default_device() != MX_GPU || strcmp(mx_nn_module_type(norm), "RMSNorm") ||
+      !stack_valid(s, parent))
+    return false;
+  mx_array *w = mx_nn_param(norm, "weight"), *W = s->stack[0];
+  const mx_dtype dt = mx_array_dtype(*h);
+  const int nd = mx_array_ndim(*h);
+  const int64_t D = nd ? mx_array_dim(*h, nd - 1) : 0;
+  if (!w || (dt != MX_BFLOAT16 && dt != MX_FLOAT16) || mx_array_dtype(r) != dt ||
+      mx_array_dtype(w) != dt || mx_array_dtype(W) != dt || D <= 0 || D % 8 || D > 2048 ||
+      mx_array_size(*h) != D)
+    return false;
+  mx_array *z = mx__fast_add_norm_linear(*h, r, w, W, c->rms_norm_eps, swiglu);
+  mx_array *hz = z ? mx_slice_axis(z, nd - 1, 0, D, 1) : NULL;
+  mx_array *yz = z ? mx_slice_axis(z, nd - 1, D, mx_array_dim(z, nd - 1), 1) : NULL;
+  mx_array_free(z);
+  if (!hz || !yz) {
+    mx_array_free(hz);
+    mx_array_free(yz);
+    *st = mx_last_status();
+    return true;
+  }
+  mx_array_free(*h);
+  *h = hz;
+  *y = yz;
+  return true;
+}
+
 /* A prompt on the GPU queues each layer's kernels as soon as the layer is
  * built (mx_eval does not wait for the device): the GPU starts on layer 0
  * while the host builds the rest, instead of idling through the building
@@ -696,19 +764,39 @@ static mx_array *layers_fused(mx_nn_module *self, mx_array *h, fwd_ctx *f, mx_ar
   const bool each = layer_eval(f, mx_array_ndim(h) == 3 ? mx_array_dim(h, 1) : 1);
   for (int i = 0; i < n && !st; i++) {
     mx_nn_module *layer = mx_nn_list_item(self, "layers", i);
-    mx_array *n1 = NULL, *n2 = NULL, *r = NULL;
-    st = add_norm(layer ? mx_nn_child(layer, "input_layernorm") : NULL, c, &h, pend, &n1);
+    mx_array *n1 = NULL, *n2 = NULL, *r = NULL, *proj = NULL;
+    mx_nn_module *attn = layer ? mx_nn_child(layer, "self_attn") : NULL;
+    mx_nn_module *in_norm = layer ? mx_nn_child(layer, "input_layernorm") : NULL;
+    /* a decode row: the residual add and norm go into the q/k/v GEMV */
+    const mx__lm_stack *qkv = f->stacks && !c->fused_qkv ? &f->stacks[2 * i] : NULL;
+    if (norm_linear(in_norm, c, &h, pend, qkv, attn, false, &proj, &st)) {
+      f->pre_qkv = proj; /* attention takes it */
+      if (!st) n1 = mx_array_retain(h); /* the input's shape only */
+    } else {
+      st = add_norm(in_norm, c, &h, pend, &n1);
+    }
     mx_array_free(pend);
     pend = NULL;
-    if (!st && !(r = attention(mx_nn_child(layer, "self_attn"), n1, f, i, freqs)))
-      st = mx_last_status();
-    if (!st) st = add_norm(mx_nn_child(layer, "post_attention_layernorm"), c, &h, r, &n2);
-    if (!st) {
-      mx_nn_module *mm = mx_nn_child(layer, "mlp");
-      const mx__lm_stack *gu = f->stacks ? &f->stacks[2 * i + 1] : NULL;
-      pend = stack_valid(gu, mm) ? mlp(mm, n2, gu) : mx_nn_forward(mm, n2);
-      if (!pend) st = mx_last_status();
-      else if (each) st = mx_eval((mx_array *[]){h, pend}, 2);
+    if (!st && !(r = attention(attn, n1, f, i, freqs))) st = mx_last_status();
+    mx_array_free(f->pre_qkv); /* taken unless attention failed first */
+    f->pre_qkv = NULL;
+    mx_nn_module *mm = layer ? mx_nn_child(layer, "mlp") : NULL;
+    const mx__lm_stack *gu = f->stacks ? &f->stacks[2 * i + 1] : NULL;
+    const bool gelu = c->activation == MX_LM_ACT_GELU_TANH;
+    mx_nn_module *post = layer ? mx_nn_child(layer, "post_attention_layernorm") : NULL;
+    if (!st && !c->fused_gate_up && !gelu && swiglu_linear_on() &&
+        norm_linear(post, c, &h, r, gu, mm, true, &proj, &st)) {
+      /* the residual add, norm, gate/up GEMV and swiglu in one kernel */
+      if (!st && !(pend = mx_nn_forward(mx_nn_child(mm, "down_proj"), proj))) st = mx_last_status();
+      mx_array_free(proj);
+      if (!st && each) st = mx_eval((mx_array *[]){h, pend}, 2);
+    } else {
+      if (!st) st = add_norm(post, c, &h, r, &n2);
+      if (!st) {
+        pend = stack_valid(gu, mm) ? mlp(mm, n2, gu) : mx_nn_forward(mm, n2);
+        if (!pend) st = mx_last_status();
+        else if (each) st = mx_eval((mx_array *[]){h, pend}, 2);
+      }
     }
     mx_array_free(n1);
     mx_array_free(n2);
@@ -1015,7 +1103,7 @@ mx_array *mx__lm_llama_forward(mx_lm_model *m, mx_array *tokens, mx_lm_cache *ca
   int64_t T = mx_array_dim(t, 1);
   mx__lm_plan plan = {0};
   /* the stacked projections, once made (mx__lm_stack_projections) */
-  fwd_ctx f = {cache, NULL, NULL, {NULL, NULL}, {false, false}, NULL, NULL, NULL, m->stacks};
+  fwd_ctx f = {cache, NULL, NULL, {NULL, NULL}, {false, false}, NULL, NULL, NULL, m->stacks, NULL};
   if (cache && cache->max_size) {
     if (mx__lm_plan_make(cache, T, &plan)) {
       mx__lm_plan_free(&plan);
@@ -1048,7 +1136,7 @@ mx_array *mx__lm_forward_static(mx_lm_model *m, mx_array *tokens, mx_array **key
                                 mx_array **values, mx_array *pos) {
   mx_array *t = forward_tokens(m, tokens);
   if (!t) return NULL;
-  fwd_ctx f = {NULL, NULL, NULL, {NULL, NULL}, {false, false}, pos, keys, values, m->stacks};
+  fwd_ctx f = {NULL, NULL, NULL, {NULL, NULL}, {false, false}, pos, keys, values, m->stacks, NULL};
   mx_array *y = logits_of(m->root, t, &f, m->rope_freqs, false);
   mx_array_free(t);
   return y;
@@ -1057,7 +1145,7 @@ mx_array *mx__lm_forward_static(mx_lm_model *m, mx_array *tokens, mx_array **key
 mx_array *mx__lm_forward_masked(mx_lm_model *m, mx_array *tokens, const bool *visible) {
   mx_array *t = forward_tokens(m, tokens);
   if (!t) return NULL;
-  fwd_ctx f = {NULL, NULL, visible, {NULL, NULL}, {false, false}, NULL, NULL, NULL, NULL};
+  fwd_ctx f = {NULL, NULL, visible, {NULL, NULL}, {false, false}, NULL, NULL, NULL, NULL, NULL};
   mx_array *y = logits_of(m->root, t, &f, m->rope_freqs, false);
   mx_array_free(f.mask[0]);
   mx_array_free(f.mask[1]);
