@@ -1,4 +1,5 @@
 /* bench_cuda_kernels.c — the CUDA backend's LLM kernels on the GPU:
+ * the dense bf16 GEMV of a decode row (Llama-3.2-1B shapes),
  * quantized_matmul (GEMV for decode, dequantize + cuBLAS for prefill),
  * scaled_dot_product_attention (split-KV decode, tiled prefill) and
  * sort/argsort of long rows, each next to a dense or composed reference
@@ -143,6 +144,28 @@ static void bench_qmm(int reps) {
   }
 }
 
+/* ---- dense GEMV: a decode row against the Llama-3.2-1B projections ------------------- */
+static void bench_gemv(int reps) {
+  printf("\n## dense bf16 GEMV (one row, x @ W^T; Llama-3.2-1B shapes)\n\n");
+  printf("| N | K | what | MB | time (us) | GB/s |\n|---|---|---|---|---|---|\n");
+  const int64_t shapes[][2] = {{3072, 2048}, {2048, 2048}, {16384, 2048}, {2048, 8192},
+                               {128256, 2048}};
+  const char *what[] = {"q/k/v stack", "o_proj", "gate/up stack", "down_proj", "LM head"};
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+    int64_t N = shapes[i][0], K = shapes[i][1];
+    qjob j = {0};
+    j.x = rnd((int64_t[]){1, K}, 2, MX_BFLOAT16, 1, 1);
+    j.w = rnd((int64_t[]){N, K}, 2, MX_BFLOAT16, 0.05, 2);
+    j.wt = mx_transpose(j.w, (int[]){1, 0}, 2);
+    double t = gpu_time(q_dense, &j, reps);
+    double bytes = (double)N * K * 2 + (double)K * 2;
+    printf("| %lld | %lld | %s | %.1f | %.1f | %.0f |\n", (long long)N, (long long)K, what[i],
+           bytes * 1e-6, t * 1e6, bytes / t * 1e-9);
+    mx_array *all[] = {j.x, j.w, j.wt};
+    mx_array_free_n(all, 3);
+  }
+}
+
 /* ---- attention ---------------------------------------------------------------------- */
 typedef struct {
   mx_array *q, *k, *v;
@@ -223,6 +246,7 @@ int main(int argc, char **argv) {
   }
   printf("# CUDA LLM kernels (median of 5 batches of %d)\n", reps);
   bench_floor(reps);
+  bench_gemv(reps);
   bench_qmm(reps);
   bench_sdpa(reps);
   bench_sort(reps);

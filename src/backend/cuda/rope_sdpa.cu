@@ -416,9 +416,28 @@ __global__ void k_rope_kv(const typename T::S *x, typename T::S *q, typename T::
                           typename T::S *vc, int64_t N, int64_t L, int64_t D, int64_t xs0,
                           int64_t xs1, int64_t xs2, int64_t xs3, int64_t H, int64_t KV, int64_t S,
                           int64_t rows, int half, const double *inv, const float *f32, int64_t fs,
-                          double lb, double offset, const int32_t *posp, double scale, bool trad) {
+                          double lb, double offset, const int32_t *posp, double scale, bool trad,
+                          bool early) {
   const int64_t per = half + (D - 2 * half);
-  MX_PDL_ENTRY();
+  /* The next kernel (attention) may launch now: it waits for this one to
+   * end, and reads the cache rows this one writes only after that. */
+  if (early) mx__pdl_trigger();
+  /* This thread's first angle, before the wait: the position was written
+   * by an earlier step (checked again after the wait), the frequencies
+   * are weights; the double cos / sin leave the critical path. */
+  const int64_t e0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  int64_t pos0 = INT64_MIN;
+  C cs0 = 0, sn0 = 0;
+  if (early && !inv && e0 < rows * per && e0 % per < half &&
+      (e0 / per / L) % N < H + KV) {
+    pos0 = *(volatile const int32_t *)posp;
+    const double th = (offset + (double)pos0 + (double)((e0 / per) % L)) *
+                      (scale * rope_inv(inv, f32, fs, lb, (int)(e0 % per)));
+    cs0 = (C)cos(th);
+    sn0 = (C)sin(th);
+  }
+  mx__pdl_wait();
+  if (!early) mx__pdl_trigger();
   const int64_t pos = *posp;
   offset += (double)pos;
   MX_CUDA_LOOP(e, rows * per) {
@@ -445,8 +464,13 @@ __global__ void k_rope_kv(const typename T::S *x, typename T::S *q, typename T::
       orow[ib] = xr[ib * xs3];
       continue;
     }
-    double th = (offset + (double)t) * (scale * rope_inv(inv, f32, fs, lb, (int)k));
-    C cs = (C)cos(th), sn = (C)sin(th);
+    C cs, sn;
+    if (e == e0 && pos == pos0) {
+      cs = cs0, sn = sn0;
+    } else {
+      double th = (offset + (double)t) * (scale * rope_inv(inv, f32, fs, lb, (int)k));
+      cs = (C)cos(th), sn = (C)sin(th);
+    }
     C a = (C)T::ld(xr[ia * xs3]), bb = (C)T::ld(xr[ib * xs3]);
     orow[ia] = T::st(a * cs - bb * sn);
     orow[ib] = T::st(a * sn + bb * cs);
@@ -484,6 +508,13 @@ static int k_rope_kv_op(mx_array *out, mx_array **in) {
   }
   const int32_t *posp = (const int32_t *)mx__ddata(in[3]);
   unsigned nb = mx__cuda_blocks(rows * (half + (D - 2 * half)));
+  /* MXC_ROPE_KV_EARLY=0: the angles after the wait, the next kernel
+   * launched after it (comparisons) */
+  static int early = -1;
+  if (early < 0) {
+    const char *e = getenv("MXC_ROPE_KV_EARLY");
+    early = !(e && !strcmp(e, "0"));
+  }
   switch (x->dtype) {
 #define C(DT, TAG, CT)                                                                        \
   case DT:                                                                                    \
@@ -492,7 +523,7 @@ static int k_rope_kv_op(mx_array *out, mx_array **in) {
                         (TAG::S *)kc->buf->dptr, (TAG::S *)vc->buf->dptr, N, L, D,            \
                         x->strides[0], x->strides[1], x->strides[2], x->strides[3], kp->nq,   \
                         kp->nkv, kc->shape[2], rows, half, (const double *)inv, f32, fs, lb,  \
-                        (double)p->offset, posp, p->scale, p->traditional);                   \
+                        (double)p->offset, posp, p->scale, p->traditional, early);            \
     break;
     C(MX_FLOAT16, TF16, float) C(MX_BFLOAT16, TBF16, float) C(MX_FLOAT32, TF32, float)
     C(MX_FLOAT64, TF64, double)
