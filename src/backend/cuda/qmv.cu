@@ -57,6 +57,19 @@ __device__ __forceinline__ float qmv_u2f(uint32_t q) {
   return __uint_as_float(0x4B000000u | q) - 8388608.0f;
 }
 
+/* 4 bits, one row of x: nibble j of a word read without a shift. With lo
+ * = word and hi = word >> 16, nibble j is (j < 4 ? lo : hi) & (15 << 4 (j
+ * % 4)): the float 2^23 + q 16^(j % 4) minus 2^23 is q 16^(j % 4) exactly,
+ * and x scaled by 16^-(j % 4) (a power of two: exact) makes the same
+ * product x q for the FMA — one logic op a nibble instead of a shift and a
+ * mask, on the integer pipe that bounds these kernels. */
+__device__ __forceinline__ float qmv_nib4(uint32_t half16, int jj) {
+  return __uint_as_float(0x4B000000u | (half16 & (0xFu << (4 * jj)))) - 8388608.0f;
+}
+__device__ __forceinline__ float qmv_nib4_scale(int jj) {
+  return jj == 0 ? 1.f : jj == 1 ? 0.0625f : jj == 2 ? 0.00390625f : 0.000244140625f;
+}
+
 /* ---- GEMV, 4/8 bits ------------------------------------------------------------ */
 #define QMV_THREADS 128
 #define QMV_ROWS 4 /* output rows per block */
@@ -90,7 +103,7 @@ __device__ __forceinline__ void qmv_ldx(const typename T::S *p, float *f) {
 /* Block: QMV_ROWS output rows; thread t takes the 16-byte segments t,
  * t + blockDim, ... of those rows, with the matching x values (read once
  * into registers for all the rows), then the block sums its threads. */
-template <class T, int BITS, int MM>
+template <class T, int BITS, int MM, bool NIB = true>
 __global__ void __launch_bounds__(QMV_THREADS)
     k_qmv(const typename T::S *__restrict__ x, const uint4 *__restrict__ w,
           const typename T::S *__restrict__ sc, const typename T::S *__restrict__ bi,
@@ -177,7 +190,11 @@ __global__ void __launch_bounds__(QMV_THREADS)
 #pragma unroll
             for (int r = 0; r < R; r++) {
               uint32_t word = wi == 0 ? wv[r].x : wi == 1 ? wv[r].y : wi == 2 ? wv[r].z : wv[r].w;
-              dot[r] = fmaf(xj, qmv_u2f((word >> (j * BITS)) & MASK), dot[r]);
+              if constexpr (BITS == 4 && NIB)
+                dot[r] = fmaf(xj * qmv_nib4_scale(j & 3), qmv_nib4(j < 4 ? word : word >> 16, j & 3),
+                              dot[r]);
+              else
+                dot[r] = fmaf(xj, qmv_u2f((word >> (j * BITS)) & MASK), dot[r]);
             }
           }
 #pragma unroll
@@ -211,7 +228,7 @@ __global__ void __launch_bounds__(QMV_THREADS)
  * The block kernel above runs one pass of its loads per block (K = 2048:
  * one segment a thread), ~1 TB/s on the 1B model's 4-bit projections. */
 #define QMV1_WARPS 4
-template <class T, int BITS, int RW>
+template <class T, int BITS, int RW, bool NIB = true>
 __global__ void __launch_bounds__(QMV1_WARPS * 32)
     k_qmv1(const typename T::S *__restrict__ x, const uint4 *__restrict__ w,
            const typename T::S *__restrict__ sc, const typename T::S *__restrict__ bi,
@@ -274,7 +291,11 @@ __global__ void __launch_bounds__(QMV1_WARPS * 32)
                             : wi == 1 ? wv[u][r].y
                             : wi == 2 ? wv[u][r].z
                                       : wv[u][r].w;
-            dot[r] = fmaf(xj, qmv_u2f((word >> (j * BITS)) & MASK), dot[r]);
+            if constexpr (BITS == 4 && NIB)
+              dot[r] = fmaf(xj * qmv_nib4_scale(j & 3), qmv_nib4(j < 4 ? word : word >> 16, j & 3),
+                            dot[r]);
+            else
+              dot[r] = fmaf(xj, qmv_u2f((word >> (j * BITS)) & MASK), dot[r]);
           }
         }
 #pragma unroll
@@ -518,11 +539,11 @@ static int qmm_gemm(mx_array *out, const void *x, const uint32_t *w, const void 
 }
 
 /* ---- dispatch ------------------------------------------------------------------------ */
-template <class T, int BITS, int RW>
+template <class T, int BITS, int RW, bool NIB>
 static void launch_qmv1(const void *x, const uint32_t *w, const void *sc, const void *bi,
                         void *o, int N, int K, int gs, bool pre) {
   const int rows = QMV1_WARPS * RW;
-  mx__cuda_launch_pdl(k_qmv1<T, BITS, RW>, (unsigned)((N + rows - 1) / rows), QMV1_WARPS * 32,
+  mx__cuda_launch_pdl(k_qmv1<T, BITS, RW, NIB>, (unsigned)((N + rows - 1) / rows), QMV1_WARPS * 32,
                       0, (const typename T::S *)x, (const uint4 *)w, (const typename T::S *)sc,
                       (const typename T::S *)bi, (typename T::S *)o, N, K, gs, pre);
 }
@@ -543,15 +564,15 @@ static int qmv1_min_n(void) {
   return r;
 }
 
-template <class T, int BITS, int MM>
+template <class T, int BITS, int MM, bool NIB = true>
 static void launch_qmv(const void *x, const uint32_t *w, const void *sc, const void *bi,
                        void *o, int M, int N, int K, int gs, bool pre) {
   if constexpr (MM == 1) {
     if (N >= qmv1_min_n()) {
       /* rows per warp: enough warps to keep ~8 per SM busy on short N */
-      if (N >= 4224) launch_qmv1<T, BITS, 4>(x, w, sc, bi, o, N, K, gs, pre);
-      else if (N >= 2112) launch_qmv1<T, BITS, 2>(x, w, sc, bi, o, N, K, gs, pre);
-      else launch_qmv1<T, BITS, 1>(x, w, sc, bi, o, N, K, gs, pre);
+      if (N >= 4224) launch_qmv1<T, BITS, 4, NIB>(x, w, sc, bi, o, N, K, gs, pre);
+      else if (N >= 2112) launch_qmv1<T, BITS, 2, NIB>(x, w, sc, bi, o, N, K, gs, pre);
+      else launch_qmv1<T, BITS, 1, NIB>(x, w, sc, bi, o, N, K, gs, pre);
       return;
     }
   }
@@ -559,7 +580,7 @@ static void launch_qmv(const void *x, const uint32_t *w, const void *sc, const v
   int threads = segs >= QMV_THREADS ? QMV_THREADS : (segs + 31) / 32 * 32;
   if (threads < 32) threads = 32;
   unsigned blocks = (unsigned)((N + QMV_ROWS - 1) / QMV_ROWS);
-  mx__cuda_launch_pdl(k_qmv<T, BITS, MM>, blocks, threads, 0, (const typename T::S *)x,
+  mx__cuda_launch_pdl(k_qmv<T, BITS, MM, NIB>, blocks, threads, 0, (const typename T::S *)x,
                       (const uint4 *)w, (const typename T::S *)sc, (const typename T::S *)bi,
                       (typename T::S *)o, M, N, K, gs, pre);
 }
@@ -567,7 +588,15 @@ static void launch_qmv(const void *x, const uint32_t *w, const void *sc, const v
 template <class T, int MM>
 static void qmv_m(const void *x, const uint32_t *w, const void *sc, const void *bi, void *o,
                   int M, int N, int K, int gs, int bits, bool fast, bool pre) {
-  if (fast && bits == 4) launch_qmv<T, 4, MM>(x, w, sc, bi, o, M, N, K, gs, pre);
+  /* MXC_QMV_NIB=0: 4-bit nibbles shifted then masked (comparisons; the
+   * same results) */
+  static int nib = -1;
+  if (nib < 0) {
+    const char *e = getenv("MXC_QMV_NIB");
+    nib = !(e && !strcmp(e, "0"));
+  }
+  if (fast && bits == 4 && !nib) launch_qmv<T, 4, MM, false>(x, w, sc, bi, o, M, N, K, gs, pre);
+  else if (fast && bits == 4) launch_qmv<T, 4, MM>(x, w, sc, bi, o, M, N, K, gs, pre);
   else if (fast && bits == 8) launch_qmv<T, 8, MM>(x, w, sc, bi, o, M, N, K, gs, pre);
   else
     k_qmv_generic<T, MM><<<(unsigned)((N + 3) / 4), 128, 0, mx__cuda_stream()>>>(
