@@ -1298,8 +1298,26 @@ TEST(decode_fused_ops_errors) {
                "value cache");
   expect_error(mx__fast_rope_kv(hx, 2, 2, kc, kc, 8, false, 1e4, 1, w, NULL), MX_ERR_INVALID_ARG,
                "position");
-  mx_array *arr[] = {x, r, w, w7, pos, hx, kc, k16};
-  mx_array_free_n(arr, 8);
+  /* add_norm_linear: residual, norm weight, projection shapes */
+  mx_array *W = RND(MX_FLOAT32, -1, 1, 6, 8), *W7 = RND(MX_FLOAT32, -1, 1, 6, 7);
+  mx_array *W5 = RND(MX_FLOAT32, -1, 1, 5, 8), *e0 = RND(MX_FLOAT32, -1, 1, 2, 0);
+  expect_error(mx__fast_add_norm_linear(x, r, w, W, 1e-5, false), MX_ERR_SHAPE,
+               "add_norm_linear: residual");
+  expect_error(mx__fast_add_norm_linear(x, x, w7, W, 1e-5, false), MX_ERR_SHAPE,
+               "add_norm_linear: weight");
+  expect_error(mx__fast_add_norm_linear(x, x, w, W7, 1e-5, false), MX_ERR_SHAPE,
+               "add_norm_linear: w");
+  expect_error(mx__fast_add_norm_linear(x, x, w, W5, 1e-5, true), MX_ERR_SHAPE, "2 I");
+  expect_error(mx__fast_add_norm_linear(e0, e0, w, W, 1e-5, false), MX_ERR_SHAPE,
+               "add_norm_linear: weight");
+  mx_array *w0 = mx_zeros((int64_t[]){0}, 1, MX_FLOAT32);
+  mx_array *W0 = mx_zeros((int64_t[]){6, 0}, 2, MX_FLOAT32);
+  expect_error(mx__fast_add_norm_linear(e0, e0, w0, W0, 1e-5, false), MX_ERR_SHAPE, "empty rows");
+  mx_array *ok = mx__fast_add_norm_linear(x, x, w, W, 1e-5, true);
+  ASSERT_NOT_NULL(ok);
+  ASSERT(mx_array_ndim(ok) == 2 && mx_array_dim(ok, 0) == 2 && mx_array_dim(ok, 1) == 8 + 3);
+  mx_array *arr[] = {x, r, w, w7, pos, hx, kc, k16, W, W7, W5, e0, w0, W0, ok};
+  mx_array_free_n(arr, 15);
 }
 
 int main(int argc, char **argv) { return test_main(argc, argv); }
