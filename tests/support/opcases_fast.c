@@ -593,7 +593,7 @@ static const mx_opcase cases[] = {
                  -0.25, 0.25),
     ADD_NORM_LIN("D 2048, swiglu, two rows", 1, 2, ARR(2, 2048), ARR(2048), ARR(18, 2048), -0.25,
                  0.25),
-    ADD_NORM_LIN("D 40 (no vectors), rows", 1, 2, ARR(3, 40), ARR(40), ARR(14, 40), -1, 1),
+    ADD_NORM_LIN("D 40, three rows", 1, 2, ARR(3, 40), ARR(40), ARR(14, 40), -1, 1),
     ADD_NORM_LIN("D 2056 (past the vector kernel)", 0, 2, ARR(1, 2056), ARR(2056), ARR(9, 2056),
                  -0.25, 0.25),
     ADD_NORM_LIN("0 rows", 0, 2, ARR(0, 16), ARR(16), ARR(8, 16), -1, 1),
