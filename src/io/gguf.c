@@ -389,7 +389,7 @@ static int make_arrays(mx__mapping *m, mx__sink *s, gg_tensor *t, size_t data_st
   int64_t wshape[MX_MAX_NDIM], sshape[MX_MAX_NDIM];
   int nd = t->ndim ? t->ndim : 1;
   for (int i = 0; i < nd; i++) wshape[i] = sshape[i] = t->ndim ? t->shape[i] : 1;
-  wshape[nd - 1] = wshape[nd - 1] * bits / 32;
+  wshape[nd - 1] = wshape[nd - 1] / 32 * bits; /* a multiple of 32 (checked): no overflow */
   sshape[nd - 1] = sshape[nd - 1] / 32;
   c.w = malloc(t->count * (uint64_t)bits / 8 + 4);
   c.scales = malloc(nblocks * 2 + 2);
