@@ -438,6 +438,18 @@ TEST(quantized_gemv_equals_cpu) {
       ASSERT_EQ_INT(qmm_case(1, long_n[i], 256, 64, 4, true, dts[d], 60 + (uint64_t)i), 0);
       ASSERT_EQ_INT(qmm_case(1, long_n[i], 384, 128, 8, true, dts[d], 63 + (uint64_t)i), 0);
     }
+  /* one row of 16-bit x, 4 bits: the tensor-core kernel (k_qmv_mma), every
+   * group size, outputs off a multiple of its 16 rows, groups off a
+   * multiple of its 8-group batches, long K split over the block's warps,
+   * and a K whose permuted x would not fit shared memory (CUDA-core path) */
+  const int mma_gs[] = {32, 64, 128};
+  for (int d = 1; d < 3; d++) {
+    for (int g = 0; g < 3; g++)
+      ASSERT_EQ_INT(qmm_case(1, 37, 1664, mma_gs[g], 4, true, dts[d], 70 + (uint64_t)g), 0);
+    ASSERT_EQ_INT(qmm_case(1, 50, 9216, 64, 4, true, dts[d], 73), 0);
+    ASSERT_EQ_INT(qmm_case(1, 4100, 512, 32, 4, true, dts[d], 74), 0);
+    ASSERT_EQ_INT(qmm_case(1, 20, 32768, 64, 4, true, dts[d], 75), 0);
+  }
   /* x staged in several chunks of K (M = 8: 1024 values a chunk) */
   ASSERT_EQ_INT(qmm_case(8, 24, 2560, 128, 4, true, MX_BFLOAT16, 40), 0);
   ASSERT_EQ_INT(qmm_case(1, 24, 9216, 64, 8, true, MX_FLOAT32, 41), 0);
