@@ -146,8 +146,8 @@ static void bench_qmm(int reps) {
 
 /* ---- dense GEMV: a decode row against the Llama-3.2-1B projections ------------------- */
 static void bench_gemv(int reps) {
-  printf("\n## dense bf16 GEMV (one row, x @ W^T; Llama-3.2-1B shapes)\n\n");
-  printf("| N | K | what | MB | time (us) | GB/s |\n|---|---|---|---|---|---|\n");
+  printf("\n## one-row GEMV, bf16 and MLX 4-bit g64 (x @ W^T; Llama-3.2-1B shapes)\n\n");
+  printf("| N | K | what | weights | MB | time (us) | GB/s |\n|---|---|---|---|---|---|---|\n");
   const int64_t shapes[][2] = {{3072, 2048}, {2048, 2048}, {16384, 2048}, {2048, 8192},
                                {128256, 2048}};
   const char *what[] = {"q/k/v stack", "o_proj", "gate/up stack", "down_proj", "LM head"};
@@ -159,8 +159,18 @@ static void bench_gemv(int reps) {
     j.wt = mx_transpose(j.w, (int[]){1, 0}, 2);
     double t = gpu_time(q_dense, &j, reps);
     double bytes = (double)N * K * 2 + (double)K * 2;
-    printf("| %lld | %lld | %s | %.1f | %.1f | %.0f |\n", (long long)N, (long long)K, what[i],
-           bytes * 1e-6, t * 1e6, bytes / t * 1e-9);
+    printf("| %lld | %lld | %s | bf16 | %.1f | %.1f | %.0f |\n", (long long)N, (long long)K,
+           what[i], bytes * 1e-6, t * 1e6, bytes / t * 1e-9);
+    j.gs = 64;
+    j.bits = 4;
+    if (mx_quantize(j.w, j.gs, j.bits, &j.wq, &j.s, &j.b)) die("quantize");
+    mx_array *ins[] = {j.wq, j.s, j.b};
+    if (mx_eval(ins, 3)) die("quantize");
+    t = gpu_time(q_quant, &j, reps);
+    bytes = (double)N * K / 2 + (double)N * (K / j.gs) * 4 + (double)K * 2;
+    printf("| %lld | %lld | %s | 4-bit | %.1f | %.1f | %.0f |\n", (long long)N, (long long)K,
+           what[i], bytes * 1e-6, t * 1e6, bytes / t * 1e-9);
+    mx_array_free_n(ins, 3);
     mx_array *all[] = {j.x, j.w, j.wt};
     mx_array_free_n(all, 3);
   }
