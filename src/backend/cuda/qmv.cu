@@ -312,26 +312,29 @@ __global__ void __launch_bounds__(QMV1_WARPS * 32)
 }
 
 /* ---- GEMV, 4 bits, one row of x, on tensor cores ------------------------------------ *
- * k_qmv1 spends ~3 CUDA-core instructions a nibble and stays well below the
- * memory's rate. Here the nibbles go to the tensor cores without any
- * dequantization arithmetic: one logic op turns two nibbles of a packed
- * word into the 16-bit pair (OFF + q_j, OFF + q_(j+4)), exactly (bf16: OFF
- * = 128, one unit in the last place of 0x4300; f16: OFF = 1024, 0x6400).
- * A warp owns 16 output rows (the MMA's m) and walks K in batches of 8
- * quantization groups (the MMA's n): the product for group j of a batch
- * goes to column j of one m16n8k16 accumulator, B's column j holding x of
- * that group and the other columns zero. Each MMA's 16 inputs lie inside
- * one group: lane c = lane % 4 of a row takes the inputs [c gs/4, (c+1)
- * gs/4) of each group (the 4 lanes of a row read one contiguous run), and
- * the k order inside an MMA follows the pairs (j, j + 4) of each packed
- * word; B is x permuted into that order (a copy in shared memory, made
- * once per block, with each group's sum xs). After a batch, lane (g, c)
- * holds groups 2c and 2c + 1 of rows g and g + 8 and folds them in f32:
- * acc += s (C - OFF xs) + b xs. The products are exact; the subtraction
- * costs a few of f32's 24 bits (not the 16-bit output's). A block's warps
- * split the batches; each warp has the next batch in flight while it
- * multiplies the current one, and the first batch is read before the PDL
- * wait when the weights are settled. */
+ * k_qmv1 spends ~3 CUDA-core instructions a nibble. Here the nibbles go to
+ * the tensor cores without dequantization arithmetic: one logic op turns
+ * two nibbles of a packed word into the 16-bit pair (OFF + q_j, OFF +
+ * q_(j+4)), exactly (bf16: OFF = 128, one unit in the last place of
+ * 0x4300; f16: OFF = 1024, 0x6400). A warp owns 16 output rows (the MMA's
+ * m) and walks K in batches of 8 quantization groups (the MMA's n): the
+ * inputs of group j of a batch multiply column j of B, which holds x where
+ * the k slot belongs to group j and zero elsewhere, so one m16n8k16
+ * accumulator collects the 8 groups' dot products side by side. A batch of
+ * a row is 4 gs contiguous bytes; lane c = lane % 4 of the row's quad reads
+ * its 16-byte pieces c, c + 4, ... (the quad reads 64 contiguous bytes a
+ * load), and an MMA takes half a word from each lane: k slots (2c, 2c+1)
+ * and (2c+8, 2c+9) are the pairs (j, j+4) and (j+1, j+5) of the word. B is
+ * x permuted into that order (a copy in shared memory made once per block,
+ * with each group's sum xs), zeroed where the lane's piece is not in the
+ * column's group. After a batch, lane (g, c) holds groups 2c and 2c + 1 of
+ * rows g and g + 8 and folds them in f32: acc += s (C - OFF xs) + b xs.
+ * The products are exact; the subtraction costs a few of f32's 24 bits
+ * (not the 16-bit output's). Two accumulators alternate to halve the chain
+ * of dependent MMAs. A block is RT row tiles x KS warps splitting the
+ * batches (KS > 1 for short outputs: more loads in flight); each warp has
+ * its next batch in flight while it multiplies the current one, and the
+ * first batch is read before the PDL wait when the weights are settled. */
 #define QMMA_WARPS 8
 template <bool BF>
 __device__ __forceinline__ void qmma(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
@@ -350,43 +353,27 @@ __device__ __forceinline__ void qmma(float *c, uint32_t a0, uint32_t a1, uint32_
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-/* one batch of 8 groups as one lane holds it: WPG words of each group for
+/* one batch of 8 groups as one lane holds it: its LPR 16-byte pieces of
  * rows g and g + 8, and the scales and biases of groups 2c and 2c + 1 */
-template <int WPG>
+template <int LPR>
 struct qmma_batch {
-  uint32_t w[2][8][WPG];
+  uint4 w[2][LPR];
   float s[2][2], b[2][2];
 };
 
-template <class T, int WPG>
-__device__ __forceinline__ void qmma_load(qmma_batch<WPG> &B, const uint32_t *const wr[2],
+/* piece t of lane c lies in group (4 t + c) / WPG of the batch (WPG =
+ * gs / 32: the 16-byte pieces a group has per lane of the quad) */
+template <class T, int GS>
+__device__ __forceinline__ void qmma_load(qmma_batch<GS / 16> &B, const uint4 *const wr[2],
                                           const typename T::S *const sr[2],
                                           const typename T::S *const br[2], int nb, int G, int c) {
-  constexpr int GW = 4 * WPG; /* words a group, a row */
+  constexpr int LPR = GS / 16, WPG = GS / 32;
 #pragma unroll
   for (int r = 0; r < 2; r++) {
 #pragma unroll
-    for (int j = 0; j < 8; j++) {
-      const int gi = nb * 8 + j;
-      const uint32_t *p = wr[r] + (int64_t)gi * GW;
-      if (gi < G) {
-        if constexpr (WPG == 1) {
-          B.w[r][j][0] = __ldg(p);
-        } else if constexpr (WPG == 2) {
-          uint2 v = __ldg((const uint2 *)p);
-          B.w[r][j][0] = v.x;
-          B.w[r][j][1] = v.y;
-        } else {
-          uint4 v = __ldg((const uint4 *)p);
-          B.w[r][j][0] = v.x;
-          B.w[r][j][1] = v.y;
-          B.w[r][j][2] = v.z;
-          B.w[r][j][3] = v.w;
-        }
-      } else {
-#pragma unroll
-        for (int q = 0; q < WPG; q++) B.w[r][j][q] = 0;
-      }
+    for (int t = 0; t < LPR; t++) {
+      const int gi = nb * 8 + (4 * t + c) / WPG;
+      B.w[r][t] = gi < G ? __ldg(wr[r] + (int64_t)nb * (GS / 4) + 4 * t) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int h = 0; h < 2; h++) {
@@ -401,8 +388,8 @@ template <class T, bool BF, int GS>
 __global__ void __launch_bounds__(QMMA_WARPS * 32)
     k_qmv_mma(const typename T::S *__restrict__ x, const uint32_t *__restrict__ w,
               const typename T::S *__restrict__ sc, const typename T::S *__restrict__ bi,
-              typename T::S *__restrict__ o, int N, int K, bool pre) {
-  constexpr int WPG = GS / 32, GW = GS / 8;
+              typename T::S *__restrict__ o, int N, int K, int KS, bool pre) {
+  constexpr int LPR = GS / 16, WPG = GS / 32, GW = GS / 8;
   constexpr uint32_t MAGIC = BF ? 0x43004300u : 0x64006400u, LO = 0x000F000Fu;
   constexpr float OFF = BF ? 128.f : 1024.f;
   extern __shared__ uint4 qmma_smem[];
@@ -411,17 +398,18 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
   uint4 *xq = qmma_smem;                 /* PW entries: x permuted, zero past K */
   float *xs = (float *)(qmma_smem + PW); /* NB * 8 group sums, zero past G */
   const int lane = threadIdx.x & 31, wp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  const int g = lane >> 2, c = lane & 3;
-  const int n0 = blockIdx.x * 16;
+  const int g = lane >> 2, c = lane & 3, ks = wp % KS, RT = nw / KS;
+  const int n0 = (blockIdx.x * RT + wp / KS) * 16;
   const int ra = min(n0 + g, N - 1), rb = min(n0 + g + 8, N - 1);
-  const uint32_t *const wr[2] = {w + (int64_t)ra * KW + c * WPG, w + (int64_t)rb * KW + c * WPG};
+  const uint4 *const wr[2] = {(const uint4 *)(w + (int64_t)ra * KW) + c,
+                              (const uint4 *)(w + (int64_t)rb * KW) + c};
   const typename T::S *const sr[2] = {sc + (int64_t)ra * G, sc + (int64_t)rb * G};
   const typename T::S *const br[2] = {bi + (int64_t)ra * G, bi + (int64_t)rb * G};
 
-  qmma_batch<WPG> cur, nxt;
-  if (pre && wp < NB) qmma_load<T, WPG>(cur, wr, sr, br, wp, G, c);
+  qmma_batch<LPR> cur, nxt;
+  if (pre && ks < NB) qmma_load<T, GS>(cur, wr, sr, br, ks, G, c);
   MX_PDL_ENTRY();
-  if (!pre && wp < NB) qmma_load<T, WPG>(cur, wr, sr, br, wp, G, c);
+  if (!pre && ks < NB) qmma_load<T, GS>(cur, wr, sr, br, ks, G, c);
 
   /* x permuted: entry i holds the pairs (x_8i+p, x_8i+p+4), p = 0..3 */
   for (int i0 = 0; i0 < PW; i0 += blockDim.x) {
@@ -431,8 +419,9 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
     float sum = 0.f;
     const uint32_t h[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
-    for (int k = 0; k < 4; k++) sum += (float)T::ld((typename T::S)(h[k] & 0xffffu)) +
-                                       (float)T::ld((typename T::S)(h[k] >> 16));
+    for (int k = 0; k < 4; k++)
+      sum += (float)T::ld((typename T::S)(h[k] & 0xffffu)) +
+             (float)T::ld((typename T::S)(h[k] >> 16));
 #pragma unroll
     for (int off = 1; off < GW; off <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
     if (i < PW) {
@@ -444,20 +433,24 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
   __syncthreads();
 
   float tot[2] = {0.f, 0.f};
-  for (int nb = wp; nb < NB; nb += nw) {
-    if (nb + nw < NB) qmma_load<T, WPG>(nxt, wr, sr, br, nb + nw, G, c);
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int nb = ks; nb < NB; nb += KS) {
+    if (nb + KS < NB) qmma_load<T, GS>(nxt, wr, sr, br, nb + KS, G, c);
+    float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
-    for (int j = 0; j < 8; j++) {
-      const uint4 *xp = xq + (nb * 8 + j) * GW + c * WPG;
+    for (int t = 0; t < LPR; t++) {
+      const bool on = (4 * t + c) / WPG == g; /* B: this piece's group is column g */
+      const uint4 *xp = xq + nb * GS + 16 * t + 4 * c;
+      const uint32_t w0[4] = {cur.w[0][t].x, cur.w[0][t].y, cur.w[0][t].z, cur.w[0][t].w};
+      const uint32_t w1[4] = {cur.w[1][t].x, cur.w[1][t].y, cur.w[1][t].z, cur.w[1][t].w};
 #pragma unroll
-      for (int q = 0; q < WPG; q++) {
+      for (int q = 0; q < 4; q++) {
         uint4 xv = xp[q];
-        if (g != j) xv = make_uint4(0, 0, 0, 0); /* B: column j only */
-        const uint32_t u0 = cur.w[0][j][q], u1 = cur.w[1][j][q];
-        qmma<BF>(acc, (u0 & LO) | MAGIC, (u1 & LO) | MAGIC, ((u0 >> 4) & LO) | MAGIC,
+        if (!on) xv = make_uint4(0, 0, 0, 0);
+        const uint32_t u0 = w0[q], u1 = w1[q];
+        float *a = acc[q & 1];
+        qmma<BF>(a, (u0 & LO) | MAGIC, (u1 & LO) | MAGIC, ((u0 >> 4) & LO) | MAGIC,
                  ((u1 >> 4) & LO) | MAGIC, xv.x, xv.y);
-        qmma<BF>(acc, ((u0 >> 8) & LO) | MAGIC, ((u1 >> 8) & LO) | MAGIC,
+        qmma<BF>(a, ((u0 >> 8) & LO) | MAGIC, ((u1 >> 8) & LO) | MAGIC,
                  ((u0 >> 12) & LO) | MAGIC, ((u1 >> 12) & LO) | MAGIC, xv.z, xv.w);
       }
     }
@@ -465,8 +458,9 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
     const float2 s2 = *(const float2 *)(xs + nb * 8 + 2 * c);
 #pragma unroll
     for (int r = 0; r < 2; r++)
-      tot[r] += cur.s[r][0] * (acc[2 * r] - OFF * s2.x) + cur.b[r][0] * s2.x +
-                (cur.s[r][1] * (acc[2 * r + 1] - OFF * s2.y) + cur.b[r][1] * s2.y);
+      tot[r] += cur.s[r][0] * ((acc[0][2 * r] + acc[1][2 * r]) - OFF * s2.x) + cur.b[r][0] * s2.x +
+                (cur.s[r][1] * ((acc[0][2 * r + 1] + acc[1][2 * r + 1]) - OFF * s2.y) +
+                 cur.b[r][1] * s2.y);
     cur = nxt;
   }
 #pragma unroll
@@ -479,10 +473,11 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
     red[wp][g + 8] = tot[1];
   }
   __syncthreads();
-  if (threadIdx.x < 16 && n0 + (int)threadIdx.x < N) {
+  const int t = threadIdx.x, n = (blockIdx.x * RT + t / 16) * 16 + t % 16;
+  if (t < RT * 16 && n < N) {
     float v = 0.f;
-    for (int k = 0; k < nw; k++) v += red[k][threadIdx.x];
-    o[n0 + threadIdx.x] = T::st(v);
+    for (int k = 0; k < KS; k++) v += red[(t / 16) * KS + k][t % 16];
+    o[n] = T::st(v);
   }
 }
 
@@ -741,8 +736,7 @@ static int qmv1_min_n(void) {
 
 /* The tensor-core GEMV (k_qmv_mma) for one row of 16-bit x, 4 bits, group
  * 32/64/128, x's permuted copy within 48 KiB of shared memory; false when
- * it does not apply. 8 warps a block when the blocks are fewer than two an
- * SM (short outputs: more loads in flight a block), else 4. MXC_QMV_MMA=0
+ * it does not apply. MXC_QMV_MMA=0
  * turns it off (A/B runs: the CUDA-core kernels). */
 template <class T>
 static bool launch_qmv_mma(const void *x, const uint32_t *w, const void *sc, const void *bi,
@@ -767,19 +761,26 @@ static bool launch_qmv_mma(const void *x, const uint32_t *w, const void *sc, con
     const int64_t G = K / gs, NB = (G + 7) / 8;
     const size_t smem = (size_t)(NB * gs * 16 + NB * 32);
     if (smem > 48 * 1024) return false;
-    const unsigned blocks = (unsigned)((N + 15) / 16);
-    int nw = (int64_t)blocks < 2 * (int64_t)sms ? QMMA_WARPS : 4;
-    if (nw > NB) nw = (int)NB;
+    /* warps splitting K: 8 (or as many as there are batches) when the 16-row
+     * tiles are fewer than two an SM, 4 below four an SM, else one warp a
+     * tile and 4 tiles a block */
+    const int64_t tiles = (N + 15) / 16;
+    int ks = tiles < 2 * (int64_t)sms ? QMMA_WARPS : tiles < 4 * (int64_t)sms ? 4 : 1;
+    if (ks > NB) ks = (int)NB;
+    const int rt = ks == 1 ? 4 : 1, nw = ks * rt;
+    const unsigned blocks = (unsigned)((tiles + rt - 1) / rt);
     const typename T::S *xs = (const typename T::S *)x, *ss = (const typename T::S *)sc,
                         *bs = (const typename T::S *)bi;
     typename T::S *os = (typename T::S *)o;
     if (gs == 32)
-      mx__cuda_launch_pdl(k_qmv_mma<T, BF, 32>, blocks, nw * 32, smem, xs, w, ss, bs, os, N, K, pre);
+      mx__cuda_launch_pdl(k_qmv_mma<T, BF, 32>, blocks, nw * 32, smem, xs, w, ss, bs, os, N, K, ks,
+                          pre);
     else if (gs == 64)
-      mx__cuda_launch_pdl(k_qmv_mma<T, BF, 64>, blocks, nw * 32, smem, xs, w, ss, bs, os, N, K, pre);
+      mx__cuda_launch_pdl(k_qmv_mma<T, BF, 64>, blocks, nw * 32, smem, xs, w, ss, bs, os, N, K, ks,
+                          pre);
     else
       mx__cuda_launch_pdl(k_qmv_mma<T, BF, 128>, blocks, nw * 32, smem, xs, w, ss, bs, os, N, K,
-                          pre);
+                          ks, pre);
     return true;
   }
 }
