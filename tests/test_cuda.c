@@ -979,4 +979,64 @@ TEST(add_norm_linear_has_the_bits_of_add_rms_norm_and_gemv) {
     }
 }
 
+/* add_norm_linear with a 4-bit weight on the GPU (the tensor-core GEMV
+ * with the norm in its prologue): the bits of add_rms_norm, then
+ * quantized_matmul (and swiglu); near the CPU everywhere (8 bits: the
+ * fallback kernel). */
+TEST(add_norm_qlinear_has_the_bits_of_add_rms_norm_and_qmv) {
+  NEED_GPU();
+  const int64_t cases[][5] = {/* D, N, swiglu, group size, bits */
+                              {2048, 3072, 0, 64, 4}, {2048, 16384, 1, 64, 4},
+                              {1024, 304, 0, 32, 4},  {512, 80, 1, 128, 4},
+                              {2048, 4100, 0, 64, 4}, {256, 40, 1, 64, 8}};
+  mx_dtype dts[] = {MX_BFLOAT16, MX_FLOAT16};
+  for (int c = 0; c < 6; c++)
+    for (int d = 0; d < 2; d++) {
+      const int64_t D = cases[c][0], N = cases[c][1];
+      const bool sw = cases[c][2] != 0;
+      const int gs = (int)cases[c][3], bits = (int)cases[c][4];
+      const int64_t M = sw ? N / 2 : N;
+      mx_array *x32 = normal((int64_t[]){1, 1, D}, 3, 1, 121 + (uint64_t)c);
+      mx_array *r32 = normal((int64_t[]){1, 1, D}, 3, 1, 141 + (uint64_t)c);
+      mx_array *n32 = normal((int64_t[]){D}, 1, 0.3, 161 + (uint64_t)c);
+      mx_array *w32 = normal((int64_t[]){N, D}, 2, 0.05, 181 + (uint64_t)c);
+      mx_array *x = mx_astype(x32, dts[d]), *r = mx_astype(r32, dts[d]);
+      mx_array *nw = mx_astype(n32, dts[d]), *w = mx_astype(w32, dts[d]);
+      mx_array *wq = NULL, *sc = NULL, *bi = NULL;
+      ASSERT_OK(mx_quantize(w, gs, bits, &wq, &sc, &bi));
+      mx_array *ins[] = {x, r, nw, wq, sc, bi};
+      ASSERT_OK(mx_eval(ins, 6));
+      mx_array *cpu = mx__fast_add_norm_qlinear(x, r, nw, wq, sc, bi, gs, bits, 1e-5, sw);
+      mx_set_default_device(MX_GPU);
+      mx_array *fused = mx__fast_add_norm_qlinear(x, r, nw, wq, sc, bi, gs, bits, 1e-5, sw);
+      mx_array *z = mx__fast_add_rms_norm(x, r, nw, 1e-5);
+      mx_array *h = mx_slice_axis(z, 0, 0, 1, 1), *n = mx_slice_axis(z, 0, 1, 2, 1);
+      mx_array *hn = mx_reshape(h, (int64_t[]){1, 1, D}, 3), *nn = mx_reshape(n, (int64_t[]){1, 1, D}, 3);
+      mx_array *q = mx_quantized_matmul(nn, wq, sc, bi, true, gs, bits);
+      mx_array *g = sw ? mx_slice_axis(q, 2, 0, M, 1) : NULL;
+      mx_array *u = sw ? mx_slice_axis(q, 2, M, N, 1) : NULL;
+      mx_array *y = sw ? mx_fast_swiglu(g, u) : mx_array_retain(q);
+      mx_array *two = mx_concatenate((mx_array *[]){hn, y}, 2, 2);
+      ASSERT_OK(mx_array_eval(two));
+      ASSERT_OK(mx_array_eval(fused));
+      mx_set_default_device(MX_CPU);
+      char what[112];
+      snprintf(what, sizeof what, "add_norm_linear %d-bit gs%d D %lld N %lld%s %s", bits, gs,
+               (long long)D, (long long)N, sw ? " swiglu" : "", mx_dtype_name(dts[d]));
+      ASSERT_EQ_INT(mismatches(cpu, two, 0.05, what), 0);
+      ASSERT_EQ_INT(mismatches(cpu, fused, 0.05, what), 0);
+      if (bits == 4) {
+        const void *a = mx_array_data(fused), *b = mx_array_data(two);
+        ASSERT(a && b);
+        if (memcmp(a, b, 2 * (size_t)(D + M))) {
+          fprintf(stderr, "  %s: not the bits of add_rms_norm + quantized_matmul\n", what);
+          ASSERT(0);
+        }
+      }
+      mx_array *all[] = {x32, r32, n32, w32, x, r, nw, w, wq, sc, bi, cpu, fused,
+                         z, h, n, hn, nn, q, g, u, y, two};
+      mx_array_free_n(all, 23);
+    }
+}
+
 int main(int argc, char **argv) { return test_main(argc, argv); }

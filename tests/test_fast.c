@@ -1313,6 +1313,25 @@ TEST(decode_fused_ops_errors) {
   mx_array *w0 = mx_zeros((int64_t[]){0}, 1, MX_FLOAT32);
   mx_array *W0 = mx_zeros((int64_t[]){6, 0}, 2, MX_FLOAT32);
   expect_error(mx__fast_add_norm_linear(e0, e0, w0, W0, 1e-5, false), MX_ERR_SHAPE, "empty rows");
+  /* the quantized form: the packed format, then the same shapes */
+  mx_array *Wf = RND(MX_FLOAT32, -1, 1, 6, 64), *x64 = RND(MX_FLOAT32, -1, 1, 2, 64);
+  mx_array *w64 = RND(MX_FLOAT32, -1, 1, 64), *wq = NULL, *wsc = NULL, *wbi = NULL;
+  ASSERT_OK(mx_quantize(Wf, 32, 4, &wq, &wsc, &wbi));
+  expect_error(mx__fast_add_norm_qlinear(x64, x64, w64, wq, wsc, wbi, 64, 4, 1e-5, false),
+               MX_ERR_SHAPE, "add_norm_linear: packed weights");
+  expect_error(mx__fast_add_norm_qlinear(x64, x64, w64, wq, wsc, wbi, 32, 7, 1e-5, false),
+               MX_ERR_INVALID_ARG, "bits");
+  expect_error(mx__fast_add_norm_qlinear(x64, x64, w64, wsc, wsc, wbi, 32, 4, 1e-5, false),
+               MX_ERR_DTYPE, "uint32");
+  expect_error(mx__fast_add_norm_qlinear(x, x, w, wq, wsc, wbi, 32, 4, 1e-5, false), MX_ERR_SHAPE,
+               "add_norm_linear: packed w");
+  expect_error(mx__fast_add_norm_qlinear(x64, x, w64, wq, wsc, wbi, 32, 4, 1e-5, false),
+               MX_ERR_SHAPE, "add_norm_linear: residual");
+  mx_array *q1 = mx__fast_add_norm_qlinear(x64, x64, w64, wq, wsc, wbi, 32, 4, 1e-5, true);
+  ASSERT_NOT_NULL(q1);
+  ASSERT(mx_array_ndim(q1) == 2 && mx_array_dim(q1, 1) == 64 + 3);
+  mx_array *qarr[] = {Wf, x64, w64, wq, wsc, wbi, q1};
+  mx_array_free_n(qarr, 7);
   mx_array *ok = mx__fast_add_norm_linear(x, x, w, W, 1e-5, true);
   ASSERT_NOT_NULL(ok);
   ASSERT(mx_array_ndim(ok) == 2 && mx_array_dim(ok, 0) == 2 && mx_array_dim(ok, 1) == 8 + 3);

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "fast_params.h"
+#include "quantized_params.h"
 #include "ops_internal.h"
 
 /* Norms and attention compute in float32 for f16/bf16/f32 (as MLX), in
@@ -561,6 +562,50 @@ mx_array *mx__fast_add_norm_linear(mx_array *x, mx_array *r, mx_array *weight, m
   mx__add_norm_linear_params p = {.eps = eps, .swiglu = swiglu};
   mx_array *ins[4] = {x, r, weight, w};
   return node_cast(&def_ADD_NORM_LINEAR, dt, shape, x->ndim, ins, 4, &p, sizeof p);
+}
+
+mx_array *mx__fast_add_norm_qlinear(mx_array *x, mx_array *r, mx_array *weight, mx_array *wq,
+                                    mx_array *scales, mx_array *biases, int group_size, int bits,
+                                    double eps, bool swiglu) {
+  MX__CHECK_IN("add_norm_linear", x, r, weight, wq, scales, biases);
+  char sa[256], sb[256];
+  mx_dtype dt;
+  int64_t L;
+  if (check_norm("add_norm_linear", x, weight, NULL, &dt) ||
+      mx__check_packed("add_norm_linear", wq, scales, biases, group_size, bits, &L))
+    return NULL;
+  if (r->ndim != x->ndim || memcmp(r->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim))
+    return mx__set_error(MX_ERR_SHAPE, "add_norm_linear: residual %s does not match x %s",
+                         mx__shape_str(r->shape, r->ndim, sa, sizeof sa),
+                         mx__shape_str(x->shape, x->ndim, sb, sizeof sb)), NULL;
+  const int64_t D = x->shape[x->ndim - 1];
+  if (D == 0)
+    return mx__set_error(MX_ERR_SHAPE, "add_norm_linear: x %s has empty rows",
+                         mx__shape_str(x->shape, x->ndim, sb, sizeof sb)), NULL;
+  if (wq->ndim != 2 || L != D || (swiglu && wq->shape[0] % 2))
+    return mx__set_error(MX_ERR_SHAPE, "add_norm_linear: packed w %s must be (%s, %lld) for x %s "
+                         "(%d bits)", mx__shape_str(wq->shape, wq->ndim, sa, sizeof sa),
+                         swiglu ? "2 I" : "N", (long long)(D * bits / 32),
+                         mx__shape_str(x->shape, x->ndim, sb, sizeof sb), bits), NULL;
+  dt = mx_promote_types(mx_promote_types(mx_promote_types(dt, r->dtype), scales->dtype),
+                        biases->dtype);
+  const int64_t M = swiglu ? wq->shape[0] / 2 : wq->shape[0];
+  int64_t shape[MX_MAX_NDIM];
+  memcpy(shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  if (M > INT64_MAX - D)
+    return mx__set_error(MX_ERR_SHAPE, "add_norm_linear: output too large"), NULL;
+  shape[x->ndim - 1] = D + M;
+  mx__add_norm_linear_params p = {.eps = eps, .swiglu = swiglu, .group_size = group_size,
+                                  .bits = bits};
+  mx__tmp t = {0};
+  mx_array *ins[6] = {mx__keep(&t, mx_astype(x, dt)),      mx__keep(&t, mx_astype(r, dt)),
+                      mx__keep(&t, mx_astype(weight, dt)), wq,
+                      mx__keep(&t, mx_astype(scales, dt)), mx__keep(&t, mx_astype(biases, dt))};
+  mx_array *out = NULL;
+  if (ins[0] && ins[1] && ins[2] && ins[4] && ins[5])
+    out = mx__node_new(&def_ADD_NORM_LINEAR, dt, shape, x->ndim, ins, 6, &p, sizeof p);
+  mx__tmp_free(&t);
+  return out;
 }
 
 mx_array *mx__fast_rope_at(mx_array *x, int dims, bool traditional, double base, double scale,

@@ -182,9 +182,20 @@ mx_array *mx__fast_swiglu_linear(mx_array *x, mx_array *w);
 typedef struct {
   double eps;
   bool swiglu;
+  int group_size, bits; /* bits 0: w dense; else quantized (mx__fast_add_norm_qlinear) */
 } mx__add_norm_linear_params;
 mx_array *mx__fast_add_norm_linear(mx_array *x, mx_array *r, mx_array *weight, mx_array *w,
                                    double eps, bool swiglu);
+/* The same with w in MLX's affine format (quantized_params.h): wq (N, D
+ * bits / 32) uint32, scales and biases (N, D / group_size); inputs x, r,
+ * weight, wq, scales, biases, scales and biases of the output dtype. y =
+ * n W^T accumulates n . (scale q + bias) as quantized_matmul does (no
+ * rounding of the dequantized weight), with swiglu_linear's roundings when
+ * swiglu: the bits of add_rms_norm, quantized_matmul (and swiglu) on the
+ * GPU where the tensor-core GEMV serves them. */
+mx_array *mx__fast_add_norm_qlinear(mx_array *x, mx_array *r, mx_array *weight, mx_array *wq,
+                                    mx_array *scales, mx_array *biases, int group_size, int bits,
+                                    double eps, bool swiglu);
 
 /* The same functions written as compositions of primitive ops (mean,
  * rsqrt, matmul, softmax, ...): the unfused reference of each fast op.

@@ -81,7 +81,7 @@ int mx_quantize(mx_array *w, int group_size, int bits, mx_array **wq, mx_array *
 
 /* wq (..., P) uint32 with P = L*bits/32 and scales, biases (..., L/group_size)
  * with the same leading shape. Writes L (the unpacked last axis). */
-static int check_packed(const char *op, mx_array *wq, mx_array *scales, mx_array *biases,
+int mx__check_packed(const char *op, mx_array *wq, mx_array *scales, mx_array *biases,
                         int group_size, int bits, int64_t *L) {
   char s1[256], s2[256], s3[256];
   if (check_format(op, group_size, bits)) return mx_last_status();
@@ -116,7 +116,7 @@ mx_array *mx_dequantize(mx_array *wq, mx_array *scales, mx_array *biases, int gr
                         int bits) {
   MX__CHECK_IN("dequantize", wq, scales, biases);
   int64_t L;
-  if (check_packed("dequantize", wq, scales, biases, group_size, bits, &L)) return NULL;
+  if (mx__check_packed("dequantize", wq, scales, biases, group_size, bits, &L)) return NULL;
   mx_dtype dt = mx_promote_types(scales->dtype, biases->dtype);
   mx__tmp t = {0};
   mx_array *in[3] = {wq, mx__keep(&t, mx_astype(scales, dt)), mx__keep(&t, mx_astype(biases, dt))};
@@ -139,7 +139,7 @@ mx_array *mx_quantized_matmul(mx_array *x, mx_array *wq, mx_array *scales, mx_ar
   MX__CHECK_IN("quantized_matmul", x, wq, scales, biases);
   char s1[256], s2[256];
   int64_t L;
-  if (check_packed("quantized_matmul", wq, scales, biases, group_size, bits, &L)) return NULL;
+  if (mx__check_packed("quantized_matmul", wq, scales, biases, group_size, bits, &L)) return NULL;
   if (wq->ndim != 2) {
     mx__set_error(MX_ERR_SHAPE, "quantized_matmul: the packed weights must be 2-d, got %s",
                   mx__shape_str(wq->shape, wq->ndim, s1, sizeof s1));

@@ -42,6 +42,13 @@ typedef struct {
   bool transpose;
 } mx__qmm_params;
 
+/* wq (..., P) uint32 with P = L*bits/32 and scales, biases (..., L/group_size)
+ * of a float dtype with the same leading shape, and a supported format;
+ * writes L (the unpacked last axis). Sets the error and returns its status
+ * otherwise (op names the caller in the message). */
+int mx__check_packed(const char *op, mx_array *wq, mx_array *scales, mx_array *biases,
+                     int group_size, int bits, int64_t *L);
+
 /* Scale and bias of one group of n float32 values, as MLX computes them. */
 static inline void mx__quant_group_params(const float *w, int n, int bits, float *scale,
                                           float *bias) {

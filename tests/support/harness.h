@@ -13,7 +13,7 @@
 
 #include "mxc/mxc.h"
 
-#define OC_MAX_IN 4
+#define OC_MAX_IN 6
 
 enum {
   OC_IN_DATA = 0,  /* random values in [lo, hi) of the case dtype */

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "support/harness.h"
+#include "ops/fast_params.h"
 
 /* ip[0]: group_size, ip[1]: bits. */
 
@@ -169,6 +170,50 @@ static int f_qmm(const mx_opcase *c, const double *const *in, double *out, int64
   return 0;
 }
 
+/* ---- add_norm_linear with a quantized weight (internal) ------------------------------
+ * ip: swiglu, group size, bits; dp[0]: eps. Inputs x, r (..., D), norm
+ * weight (D), wq (N, D*bits/32), scales, biases (N, D/gs). Out (..., D + M):
+ * [h | y], h = x + r, n = rms_norm(h) * weight, y = n W^T (or swiglu of its
+ * halves), W dequantized, all in float64. */
+static mx_array *b_anql(const mx_opcase *c, mx_array **in) {
+  return mx__fast_add_norm_qlinear(in[0], in[1], in[2], in[3], in[4], in[5], c->ip[1], c->ip[2],
+                                   c->dp[0], c->ip[0] != 0);
+}
+
+static int f_anql(const mx_opcase *c, const double *const *in, double *out, int64_t *oshape,
+                  int *ond) {
+  const int nd = c->ndim[0], gs = c->ip[1], bits = c->ip[2];
+  const int64_t D = c->shape[0][nd - 1], rows = oc_size(c->shape[0], nd - 1);
+  const int64_t N = c->shape[3][0], P = c->shape[3][1], G = D / gs;
+  const int64_t M = c->ip[0] ? N / 2 : N, W = D + M;
+  *ond = nd;
+  memcpy(oshape, c->shape[0], sizeof(int64_t) * (size_t)nd);
+  oshape[nd - 1] = W;
+  double *n = malloc(sizeof(double) * (size_t)(D + N + 1));
+  if (!n) return -1;
+  double *acc = n + D;
+  for (int64_t r = 0; r < rows; r++) {
+    double ss = 0;
+    for (int64_t i = 0; i < D; i++) {
+      double h = in[0][r * D + i] + in[1][r * D + i];
+      out[r * W + i] = h;
+      ss += h * h;
+    }
+    double nn = 1.0 / sqrt(ss / (double)D + c->dp[0]);
+    for (int64_t i = 0; i < D; i++) n[i] = out[r * W + i] * nn * in[2][i];
+    for (int64_t j = 0; j < N; j++) {
+      double a = 0;
+      for (int64_t k = 0; k < D; k++)
+        a += n[k] * (in[4][j * G + k / gs] * q_at(in[3] + j * P, bits, k) + in[5][j * G + k / gs]);
+      acc[j] = a;
+    }
+    for (int64_t j = 0; j < M; j++)
+      out[r * W + D + j] = c->ip[0] ? acc[j] / (1 + exp(-acc[j])) * acc[M + j] : acc[j];
+  }
+  free(n);
+  return 0;
+}
+
 #define QF OC_DT(MX_FLOAT32, MX_FLOAT16, MX_BFLOAT16)
 #define QF64 OC_DT(MX_FLOAT32, MX_FLOAT64, MX_FLOAT16, MX_BFLOAT16)
 #define U32 .ilo = 0, .ihi = 4294967296LL
@@ -200,6 +245,14 @@ static int f_qmm(const mx_opcase *c, const double *const *in, double *out, int64
    .shape = {{M, K}, {K, (N) * (bits) / 32}, {K, (N) / (gs)}, {K, (N) / (gs)}},               \
    .kind = {OC_IN_DATA, OC_IN_U32, OC_IN_DATA, OC_IN_DATA}, .lo = -0.25, .hi = 0.25, U32,     \
    QF64, .flags = OC_NONCONTIG, .ip = {gs, bits, 0}, .build = b_qmm, .ref = f_qmm}
+
+/* add_norm_linear with a quantized W: R rows of D, N weight rows */
+#define ANQL(d, sw, R, D, N, gs, bits)                                                        \
+  {.op = "add_norm_linear", .desc = d, .nin = 6, .ndim = {2, 2, 1, 2, 2, 2},                  \
+   .shape = {{R, D}, {R, D}, {D}, {N, (D) * (bits) / 32}, {N, (D) / (gs)}, {N, (D) / (gs)}},  \
+   .kind = {OC_IN_DATA, OC_IN_DATA, OC_IN_DATA, OC_IN_U32, OC_IN_DATA, OC_IN_DATA},           \
+   .lo = -0.05, .hi = 0.05, U32, QF64, .flags = OC_NONCONTIG | OC_NO_GRAD,                    \
+   .ip = {sw, gs, bits}, .dp = {1e-5}, .build = b_anql, .ref = f_anql}
 
 static const mx_opcase cases[] = {
     /* quantize: packed words for every bits, each group size */
@@ -263,6 +316,17 @@ static const mx_opcase cases[] = {
      .ndim = {3, 2, 2, 2}, .shape = {{2, 3, 64}, {5, 8}, {5, 2}, {5, 2}},
      .kind = {OC_IN_DATA, OC_IN_U32, OC_IN_DATA, OC_IN_DATA}, .lo = -0.25, .hi = 0.25, U32, QF64,
      .flags = OC_NONCONTIG, .ip = {32, 4, 1}, .build = b_qmm, .ref = f_qmm},
+    /* add_norm_linear, quantized weight: x (R, D), W (N, D). On the GPU a
+     * 16-bit decode row of D <= 2048 in 4 bits, group 32/64/128 takes the
+     * tensor-core GEMV with the norm in its prologue; the rest a warp per
+     * output reading packed words */
+    ANQL("4-bit gs64, decode row, linear", 0, 1, 256, 40, 64, 4),
+    ANQL("4-bit gs32, swiglu", 1, 1, 512, 80, 32, 4),
+    ANQL("4-bit gs128, D 2048, swiglu (partial batches)", 1, 1, 1664, 48, 128, 4),
+    ANQL("4-bit gs64, D 2048, 33 rows out", 0, 1, 2048, 33, 64, 4),
+    ANQL("8-bit gs64, two rows", 0, 2, 128, 24, 64, 8),
+    ANQL("3-bit gs32, swiglu", 1, 1, 96, 10, 32, 3),
+    ANQL("4-bit gs64, 0 rows", 0, 0, 64, 8, 64, 4),
 };
 
 const mx_opcase_table mx_opcases_quantized = {cases, (int)(sizeof cases / sizeof *cases)};

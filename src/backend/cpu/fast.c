@@ -1583,10 +1583,31 @@ static void round_f32(void *scratch, mx_dtype dt, float *v, int64_t n) {
 }
 
 
+/* Row j of the quantized weight of add_norm_linear (inputs 3-5: wq, scales,
+ * biases) dequantized in float64: scale q + bias. sg: 2 D / gs doubles. */
+static void qrow_f64(mx_array **in, int gs, int bits, int64_t j, int64_t D, mx_dtype dt,
+                     double *out, double *sg) {
+  mx_array *wq = in[3], *sc = in[4], *bi = in[5];
+  const int64_t G = D / gs, es = (int64_t)mx_dtype_size(dt);
+  load_f64((const char *)mx__data(sc) + j * sc->strides[0] * es, dt, sc->strides[1], G, sg);
+  load_f64((const char *)mx__data(bi) + j * bi->strides[0] * es, dt, bi->strides[1], G, sg + G);
+  const uint32_t *w = (const uint32_t *)mx__data(wq) + j * wq->strides[0];
+  const int64_t ws = wq->strides[1];
+  for (int64_t k = 0; k < D; k++) {
+    const int64_t b = k * bits, wi = b >> 5;
+    const int sh = (int)(b & 31);
+    uint64_t v = w[wi * ws] >> sh;
+    if (sh + bits > 32) v |= (uint64_t)w[(wi + 1) * ws] << (32 - sh);
+    const double q = (double)((uint32_t)v & ((1u << bits) - 1u));
+    out[k] = sg[k / gs] * q + sg[G + k / gs];
+  }
+}
+
 /* add_norm_linear (ops/fast_params.h): per row, h = x + r rounded to the
  * dtype and n = rms_norm(h) * weight rounded, as add_rms_norm computes
  * them; then each output n . w_j accumulated in float64 and rounded (with
- * swiglu_linear's roundings when swiglu). float64: all in float64. */
+ * swiglu_linear's roundings when swiglu; a quantized w dequantized in
+ * float64). float64: all in float64. */
 static int k_add_norm_linear(mx_array *out, mx_array **in) {
   const mx__add_norm_linear_params *p = MX__PARAMS(out, mx__add_norm_linear_params);
   int s = mx__array_alloc_data(out);
@@ -1602,8 +1623,9 @@ static int k_add_norm_linear(mx_array *out, mx_array **in) {
   float *fb = malloc(sizeof(float) * (size_t)(4 * D + 2 * N + 1));
   char *rb = malloc(es * (size_t)(D + 2 * N + 1));
   double *w64 = param_f64(nw, D);
-  if (!db || !fb || !rb || !w64) {
-    free(db), free(fb), free(rb), free(w64);
+  double *sg = p->bits ? malloc(sizeof(double) * (size_t)(2 * (D / p->group_size) + 1)) : NULL;
+  if (!db || !fb || !rb || !w64 || (p->bits && !sg)) {
+    free(db), free(fb), free(rb), free(w64), free(sg);
     return oom("add_norm_linear", (sizeof(double) * 4 + sizeof(float) * 6 + es * 3) * (size_t)(D + N));
   }
   double *nb = db, *wb = db + D, *acc = db + 2 * D; /* acc: N (then the doubles' tail) */
@@ -1634,7 +1656,8 @@ static int k_add_norm_linear(mx_array *out, mx_array **in) {
       load_f64(rb, dt, 1, D, nb);
     }
     for (int64_t j = 0; j < N; j++) {
-      load_f64(wp + j * w->strides[0] * (int64_t)es, dt, w->strides[1], D, wb);
+      if (p->bits) qrow_f64(in, p->group_size, p->bits, j, D, dt, wb, sg);
+      else load_f64(wp + j * w->strides[0] * (int64_t)es, dt, w->strides[1], D, wb);
       double a = 0;
       for (int64_t k = 0; k < D; k++) a += nb[k] * wb[k];
       acc[j] = a;
@@ -1661,7 +1684,7 @@ static int k_add_norm_linear(mx_array *out, mx_array **in) {
     for (int64_t j = 0; j < M; j++) t[j] *= u[j];
     store_f32(yo, dt, t, M);
   }
-  free(db), free(fb), free(rb), free(w64);
+  free(db), free(fb), free(rb), free(w64), free(sg);
   return MX_OK;
 }
 

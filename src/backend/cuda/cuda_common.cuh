@@ -321,6 +321,17 @@ __device__ __forceinline__ typename T::C swiglu_sigmoid(typename T::C x) {
   else return 1.0 / (1.0 + exp(-x));
 }
 
+/* silu(g) * u with the roundings of the swiglu kernel (g and u rounded
+ * to the dtype first, as a GEMV writes them) */
+template <class T>
+__device__ __forceinline__ typename T::S swiglu_round(typename T::C g, typename T::C u) {
+  typedef typename T::C X;
+  X x = T::ld(T::st(g));
+  X s = T::ld(T::st(swiglu_sigmoid<T>(x)));
+  X a = T::ld(T::st(x * s));
+  return T::st(a * T::ld(T::st(u)));
+}
+
 #define MX_CUDA_DISPATCH_FLOAT(dt, ...)                 \
   switch (dt) {                                         \
     MX_CUDA_CASE(MX_FLOAT16, TF16, __VA_ARGS__)         \

@@ -505,17 +505,6 @@ __global__ void __launch_bounds__(GV_WARPS * 32)
   }
 }
 
-/* silu(g) * u with the roundings of the swiglu kernel (g and u rounded
- * to the dtype first, as a GEMV writes them) */
-template <class T>
-__device__ __forceinline__ typename T::S swiglu_round(typename T::C g, typename T::C u) {
-  typedef typename T::C X;
-  X x = T::ld(T::st(g));
-  X s = T::ld(T::st(swiglu_sigmoid<T>(x)));
-  X a = T::ld(T::st(x * s));
-  return T::st(a * T::ld(T::st(u)));
-}
-
 /* out (1 x N) = a (1 x K) @ b (K x N) with b's K axis contiguous (W^T of a
  * row-major W); false: not this case (cuBLAS runs it). */
 static bool gemv(mx_array *out, mx_array *a, mx_array *b, const mx__matmul_params *p, int *st) {
@@ -839,8 +828,11 @@ static int anl_any(mx_array *out, const char *wp, const char *xp, const char *rp
   return mx__cuda_launched("add_norm_linear");
 }
 
+int mx__cuda_add_norm_qlinear(mx_array *out, mx_array **in); /* qmv.cu */
+
 static int k_add_norm_linear(mx_array *out, mx_array **in) {
   const mx__add_norm_linear_params *p = MX__PARAMS(out, mx__add_norm_linear_params);
+  if (p->bits) return mx__cuda_add_norm_qlinear(out, in);
   mx_array *x = in[0], *r = in[1], *nw = in[2], *w = in[3];
   const mx_dtype dt = out->dtype;
   if (!mx_dtype_is_float(dt) || x->dtype != dt || r->dtype != dt || nw->dtype != dt ||

@@ -37,6 +37,8 @@
 #include <stdlib.h>
 
 #include "cuda_common.cuh"
+#include "norm_row.cuh"
+#include "ops/fast_params.h"
 #include "ops/quantized_params.h"
 
 int mx__cuda_qmm_fast(mx_array *out, const void *x, const uint32_t *w, const void *sc,
@@ -384,44 +386,79 @@ __device__ __forceinline__ void qmma_load(qmma_batch<GS / 16> &B, const uint4 *c
   }
 }
 
-template <class T, bool BF, int GS>
-__global__ void __launch_bounds__(QMMA_WARPS * 32)
-    k_qmv_mma(const typename T::S *__restrict__ x, const uint32_t *__restrict__ w,
-              const typename T::S *__restrict__ sc, const typename T::S *__restrict__ bi,
-              typename T::S *__restrict__ o, int N, int K, int KS, bool pre) {
+/* k_qmv_mma's arguments. x (K) is the GEMV's input, or with the add-norm
+ * prologue (PRO) the x and r of add_norm_linear with the norm weight nw
+ * (rows of K = 8 nv values, nv <= the block's threads), block 0 writing h.
+ * w (N, K/8) packed, sc and bi (N, K/gs); o: N outputs, or N/2 with the
+ * swiglu epilogue (SW: rows [0, N/2) the gates, [N/2, N) the ups). */
+template <class S>
+struct qmma_args {
+  const S *x, *r, *nw;
+  const uint32_t *w;
+  const S *sc, *bi;
+  S *o, *h;
+  int N, K, KS, nv;
+  float eps;
+  bool pre;
+};
+
+template <class T, bool BF, int GS, bool PRO, bool SW>
+__global__ void __launch_bounds__(QMMA_WARPS * 32) k_qmv_mma(const qmma_args<typename T::S> a) {
+  typedef typename T::S S;
   constexpr int LPR = GS / 16, WPG = GS / 32, GW = GS / 8;
   constexpr uint32_t MAGIC = BF ? 0x43004300u : 0x64006400u, LO = 0x000F000Fu;
   constexpr float OFF = BF ? 128.f : 1024.f;
   extern __shared__ uint4 qmma_smem[];
   __shared__ float red[QMMA_WARPS][16];
+  const int K = a.K, N = a.N, KS = a.KS;
   const int G = K / GS, NB = (G + 7) / 8, KW = K / 8, PW = NB * 8 * GW;
   uint4 *xq = qmma_smem;                 /* PW entries: x permuted, zero past K */
   float *xs = (float *)(qmma_smem + PW); /* NB * 8 group sums, zero past G */
   const int lane = threadIdx.x & 31, wp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   const int g = lane >> 2, c = lane & 3, ks = wp % KS, RT = nw / KS;
-  const int n0 = (blockIdx.x * RT + wp / KS) * 16;
-  const int ra = min(n0 + g, N - 1), rb = min(n0 + g + 8, N - 1);
-  const uint4 *const wr[2] = {(const uint4 *)(w + (int64_t)ra * KW) + c,
-                              (const uint4 *)(w + (int64_t)rb * KW) + c};
-  const typename T::S *const sr[2] = {sc + (int64_t)ra * G, sc + (int64_t)rb * G};
-  const typename T::S *const br[2] = {bi + (int64_t)ra * G, bi + (int64_t)rb * G};
+  const int tile = blockIdx.x * RT + wp / KS;
+  /* rows g and g + 8 of the MMA: 16 consecutive rows, or with SW the gate
+   * and the up row of output 8 tile + g */
+  int ra, rb;
+  if constexpr (SW) {
+    const int I = N / 2, j = min(tile * 8 + g, I - 1);
+    ra = j, rb = I + j;
+  } else {
+    ra = min(tile * 16 + g, N - 1), rb = min(tile * 16 + g + 8, N - 1);
+  }
+  const uint4 *const wr[2] = {(const uint4 *)(a.w + (int64_t)ra * KW) + c,
+                              (const uint4 *)(a.w + (int64_t)rb * KW) + c};
+  const S *const sr[2] = {a.sc + (int64_t)ra * G, a.sc + (int64_t)rb * G};
+  const S *const br[2] = {a.bi + (int64_t)ra * G, a.bi + (int64_t)rb * G};
 
   qmma_batch<LPR> cur, nxt;
-  if (pre && ks < NB) qmma_load<T, GS>(cur, wr, sr, br, ks, G, c);
+  if (a.pre && ks < NB) qmma_load<T, GS>(cur, wr, sr, br, ks, G, c);
   MX_PDL_ENTRY();
-  if (!pre && ks < NB) qmma_load<T, GS>(cur, wr, sr, br, ks, G, c);
+  if (!a.pre && ks < NB) qmma_load<T, GS>(cur, wr, sr, br, ks, G, c);
 
+  uint4 np = make_uint4(0, 0, 0, 0);
+  if constexpr (PRO) {
+    /* add_rms_norm's row (norm_row.cuh: the same bits), h from block 0 */
+    __shared__ float shn[32];
+    uint4 hp;
+    add_norm_row<T, 8>((const uint4 *)a.x, (const uint4 *)a.r, (const uint4 *)a.nw, a.nv, a.eps,
+                       shn, &hp, &np);
+    if (blockIdx.x == 0 && (int)threadIdx.x < a.nv) ((uint4 *)a.h)[threadIdx.x] = hp;
+  }
   /* x permuted: entry i holds the pairs (x_8i+p, x_8i+p+4), p = 0..3 */
   for (int i0 = 0; i0 < PW; i0 += blockDim.x) {
     const int i = i0 + threadIdx.x;
     uint4 u = make_uint4(0, 0, 0, 0);
-    if (i < KW) u = __ldg((const uint4 *)x + i);
+    if constexpr (PRO) {
+      if (i0 == 0) u = np;
+    } else {
+      if (i < KW) u = __ldg((const uint4 *)a.x + i);
+    }
     float sum = 0.f;
     const uint32_t h[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
     for (int k = 0; k < 4; k++)
-      sum += (float)T::ld((typename T::S)(h[k] & 0xffffu)) +
-             (float)T::ld((typename T::S)(h[k] >> 16));
+      sum += (float)T::ld((S)(h[k] & 0xffffu)) + (float)T::ld((S)(h[k] >> 16));
 #pragma unroll
     for (int off = 1; off < GW; off <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
     if (i < PW) {
@@ -447,10 +484,10 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
         uint4 xv = xp[q];
         if (!on) xv = make_uint4(0, 0, 0, 0);
         const uint32_t u0 = w0[q], u1 = w1[q];
-        float *a = acc[q & 1];
-        qmma<BF>(a, (u0 & LO) | MAGIC, (u1 & LO) | MAGIC, ((u0 >> 4) & LO) | MAGIC,
+        float *ac = acc[q & 1];
+        qmma<BF>(ac, (u0 & LO) | MAGIC, (u1 & LO) | MAGIC, ((u0 >> 4) & LO) | MAGIC,
                  ((u1 >> 4) & LO) | MAGIC, xv.x, xv.y);
-        qmma<BF>(a, ((u0 >> 8) & LO) | MAGIC, ((u1 >> 8) & LO) | MAGIC,
+        qmma<BF>(ac, ((u0 >> 8) & LO) | MAGIC, ((u1 >> 8) & LO) | MAGIC,
                  ((u0 >> 12) & LO) | MAGIC, ((u1 >> 12) & LO) | MAGIC, xv.z, xv.w);
       }
     }
@@ -473,11 +510,24 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
     red[wp][g + 8] = tot[1];
   }
   __syncthreads();
-  const int t = threadIdx.x, n = (blockIdx.x * RT + t / 16) * 16 + t % 16;
-  if (t < RT * 16 && n < N) {
-    float v = 0.f;
-    for (int k = 0; k < KS; k++) v += red[(t / 16) * KS + k][t % 16];
-    o[n] = T::st(v);
+  const int t = threadIdx.x;
+  if constexpr (SW) {
+    const int j = (blockIdx.x * RT + t / 8) * 8 + t % 8;
+    if (t < RT * 8 && j < N / 2) {
+      float gv = 0.f, uv = 0.f;
+      for (int k = 0; k < KS; k++) {
+        gv += red[(t / 8) * KS + k][t % 8];
+        uv += red[(t / 8) * KS + k][t % 8 + 8];
+      }
+      a.o[j] = swiglu_round<T>(gv, uv);
+    }
+  } else {
+    const int n = (blockIdx.x * RT + t / 16) * 16 + t % 16;
+    if (t < RT * 16 && n < N) {
+      float v = 0.f;
+      for (int k = 0; k < KS; k++) v += red[(t / 16) * KS + k][t % 16];
+      a.o[n] = T::st(v);
+    }
   }
 }
 
@@ -734,14 +784,10 @@ static int qmv1_min_n(void) {
   return r;
 }
 
-/* The tensor-core GEMV (k_qmv_mma) for one row of 16-bit x, 4 bits, group
- * 32/64/128, x's permuted copy within 48 KiB of shared memory; false when
- * it does not apply. MXC_QMV_MMA=0
- * turns it off (A/B runs: the CUDA-core kernels). */
-template <class T>
-static bool launch_qmv_mma(const void *x, const uint32_t *w, const void *sc, const void *bi,
-                           void *o, int N, int K, int gs, bool pre) {
-  static int on = -1, sms = 0;
+/* k_qmv_mma's setup: on (MXC_QMV_MMA=0 turns it off: the CUDA-core
+ * kernels, for A/B runs) and the SM count, read once. */
+static bool qmma_on(int *sms) {
+  static int on = -1, n_sms = 0;
   int r = __atomic_load_n(&on, __ATOMIC_RELAXED);
   if (r < 0) {
     const char *e = getenv("MXC_QMV_MMA");
@@ -749,38 +795,62 @@ static bool launch_qmv_mma(const void *x, const uint32_t *w, const void *sc, con
     int dev = 0, n = 0;
     if (cudaGetDevice(&dev) == cudaSuccess &&
         cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess)
-      sms = n;
+      n_sms = n;
     cudaGetLastError();
     __atomic_store_n(&on, r, __ATOMIC_RELAXED);
   }
-  if (!r || (gs != 32 && gs != 64 && gs != 128) || K % gs) return false;
+  *sms = n_sms;
+  return r;
+}
+
+/* Shared memory of k_qmv_mma for K and gs (x permuted, the group sums);
+ * 0 when it would pass 48 KiB. */
+static size_t qmma_smem_bytes(int64_t K, int gs) {
+  const int64_t NB = (K / gs + 7) / 8;
+  const size_t b = (size_t)(NB * gs * 16 + NB * 32);
+  return b > 48 * 1024 ? 0 : b;
+}
+
+/* Warps splitting K (a power of two, at most the batches): 8 when the
+ * 16-row tiles are fewer than two an SM, 4 below four an SM, else 1. The
+ * plain and the fused launches choose it alike (the same sums, the same
+ * bits). */
+static int qmma_ks(int64_t tiles, int64_t K, int gs, int sms) {
+  const int64_t NB = (K / gs + 7) / 8;
+  int ks = tiles < 2 * (int64_t)sms ? QMMA_WARPS : tiles < 4 * (int64_t)sms ? 4 : 1;
+  while (ks > NB) ks /= 2;
+  return ks;
+}
+
+template <class T, bool PRO, bool SW>
+static void qmma_launch(const qmma_args<typename T::S> &a, int gs, unsigned blocks, int threads,
+                        size_t smem) {
+  constexpr bool BF = T::dt == MX_BFLOAT16;
+  if (gs == 32) mx__cuda_launch_pdl(k_qmv_mma<T, BF, 32, PRO, SW>, blocks, threads, smem, a);
+  else if (gs == 64) mx__cuda_launch_pdl(k_qmv_mma<T, BF, 64, PRO, SW>, blocks, threads, smem, a);
+  else mx__cuda_launch_pdl(k_qmv_mma<T, BF, 128, PRO, SW>, blocks, threads, smem, a);
+}
+
+/* The tensor-core GEMV (k_qmv_mma) for one row of 16-bit x, 4 bits, group
+ * 32/64/128, x's permuted copy within 48 KiB of shared memory; false when
+ * it does not apply. One warp a 16-row tile (4 a block) on long outputs,
+ * else one tile a block with its warps splitting K. */
+template <class T>
+static bool launch_qmv_mma(const void *x, const uint32_t *w, const void *sc, const void *bi,
+                           void *o, int N, int K, int gs, bool pre) {
+  int sms;
+  if (!qmma_on(&sms) || (gs != 32 && gs != 64 && gs != 128) || K % gs) return false;
   if constexpr (sizeof(typename T::S) != 2) {
     return false;
   } else {
-    constexpr bool BF = T::dt == MX_BFLOAT16;
-    const int64_t G = K / gs, NB = (G + 7) / 8;
-    const size_t smem = (size_t)(NB * gs * 16 + NB * 32);
-    if (smem > 48 * 1024) return false;
-    /* warps splitting K: 8 (or as many as there are batches) when the 16-row
-     * tiles are fewer than two an SM, 4 below four an SM, else one warp a
-     * tile and 4 tiles a block */
+    const size_t smem = qmma_smem_bytes(K, gs);
+    if (!smem) return false;
     const int64_t tiles = (N + 15) / 16;
-    int ks = tiles < 2 * (int64_t)sms ? QMMA_WARPS : tiles < 4 * (int64_t)sms ? 4 : 1;
-    if (ks > NB) ks = (int)NB;
-    const int rt = ks == 1 ? 4 : 1, nw = ks * rt;
-    const unsigned blocks = (unsigned)((tiles + rt - 1) / rt);
-    const typename T::S *xs = (const typename T::S *)x, *ss = (const typename T::S *)sc,
-                        *bs = (const typename T::S *)bi;
-    typename T::S *os = (typename T::S *)o;
-    if (gs == 32)
-      mx__cuda_launch_pdl(k_qmv_mma<T, BF, 32>, blocks, nw * 32, smem, xs, w, ss, bs, os, N, K, ks,
-                          pre);
-    else if (gs == 64)
-      mx__cuda_launch_pdl(k_qmv_mma<T, BF, 64>, blocks, nw * 32, smem, xs, w, ss, bs, os, N, K, ks,
-                          pre);
-    else
-      mx__cuda_launch_pdl(k_qmv_mma<T, BF, 128>, blocks, nw * 32, smem, xs, w, ss, bs, os, N, K,
-                          ks, pre);
+    const int ks = qmma_ks(tiles, K, gs, sms), rt = ks == 1 ? 4 : 1;
+    typedef typename T::S S;
+    qmma_args<S> a = {(const S *)x, NULL, NULL, w, (const S *)sc, (const S *)bi, (S *)o, NULL,
+                      N, K, ks, 0, 0.f, pre};
+    qmma_launch<T, false, false>(a, gs, (unsigned)((tiles + rt - 1) / rt), ks * rt * 32, smem);
     return true;
   }
 }
@@ -869,4 +939,148 @@ int mx__cuda_qmm_fast(mx_array *out, const void *x, const uint32_t *w, const voi
       return qmm_gemm<TBF16>(out, x, w, sc, bi, M, N, K, gs, bits, transpose, CUDA_R_16BF);
     default: return qmm_gemm<TF32>(out, x, w, sc, bi, M, N, K, gs, bits, transpose, CUDA_R_32F);
   }
+}
+
+/* ---- add_norm_linear with a quantized weight (ops/fast_params.h) ------------------ *
+ * One row of 16-bit x, 4 bits, group 32/64/128, rows of at most 2048
+ * values: k_qmv_mma with the add-norm prologue (each block normalises the
+ * row as add_rms_norm's vector kernel does, block 0 writing h) and, with
+ * swiglu, the epilogue (a warp's rows g and g + 8 are the gate and up rows
+ * of output g): the bits of add_rms_norm, quantized_matmul and swiglu. Any
+ * other case: k_anql_any, a warp per output reading the packed words. */
+template <class T, bool SW>
+__global__ void __launch_bounds__(256)
+    k_anql_any(const uint32_t *__restrict__ wq, const typename T::S *__restrict__ sc,
+               const typename T::S *__restrict__ bi, const typename T::S *__restrict__ x,
+               const typename T::S *__restrict__ r, const typename T::S *__restrict__ nw,
+               int64_t nws, typename T::S *__restrict__ o, int64_t M, int64_t D, int gs, int bits,
+               double eps) {
+  typedef typename T::C X;
+  extern __shared__ __align__(16) unsigned char anql_sm[];
+  X *nrow = (X *)anql_sm;
+  __shared__ X sh[32];
+  const int lane = threadIdx.x & 31;
+  const int64_t j = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5), row = blockIdx.y;
+  MX_PDL_ENTRY();
+  const typename T::S *xr = x + row * D, *rr = r + row * D;
+  typename T::S *orow = o + row * (D + M);
+  X ss = 0;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    const typename T::S h = T::st(T::ld(xr[i]) + T::ld(rr[i]));
+    if (blockIdx.x == 0) orow[i] = h;
+    const X v = T::ld(h);
+    nrow[i] = v;
+    ss += v * v;
+  }
+  ss = block_sum<X>(ss, sh);
+  const X nn = (X)1 / sqrt(ss / (X)D + (X)eps);
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x)
+    nrow[i] = T::ld(T::st(nrow[i] * nn * T::ld(nw[i * nws])));
+  __syncthreads();
+  if (j >= M) return;
+  const int64_t P = D * bits / 32, G = D / gs;
+  X ag = 0, au = 0;
+  for (int64_t k = lane; k < D; k += 32) {
+    const int64_t gi = k / gs;
+    X q = (X)qmv_unpack(wq + j * P, bits, k);
+    ag += nrow[k] * (T::ld(sc[j * G + gi]) * q + T::ld(bi[j * G + gi]));
+    if (SW) {
+      q = (X)qmv_unpack(wq + (j + M) * P, bits, k);
+      au += nrow[k] * (T::ld(sc[(j + M) * G + gi]) * q + T::ld(bi[(j + M) * G + gi]));
+    }
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    ag += __shfl_xor_sync(0xffffffffu, ag, off);
+    if (SW) au += __shfl_xor_sync(0xffffffffu, au, off);
+  }
+  if (lane == 0) orow[D + j] = SW ? swiglu_round<T>(ag, au) : T::st(ag);
+}
+
+template <class T, bool SW>
+static int anql_any(mx_array *out, const void *const *src, mx_array *nw, int64_t M, int64_t D,
+                    int64_t rows, int gs, int bits, double eps) {
+  const size_t smem = sizeof(typename T::C) * (size_t)D;
+  if (smem > 200 * 1024)
+    return mx__set_error(MX_ERR_UNSUPPORTED, "add_norm_linear: rows of %lld on the GPU (at most "
+                         "%d)", (long long)D, (int)(200 * 1024 / sizeof(typename T::C)));
+  if (smem > 48 * 1024 &&
+      cudaFuncSetAttribute(k_anql_any<T, SW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           (int)smem) != cudaSuccess)
+    return mx__cuda_launched("add_norm_linear");
+  typedef typename T::S S;
+  const dim3 grid((unsigned)((M + 7) / 8), (unsigned)rows);
+  mx__cuda_launch_pdl(k_anql_any<T, SW>, grid, 256, smem, (const uint32_t *)src[3],
+                      (const S *)src[4], (const S *)src[5], (const S *)src[0], (const S *)src[1],
+                      (const S *)mx__ddata(nw), nw->strides[0], (S *)out->buf->dptr, M, D, gs,
+                      bits, eps);
+  return mx__cuda_launched("add_norm_linear");
+}
+
+int mx__cuda_add_norm_qlinear(mx_array *out, mx_array **in);
+int mx__cuda_add_norm_qlinear(mx_array *out, mx_array **in) {
+  const mx__add_norm_linear_params *p = MX__PARAMS(out, mx__add_norm_linear_params);
+  mx_array *x = in[0], *nw = in[2], *wq = in[3];
+  const mx_dtype dt = out->dtype;
+  if (!mx_dtype_is_float(dt) || wq->dtype != MX_UINT32)
+    return mx__cuda_no_dtype(out, x->dtype);
+  for (int i = 0; i < 6; i++)
+    if (i != 3 && in[i]->dtype != dt) return mx__cuda_no_dtype(out, in[i]->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  const int64_t D = x->shape[x->ndim - 1], M = out->shape[out->ndim - 1] - D;
+  const int64_t rows = x->size / D, N = wq->shape[0];
+  const int gs = p->group_size, bits = p->bits;
+  if (rows > 65535)
+    return mx__set_error(MX_ERR_UNSUPPORTED, "add_norm_linear: %lld rows on the GPU (at most "
+                         "65,535)", (long long)rows);
+  /* x, r, wq, scales, biases as contiguous rows */
+  mx__buffer *tb[6] = {NULL};
+  const void *src[6] = {NULL};
+  for (int i = 0; i < 6 && !st; i++) {
+    if (i == 2) continue;
+    if (in[i]->row_contiguous) {
+      src[i] = mx__ddata(in[i]);
+      continue;
+    }
+    const size_t nb = mx_dtype_size(in[i]->dtype) * (size_t)in[i]->size;
+    if (!(tb[i] = mx__cuda_tmp(nb))) st = mx_last_status();
+    else if (!(st = mx__cuda_copy_to_contiguous(in[i], tb[i]->dptr))) src[i] = tb[i]->dptr;
+  }
+  int sms = 0;
+  const size_t smem = st ? 0 : qmma_smem_bytes(D, gs);
+  const bool fast = !st && smem && qmma_on(&sms) && (dt == MX_BFLOAT16 || dt == MX_FLOAT16) &&
+                    rows == 1 && bits == 4 && (gs == 32 || gs == 64 || gs == 128) && D % 8 == 0 &&
+                    D / 8 <= QMMA_WARPS * 32 && (D / 2) % 16 == 0 && nw->strides[0] == 1 &&
+                    N <= INT_MAX && !((uintptr_t)src[0] & 15) && !((uintptr_t)src[1] & 15) &&
+                    !((uintptr_t)mx__ddata(nw) & 15) && !((uintptr_t)src[3] & 15);
+  if (fast) {
+    const int64_t tiles = p->swiglu ? (M + 7) / 8 : (N + 15) / 16;
+    const int ks = qmma_ks(tiles, D, gs, sms), rt = QMMA_WARPS / ks;
+    const unsigned blocks = (unsigned)((tiles + rt - 1) / rt);
+    const bool pre = !tb[3] && !tb[4] && !tb[5] && mx__cuda_settled(wq) &&
+                     mx__cuda_settled(in[4]) && mx__cuda_settled(in[5]);
+    uint16_t *o = (uint16_t *)out->buf->dptr;
+    qmma_args<uint16_t> a = {(const uint16_t *)src[0], (const uint16_t *)src[1],
+                             (const uint16_t *)mx__ddata(nw), (const uint32_t *)src[3],
+                             (const uint16_t *)src[4], (const uint16_t *)src[5], o + D, o,
+                             (int)N, (int)D, ks, (int)(D / 8), (float)p->eps, pre};
+    if (dt == MX_BFLOAT16) {
+      if (p->swiglu) qmma_launch<TBF16, true, true>(a, gs, blocks, QMMA_WARPS * 32, smem);
+      else qmma_launch<TBF16, true, false>(a, gs, blocks, QMMA_WARPS * 32, smem);
+    } else {
+      if (p->swiglu) qmma_launch<TF16, true, true>(a, gs, blocks, QMMA_WARPS * 32, smem);
+      else qmma_launch<TF16, true, false>(a, gs, blocks, QMMA_WARPS * 32, smem);
+    }
+    st = mx__cuda_launched("add_norm_linear");
+  } else if (!st) {
+    st = MX_ERR_NO_KERNEL;
+    MX_CUDA_DISPATCH_FLOAT(dt, {
+      st = p->swiglu ? anql_any<T, true>(out, src, nw, M, D, rows, gs, bits, p->eps)
+                     : anql_any<T, false>(out, src, nw, M, D, rows, gs, bits, p->eps);
+    })
+  }
+  for (int i = 0; i < 6; i++)
+    if (tb[i]) mx__buffer_release(tb[i]);
+  return st;
 }

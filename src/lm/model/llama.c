@@ -701,28 +701,34 @@ static bool norm_linear_on(void) {
 }
 
 /* One 16-bit decode row on the GPU: *h + r, its plain RMSNorm `norm` and
- * the dense stack st of parent (swiglu: the gate/up stack and swiglu) as
- * one add_norm_linear kernel, the same bits as add_norm then the
- * projection. *h is replaced by the sum and *y set to the projection.
+ * the stack st of parent (dense or 4-bit; swiglu: the gate/up stack and
+ * swiglu) as one add_norm_linear kernel, the same bits as add_norm then
+ * the projection. *h is replaced by the sum and *y set to the projection.
  * Returns false, changing nothing, where it does not apply; on an error
  * *st is set. */
 static bool norm_linear(mx_nn_module *norm, const mx_lm_config *c, mx_array **h, mx_array *r,
                         const mx__lm_stack *s, mx_nn_module *parent, bool swiglu, mx_array **y,
                         int *st) {
   *y = NULL;
-  if (!r || !norm || !s || s->nparams != 1 || c->gemma_norm || !norm_linear_on() ||
+  /* dense, or 4 bits with the group sizes of the tensor-core GEMV */
+  const bool q = s && s->nparams == 3 && s->bits == 4 &&
+                 (s->group_size == 32 || s->group_size == 64 || s->group_size == 128);
+  if (!r || !norm || !s || (s->nparams != 1 && !q) || c->gemma_norm || !norm_linear_on() ||
       mx_default_device() != MX_GPU || strcmp(mx_nn_module_type(norm), "RMSNorm") ||
       !stack_valid(s, parent))
     return false;
-  mx_array *w = mx_nn_param(norm, "weight"), *W = s->stack[0];
+  mx_array *w = mx_nn_param(norm, "weight"), *W = s->stack[q ? 1 : 0];
   const mx_dtype dt = mx_array_dtype(*h);
   const int nd = mx_array_ndim(*h);
   const int64_t D = nd ? mx_array_dim(*h, nd - 1) : 0;
   if (!w || (dt != MX_BFLOAT16 && dt != MX_FLOAT16) || mx_array_dtype(r) != dt ||
-      mx_array_dtype(w) != dt || mx_array_dtype(W) != dt || D <= 0 || D % 8 || D > 2048 ||
+      mx_array_dtype(w) != dt || mx_array_dtype(W) != dt ||
+      (q && mx_array_dtype(s->stack[2]) != dt) || D <= 0 || D % 8 || D > 2048 ||
       mx_array_size(*h) != D)
     return false;
-  mx_array *z = mx__fast_add_norm_linear(*h, r, w, W, c->rms_norm_eps, swiglu);
+  mx_array *z = q ? mx__fast_add_norm_qlinear(*h, r, w, s->stack[0], s->stack[1], s->stack[2],
+                                              s->group_size, s->bits, c->rms_norm_eps, swiglu)
+                  : mx__fast_add_norm_linear(*h, r, w, W, c->rms_norm_eps, swiglu);
   mx_array *hz = z ? mx_slice_axis(z, nd - 1, 0, D, 1) : NULL;
   mx_array *yz = z ? mx_slice_axis(z, nd - 1, D, mx_array_dim(z, nd - 1), 1) : NULL;
   mx_array_free(z);
