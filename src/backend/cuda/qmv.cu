@@ -386,9 +386,58 @@ __device__ __forceinline__ void qmma_load(qmma_batch<GS / 16> &B, const uint4 *c
   }
 }
 
+/* add_norm_row (norm_row.cuh) with each thread owning vectors t and t +
+ * blockDim (rows of nv <= 2 blockDim vectors): h = x + r rounded, n =
+ * h / sqrt(mean(h^2) + eps) * w rounded, with the same bits as add_rms_norm's
+ * vector kernel — each vector's squares summed in the same order, the
+ * shuffle tree of its warp, then the warps' sums in vector order (the
+ * extra warps adding zeros). sh: 2 blockDim / 32 floats. */
+template <class T>
+__device__ __forceinline__ void qmma_add_norm_row(const uint4 *__restrict__ x,
+                                                  const uint4 *__restrict__ r,
+                                                  const uint4 *__restrict__ w, int nv, float eps,
+                                                  float *sh, uint4 *hp, uint4 *np) {
+  const int t = threadIdx.x, B = blockDim.x, lane = t & 31, nw = B >> 5;
+  const float D = (float)nv * 8;
+  const uint4 z = make_uint4(0, 0, 0, 0);
+  float v[2][8], wv[2][8], ss[2];
+#pragma unroll
+  for (int p = 0; p < 2; p++) {
+    const int k = t + p * B;
+    const bool in = k < nv;
+    float rv[8];
+    norm_unpack<T, 8>(in ? __ldg(x + k) : z, v[p]);
+    norm_unpack<T, 8>(in ? __ldg(r + k) : z, rv);
+    norm_unpack<T, 8>(in ? __ldg(w + k) : z, wv[p]);
+#pragma unroll
+    for (int i = 0; i < 8; i++) v[p][i] = v[p][i] + rv[i];
+    hp[p] = norm_pack<T, 8>(v[p]);
+    norm_unpack<T, 8>(hp[p], v[p]);
+    ss[p] = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; i++) ss[p] += in ? v[p][i] * v[p][i] : 0.f;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss[p] += __shfl_xor_sync(0xffffffffu, ss[p], o);
+    if (lane == 0) sh[(t >> 5) + p * nw] = ss[p];
+  }
+  __syncthreads();
+  float tot = 0.f;
+  for (int i = 0; i < 2 * nw; i++) tot += sh[i];
+  const float n = 1.f / sqrtf(tot / D + eps);
+#pragma unroll
+  for (int p = 0; p < 2; p++) {
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      v[p][i] *= n;
+      v[p][i] *= wv[p][i];
+    }
+    np[p] = norm_pack<T, 8>(v[p]);
+  }
+}
+
 /* k_qmv_mma's arguments. x (K) is the GEMV's input, or with the add-norm
  * prologue (PRO) the x and r of add_norm_linear with the norm weight nw
- * (rows of K = 8 nv values, nv <= the block's threads), block 0 writing h.
+ * (rows of K = 8 nv values, nv <= 2 blockDim), block 0 writing h.
  * w (N, K/8) packed, sc and bi (N, K/gs); o: N outputs, or N/2 with the
  * swiglu epilogue (SW: rows [0, N/2) the gates, [N/2, N) the ups). */
 template <class S>
@@ -436,21 +485,27 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32) k_qmv_mma(const qmma_args<typ
   MX_PDL_ENTRY();
   if (!a.pre && ks < NB) qmma_load<T, GS>(cur, wr, sr, br, ks, G, c);
 
-  uint4 np = make_uint4(0, 0, 0, 0);
+  uint4 np[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
   if constexpr (PRO) {
-    /* add_rms_norm's row (norm_row.cuh: the same bits), h from block 0 */
-    __shared__ float shn[32];
-    uint4 hp;
-    add_norm_row<T, 8>((const uint4 *)a.x, (const uint4 *)a.r, (const uint4 *)a.nw, a.nv, a.eps,
-                       shn, &hp, &np);
-    if (blockIdx.x == 0 && (int)threadIdx.x < a.nv) ((uint4 *)a.h)[threadIdx.x] = hp;
+    /* add_rms_norm's row (the same bits), h from block 0 */
+    __shared__ float shn[2 * QMMA_WARPS];
+    uint4 hp[2];
+    qmma_add_norm_row<T>((const uint4 *)a.x, (const uint4 *)a.r, (const uint4 *)a.nw, a.nv, a.eps,
+                         shn, hp, np);
+    if (blockIdx.x == 0)
+#pragma unroll
+      for (int p = 0; p < 2; p++) {
+        const int v = threadIdx.x + p * blockDim.x;
+        if (v < a.nv) ((uint4 *)a.h)[v] = hp[p];
+      }
   }
   /* x permuted: entry i holds the pairs (x_8i+p, x_8i+p+4), p = 0..3 */
   for (int i0 = 0; i0 < PW; i0 += blockDim.x) {
     const int i = i0 + threadIdx.x;
     uint4 u = make_uint4(0, 0, 0, 0);
     if constexpr (PRO) {
-      if (i0 == 0) u = np;
+      if (i0 == 0) u = np[0];
+      else if (i0 == (int)blockDim.x) u = np[1];
     } else {
       if (i < KW) u = __ldg((const uint4 *)a.x + i);
     }
@@ -1051,12 +1106,14 @@ int mx__cuda_add_norm_qlinear(mx_array *out, mx_array **in) {
   const size_t smem = st ? 0 : qmma_smem_bytes(D, gs);
   const bool fast = !st && smem && qmma_on(&sms) && (dt == MX_BFLOAT16 || dt == MX_FLOAT16) &&
                     rows == 1 && bits == 4 && (gs == 32 || gs == 64 || gs == 128) && D % 8 == 0 &&
-                    D / 8 <= QMMA_WARPS * 32 && (D / 2) % 16 == 0 && nw->strides[0] == 1 &&
+                    D / 8 <= 256 && (D / 2) % 16 == 0 && nw->strides[0] == 1 &&
                     N <= INT_MAX && !((uintptr_t)src[0] & 15) && !((uintptr_t)src[1] & 15) &&
                     !((uintptr_t)mx__ddata(nw) & 15) && !((uintptr_t)src[3] & 15);
   if (fast) {
+    /* the plain launch's split of K (the same sums); at least 4 warps a
+     * block, whose threads hold the row's vectors two each */
     const int64_t tiles = p->swiglu ? (M + 7) / 8 : (N + 15) / 16;
-    const int ks = qmma_ks(tiles, D, gs, sms), rt = QMMA_WARPS / ks;
+    const int ks = qmma_ks(tiles, D, gs, sms), rt = ks >= 4 ? 1 : 4 / ks;
     const unsigned blocks = (unsigned)((tiles + rt - 1) / rt);
     const bool pre = !tb[3] && !tb[4] && !tb[5] && mx__cuda_settled(wq) &&
                      mx__cuda_settled(in[4]) && mx__cuda_settled(in[5]);
@@ -1066,11 +1123,11 @@ int mx__cuda_add_norm_qlinear(mx_array *out, mx_array **in) {
                              (const uint16_t *)src[4], (const uint16_t *)src[5], o + D, o,
                              (int)N, (int)D, ks, (int)(D / 8), (float)p->eps, pre};
     if (dt == MX_BFLOAT16) {
-      if (p->swiglu) qmma_launch<TBF16, true, true>(a, gs, blocks, QMMA_WARPS * 32, smem);
-      else qmma_launch<TBF16, true, false>(a, gs, blocks, QMMA_WARPS * 32, smem);
+      if (p->swiglu) qmma_launch<TBF16, true, true>(a, gs, blocks, ks * rt * 32, smem);
+      else qmma_launch<TBF16, true, false>(a, gs, blocks, ks * rt * 32, smem);
     } else {
-      if (p->swiglu) qmma_launch<TF16, true, true>(a, gs, blocks, QMMA_WARPS * 32, smem);
-      else qmma_launch<TF16, true, false>(a, gs, blocks, QMMA_WARPS * 32, smem);
+      if (p->swiglu) qmma_launch<TF16, true, true>(a, gs, blocks, ks * rt * 32, smem);
+      else qmma_launch<TF16, true, false>(a, gs, blocks, ks * rt * 32, smem);
     }
     st = mx__cuda_launched("add_norm_linear");
   } else if (!st) {
