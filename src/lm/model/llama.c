@@ -700,6 +700,20 @@ static bool norm_linear_on(void) {
   return r;
 }
 
+/* MXC_NORM_QLINEAR: which 4-bit stacks take add_norm_linear (1: q/k/v, 2:
+ * gate/up, 3: both; default 0, none: in the replayed step the fused kernels
+ * were slower, although their own device time is lower — see docs/cuda.md). */
+static int norm_qlinear_mask(void) {
+  static int v = -1;
+  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
+  if (r < 0) {
+    const char *e = getenv("MXC_NORM_QLINEAR");
+    r = e && *e ? atoi(e) & 3 : 0;
+    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
+  }
+  return r;
+}
+
 /* One 16-bit decode row on the GPU: *h + r, its plain RMSNorm `norm` and
  * the stack st of parent (dense or 4-bit; swiglu: the gate/up stack and
  * swiglu) as one add_norm_linear kernel, the same bits as add_norm then
@@ -712,7 +726,8 @@ static bool norm_linear(mx_nn_module *norm, const mx_lm_config *c, mx_array **h,
   *y = NULL;
   /* dense, or 4 bits with the group sizes of the tensor-core GEMV */
   const bool q = s && s->nparams == 3 && s->bits == 4 &&
-                 (s->group_size == 32 || s->group_size == 64 || s->group_size == 128);
+                 (s->group_size == 32 || s->group_size == 64 || s->group_size == 128) &&
+                 (norm_qlinear_mask() & (swiglu ? 2 : 1));
   if (!r || !norm || !s || (s->nparams != 1 && !q) || c->gemma_norm || !norm_linear_on() ||
       mx_default_device() != MX_GPU || strcmp(mx_nn_module_type(norm), "RMSNorm") ||
       !stack_valid(s, parent))
