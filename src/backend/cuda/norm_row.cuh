@@ -83,3 +83,30 @@ __device__ __forceinline__ void add_norm_row(const uint4 *__restrict__ x,
   }
   *np = norm_pack<T, V>(v);
 }
+
+/* One row of add_norm_linear's strided fallbacks (any float dtype, rows
+ * of any length): h = x + r rounded to the dtype (written to hout when
+ * not NULL), then nrow = rms_norm(h) * w (stride ws) rounded, in the
+ * compute type C, in shared memory. Every thread of the block calls it;
+ * nrow is complete on return. sh: 32 values of C. */
+template <class T>
+__device__ __forceinline__ void add_norm_row_any(const typename T::S *__restrict__ x,
+                                                 const typename T::S *__restrict__ r,
+                                                 const typename T::S *__restrict__ w, int64_t ws,
+                                                 int64_t D, double eps, typename T::S *hout,
+                                                 typename T::C *nrow, typename T::C *sh) {
+  typedef typename T::C X;
+  X ss = 0;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    const typename T::S h = T::st(T::ld(x[i]) + T::ld(r[i]));
+    if (hout) hout[i] = h;
+    const X v = T::ld(h);
+    nrow[i] = v;
+    ss += v * v;
+  }
+  ss = block_sum<X>(ss, sh);
+  const X nn = (X)1 / sqrt(ss / (X)D + (X)eps);
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x)
+    nrow[i] = T::ld(T::st(nrow[i] * nn * T::ld(w[i * ws])));
+  __syncthreads();
+}

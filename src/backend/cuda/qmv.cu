@@ -1017,21 +1017,9 @@ __global__ void __launch_bounds__(256)
   const int lane = threadIdx.x & 31;
   const int64_t j = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5), row = blockIdx.y;
   MX_PDL_ENTRY();
-  const typename T::S *xr = x + row * D, *rr = r + row * D;
   typename T::S *orow = o + row * (D + M);
-  X ss = 0;
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
-    const typename T::S h = T::st(T::ld(xr[i]) + T::ld(rr[i]));
-    if (blockIdx.x == 0) orow[i] = h;
-    const X v = T::ld(h);
-    nrow[i] = v;
-    ss += v * v;
-  }
-  ss = block_sum<X>(ss, sh);
-  const X nn = (X)1 / sqrt(ss / (X)D + (X)eps);
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x)
-    nrow[i] = T::ld(T::st(nrow[i] * nn * T::ld(nw[i * nws])));
-  __syncthreads();
+  add_norm_row_any<T>(x + row * D, r + row * D, nw, nws, D, eps, blockIdx.x == 0 ? orow : NULL,
+                      nrow, sh);
   if (j >= M) return;
   const int64_t P = D * bits / 32, G = D / gs;
   X ag = 0, au = 0;
