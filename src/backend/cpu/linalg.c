@@ -349,12 +349,14 @@ static bool blas_layout(int64_t rows, int64_t cols, int64_t rs, int64_t cs,
 /* OpenBLAS's own threads for a product of fmas multiply-adds: one below
  * BLAS_MT_MIN (its threads' hand-off costs more than they save, and they
  * spin-wait: on a busy machine a late one stalls every small call by a
- * time slice), else the pool's current count (1 while its helpers are
- * late). */
+ * time slice), else the configured count — never a count that depends on
+ * timing (such as the pool's solo mode): OpenBLAS's results can change
+ * with its thread count (its Haswell/Zen kernels do), and a run must give
+ * the same bits each time. */
 #define BLAS_MT_MIN (1 << 24)
 void mx__blas_set_threads(double fmas) {
   static int current;
-  int n = fmas < BLAS_MT_MIN ? 1 : mx__parallel_threads();
+  int n = fmas < BLAS_MT_MIN ? 1 : mx_get_num_threads();
   if (__atomic_load_n(&current, __ATOMIC_RELAXED) != n) {
     openblas_set_num_threads(n);
     __atomic_store_n(&current, n, __ATOMIC_RELAXED);

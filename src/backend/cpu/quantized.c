@@ -461,17 +461,48 @@ static void deq_rows(void *vctx, int64_t r0, int64_t r1) {
   }
 }
 
+/* The products of the two BLAS paths run as one-threaded sgemm calls on
+ * fixed blocks of QMM_BLAS_COLS output columns, the blocks spread over the
+ * pool: OpenBLAS's results can change with its own thread count (its
+ * Haswell/Zen kernels do), and these must not depend on the thread count. */
+#define QMM_BLAS_COLS 128
+typedef struct {
+  const qmm_ctx *c;
+  const float *d;
+  int64_t n0, rows, k0, kn;
+  bool trans; /* qmm_t_blas: d (rows, K); else qmm_n_blas: d (kn, N) */
+} sgemm_cols_ctx;
+
+static void sgemm_cols(void *vctx, int64_t b0, int64_t b1) {
+  const sgemm_cols_ctx *j = vctx;
+  const qmm_ctx *c = j->c;
+  for (int64_t b = b0; b < b1; b++) {
+    const int64_t j0 = b * QMM_BLAS_COLS;
+    if (j->trans) {
+      const int cols = (int)MX_MIN(QMM_BLAS_COLS, j->rows - j0);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)c->M, cols, (int)c->K, 1.0f,
+                  c->x, (int)c->K, j->d + j0 * c->K, (int)c->K, 0.0f, c->out + j->n0 + j0,
+                  (int)c->N);
+    } else {
+      const int cols = (int)MX_MIN(QMM_BLAS_COLS, c->N - j0);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)c->M, cols, (int)j->kn, 1.0f,
+                  c->x + j->k0, (int)c->K, j->d + j0, (int)c->N, j->k0 ? 1.0f : 0.0f,
+                  c->out + j0, (int)c->N);
+    }
+  }
+}
+
 static int qmm_t_blas(qmm_ctx *c) {
   int64_t K = c->K, nb = MX_MIN(c->N, MX_MAX(16, ((int64_t)1 << 21) / K)); /* ~8 MB */
   float *d = malloc(sizeof(float) * (size_t)(nb * K));
   if (!d) return mx__set_error(MX_ERR_OOM, "quantized_matmul: cannot allocate scratch");
-  mx__blas_set_threads((double)c->M * (double)nb * (double)K);
+  mx__blas_set_threads(0);
   for (int64_t n0 = 0; n0 < c->N; n0 += nb) {
     int64_t rows = MX_MIN(nb, c->N - n0);
     deq_rows_ctx j = {c, d, n0};
     mx__parallel_for(rows, MX_MAX(1, 8192 / K), deq_rows, &j);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)c->M, (int)rows, (int)K, 1.0f,
-                c->x, (int)K, d, (int)K, 0.0f, c->out + n0, (int)c->N);
+    sgemm_cols_ctx g = {c, d, n0, rows, 0, 0, true};
+    mx__parallel_for((rows + QMM_BLAS_COLS - 1) / QMM_BLAS_COLS, 1, sgemm_cols, &g);
   }
   free(d);
   return MX_OK;
@@ -508,13 +539,13 @@ static int qmm_n_blas(qmm_ctx *c) {
   int64_t N = c->N, kb = MX_MIN(c->K, MX_MAX(16, ((int64_t)1 << 21) / MX_MAX(1, N))); /* ~8 MB */
   float *d = malloc(sizeof(float) * (size_t)(kb * N));
   if (!d) return mx__set_error(MX_ERR_OOM, "quantized_matmul: cannot allocate scratch");
-  mx__blas_set_threads((double)c->M * (double)N * (double)kb);
+  mx__blas_set_threads(0);
   for (int64_t k0 = 0; k0 < c->K; k0 += kb) {
     int64_t rows = MX_MIN(kb, c->K - k0);
     deq_krows_ctx j = {c, d, k0};
     mx__parallel_for(rows, MX_MAX(1, 8192 / MX_MAX(1, N)), deq_krows, &j);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)c->M, (int)N, (int)rows, 1.0f,
-                c->x + k0, (int)c->K, d, (int)N, k0 ? 1.0f : 0.0f, c->out, (int)N);
+    sgemm_cols_ctx g = {c, d, 0, 0, k0, rows, false};
+    mx__parallel_for((N + QMM_BLAS_COLS - 1) / QMM_BLAS_COLS, 1, sgemm_cols, &g);
   }
   free(d);
   return MX_OK;
