@@ -1324,7 +1324,7 @@ TEST(decode_fused_ops_errors) {
   expect_error(mx__fast_add_norm_qlinear(x64, x64, w64, wsc, wsc, wbi, 32, 4, 1e-5, false),
                MX_ERR_DTYPE, "uint32");
   expect_error(mx__fast_add_norm_qlinear(x, x, w, wq, wsc, wbi, 32, 4, 1e-5, false), MX_ERR_SHAPE,
-               "add_norm_linear: packed w");
+               "add_norm_linear: dequantized w");
   expect_error(mx__fast_add_norm_qlinear(x64, x, w64, wq, wsc, wbi, 32, 4, 1e-5, false),
                MX_ERR_SHAPE, "add_norm_linear: residual");
   mx_array *q1 = mx__fast_add_norm_qlinear(x64, x64, w64, wq, wsc, wbi, 32, 4, 1e-5, true);

@@ -533,32 +533,45 @@ mx_array *mx__fast_swiglu_linear(mx_array *x, mx_array *w) {
   return node_cast(&def_SWIGLU_LINEAR, dt, shape, x->ndim, ins, 2, NULL, 0);
 }
 
-mx_array *mx__fast_add_norm_linear(mx_array *x, mx_array *r, mx_array *weight, mx_array *w,
-                                   double eps, bool swiglu) {
-  MX__CHECK_IN("add_norm_linear", x, r, weight, w);
+/* add_norm_linear's shared checks: x and r of one shape with non-empty
+ * rows, the norm weight (D); the weight (wnd-d, (wrows, wcols) when 2-d)
+ * (N, D), N even with swiglu. Sets the
+ * error and returns its status; else *dt = the norm's dtype and shape =
+ * x's shape with the last axis D + M. */
+static int anl_check(mx_array *x, mx_array *r, mx_array *weight, int wnd, int64_t wrows,
+                     int64_t wcols, bool swiglu, const char *what, mx_dtype *dt, int64_t *shape) {
   char sa[256], sb[256];
-  mx_dtype dt;
-  if (check_norm("add_norm_linear", x, weight, NULL, &dt)) return NULL;
+  if (check_norm("add_norm_linear", x, weight, NULL, dt)) return mx_last_status();
   if (r->ndim != x->ndim || memcmp(r->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim))
     return mx__set_error(MX_ERR_SHAPE, "add_norm_linear: residual %s does not match x %s",
                          mx__shape_str(r->shape, r->ndim, sa, sizeof sa),
-                         mx__shape_str(x->shape, x->ndim, sb, sizeof sb)), NULL;
+                         mx__shape_str(x->shape, x->ndim, sb, sizeof sb));
   const int64_t D = x->shape[x->ndim - 1];
   if (D == 0)
     return mx__set_error(MX_ERR_SHAPE, "add_norm_linear: x %s has empty rows",
-                         mx__shape_str(x->shape, x->ndim, sb, sizeof sb)), NULL;
-  if (w->ndim != 2 || w->shape[1] != D || (swiglu && w->shape[0] % 2))
-    return mx__set_error(MX_ERR_SHAPE, "add_norm_linear: w %s must be (%s, %lld) for x %s",
-                         mx__shape_str(w->shape, w->ndim, sa, sizeof sa),
+                         mx__shape_str(x->shape, x->ndim, sb, sizeof sb));
+  const int64_t ws[2] = {wrows, wcols};
+  if (wnd != 2 || wcols != D || (swiglu && wrows % 2))
+    return mx__set_error(MX_ERR_SHAPE, "add_norm_linear: %s %s must be (%s, %lld) for x %s", what,
+                         wnd == 2 ? mx__shape_str(ws, 2, sa, sizeof sa) : "(not 2-d)",
                          swiglu ? "2 I" : "N", (long long)D,
-                         mx__shape_str(x->shape, x->ndim, sb, sizeof sb)), NULL;
-  dt = mx_promote_types(mx_promote_types(dt, r->dtype), w->dtype);
-  const int64_t M = swiglu ? w->shape[0] / 2 : w->shape[0];
-  int64_t shape[MX_MAX_NDIM];
+                         mx__shape_str(x->shape, x->ndim, sb, sizeof sb));
+  const int64_t M = swiglu ? wrows / 2 : wrows;
+  if (M > INT64_MAX - D) return mx__set_error(MX_ERR_SHAPE, "add_norm_linear: output too large");
   memcpy(shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
-  if (M > INT64_MAX - D)
-    return mx__set_error(MX_ERR_SHAPE, "add_norm_linear: output too large"), NULL;
   shape[x->ndim - 1] = D + M;
+  return MX_OK;
+}
+
+mx_array *mx__fast_add_norm_linear(mx_array *x, mx_array *r, mx_array *weight, mx_array *w,
+                                   double eps, bool swiglu) {
+  MX__CHECK_IN("add_norm_linear", x, r, weight, w);
+  mx_dtype dt;
+  int64_t shape[MX_MAX_NDIM];
+  if (anl_check(x, r, weight, w->ndim, w->ndim == 2 ? w->shape[0] : 0,
+                w->ndim == 2 ? w->shape[1] : 0, swiglu, "w", &dt, shape))
+    return NULL;
+  dt = mx_promote_types(mx_promote_types(dt, r->dtype), w->dtype);
   mx__add_norm_linear_params p = {.eps = eps, .swiglu = swiglu};
   mx_array *ins[4] = {x, r, weight, w};
   return node_cast(&def_ADD_NORM_LINEAR, dt, shape, x->ndim, ins, 4, &p, sizeof p);
@@ -568,33 +581,14 @@ mx_array *mx__fast_add_norm_qlinear(mx_array *x, mx_array *r, mx_array *weight, 
                                     mx_array *scales, mx_array *biases, int group_size, int bits,
                                     double eps, bool swiglu) {
   MX__CHECK_IN("add_norm_linear", x, r, weight, wq, scales, biases);
-  char sa[256], sb[256];
   mx_dtype dt;
-  int64_t L;
+  int64_t L, shape[MX_MAX_NDIM];
   if (check_norm("add_norm_linear", x, weight, NULL, &dt) ||
-      mx__check_packed("add_norm_linear", wq, scales, biases, group_size, bits, &L))
+      mx__check_packed("add_norm_linear", wq, scales, biases, group_size, bits, &L) ||
+      anl_check(x, r, weight, wq->ndim, wq->shape[0], L, swiglu, "dequantized w", &dt, shape))
     return NULL;
-  if (r->ndim != x->ndim || memcmp(r->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim))
-    return mx__set_error(MX_ERR_SHAPE, "add_norm_linear: residual %s does not match x %s",
-                         mx__shape_str(r->shape, r->ndim, sa, sizeof sa),
-                         mx__shape_str(x->shape, x->ndim, sb, sizeof sb)), NULL;
-  const int64_t D = x->shape[x->ndim - 1];
-  if (D == 0)
-    return mx__set_error(MX_ERR_SHAPE, "add_norm_linear: x %s has empty rows",
-                         mx__shape_str(x->shape, x->ndim, sb, sizeof sb)), NULL;
-  if (wq->ndim != 2 || L != D || (swiglu && wq->shape[0] % 2))
-    return mx__set_error(MX_ERR_SHAPE, "add_norm_linear: packed w %s must be (%s, %lld) for x %s "
-                         "(%d bits)", mx__shape_str(wq->shape, wq->ndim, sa, sizeof sa),
-                         swiglu ? "2 I" : "N", (long long)(D * bits / 32),
-                         mx__shape_str(x->shape, x->ndim, sb, sizeof sb), bits), NULL;
   dt = mx_promote_types(mx_promote_types(mx_promote_types(dt, r->dtype), scales->dtype),
                         biases->dtype);
-  const int64_t M = swiglu ? wq->shape[0] / 2 : wq->shape[0];
-  int64_t shape[MX_MAX_NDIM];
-  memcpy(shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
-  if (M > INT64_MAX - D)
-    return mx__set_error(MX_ERR_SHAPE, "add_norm_linear: output too large"), NULL;
-  shape[x->ndim - 1] = D + M;
   mx__add_norm_linear_params p = {.eps = eps, .swiglu = swiglu, .group_size = group_size,
                                   .bits = bits};
   mx__tmp t = {0};
