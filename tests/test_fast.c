@@ -1148,6 +1148,70 @@ TEST(sdpa_fused_vjp_routing) {
   mx_array_free_n(arr, 7);
 }
 
+/* The first node with op id in a's graph (NULL: none). */
+static mx_array *graph_find(mx_array *a, int id, int depth) {
+  if (!a || depth > 40) return NULL;
+  if (a->op && (int)a->op->id == id) return a;
+  for (int i = 0; a->op && i < a->ninputs; i++) {
+    mx_array *r = graph_find(a->inputs[i], id, depth + 1);
+    if (r) return r;
+  }
+  return NULL;
+}
+
+/* On a GPU the fused VJP asks the forward, not yet run, to keep each row's
+ * log-sum-exp after its output, and sdpa_logsumexp copies those rows: the
+ * gradients have the bits of the recomputing path (MXC_SDPA_KEEP_LSE=0),
+ * and the forward's buffer holds the rows. On the CPU the rows are
+ * recomputed either way (the same bits too). */
+TEST(sdpa_fused_vjp_keeps_the_forward_lse) {
+  const bool gpu = mx_device_available(MX_GPU);
+  int prev = mx_set_default_device(gpu ? MX_GPU : MX_CPU);
+  const mx_dtype dt = gpu ? MX_BFLOAT16 : MX_FLOAT32;
+  const char *env = gpu ? NULL : "1"; /* the CPU takes the fused path only when forced */
+  const bool causal[2] = {true, false};
+  for (int ci = 0; ci < 2; ci++) {
+    mx_array *q = RND(dt, -1, 1, 2, 4, 70, 64), *k = RND(dt, -1, 1, 2, 2, 90, 64);
+    mx_array *v = RND(dt, -1, 1, 2, 2, 90, 64), *cot = RND(dt, -1, 1, 2, 4, 70, 64);
+    mx_array *in[3] = {q, k, v};
+    fcall c = {.op = SDPA, .scale = 0.125, .causal = causal[ci]};
+    mx_list g[2] = {MX_LIST_INIT, MX_LIST_INIT};
+    bool fused[2];
+    setenv("MXC_SDPA_KEEP_LSE", "0", 1);
+    sdpa_vjp_with(env, &c, in, cot, &g[1], &fused[1]);
+    unsetenv("MXC_SDPA_KEEP_LSE");
+    mx_array *lse1 = graph_find(g[1].items[0], MX_OP_SDPA_LSE, 0);
+    ASSERT(lse1 && lse1->ninputs == 2);
+    sdpa_vjp_with(env, &c, in, cot, &g[0], &fused[0]);
+    ASSERT(fused[0] && fused[1]);
+    mx_array *lse = graph_find(g[0].items[0], MX_OP_SDPA_LSE, 0);
+    ASSERT(lse && lse->ninputs == 3 && lse->inputs[2]->op &&
+           lse->inputs[2]->op->id == MX_OP_SDPA);
+    mx_array *fwd = lse->inputs[2];
+    mx_array_retain(fwd);
+    ASSERT(MX__PARAMS(fwd, mx__sdpa_params)->keep_lse);
+    ASSERT_OK(mx_eval(g[0].items, 3));
+    ASSERT_OK(mx_eval(g[1].items, 3));
+    const size_t ob = (size_t)mx_array_size(fwd) * mx_dtype_size(dt);
+    if (gpu) /* the output, then float32 rows (B, Hq, Tq) */
+      ASSERT_MSG(fwd->buf && fwd->buf->size == mx__sdpa_lse_tail(mx_array_size(fwd), 2) +
+                                                     2 * 4 * 70 * sizeof(float),
+                 "forward buffer %zu bytes, output %zu", fwd->buf ? fwd->buf->size : 0, ob);
+    else
+      ASSERT(fwd->buf && fwd->buf->size == ob);
+    for (int i = 0; i < 3; i++) {
+      double e = max_err(g[0].items[i], g[1].items[i]);
+      ASSERT_MSG(e == 0, "causal %d grad %d: err %g (%s)", causal[ci], i, e, mx_last_error());
+    }
+    mx_array_free(fwd);
+    mx_list_clear(&g[0]);
+    mx_list_clear(&g[1]);
+    mx_array *arr[] = {q, k, v, cot};
+    mx_array_free_n(arr, 4);
+  }
+  mx_set_default_device((mx_device)prev);
+}
+
 /* The fused VJP called directly: gradients against central differences
  * (float64 inputs, computed in float32 by the fused ops), and only the
  * requested gradients built. */

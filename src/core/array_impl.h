@@ -185,6 +185,9 @@ mx_array *mx__array_alloc_struct(mx_dtype dt, const int64_t *shape, int ndim);
 
 /* For kernels: allocate a row-contiguous output buffer. */
 int mx__array_alloc_data(mx_array *out);
+/* The same with a buffer of nbytes (at least the array's bytes): room for
+ * data a kernel keeps after the output (sdpa's log-sum-exp). */
+int mx__array_alloc_data_bytes(mx_array *out, size_t nbytes);
 /* For view kernels: share in's buffer with the given strides/offset. */
 void mx__array_set_view(mx_array *out, mx_array *in, const int64_t *strides, int64_t offset);
 /* For kernels that pass their input through unchanged (e.g. stop_gradient). */

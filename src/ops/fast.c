@@ -1091,6 +1091,22 @@ mx_array *mx__fast_sdpa_lse(mx_array *q, mx_array *k, double scale, bool causal)
   return mx__node_new(&def_SDPA_LSE, MX_FLOAT32, q->shape, 3, ins, 2, &p, sizeof p);
 }
 
+mx_array *mx__fast_sdpa_lse_of(mx_array *q, mx_array *k, mx_array *fwd, double scale,
+                               bool causal) {
+  MX__CHECK_IN("sdpa_logsumexp", q, k, fwd);
+  if (check_sdpa_bwd("sdpa_logsumexp", q, k, NULL, NULL, NULL, NULL, causal)) return NULL;
+  if (fwd->ndim != 4 || fwd->shape[0] != q->shape[0] || fwd->shape[1] != q->shape[1] ||
+      fwd->shape[2] != q->shape[2]) {
+    char s1[256], s2[256];
+    return mx__set_error(MX_ERR_SHAPE, "sdpa_logsumexp: attention output %s does not match q %s",
+                         mx__shape_str(fwd->shape, fwd->ndim, s1, sizeof s1),
+                         mx__shape_str(q->shape, q->ndim, s2, sizeof s2)), NULL;
+  }
+  mx__sdpa_params p = {.scale = scale, .causal = causal};
+  mx_array *ins[3] = {q, k, fwd};
+  return mx__node_new(&def_SDPA_LSE, MX_FLOAT32, q->shape, 3, ins, 3, &p, sizeof p);
+}
+
 static mx_array *sdpa_bwd_node(const mx__op_def *def, const char *op, mx_array *q, mx_array *k,
                                mx_array *v, mx_array *dout, mx_array *lse, mx_array *delta,
                                double scale, bool causal) {
@@ -1151,7 +1167,14 @@ static int vjp_sdpa_fused_path(mx_array *out, mx_array *cot, mx_array **g, const
   mx_array *dout = mx__keep(&t, mx_astype(cot, q->dtype));
   mx_array *delta = mx__keep(&t, mx__fast_row_dot(dout, out));
   if (delta && delta->dtype != MX_FLOAT32) delta = mx__keep(&t, mx_astype(delta, MX_FLOAT32));
-  mx_array *lse = mx__keep(&t, mx__fast_sdpa_lse(q, k, p->scale, p->causal));
+  /* the forward has not run yet (transforms build the backward before
+   * anything is evaluated): ask it to keep each row's log-sum-exp, which
+   * sdpa_logsumexp then copies (MXC_SDPA_KEEP_LSE=0: recompute, for A/B) */
+  const char *kl = getenv("MXC_SDPA_KEEP_LSE");
+  bool keep = !out->buf && out->params && !(kl && !strcmp(kl, "0"));
+  if (keep) ((mx__sdpa_params *)out->params)->keep_lse = true;
+  mx_array *lse = mx__keep(&t, keep ? mx__fast_sdpa_lse_of(q, k, out, p->scale, p->causal)
+                                    : mx__fast_sdpa_lse(q, k, p->scale, p->causal));
   if (need[0])
     st = set_grad(&g[0], mx__fast_sdpa_bwd_q(q, k, v, dout, lse, delta, p->scale, p->causal), q);
   if (!st && (need[1] || need[2])) {

@@ -75,7 +75,21 @@ typedef struct {
   /* a last input pos (int32, one element): only keys [0, pos + Tq) exist
    * (the filled part of a static KV cache; read when the kernel runs) */
   bool has_len;
+  /* Set by the fused VJP (vjp_sdpa in src/ops/fast.c) on a forward node
+   * that has not run yet: a kernel that can also writes each row's
+   * log-sum-exp, float32 (B, Hq, Tq), into the output's buffer after the
+   * output (at mx__sdpa_lse_tail bytes), and sdpa_logsumexp built with
+   * that node as its third input copies it instead of recomputing the
+   * scores. A kernel that cannot leaves the buffer at the output's size,
+   * and the copy falls back to computing. Never changes the output. */
+  bool keep_lse;
 } mx__sdpa_params;
+
+/* Byte offset of the kept log-sum-exp in an attention output's buffer:
+ * the output's bytes rounded up to 16. */
+static inline size_t mx__sdpa_lse_tail(int64_t out_size, size_t itemsize) {
+  return ((size_t)out_size * itemsize + 15) & ~(size_t)15;
+}
 
 /* The fused attention backward (flash-attention style: the (Tq, Tk)
  * probabilities are recomputed block by block, never stored), taken by
@@ -104,6 +118,11 @@ typedef struct {
 mx_array *mx__fast_row_dot(mx_array *a, mx_array *b);
 
 mx_array *mx__fast_sdpa_lse(mx_array *q, mx_array *k, double scale, bool causal);
+/* The same, with the attention output fwd = sdpa(q, k, ...) as a third
+ * input: its kept log-sum-exp (keep_lse above) is copied when its buffer
+ * holds one. */
+mx_array *mx__fast_sdpa_lse_of(mx_array *q, mx_array *k, mx_array *fwd, double scale,
+                               bool causal);
 mx_array *mx__fast_sdpa_bwd_q(mx_array *q, mx_array *k, mx_array *v, mx_array *dout,
                               mx_array *lse, mx_array *delta, double scale, bool causal);
 mx_array *mx__fast_sdpa_bwd_kv(mx_array *q, mx_array *k, mx_array *v, mx_array *dout,

@@ -175,6 +175,9 @@ static mx_array *b_sdpa_bwd(const mx_opcase *c, mx_array **in) {
   double scale = 1.0 / sqrt((double)c->shape[0][3]);
   bool causal = c->ip[0];
   if (c->ip[1] == 0) return mx__fast_sdpa_lse(in[0], in[1], scale, causal);
+  /* 3: with an attention output of the right shape that kept no rows
+   * (in[3], not a forward's result): the op computes them */
+  if (c->ip[1] == 3) return mx__fast_sdpa_lse_of(in[0], in[1], in[3], scale, causal);
   mx_array *t[6] = {0}, *r = NULL;
   for (int i = 0; i < 4; i++) t[i] = mx_astype(in[i], MX_FLOAT32);
   mx_array *lse = sdpa_lse_f32(in[0], in[1], scale, causal);
@@ -195,7 +198,7 @@ static int f_sdpa_bwd(const mx_opcase *c, const double *const *in, double *out, 
                       int *ond) {
   const int64_t *qs = c->shape[0], *ks = c->shape[1];
   int64_t B = qs[0], Hq = qs[1], Tq = qs[2], D = qs[3], Hkv = ks[1], Tk = ks[2];
-  int64_t G = Hq / Hkv, off = Tk - Tq, which = c->ip[1];
+  int64_t G = Hq / Hkv, off = Tk - Tq, which = c->ip[1] == 3 ? 0 : c->ip[1];
   double scale = 1.0 / sqrt((double)D);
   bool causal = c->ip[0];
   *ond = which == 0 ? 3 : 4;
@@ -534,7 +537,7 @@ static int f_add_norm_lin(const mx_opcase *c, const double *const *in, double *o
    .build = b_sdpa_bwd, .ref = f_sdpa_bwd}
 #define BWD(d, B, Hq, Hkv, Tq, Tk, D, causal)                                                    \
   BWD1("sdpa_logsumexp", 0, d, MX_BFLOAT16, 1e-4, B, Hq, Hkv, Tq, Tk, D, causal),                \
-  BWD1("sdpa_logsumexp", 0, d, MX_FLOAT16, 1e-4, B, Hq, Hkv, Tq, Tk, D, causal),                 \
+  BWD1("sdpa_logsumexp", 3, d, MX_FLOAT16, 1e-4, B, Hq, Hkv, Tq, Tk, D, causal),                 \
   BWD1("sdpa_backward_q", 1, d, MX_BFLOAT16, 2e-2, B, Hq, Hkv, Tq, Tk, D, causal),               \
   BWD1("sdpa_backward_q", 1, d, MX_FLOAT16, 4e-3, B, Hq, Hkv, Tq, Tk, D, causal),                \
   BWD1("sdpa_backward_kv", 2, d, MX_BFLOAT16, 2e-2, B, Hq, Hkv, Tq, Tk, D, causal),              \

@@ -373,8 +373,9 @@ __global__ void __launch_bounds__(NT * KS, MINB) k_fa2_fwd(const fa2_geo g) {
 /* ---- backward: dq --------------------------------------------------------------- */
 constexpr int Q_BQ = 64, Q_BK = 32;
 
-template <bool BF, int D, bool CAUSAL>
-__global__ void __launch_bounds__(NT, 2) k_fa2_bwd_q(const fa2_geo g) {
+/* MINB: blocks an SM the registers must allow (bwd_minb below). */
+template <bool BF, int D, bool CAUSAL, int MINB>
+__global__ void __launch_bounds__(NT, MINB) k_fa2_bwd_q(const fa2_geo g) {
   extern __shared__ __align__(16) uint16_t sm[];
   constexpr int P = D + 8;
   uint16_t *Qs = sm, *Os = Qs + Q_BQ * P, *Ks = Os + Q_BQ * P, *Vs = Ks + 2 * Q_BK * P;
@@ -493,8 +494,8 @@ __global__ void __launch_bounds__(NT, 2) k_fa2_bwd_q(const fa2_geo g) {
 /* ---- backward: dk, dv ----------------------------------------------------------- */
 constexpr int KV_BK = 64, KV_BQ = 32;
 
-template <bool BF, int D, bool CAUSAL>
-__global__ void __launch_bounds__(NT, 2) k_fa2_bwd_kv(const fa2_geo g) {
+template <bool BF, int D, bool CAUSAL, int MINB>
+__global__ void __launch_bounds__(NT, MINB) k_fa2_bwd_kv(const fa2_geo g) {
   extern __shared__ __align__(16) uint16_t sm[];
   constexpr int P = D + 8;
   uint16_t *Ks = sm, *Vs = Ks + KV_BK * P, *Qs = Vs + KV_BK * P, *Os = Qs + 2 * KV_BQ * P;
@@ -732,6 +733,23 @@ static int fwd_splits(int64_t blocks) {
   return sms > 0 && blocks < 4 * (int64_t)sms ? 2 : 1;
 }
 
+/* Blocks an SM for the backward kernels of head size 64: 4 (default: at
+ * most 128 registers a thread, 16 warps an SM) or 2 (MXC_FA2_BWD_MINB=2,
+ * for A/B: ~170 registers, 8 warps). An H200, B 32, 12 heads, T 1024,
+ * causal (bench_cuda_kernels): dq 495 -> 370 us, dk|dv 773 -> 570 us
+ * (3 blocks: 404 and 614; keeping the warp's K and V fragments in
+ * registers, which needs 3 or fewer, gained 3% on dk|dv at 3). */
+static int bwd_minb(void) {
+  static int v = -1;
+  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
+  if (r < 0) {
+    const char *e = getenv("MXC_FA2_BWD_MINB");
+    r = e && !strcmp(e, "2") ? 2 : 4;
+    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
+  }
+  return r;
+}
+
 template <bool BF, int D, bool CAUSAL>
 static int dispatch(int which, const fa2_geo &g, int B) {
   constexpr int P = D + 8;
@@ -752,11 +770,17 @@ static int dispatch(int which, const fa2_geo &g, int B) {
   if (which == BWD_Q) {
     dim3 grid((unsigned)(B * g.Hq), (unsigned)((g.Tq + Q_BQ - 1) / Q_BQ));
     size_t smem = 2 * (size_t)P * (2 * Q_BQ + 4 * Q_BK);
-    return launch(k_fa2_bwd_q<BF, D, CAUSAL>, grid, smem, g, "sdpa_backward_q");
+    if constexpr (D == 64)
+      if (bwd_minb() == 4)
+        return launch(k_fa2_bwd_q<BF, D, CAUSAL, 4>, grid, smem, g, "sdpa_backward_q");
+    return launch(k_fa2_bwd_q<BF, D, CAUSAL, 2>, grid, smem, g, "sdpa_backward_q");
   }
   dim3 grid((unsigned)(B * g.Hkv), (unsigned)((g.Tk + KV_BK - 1) / KV_BK));
   size_t smem = 2 * (size_t)P * (2 * KV_BK + 4 * KV_BQ) + 4 * (size_t)(4 * KV_BQ);
-  return launch(k_fa2_bwd_kv<BF, D, CAUSAL>, grid, smem, g, "sdpa_backward_kv");
+  if constexpr (D == 64)
+    if (bwd_minb() == 4)
+      return launch(k_fa2_bwd_kv<BF, D, CAUSAL, 4>, grid, smem, g, "sdpa_backward_kv");
+  return launch(k_fa2_bwd_kv<BF, D, CAUSAL, 2>, grid, smem, g, "sdpa_backward_kv");
 }
 
 static int run(int which, mx_dtype dt, int D, bool causal, const fa2_geo &g, int B) {
@@ -813,7 +837,7 @@ extern "C" bool mx__cuda_fa2_ok(mx_dtype dt, int64_t D, int64_t Dv, int64_t Tq, 
          Tq > 0 && Tk > 0 && !(causal && Tq > Tk);
 }
 
-extern "C" int mx__cuda_fa2_forward(mx_array *o, mx_array *lse, mx_array *q, mx_array *k,
+extern "C" int mx__cuda_fa2_forward(mx_array *o, float *lse, mx_array *q, mx_array *k,
                                     mx_array *v, float scale, bool causal) {
   const int64_t D = q->shape[3];
   if ((!o && !lse) || (o && !v) ||
@@ -825,7 +849,7 @@ extern "C" int mx__cuda_fa2_forward(mx_array *o, mx_array *lse, mx_array *q, mx_
   int st = setup(&g, q, k, o ? v : NULL, NULL, NULL, NULL, scale, tmp);
   if (!st) {
     g.o = o ? (uint16_t *)mx__ddata(o) : NULL;
-    g.lse = lse ? (float *)mx__ddata(lse) : NULL;
+    g.lse = lse;
     st = run(FWD, q->dtype, (int)D, causal, g, (int)q->shape[0]);
   }
   release(tmp);

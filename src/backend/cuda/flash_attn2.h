@@ -25,9 +25,9 @@ extern "C" {
  * and 16-byte aligned are copied first. */
 bool mx__cuda_fa2_ok(mx_dtype dt, int64_t D, int64_t Dv, int64_t Tq, int64_t Tk, bool causal);
 
-/* o (B, Hq, Tq, D) of q's dtype (may be NULL) and lse float32 (B, Hq, Tq)
- * (may be NULL); at least one of them. */
-int mx__cuda_fa2_forward(mx_array *o, mx_array *lse, mx_array *q, mx_array *k, mx_array *v,
+/* o (B, Hq, Tq, D) of q's dtype (may be NULL) and lse, a device pointer
+ * to float32 (B, Hq, Tq) rows (may be NULL); at least one of them. */
+int mx__cuda_fa2_forward(mx_array *o, float *lse, mx_array *q, mx_array *k, mx_array *v,
                          float scale, bool causal);
 
 /* dq (B, Hq, Tq, D) of q's dtype. */

@@ -18,6 +18,8 @@
  * MX_ERR_NO_KERNEL (vjp_sdpa routes only cases they take here, unless
  * MXC_SDPA_FUSED_BWD=1 forces the fused path). */
 #include <float.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "cuda_common.cuh"
 #include "flash_attn2.h"
@@ -302,6 +304,25 @@ __global__ void k_sdpa(const typename T::S *q, const typename T::S *k, const typ
 /* split-KV decode and tiled flash attention (flash_attn.cu) */
 int mx__cuda_sdpa_fast(mx_array *out, mx_array **in, bool *done);
 
+/* The forward with each row's log-sum-exp kept after the output in its
+ * buffer (keep_lse), where the tensor-core kernel runs it — the cases
+ * mx__cuda_sdpa_fast gives that kernel, so the output's bits do not
+ * change. 0 done, 1 not taken, -1 failed (error set). */
+static int sdpa_keep_lse(mx_array *out, mx_array *q, mx_array *k, mx_array *v,
+                         const mx__sdpa_params *p) {
+  const char *e = getenv("MXC_FA2");
+  if ((e && !strcmp(e, "0")) || q->shape[2] <= 4 ||
+      !mx__cuda_fa2_ok(q->dtype, q->shape[3], v->shape[3], q->shape[2], k->shape[2], p->causal))
+    return 1;
+  const size_t tail = mx__sdpa_lse_tail(out->size, mx_dtype_size(out->dtype));
+  const size_t rows = (size_t)(q->shape[0] * q->shape[1] * q->shape[2]);
+  if (mx__array_alloc_data_bytes(out, tail + rows * sizeof(float))) return -1;
+  int r = mx__cuda_fa2_forward(out, (float *)((char *)out->buf->dptr + tail), q, k, v,
+                               (float)p->scale, p->causal);
+  if (r == 1 && mx__array_alloc_data(out)) return -1; /* back to the output's size */
+  return r;
+}
+
 static int k_sdpa_op(mx_array *out, mx_array **in) {
   const mx__sdpa_params *p = MX__PARAMS(out, mx__sdpa_params);
   mx_array *q = in[0], *k = in[1], *v = in[2], *mask = p->mask_kind ? in[3] : NULL;
@@ -309,6 +330,11 @@ static int k_sdpa_op(mx_array *out, mx_array **in) {
   if (!mx_dtype_is_float(dt) || q->dtype != dt || k->dtype != dt || v->dtype != dt)
     return mx__cuda_no_dtype(out, q->dtype);
   if (mask && mask->dtype != MX_BOOL && mask->dtype != dt) return mx__cuda_no_dtype(out, mask->dtype);
+  if (p->keep_lse && !mask && !p->has_len && out->size > 0) {
+    int r = sdpa_keep_lse(out, q, k, v, p);
+    if (r < 0) return mx_last_status() ? mx_last_status() : MX_ERR_INTERNAL;
+    if (r == 0) return mx__cuda_launched(mx__opname(out));
+  }
   int st = mx__array_alloc_data(out);
   if (st || out->size == 0) return st;
   bool done = false;
@@ -393,7 +419,17 @@ static int k_sdpa_lse_op(mx_array *out, mx_array **in) {
   const mx__sdpa_params *p = MX__PARAMS(out, mx__sdpa_params);
   int st = mx__array_alloc_data(out);
   if (st || out->size == 0) return st;
-  int r = mx__cuda_fa2_forward(NULL, out, in[0], in[1], NULL, (float)p->scale, p->causal);
+  if (out->ninputs == 3) { /* the forward's output: copy its kept rows when it has them */
+    const mx_array *f = in[2];
+    const size_t tail = mx__sdpa_lse_tail(f->size, mx_dtype_size(f->dtype));
+    const size_t n = (size_t)out->size * sizeof(float);
+    if (f->buf && f->buf->dptr && f->offset == 0 && f->buf->size >= tail + n)
+      return mx__cuda_check(cudaMemcpyAsync(out->buf->dptr, (const char *)f->buf->dptr + tail, n,
+                                            cudaMemcpyDeviceToDevice, mx__cuda_stream()),
+                            "sdpa_logsumexp");
+  }
+  int r = mx__cuda_fa2_forward(NULL, (float *)mx__ddata(out), in[0], in[1], NULL,
+                               (float)p->scale, p->causal);
   return fa2_result(r, out, in[0], in[1], NULL);
 }
 
