@@ -353,16 +353,22 @@ static mx_array *normal_dt(const int64_t *shape, int ndim, double scale, uint64_
 
 /* Products whose operands or result have a row pitch that is not a
  * multiple of 16 bytes (a vocabulary of 8,519: the LM head) go through
- * padded copies when large; MXC_GEMM_PAD_MIN=0 takes that path for small
- * ones too: the three products of a Linear layer with 45 outputs, against
- * the CPU and against the unpadded GPU path. */
+ * padded copies when large (aligned operands and results used in place);
+ * MXC_GEMM_PAD_MIN=0
+ * takes that path for small ones too: the three products of a Linear
+ * layer (rows x inputs -> outputs) with every dimension misaligned, the
+ * outputs only, the inputs only — against the CPU and against the unpadded
+ * GPU path. */
 TEST(matmul_padded_misaligned_operands) {
   NEED_GPU();
-  for (int di = 0; di < 2; di++) {
+  const int64_t shapes[3][3] = {{37, 29, 45}, {32, 24, 45}, {32, 29, 48}};
+  for (int si = 0; si < 6; si++) {
+    const int di = si % 2;
+    const int64_t *sh = shapes[si / 2];
     mx_dtype dt = di ? MX_FLOAT32 : MX_BFLOAT16;
-    mx_array *x = normal_dt((int64_t[]){37, 29}, 2, 1, 31, dt);
-    mx_array *w = normal_dt((int64_t[]){45, 29}, 2, 1, 32, dt);
-    mx_array *d = normal_dt((int64_t[]){37, 45}, 2, 1, 33, dt);
+    mx_array *x = normal_dt((int64_t[]){sh[0], sh[1]}, 2, 1, 31, dt);
+    mx_array *w = normal_dt((int64_t[]){sh[2], sh[1]}, 2, 1, 32, dt);
+    mx_array *d = normal_dt((int64_t[]){sh[0], sh[2]}, 2, 1, 33, dt);
     mx_array *wt = mx_transpose(w, NULL, 0), *xt = mx_transpose(x, NULL, 0);
     mx_array *cpu[3] = {mx_matmul(x, wt), mx_matmul(d, w), mx_matmul(xt, d)};
     ASSERT_OK(mx_eval(cpu, 3));
@@ -775,11 +781,13 @@ TEST(put_along_long_axis_equals_cpu) {
 }
 
 /* scatter_add_axis with long index lists over few columns (the embedding
- * gradient: the destination rows are shared out among threads): the same
- * additions in the same order as the CPU, so f32 results are equal */
+ * gradient: the (index, position) pairs sorted, a block per run of one
+ * destination row): the same additions in the same order as the CPU, so
+ * f32 results are equal; a hot row longer than a block's stage (429 hits),
+ * negative indices, rows of more columns than a block has threads */
 TEST(scatter_add_long_index_lists_equal_cpu) {
   NEED_GPU();
-  const int64_t V = 517, D = 96, N = 3001;
+  const int64_t V = 517, N = 3001, Ds[2] = {96, 700};
   int32_t *ix = malloc(sizeof(int32_t) * (size_t)N);
   uint64_t h = 88172645463325252ull;
   for (int64_t i = 0; i < N; i++) {
@@ -787,21 +795,26 @@ TEST(scatter_add_long_index_lists_equal_cpu) {
     ix[i] = i % 7 == 0 ? 3 : (int32_t)(h % (uint64_t)(V + 40)) - 40; /* hot row, negatives */
   }
   mx_array *idx = mx_array_from_data(ix, (int64_t[]){1, N, 1}, 3, MX_INT32);
-  mx_array *v = normal((int64_t[]){1, N, D}, 3, 1, 77);
-  const mx_dtype dts[] = {MX_FLOAT32, MX_BFLOAT16};
-  for (int d = 0; d < 2; d++) {
-    mx_array *z = mx_zeros((int64_t[]){1, V, D}, 3, dts[d]);
-    mx_array *vd = mx_astype(v, dts[d]);
-    mx_array *r[2];
-    for (int dev = 0; dev < 2; dev++) {
-      mx_set_default_device(dev ? MX_GPU : MX_CPU);
-      r[dev] = mx_scatter_add_axis(z, idx, vd, 1);
+  for (int di = 0; di < 2; di++) {
+    const int64_t D = Ds[di];
+    mx_array *v = normal((int64_t[]){1, N, D}, 3, 1, 77);
+    const mx_dtype dts[] = {MX_FLOAT32, MX_BFLOAT16};
+    for (int d = 0; d < 2; d++) {
+      mx_array *z = mx_zeros((int64_t[]){1, V, D}, 3, dts[d]);
+      mx_array *vd = mx_astype(v, dts[d]);
+      mx_array *r[2];
+      for (int dev = 0; dev < 2; dev++) {
+        mx_set_default_device(dev ? MX_GPU : MX_CPU);
+        r[dev] = mx_scatter_add_axis(z, idx, vd, 1);
+      }
+      mx_set_default_device(MX_CPU);
+      ASSERT_EQ_INT(mismatches(r[0], r[1], d ? dtype_tol(dts[d]) : 0, "scatter_add_axis long"),
+                    0);
+      mx_array_free_n((mx_array *[]){z, vd, r[0], r[1]}, 4);
     }
-    mx_set_default_device(MX_CPU);
-    ASSERT_EQ_INT(mismatches(r[0], r[1], d ? dtype_tol(dts[d]) : 0, "scatter_add_axis long"), 0);
-    mx_array_free_n((mx_array *[]){z, vd, r[0], r[1]}, 4);
+    mx_array_free(v);
   }
-  mx_array_free_n((mx_array *[]){idx, v}, 2);
+  mx_array_free(idx);
   free(ix);
 }
 
