@@ -392,12 +392,28 @@ __global__ void k_rms_dw_part(const typename T::S *x, const typename T::S *g, mx
   part[k * D + i] = acc;
 }
 
+/* The chunks' partial sums added: a block of 256 threads takes 32
+ * columns, lane l of warp w adds chunks w, w + 8, ... of column l (eight
+ * independent chains of loads instead of one; 32 consecutive columns a
+ * load), then the 8 sums are added in warp order — a fixed order,
+ * deterministic. */
 template <class C>
-__global__ void k_rms_dw_sum(const C *part, int64_t nk, int64_t D, C *out) {
-  MX_CUDA_LOOP(i, D) {
-    C t = 0;
-    for (int64_t k = 0; k < nk; k++) t += part[k * D + i];
-    out[i] = t;
+__global__ void __launch_bounds__(256) k_rms_dw_sum(const C *part, int64_t nk, int64_t D, C *out) {
+  __shared__ C red[8][33];
+  const int l = threadIdx.x & 31, w = threadIdx.x >> 5;
+  const int64_t i = (int64_t)blockIdx.x * 32 + l;
+  C t = 0;
+  if (i < D) {
+#pragma unroll 4
+    for (int64_t k = w; k < nk; k += 8) t += part[k * D + i];
+  }
+  red[w][l] = t;
+  __syncthreads();
+  if (w == 0 && i < D) {
+    C r = red[0][l];
+#pragma unroll
+    for (int j = 1; j < 8; j++) r += red[j][l];
+    out[i] = r;
   }
 }
 
@@ -451,8 +467,8 @@ static int rms_dw(mx_array *out, mx_array *x, mx_array *g, double eps) {
                                               x->strides[nd - 1], g->strides[nd - 1], nb, chunk,
                                               part);
     }
-    k_rms_dw_sum<CT><<<mx__cuda_blocks(D), MX_CUDA_THREADS, 0, s>>>(part, nk, D,
-                                                                   (CT *)out->buf->dptr);
+    k_rms_dw_sum<CT><<<(unsigned)((D + 31) / 32), 256, 0, s>>>(part, nk, D,
+                                                              (CT *)out->buf->dptr);
     st = mx__cuda_launched("rms_norm_backward");
   })
   mx__buffer_release(tb); /* reused only by later work of the stream */
