@@ -284,6 +284,87 @@ TEST(gradients_reduce_broadcasts_and_scatter_views) {
   mx_array_free(x); mx_array_free(b); mx_array_free(s);
 }
 
+/* Slices of one array x (4, 8), each used as sum(c_k * slice_k(x) * slice_k(w)), plus
+ * sum(x * w): the cotangents of slices that tile one axis are gathered into
+ * one concatenation (zeros in the gaps), other sets take the slice VJP. */
+typedef struct {
+  int n;
+  int64_t start[4][2], stop[4][2], step[4][2];
+  bool gathered; /* the gradient's graph concatenates (no slice_update) */
+} slice_set;
+
+static int f_slices(void *p, mx_array **in, int n, mx_list *out) {
+  MX_UNUSED(n);
+  const slice_set *s = p;
+  mx_array *acc = mx_multiply(in[0], in[1]);
+  mx_array *tot = mx_sum(acc, NULL, 0, false);
+  mx_array_free(acc);
+  for (int k = 0; k < s->n; k++) {
+    mx_array *a = mx_slice(in[0], s->start[k], s->stop[k], s->step[k], 2);
+    mx_array *b = mx_slice(in[1], s->start[k], s->stop[k], s->step[k], 2);
+    mx_array *m = mx_multiply(a, b);
+    mx_array *ms = mx_multiply_scalar(m, (double)(k + 2));
+    mx_array *t = mx_sum(ms, NULL, 0, false);
+    mx_array *nt = mx_add(tot, t);
+    mx_array *fr[] = {a, b, m, ms, t, tot};
+    mx_array_free_n(fr, 6);
+    tot = nt;
+  }
+  return mx_list_push(out, tot);
+}
+
+static bool has_op(const mx_array *a, int id, int depth) {
+  if (!a || depth > 60) return false;
+  if (a->op && (int)a->op->id == id) return true;
+  for (int i = 0; a->op && i < a->ninputs; i++)
+    if (has_op(a->inputs[i], id, depth + 1)) return true;
+  return false;
+}
+
+TEST(slice_cotangents_are_gathered_when_they_tile_an_axis) {
+  const slice_set sets[] = {
+      /* columns 0-2, 5-7 and 3: disjoint, one axis, a gap at column 4 */
+      {3, {{0, 0}, {0, 5}, {0, 3}}, {{4, 3}, {4, 8}, {4, 4}}, {{1, 1}, {1, 1}, {1, 1}}, true},
+      /* rows 0-1 and 2-3: tile axis 0 exactly */
+      {2, {{0, 0}, {2, 0}}, {{2, 8}, {4, 8}}, {{1, 1}, {1, 1}}, true},
+      /* overlapping columns 0-3 and 2-5: the slice VJP */
+      {2, {{0, 0}, {0, 2}}, {{4, 4}, {4, 6}}, {{1, 1}, {1, 1}}, false},
+      /* two axes at once, and a step of 2: the slice VJP */
+      {2, {{0, 1}, {0, 4}}, {{2, 3}, {4, 5}}, {{1, 1}, {1, 1}}, false},
+      {2, {{0, 0}, {0, 1}}, {{4, 8}, {4, 8}}, {{1, 2}, {1, 2}}, false},
+  };
+  mx_array *x = randn((int64_t[]){4, 8}, 2, MX_FLOAT64, 31);
+  mx_array *w = randn((int64_t[]){4, 8}, 2, MX_FLOAT64, 32);
+  double wv[32];
+  ASSERT_OK(mx_array_copy_to(w, MX_FLOAT64, wv, 32));
+  for (size_t si = 0; si < sizeof sets / sizeof *sets; si++) {
+    const slice_set *s = &sets[si];
+    double want[32];
+    for (int i = 0; i < 32; i++) want[i] = wv[i];
+    for (int k = 0; k < s->n; k++)
+      for (int64_t r = s->start[k][0]; r < s->stop[k][0]; r += s->step[k][0])
+        for (int64_t c = s->start[k][1]; c < s->stop[k][1]; c += s->step[k][1])
+          want[r * 8 + c] += (k + 2) * wv[r * 8 + c];
+    mx_closure *f = mx_closure_new(f_slices, (void *)s, NULL);
+    mx_array *one = mx_array_scalar(1.0, MX_FLOAT64);
+    mx_list g = MX_LIST_INIT;
+    ASSERT_OK(mx_vjp(f, (mx_array *[]){x, w}, 2, &one, 1, NULL, &g));
+    ASSERT_MSG(has_op(g.items[0], MX_OP_CONCATENATE, 0) == s->gathered &&
+                   has_op(g.items[0], MX_OP_SLICE_UPDATE, 0) == !s->gathered,
+               "set %zu: gathered %d expected", si, s->gathered);
+    double gx[32];
+    ASSERT_OK(mx_array_copy_to(g.items[0], MX_FLOAT64, gx, 32));
+    for (int i = 0; i < 32; i++)
+      ASSERT_MSG(fabs(gx[i] - want[i]) <= 1e-12 * (1 + fabs(want[i])),
+                 "set %zu: element %d %.17g != %.17g", si, i, gx[i], want[i]);
+    mx_list_clear(&g);
+    mx_array_free(one);
+    mx_closure_free(f);
+  }
+  mx_array_free(x);
+  mx_array_free(w);
+}
+
 static int f_stop(void *p, mx_array **in, int n, mx_list *out) {
   MX_UNUSED(p); MX_UNUSED(n);
   mx_array *sg = mx_stop_gradient(in[0]);

@@ -21,6 +21,8 @@
  * plain bytes and have no destructor). */
 #include "transforms_internal.h"
 
+#include "ops/shape_params.h"
+
 #include <pthread.h>
 #include <string.h>
 
@@ -327,6 +329,118 @@ static bool same_shape(const mx_array *a, const mx_array *b) {
   return a->ndim == b->ndim && !memcmp(a->shape, b->shape, sizeof(int64_t) * (size_t)a->ndim);
 }
 
+/* ---- the cotangents of slices, gathered ----------------------------------------------
+ * A slice's VJP is zeros of the sliced array's shape with the cotangent
+ * written into the slice's region. An array split into parts (a stacked
+ * q/k/v or gate/up projection's output, the q and k heads of one rope)
+ * would get one such full-size array per part, then their sum: a zero-
+ * fill, a full copy and a full addition per part. Instead the sweep keeps
+ * each slice's cotangent with its slice and, on reaching the sliced array,
+ * concatenates the parts that tile one axis in disjoint unit-step ranges
+ * (zeros in the gaps): the same values in one pass. Any other set of
+ * parts takes the slice VJP, part by part. */
+typedef struct {
+  mx_array *slice; /* the SLICE node (borrowed: the graph holds it) */
+  mx_array *cot;   /* its cotangent (owned) */
+} slice_part;
+typedef struct {
+  slice_part *v;
+  int n, cap;
+} part_list;
+
+static int parts_push(part_list *l, mx_array *slice, mx_array *cot) {
+  if (l->n == l->cap) {
+    int nc = l->cap ? 2 * l->cap : 4;
+    slice_part *nv = realloc(l->v, sizeof *nv * (size_t)nc);
+    if (!nv) return mx__set_error(MX_ERR_OOM, "vjp: out of memory");
+    l->v = nv;
+    l->cap = nc;
+  }
+  l->v[l->n++] = (slice_part){slice, cot};
+  return MX_OK;
+}
+
+static void parts_clear(part_list *l) {
+  for (int i = 0; i < l->n; i++) mx_array_free(l->v[i].cot);
+  free(l->v);
+  *l = (part_list){0};
+}
+
+/* The one axis along which slice s of a takes a unit-step range (-1: not
+ * such a slice). */
+static int part_axis(const mx_array *s, const mx_array *a) {
+  const mx__slice_params *p = MX__PARAMS(s, mx__slice_params);
+  int ax = -1;
+  for (int d = 0; d < a->ndim; d++) {
+    if (p->step[d] != 1) return -1;
+    if (p->start[d] == 0 && p->len[d] == a->shape[d]) continue;
+    if (ax >= 0) return -1;
+    ax = d;
+  }
+  return ax;
+}
+
+static int part_cmp(const void *x, const void *y) {
+  const slice_part *a = x, *b = y;
+  int ax = part_axis(a->slice, a->slice->inputs[0]);
+  int64_t sa = MX__PARAMS(a->slice, mx__slice_params)->start[ax];
+  int64_t sb = MX__PARAMS(b->slice, mx__slice_params)->start[ax];
+  return sa < sb ? -1 : sa > sb;
+}
+
+/* a's cotangent from the parts in l (which it empties), added to *slot. */
+static int parts_flush(mx_array *a, part_list *l, mx_array **slot) {
+  int st = MX_OK, n = l->n, ax = n ? part_axis(l->v[0].slice, a) : -1;
+  for (int i = 1; i < n && ax >= 0; i++)
+    if (part_axis(l->v[i].slice, a) != ax) ax = -1;
+  if (ax >= 0) qsort(l->v, (size_t)n, sizeof *l->v, part_cmp);
+  int64_t end = 0; /* disjoint, in order */
+  for (int i = 0; i < n && ax >= 0; i++) {
+    const mx__slice_params *p = MX__PARAMS(l->v[i].slice, mx__slice_params);
+    if (p->start[ax] < end) ax = -1;
+    else end = p->start[ax] + p->len[ax];
+  }
+  if (ax < 0) { /* the slice VJP, part by part */
+    for (int i = 0; i < n; i++) {
+      mx_array *g = NULL;
+      bool need = true;
+      if (!st && (st = l->v[i].slice->op->vjp(l->v[i].slice, l->v[i].cot, &g, &need)))
+        mx__prefix_error("vjp of 'slice'");
+      if (!st) st = accumulate(slot, g);
+      else mx_array_free(g);
+    }
+    parts_clear(l);
+    return st;
+  }
+  mx_array **pieces = calloc((size_t)(2 * n + 1), sizeof *pieces);
+  bool *made = calloc((size_t)(2 * n + 1), sizeof *made);
+  int np = 0;
+  if (!pieces || !made) st = mx__set_error(MX_ERR_OOM, "vjp: out of memory");
+  int64_t at = 0, shape[MX_MAX_NDIM];
+  memcpy(shape, a->shape, sizeof(int64_t) * (size_t)a->ndim);
+  for (int i = 0; i <= n && !st; i++) {
+    int64_t s0 = i < n ? MX__PARAMS(l->v[i].slice, mx__slice_params)->start[ax] : a->shape[ax];
+    if (s0 > at) { /* a gap: zeros */
+      shape[ax] = s0 - at;
+      made[np] = true;
+      if (!(pieces[np++] = mx_zeros(shape, a->ndim, l->v[0].cot->dtype))) st = mx_last_status();
+    }
+    if (i < n && !st) {
+      pieces[np++] = l->v[i].cot;
+      at = s0 + MX__PARAMS(l->v[i].slice, mx__slice_params)->len[ax];
+    }
+  }
+  mx_array *g = st ? NULL : mx_concatenate(pieces, np, ax);
+  if (!st && !g) st = mx_last_status();
+  for (int i = 0; pieces && made && i < np; i++)
+    if (made[i]) mx_array_free(pieces[i]);
+  free(pieces);
+  free(made);
+  parts_clear(l);
+  if (!st) st = accumulate(slot, g);
+  return st;
+}
+
 int mx__backprop(mx_array **outs, mx_array **cots, int nout, mx_array **targets, int nt,
                  mx_array **grads) {
   for (int i = 0; i < nt; i++) grads[i] = NULL;
@@ -335,6 +449,7 @@ int mx__backprop(mx_array **outs, mx_array **cots, int nout, mx_array **targets,
   mx__node_list order = {0};
   bool *dep = NULL;
   mx_array **cot = NULL;
+  part_list *parts = NULL;
   if (!stop || !index) { st = mx_last_status(); goto done; }
   for (int i = 0; i < nt && !st; i++) st = mx__ptrmap_put(stop, targets[i], i);
   if (st) goto done;
@@ -342,7 +457,8 @@ int mx__backprop(mx_array **outs, mx_array **cots, int nout, mx_array **targets,
   size_t n = order.n;
   dep = calloc(n ? n : 1, sizeof *dep);
   cot = calloc(n ? n : 1, sizeof *cot);
-  if (!dep || !cot) { st = mx__set_error(MX_ERR_OOM, "vjp: out of memory"); goto done; }
+  parts = calloc(n ? n : 1, sizeof *parts);
+  if (!dep || !cot || !parts) { st = mx__set_error(MX_ERR_OOM, "vjp: out of memory"); goto done; }
 
   /* which nodes depend on a target (through differentiable ops) */
   for (size_t i = 0; i < n; i++) {
@@ -363,11 +479,22 @@ int mx__backprop(mx_array **outs, mx_array **cots, int nout, mx_array **targets,
   /* reverse topological order */
   for (size_t ii = n; ii-- > 0 && !st;) {
     mx_array *x = order.v[ii];
+    if (parts[ii].n && (st = parts_flush(x, &parts[ii], &cot[ii]))) break;
     if (!cot[ii]) continue;
     int t = mx__ptrmap_get(stop, x);
     if (t >= 0) continue; /* collected below */
     mx_array *c = cot[ii];
     cot[ii] = NULL;
+    if (x->op && x->op->id == MX_OP_SLICE && x->ninputs == 1) {
+      int k = mx__ptrmap_get(index, x->inputs[0]);
+      if (dep[k]) { /* kept with the slice until the sliced array is reached */
+        st = parts_push(&parts[k], x, c);
+        if (st) mx_array_free(c);
+      } else {
+        mx_array_free(c);
+      }
+      continue;
+    }
     bool need[64], *needp = need;
     mx_array *g_small[64], **g = g_small;
     if (x->ninputs > 64) {
@@ -426,6 +553,9 @@ int mx__backprop(mx_array **outs, mx_array **cots, int nout, mx_array **targets,
 done:
   if (cot)
     for (size_t i = 0; i < order.n; i++) mx_array_free(cot[i]);
+  if (parts)
+    for (size_t i = 0; i < order.n; i++) parts_clear(&parts[i]);
+  free(parts);
   if (st)
     for (int i = 0; i < nt; i++) {
       mx_array_free(grads[i]);
