@@ -27,6 +27,19 @@ void mx__nn_str_add(mx__nn_str *b, const char *fmt, ...) {
   va_end(ap);
   b->len += (size_t)n;
 }
+void mx__nn_str_cat(mx__nn_str *b, const char *s, size_t n) {
+  if (b->len + n + 1 > b->cap) {
+    size_t nc = b->cap ? b->cap : 64;
+    while (nc < b->len + n + 1) nc *= 2;
+    char *p = realloc(b->s, nc);
+    if (!p) return; /* truncated, as mx__nn_str_add */
+    b->s = p;
+    b->cap = nc;
+  }
+  memcpy(b->s + b->len, s, n);
+  b->len += n;
+  b->s[b->len] = 0;
+}
 void mx__nn_str_free(mx__nn_str *b) {
   free(b->s);
   *b = (mx__nn_str){0};
@@ -334,7 +347,10 @@ static int walk(walker *w, mx_nn_module *m, mx__nn_str *path) {
     entry *e = &m->tree->e[i];
     path->len = base;
     if (path->s) path->s[base] = 0;
-    mx__nn_str_add(path, "%s%s", base ? "." : "", e->name);
+    /* paths are built for every parameter of every walk (a training step
+     * walks the tree several times): appended without formatting */
+    if (base) mx__nn_str_cat(path, ".", 1);
+    mx__nn_str_cat(path, e->name, strlen(e->name));
     if (e->kind == ENT_PARAM) {
       if (w->on_param) st = w->on_param(w, str_c(path), e);
     } else if (e->kind == ENT_CHILD) {
@@ -345,7 +361,14 @@ static int walk(walker *w, mx_nn_module *m, mx__nn_str *path) {
       for (int j = 0; j < e->nitems && !st; j++) {
         path->len = lb;
         path->s[lb] = 0;
-        mx__nn_str_add(path, ".%d", j);
+        char num[16];
+        int nn = 0;
+        num[nn++] = '.';
+        char rev[12];
+        int nr = 0;
+        for (unsigned v = (unsigned)j; nr == 0 || v; v /= 10) rev[nr++] = (char)('0' + v % 10);
+        while (nr) num[nn++] = rev[--nr];
+        mx__nn_str_cat(path, num, (size_t)nn);
         st = walk(w, e->items[j], path);
       }
     }
@@ -495,8 +518,6 @@ static int resolve(const mx_nn_module *root, const char *path, const char *what,
   r->module = cur;
   if (!*path) return MX_OK;
   const char *seg = path;
-  mx__nn_str done = {0};
-  mx__nn_str_add(&done, "%s", "");
   entry *list = NULL; /* set when the previous segment named a list */
   int st = MX_OK;
   while (seg) {
@@ -511,16 +532,19 @@ static int resolve(const mx_nn_module *root, const char *path, const char *what,
     name[len] = 0;
     const char *why = NULL;
     mx__nn_str msg = {0};
+    /* the segments resolved so far (for messages): path's prefix before
+     * this one */
+    const int dn = seg > path ? (int)(seg - path - 1) : 0;
     if (list) {
       char *end;
       long idx = strtol(name, &end, 10);
       if (*end || !isdigit((unsigned char)name[0])) {
-        mx__nn_str_add(&msg, "nn: no %s \"%s\": \"%s\" is a list; \"%s\" is not an index", what, path,
-                       str_c(&done), name);
+        mx__nn_str_add(&msg, "nn: no %s \"%s\": \"%.*s\" is a list; \"%s\" is not an index", what,
+                       path, dn, path, name);
         why = "";
       } else if (idx >= list->nitems) {
-        mx__nn_str_add(&msg, "nn: no %s \"%s\": index %ld out of range for \"%s\" (%d items)", what,
-                       path, idx, str_c(&done), list->nitems);
+        mx__nn_str_add(&msg, "nn: no %s \"%s\": index %ld out of range for \"%.*s\" (%d items)",
+                       what, path, idx, dn, path, list->nitems);
         why = "";
       } else {
         r->parent = cur;
@@ -532,13 +556,13 @@ static int resolve(const mx_nn_module *root, const char *path, const char *what,
         list = NULL;
       }
     } else if (!cur) {
-      mx__nn_str_add(&msg, "nn: no %s \"%s\": \"%s\" is a parameter", what, path, str_c(&done));
+      mx__nn_str_add(&msg, "nn: no %s \"%s\": \"%.*s\" is a parameter", what, path, dn, path);
       why = "";
     } else {
       entry *e = find_entry(cur, name);
       if (!e) {
-        mx__nn_str_add(&msg, "nn: no %s \"%s\": \"%s\" (%s) has no entry \"%s\"", what, path,
-                       str_c(&done), mx_nn_module_type(cur), name);
+        mx__nn_str_add(&msg, "nn: no %s \"%s\": \"%.*s\" (%s) has no entry \"%s\"", what, path,
+                       dn, path, mx_nn_module_type(cur), name);
         list_children(&msg, cur);
         why = "";
       } else {
@@ -564,14 +588,12 @@ static int resolve(const mx_nn_module *root, const char *path, const char *what,
       mx__nn_str_free(&msg);
       break;
     }
-    mx__nn_str_add(&done, "%s%s", done.len ? "." : "", name);
     seg = dot ? dot + 1 : NULL;
     if (dot && !dot[1]) {
       st = mx__set_error(MX_ERR_INVALID_ARG, "nn: invalid %s path \"%s\"", what, path);
       break;
     }
   }
-  mx__nn_str_free(&done);
   if (st) memset(r, 0, sizeof *r);
   return st;
 }

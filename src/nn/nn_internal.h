@@ -16,6 +16,7 @@ typedef struct {
   size_t len, cap;
 } mx__nn_str;
 void mx__nn_str_add(mx__nn_str *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void mx__nn_str_cat(mx__nn_str *b, const char *s, size_t n); /* n bytes of s, unformatted */
 void mx__nn_str_free(mx__nn_str *b);
 
 /* Splits a key into n keys (new references); key NULL: n draws from the

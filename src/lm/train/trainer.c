@@ -193,6 +193,10 @@ int mx_train_step(mx_nn_module *model, mx_optimizer *opt, mx_nn_loss_fn fn, void
     return mx__set_error(MX_ERR_INVALID_ARG, "train step: bad arguments");
   mx_map *grads = mx_map_new(), *acc = accum > 1 ? mx_map_new() : NULL, *params = NULL;
   mx_array *norm = NULL;
+  /* the micro-batches' losses, read after the update is queued: reading one
+   * waits for the device, which would then idle while the host builds the
+   * clipping and optimizer graphs */
+  mx_list losses = MX_LIST_INIT;
   double total = 0;
   int st = grads && (accum == 1 || acc) ? MX_OK : mx__set_error(MX_ERR_OOM, "train step: out of memory");
   for (int j = 0; j < accum && !st; j++) {
@@ -211,9 +215,7 @@ int mx_train_step(mx_nn_module *model, mx_optimizer *opt, mx_nn_loss_fn fn, void
         free(all);
       }
     }
-    double l = 0;
-    if (!st) st = mx_array_item(vals.items[0], &l);
-    total += l;
+    if (!st) st = mx_list_push(&losses, mx_array_retain(vals.items[0]));
     mx_list_clear(&vals);
     if (!st && acc) {
       st = mx_grads_accumulate(acc, grads);
@@ -227,6 +229,12 @@ int mx_train_step(mx_nn_module *model, mx_optimizer *opt, mx_nn_loss_fn fn, void
   if (!st) st = mx_optimizer_update(opt, params, g);
   if (!st) st = mx_optimizer_eval(opt, params);
   if (!st) st = mx_nn_update(model, params, MX_NN_UPDATE_PARTIAL);
+  for (int j = 0; j < losses.size && !st; j++) {
+    double l = 0;
+    st = mx_array_item(losses.items[j], &l);
+    total += l;
+  }
+  mx_list_clear(&losses);
   double gn = 0;
   if (!st) st = mx_array_item(norm, &gn);
   if (!st && stats) {
