@@ -7,6 +7,8 @@
  *
  *   bench_cuda_kernels [REPEATS]          (default 20)
  *
+ * MXC_BENCH_ONLY=attention-train, embedding-grad or head prints that table only.
+ *
  * Each row: REPEATS evaluations queued on the GPU stream back to back, then
  * one wait (reading a one-element sum of the last result); the time is
  * the median over 5 such batches divided by REPEATS, after a warm-up batch
@@ -16,6 +18,7 @@
  * the half below the diagonal). Without a GPU it prints a line and exits 0. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "mxc/mxc.h"
@@ -218,6 +221,153 @@ static void bench_sdpa(int reps) {
   }
 }
 
+/* ---- attention in training: the forward and the fused backward's ops --------------- */
+typedef struct {
+  mx_array *q, *k, *v, *dout, *lse, *delta;
+  int which; /* 0 forward, 1 logsumexp, 2 dq, 3 dk|dv */
+} tjob;
+
+static mx_array *t_run(void *c) {
+  tjob *j = c;
+  const double sc = 0.125;
+  switch (j->which) {
+    case 0: return mx_fast_scaled_dot_product_attention(j->q, j->k, j->v, sc, NULL, true);
+    case 1: return mx__fast_sdpa_lse(j->q, j->k, sc, true);
+    case 2: return mx__fast_sdpa_bwd_q(j->q, j->k, j->v, j->dout, j->lse, j->delta, sc, true);
+    default: return mx__fast_sdpa_bwd_kv(j->q, j->k, j->v, j->dout, j->lse, j->delta, sc, true);
+  }
+}
+
+/* The training step's attention (GPT-2-small-sized Llama: B 32, 12 heads,
+ * T 1024, D 64, causal, bf16). TFLOP/s counts the products each op must
+ * do (forward 2, logsumexp 1, dq 3, dk|dv 4 products of T x T x D over
+ * the causal half): the recomputed S and dP included. */
+static void bench_sdpa_train(int reps) {
+  printf("\n## attention of a training step (bf16, B=32, H=12, T=1024, D=64, causal)\n\n");
+  printf("| op | time (us) | TFLOP/s |\n|---|---|---|\n");
+  const int64_t B = 32, H = 12, T = 1024, D = 64;
+  const int64_t sh[4] = {B, H, T, D};
+  tjob j = {0};
+  j.q = rnd(sh, 4, MX_BFLOAT16, 1, 11);
+  j.k = rnd(sh, 4, MX_BFLOAT16, 1, 12);
+  j.v = rnd(sh, 4, MX_BFLOAT16, 1, 13);
+  j.dout = rnd(sh, 4, MX_BFLOAT16, 1, 14);
+  mx_set_default_device(MX_GPU);
+  mx_array *o = mx_fast_scaled_dot_product_attention(j.q, j.k, j.v, 0.125, NULL, true);
+  j.lse = mx__fast_sdpa_lse(j.q, j.k, 0.125, true);
+  j.delta = mx__fast_row_dot(j.dout, o);
+  mx_array *ev[] = {j.lse, j.delta};
+  if (!o || !j.lse || !j.delta || mx_eval(ev, 2)) die("attention inputs");
+  mx_set_default_device(MX_CPU);
+  const char *names[] = {"forward (flash attention)", "sdpa_logsumexp", "sdpa_backward_q",
+                         "sdpa_backward_kv"};
+  const double prods[] = {2, 1, 3, 4};
+  const double pairs = (double)T * (T + 1) / 2;
+  for (int w = 0; w < 4; w++) {
+    j.which = w;
+    double t = gpu_time(t_run, &j, reps);
+    printf("| %s | %.1f | %.1f |\n", names[w], t * 1e6,
+           prods[w] * 2 * (double)(B * H) * pairs * (double)D / t * 1e-12);
+  }
+  mx_array *all[] = {o, j.q, j.k, j.v, j.dout, j.lse, j.delta};
+  mx_array_free_n(all, 7);
+}
+
+/* ---- the embedding gradient: scatter-add of token rows ------------------------------- */
+typedef struct {
+  mx_array *z, *idx, *v;
+} ejob;
+
+static mx_array *e_run(void *c) {
+  ejob *j = c;
+  return mx_scatter_add_axis(j->z, j->idx, j->v, 1);
+}
+
+/* A training step's embedding gradient (32,768 ids, 8,519 x 768, bf16):
+ * ids uniform, and Zipf-distributed (the k-th most frequent id has
+ * frequency ~ 1/k, as a text's tokens: the most frequent ~10%). */
+static void bench_embed_grad(int reps) {
+  printf("\n## embedding gradient: scatter_add_axis (bf16, 32768 ids into 8519 x 768)\n\n");
+  printf("| ids | most frequent id's hits | time (us) | GB/s (values) |\n|---|---|---|---|\n");
+  const int64_t n = 32768, V = 8519, D = 768;
+  int32_t *ids = malloc(sizeof(int32_t) * (size_t)n);
+  double *cdf = malloc(sizeof(double) * (size_t)V);
+  if (!ids || !cdf) die("memory");
+  double h = 0;
+  for (int64_t r = 0; r < V; r++) cdf[r] = (h += 1.0 / (double)(r + 1));
+  ejob j = {0};
+  j.z = rnd((int64_t[]){1, V, D}, 3, MX_BFLOAT16, 0, 21);
+  j.v = rnd((int64_t[]){1, n, D}, 3, MX_BFLOAT16, 1, 22);
+  for (int kind = 0; kind < 2; kind++) {
+    uint64_t x = 88172645463325252ull;
+    int64_t top = 0, *cnt = calloc((size_t)V, sizeof *cnt);
+    if (!cnt) die("memory");
+    for (int64_t i = 0; i < n; i++) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      double u = (double)(x >> 11) / 9007199254740992.0;
+      int64_t id = (int64_t)(u * (double)V);
+      if (kind == 1) { /* the first rank whose cdf passes u * h */
+        int64_t lo = 0, hi = V - 1;
+        while (lo < hi) {
+          int64_t mid = (lo + hi) / 2;
+          if (cdf[mid] >= u * h) hi = mid;
+          else lo = mid + 1;
+        }
+        id = lo;
+      }
+      if (id >= V) id = V - 1;
+      ids[i] = (int32_t)id;
+      if (++cnt[id] > top) top = cnt[id];
+    }
+    free(cnt);
+    j.idx = mx_array_from_data(ids, (int64_t[]){1, n, 1}, 3, MX_INT32);
+    if (!j.idx) die("ids");
+    double t = gpu_time(e_run, &j, reps);
+    printf("| %s | %lld | %.1f | %.0f |\n", kind ? "Zipf" : "uniform", (long long)top, t * 1e6,
+           (double)n * D * 2 / t * 1e-9);
+    mx_array_free(j.idx);
+  }
+  mx_array_free(j.z);
+  mx_array_free(j.v);
+  free(ids);
+  free(cdf);
+}
+
+/* ---- the LM head's products in training ----------------------------------------------- */
+typedef struct {
+  mx_array *a, *b;
+} mjob;
+
+static mx_array *m_run(void *c) {
+  mjob *j = c;
+  return mx_matmul(j->a, j->b);
+}
+
+/* x W^T, dY W and X^T dY of a head of N tokens over 32,768 rows of 768
+ * (bf16): misaligned N (8,705, 8,519) against aligned ones. */
+static void bench_head(int reps) {
+  printf("\n## LM head products in training (bf16, 32768 rows, dim 768)\n\n");
+  printf("| N | product | time (us) | TFLOP/s |\n|---|---|---|---|\n");
+  const int64_t Ns[] = {8705, 8519, 8704, 8768, 8832};
+  const int64_t M = 32768, K = 768;
+  for (size_t i = 0; i < sizeof Ns / sizeof *Ns; i++) {
+    const int64_t N = Ns[i];
+    mx_array *x = rnd((int64_t[]){M, K}, 2, MX_BFLOAT16, 1, 31);
+    mx_array *w = rnd((int64_t[]){N, K}, 2, MX_BFLOAT16, 1, 32);
+    mx_array *dy = rnd((int64_t[]){M, N}, 2, MX_BFLOAT16, 1, 33);
+    mx_array *wt = mx_transpose(w, NULL, 0), *xt = mx_transpose(x, NULL, 0);
+    mjob js[3] = {{x, wt}, {dy, w}, {xt, dy}};
+    const char *names[3] = {"x W^T", "dY W", "X^T dY"};
+    for (int k = 0; k < 3; k++) {
+      double t = gpu_time(m_run, &js[k], reps);
+      printf("| %lld | %s | %.1f | %.0f |\n", (long long)N, names[k], t * 1e6,
+             2.0 * (double)M * (double)N * (double)K / t * 1e-12);
+    }
+    mx_array *all[] = {x, w, dy, wt, xt};
+    mx_array_free_n(all, 5);
+  }
+}
+
 /* ---- sort ------------------------------------------------------------------------------ */
 typedef struct {
   mx_array *a;
@@ -255,10 +405,27 @@ int main(int argc, char **argv) {
     return 0;
   }
   printf("# CUDA LLM kernels (median of 5 batches of %d)\n", reps);
+  /* MXC_BENCH_ONLY: "attention-train" or "embedding-grad", that table only */
+  const char *only = getenv("MXC_BENCH_ONLY");
+  if (only && !strcmp(only, "attention-train")) {
+    bench_sdpa_train(reps);
+    return 0;
+  }
+  if (only && !strcmp(only, "embedding-grad")) {
+    bench_embed_grad(reps);
+    return 0;
+  }
+  if (only && !strcmp(only, "head")) {
+    bench_head(reps);
+    return 0;
+  }
   bench_floor(reps);
   bench_gemv(reps);
   bench_qmm(reps);
   bench_sdpa(reps);
+  bench_sdpa_train(reps);
+  bench_embed_grad(reps);
+  bench_head(reps);
   bench_sort(reps);
   return 0;
 }
