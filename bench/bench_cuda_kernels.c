@@ -7,7 +7,7 @@
  *
  *   bench_cuda_kernels [REPEATS]          (default 20)
  *
- * MXC_BENCH_ONLY=attention-train, embedding-grad or head prints that table only.
+ * MXC_BENCH_ONLY=attention-train, embedding-grad, head or ce prints that table only.
  *
  * Each row: REPEATS evaluations queued on the GPU stream back to back, then
  * one wait (reading a one-element sum of the last result); the time is
@@ -368,6 +368,43 @@ static void bench_head(int reps) {
   }
 }
 
+/* ---- the loss over the vocabulary in training ----------------------------------------- */
+typedef struct {
+  mx_array *logits, *targets, *cot;
+  bool grad;
+} cjob;
+
+static mx_array *c_run(void *c) {
+  cjob *j = c;
+  return j->grad ? mx__fast_softmax_ce_grad(j->logits, j->targets, j->cot)
+                 : mx__fast_softmax_ce(j->logits, j->targets);
+}
+
+/* softmax_cross_entropy and its backward over (32, 1024, 8705) bf16
+ * logits (the training step of bench/run-gpu-train.sh). */
+static void bench_ce(int reps) {
+  printf("\n## softmax_cross_entropy (bf16 logits 32 x 1024 x 8705)\n\n");
+  printf("| op | time (us) | GB/s |\n|---|---|---|\n");
+  const int64_t B = 32, T = 1024, V = 8705;
+  cjob j = {0};
+  j.logits = rnd((int64_t[]){B, T, V}, 3, MX_BFLOAT16, 2, 41);
+  mx_array *u = rnd((int64_t[]){B, T}, 2, MX_FLOAT32, 1, 42);
+  mx_array *a = mx_abs(u), *sc = mx_multiply_scalar(a, 2000);
+  j.targets = mx_astype(sc, MX_INT32);
+  j.cot = mx_full((int64_t[]){B, T}, 2, 1.0 / (double)(B * T), MX_FLOAT32);
+  mx_array *ev[] = {j.targets, j.cot};
+  if (!j.targets || !j.cot || mx_eval(ev, 2)) die("ce inputs");
+  const double bytes = (double)B * T * V * 2;
+  for (int g = 0; g < 2; g++) {
+    j.grad = g;
+    double t = gpu_time(c_run, &j, reps);
+    printf("| %s | %.1f | %.0f |\n", g ? "backward (reads, writes the logits)" : "forward",
+           t * 1e6, (g ? 2 : 1) * bytes / t * 1e-9);
+  }
+  mx_array *all[] = {j.logits, j.targets, j.cot, u, a, sc};
+  mx_array_free_n(all, 6);
+}
+
 /* ---- sort ------------------------------------------------------------------------------ */
 typedef struct {
   mx_array *a;
@@ -419,6 +456,10 @@ int main(int argc, char **argv) {
     bench_head(reps);
     return 0;
   }
+  if (only && !strcmp(only, "ce")) {
+    bench_ce(reps);
+    return 0;
+  }
   bench_floor(reps);
   bench_gemv(reps);
   bench_qmm(reps);
@@ -426,6 +467,7 @@ int main(int argc, char **argv) {
   bench_sdpa_train(reps);
   bench_embed_grad(reps);
   bench_head(reps);
+  bench_ce(reps);
   bench_sort(reps);
   return 0;
 }
