@@ -125,17 +125,7 @@ oom:
   return NULL;
 }
 
-int mx__array_alloc_data(mx_array *out) {
-  size_t nbytes = (size_t)out->size * mx_dtype_size(out->dtype);
-  mx__buffer *b = mx__buffer_new(nbytes, out->device);
-  if (!b) return mx_last_status();
-  if (out->buf) mx__buffer_release(out->buf);
-  out->buf = b;
-  out->offset = 0;
-  mx__compute_row_strides(out->shape, out->ndim, out->strides);
-  out->row_contiguous = true;
-  return MX_OK;
-}
+int mx__array_alloc_data(mx_array *out) { return mx__array_alloc_data_bytes(out, 0); }
 
 int mx__array_alloc_data_bytes(mx_array *out, size_t nbytes) {
   size_t need = (size_t)out->size * mx_dtype_size(out->dtype);
