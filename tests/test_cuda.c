@@ -351,6 +351,46 @@ static mx_array *normal_dt(const int64_t *shape, int ndim, double scale, uint64_
   return r;
 }
 
+/* addmm with a row-major c (the whole result, or a row range of a larger
+ * matrix at an offset) hands c to cuBLASLt as its C; a transposed c is
+ * copied into the result first. Both equal the CPU (bf16 and f32; the
+ * batch of a 3-d product folds into M). */
+TEST(addmm_reads_c_in_place) {
+  NEED_GPU();
+  mx_dtype dts[2] = {MX_FLOAT32, MX_BFLOAT16};
+  for (int d = 0; d < 2; d++) {
+    mx_dtype dt = dts[d];
+    double tol = dt == MX_FLOAT32 ? 1e-4 : 2e-2;
+    mx_array *a = normal_dt((int64_t[]){4, 64, 128}, 3, 1, 61, dt);
+    mx_array *w = normal_dt((int64_t[]){96, 128}, 2, 0.1, 62, dt);
+    mx_array *c = normal_dt((int64_t[]){4, 64, 96}, 3, 1, 63, dt);
+    mx_array *c0 = normal_dt((int64_t[]){300, 96}, 2, 1, 64, dt);
+    mx_array *ct0 = normal_dt((int64_t[]){96, 256}, 2, 1, 65, dt);
+    ASSERT(a && w && c && c0 && ct0);
+    mx_array *wt = mx_transpose(w, NULL, 0);
+    mx_array *a2 = mx_reshape(a, (int64_t[]){256, 128}, 2);
+    mx_array *cs = mx_slice(c0, (int64_t[]){10, 0}, (int64_t[]){266, 96}, NULL, 2);
+    mx_array *ct = mx_transpose(ct0, NULL, 0);
+    ASSERT_OK(mx_eval((mx_array *[]){wt, a2, cs, ct}, 4));
+    mx_array *cpu[3], *gpu[3];
+    for (int dev = 0; dev < 2; dev++) {
+      mx_set_default_device(dev ? MX_GPU : MX_CPU);
+      mx_array **r = dev ? gpu : cpu;
+      r[0] = mx_addmm(c, a, wt, 0.5, 2.0);
+      r[1] = mx_addmm(cs, a2, wt, 1.0, 1.0);
+      r[2] = mx_addmm(ct, a2, wt, 1.0, -1.0);
+    }
+    mx_set_default_device(MX_CPU);
+    const char *what[3] = {"addmm 3-d c", "addmm c at an offset", "addmm transposed c"};
+    for (int i = 0; i < 3; i++) {
+      ASSERT_EQ_INT(mismatches(cpu[i], gpu[i], tol, what[i]), 0);
+      mx_array_free(cpu[i]);
+      mx_array_free(gpu[i]);
+    }
+    mx_array_free_n((mx_array *[]){a, w, c, c0, ct0, wt, a2, cs, ct}, 9);
+  }
+}
+
 /* Products whose operands or result have a row pitch that is not a
  * multiple of 16 bytes (a vocabulary of 8,519: the LM head) go through
  * padded copies when large (aligned operands and results used in place);

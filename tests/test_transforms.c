@@ -365,6 +365,74 @@ TEST(slice_cotangents_are_gathered_when_they_tile_an_axis) {
   mx_array_free(w);
 }
 
+/* f(x, A, B, C) = sum(sin(x A)) + sum(cos(x B)) + sum((x C)^2): x's
+ * cotangent is the sum of three products */
+static int f_three_products(void *p, mx_array **in, int n, mx_list *out) {
+  MX_UNUSED(p); MX_UNUSED(n);
+  mx_array *xa = mx_matmul(in[0], in[1]), *xb = mx_matmul(in[0], in[2]);
+  mx_array *xc = mx_matmul(in[0], in[3]);
+  mx_array *s1 = mx_sin(xa), *c1 = mx_cos(xb), *q = mx_square(xc);
+  mx_array *t1 = mx_sum(s1, NULL, 0, false), *t2 = mx_sum(c1, NULL, 0, false);
+  mx_array *t3 = mx_sum(q, NULL, 0, false);
+  mx_array *u = mx_add(t1, t2);
+  int st = mx_list_push(out, mx_add(u, t3));
+  mx_array *fr[] = {xa, xb, xc, s1, c1, q, t1, t2, t3, u};
+  mx_array_free_n(fr, 10);
+  return st;
+}
+
+static bool has_addmm(const mx_array *a, int depth) {
+  if (!a || depth > 60) return false;
+  if (a->op && a->op->id == MX_OP_MATMUL && a->ninputs == 3) return true;
+  for (int i = 0; a->op && i < a->ninputs; i++)
+    if (has_addmm(a->inputs[i], depth + 1)) return true;
+  return false;
+}
+
+TEST(cotangent_sums_of_products_fold_into_addmm) {
+  /* x (2, 3, 4): the products fold the batch into M (one 2-d GEMM each),
+   * so the sweep adds them as addmm's c */
+  mx_array *x = randn((int64_t[]){2, 3, 4}, 3, MX_FLOAT64, 41);
+  mx_array *w[3];
+  for (int i = 0; i < 3; i++) w[i] = randn((int64_t[]){4, 5}, 2, MX_FLOAT64, 42 + (uint64_t)i);
+  double xv[24], av[20], bv[20], cv[20];
+  ASSERT_OK(mx_array_copy_to(x, MX_FLOAT64, xv, 24));
+  ASSERT_OK(mx_array_copy_to(w[0], MX_FLOAT64, av, 20));
+  ASSERT_OK(mx_array_copy_to(w[1], MX_FLOAT64, bv, 20));
+  ASSERT_OK(mx_array_copy_to(w[2], MX_FLOAT64, cv, 20));
+  double want[24];
+  for (int r = 0; r < 6; r++)
+    for (int k = 0; k < 4; k++) {
+      double g = 0;
+      for (int j = 0; j < 5; j++) {
+        double ya = 0, yb = 0, yc = 0;
+        for (int i = 0; i < 4; i++) {
+          ya += xv[r * 4 + i] * av[i * 5 + j];
+          yb += xv[r * 4 + i] * bv[i * 5 + j];
+          yc += xv[r * 4 + i] * cv[i * 5 + j];
+        }
+        g += cos(ya) * av[k * 5 + j] - sin(yb) * bv[k * 5 + j] + 2 * yc * cv[k * 5 + j];
+      }
+      want[r * 4 + k] = g;
+    }
+  mx_closure *f = mx_closure_new(f_three_products, NULL, NULL);
+  mx_array *one = mx_array_scalar(1.0, MX_FLOAT64);
+  mx_list g = MX_LIST_INIT;
+  ASSERT_OK(mx_vjp(f, (mx_array *[]){x, w[0], w[1], w[2]}, 4, &one, 1, NULL, &g));
+  const char *e = getenv("MXC_GRAD_ADDMM");
+  if (!(e && !strcmp(e, "0"))) ASSERT_MSG(has_addmm(g.items[0], 0), "no addmm in x's gradient");
+  double gx[24];
+  ASSERT_OK(mx_array_copy_to(g.items[0], MX_FLOAT64, gx, 24));
+  for (int i = 0; i < 24; i++)
+    ASSERT_MSG(fabs(gx[i] - want[i]) <= 1e-12 * (1 + fabs(want[i])), "element %d %.17g != %.17g",
+               i, gx[i], want[i]);
+  mx_list_clear(&g);
+  mx_array_free(one);
+  mx_closure_free(f);
+  mx_array_free(x);
+  for (int i = 0; i < 3; i++) mx_array_free(w[i]);
+}
+
 static int f_stop(void *p, mx_array **in, int n, mx_list *out) {
   MX_UNUSED(p); MX_UNUSED(n);
   mx_array *sg = mx_stop_gradient(in[0]);

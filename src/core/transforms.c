@@ -21,6 +21,7 @@
  * plain bytes and have no destructor). */
 #include "transforms_internal.h"
 
+#include "ops/linalg_params.h"
 #include "ops/shape_params.h"
 
 #include <pthread.h>
@@ -306,12 +307,71 @@ int mx__graph_postorder(mx_array **roots, int nroots, void *stop, bool skip_zero
 }
 
 /* ==== the reverse sweep ================================================================ */
+/* MXC_GRAD_ADDMM=0: cotangent sums stay plain additions (A/B). */
+static bool addmm_fold_on(void) {
+  static int v = -1;
+  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
+  if (r < 0) {
+    const char *e = getenv("MXC_GRAD_ADDMM");
+    r = !(e && !strcmp(e, "0"));
+    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
+  }
+  return r != 0;
+}
+
+/* The 2-d product behind p when p is a matrix product that nothing else
+ * holds and that has not run: the MATMUL node itself or reshapes of it,
+ * each held only by the next. NULL otherwise. */
+static mx_array *lone_product(mx_array *p) {
+  if (p->refcount != 1) return NULL;
+  while (p->op && p->op->id == MX_OP_RESHAPE && !p->buf && p->ninputs == 1 &&
+         p->inputs[0]->refcount == 1)
+    p = p->inputs[0];
+  if (!p->op || p->op->id != MX_OP_MATMUL || p->buf || p->ninputs != 2 || p->ndim != 2)
+    return NULL;
+  return p;
+}
+
+static bool same_shape(const mx_array *a, const mx_array *b) {
+  return a->ndim == b->ndim && !memcmp(a->shape, b->shape, sizeof(int64_t) * (size_t)a->ndim);
+}
+
+/* acc + g as one addmm when g is a lone product a @ b of acc's shape and
+ * dtype (the sum of a layer input's cotangents from several projections:
+ * the addition runs in the GEMM's epilogue instead of a pass over
+ * memory). *out NULL: it does not apply. */
+static int fold_sum(mx_array *acc, mx_array *g, mx_array **out) {
+  *out = NULL;
+  mx_array *m = lone_product(g);
+  if (!m || acc->dtype != g->dtype || acc->dtype != m->dtype || !same_shape(acc, g)) return MX_OK;
+  const mx__matmul_params *p = MX__PARAMS(m, mx__matmul_params);
+  mx_array *c = mx_reshape(acc, m->shape, 2);
+  mx_array *s = c ? mx_addmm(c, m->inputs[0], m->inputs[1], p->alpha, 1.0) : NULL;
+  *out = s ? mx_reshape(s, g->shape, g->ndim) : NULL;
+  mx_array_free(c);
+  mx_array_free(s);
+  return *out ? MX_OK : mx_last_status();
+}
+
 static int accumulate(mx_array **slot, mx_array *g) {
   if (!*slot) {
     *slot = g;
     return MX_OK;
   }
-  mx_array *s = mx_add(*slot, g);
+  mx_array *s = NULL;
+  int st = MX_OK;
+  if (addmm_fold_on()) {
+    st = fold_sum(*slot, g, &s);
+    if (!st && !s) st = fold_sum(g, *slot, &s);
+  }
+  if (st || s) {
+    mx_array_free(g);
+    if (st) return st;
+    mx_array_free(*slot);
+    *slot = s;
+    return MX_OK;
+  }
+  s = mx_add(*slot, g);
   mx_array_free(g);
   if (!s) return mx_last_status();
   if (s->dtype != (*slot)->dtype) {
@@ -325,9 +385,6 @@ static int accumulate(mx_array **slot, mx_array *g) {
   return MX_OK;
 }
 
-static bool same_shape(const mx_array *a, const mx_array *b) {
-  return a->ndim == b->ndim && !memcmp(a->shape, b->shape, sizeof(int64_t) * (size_t)a->ndim);
-}
 
 /* ---- the cotangents of slices, gathered ----------------------------------------------
  * A slice's VJP is zeros of the sliced array's shape with the cotangent

@@ -21,6 +21,29 @@ mx_array *mx__nn_linear_apply(mx_array *x, mx_array *w, mx_array *b) {
   return z;
 }
 
+static const mx_nn_module_vtable linear_vt;
+
+mx_array *mx__nn_linear_add(mx_nn_module *lin, mx_array *x, mx_array *r) {
+  if (!lin || !x || !r) {
+    if (!mx_last_status()) mx__set_error(MX_ERR_INVALID_ARG, "nn: linear_add: NULL argument");
+    return NULL;
+  }
+  mx_array *w = lin->vtable == &linear_vt && !mx_nn_has_param(lin, "bias")
+                    ? mx_nn_param(lin, "weight")
+                    : NULL;
+  if (w && mx_array_ndim(w) == 2 && mx_array_dtype(w) == mx_array_dtype(x) &&
+      mx_array_dtype(r) == mx_array_dtype(x) && mx_dtype_is_float(mx_array_dtype(x))) {
+    mx_array *wt = mx_transpose(w, NULL, 0);
+    mx_array *y = wt ? mx_addmm(r, x, wt, 1.0, 1.0) : NULL;
+    mx_array_free(wt);
+    return y;
+  }
+  mx_array *y = mx_nn_forward(lin, x);
+  mx_array *s = y ? mx_add(r, y) : NULL;
+  mx_array_free(y);
+  return s;
+}
+
 static mx_array *linear_forward(mx_nn_module *self, mx_array *const *in, int n) {
   mx_array *w = mx_nn_param(self, "weight");
   mx_array *b = mx_nn_has_param(self, "bias") ? mx_nn_param(self, "bias") : NULL;

@@ -32,6 +32,10 @@ static inline bool mx__nn_is(const mx_nn_module *m, const char *type) {
 }
 /* x @ w.T (+ b): the Linear forward shared with LoRA/DoRA/fuse. */
 mx_array *mx__nn_linear_apply(mx_array *x, mx_array *w, mx_array *b);
+/* r + lin(x): a plain Linear without bias (weight, x and r of one dtype)
+ * as one addmm (the addition in the product's epilogue, rounded once),
+ * any other module as its forward then an add. */
+mx_array *mx__nn_linear_add(mx_nn_module *lin, mx_array *x, mx_array *r);
 /* Linear from given arrays (takes the references; b may be NULL). */
 mx_nn_module *mx__nn_linear_from(mx_array *w, mx_array *b);
 /* Dropout's forward on x (a new reference). */

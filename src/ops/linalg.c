@@ -85,17 +85,24 @@ static mx_array *matmul_build(const char *op, mx_array *a, mx_array *b, mx_array
   /* A weight shared across the batch (b has no batch dims of its own, the
    * nn.Linear case): fold the batch into M, so the forward is one GEMM and
    * the VJP w.r.t. b is one GEMM too instead of one per batch element
-   * followed by a sum. */
-  bool b_shared = nb > 0 && !c && !a_vec && !b_vec;
+   * followed by a sum. An addmm folds too when c has the result's shape
+   * (a residual added in the product's epilogue). */
+  bool b_shared = nb > 0 && !a_vec && !b_vec;
   for (int i = 0; b_shared && i < bn - 2; i++)
     if (bs[i] != 1) b_shared = false;
+  if (b_shared && c &&
+      (c->ndim != fn || memcmp(c->shape, fs, sizeof(int64_t) * (size_t)fn)))
+    b_shared = false;
   if (b_shared) {
     int64_t rows = 1;
     for (int i = 0; i < an - 1; i++) rows *= as[i];
     mx__tmp t2 = {0};
     mx_array *a2 = mx__keep(&t2, mx_reshape(a, (int64_t[]){rows, K}, 2));
     mx_array *b2 = mx__keep(&t2, mx_reshape(b, (int64_t[]){K, N}, 2));
-    mx_array *o2 = a2 && b2 ? mx__keep(&t2, matmul_build(op, a2, b2, NULL, alpha, beta)) : NULL;
+    mx_array *c2 = c ? mx__keep(&t2, mx_reshape(c, (int64_t[]){rows, N}, 2)) : NULL;
+    mx_array *o2 = a2 && b2 && (!c || c2)
+                       ? mx__keep(&t2, matmul_build(op, a2, b2, c2, alpha, beta))
+                       : NULL;
     mx_array *res = o2 ? mx_reshape(o2, fs, fn) : NULL;
     mx__tmp_free(&t2);
     return res;

@@ -324,26 +324,29 @@ static uint16_t ptr_align(const void *p) {
   return r;
 }
 
-/* C (m x n, row-major) = alpha * A B + beta * C with one cublasLtMatmul;
- * MX_ERR_UNSUPPORTED (no error set): use cuBLAS instead. */
+/* C (m x n, row-major) = alpha * A B + beta * Cin with one cublasLtMatmul
+ * (Cin NULL: C itself; else of C's layout); MX_ERR_UNSUPPORTED (no error
+ * set): use cuBLAS instead. */
 static int lt_matmul(cudaDataType_t ty, cublasComputeType_t ct, cublasOperation_t opa,
                      cublasOperation_t opb, int64_t m, int64_t n, int64_t k, const void *A,
                      int64_t lda, const void *B, int64_t ldb, void *C, int64_t ldc,
-                     const void *alpha, const void *beta, bool beta_nz) {
+                     const void *alpha, const void *beta, bool beta_nz, const void *Cin) {
   lt_key key;
   memset(&key, 0, sizeof key);
   key.ty = (int32_t)ty, key.ct = (int32_t)ct, key.opa = (int32_t)opa, key.opb = (int32_t)opb;
   key.beta_nz = beta_nz, key.m = m, key.n = n, key.k = k;
   key.lda = lda, key.ldb = ldb, key.ldc = ldc;
   key.align_a = ptr_align(A), key.align_b = ptr_align(B), key.align_c = ptr_align(C);
+  if (Cin && ptr_align(Cin) < key.align_c) key.align_c = ptr_align(Cin);
   lt_plan scratch, *p = NULL;
   int st = lt_plan_get(&key, &p, &scratch, alpha, beta, A, B, C);
   if (st) return st;
   mx__buffer *w = p->ws ? mx__cuda_tmp(p->ws) : NULL;
   if (p->ws && !w) st = mx_last_status();
   if (!st)
-    st = cublas_check(cublasLtMatmul(g_lt, p->op, alpha, B, p->lb, A, p->la, beta, C, p->lc, C,
-                                     p->lc, &p->algo, w ? w->dptr : NULL, p->ws,
+    st = cublas_check(cublasLtMatmul(g_lt, p->op, alpha, B, p->lb, A, p->la, beta,
+                                     Cin ? Cin : C, p->lc, C, p->lc, &p->algo,
+                                     w ? w->dptr : NULL, p->ws,
                                      mx__cuda_stream()),
                       "cublasLtMatmul");
   if (w) mx__buffer_release(w);
@@ -919,11 +922,17 @@ static int k_matmul(mx_array *out, mx_array **in) {
     return mx__set_error(MX_ERR_UNSUPPORTED, "matmul: dimensions too large for cuBLAS");
   if (M == 1 && nbatch == 1 && gemv(out, a, b, p, &st)) return st;
   double beta = 0;
+  /* addmm: a row-major c goes to cuBLASLt as its C (read in the epilogue,
+   * no copy); any other c is copied into the result first */
+  const void *cin = NULL;
   if (c) {
-    if ((st = mx__cuda_strided_copy((char *)out->buf->dptr, out->strides, out->shape, nd, c,
-                                    "matmul")))
-      return st;
     beta = p->beta;
+    if (nbatch == 1 && dt != MX_FLOAT64 && K > 0 && lt_enabled() && c->strides[nd - 1] == 1 &&
+        (M == 1 || c->strides[nd - 2] == N))
+      cin = mx__ddata(c);
+    else if ((st = mx__cuda_strided_copy((char *)out->buf->dptr, out->strides, out->shape, nd, c,
+                                         "matmul")))
+      return st;
   }
   cublasHandle_t h;
   if ((st = handle(&h))) return st;
@@ -975,7 +984,12 @@ static int k_matmul(mx_array *out, mx_array **in) {
     }
     if (st == MX_ERR_UNSUPPORTED && nbatch == 1 && dt != MX_FLOAT64 && K > 0 && lt_enabled())
       st = lt_matmul(ty, ct, opa, opb, M2, N2, K2, pa, lda_, pb, ldb_, pc, ldc_, alpha, betap,
-                     beta != 0);
+                     beta != 0, cin);
+    if (st == MX_ERR_UNSUPPORTED && cin) { /* cuBLAS reads c from the result */
+      int cs = mx__cuda_strided_copy((char *)out->buf->dptr, out->strides, out->shape, nd, c,
+                                     "matmul");
+      if (cs) st = cs;
+    }
     const bool padded = M2 != M || N2 != N || K2 != K;
     if (st == MX_ERR_UNSUPPORTED && padded)
       st = cublas_check(cublasGemmEx(h, opb, opa, (int)N2, (int)M2, (int)K2, alpha, pb, ty, ldb_,

@@ -408,9 +408,11 @@ static mx_array *build_mask(const mx_lm_config *c, const fwd_ctx *f, int layer, 
   return m;
 }
 
-/* x (B, L, hidden) -> (B, L, hidden). cache may be NULL (offset 0). */
+/* x (B, L, hidden) -> (B, L, hidden). cache may be NULL (offset 0).
+ * resid: when not NULL, the result is resid + the attention's output (the
+ * addition in o_proj's product: mx__nn_linear_add). */
 static mx_array *attention(mx_nn_module *self, mx_array *x, fwd_ctx *f, int layer,
-                           mx_array *freqs) {
+                           mx_array *freqs, mx_array *resid) {
   const mx_lm_config *c = cfg_of(self);
   if (!x) return NULL;
   mx_lm_cache *cache = f ? f->cache : NULL;
@@ -547,7 +549,8 @@ project:
   mx_array *ot = mx_transpose(o, (int[]){0, 2, 1, 3}, 4);
   mx_array *or = mx_reshape(ot, (int64_t[]){B, L, c->num_attention_heads * c->head_dim}, 3);
   mx_array_free(ot);
-  out = mx_nn_forward(mx_nn_child(self, "o_proj"), or);
+  out = resid ? mx__nn_linear_add(mx_nn_child(self, "o_proj"), or, resid)
+              : mx_nn_forward(mx_nn_child(self, "o_proj"), or);
   mx_array_free(or);
 done:
   mx_array_free(sqkv);
@@ -564,15 +567,15 @@ done:
 
 static mx_array *attention_forward(mx_nn_module *self, mx_array *const *in, int n) {
   mx_array *freqs = cfg_of(self)->rope_scaling == MX_LM_ROPE_LLAMA3 ? llama3_freqs(cfg_of(self)) : NULL;
-  mx_array *y = attention(self, in[0], NULL, ((lm_mod *)self)->layer, freqs);
+  mx_array *y = attention(self, in[0], NULL, ((lm_mod *)self)->layer, freqs, NULL);
   mx_array_free(freqs);
   return y;
 }
 
 /* ---- MLP, block ---------------------------------------------------------------------- */
 
-/* st: the gate/up stack of a decode step, or NULL */
-static mx_array *mlp(mx_nn_module *self, mx_array *x, const mx__lm_stack *st) {
+/* st: the gate/up stack of a decode step, or NULL; resid: as attention's */
+static mx_array *mlp(mx_nn_module *self, mx_array *x, const mx__lm_stack *st, mx_array *resid) {
   const mx_lm_config *ar = cfg_of(self);
   const bool gelu = ar->activation == MX_LM_ACT_GELU_TANH;
   mx_array *g, *u, *p2[2];
@@ -603,7 +606,9 @@ static mx_array *mlp(mx_nn_module *self, mx_array *x, const mx__lm_stack *st) {
   /* silu(g) * u in one kernel (the same bits as the composition) */
   mx_array *a = g && gelu ? mx_nn_gelu_approx(g) : NULL;
   mx_array *h = gelu ? mx_multiply(a, u) : mx_fast_swiglu(g, u);
-  mx_array *y = mx_nn_forward(mx_nn_child(self, "down_proj"), h);
+  mx_array *y = !h       ? NULL
+                : resid ? mx__nn_linear_add(mx_nn_child(self, "down_proj"), h, resid)
+                        : mx_nn_forward(mx_nn_child(self, "down_proj"), h);
   mx_array_free(g);
   mx_array_free(u);
   mx_array_free(a);
@@ -612,7 +617,22 @@ static mx_array *mlp(mx_nn_module *self, mx_array *x, const mx__lm_stack *st) {
 }
 
 static mx_array *mlp_forward(mx_nn_module *self, mx_array *const *in, int n) {
-  return mlp(self, in[0], NULL);
+  return mlp(self, in[0], NULL, NULL);
+}
+
+static const mx_nn_module_vtable mlp_vt;
+
+/* MXC_RESID_ADDMM=0: the residual additions of a forward without a cache
+ * stay separate ops (A/B). */
+static bool resid_addmm_on(void) {
+  static int v = -1;
+  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
+  if (r < 0) {
+    const char *e = getenv("MXC_RESID_ADDMM");
+    r = !(e && !strcmp(e, "0"));
+    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
+  }
+  return r != 0;
 }
 
 static mx_array *block(mx_nn_module *self, mx_array *x, fwd_ctx *cache, int layer,
@@ -620,7 +640,7 @@ static mx_array *block(mx_nn_module *self, mx_array *x, fwd_ctx *cache, int laye
   if (cfg_of(self)->sandwich_norms) { /* gemma2 */
     mx__tmp t = {0};
     mx_array *n1 = mx__keep(&t, mx_nn_forward(mx_nn_child(self, "input_layernorm"), x));
-    mx_array *r = mx__keep(&t, attention(mx_nn_child(self, "self_attn"), n1, cache, layer, freqs));
+    mx_array *r = mx__keep(&t, attention(mx_nn_child(self, "self_attn"), n1, cache, layer, freqs, NULL));
     mx_array *rn = mx__keep(&t, mx_nn_forward(mx_nn_child(self, "post_attention_layernorm"), r));
     mx_array *h = mx__keep(&t, mx_add(x, rn));
     mx_array *n2 = mx__keep(&t, mx_nn_forward(mx_nn_child(self, "pre_feedforward_layernorm"), h));
@@ -630,13 +650,33 @@ static mx_array *block(mx_nn_module *self, mx_array *x, fwd_ctx *cache, int laye
     mx__tmp_free(&t);
     return y;
   }
+  if (!cache && resid_addmm_on()) {
+    /* no cache (training, whole-sequence logits): each residual addition
+     * runs in the epilogue of the product before it (o_proj, down_proj) */
+    mx_nn_module *mm = mx_nn_child(self, "mlp");
+    mx_array *n1 = mx_nn_forward(mx_nn_child(self, "input_layernorm"), x);
+    mx_array *h = attention(mx_nn_child(self, "self_attn"), n1, NULL, layer, freqs, x);
+    mx_array *n2 = h ? mx_nn_forward(mx_nn_child(self, "post_attention_layernorm"), h) : NULL;
+    mx_array *y = NULL;
+    if (n2 && mm && mm->vtable == &mlp_vt) {
+      y = mlp(mm, n2, NULL, h);
+    } else if (n2) {
+      mx_array *f = mx_nn_forward(mm, n2);
+      y = f ? mx_add(h, f) : NULL;
+      mx_array_free(f);
+    }
+    mx_array_free(n1);
+    mx_array_free(h);
+    mx_array_free(n2);
+    return y;
+  }
   mx_array *n1 = mx_nn_forward(mx_nn_child(self, "input_layernorm"), x);
-  mx_array *r = attention(mx_nn_child(self, "self_attn"), n1, cache, layer, freqs);
+  mx_array *r = attention(mx_nn_child(self, "self_attn"), n1, cache, layer, freqs, NULL);
   mx_array *h = mx_add(x, r);
   mx_array *n2 = mx_nn_forward(mx_nn_child(self, "post_attention_layernorm"), h);
   mx_nn_module *mm = mx_nn_child(self, "mlp");
   const mx__lm_stack *gu = cache && cache->stacks ? &cache->stacks[2 * layer + 1] : NULL;
-  mx_array *f = stack_valid(gu, mm) ? mlp(mm, n2, gu) : mx_nn_forward(mm, n2);
+  mx_array *f = stack_valid(gu, mm) ? mlp(mm, n2, gu, NULL) : mx_nn_forward(mm, n2);
   mx_array *y = mx_add(h, f);
   mx_array_free(n1);
   mx_array_free(r);
@@ -798,7 +838,7 @@ static mx_array *layers_fused(mx_nn_module *self, mx_array *h, fwd_ctx *f, mx_ar
     }
     mx_array_free(pend);
     pend = NULL;
-    if (!st && !(r = attention(attn, n1, f, i, freqs))) st = mx_last_status();
+    if (!st && !(r = attention(attn, n1, f, i, freqs, NULL))) st = mx_last_status();
     mx_array_free(f->pre_qkv); /* taken unless attention failed first */
     f->pre_qkv = NULL;
     mx_nn_module *mm = layer ? mx_nn_child(layer, "mlp") : NULL;
@@ -814,7 +854,7 @@ static mx_array *layers_fused(mx_nn_module *self, mx_array *h, fwd_ctx *f, mx_ar
     } else {
       if (!st) st = add_norm(post, c, &h, r, &n2);
       if (!st) {
-        pend = stack_valid(gu, mm) ? mlp(mm, n2, gu) : mx_nn_forward(mm, n2);
+        pend = stack_valid(gu, mm) ? mlp(mm, n2, gu, NULL) : mx_nn_forward(mm, n2);
         if (!pend) st = mx_last_status();
         else if (each) st = mx_eval((mx_array *[]){h, pend}, 2);
       }
