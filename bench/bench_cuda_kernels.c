@@ -7,7 +7,8 @@
  *
  *   bench_cuda_kernels [REPEATS]          (default 20)
  *
- * MXC_BENCH_ONLY=attention-train, embedding-grad, head or ce prints that table only.
+ * MXC_BENCH_ONLY=attention-train, embedding-grad, head, train-gemm, ce or rope prints that
+ * table only.
  *
  * Each row: REPEATS evaluations queued on the GPU stream back to back, then
  * one wait (reading a one-element sum of the last result); the time is
@@ -368,6 +369,32 @@ static void bench_head(int reps) {
   }
 }
 
+/* The products of a training step's Linear layers (bf16, 32,768 rows) in
+ * the forms the matmul VJP builds: Y = X W^T, dX = dY W, dW^T = X^T dY
+ * (bench/peers/torch_gemm.py times the same products with torch). */
+static void bench_train_gemm(int reps) {
+  printf("\n## Training products (bf16, M = 32768 rows)\n\n");
+  printf("| K -> N | product | time (us) | TFLOP/s |\n|---|---|---|---|\n");
+  const int64_t KN[][2] = {{768, 768}, {768, 2048}, {2048, 768}, {768, 2304}};
+  const int64_t M = 32768;
+  for (size_t i = 0; i < sizeof KN / sizeof *KN; i++) {
+    const int64_t K = KN[i][0], N = KN[i][1];
+    mx_array *x = rnd((int64_t[]){M, K}, 2, MX_BFLOAT16, 1, 31);
+    mx_array *w = rnd((int64_t[]){N, K}, 2, MX_BFLOAT16, 1, 32);
+    mx_array *dy = rnd((int64_t[]){M, N}, 2, MX_BFLOAT16, 1, 33);
+    mx_array *wt = mx_transpose(w, NULL, 0), *xt = mx_transpose(x, NULL, 0);
+    mjob js[3] = {{x, wt}, {dy, w}, {xt, dy}};
+    const char *names[3] = {"Y = X W^T", "dX = dY W", "dW^T = X^T dY"};
+    for (int k = 0; k < 3; k++) {
+      double t = gpu_time(m_run, &js[k], reps);
+      printf("| %lld -> %lld | %s | %.1f | %.0f |\n", (long long)K, (long long)N, names[k],
+             t * 1e6, 2.0 * (double)M * (double)N * (double)K / t * 1e-12);
+    }
+    mx_array *all[] = {x, w, dy, wt, xt};
+    mx_array_free_n(all, 5);
+  }
+}
+
 /* ---- the loss over the vocabulary in training ----------------------------------------- */
 typedef struct {
   mx_array *logits, *targets, *cot;
@@ -403,6 +430,28 @@ static void bench_ce(int reps) {
   }
   mx_array *all[] = {j.logits, j.targets, j.cot, u, a, sc};
   mx_array_free_n(all, 6);
+}
+
+/* rope over a (B, T, H, D) projection viewed as (B, H, T, D): the
+ * training step's q or k (32 x 1024 x 12 x 64) and a 512-token prompt's q
+ * of the 1B model (1 x 512 x 32 x 64), bf16. */
+static mx_array *r_run(void *c) { return mx_fast_rope(c, 64, false, 10000, 1.0, 0, NULL); }
+
+static void bench_rope(int reps) {
+  printf("\n## rope (bf16, (B, T, H, D) viewed as (B, H, T, D), head size 64)\n\n");
+  printf("| B x T x H | time (us) | GB/s |\n|---|---|---|\n");
+  const int64_t shapes[][3] = {{32, 1024, 12}, {1, 512, 32}};
+  for (int i = 0; i < 2; i++) {
+    const int64_t B = shapes[i][0], T = shapes[i][1], H = shapes[i][2];
+    mx_array *x0 = rnd((int64_t[]){B, T, H, 64}, 4, MX_BFLOAT16, 1, 51);
+    mx_array *x = mx_transpose(x0, (int[]){0, 2, 1, 3}, 4);
+    if (!x || mx_array_eval(x)) die("rope input");
+    double t = gpu_time(r_run, x, reps);
+    printf("| %lld x %lld x %lld | %.1f | %.0f |\n", (long long)B, (long long)T, (long long)H,
+           t * 1e6, 2.0 * (double)(B * T * H * 64 * 2) / t * 1e-9);
+    mx_array_free(x);
+    mx_array_free(x0);
+  }
 }
 
 /* ---- sort ------------------------------------------------------------------------------ */
@@ -460,6 +509,14 @@ int main(int argc, char **argv) {
     bench_ce(reps);
     return 0;
   }
+  if (only && !strcmp(only, "train-gemm")) {
+    bench_train_gemm(reps);
+    return 0;
+  }
+  if (only && !strcmp(only, "rope")) {
+    bench_rope(reps);
+    return 0;
+  }
   bench_floor(reps);
   bench_gemv(reps);
   bench_qmm(reps);
@@ -467,7 +524,9 @@ int main(int argc, char **argv) {
   bench_sdpa_train(reps);
   bench_embed_grad(reps);
   bench_head(reps);
+  bench_train_gemm(reps);
   bench_ce(reps);
+  bench_rope(reps);
   bench_sort(reps);
   return 0;
 }

@@ -351,6 +351,29 @@ static mx_array *normal_dt(const int64_t *shape, int ndim, double scale, uint64_
   return r;
 }
 
+/* rope's vector kernel (16-bit, dims == D, >= 16 positions, >= 4 rows a
+ * position): a (B, T, H, D) array viewed as (B, H, T, D), 10 head rows a
+ * position (the last group of 4 is partial), two angle scales. */
+TEST(rope_vector_kernel_equals_cpu) {
+  NEED_GPU();
+  mx_array *x0 = normal_dt((int64_t[]){2, 40, 5, 64}, 4, 1, 71, MX_BFLOAT16);
+  ASSERT(x0);
+  mx_array *x = mx_transpose(x0, (int[]){0, 2, 1, 3}, 4);
+  ASSERT_OK(mx_array_eval(x));
+  for (int inv = 0; inv < 2; inv++) {
+    double sc = inv ? 0.25 : 1.0;
+    mx_array *c = mx_fast_rope(x, 64, false, 10000, sc, 7, NULL);
+    mx_set_default_device(MX_GPU);
+    mx_array *g = mx_fast_rope(x, 64, false, 10000, sc, 7, NULL);
+    mx_set_default_device(MX_CPU);
+    ASSERT_EQ_INT(mismatches(c, g, 1e-2, "rope bf16"), 0);
+    mx_array_free(c);
+    mx_array_free(g);
+  }
+  mx_array_free(x);
+  mx_array_free(x0);
+}
+
 /* addmm with a row-major c (the whole result, or a row range of a larger
  * matrix at an offset) hands c to cuBLASLt as its C; a transposed c is
  * copied into the result first. Both equal the CPU (bf16 and f32; the

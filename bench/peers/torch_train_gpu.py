@@ -4,7 +4,8 @@ attention, fused AdamW and (with --compile) torch.compile — the recipe a
 PyTorch user would reach for.
 
     python3 bench/peers/torch_train_gpu.py [--dim 768 --layers 12 --heads 12
-        --hidden 2048 --vocab 32768 --seq 1024 --batch 32 --steps 12 --compile]
+        --hidden 2048 --vocab 32768 --seq 1024 --batch 32 --steps 12 --compile
+        --profile 0]
 
 Prints tokens/s over the steps after the first 2 (warm-up, compilation),
 model parameters, and MFU against the H100's 989 TFLOP/s dense bf16 peak
@@ -23,6 +24,9 @@ for k, v in dict(dim=768, layers=12, heads=12, hidden=2048, vocab=32768, seq=102
     ap.add_argument("--" + k, type=int, default=v)
 ap.add_argument("--compile", action="store_true")
 ap.add_argument("--peak", type=float, default=989e12)
+ap.add_argument("--profile", type=int, default=0,
+                help="after the timed steps, this many more under torch.profiler: the "
+                     "kernels' GPU time (top 40) goes to stderr")
 a = ap.parse_args()
 cfg = LlamaConfig(vocab_size=a.vocab, hidden_size=a.dim, intermediate_size=a.hidden,
                   num_hidden_layers=a.layers, num_attention_heads=a.heads,
@@ -62,3 +66,15 @@ r = dict(params=n, tokens_per_s=tok, mfu=tok * flops_tok / a.peak, loss=float(lo
          peak_mem_gb=torch.cuda.max_memory_allocated() / 1e9, compile=a.compile,
          torch=torch.__version__)
 print(json.dumps(r))
+if a.profile:
+    import sys
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(a.profile):
+            x = torch.randint(0, a.vocab, (a.batch, a.seq), device="cuda", generator=g)
+            step(x, x)
+        torch.cuda.synchronize()
+    print(f"# {a.profile} steps under torch.profiler (GPU time per kernel, all steps)",
+          file=sys.stderr)
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90),
+          file=sys.stderr)

@@ -111,6 +111,11 @@ void mx__register_device_ops(int device, const mx__device_ops *ops) {
   g_dev_ops[device] = *ops;
 }
 
+const mx__device_ops *mx__device_ops_of(int device) {
+  MX_ASSERT(device >= 0 && device < MX_DEVICE_COUNT);
+  return &g_dev_ops[device];
+}
+
 static void device_free(int device, void *p) {
   if (device == MX_CPU) free(p);
   else if (g_dev_ops[device].free) g_dev_ops[device].free(p);

@@ -70,7 +70,15 @@ typedef struct {
   int (*capture_end)(bool keep, void **graph);
   int (*graph_launch)(void *graph);
   void (*graph_free)(void *graph);
+  /* optional (MXC_PROFILE=2): queue a timing mark after the work queued so
+   * far (NULL: none, e.g. while capturing); mark_elapsed waits for b and
+   * gives the device time from a to b in ms; mark_free recycles a mark */
+  void *(*mark)(void);
+  int (*mark_elapsed)(void *a, void *b, float *ms);
+  void (*mark_free)(void *m);
 } mx__device_ops;
+/* The device's ops (NULL members when it has none of them). */
+const mx__device_ops *mx__device_ops_of(int device);
 /* Waits for the device's queued work (no-op without a sync hook). */
 int mx__device_sync(int device);
 void mx__register_device_ops(int device, const mx__device_ops *ops);

@@ -77,20 +77,114 @@ static void prof_slow(const mx_array *a, double dt) {
   fprintf(stderr, "%s\n", line);
 }
 
-static bool prof_on(void) {
+/* ---- device timeline (MXC_PROFILE=2) -------------------------------------------
+ * No waits: a timing mark is queued before and after each GPU op's kernels
+ * and the marks are read back in batches (waiting only for old ones), so
+ * the device runs as it does unprofiled (except that a mark between two
+ * kernels stops the second from starting early: programmatic dependent
+ * launches). Each op gets its device time (busy), and the time the device
+ * spent before it with nothing of it queued yet (idle: waiting for the
+ * host, or host-device copies). */
+typedef struct {
+  int op;
+  void *m0, *m1;
+} prof_rec;
+static prof_rec *g_recs;
+static size_t g_nrec, g_caprec;
+static void *g_last_end;
+static double g_busy_s[MX__OP_COUNT], g_idle_s[MX__OP_COUNT];
+static uint64_t g_busy_n[MX__OP_COUNT];
+
+/* resolves all but the newest `keep` records (g_prof_mu held) */
+static void tl_drain(size_t keep) {
+  const mx__device_ops *o = mx__device_ops_of(MX_GPU);
+  size_t n = g_nrec > keep ? g_nrec - keep : 0;
+  for (size_t i = 0; i < n; i++) {
+    prof_rec *r = &g_recs[i];
+    float busy = 0, idle = 0;
+    if (o->mark_elapsed(r->m0, r->m1, &busy) ||
+        (g_last_end && o->mark_elapsed(g_last_end, r->m0, &idle)))
+      mx_clear_error();
+    g_busy_s[r->op] += 1e-3 * busy;
+    g_idle_s[r->op] += 1e-3 * idle;
+    g_busy_n[r->op]++;
+    if (g_last_end) o->mark_free(g_last_end);
+    o->mark_free(r->m0);
+    g_last_end = r->m1;
+  }
+  memmove(g_recs, g_recs + n, sizeof *g_recs * (g_nrec - n));
+  g_nrec -= n;
+}
+
+static void tl_report(void);
+
+static void tl_push(int op, void *m0, void *m1) {
+  const mx__device_ops *o = mx__device_ops_of(MX_GPU);
+  static bool registered;
+  pthread_mutex_lock(&g_prof_mu);
+  if (!registered) {
+    registered = true;
+    atexit(tl_report);
+  }
+  if (g_nrec == g_caprec) {
+    if (g_nrec >= 4096) tl_drain(1024);
+    if (g_nrec == g_caprec) {
+      size_t nc = g_caprec ? 2 * g_caprec : 4096;
+      prof_rec *nv = realloc(g_recs, sizeof *nv * nc);
+      if (nv) g_recs = nv, g_caprec = nc;
+    }
+  }
+  if (g_nrec < g_caprec && m0 && m1) {
+    g_recs[g_nrec++] = (prof_rec){op, m0, m1};
+  } else {
+    o->mark_free(m0);
+    o->mark_free(m1);
+  }
+  pthread_mutex_unlock(&g_prof_mu);
+}
+
+static void tl_report(void) {
+  pthread_mutex_lock(&g_prof_mu);
+  tl_drain(0);
+  double busy = 0, idle = 0;
+  for (int i = 0; i < MX__OP_COUNT; i++) busy += g_busy_s[i], idle += g_idle_s[i];
+  fprintf(stderr,
+          "\n== mxc device timeline (MXC_PROFILE=2): %.3f s busy, %.3f s idle between ops\n",
+          busy, idle);
+  fprintf(stderr, "%-30s %10s %12s %10s %6s %12s\n", "op", "calls", "device ms", "us/call", "%",
+          "idle before");
+  for (;;) {
+    int bi = -1;
+    for (int i = 0; i < MX__OP_COUNT; i++)
+      if (g_busy_n[i] && (bi < 0 || g_busy_s[i] > g_busy_s[bi])) bi = i;
+    if (bi < 0) break;
+    fprintf(stderr, "%-30s %10llu %12.3f %10.2f %5.1f%% %12.3f\n", mx__op_names[bi],
+            (unsigned long long)g_busy_n[bi], 1e3 * g_busy_s[bi],
+            1e6 * g_busy_s[bi] / (double)g_busy_n[bi], busy > 0 ? 100 * g_busy_s[bi] / busy : 0,
+            1e3 * g_idle_s[bi]);
+    g_busy_n[bi] = 0;
+  }
+  pthread_mutex_unlock(&g_prof_mu);
+}
+
+/* 0 off, 1 serialised op profile, 2 device timeline */
+static int prof_mode(void) {
   if (g_prof < 0) {
     pthread_mutex_lock(&g_prof_mu);
     if (g_prof < 0) {
       const char *e = getenv("MXC_PROFILE");
-      g_prof = e && *e && strcmp(e, "0") ? 1 : 0;
+      int m = e && *e && strcmp(e, "0") ? 1 : 0;
+      if (m && !strcmp(e, "2")) m = mx__device_ops_of(MX_GPU)->mark ? 2 : 1;
       const char *sl = getenv("MXC_PROFILE_SLOW");
-      if (g_prof && sl && *sl) g_prof_slow_us = atof(sl);
-      if (g_prof) atexit(prof_report);
+      if (m == 1 && sl && *sl) g_prof_slow_us = atof(sl);
+      if (m == 1) atexit(prof_report); /* 2: at the first mark (after the device's own) */
+      g_prof = m;
     }
     pthread_mutex_unlock(&g_prof_mu);
   }
-  return g_prof == 1;
+  return g_prof;
 }
+static bool prof_on(void) { return prof_mode() == 1; }
 
 static _Thread_local int tl_trace_depth;
 static _Thread_local int tl_default_device = MX_CPU;
@@ -236,7 +330,12 @@ int mx_eval(mx_array **arrays, int n) {
     }
     if (st) break;
     double t0 = prof_on() ? prof_now() : 0;
+    const mx__device_ops *tl = a->device != MX_CPU && prof_mode() == 2
+                                   ? mx__device_ops_of(a->device)
+                                   : NULL;
+    void *m0 = tl ? tl->mark() : NULL;
     st = k(a, a->inputs);
+    if (tl) tl_push(a->op->id, m0, tl->mark());
     if (t0 > 0) {
       if (!st && a->device != MX_CPU) st = mx__device_sync(a->device);
       double dt = prof_now() - t0;

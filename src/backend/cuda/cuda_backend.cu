@@ -188,6 +188,54 @@ static void dev_graph_free(void *graph) {
   if (cudaGraphExecDestroy((cudaGraphExec_t)graph) != cudaSuccess) cudaGetLastError();
 }
 
+/* ---- timing marks (MXC_PROFILE=2): events from a recycled pool -------------------- */
+static pthread_mutex_t g_mark_mu = PTHREAD_MUTEX_INITIALIZER;
+static cudaEvent_t *g_marks;
+static int g_nmarks, g_cap_marks;
+
+static void *dev_mark(void) {
+  if (g_capturing) return NULL;
+  cudaEvent_t e = NULL;
+  pthread_mutex_lock(&g_mark_mu);
+  if (g_nmarks) e = g_marks[--g_nmarks];
+  pthread_mutex_unlock(&g_mark_mu);
+  if (!e && cudaEventCreate(&e) != cudaSuccess) {
+    cudaGetLastError();
+    return NULL;
+  }
+  if (cudaEventRecord(e, g_stream) != cudaSuccess) {
+    cudaGetLastError();
+    cudaEventDestroy(e);
+    return NULL;
+  }
+  return (void *)e;
+}
+
+static int dev_mark_elapsed(void *a, void *b, float *ms) {
+  *ms = 0.f;
+  if (!a || !b) return MX_OK;
+  int st = mx__cuda_check(cudaEventSynchronize((cudaEvent_t)b), "timing mark");
+  if (!st) st = mx__cuda_check(cudaEventElapsedTime(ms, (cudaEvent_t)a, (cudaEvent_t)b),
+                               "timing mark");
+  return st;
+}
+
+static void dev_mark_free(void *m) {
+  if (!m) return;
+  pthread_mutex_lock(&g_mark_mu);
+  if (g_nmarks == g_cap_marks) {
+    int nc = g_cap_marks ? 2 * g_cap_marks : 1024;
+    cudaEvent_t *nv = (cudaEvent_t *)realloc(g_marks, sizeof *nv * (size_t)nc);
+    if (nv) g_marks = nv, g_cap_marks = nc;
+  }
+  if (g_nmarks < g_cap_marks) {
+    g_marks[g_nmarks++] = (cudaEvent_t)m;
+    m = NULL;
+  }
+  pthread_mutex_unlock(&g_mark_mu);
+  if (m) cudaEventDestroy((cudaEvent_t)m);
+}
+
 /* ---- init ---------------------------------------------------------------------- */
 static void init(void) {
   int n = 0;
@@ -211,6 +259,9 @@ static void init(void) {
   ops.capture_end = dev_capture_end;
   ops.graph_launch = dev_graph_launch;
   ops.graph_free = dev_graph_free;
+  ops.mark = dev_mark;
+  ops.mark_elapsed = dev_mark_elapsed;
+  ops.mark_free = dev_mark_free;
   mx__register_device_ops(MX_GPU, &ops);
   int major = 0;
   const char *pdl = getenv("MXC_PDL");

@@ -26,6 +26,7 @@
  *   f64   CUBLAS_COMPUTE_64F */
 #include <cublasLt.h>
 #include <cublas_v2.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <limits.h>
@@ -179,6 +180,38 @@ static float lt_time(const lt_plan *p, const cublasLtMatmulAlgo_t *algo, size_t 
   return t[2] < a ? a : t[2] > b ? b : t[2];
 }
 
+/* MXC_GEMM_LOG=1: each new plan's shape and algorithm to stderr (which
+ * kernel family, tile, split-K and reduction cuBLASLt chose) */
+static void lt_log(const lt_key *k, const cublasLtMatmulAlgo_t *a, size_t ws, int nres, int best) {
+  static int on = -1;
+  if (on < 0) {
+    const char *e = getenv("MXC_GEMM_LOG");
+    on = e && !strcmp(e, "1");
+  }
+  if (!on) return;
+  int32_t id = -1, splitk = 0;
+  uint32_t tile = 0, red = 0, stages = 0;
+  uint16_t cluster = 0;
+  size_t w = 0;
+  cublasLtMatmulAlgoConfigGetAttribute(a, CUBLASLT_ALGO_CONFIG_ID, &id, sizeof id, &w);
+  cublasLtMatmulAlgoConfigGetAttribute(a, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof tile, &w);
+  cublasLtMatmulAlgoConfigGetAttribute(a, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof splitk,
+                                       &w);
+  cublasLtMatmulAlgoConfigGetAttribute(a, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &red, sizeof red,
+                                       &w);
+  cublasLtMatmulAlgoConfigGetAttribute(a, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages, sizeof stages,
+                                       &w);
+  cublasLtMatmulAlgoConfigGetAttribute(a, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, &cluster,
+                                       sizeof cluster, &w);
+  fprintf(stderr,
+          "mxc gemm plan: m %lld n %lld k %lld opa %d opb %d lda %lld ldb %lld ldc %lld beta %d "
+          "align %u/%u/%u: algo %d tile %u splitk %d reduction %u stages %u cluster %u ws %zu "
+          "(%d of %d)\n",
+          (long long)k->m, (long long)k->n, (long long)k->k, k->opa, k->opb, (long long)k->lda,
+          (long long)k->ldb, (long long)k->ldc, k->beta_nz, k->align_a, k->align_b, k->align_c,
+          id, tile, splitk, red, stages, cluster, ws, best, nres);
+}
+
 /* Build (or find) the plan for key; tune with the operands when asked. */
 static int lt_plan_get(const lt_key *key, lt_plan **out, lt_plan *scratch, const void *alpha,
                        const void *beta, const void *A, const void *B, void *C) {
@@ -292,6 +325,7 @@ static int lt_plan_get(const lt_key *key, lt_plan **out, lt_plan *scratch, const
     p->algo = res[best].algo;
     p->ws = res[best].workspaceSize;
     p->used = p != scratch;
+    lt_log(key, &p->algo, p->ws, nres, best);
   } else {
     lt_plan_destroy(p);
     memset(p, 0, sizeof *p);
