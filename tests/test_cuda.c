@@ -9,6 +9,7 @@
 
 #include "mxc/mxc.h"
 #include "ops/fast_params.h"
+#include "ops/optim_params.h"
 #include "test.h"
 
 #define NEED_GPU()                                                         \
@@ -349,6 +350,40 @@ static mx_array *normal_dt(const int64_t *shape, int ndim, double scale, uint64_
     return NULL;
   }
   return r;
+}
+
+/* adam_update's packed form with a 16-bit gradient and a gradient scale
+ * (the trainer's step) has the bits of the cast, the multiply and the
+ * float32 form, on the vector path (contiguous, n % 4 == 0) and the
+ * strided one. */
+TEST(adam_update_reads_16bit_grads_and_a_scale) {
+  NEED_GPU();
+  const int64_t shapes[2][2] = {{3, 37}, {4, 64}};
+  const mx_dtype gts[2] = {MX_BFLOAT16, MX_FLOAT16};
+  mx_set_default_device(MX_GPU);
+  for (int si = 0; si < 2; si++)
+    for (int gi = 0; gi < 2; gi++) {
+      mx_array *p = normal(shapes[si], 2, 1, 81), *m = normal(shapes[si], 2, 0.1, 82);
+      mx_array *v0 = normal(shapes[si], 2, 0.1, 83), *v = mx_square(v0);
+      mx_array *g = normal_dt(shapes[si], 2, 1, 84, gts[gi]);
+      mx_array *s = mx_array_scalar(0.37, MX_FLOAT32);
+      mx__adam_params ap = {.which = MX__ADAM_ALL, .beta1 = 0.9, .beta2 = 0.999, .c1 = 1e-3,
+                            .c2 = 1.2, .eps = 1e-8, .decay = 0.999};
+      mx_array *gf = mx_astype(g, MX_FLOAT32), *gs = mx_multiply(gf, s);
+      mx_array *ref = mx__adam_update(&ap, p, m, v, gs);
+      mx_array *fused = mx__adam_update_all(&ap, p, m, v, g, s);
+      ASSERT_OK(mx_eval((mx_array *[]){ref, fused}, 2));
+      const int64_t n = 3 * shapes[si][0] * shapes[si][1];
+      float *a = malloc(sizeof(float) * (size_t)n), *b = malloc(sizeof(float) * (size_t)n);
+      ASSERT_OK(mx_array_copy_to(ref, MX_FLOAT32, a, n));
+      ASSERT_OK(mx_array_copy_to(fused, MX_FLOAT32, b, n));
+      ASSERT_MSG(!memcmp(a, b, sizeof(float) * (size_t)n), "shape %d %s: not the bits", si,
+                 mx_dtype_name(gts[gi]));
+      free(a);
+      free(b);
+      mx_array_free_n((mx_array *[]){p, m, v0, v, g, s, gf, gs, ref, fused}, 10);
+    }
+  mx_set_default_device(MX_CPU);
 }
 
 /* rope's vector kernel (16-bit, dims == D, >= 16 positions, >= 4 rows a

@@ -8,6 +8,9 @@
 #include "mxc/mxc.h"
 #include "test.h"
 
+#include "array_impl.h"
+#include "ops/optim_params.h"
+
 #ifndef MXC_SOURCE_DIR
 #define MXC_SOURCE_DIR "."
 #endif
@@ -299,6 +302,96 @@ TEST(clip_grad_norm_as_mlx) {
   ASSERT_OK(mx_array_copy_to(mx_map_get(g, "b"), MX_FLOAT32, &b, 1));
   ASSERT_NEAR(b, 4.0 / (5.0 + 1e-6), 1e-6);
   mx_map_free(g);
+}
+
+static mx_array *rnd_arr(const int64_t *shape, int nd, mx_dtype dt, uint64_t seed, double sc) {
+  mx_array *k = mx_random_key(seed);
+  mx_array *f = mx_random_normal(shape, nd, MX_FLOAT32, 0, sc, k);
+  mx_array *r = mx_astype(f, dt);
+  mx_array_free(k);
+  mx_array_free(f);
+  if (r && mx_array_eval(r)) {
+    mx_array_free(r);
+    return NULL;
+  }
+  return r;
+}
+
+/* The trainer's step: 16-bit gradients given to the optimizer as they are,
+ * clipping as the update's gradient scale. Equal, bit for bit, to casting
+ * the gradients to float32, mx_clip_grad_norm, then mx_optimizer_update —
+ * for Adam and AdamW (the one-pass kernel reads both) and SGD (composed). */
+TEST(scaled_update_with_16bit_grads_equals_clip_then_update) {
+  for (int kind = 0; kind < 3; kind++) {
+    mx_optimizer *o[2];
+    for (int j = 0; j < 2; j++) {
+      if (kind == 0) {
+        mx_adam_options ao = MX_ADAM_OPTIONS(1e-2);
+        o[j] = mx_optimizer_adam(&ao);
+      } else if (kind == 1) {
+        mx_adam_options ao = MX_ADAM_OPTIONS(1e-2);
+        ao.weight_decay = 0.1;
+        o[j] = mx_optimizer_adamw(&ao);
+      } else {
+        mx_sgd_options so = MX_SGD_OPTIONS(1e-2);
+        so.momentum = 0.9;
+        o[j] = mx_optimizer_sgd(&so);
+      }
+      ASSERT(o[j]);
+    }
+    mx_map *p[2] = {mx_map_new(), mx_map_new()};
+    for (int j = 0; j < 2; j++) {
+      mx_map_set_take(p[j], "w", rnd_arr((int64_t[]){3, 37}, 2, MX_FLOAT32, 5, 1));
+      mx_map_set_take(p[j], "b", rnd_arr((int64_t[]){8}, 1, MX_FLOAT32, 6, 1));
+    }
+    for (int step = 0; step < 2; step++) {
+      mx_map *low = mx_map_new(), *f32 = mx_map_new();
+      mx_map_set_take(low, "w", rnd_arr((int64_t[]){3, 37}, 2, MX_BFLOAT16, 7 + (uint64_t)step, 2));
+      mx_map_set_take(low, "b", rnd_arr((int64_t[]){8}, 1, MX_FLOAT32, 9 + (uint64_t)step, 2));
+      for (int i = 0; i < 2; i++)
+        mx_map_set_take(f32, mx_map_key(low, i), mx_astype(mx_map_value(low, i), MX_FLOAT32));
+      /* reference: cast, clip, update */
+      mx_array *n0 = NULL;
+      ASSERT_OK(mx_clip_grad_norm(f32, 1.5, &n0));
+      ASSERT_OK(mx_optimizer_update(o[0], p[0], f32));
+      ASSERT_OK(mx_optimizer_eval(o[0], p[0]));
+      /* the trainer's way */
+      mx_array *n1 = NULL, *fac = NULL;
+      ASSERT_OK(mx__grad_clip_factor(low, 1.5, &n1, &fac));
+      ASSERT_OK(mx__optimizer_update_scaled(o[1], p[1], low, fac));
+      ASSERT_OK(mx_optimizer_eval(o[1], p[1]));
+      float a = 0, b = 1;
+      ASSERT_OK(mx_array_copy_to(n0, MX_FLOAT32, &a, 1));
+      ASSERT_OK(mx_array_copy_to(n1, MX_FLOAT32, &b, 1));
+      ASSERT_MSG(a == b && a > 1.5f, "kind %d step %d: norms %.9g %.9g", kind, step, a, b);
+      for (int i = 0; i < 2; i++) {
+        float x[111], y[111];
+        int64_t n = mx_array_size(mx_map_value(p[0], i));
+        ASSERT_OK(mx_array_copy_to(mx_map_value(p[0], i), MX_FLOAT32, x, n));
+        ASSERT_OK(mx_array_copy_to(mx_map_get(p[1], mx_map_key(p[0], i)), MX_FLOAT32, y, n));
+        ASSERT_MSG(!memcmp(x, y, sizeof(float) * (size_t)n), "kind %d step %d: %s differs", kind,
+                   step, mx_map_key(p[0], i));
+      }
+      mx_array_free_n((mx_array *[]){n0, n1, fac}, 3);
+      mx_map_free(low);
+      mx_map_free(f32);
+    }
+    for (int j = 0; j < 2; j++) {
+      mx_map_free(p[j]);
+      mx_optimizer_free(o[j]);
+    }
+  }
+  /* the trainer drops a lone lazy cast of a 16-bit gradient, nothing else */
+  mx_array *h = rnd_arr((int64_t[]){4}, 1, MX_BFLOAT16, 3, 1);
+  mx_array *c = mx_astype(h, MX_FLOAT32);
+  ASSERT(mx__lone_cast_source(c) == h);
+  mx_array *c2 = mx_array_retain(c);
+  ASSERT(mx__lone_cast_source(c) == NULL); /* held twice */
+  mx_array_free(c2);
+  ASSERT_OK(mx_array_eval(c));
+  ASSERT(mx__lone_cast_source(c) == NULL); /* already run */
+  mx_array_free(c);
+  mx_array_free(h);
 }
 
 /* loss = mean((x @ w - y)^2) over the rows of a batch */

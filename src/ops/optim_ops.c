@@ -29,15 +29,52 @@ mx_array *mx__adam_update(const mx__adam_params *p, mx_array *a, mx_array *b, mx
                            mx__shape_str(a->shape, a->ndim, s2, sizeof s2)), NULL;
     }
   }
+  if (p->which != MX__ADAM_ALL) {
+    mx__adam_params q = *p;
+    q.has_scale = false;
+    return mx__node_new(&def_ADAM_UPDATE, dt, a->shape, a->ndim, in, n, &q, sizeof q);
+  }
+  return mx__adam_update_all(p, a, b, c, d, NULL);
+}
+
+mx_array *mx__adam_update_all(const mx__adam_params *p, mx_array *pm, mx_array *m, mx_array *v,
+                              mx_array *g, mx_array *s) {
   if (p->which != MX__ADAM_ALL)
-    return mx__node_new(&def_ADAM_UPDATE, dt, a->shape, a->ndim, in, n, p, sizeof *p);
-  if (a->ndim + 1 > MX_MAX_NDIM)
+    return mx__set_error(MX_ERR_INVALID_ARG, "adam_update: form %d is not the packed one",
+                         p->which), NULL;
+  mx_array *in[5] = {pm, m, v, g, s};
+  const int n = s ? 5 : 4;
+  for (int i = 0; i < n; i++) MX__CHECK_IN("adam_update", in[i]);
+  mx_dtype dt = pm->dtype;
+  if (dt != MX_FLOAT32 && dt != MX_FLOAT64)
+    return mx__set_error(MX_ERR_DTYPE, "adam_update: float32 or float64 needed, not %s",
+                         mx_dtype_name(dt)), NULL;
+  for (int i = 1; i < 4; i++) {
+    const bool low_g = i == 3 && dt == MX_FLOAT32 &&
+                       (g->dtype == MX_BFLOAT16 || g->dtype == MX_FLOAT16);
+    if (in[i]->dtype != dt && !low_g)
+      return mx__set_error(MX_ERR_DTYPE, "adam_update: input %d is %s, not %s", i,
+                           mx_dtype_name(in[i]->dtype), mx_dtype_name(dt)), NULL;
+    if (in[i]->ndim != pm->ndim ||
+        memcmp(in[i]->shape, pm->shape, sizeof(int64_t) * (size_t)pm->ndim)) {
+      char s1[96], s2[96];
+      return mx__set_error(MX_ERR_SHAPE, "adam_update: input %d of shape %s, not %s", i,
+                           mx__shape_str(in[i]->shape, in[i]->ndim, s1, sizeof s1),
+                           mx__shape_str(pm->shape, pm->ndim, s2, sizeof s2)), NULL;
+    }
+  }
+  if (s && (s->ndim != 0 || s->dtype != dt))
+    return mx__set_error(MX_ERR_SHAPE, "adam_update: the gradient scale must be a 0-d %s array",
+                         mx_dtype_name(dt)), NULL;
+  if (pm->ndim + 1 > MX_MAX_NDIM)
     return mx__set_error(MX_ERR_SHAPE, "adam_update: %d axes leave no room for the packed "
-                         "axis", a->ndim), NULL;
+                         "axis", pm->ndim), NULL;
+  mx__adam_params q = *p;
+  q.has_scale = s != NULL;
   int64_t shape[MX_MAX_NDIM];
   shape[0] = 3;
-  memcpy(shape + 1, a->shape, sizeof(int64_t) * (size_t)a->ndim);
-  return mx__node_new(&def_ADAM_UPDATE, dt, shape, a->ndim + 1, in, n, p, sizeof *p);
+  memcpy(shape + 1, pm->shape, sizeof(int64_t) * (size_t)pm->ndim);
+  return mx__node_new(&def_ADAM_UPDATE, dt, shape, pm->ndim + 1, in, n, &q, sizeof q);
 }
 
 /* d a_i = 2 cot a_i (in the compute type, rounded to a_i's dtype) */

@@ -20,17 +20,27 @@
 #ifndef MXC_OPTIM_PARAMS_H
 #define MXC_OPTIM_PARAMS_H
 #include "array_impl.h"
+#include "mxc/optim.h"
 
 enum { MX__ADAM_M = 0, MX__ADAM_V = 1, MX__ADAM_P = 2, MX__ADAM_ALL = 3 };
 
 typedef struct {
   int which; /* MX__ADAM_* */
   double beta1, beta2, c1, c2, eps, decay;
+  bool has_scale; /* ADAM_ALL: a fifth input, the gradient's scale (set by the builder) */
 } mx__adam_params;
 
 /* ADAM_M / ADAM_V: a, b (c, d NULL); ADAM_P: a, b, c; ADAM_ALL: a, b, c, d. */
 mx_array *mx__adam_update(const mx__adam_params *p, mx_array *a, mx_array *b, mx_array *c,
                           mx_array *d);
+/* ADAM_ALL (p->which) over (p, m, v, g) where g may also be float16 or
+ * bfloat16 when p is float32 (read exactly as float32: a mixed-precision
+ * step's gradient needs no cast), and s, when not NULL, a 0-d array of p's
+ * dtype that scales the gradient (gradient clipping): g s rounded as a
+ * separate multiply rounds it. The bits of the cast, the multiply and
+ * ADAM_ALL in turn. */
+mx_array *mx__adam_update_all(const mx__adam_params *p, mx_array *pm, mx_array *m, mx_array *v,
+                              mx_array *g, mx_array *s);
 
 /* sum_squares: sum over every element of every input of x^2, a scalar —
  * one op (two launches on the GPU) for a gradient norm over any number of
@@ -38,5 +48,21 @@ mx_array *mx__adam_update(const mx__adam_params *p, mx_array *a, mx_array *b, mx
  * arrays of float dtypes, any shapes and strides; accumulated in float64
  * in a fixed order; the result float32 (float64 when an input is). */
 mx_array *mx__sum_squares(mx_array **a, int n);
+
+/* mx_optimizer_update with every gradient scaled by `scale` (a 0-d float
+ * array; NULL: none), and gradients of a 16-bit dtype for float32
+ * parameters taken as they are: Adam's one-pass kernel reads both (no
+ * pass over the gradients for clipping or casting); other optimizers get
+ * the cast and the product composed. */
+int mx__optimizer_update_scaled(mx_optimizer *o, mx_map *params, const mx_map *grads,
+                                mx_array *scale);
+/* mx_clip_grad_norm without scaling: the global norm and the factor
+ * min(max_norm / (norm + 1e-6), 1) (both float32 0-d arrays, lazy). */
+int mx__grad_clip_factor(const mx_map *grads, double max_norm, mx_array **norm,
+                         mx_array **factor);
+/* A gradient's 16-bit source when it is a float32 cast of a 16-bit array
+ * that nothing else holds and that has not run (the VJP of a
+ * mixed-precision loss's cast); NULL otherwise. */
+mx_array *mx__lone_cast_source(mx_array *g);
 
 #endif

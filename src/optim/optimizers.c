@@ -20,6 +20,7 @@ struct mx_optimizer {
   mx_schedule *sched; /* NULL: constant lr */
   int64_t step;
   mx_map *state;
+  mx_array *gscale; /* during mx__optimizer_update_scaled: every gradient's scale (0-d) */
   union {
     mx_sgd_options sgd;
     mx_adam_options adam;
@@ -181,6 +182,17 @@ static int apply_sgd(mx_optimizer *o, const char *key, mx_array *p, mx_array *g,
   return *out ? MX_OK : mx_last_status();
 }
 
+/* Whether Adam's one-pass kernel takes gradient g of p as it is: of p's
+ * dtype, or 16-bit for a float32 p (read exactly); the scale of
+ * mx__optimizer_update_scaled goes into that kernel too. */
+static bool adam_fused_ok(const mx_optimizer *o, mx_array *p, mx_array *g) {
+  mx_dtype dt = mx_array_dtype(p), gt = mx_array_dtype(g);
+  return (o->kind == O_ADAM || o->kind == O_ADAMW) && (dt == MX_FLOAT32 || dt == MX_FLOAT64) &&
+         (gt == dt || (dt == MX_FLOAT32 && (gt == MX_BFLOAT16 || gt == MX_FLOAT16))) &&
+         mx_array_ndim(g) == mx_array_ndim(p) && mx_array_ndim(p) + 1 <= MX_MAX_NDIM &&
+         !memcmp(mx_array_shape(g), mx_array_shape(p), sizeof(int64_t) * (size_t)mx_array_ndim(p));
+}
+
 static int apply_adam(mx_optimizer *o, const char *key, mx_array *p, mx_array *g, double lr,
                       pool *P, mx_array **out) {
   const mx_adam_options *a = &o->o.adam;
@@ -197,9 +209,7 @@ static int apply_adam(mx_optimizer *o, const char *key, mx_array *p, mx_array *g
       ap.c1 = lr / (1.0 - pow(a->beta1, t));
       ap.c2 = 1.0 / sqrt(1.0 - pow(a->beta2, t));
     }
-    if (mx_array_dtype(g) != dt || mx_array_ndim(g) != mx_array_ndim(p) ||
-        memcmp(mx_array_shape(g), mx_array_shape(p), sizeof(int64_t) * (size_t)mx_array_ndim(p)) ||
-        mx_array_ndim(p) + 1 > MX_MAX_NDIM) {
+    if (!adam_fused_ok(o, p, g)) {
       mx_array *m = K(P, mx__adam_update(&ap, m0, g, NULL, NULL));
       ap.which = MX__ADAM_V;
       mx_array *v = K(P, mx__adam_update(&ap, v0, g, NULL, NULL));
@@ -211,7 +221,9 @@ static int apply_adam(mx_optimizer *o, const char *key, mx_array *p, mx_array *g
     }
     /* one pass: [m', v', p'] packed, the state and the parameter views of it */
     ap.which = MX__ADAM_ALL;
-    mx_array *all = K(P, mx__adam_update(&ap, p, m0, v0, g));
+    mx_array *sc = o->gscale ? K(P, mx_astype(o->gscale, dt)) : NULL;
+    if (o->gscale && !sc) return mx_last_status();
+    mx_array *all = K(P, mx__adam_update_all(&ap, p, m0, v0, g, sc));
     mx_array *part[3] = {NULL, NULL, NULL};
     int ax0 = 0;
     for (int i = 0; i < 3 && all; i++) {
@@ -357,7 +369,14 @@ int mx_optimizer_update(mx_optimizer *o, mx_map *params, const mx_map *grads) {
     mx_array *p = mx_map_value(params, i), *g = mx_map_get(grads, k);
     pool P = {0};
     mx_array *np = NULL;
-    if (mx_array_dtype(g) != mx_array_dtype(p)) g = K(&P, mx_astype(g, mx_array_dtype(p)));
+    if (!adam_fused_ok(o, p, g)) { /* else Adam's kernel casts and scales g itself */
+      mx_dtype dt = mx_array_dtype(p);
+      if (g && mx_array_dtype(g) != dt) g = K(&P, mx_astype(g, dt));
+      if (g && o->gscale) {
+        mx_array *sc = K(&P, mx_astype(o->gscale, dt));
+        g = sc ? K(&P, mx_multiply(g, sc)) : NULL;
+      }
+    }
     int rc = !g ? mx_last_status()
            : o->kind == O_SGD ? apply_sgd(o, k, p, g, lr, &P, &np)
            : o->kind == O_LION ? apply_lion(o, k, p, g, lr, &P, &np)
@@ -371,6 +390,18 @@ int mx_optimizer_update(mx_optimizer *o, mx_map *params, const mx_map *grads) {
     if ((rc = mx_map_set_take(params, k, np))) return rc;
   }
   return MX_OK;
+}
+
+int mx__optimizer_update_scaled(mx_optimizer *o, mx_map *params, const mx_map *grads,
+                                mx_array *scale) {
+  if (!o) return mx__set_error(MX_ERR_INVALID_ARG, "optimizer_update: NULL argument");
+  if (scale && (mx_array_ndim(scale) != 0 || !mx_dtype_is_float(mx_array_dtype(scale))))
+    return mx__set_error(MX_ERR_SHAPE, "optimizer_update: the gradient scale must be a 0-d "
+                         "float array");
+  o->gscale = scale;
+  int st = mx_optimizer_update(o, params, grads);
+  o->gscale = NULL;
+  return st;
 }
 
 int mx_optimizer_eval(mx_optimizer *o, mx_map *params) {
@@ -404,11 +435,18 @@ int mx_optimizer_load_state(mx_optimizer *o, const mx_map *state) {
 }
 
 /* ---- gradient utilities --------------------------------------------------------------------- */
-int mx_clip_grad_norm(mx_map *grads, double max_norm, mx_array **total_norm) {
-  if (total_norm) *total_norm = NULL;
+mx_array *mx__lone_cast_source(mx_array *g) {
+  if (!g || g->buf || !g->op || g->op->id != MX_OP_ASTYPE || g->refcount != 1 ||
+      g->ninputs != 1 || g->dtype != MX_FLOAT32)
+    return NULL;
+  mx_array *s = g->inputs[0];
+  return s->dtype == MX_BFLOAT16 || s->dtype == MX_FLOAT16 ? s : NULL;
+}
+
+int mx__grad_clip_factor(const mx_map *grads, double max_norm, mx_array **norm_out,
+                         mx_array **factor) {
+  *norm_out = *factor = NULL;
   if (!grads) return mx__set_error(MX_ERR_INVALID_ARG, "clip_grad_norm: grads is NULL");
-  /* one sum_squares op over every gradient (float64 sums), not a square,
-   * a sum and an add for each */
   const int ng = mx_map_size(grads);
   mx_array *norm;
   if (ng == 0) {
@@ -423,13 +461,26 @@ int mx_clip_grad_norm(mx_map *grads, double max_norm, mx_array **total_norm) {
     mx_array_free(acc);
   }
   if (!norm) return mx_last_status();
-  /* normalizer = min(max_norm / (norm + 1e-6), 1) */
   mx_array *d = mx_add_scalar(norm, 1e-6), *mn = mx_array_scalar(max_norm, MX_FLOAT32);
   mx_array *q = mx_divide(mn, d), *one = mx_array_scalar(1.0, MX_FLOAT32);
   mx_array *f = mx_minimum(q, one);
   mx_array_free_n((mx_array *[]){d, mn, q, one}, 4);
-  int rc = f ? MX_OK : mx_last_status();
-  for (int i = 0; i < mx_map_size(grads) && !rc; i++) {
+  if (!f) {
+    mx_array_free(norm);
+    return mx_last_status();
+  }
+  *norm_out = norm;
+  *factor = f;
+  return MX_OK;
+}
+
+int mx_clip_grad_norm(mx_map *grads, double max_norm, mx_array **total_norm) {
+  if (total_norm) *total_norm = NULL;
+  /* one sum_squares op over every gradient (float64 sums), not a square,
+   * a sum and an add for each; normalizer = min(max_norm / (norm + 1e-6), 1) */
+  mx_array *norm = NULL, *f = NULL;
+  int rc = mx__grad_clip_factor(grads, max_norm, &norm, &f);
+  for (int i = 0; !rc && i < mx_map_size(grads); i++) {
     mx_array *g = mx_map_value(grads, i);
     mx_array *fc = mx_astype(f, mx_array_dtype(g));
     rc = mx_map_set_take(grads, mx_map_key(grads, i), mx_multiply(g, fc));

@@ -393,6 +393,8 @@ ADAM_LOOP(adam_f64, double)
 typedef struct {
   const mx__adam_params *a;
   int64_t total;
+  bool has_s;
+  double s; /* the gradient's scale (has_s) */
 } adam_all_ctx;
 
 #define ADAM_ALL_LOOP(NAME, T)                                                              \
@@ -404,9 +406,9 @@ typedef struct {
     const T *g = (const T *)p[4];                                                           \
     const T b1 = (T)a->beta1, nb1 = (T)(1.0 - a->beta1), b2 = (T)a->beta2;                  \
     const T nb2 = (T)(1.0 - a->beta2), d = (T)a->decay, c1 = (T)a->c1, c2 = (T)a->c2;       \
-    const T e = (T)a->eps;                                                                  \
+    const T e = (T)a->eps, sc = (T)c->s;                                                    \
     for (int64_t i = 0; i < n; i++) {                                                       \
-      const T gi = g[i * s[4]];                                                             \
+      const T gi = c->has_s ? g[i * s[4]] * sc : g[i * s[4]];                               \
       const T mi = b1 * m[i * s[2]] + nb1 * gi, vi = b2 * v[i * s[3]] + nb2 * (gi * gi);    \
       om[i] = mi;                                                                           \
       ov[i] = vi;                                                                           \
@@ -419,13 +421,36 @@ ADAM_ALL_LOOP(adam_all_f64, double)
 static int k_adam_all(mx_array *out, mx_array **in) {
   const mx__adam_params *a = MX__PARAMS(out, mx__adam_params);
   mx__inner_fn f = out->dtype == MX_FLOAT32 ? adam_all_f32 : out->dtype == MX_FLOAT64 ? adam_all_f64 : NULL;
-  for (int i = 0; i < 4; i++)
+  for (int i = 0; i < 3; i++)
     if (in[i]->dtype != out->dtype) f = NULL;
+  /* a 16-bit gradient of a float32 parameter: read as float32 (exact) */
+  const bool low_g = in[3]->dtype != out->dtype;
+  if (low_g && (out->dtype != MX_FLOAT32 ||
+                (in[3]->dtype != MX_BFLOAT16 && in[3]->dtype != MX_FLOAT16)))
+    f = NULL;
+  if (a->has_scale && (out->ninputs < 5 || in[4]->dtype != out->dtype)) f = NULL;
   if (!f) return no_kernel(out, in[0]->dtype);
   int st = mx__array_alloc_data(out);
   if (st || out->size == 0) return st;
   const int64_t *shape = out->shape + 1;
   const int nd = out->ndim - 1;
+  const int64_t n = out->size / 3;
+  float *g32 = NULL;
+  if (low_g) {
+    mx_array *g = in[3];
+    const size_t es = mx_dtype_size(g->dtype);
+    void *tmp = g->row_contiguous ? NULL : malloc(es * (size_t)n);
+    g32 = malloc(sizeof(float) * (size_t)n);
+    if (!g32 || (!g->row_contiguous && !tmp)) {
+      free(tmp);
+      free(g32);
+      return mx__set_error(MX_ERR_OOM, "adam_update: out of memory (%zu bytes)",
+                           sizeof(float) * (size_t)n);
+    }
+    if (tmp) mx__cpu_copy_to_contiguous(g, tmp);
+    mx__cpu_convert(tmp ? tmp : mx__data(g), g->dtype, g32, MX_FLOAT32, n);
+    free(tmp);
+  }
   char *base[MX__MAX_OPERANDS];
   size_t el[MX__MAX_OPERANDS];
   int64_t strides[MX__MAX_OPERANDS][MX_MAX_NDIM];
@@ -434,15 +459,25 @@ static int k_adam_all(mx_array *out, mx_array **in) {
   el[0] = mx_dtype_size(out->dtype);
   sp[0] = NULL;
   for (int i = 0; i < 4; i++) {
-    base[i + 1] = mx__data(in[i]);
-    el[i + 1] = mx_dtype_size(in[i]->dtype);
-    bcast_strides(in[i], shape, nd, strides[i + 1]);
+    if (i == 3 && g32) {
+      base[4] = (char *)g32;
+      el[4] = sizeof(float);
+      mx__compute_row_strides(shape, nd, strides[4]);
+    } else {
+      base[i + 1] = mx__data(in[i]);
+      el[i + 1] = mx_dtype_size(in[i]->dtype);
+      bcast_strides(in[i], shape, nd, strides[i + 1]);
+    }
     sp[i + 1] = strides[i + 1];
   }
-  adam_all_ctx c = {.a = a, .total = out->size / 3};
+  adam_all_ctx c = {.a = a, .total = n, .has_s = a->has_scale};
+  if (a->has_scale)
+    c.s = out->dtype == MX_FLOAT32 ? (double)*(const float *)mx__data(in[4])
+                                   : *(const double *)mx__data(in[4]);
   mx__nd_iter it;
   mx__iter_init(&it, shape, nd, 5, base, el, sp);
   mx__iter_run(&it, f, &c);
+  free(g32);
   return MX_OK;
 }
 

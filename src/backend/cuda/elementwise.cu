@@ -579,14 +579,24 @@ static int adam_launch(mx_array *out, mx_array **in3, const mx__adam_params *p) 
   return launch_map<4>(ix, out->size, f, mx__opname(out));
 }
 
-/* ADAM_ALL: [m', v', p'] at o, o + n, o + 2 n (off[0] over the inputs' shape) */
-template <class X>
+/* ADAM_ALL: [m', v', p'] at o, o + n, o + 2 n (off[0] over the inputs' shape).
+ * g of X, or (GK 1 / 2) bfloat16 / float16 read as float; sc, when not
+ * NULL, the gradient's scale (a device scalar), applied as its own
+ * rounded multiply. */
+template <class X, int GK>
 struct AdamAll {
   X *o;
   int64_t n;
-  const X *p, *m, *v, *g;
+  const X *p, *m, *v, *sc;
+  const void *g;
   X b1, nb1, b2, nb2, decay, c1, c2, eps;
-  __device__ __forceinline__ void step(X pi, X mi, X vi, X gi, X &m2, X &v2, X &p2) const {
+  __device__ __forceinline__ X ldg(int64_t i) const {
+    if constexpr (GK == 1) return (X)__bfloat162float(((const __nv_bfloat16 *)g)[i]);
+    else if constexpr (GK == 2) return (X)__half2float(((const __half *)g)[i]);
+    else return ((const X *)g)[i];
+  }
+  __device__ __forceinline__ void step(X pi, X mi, X vi, X gi, X s, X &m2, X &v2, X &p2) const {
+    if (sc) gi = r_mul(gi, s);
     m2 = r_add(r_mul(b1, mi), r_mul(nb1, gi));
     v2 = r_add(r_mul(b2, vi), r_mul(nb2, r_mul(gi, gi)));
     const X den = r_add(r_mul(c2, r_sqrt(v2)), eps);
@@ -594,50 +604,77 @@ struct AdamAll {
   }
   __device__ void operator()(const int64_t *off) const {
     X m2, v2, p2;
-    step(p[off[1]], m[off[2]], v[off[3]], g[off[4]], m2, v2, p2);
+    step(p[off[1]], m[off[2]], v[off[3]], ldg(off[4]), sc ? *sc : (X)1, m2, v2, p2);
     o[off[0]] = m2, o[n + off[0]] = v2, o[2 * n + off[0]] = p2;
   }
 };
 
-/* contiguous float32 operands, 16-byte aligned, n a multiple of 4 */
-__global__ void k_adam_all_vec(AdamAll<float> f, int64_t n4) {
+/* 4 consecutive 16-bit gradients as floats */
+template <int GK>
+__device__ __forceinline__ float4 ld_g4(const void *g, int64_t i) {
+  if constexpr (GK == 0) {
+    return __ldg((const float4 *)g + i);
+  } else {
+    const uint2 u = __ldg((const uint2 *)g + i);
+    const uint32_t w[2] = {u.x, u.y};
+    float f[4];
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+      const uint16_t lo = (uint16_t)(w[j] & 0xffffu), hi = (uint16_t)(w[j] >> 16);
+      if constexpr (GK == 1) {
+        f[2 * j] = __uint_as_float((uint32_t)lo << 16);
+        f[2 * j + 1] = __uint_as_float((uint32_t)hi << 16);
+      } else {
+        f[2 * j] = __half2float(__ushort_as_half(lo));
+        f[2 * j + 1] = __half2float(__ushort_as_half(hi));
+      }
+    }
+    return make_float4(f[0], f[1], f[2], f[3]);
+  }
+}
+
+/* contiguous float32 operands, 16-byte aligned (8 for a 16-bit g), n a
+ * multiple of 4 */
+template <int GK>
+__global__ void k_adam_all_vec(AdamAll<float, GK> f, int64_t n4) {
   MX_PDL_ENTRY();
-  const float4 *p = (const float4 *)f.p, *m = (const float4 *)f.m, *v = (const float4 *)f.v,
-               *g = (const float4 *)f.g;
+  const float4 *p = (const float4 *)f.p, *m = (const float4 *)f.m, *v = (const float4 *)f.v;
   float4 *om = (float4 *)f.o, *ov = om + n4, *op = ov + n4;
+  const float s = f.sc ? *f.sc : 1.f;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n4;
        i += (int64_t)gridDim.x * blockDim.x) {
-    const float4 a = __ldg(p + i), b = __ldg(m + i), c = __ldg(v + i), d = __ldg(g + i);
+    const float4 a = __ldg(p + i), b = __ldg(m + i), c = __ldg(v + i), d = ld_g4<GK>(f.g, i);
     float4 m2, v2, p2;
-    f.step(a.x, b.x, c.x, d.x, m2.x, v2.x, p2.x);
-    f.step(a.y, b.y, c.y, d.y, m2.y, v2.y, p2.y);
-    f.step(a.z, b.z, c.z, d.z, m2.z, v2.z, p2.z);
-    f.step(a.w, b.w, c.w, d.w, m2.w, v2.w, p2.w);
+    f.step(a.x, b.x, c.x, d.x, s, m2.x, v2.x, p2.x);
+    f.step(a.y, b.y, c.y, d.y, s, m2.y, v2.y, p2.y);
+    f.step(a.z, b.z, c.z, d.z, s, m2.z, v2.z, p2.z);
+    f.step(a.w, b.w, c.w, d.w, s, m2.w, v2.w, p2.w);
     om[i] = m2, ov[i] = v2, op[i] = p2;
   }
 }
 
-template <class X>
+template <class X, int GK>
 static int adam_all_launch(mx_array *out, mx_array **in, const mx__adam_params *pp) {
-  AdamAll<X> f;
+  AdamAll<X, GK> f;
   f.o = (X *)out->buf->dptr;
   f.n = out->size / 3;
   f.p = (const X *)mx__ddata(in[0]);
   f.m = (const X *)mx__ddata(in[1]);
   f.v = (const X *)mx__ddata(in[2]);
-  f.g = (const X *)mx__ddata(in[3]);
+  f.g = (const void *)mx__ddata(in[3]);
+  f.sc = pp->has_scale ? (const X *)mx__ddata(in[4]) : NULL;
   f.b1 = (X)pp->beta1, f.nb1 = (X)(1.0 - pp->beta1);
   f.b2 = (X)pp->beta2, f.nb2 = (X)(1.0 - pp->beta2);
   f.decay = (X)pp->decay, f.c1 = (X)pp->c1, f.c2 = (X)pp->c2, f.eps = (X)pp->eps;
   if (f.n == 0) return MX_OK;
   bool vec = sizeof(X) == 4 && f.n % 4 == 0;
   for (int i = 0; i < 4 && vec; i++)
-    vec = in[i]->row_contiguous && !((uintptr_t)mx__ddata(in[i]) & 15);
+    vec = in[i]->row_contiguous && !((uintptr_t)mx__ddata(in[i]) & (i == 3 && GK ? 7 : 15));
   if (vec) {
     if constexpr (sizeof(X) == 4) {
       const int64_t n4 = f.n / 4;
-      mx__cuda_launch_pdl(k_adam_all_vec, dim3(mx__cuda_blocks(n4)), dim3(MX_CUDA_THREADS), 0, f,
-                          n4);
+      mx__cuda_launch_pdl(k_adam_all_vec<GK>, dim3(mx__cuda_blocks(n4)), dim3(MX_CUDA_THREADS),
+                          0, f, n4);
     }
     return mx__cuda_launched(mx__opname(out));
   }
@@ -650,14 +687,20 @@ static int adam_all_launch(mx_array *out, mx_array **in, const mx__adam_params *
 static int k_adam_update(mx_array *out, mx_array **in) {
   const mx__adam_params *p = MX__PARAMS(out, mx__adam_params);
   if (p->which == MX__ADAM_ALL) {
-    mx_dtype dt = out->dtype;
-    for (int i = 0; i < 4; i++)
+    mx_dtype dt = out->dtype, gt = in[3]->dtype;
+    for (int i = 0; i < 3; i++)
       if (in[i]->dtype != dt) return mx__cuda_no_dtype(out, in[i]->dtype);
     if (dt != MX_FLOAT32 && dt != MX_FLOAT64) return mx__cuda_no_dtype(out, dt);
+    if (gt != dt && (dt != MX_FLOAT32 || (gt != MX_BFLOAT16 && gt != MX_FLOAT16)))
+      return mx__cuda_no_dtype(out, gt);
+    if (p->has_scale && (out->ninputs < 5 || in[4]->dtype != dt))
+      return mx__cuda_no_dtype(out, in[out->ninputs - 1]->dtype);
     int st = mx__array_alloc_data(out);
     if (st) return st;
-    return dt == MX_FLOAT32 ? adam_all_launch<float>(out, in, p)
-                            : adam_all_launch<double>(out, in, p);
+    if (dt == MX_FLOAT64) return adam_all_launch<double, 0>(out, in, p);
+    return gt == MX_BFLOAT16 ? adam_all_launch<float, 1>(out, in, p)
+           : gt == MX_FLOAT16 ? adam_all_launch<float, 2>(out, in, p)
+                              : adam_all_launch<float, 0>(out, in, p);
   }
   int nin = p->which == MX__ADAM_P ? 3 : 2;
   mx_dtype dt = out->dtype;

@@ -12,6 +12,7 @@
 
 #include "../model/lm_internal.h"
 #include "ops/fast_params.h" /* mx__fast_softmax_ce */
+#include "ops/optim_params.h" /* mx__optimizer_update_scaled */
 #include "mxc/io.h"
 #include "mxc/memory.h"
 #include "mxc/ops.h"
@@ -186,6 +187,19 @@ int mx_train_eval_loss(mx_nn_module *model, mx_nn_loss_fn fn, void *payload, mx_
   return st;
 }
 
+/* MXC_TRAIN_FUSED_GRADS=0: gradients cast to float32 and clipped by
+ * their own ops before the update (A/B) */
+static bool fused_grads(void) {
+  static int v = -1;
+  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
+  if (r < 0) {
+    const char *e = getenv("MXC_TRAIN_FUSED_GRADS");
+    r = !(e && !strcmp(e, "0"));
+    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
+  }
+  return r != 0;
+}
+
 int mx_train_step(mx_nn_module *model, mx_optimizer *opt, mx_nn_loss_fn fn, void *payload,
                   mx_array **inputs, int ninputs, int accum, double grad_clip,
                   mx_train_step_stats *stats) {
@@ -204,6 +218,14 @@ int mx_train_step(mx_nn_module *model, mx_optimizer *opt, mx_nn_loss_fn fn, void
     st = mx_nn_value_and_grad(model, fn, payload, inputs + (size_t)j * ninputs, ninputs, &vals,
                               grads);
     if (!st && vals.size < 1) st = mx__set_error(MX_ERR_INVALID_ARG, "train step: no loss");
+    /* mixed precision: a 16-bit gradient reaches its float32 parameter
+     * through a cast (the VJP of the loss's cast); with one micro-batch the
+     * optimizer takes the 16-bit gradient as it is (Adam's kernel reads
+     * it exactly), so the cast never runs */
+    for (int i = 0; !st && accum == 1 && fused_grads() && i < mx_map_size(grads); i++) {
+      mx_array *src = mx__lone_cast_source(mx_map_value(grads, i));
+      if (src) st = mx_map_set(grads, mx_map_key(grads, i), src);
+    }
     if (!st) {
       int ng = mx_map_size(grads);
       mx_array **all = malloc((size_t)(ng + 1) * sizeof *all);
@@ -224,9 +246,15 @@ int mx_train_step(mx_nn_module *model, mx_optimizer *opt, mx_nn_loss_fn fn, void
   }
   mx_map *g = acc ? acc : grads;
   if (!st && acc) st = mx_grads_scale(g, 1.0 / accum);
-  if (!st) st = mx_clip_grad_norm(g, grad_clip > 0 ? grad_clip : 1e300, &norm);
+  /* clipping as the optimizer's gradient scale: Adam's kernel applies it,
+   * no pass over the gradients */
+  mx_array *factor = NULL;
+  const double clip = grad_clip > 0 ? grad_clip : 1e300;
+  if (!st) st = fused_grads() ? mx__grad_clip_factor(g, clip, &norm, &factor)
+                              : mx_clip_grad_norm(g, clip, &norm);
   if (!st) st = mx_nn_trainable_parameters(model, &params);
-  if (!st) st = mx_optimizer_update(opt, params, g);
+  if (!st) st = mx__optimizer_update_scaled(opt, params, g, factor);
+  mx_array_free(factor);
   if (!st) st = mx_optimizer_eval(opt, params);
   if (!st) st = mx_nn_update(model, params, MX_NN_UPDATE_PARTIAL);
   for (int j = 0; j < losses.size && !st; j++) {
