@@ -336,12 +336,12 @@ static void bench_embed_grad(int reps) {
 
 /* ---- the LM head's products in training ----------------------------------------------- */
 typedef struct {
-  mx_array *a, *b;
+  mx_array *a, *b, *c;
 } mjob;
 
 static mx_array *m_run(void *c) {
   mjob *j = c;
-  return mx_matmul(j->a, j->b);
+  return j->c ? mx_addmm(j->c, j->a, j->b, 1.0, 1.0) : mx_matmul(j->a, j->b);
 }
 
 /* x W^T, dY W and X^T dY of a head of N tokens over 32,768 rows of 768
@@ -357,7 +357,7 @@ static void bench_head(int reps) {
     mx_array *w = rnd((int64_t[]){N, K}, 2, MX_BFLOAT16, 1, 32);
     mx_array *dy = rnd((int64_t[]){M, N}, 2, MX_BFLOAT16, 1, 33);
     mx_array *wt = mx_transpose(w, NULL, 0), *xt = mx_transpose(x, NULL, 0);
-    mjob js[3] = {{x, wt}, {dy, w}, {xt, dy}};
+    mjob js[3] = {{x, wt, NULL}, {dy, w, NULL}, {xt, dy, NULL}};
     const char *names[3] = {"x W^T", "dY W", "X^T dY"};
     for (int k = 0; k < 3; k++) {
       double t = gpu_time(m_run, &js[k], reps);
@@ -383,15 +383,18 @@ static void bench_train_gemm(int reps) {
     mx_array *w = rnd((int64_t[]){N, K}, 2, MX_BFLOAT16, 1, 32);
     mx_array *dy = rnd((int64_t[]){M, N}, 2, MX_BFLOAT16, 1, 33);
     mx_array *wt = mx_transpose(w, NULL, 0), *xt = mx_transpose(x, NULL, 0);
-    mjob js[3] = {{x, wt}, {dy, w}, {xt, dy}};
-    const char *names[3] = {"Y = X W^T", "dX = dY W", "dW^T = X^T dY"};
-    for (int k = 0; k < 3; k++) {
+    mx_array *cy = rnd((int64_t[]){M, N}, 2, MX_BFLOAT16, 1, 34);
+    mx_array *cx = rnd((int64_t[]){M, K}, 2, MX_BFLOAT16, 1, 35);
+    mjob js[5] = {{x, wt, NULL}, {dy, w, NULL}, {xt, dy, NULL}, {x, wt, cy}, {dy, w, cx}};
+    const char *names[5] = {"Y = X W^T", "dX = dY W", "dW^T = X^T dY", "Y = C + X W^T (addmm)",
+                            "dX = C + dY W (addmm)"};
+    for (int k = 0; k < 5; k++) {
       double t = gpu_time(m_run, &js[k], reps);
       printf("| %lld -> %lld | %s | %.1f | %.0f |\n", (long long)K, (long long)N, names[k],
              t * 1e6, 2.0 * (double)M * (double)N * (double)K / t * 1e-12);
     }
-    mx_array *all[] = {x, w, dy, wt, xt};
-    mx_array_free_n(all, 5);
+    mx_array *all[] = {x, w, dy, wt, xt, cy, cx};
+    mx_array_free_n(all, 7);
   }
 }
 

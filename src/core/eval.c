@@ -88,7 +88,18 @@ static void prof_slow(const mx_array *a, double dt) {
 typedef struct {
   int op;
   void *m0, *m1;
+  int64_t mnk[3]; /* matmul: M, N, K (batch folded into M) */
+  int mode;       /* matmul: 1 + has c, 2 bits: a, b transposed (column-major) */
 } prof_rec;
+/* matmul's device time by shape */
+typedef struct {
+  int64_t mnk[3];
+  int mode;
+  double s;
+  uint64_t n;
+} mm_row;
+static mm_row g_mm[256];
+static int g_nmm;
 static prof_rec *g_recs;
 static size_t g_nrec, g_caprec;
 static void *g_last_end;
@@ -108,6 +119,17 @@ static void tl_drain(size_t keep) {
     g_busy_s[r->op] += 1e-3 * busy;
     g_idle_s[r->op] += 1e-3 * idle;
     g_busy_n[r->op]++;
+    if (r->mode) {
+      int j = 0;
+      while (j < g_nmm && (memcmp(g_mm[j].mnk, r->mnk, sizeof r->mnk) || g_mm[j].mode != r->mode))
+        j++;
+      if (j == g_nmm && g_nmm < (int)(sizeof g_mm / sizeof *g_mm)) {
+        memcpy(g_mm[j].mnk, r->mnk, sizeof r->mnk);
+        g_mm[j].mode = r->mode;
+        g_nmm++;
+      }
+      if (j < g_nmm) g_mm[j].s += 1e-3 * busy, g_mm[j].n++;
+    }
     if (g_last_end) o->mark_free(g_last_end);
     o->mark_free(r->m0);
     g_last_end = r->m1;
@@ -118,7 +140,8 @@ static void tl_drain(size_t keep) {
 
 static void tl_report(void);
 
-static void tl_push(int op, void *m0, void *m1) {
+static void tl_push(const mx_array *a, void *m0, void *m1) {
+  const int op = a->op->id;
   const mx__device_ops *o = mx__device_ops_of(MX_GPU);
   static bool registered;
   pthread_mutex_lock(&g_prof_mu);
@@ -135,7 +158,17 @@ static void tl_push(int op, void *m0, void *m1) {
     }
   }
   if (g_nrec < g_caprec && m0 && m1) {
-    g_recs[g_nrec++] = (prof_rec){op, m0, m1};
+    prof_rec r = {op, m0, m1, {0, 0, 0}, 0};
+    if (op == MX_OP_MATMUL && a->ndim >= 2 && a->ninputs >= 2) {
+      const mx_array *x = a->inputs[0], *w = a->inputs[1];
+      const int nd = a->ndim;
+      r.mnk[0] = a->size / (a->shape[nd - 1] ? a->shape[nd - 1] : 1);
+      r.mnk[1] = a->shape[nd - 1];
+      r.mnk[2] = x->shape[x->ndim - 1];
+      r.mode = 1 + (a->ninputs > 2) + 2 * (x->strides[x->ndim - 1] != 1) +
+               4 * (w->strides[w->ndim - 1] != 1);
+    }
+    g_recs[g_nrec++] = r;
   } else {
     o->mark_free(m0);
     o->mark_free(m1);
@@ -163,6 +196,28 @@ static void tl_report(void) {
             1e6 * g_busy_s[bi] / (double)g_busy_n[bi], busy > 0 ? 100 * g_busy_s[bi] / busy : 0,
             1e3 * g_idle_s[bi]);
     g_busy_n[bi] = 0;
+  }
+  if (g_nmm) {
+    fprintf(stderr, "\nmatmul by shape (M x N x K, c: addmm, T: operand transposed)\n");
+    fprintf(stderr, "%-26s %-8s %8s %12s %10s %9s\n", "M x N x K", "form", "calls", "device ms",
+            "us/call", "TFLOP/s");
+    for (;;) {
+      int bi = -1;
+      for (int i = 0; i < g_nmm; i++)
+        if (g_mm[i].n && (bi < 0 || g_mm[i].s > g_mm[bi].s)) bi = i;
+      if (bi < 0) break;
+      const mm_row *m = &g_mm[bi];
+      char sh[64], form[16];
+      snprintf(sh, sizeof sh, "%lld x %lld x %lld", (long long)m->mnk[0], (long long)m->mnk[1],
+               (long long)m->mnk[2]);
+      snprintf(form, sizeof form, "%s%s%s", (m->mode - 1) & 1 ? "c" : "-",
+               (m->mode - 1) & 2 ? "Ta" : "", (m->mode - 1) & 4 ? "Tb" : "");
+      const double fl = 2.0 * (double)m->mnk[0] * (double)m->mnk[1] * (double)m->mnk[2];
+      fprintf(stderr, "%-26s %-8s %8llu %12.3f %10.2f %9.0f\n", sh, form,
+              (unsigned long long)m->n, 1e3 * m->s, 1e6 * m->s / (double)m->n,
+              m->s > 0 ? fl * (double)m->n / m->s * 1e-12 : 0);
+      g_mm[bi].n = 0;
+    }
   }
   pthread_mutex_unlock(&g_prof_mu);
 }
@@ -335,7 +390,7 @@ int mx_eval(mx_array **arrays, int n) {
                                    : NULL;
     void *m0 = tl ? tl->mark() : NULL;
     st = k(a, a->inputs);
-    if (tl) tl_push(a->op->id, m0, tl->mark());
+    if (tl) tl_push(a, m0, tl->mark());
     if (t0 > 0) {
       if (!st && a->device != MX_CPU) st = mx__device_sync(a->device);
       double dt = prof_now() - t0;

@@ -23,14 +23,17 @@ mx_array *mx__nn_linear_apply(mx_array *x, mx_array *w, mx_array *b) {
 
 static const mx_nn_module_vtable linear_vt;
 
+mx_array *mx__nn_plain_linear_weight(mx_nn_module *m) {
+  return m && m->vtable == &linear_vt && !mx_nn_has_param(m, "bias") ? mx_nn_param(m, "weight")
+                                                                     : NULL;
+}
+
 mx_array *mx__nn_linear_add(mx_nn_module *lin, mx_array *x, mx_array *r) {
   if (!lin || !x || !r) {
     if (!mx_last_status()) mx__set_error(MX_ERR_INVALID_ARG, "nn: linear_add: NULL argument");
     return NULL;
   }
-  mx_array *w = lin->vtable == &linear_vt && !mx_nn_has_param(lin, "bias")
-                    ? mx_nn_param(lin, "weight")
-                    : NULL;
+  mx_array *w = mx__nn_plain_linear_weight(lin);
   if (w && mx_array_ndim(w) == 2 && mx_array_dtype(w) == mx_array_dtype(x) &&
       mx_array_dtype(r) == mx_array_dtype(x) && mx_dtype_is_float(mx_array_dtype(x))) {
     mx_array *wt = mx_transpose(w, NULL, 0);

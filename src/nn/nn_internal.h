@@ -36,6 +36,8 @@ mx_array *mx__nn_linear_apply(mx_array *x, mx_array *w, mx_array *b);
  * as one addmm (the addition in the product's epilogue, rounded once),
  * any other module as its forward then an add. */
 mx_array *mx__nn_linear_add(mx_nn_module *lin, mx_array *x, mx_array *r);
+/* The weight of a plain Linear without bias (borrowed), else NULL (no error). */
+mx_array *mx__nn_plain_linear_weight(mx_nn_module *m);
 /* Linear from given arrays (takes the references; b may be NULL). */
 mx_nn_module *mx__nn_linear_from(mx_array *w, mx_array *b);
 /* Dropout's forward on x (a new reference). */
