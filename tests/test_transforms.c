@@ -433,6 +433,52 @@ TEST(cotangent_sums_of_products_fold_into_addmm) {
   for (int i = 0; i < 3; i++) mx_array_free(w[i]);
 }
 
+/* f(x, w, a, b) = sum(rms_norm(x, w) * a) + sum(x * b): x's cotangent is
+ * the norm's dx plus the skip path's b */
+static int f_norm_skip(void *p, mx_array **in, int n, mx_list *out) {
+  MX_UNUSED(p); MX_UNUSED(n);
+  mx_array *y = mx_fast_rms_norm(in[0], in[1], 1e-5), *ya = mx_multiply(y, in[2]);
+  mx_array *xb = mx_multiply(in[0], in[3]);
+  mx_array *t1 = mx_sum(ya, NULL, 0, false), *t2 = mx_sum(xb, NULL, 0, false);
+  int st = mx_list_push(out, mx_add(t1, t2));
+  mx_array_free_n((mx_array *[]){y, ya, xb, t1, t2}, 5);
+  return st;
+}
+
+static bool has_norm_add(const mx_array *a, int depth) {
+  if (!a || depth > 60) return false;
+  if (a->op && a->op->id == MX_OP_RMS_NORM_GRAD &&
+      MX__PARAMS(a, mx__rms_norm_grad_params)->has_resid)
+    return true;
+  for (int i = 0; a->op && i < a->ninputs; i++)
+    if (has_norm_add(a->inputs[i], depth + 1)) return true;
+  return false;
+}
+
+TEST(residual_gradient_folds_into_rms_norm_backward) {
+  mx_array *x = randn((int64_t[]){3, 16}, 2, MX_FLOAT64, 51);
+  mx_array *w = randn((int64_t[]){16}, 1, MX_FLOAT64, 52);
+  mx_array *a = randn((int64_t[]){3, 16}, 2, MX_FLOAT64, 53);
+  mx_array *b = randn((int64_t[]){3, 16}, 2, MX_FLOAT64, 54);
+  mx_array *dx = mx__fast_rms_norm_grad(0, x, a, w, 1e-5), *want = mx_add(dx, b);
+  mx_closure *f = mx_closure_new(f_norm_skip, NULL, NULL);
+  mx_array *one = mx_array_scalar(1.0, MX_FLOAT64);
+  mx_list g = MX_LIST_INIT;
+  ASSERT_OK(mx_vjp(f, (mx_array *[]){x, w, a, b}, 4, &one, 1, NULL, &g));
+  const char *e = getenv("MXC_GRAD_NORM_ADD");
+  if (!(e && !strcmp(e, "0")))
+    ASSERT_MSG(has_norm_add(g.items[0], 0), "no rms_norm_backward with a residual");
+  double gv[48], wv[48];
+  ASSERT_OK(mx_array_copy_to(g.items[0], MX_FLOAT64, gv, 48));
+  ASSERT_OK(mx_array_copy_to(want, MX_FLOAT64, wv, 48));
+  for (int i = 0; i < 48; i++)
+    ASSERT_MSG(fabs(gv[i] - wv[i]) <= 1e-12 * (1 + fabs(wv[i])), "element %d %.17g != %.17g", i,
+               gv[i], wv[i]);
+  mx_list_clear(&g);
+  mx_array_free_n((mx_array *[]){x, w, a, b, dx, want, one}, 7);
+  mx_closure_free(f);
+}
+
 static int f_stop(void *p, mx_array **in, int n, mx_list *out) {
   MX_UNUSED(p); MX_UNUSED(n);
   mx_array *sg = mx_stop_gradient(in[0]);

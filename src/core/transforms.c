@@ -21,6 +21,7 @@
  * plain bytes and have no destructor). */
 #include "transforms_internal.h"
 
+#include "ops/fast_params.h"
 #include "ops/linalg_params.h"
 #include "ops/shape_params.h"
 
@@ -353,6 +354,34 @@ static int fold_sum(mx_array *acc, mx_array *g, mx_array **out) {
   return *out ? MX_OK : mx_last_status();
 }
 
+/* MXC_GRAD_NORM_ADD=0: a residual stream's gradient stays an addition
+ * after rms_norm_backward (A/B). */
+static bool norm_fold_on(void) {
+  static int v = -1;
+  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
+  if (r < 0) {
+    const char *e = getenv("MXC_GRAD_NORM_ADD");
+    r = !(e && !strcmp(e, "0"));
+    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
+  }
+  return r != 0;
+}
+
+/* acc + g as one rms_norm_backward with a residual when g is a lone dx of
+ * rms_norm_backward (no residual yet) of acc's shape and dtype: a residual
+ * stream's gradient (the skip path plus the norm's dx) in the norm
+ * backward's own pass. *out NULL: it does not apply. */
+static int fold_norm(mx_array *acc, mx_array *g, mx_array **out) {
+  *out = NULL;
+  if (g->refcount != 1 || g->buf || !g->op || g->op->id != MX_OP_RMS_NORM_GRAD) return MX_OK;
+  const mx__rms_norm_grad_params *p = MX__PARAMS(g, mx__rms_norm_grad_params);
+  if (p->which != 0 || p->has_resid || acc->dtype != g->dtype || !same_shape(acc, g))
+    return MX_OK;
+  *out = mx__fast_rms_norm_grad_add(g->inputs[0], g->inputs[1],
+                                    p->has_weight ? g->inputs[2] : NULL, p->eps, acc);
+  return *out ? MX_OK : mx_last_status();
+}
+
 static int accumulate(mx_array **slot, mx_array *g) {
   if (!*slot) {
     *slot = g;
@@ -363,6 +392,10 @@ static int accumulate(mx_array **slot, mx_array *g) {
   if (addmm_fold_on()) {
     st = fold_sum(*slot, g, &s);
     if (!st && !s) st = fold_sum(g, *slot, &s);
+  }
+  if (!st && !s && norm_fold_on()) {
+    st = fold_norm(*slot, g, &s);
+    if (!st && !s) st = fold_norm(g, *slot, &s);
   }
   if (st || s) {
     mx_array_free(g);

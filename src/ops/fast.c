@@ -145,7 +145,28 @@ static int vjp_rms_norm(mx_array *out, mx_array *cot, mx_array **g, const bool *
   return st;
 }
 
+static mx_array *rms_grad_build(int which, mx_array *x, mx_array *g, mx_array *w, double eps,
+                                mx_array *r);
+
 mx_array *mx__fast_rms_norm_grad(int which, mx_array *x, mx_array *g, mx_array *w, double eps) {
+  return rms_grad_build(which, x, g, w, eps, NULL);
+}
+
+mx_array *mx__fast_rms_norm_grad_add(mx_array *x, mx_array *g, mx_array *w, double eps,
+                                     mx_array *r) {
+  MX__CHECK_IN("rms_norm_backward", r);
+  MX__CHECK_IN("rms_norm_backward", x);
+  if (r->ndim != x->ndim || memcmp(r->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim)) {
+    char sa[256], sb[256];
+    return mx__set_error(MX_ERR_SHAPE, "rms_norm_backward: residual %s for input %s",
+                         mx__shape_str(r->shape, r->ndim, sa, sizeof sa),
+                         mx__shape_str(x->shape, x->ndim, sb, sizeof sb)), NULL;
+  }
+  return rms_grad_build(0, x, g, w, eps, r);
+}
+
+static mx_array *rms_grad_build(int which, mx_array *x, mx_array *g, mx_array *w, double eps,
+                                mx_array *r) {
   MX__CHECK_IN("rms_norm_backward", x);
   MX__CHECK_IN("rms_norm_backward", g);
   if (which < 0 || which > 2)
@@ -163,20 +184,21 @@ mx_array *mx__fast_rms_norm_grad(int which, mx_array *x, mx_array *g, mx_array *
   if (!mx_dtype_is_float(dt))
     return mx__set_error(MX_ERR_DTYPE, "rms_norm_backward: unsupported dtype %s",
                          mx_dtype_name(dt)), NULL;
-  mx__rms_norm_grad_params p = {.eps = eps, .which = which, .has_weight = w != NULL};
-  mx_array *ins[3] = {x, g, w};
-  mx_array *c[3] = {0};
-  int n = w ? 3 : 2, ok = 1;
+  mx__rms_norm_grad_params p = {.eps = eps, .which = which, .has_weight = w != NULL,
+                                .has_resid = r != NULL};
+  mx_array *ins[4] = {x, g, w ? w : r, w ? r : NULL};
+  mx_array *c[4] = {0};
+  int n = 2 + (w != NULL) + (r != NULL), ok = 1;
   for (int i = 0; i < n; i++)
     if (!(c[i] = mx_astype(ins[i], dt))) ok = 0;
   /* which 2: the sum over the leading axes, (D) (check_norm: x->ndim >= 1) */
   const int64_t *osh = which == 2 ? x->shape + x->ndim - 1 : x->shape;
   int ond = which == 2 ? 1 : x->ndim;
-  mx_array *r = ok ? mx__node_new(&def_RMS_NORM_GRAD, which ? compute_dtype(dt) : dt, osh, ond, c,
-                                  n, &p, sizeof p)
-                   : NULL;
+  mx_array *res = ok ? mx__node_new(&def_RMS_NORM_GRAD, which ? compute_dtype(dt) : dt, osh, ond,
+                                    c, n, &p, sizeof p)
+                     : NULL;
   for (int i = 0; i < n; i++) mx_array_free(c[i]);
-  return r;
+  return res;
 }
 
 /* Second order, in the compute type, with n = rsqrt(mean(x^2) + eps),
@@ -192,6 +214,10 @@ static int vjp_rms_norm_grad(mx_array *out, mx_array *h, mx_array **gr, const bo
   mx_array *x = out->inputs[0], *g = out->inputs[1], *w = p->has_weight ? out->inputs[2] : NULL;
   mx_dtype cdt = compute_dtype(x->dtype);
   int ax = -1, st = MX_OK;
+  if (p->has_resid) { /* d r = h */
+    const int ri = p->has_weight ? 3 : 2;
+    if (need[ri] && (st = set_grad(&gr[ri], mx_array_retain(h), out->inputs[ri]))) return st;
+  }
   mx__tmp t = {0};
 #define KP(e) mx__keep(&t, (e))
   mx_array *xf = KP(mx_astype(x, cdt)), *gf = KP(mx_astype(g, cdt)), *hf = KP(mx_astype(h, cdt));

@@ -47,8 +47,15 @@ typedef struct {
   double eps;
   int which;
   bool has_weight;
+  bool has_resid; /* which 0: a last input r added to dx (x's shape) */
 } mx__rms_norm_grad_params;
 mx_array *mx__fast_rms_norm_grad(int which, mx_array *x, mx_array *g, mx_array *w, double eps);
+/* which 0 plus r (x's shape): dx + r, the sum in the compute type rounded
+ * once where a kernel does it in the same pass (the residual stream's
+ * gradient: the reverse sweep folds the addition in); inputs (x, g [, w],
+ * r). */
+mx_array *mx__fast_rms_norm_grad_add(mx_array *x, mx_array *g, mx_array *w, double eps,
+                                     mx_array *r);
 
 /* swiglu_backward (the VJP of swiglu in one pass): which 0 -> d gate =
  * cot * up * silu'(gate), inputs (gate, up, cot); which 1 -> d up =

@@ -274,7 +274,11 @@ static int f_swiglu(const mx_opcase *c, const double *const *in, double *out, in
 
 /* ---- rms_norm_backward (internal: rms_norm's VJP, one pass per row) ------------ */
 /* ip = {which, has_weight}, dp = {eps} */
+/* ip[2]: the residual form (dx + r, r the last input) */
 static mx_array *b_rms_grad(const mx_opcase *c, mx_array **in) {
+  if (c->ip[2])
+    return mx__fast_rms_norm_grad_add(in[0], in[1], c->ip[1] ? in[2] : NULL, c->dp[0],
+                                      in[c->nin - 1]);
   return mx__fast_rms_norm_grad(c->ip[0], in[0], in[1], c->ip[1] ? in[2] : NULL, c->dp[0]);
 }
 
@@ -304,9 +308,10 @@ static int f_rms_grad(const mx_opcase *c, const double *const *in, double *out,
       continue;
     }
     for (int64_t i = 0; i < D; i++)
-      out[r * D + i] = c->ip[0] == 1 ? g[i] * x[i] * nn
-                                     : nn * (c->ip[1] ? g[i] * in[2][i] : g[i]) -
-                                           x[i] * nn * nn * nn * m;
+      out[r * D + i] = (c->ip[0] == 1 ? g[i] * x[i] * nn
+                                      : nn * (c->ip[1] ? g[i] * in[2][i] : g[i]) -
+                                            x[i] * nn * nn * nn * m) +
+                       (c->ip[2] ? in[c->nin - 1][r * D + i] : 0.0);
   }
   return 0;
 }
@@ -557,6 +562,15 @@ static int f_add_norm_lin(const mx_opcase *c, const double *const *in, double *o
    .shape = {xshape, xshape, dshape}, .lo = -2, .hi = 2, OC_FLOATS, .flags = OC_NONCONTIG,     \
    .ip = {which, w}, .dp = {eps}, .build = b_rms_grad, .ref = f_rms_grad}
 
+#define RMS_GRAD_ADDW(d, nd_, xshape, dshape, eps)                                             \
+  {.op = "rms_norm_backward", .desc = d, .nin = 4, .ndim = {nd_, nd_, 1, nd_},                 \
+   .shape = {xshape, xshape, dshape, xshape}, .lo = -2, .hi = 2, OC_FLOATS,                    \
+   .flags = OC_NONCONTIG, .ip = {0, 1, 1}, .dp = {eps}, .build = b_rms_grad, .ref = f_rms_grad}
+#define RMS_GRAD_ADD0(d, nd_, xshape, eps)                                                      \
+  {.op = "rms_norm_backward", .desc = d, .nin = 3, .ndim = {nd_, nd_, nd_},                    \
+   .shape = {xshape, xshape, xshape}, .lo = -2, .hi = 2, OC_FLOATS, .flags = OC_NONCONTIG,     \
+   .ip = {0, 0, 1}, .dp = {eps}, .build = b_rms_grad, .ref = f_rms_grad}
+
 #define ADD_NORM(d, nd_, xshape, dshape, eps)                                                  \
   {.op = "add_rms_norm", .desc = d, .nin = 3, .ndim = {nd_, nd_, 1},                          \
    .shape = {xshape, xshape, dshape}, .lo = -2, .hi = 2, OC_FLOATS,                           \
@@ -646,6 +660,10 @@ static const mx_opcase cases[] = {
     RMS_GRAD("dw summed over rows, 3-d, many rows", 2, 0, 3, ARR(3, 70, 48), ARR(48), 1e-5),
     RMS_GRAD("dw, long rows", 2, 0, 2, ARR(3, 1500), ARR(1500), 1e-5),
     RMS_GRAD("dw, rows of 768, several row chunks", 2, 0, 2, ARR(100, 768), ARR(768), 1e-5),
+    RMS_GRAD_ADDW("dx + residual, weight, rows of 768 (vectors)", 3, ARR(2, 5, 768), ARR(768),
+                  1e-5),
+    RMS_GRAD_ADD0("dx + residual, no weight, rows of 33", 2, ARR(4, 33), 1e-5),
+    RMS_GRAD_ADDW("dx + residual, weight, long rows", 2, ARR(3, 1500), ARR(1500), 1e-5),
     RMS_GRAD("dw, no rows", 2, 0, 2, ARR(0, 8), ARR(8), 1e-5),
     /* swiglu_backward (its own VJP is checked by finite differences too) */
     SWIGLU_GRAD("d gate", 0, 2, ARR(5, 37), -4, 4),

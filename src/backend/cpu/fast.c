@@ -258,7 +258,7 @@ static int k_rms_norm(mx_array *out, mx_array **in) {
 
 /* rms_norm_backward (src/ops/fast_params.h): one row at a time */
 typedef struct {
-  mx_array *out, *x, *g;
+  mx_array *out, *x, *g, *r; /* r: added to dx (has_resid), or NULL */
   int which;
   double eps;
   int64_t D;
@@ -272,12 +272,12 @@ static void rms_grad_rows_f32(void *c_, int64_t r0, int64_t r1) {
   int64_t D = c->D, xs = c->x->strides[c->x->ndim - 1], gs = c->g->strides[c->g->ndim - 1];
   int nlead = c->x->ndim - 1;
   mx_dtype odt = c->out->dtype;
-  float *buf = malloc(sizeof(float) * (size_t)(3 * D + 1));
+  float *buf = malloc(sizeof(float) * (size_t)(4 * D + 1));
   if (!buf) {
     __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
     return;
   }
-  float *gbuf = buf + D, *ybuf = buf + 2 * D;
+  float *gbuf = buf + D, *ybuf = buf + 2 * D, *rbuf = buf + 3 * D;
   for (int64_t r = r0; r < r1; r++) {
     const float *x = row_f32(c->x, row_offset(c->x, nlead, r), xs, D, buf);
     const float *g = row_f32(c->g, row_offset(c->g, nlead, r), gs, D, gbuf);
@@ -295,6 +295,11 @@ static void rms_grad_rows_f32(void *c_, int64_t r0, int64_t r1) {
     } else {
       float n3m = n * n * n * m;
       for (int64_t i = 0; i < D; i++) y[i] = n * (c->w ? g[i] * c->w[i] : g[i]) - x[i] * n3m;
+      if (c->r) {
+        const float *rr = row_f32(c->r, row_offset(c->r, nlead, r),
+                                  c->r->strides[c->r->ndim - 1], D, rbuf);
+        for (int64_t i = 0; i < D; i++) y[i] += rr[i];
+      }
     }
     if (y == ybuf)
       store_f32((char *)mx__data(c->out) + r * D * (int64_t)mx_dtype_size(odt), odt, y, D);
@@ -318,10 +323,13 @@ static void rms_grad_rows_f64(void *c_, int64_t r0, int64_t r1) {
     }
     double n = 1.0 / sqrt(ss / (double)D + c->eps);
     m /= (double)D;
+    const double *rr = c->r ? (const double *)mx__data(c->r) + row_offset(c->r, nlead, r) : NULL;
+    const int64_t rs = c->r ? c->r->strides[c->r->ndim - 1] : 0;
     for (int64_t i = 0; i < D; i++) {
       double gi = g[i * gs], xi = x[i * xs];
       y[i] = c->which == 1 ? gi * xi * n
                            : n * (c->w64 ? gi * c->w64[i] : gi) - xi * n * n * n * m;
+      if (rr) y[i] += rr[i * rs];
     }
   }
 }
@@ -395,7 +403,8 @@ static int k_rms_norm_grad(mx_array *out, mx_array **in) {
   if (s || out->size == 0) return s;
   if (p->which == 2) return rms_norm_dw(out, in[0], in[1], p->eps);
   mx_array *x = in[0], *w = p->has_weight ? in[2] : NULL;
-  rms_grad_ctx c = {.out = out, .x = x, .g = in[1], .which = p->which, .eps = p->eps,
+  mx_array *rr = p->which == 0 && p->has_resid ? in[p->has_weight ? 3 : 2] : NULL;
+  rms_grad_ctx c = {.out = out, .x = x, .g = in[1], .r = rr, .which = p->which, .eps = p->eps,
                     .D = x->shape[x->ndim - 1]};
   int64_t rows = out->size / c.D, grain = MX_MAX(1, 16384 / c.D);
   if (x->dtype == MX_FLOAT64) {

@@ -240,7 +240,8 @@ static bool rows_vec_ok(const mx_array *a, int V) {
 template <class T, int V, int NV>
 __global__ void __launch_bounds__(256)
     k_rms_grad_vec(const typename T::S *x, const typename T::S *g, const uint4 *__restrict__ w,
-                   uint4 *__restrict__ o, mx__nd<2> rnd, int64_t rows, int nv, float eps) {
+                   uint4 *__restrict__ o, mx__nd<2> rnd, int64_t rows, int nv, float eps,
+                   const uint4 *__restrict__ res) {
   const int lane = threadIdx.x & 31;
   const float D = (float)nv * V;
   MX_PDL_ENTRY();
@@ -288,6 +289,11 @@ __global__ void __launch_bounds__(256)
         for (int j = 0; j < V; j++) {
           const float gj = w ? b[j] * c[j] : b[j];
           b[j] = n * gj - a[j] * n3m;
+        }
+        if (res) { /* the residual's gradient, added before the one rounding */
+          norm_unpack<T, V>(__ldg(res + r * nv + i), c);
+#pragma unroll
+          for (int j = 0; j < V; j++) b[j] += c[j];
         }
         orow[i] = norm_pack<T, V>(b);
       }
@@ -475,15 +481,49 @@ static int rms_dw(mx_array *out, mx_array *x, mx_array *g, double eps) {
   return st == MX_ERR_NO_KERNEL ? mx__cuda_no_dtype(out, x->dtype) : st;
 }
 
+/* o += r elementwise (both contiguous, n values): the residual of
+ * rms_norm_backward on the paths whose kernel does not add it */
+template <class T>
+__global__ void k_add_inplace(typename T::S *o, const typename T::S *r, int64_t n) {
+  MX_CUDA_LOOP(i, n) o[i] = T::st((typename T::C)T::ld(o[i]) + (typename T::C)T::ld(r[i]));
+}
+
+static int rms_grad_rows(mx_array *out, mx_array **in, const mx__rms_norm_grad_params *p,
+                         const void *res);
+
 static int k_rms_norm_grad(mx_array *out, mx_array **in) {
   const mx__rms_norm_grad_params *p = MX__PARAMS(out, mx__rms_norm_grad_params);
   mx_array *x = in[0], *g = in[1], *w = p->has_weight ? in[2] : NULL;
+  mx_array *rr = p->which == 0 && p->has_resid ? in[p->has_weight ? 3 : 2] : NULL;
   mx_dtype dt = x->dtype;
-  if (!mx_dtype_is_float(dt) || g->dtype != dt || (w && w->dtype != dt))
+  if (!mx_dtype_is_float(dt) || g->dtype != dt || (w && w->dtype != dt) || (rr && rr->dtype != dt))
     return mx__cuda_no_dtype(out, g->dtype);
   int st = mx__array_alloc_data(out);
   if (st || out->size == 0) return st;
   if (p->which == 2) return rms_dw(out, x, g, p->eps);
+  if (!rr) return rms_grad_rows(out, in, p, NULL);
+  /* the residual, row-contiguous like the output */
+  mx__buffer *tb = NULL;
+  const void *res = mx__ddata(rr);
+  if (!rr->row_contiguous) {
+    if (!(tb = mx__cuda_tmp(mx_dtype_size(dt) * (size_t)rr->size))) return mx_last_status();
+    if ((st = mx__cuda_copy_to_contiguous(rr, tb->dptr))) {
+      mx__buffer_release(tb);
+      return st;
+    }
+    res = tb->dptr;
+  }
+  st = rms_grad_rows(out, in, p, res);
+  if (tb) mx__buffer_release(tb); /* reused only by later work of the stream */
+  return st;
+}
+
+/* which 0 / 1 over rows; res (which 0, contiguous, or NULL) added to dx:
+ * in the vector kernel before its rounding, else by a second pass */
+static int rms_grad_rows(mx_array *out, mx_array **in, const mx__rms_norm_grad_params *p,
+                         const void *res) {
+  mx_array *x = in[0], *g = in[1], *w = p->has_weight ? in[2] : NULL;
+  mx_dtype dt = x->dtype;
   int nd = x->ndim;
   int64_t D = x->shape[nd - 1], rows = out->size / D;
   int64_t xst[MX_MAX_NDIM], gst[MX_MAX_NDIM];
@@ -498,14 +538,14 @@ static int k_rms_norm_grad(mx_array *out, mx_array **in) {
   const unsigned gw = (unsigned)MX_MIN((rows + 7) / 8, (int64_t)65535 * 8);
   const int V = dt == MX_FLOAT32 ? 4 : 8;
   if (which == 0 && dt != MX_FLOAT64 && D <= 128 * V && rows_vec_ok(x, V) && rows_vec_ok(g, V) &&
-      (!w || (w->ndim == 1 && rows_vec_ok(w, V)))) {
+      (!w || (w->ndim == 1 && rows_vec_ok(w, V))) && !((uintptr_t)res & 15)) {
     const int nv = (int)(D / V), NV = (nv + 31) / 32;
     const uint4 *wv = w ? (const uint4 *)mx__ddata(w) : NULL;
     uint4 *o = (uint4 *)out->buf->dptr;
 #define RV(TAG, VV, K)                                                                       \
   mx__cuda_launch_pdl(k_rms_grad_vec<TAG, VV, K>, dim3(gw), dim3(256), 0,                    \
                       (const TAG::S *)mx__ddata(x), (const TAG::S *)mx__ddata(g), wv, o, rnd, \
-                      rows, nv, (float)p->eps)
+                      rows, nv, (float)p->eps, (const uint4 *)res)
 #define RVD(TAG, VV)                                                                         \
   switch (NV) {                                                                              \
     case 1: RV(TAG, VV, 1); break;                                                           \
@@ -545,6 +585,11 @@ static int k_rms_norm_grad(mx_array *out, mx_array **in) {
     default: return mx__cuda_no_dtype(out, dt);
   }
 #undef RG
+  if (res) {
+    unsigned nb = mx__cuda_blocks(out->size);
+    MX_CUDA_DISPATCH_FLOAT(dt, k_add_inplace<T><<<nb, MX_CUDA_THREADS, 0, s>>>(
+                                   (T::S *)out->buf->dptr, (const T::S *)res, out->size))
+  }
   return mx__cuda_launched(mx__opname(out));
 }
 
