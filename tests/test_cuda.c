@@ -1038,6 +1038,77 @@ TEST(swiglu_linear_has_the_bits_of_gemv_and_swiglu) {
     }
 }
 
+/* rope_sdpa on the GPU: the bits of rope_kv then sdpa_upto, for the
+ * outputs and for the rows written into the caches, over a few decode
+ * steps (each step's attention sees the keys the steps before wrote), with
+ * and without float32 frequencies; near the CPU's result. */
+static int64_t rope_sdpa_steps(int64_t B, int64_t H, int64_t KV, int64_t D, int64_t S,
+                               int32_t pos0, int nsteps, int dims, bool trad, bool freqs,
+                               mx_dtype dt, uint64_t seed) {
+  const int64_t cs[4] = {B, KV, S, D};
+  mx_array *kc[3], *vc[3]; /* [0] two ops on the GPU, [1] rope_sdpa on the GPU, [2] on the CPU */
+  for (int i = 0; i < 3; i++) {
+    kc[i] = normal_dt(cs, 4, 1, seed, dt);
+    vc[i] = normal_dt(cs, 4, 1, seed + 1, dt);
+  }
+  float fq[64];
+  for (int i = 0; i < dims / 2; i++) fq[i] = (float)pow(10000.0, 2.0 * i / dims) * (1 + (i % 3));
+  mx_array *fr = freqs ? mx_array_from_data(fq, (int64_t[]){dims / 2}, 1, MX_FLOAT32) : NULL;
+  const double scale = 1.0 / sqrt((double)D);
+  int64_t bad = 0;
+  char what[176];
+  for (int st = 0; st < nsteps && !bad; st++) {
+    int32_t pos = pos0 + st;
+    mx_array *x = normal_dt((int64_t[]){B, H + 2 * KV, 1, D}, 4, 1, seed + 10 + (uint64_t)st, dt);
+    mx_array *p = mx_array_from_data(&pos, (int64_t[]){1}, 1, MX_INT32);
+    mx_set_default_device(MX_GPU);
+    mx_array *q = mx__fast_rope_kv(x, H, KV, kc[0], vc[0], dims, trad, 10000, 1.0, p, fr);
+    mx_array *two = q ? mx__fast_sdpa_upto(q, kc[0], vc[0], scale, p) : NULL;
+    if (two) mx_array_eval(two);
+    mx_array *one = mx__fast_rope_sdpa(x, H, KV, kc[1], vc[1], dims, trad, 10000, 1.0, p, fr, scale);
+    mx_set_default_device(MX_CPU);
+    mx_array *cpu = mx__fast_rope_sdpa(x, H, KV, kc[2], vc[2], dims, trad, 10000, 1.0, p, fr, scale);
+    snprintf(what, sizeof what, "rope_sdpa B %lld H %lld KV %lld D %lld S %lld pos %d dims %d%s%s %s",
+             (long long)B, (long long)H, (long long)KV, (long long)D, (long long)S, pos, dims,
+             trad ? " trad" : "", freqs ? " freqs" : "", mx_dtype_name(dt));
+    bad += mismatches(two, one, 0, what);
+    bad += mismatches(cpu, one, dtype_tol(dt), what);
+    mx_array *all[] = {x, p, q, two, one, cpu};
+    mx_array_free_n(all, 6);
+  }
+  size_t wl = strlen(what);
+  snprintf(what + wl, sizeof what - wl, ": caches");
+  if (!bad) bad += mismatches(kc[0], kc[1], 0, what) + mismatches(vc[0], vc[1], 0, what);
+  if (!bad) bad += mismatches(kc[2], kc[1], dtype_tol(dt), what) + mismatches(vc[2], vc[1], 0, what);
+  mx_array_free_n(kc, 3);
+  mx_array_free_n(vc, 3);
+  mx_array_free(fr);
+  return bad;
+}
+
+TEST(rope_sdpa_has_the_bits_of_rope_kv_and_sdpa_upto) {
+  NEED_GPU();
+  const uint64_t runs = mx__rope_sdpa_fused_runs;
+  const mx_dtype dts[] = {MX_BFLOAT16, MX_FLOAT16};
+  for (int d = 0; d < 2; d++) {
+    /* the 1B model's attention: 32 heads of 64, 8 kv heads */
+    ASSERT_EQ_INT(rope_sdpa_steps(1, 32, 8, 64, 300, 127, 3, 64, false, true, dts[d], 70), 0);
+    /* head size 128, 8 query heads a kv head, two sequences, no freqs */
+    ASSERT_EQ_INT(rope_sdpa_steps(2, 16, 2, 128, 1536, 1000, 2, 128, false, false, dts[d], 71), 0);
+    /* traditional pairs, partial rotary, several key tiles a block */
+    ASSERT_EQ_INT(rope_sdpa_steps(1, 4, 1, 64, 2048, 1100, 2, 32, true, true, dts[d], 72), 0);
+    /* from an empty cache, and at its end (the last slot, then past it) */
+    ASSERT_EQ_INT(rope_sdpa_steps(1, 8, 2, 64, 64, 0, 2, 64, false, false, dts[d], 73), 0);
+    ASSERT_EQ_INT(rope_sdpa_steps(1, 8, 2, 64, 64, 63, 2, 64, false, true, dts[d], 74), 0);
+  }
+  /* the two-kernel path: float32 heads (and 9 query heads a kv head) */
+  ASSERT_EQ_INT(rope_sdpa_steps(1, 9, 1, 64, 40, 7, 2, 64, false, true, MX_FLOAT32, 75), 0);
+  /* the 16-bit cases took the one-kernel path (compute capability 9.0),
+   * unless it is switched off */
+  const char *e = getenv("MXC_ROPE_SDPA"), *c = getenv("MXC_FD_CLUSTER");
+  if (!(e && !strcmp(e, "0")) && !(c && !strcmp(c, "0"))) ASSERT(mx__rope_sdpa_fused_runs > runs);
+}
+
 /* add_norm_linear on the GPU: the bits of add_rms_norm then the GEMV (or
  * swiglu_linear) for 16-bit rows of D <= 2048 in vectors (the kernel with
  * the norm in its prologue); near the CPU everywhere (the fallback too). */

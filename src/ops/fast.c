@@ -88,6 +88,7 @@ static int vjp_swiglu_grad(mx_array *out, mx_array *cot, mx_array **g, const boo
 static const mx__op_def def_SWIGLU_GRAD = {.id = MX_OP_SWIGLU_GRAD, .vjp = vjp_swiglu_grad};
 static const mx__op_def def_ADD_RMS_NORM = {.id = MX_OP_ADD_RMS_NORM};
 static const mx__op_def def_ROPE_KV = {.id = MX_OP_ROPE_KV};
+static const mx__op_def def_ROPE_SDPA = {.id = MX_OP_ROPE_SDPA};
 static const mx__op_def def_SWIGLU_LINEAR = {.id = MX_OP_SWIGLU_LINEAR};
 static const mx__op_def def_ADD_NORM_LINEAR = {.id = MX_OP_ADD_NORM_LINEAR};
 static int vjp_softmax_ce(mx_array *out, mx_array *cot, mx_array **g, const bool *need);
@@ -502,43 +503,75 @@ mx_array *mx__fast_add_rms_norm(mx_array *x, mx_array *r, mx_array *weight, doub
   return node_cast(&def_ADD_RMS_NORM, dt, shape, x->ndim + 1, ins, 3, &p, sizeof p);
 }
 
-mx_array *mx__fast_rope_kv(mx_array *x, int64_t nq, int64_t nkv, mx_array *keys,
-                           mx_array *values, int dims, bool traditional, double base,
-                           double scale, mx_array *pos, mx_array *freqs) {
-  MX__CHECK_IN("rope_kv", x, keys, values, pos);
+/* The checks of rope_kv and rope_sdpa (op: the name in messages). */
+static int check_rope_kv(const char *op, mx_array *x, int64_t nq, int64_t nkv, mx_array *keys,
+                         mx_array *values, int dims, mx_array *pos, mx_array *freqs) {
   char sx[256], sk[256];
-  if (check_rope(x, dims, freqs) || check_pos("rope_kv", pos)) return NULL;
+  if (check_rope(x, dims, freqs) || check_pos(op, pos)) return mx_last_status();
   if (x->ndim != 4 || nq < 0 || nkv <= 0 || x->shape[1] != nq + 2 * nkv)
-    return mx__set_error(MX_ERR_SHAPE, "rope_kv: x %s must be (B, %lld + 2 x %lld heads, L, D)",
+    return mx__set_error(MX_ERR_SHAPE, "%s: x %s must be (B, %lld + 2 x %lld heads, L, D)", op,
                          mx__shape_str(x->shape, x->ndim, sx, sizeof sx), (long long)nq,
-                         (long long)nkv), NULL;
+                         (long long)nkv);
   mx_array *c[2] = {keys, values};
   for (int i = 0; i < 2; i++) {
     mx_array *a = c[i];
     if (!a->buf || a->op || !a->row_contiguous || a->offset)
-      return mx__set_error(MX_ERR_INVALID_ARG, "rope_kv: the %s cache must be evaluated, "
-                           "row-contiguous data", i ? "value" : "key"), NULL;
+      return mx__set_error(MX_ERR_INVALID_ARG, "%s: the %s cache must be evaluated, "
+                           "row-contiguous data", op, i ? "value" : "key");
     if (a->ndim != 4 || a->dtype != x->dtype || a->shape[0] != x->shape[0] ||
         a->shape[1] != nkv || a->shape[3] != x->shape[3])
-      return mx__set_error(MX_ERR_SHAPE, "rope_kv: %s cache %s %s does not fit x %s %s",
+      return mx__set_error(MX_ERR_SHAPE, "%s: %s cache %s %s does not fit x %s %s", op,
                            i ? "value" : "key", mx_dtype_name(a->dtype),
                            mx__shape_str(a->shape, a->ndim, sk, sizeof sk),
                            mx_dtype_name(x->dtype),
-                           mx__shape_str(x->shape, x->ndim, sx, sizeof sx)), NULL;
+                           mx__shape_str(x->shape, x->ndim, sx, sizeof sx));
   }
-  mx__rope_kv_params p = {.rope = {.dims = dims, .traditional = traditional, .forward = true,
-                                   .has_freqs = freqs != NULL, .has_pos = true, .base = base,
-                                   .scale = scale},
-                          .nq = nq, .nkv = nkv};
+  return MX_OK;
+}
+
+static mx_array *rope_kv_node(const mx__op_def *def, mx_array *x, int64_t nq, mx_array *keys,
+                              mx_array *values, mx_array *pos, mx_array *freqs, const void *p,
+                              size_t psize) {
   mx_array *f = NULL;
   if (freqs && !(f = mx_dtype_is_float(freqs->dtype) ? mx_array_retain(freqs)
                                                       : mx_astype(freqs, MX_FLOAT32)))
     return NULL;
   mx_array *ins[5] = {x, keys, values, pos, f};
   int64_t shape[4] = {x->shape[0], nq, x->shape[2], x->shape[3]};
-  mx_array *r = mx__node_new(&def_ROPE_KV, x->dtype, shape, 4, ins, f ? 5 : 4, &p, sizeof p);
+  mx_array *r = mx__node_new(def, x->dtype, shape, 4, ins, f ? 5 : 4, p, psize);
   mx_array_free(f);
   return r;
+}
+
+mx_array *mx__fast_rope_kv(mx_array *x, int64_t nq, int64_t nkv, mx_array *keys,
+                           mx_array *values, int dims, bool traditional, double base,
+                           double scale, mx_array *pos, mx_array *freqs) {
+  MX__CHECK_IN("rope_kv", x, keys, values, pos);
+  if (check_rope_kv("rope_kv", x, nq, nkv, keys, values, dims, pos, freqs)) return NULL;
+  mx__rope_kv_params p = {.rope = {.dims = dims, .traditional = traditional, .forward = true,
+                                   .has_freqs = freqs != NULL, .has_pos = true, .base = base,
+                                   .scale = scale},
+                          .nq = nq, .nkv = nkv};
+  return rope_kv_node(&def_ROPE_KV, x, nq, keys, values, pos, freqs, &p, sizeof p);
+}
+
+mx_array *mx__fast_rope_sdpa(mx_array *x, int64_t nq, int64_t nkv, mx_array *keys,
+                             mx_array *values, int dims, bool traditional, double base,
+                             double scale, mx_array *pos, mx_array *freqs, double attn_scale) {
+  MX__CHECK_IN("rope_sdpa", x, keys, values, pos);
+  if (check_rope_kv("rope_sdpa", x, nq, nkv, keys, values, dims, pos, freqs)) return NULL;
+  if (nq == 0 || nq % nkv)
+    return mx__set_error(MX_ERR_SHAPE, "rope_sdpa: %lld query heads are not a multiple of %lld "
+                         "kv heads", (long long)nq, (long long)nkv), NULL;
+  if (!mx_dtype_is_float(x->dtype))
+    return mx__set_error(MX_ERR_DTYPE, "rope_sdpa: needs a floating-point x, got %s",
+                         mx_dtype_name(x->dtype)), NULL;
+  mx__rope_sdpa_params p = {
+      .sdpa = {.scale = attn_scale, .causal = x->shape[2] > 1, .has_len = true},
+      .rk = {.rope = {.dims = dims, .traditional = traditional, .forward = true,
+                      .has_freqs = freqs != NULL, .has_pos = true, .base = base, .scale = scale},
+             .nq = nq, .nkv = nkv}};
+  return rope_kv_node(&def_ROPE_SDPA, x, nq, keys, values, pos, freqs, &p, sizeof p);
 }
 
 mx_array *mx__fast_swiglu_linear(mx_array *x, mx_array *w) {
@@ -846,6 +879,7 @@ mx_array *mx_fast_scaled_dot_product_attention(mx_array *q, mx_array *k, mx_arra
 }
 
 uint64_t mx__sdpa_cluster_runs;
+uint64_t mx__rope_sdpa_fused_runs;
 
 mx_array *mx__fast_sdpa_upto(mx_array *q, mx_array *k, mx_array *v, double scale,
                              mx_array *pos) {

@@ -190,6 +190,28 @@ mx_array *mx__fast_rope_kv(mx_array *x, int64_t nq, int64_t nkv, mx_array *keys,
                            mx_array *values, int dims, bool traditional, double base,
                            double scale, mx_array *pos, mx_array *freqs);
 
+/* rope_sdpa (internal, a decode step's rope_kv and the attention after it
+ * in one op): the result of
+ *   q = mx__fast_rope_kv(x, nq, nkv, keys, values, ..., pos, freqs);
+ *   o = mx__fast_sdpa_upto(q, keys, values, attn_scale, pos);
+ * (the same writes into keys/values, o (B, nq, L, D)) with the same bits.
+ * On the GPU one kernel does both for one position (L = 1) of 16-bit
+ * heads of 64 or 128 (the thread-block cluster attention rotates the
+ * query and the new key as it loads them and writes the new key and value
+ * into the caches); other cases run the two kernels. Params start with
+ * the attention's, so an attention kernel can read them.
+ * inputs: x, keys, values, pos [, freqs]. Not differentiable. */
+typedef struct {
+  mx__sdpa_params sdpa;
+  mx__rope_kv_params rk;
+} mx__rope_sdpa_params;
+mx_array *mx__fast_rope_sdpa(mx_array *x, int64_t nq, int64_t nkv, mx_array *keys,
+                             mx_array *values, int dims, bool traditional, double base,
+                             double scale, mx_array *pos, mx_array *freqs, double attn_scale);
+/* Decode steps the GPU ran as one rope_sdpa kernel; stays 0 without CUDA.
+ * For tests. */
+extern uint64_t mx__rope_sdpa_fused_runs;
+
 /* swiglu_linear (internal, a decode step's MLP: the gate/up projection and
  * swiglu in one kernel): x (..., K), w (2 I, K) — the gate rows then the
  * up rows of a stacked projection. Output (..., I) = swiglu(g, u) with

@@ -106,6 +106,7 @@
   X(SWIGLU_GRAD, "swiglu_backward")                                         \
   X(ADD_RMS_NORM, "add_rms_norm")                                           \
   X(ROPE_KV, "rope_kv")                                                     \
+  X(ROPE_SDPA, "rope_sdpa")                                                 \
   X(SWIGLU_LINEAR, "swiglu_linear")                                         \
   X(ADD_NORM_LINEAR, "add_norm_linear")                                     \
   X(SOFTMAX_CE, "softmax_cross_entropy")                                    \

@@ -403,6 +403,107 @@ static int f_rope_kv(const mx_opcase *c, const double *const *in, double *out, i
   return 0;
 }
 
+/* rope_sdpa (internal): rope_kv then the attention over the static caches'
+ * keys [0, pos + L). The caches' earlier rows hold fixed values (kv_fill),
+ * so the attention sees old keys as well as the new ones. ip: H, KV, S,
+ * pos, dims, trad; dp: base, attention scale. */
+static double kv_fill(int which, int64_t i) { return 0.5 * sin(0.37 * (double)i + 1.3 * which); }
+
+static mx_array *kv_cache(const mx_opcase *c, const int64_t *xs, int which, mx_dtype dt) {
+  int64_t cs[4] = {xs[0], c->ip[1], c->ip[2], xs[3]}, n = cs[0] * cs[1] * cs[2] * cs[3];
+  double *d = malloc(sizeof(double) * (size_t)(n ? n : 1));
+  if (!d) return NULL;
+  for (int64_t i = 0; i < n; i++) d[i] = kv_fill(which, i);
+  mx_array *f = mx_array_from_data(d, cs, 4, MX_FLOAT64);
+  free(d);
+  mx_array *r = f ? mx_astype(f, dt) : NULL;
+  mx_array_free(f);
+  if (r && mx_array_eval(r)) {
+    mx_array_free(r);
+    return NULL;
+  }
+  return r;
+}
+
+static mx_array *b_rope_sdpa(const mx_opcase *c, mx_array **in) {
+  const int64_t *xs = mx_array_shape(in[0]);
+  int32_t pos = c->ip[3];
+  mx_dtype dt = mx_array_dtype(in[0]);
+  mx_array *kc = kv_cache(c, xs, 0, dt), *vc = kv_cache(c, xs, 1, dt);
+  mx_array *p = mx_array_from_data(&pos, (int64_t[]){1}, 1, MX_INT32);
+  mx_array *r = NULL;
+  if (kc && vc && p)
+    r = mx__fast_rope_sdpa(in[0], c->ip[0], c->ip[1], kc, vc, c->ip[4], c->ip[5], c->dp[0], 1.0,
+                           p, NULL, c->dp[1]);
+  mx_array_free(kc);
+  mx_array_free(vc);
+  mx_array_free(p);
+  return r;
+}
+
+static int f_rope_sdpa(const mx_opcase *c, const double *const *in, double *out, int64_t *oshape,
+                       int *ond) {
+  const int64_t *xs = c->shape[0];
+  const int64_t B = xs[0], N = xs[1], L = xs[2], D = xs[3], H = c->ip[0], KV = c->ip[1];
+  const int64_t S = c->ip[2], pos = c->ip[3], G = H / KV;
+  const int half = c->ip[4] / 2;
+  const bool trad = c->ip[5];
+  oshape[0] = B, oshape[1] = H, oshape[2] = L, oshape[3] = D;
+  *ond = 4;
+  int64_t n = pos + L < S ? pos + L : S;
+  double *kc = malloc(sizeof(double) * (size_t)(B * KV * S * D));
+  double *vc = malloc(sizeof(double) * (size_t)(B * KV * S * D));
+  double *qr = malloc(sizeof(double) * (size_t)D), *sc = malloc(sizeof(double) * (size_t)S);
+  if (!kc || !vc || !qr || !sc) {
+    free(kc), free(vc), free(qr), free(sc);
+    return -1;
+  }
+  for (int64_t i = 0; i < B * KV * S * D; i++) kc[i] = kv_fill(0, i), vc[i] = kv_fill(1, i);
+  /* x's head row (b, h, t) rotated at position pos + t (or copied) into o */
+  #define ROT(b, h, t, o, rotate)                                                              \
+    do {                                                                                       \
+      const double *x_ = in[0] + (((b) * N + (h)) * L + (t)) * D;                              \
+      memcpy((o), x_, sizeof(double) * (size_t)D);                                             \
+      for (int i = 0; (rotate) && i < half; i++) {                                             \
+        double th = (double)(pos + (t)) * pow(c->dp[0], -2.0 * i / (double)c->ip[4]);          \
+        int64_t ia = trad ? 2 * i : i, ib = trad ? 2 * i + 1 : i + half;                       \
+        (o)[ia] = x_[ia] * cos(th) - x_[ib] * sin(th);                                         \
+        (o)[ib] = x_[ia] * sin(th) + x_[ib] * cos(th);                                         \
+      }                                                                                        \
+    } while (0)
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t hk = 0; hk < KV; hk++)
+      for (int64_t t = 0; t < L; t++) {
+        if (pos + t < 0 || pos + t >= S) continue;
+        ROT(b, H + hk, t, kc + ((b * KV + hk) * S + pos + t) * D, 1);
+        ROT(b, H + KV + hk, t, vc + ((b * KV + hk) * S + pos + t) * D, 0);
+      }
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < H; h++)
+      for (int64_t t = 0; t < L; t++) {
+        ROT(b, h, t, qr, 1);
+        const int64_t hk = h / G, last = t + n - L; /* causal: keys j <= last */
+        double m = -INFINITY, sum = 0;
+        for (int64_t j = 0; j < n; j++) {
+          const double *kr = kc + ((b * KV + hk) * S + j) * D;
+          double d = 0;
+          for (int64_t e = 0; e < D; e++) d += qr[e] * kr[e];
+          sc[j] = j <= last ? d * c->dp[1] : -INFINITY;
+          m = sc[j] > m ? sc[j] : m;
+        }
+        for (int64_t j = 0; j < n; j++) sum += sc[j] = exp(sc[j] - m);
+        double *o = out + ((b * H + h) * L + t) * D;
+        for (int64_t e = 0; e < D; e++) {
+          double a = 0;
+          for (int64_t j = 0; j < n; j++) a += sc[j] * vc[((b * KV + hk) * S + j) * D + e];
+          o[e] = a / sum;
+        }
+      }
+  #undef ROT
+  free(kc), free(vc), free(qr), free(sc);
+  return 0;
+}
+
 /* softmax_cross_entropy (internal): logits (..., V), targets (...) in [0, V);
  * the backward takes a cotangent (...) too */
 static mx_array *b_ce(const mx_opcase *c, mx_array **in) {
@@ -580,6 +681,11 @@ static int f_add_norm_lin(const mx_opcase *c, const double *const *in, double *o
    OC_FLOATS, .flags = OC_NONCONTIG | OC_NO_GRAD, .ip = {H, KV, S, pos, dims, trad},          \
    .dp = {base}, .build = b_rope_kv, .ref = f_rope_kv}
 
+#define ROPE_SDPA(d, xshape, H, KV, S, pos, dims, trad, base, scale)                          \
+  {.op = "rope_sdpa", .desc = d, .nin = 1, .ndim = {4}, .shape = {xshape}, .lo = -2, .hi = 2,  \
+   OC_FLOATS, .flags = OC_NONCONTIG | OC_NO_GRAD, .ip = {H, KV, S, pos, dims, trad},          \
+   .dp = {base, scale}, .build = b_rope_sdpa, .ref = f_rope_sdpa}
+
 #define CE(d, bwd, nd_, lshape, tshape, V)                                                     \
   {.op = bwd ? "softmax_cross_entropy_backward" : "softmax_cross_entropy", .desc = d,          \
    .nin = bwd ? 3 : 2, .ndim = {nd_, nd_ - 1, nd_ - 1}, .shape = {lshape, tshape, tshape},     \
@@ -646,6 +752,18 @@ static const mx_opcase cases[] = {
     ROPE_KV("GQA, one position", ARR(1, 8, 1, 16), 4, 2, 8, 3, 16, 0, 10000),
     ROPE_KV("traditional, dims < D, two rows", ARR(2, 5, 2, 12), 3, 1, 6, 4, 8, 1, 500),
     ROPE_KV("position past the cache (q only)", ARR(1, 3, 1, 8), 1, 1, 4, 9, 8, 0, 10000),
+    /* rope_sdpa (internal; on the GPU one position of 16-bit heads of 64 or
+     * 128 is one cluster kernel, the rest rope_kv + attention) */
+    ROPE_SDPA("one position, GQA 4:1, D 64", ARR(1, 12, 1, 64), 8, 2, 32, 9, 64, 0, 10000, 0.125),
+    ROPE_SDPA("D 128, 8 query heads a kv head, traditional, last slot", ARR(2, 10, 1, 128), 8, 1,
+              16, 15, 128, 1, 500000, 0.088),
+    ROPE_SDPA("rotary dims 32 of 64, several key tiles a block", ARR(1, 8, 1, 64), 4, 2, 1100,
+              700, 32, 0, 10000, 0.125),
+    ROPE_SDPA("position past the cache (old keys only)", ARR(1, 6, 1, 64), 4, 1, 8, 8, 64, 0,
+              10000, 0.125),
+    ROPE_SDPA("two positions (two kernels), causal", ARR(1, 6, 2, 64), 2, 2, 16, 5, 64, 0, 10000,
+              0.125),
+    ROPE_SDPA("head size 16 (two kernels)", ARR(1, 5, 1, 16), 3, 1, 8, 2, 16, 0, 10000, 0.25),
     /* rms_norm_backward (second order checked by finite differences) */
     RMS_GRAD("dx, weight", 0, 1, 2, ARR(4, 33), ARR(33), 1e-5),
     RMS_GRAD("dx, no weight, 3-d", 0, 0, 3, ARR(2, 3, 64), ARR(64), 1e-5),

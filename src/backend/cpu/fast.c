@@ -1753,11 +1753,9 @@ static int k_swiglu_linear(mx_array *out, mx_array **in) {
   return MX_OK;
 }
 
-static int k_rope_kv(mx_array *out, mx_array **in) {
-  const mx__rope_kv_params *kp = MX__PARAMS(out, mx__rope_kv_params);
+/* rope_kv's work with the rotated queries written to out (allocated). */
+static int rope_kv_into(const mx__rope_kv_params *kp, mx_array *out, mx_array **in) {
   const mx__rope_params *p = &kp->rope;
-  int s = mx__array_alloc_data(out);
-  if (s) return s;
   mx_array *x = in[0], *kc = in[1], *vc = in[2];
   const mx_dtype dt = out->dtype;
   const size_t es = mx_dtype_size(dt);
@@ -1826,6 +1824,28 @@ static int k_rope_kv(mx_array *out, mx_array **in) {
   free(row);
   free(rf);
   return MX_OK;
+}
+
+static int k_rope_kv(mx_array *out, mx_array **in) {
+  int s = mx__array_alloc_data(out);
+  return s ? s : rope_kv_into(MX__PARAMS(out, mx__rope_kv_params), out, in);
+}
+
+/* rope_sdpa: rope_kv into a temporary, then the attention (its params
+ * come first in mx__rope_sdpa_params, so k_sdpa reads them from out). */
+static int k_rope_sdpa(mx_array *out, mx_array **in) {
+  const mx__rope_sdpa_params *p = MX__PARAMS(out, mx__rope_sdpa_params);
+  mx_array *q = mx__array_alloc_struct(out->dtype, out->shape, out->ndim);
+  if (!q) return mx_last_status();
+  q->device = out->device;
+  int s = mx__array_alloc_data(q);
+  if (!s) s = rope_kv_into(&p->rk, q, in);
+  if (!s) {
+    mx_array *ins[4] = {q, in[1], in[2], in[3]};
+    s = k_sdpa(out, ins);
+  }
+  mx_array_free(q);
+  return s;
 }
 
 /* ---- softmax_cross_entropy and its backward (src/ops/fast_params.h) ------
@@ -1969,6 +1989,7 @@ void mx__cpu_register_fast(mx__kernel_fn *k) {
   k[MX_OP_ROW_DOT] = k_row_dot;
   k[MX_OP_ADD_RMS_NORM] = k_add_rms_norm;
   k[MX_OP_ROPE_KV] = k_rope_kv;
+  k[MX_OP_ROPE_SDPA] = k_rope_sdpa;
   k[MX_OP_SWIGLU_LINEAR] = k_swiglu_linear;
   k[MX_OP_ADD_NORM_LINEAR] = k_add_norm_linear;
   k[MX_OP_RMS_NORM] = k_rms_norm;

@@ -51,6 +51,23 @@ __device__ __forceinline__ void mx__pdl_trigger(void) {
 #endif
 }
 /* The kernel's entry: wait for the previous kernel, let the next one launch. */
+/* rope's rotation of the pair (a, b) by the angle with cosine cs and sine
+ * sn, with the roundings spelled out (no contraction left to the
+ * compiler), so that every GPU rope kernel — rope, rope_kv, rope_sdpa —
+ * gives the same bits: a cs - b sn and a sn + b cs. */
+__device__ __forceinline__ float mx__rot_x(float a, float b, float cs, float sn) {
+  return __fmaf_rn(a, cs, -__fmul_rn(b, sn));
+}
+__device__ __forceinline__ float mx__rot_y(float a, float b, float cs, float sn) {
+  return __fmaf_rn(a, sn, __fmul_rn(b, cs));
+}
+__device__ __forceinline__ double mx__rot_x(double a, double b, double cs, double sn) {
+  return __fma_rn(a, cs, -__dmul_rn(b, sn));
+}
+__device__ __forceinline__ double mx__rot_y(double a, double b, double cs, double sn) {
+  return __fma_rn(a, sn, __dmul_rn(b, cs));
+}
+
 #define MX_PDL_ENTRY()  \
   do {                  \
     mx__pdl_wait();     \

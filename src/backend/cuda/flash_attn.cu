@@ -1016,11 +1016,67 @@ __device__ __forceinline__ void fc_range(int64_t n, int c, int64_t *j0, int64_t 
   *j1 = e < n ? e : n;
 }
 
-template <class T, int D, int R, int C>
+/* rope_sdpa (RK): the step's stacked q/k/v heads x (B, nq + 2 Hkv, 1, D),
+ * rotated as rope_kv does (the same angles and roundings), and the caches
+ * the new key and value rows go to. */
+struct fc_rope {
+  const uint16_t *x;
+  int64_t xs0, xs1;     /* x's batch and head strides (features contiguous) */
+  uint16_t *kw, *vw;    /* the key and value caches (ks / vs of the geometry) */
+  int nq, half, trad;   /* query heads, rotated pairs, pairs (2i, 2i + 1) */
+  const float *f32;     /* float32 frequencies (stride fs), else base^(-2i/dims) */
+  int64_t fs;
+  double lb, offset, scale;
+};
+
+/* cos and sin of feature f's pair at position pos (rope_kv's values) */
+__device__ __forceinline__ float2 fc_angle(const fc_rope &rp, int f, int64_t pos) {
+  if (f >= 2 * rp.half) return make_float2(1.f, 0.f);
+  const int kk = rp.trad ? f / 2 : (f < rp.half ? f : f - rp.half);
+  const double inv = rp.f32 ? 1.0 / (double)rp.f32[kk * rp.fs] : exp(-(double)kk * rp.lb);
+  const double th = (rp.offset + (double)pos + 0.0) * (rp.scale * inv);
+  return make_float2((float)cos(th), (float)sin(th));
+}
+
+/* 8 features [f0, f0 + 8) of head row xr, rotated as rope_kv rotates
+ * them (16-bit, packed as stored): the pairs (i, i + half) take their
+ * other halves from the vector half away, traditional pairs (2i, 2i + 1)
+ * lie in the vector, features past the rotary ones are copied. */
+template <class T>
+__device__ __forceinline__ uint4 fc_load_rot(const fc_rope &rp, const uint16_t *xr, int f0,
+                                             const float2 *tab) {
+  const uint4 own = __ldcg((const uint4 *)(xr + f0));
+  if (f0 >= 2 * rp.half) return own;
+  const bool first = rp.trad || f0 < rp.half;
+  const uint4 oth = rp.trad ? own
+                            : __ldcg((const uint4 *)(xr + (first ? f0 + rp.half : f0 - rp.half)));
+  const uint32_t wo[4] = {own.x, own.y, own.z, own.w}, wp[4] = {oth.x, oth.y, oth.z, oth.w};
+  uint32_t r[4];
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const float2 c0 = tab[f0 + 2 * i], c1 = tab[f0 + 2 * i + 1];
+    const float o0 = (float)T::ld((uint16_t)(wo[i] & 0xffffu));
+    const float o1 = (float)T::ld((uint16_t)(wo[i] >> 16));
+    uint16_t y0, y1;
+    if (rp.trad) { /* (o0, o1) is one pair */
+      y0 = T::st(mx__rot_x(o0, o1, c0.x, c0.y));
+      y1 = T::st(mx__rot_y(o0, o1, c1.x, c1.y));
+    } else {
+      const float p0 = (float)T::ld((uint16_t)(wp[i] & 0xffffu));
+      const float p1 = (float)T::ld((uint16_t)(wp[i] >> 16));
+      y0 = first ? T::st(mx__rot_x(o0, p0, c0.x, c0.y)) : T::st(mx__rot_y(p0, o0, c0.x, c0.y));
+      y1 = first ? T::st(mx__rot_x(o1, p1, c1.x, c1.y)) : T::st(mx__rot_y(p1, o1, c1.x, c1.y));
+    }
+    r[i] = (uint32_t)y0 | ((uint32_t)y1 << 16);
+  }
+  return make_uint4(r[0], r[1], r[2], r[3]);
+}
+
+template <class T, int D, int R, int C, bool RK>
 __global__ void __launch_bounds__(FC_THREADS)
     k_fa_decode_cl(const typename T::S *__restrict__ q, const typename T::S *__restrict__ k,
                    const typename T::S *__restrict__ v, fa_geo g0, int pre,
-                   typename T::S *__restrict__ o) {
+                   typename T::S *__restrict__ o, const fc_rope rp) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   namespace cg = cooperative_groups;
   constexpr int LPK = D / 8, KPW = 32 / LPK, KPB = KPW * (FC_THREADS / 32), UK = FC_KT / KPB;
@@ -1075,6 +1131,15 @@ __global__ void __launch_bounds__(FC_THREADS)
       asm volatile("prefetch.global.L2 [%0];" ::"l"(pp));
     }
   }
+  /* RK: the angles of the step's position (one a feature), before the
+   * wait from the position as it reads now, checked after it */
+  __shared__ float2 rtab[RK ? D : 1];
+  __shared__ __align__(16) uint16_t qsm[RK ? R : 1][RK ? D : 8];
+  int64_t apos = INT64_MIN;
+  if constexpr (RK) {
+    apos = (int64_t)*(volatile const int32_t *)g0.lenp;
+    if (tid < D) rtab[tid] = fc_angle(rp, tid, apos);
+  }
   MX_PDL_ENTRY();
   int64_t n = g0.Tk;
   if (g0.lenp) {
@@ -1084,16 +1149,48 @@ __global__ void __launch_bounds__(FC_THREADS)
   if (n != n0) settled = 0; /* the length moved: nothing loaded early counts */
   const int64_t off = n - g0.Tq;
   const int nr = (int)(g0.G * g0.Tq);
+  int64_t j0, j1;
+  fc_range<C>(n, crank, &j0, &j1);
+  if constexpr (RK) {
+    /* one position: the rotated query rows go to shared memory; the block
+     * whose keys hold the new row (len) writes it (rotated) and the new
+     * value into the caches, where the loop below reads them */
+    const int64_t len = (int64_t)*g0.lenp;
+    if (len != apos && tid < D) rtab[tid] = fc_angle(rp, tid, len);
+    __syncthreads();
+    const bool mine = len >= j0 && len < j1;
+    constexpr int NV = D / 8;
+    for (int u = tid; u < (R + 2) * NV; u += FC_THREADS) {
+      const int r = u / NV, c8 = 8 * (u % NV);
+      if (r < R) {
+        if (r < nr)
+          *(uint4 *)&qsm[r][c8] =
+              fc_load_rot<T>(rp, rp.x + b * rp.xs0 + (hk * g0.G + r) * rp.xs1, c8, rtab);
+      } else if (mine && r == R) {
+        *(uint4 *)(rp.kw + b * g0.ks[0] + hk * g0.ks[1] + len * g0.ks[2] + c8) =
+            fc_load_rot<T>(rp, rp.x + b * rp.xs0 + (rp.nq + hk) * rp.xs1, c8, rtab);
+      } else if (mine) {
+        *(uint4 *)(rp.vw + b * g0.vs[0] + hk * g0.vs[1] + len * g0.vs[2] + c8) =
+            __ldcg((const uint4 *)(rp.x + b * rp.xs0 + (rp.nq + g0.Hkv + hk) * rp.xs1 + c8));
+      }
+    }
+    __syncthreads(); /* the rows are visible to the block (read after the wait, from L2) */
+  }
   float qr[R][8];
 #pragma unroll
   for (int r = 0; r < R; r++) {
     const int64_t h = hk * g0.G + r / g0.Tq, t = r % g0.Tq;
 #pragma unroll
-    for (int e = 0; e < 8; e++)
-      qr[r][e] = r < nr ? (float)T::ld(q[b * g0.qs[0] + h * g0.qs[1] + t * g0.qs[2] +
-                                         (8 * cl + e) * g0.qs[3]]) *
-                              g0.scale
-                        : 0.f;
+    for (int e = 0; e < 8; e++) {
+      float qv = 0.f;
+      if constexpr (RK)
+        qv = r < nr ? (float)T::ld(qsm[r][8 * cl + e]) : 0.f;
+      else
+        qv = r < nr ? (float)T::ld(q[b * g0.qs[0] + h * g0.qs[1] + t * g0.qs[2] +
+                                     (8 * cl + e) * g0.qs[3]])
+                    : 0.f;
+      qr[r][e] = qv * g0.scale;
+    }
   }
   if (tid < R) {
     st_m[tid] = -INFINITY;
@@ -1104,8 +1201,6 @@ __global__ void __launch_bounds__(FC_THREADS)
   for (int r = 0; r < R; r++)
 #pragma unroll
     for (int e = 0; e < 8; e++) acc[r][e] = 0.f;
-  int64_t j0, j1;
-  fc_range<C>(n, crank, &j0, &j1);
   for (int64_t a = j0; a < j1; a += FC_KT) {
     const int64_t te = a + FC_KT < j1 ? a + FC_KT : j1;
     const int64_t have = a == j0 ? (te < settled ? te : settled) : a; /* rows already in registers */
@@ -1250,9 +1345,9 @@ static int fd_cluster_max(void) {
   return v;
 }
 
-template <class T, int D, int R, int C>
+template <class T, int D, int R, int C, bool RK = false>
 static int launch_decode_cl(mx_array *out, const void *qp, const void *kp, const void *vp,
-                            const fa_geo &g, int pre) {
+                            const fa_geo &g, int pre, const fc_rope &rp = fc_rope{}) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(C, (unsigned)(g.B * g.Hkv));
   cfg.blockDim = dim3(FC_THREADS);
@@ -1270,7 +1365,8 @@ static int launch_decode_cl(mx_array *out, const void *qp, const void *kp, const
   const typename T::S *qs = (const typename T::S *)qp, *ks = (const typename T::S *)kp,
                       *vs = (const typename T::S *)vp;
   typename T::S *os = (typename T::S *)out->buf->dptr;
-  if (cudaLaunchKernelEx(&cfg, k_fa_decode_cl<T, D, R, C>, qs, ks, vs, g, pre, os) != cudaSuccess) {
+  if (cudaLaunchKernelEx(&cfg, k_fa_decode_cl<T, D, R, C, RK>, qs, ks, vs, g, pre, os, rp) !=
+      cudaSuccess) {
     cudaGetLastError(); /* not launched: the split kernel takes it */
     return 0;
   }
@@ -1294,6 +1390,79 @@ static int run_decode_cl(mx_array *out, const void *qp, const void *kp, const vo
     return R <= 4 ? launch_decode_cl<T, 128, 4, FC_C>(out, qp, kp, vp, g, pre)
                   : launch_decode_cl<T, 128, 8, FC_C>(out, qp, kp, vp, g, pre);
   }
+}
+
+/* rope_sdpa in one kernel (k_fa_decode_cl with RK): one position of
+ * 16-bit heads of 64 or 128, up to 8 query heads a kv head, float32
+ * frequencies or none, pairs in 16-byte vectors. out allocated. 1:
+ * launched, 0: not taken (the caller runs rope_kv and the attention). */
+int mx__cuda_rope_sdpa_cl(mx_array *out, mx_array **in) {
+  const mx__rope_sdpa_params *p = MX__PARAMS(out, mx__rope_sdpa_params);
+  const mx__rope_params *ro = &p->rk.rope;
+  mx_array *x = in[0], *kc = in[1], *vc = in[2], *fr = ro->has_freqs ? in[4] : NULL;
+  static int on = -1; /* MXC_ROPE_SDPA=0: the two kernels (comparisons) */
+  if (on < 0) on = fd_env("MXC_ROPE_SDPA", 1) != 0;
+  const mx_dtype dt = out->dtype;
+  if (!on || (dt != MX_BFLOAT16 && dt != MX_FLOAT16) || x->dtype != dt) return 0;
+  const int64_t B = x->shape[0], L = x->shape[2], D = x->shape[3];
+  const int64_t H = p->rk.nq, KV = p->rk.nkv, S = kc->shape[2];
+  const int half = ro->dims / 2;
+  if (L != 1 || (D != 64 && D != 128) || H % KV || H / KV > 8 || S == 0 ||
+      S > fd_cluster_max() || B * KV > 65535 || (fr && fr->dtype != MX_FLOAT32) ||
+      (!ro->traditional && half % 8) || 2 * half > D)
+    return 0;
+  if (x->strides[3] != 1 || (x->strides[0] * 2) % 16 || (x->strides[1] * 2) % 16 ||
+      ((uintptr_t)mx__ddata(x) & 15) || ((uintptr_t)kc->buf->dptr & 15) ||
+      ((uintptr_t)vc->buf->dptr & 15))
+    return 0;
+  fa_geo g;
+  memset(&g, 0, sizeof g);
+  g.B = B;
+  g.Hq = H;
+  g.Hkv = KV;
+  g.G = H / KV;
+  g.Tq = 1;
+  g.Tk = S;
+  g.D = g.Dv = D;
+  g.off = S - 1;
+  for (int d = 0; d < 4; d++) {
+    g.ks[d] = kc->strides[d];
+    g.vs[d] = vc->strides[d];
+  }
+  g.kvec = g.vvec = 1;
+  g.causal = false;
+  g.scale = (float)p->sdpa.scale;
+  g.lenp = (const int32_t *)mx__ddata(in[3]);
+  static int pw = -1;
+  if (pw < 0) pw = fd_env("MXC_FD_PREWAIT", 1) != 0;
+  fc_rope r;
+  r.x = (const uint16_t *)mx__ddata(x);
+  r.xs0 = x->strides[0];
+  r.xs1 = x->strides[1];
+  r.kw = (uint16_t *)kc->buf->dptr;
+  r.vw = (uint16_t *)vc->buf->dptr;
+  r.nq = (int)H;
+  r.half = half;
+  r.trad = ro->traditional;
+  r.f32 = fr ? (const float *)mx__ddata(fr) : NULL;
+  r.fs = fr ? fr->strides[0] : 0;
+  r.lb = half > 0 ? log(ro->base) / half : 0.0;
+  r.offset = (double)ro->offset;
+  r.scale = ro->scale;
+  const void *kp = kc->buf->dptr, *vp = vc->buf->dptr;
+  const int R = (int)g.G;
+  if (dt == MX_BFLOAT16) {
+    if (D == 64)
+      return R <= 4 ? launch_decode_cl<TBF16, 64, 4, FC_C, true>(out, NULL, kp, vp, g, pw, r)
+                    : launch_decode_cl<TBF16, 64, 8, FC_C, true>(out, NULL, kp, vp, g, pw, r);
+    return R <= 4 ? launch_decode_cl<TBF16, 128, 4, FC_C, true>(out, NULL, kp, vp, g, pw, r)
+                  : launch_decode_cl<TBF16, 128, 8, FC_C, true>(out, NULL, kp, vp, g, pw, r);
+  }
+  if (D == 64)
+    return R <= 4 ? launch_decode_cl<TF16, 64, 4, FC_C, true>(out, NULL, kp, vp, g, pw, r)
+                  : launch_decode_cl<TF16, 64, 8, FC_C, true>(out, NULL, kp, vp, g, pw, r);
+  return R <= 4 ? launch_decode_cl<TF16, 128, 4, FC_C, true>(out, NULL, kp, vp, g, pw, r)
+                : launch_decode_cl<TF16, 128, 8, FC_C, true>(out, NULL, kp, vp, g, pw, r);
 }
 
 template <class T, int RM>

@@ -96,8 +96,8 @@ __global__ void k_rope(const typename T::S *x, typename T::S *o, mx__nd<1> rnd, 
     }
     int64_t ia = trad ? 2 * k : k, ib = trad ? 2 * k + 1 : k + half;
     C a = (C)T::ld(xr[ia * xs]), b = (C)T::ld(xr[ib * xs]);
-    orow[ia] = T::st(a * cs - b * sn);
-    orow[ib] = T::st(a * sn + b * cs);
+    orow[ia] = T::st(mx__rot_x(a, b, cs, sn));
+    orow[ib] = T::st(mx__rot_y(a, b, cs, sn));
   }
 }
 
@@ -127,8 +127,10 @@ __global__ void k_rope_vec(const uint16_t *__restrict__ x, uint16_t *__restrict_
       const float4 cs = __ldg(tb + j); /* cos, sin, cos, sin */
       float a0 = T::ld((uint16_t)(wa[j] & 0xffffu)), a1 = T::ld((uint16_t)(wa[j] >> 16));
       float b0 = T::ld((uint16_t)(wb[j] & 0xffffu)), b1 = T::ld((uint16_t)(wb[j] >> 16));
-      oa[j] = (uint32_t)T::st(a0 * cs.x - b0 * cs.y) | ((uint32_t)T::st(a1 * cs.z - b1 * cs.w) << 16);
-      ob[j] = (uint32_t)T::st(a0 * cs.y + b0 * cs.x) | ((uint32_t)T::st(a1 * cs.w + b1 * cs.z) << 16);
+      oa[j] = (uint32_t)T::st(mx__rot_x(a0, b0, cs.x, cs.y)) |
+              ((uint32_t)T::st(mx__rot_x(a1, b1, cs.z, cs.w)) << 16);
+      ob[j] = (uint32_t)T::st(mx__rot_y(a0, b0, cs.x, cs.y)) |
+              ((uint32_t)T::st(mx__rot_y(a1, b1, cs.z, cs.w)) << 16);
     }
     uint16_t *orow = o + r * 2 * half;
     *(uint4 *)(orow + k0) = make_uint4(oa[0], oa[1], oa[2], oa[3]);
@@ -508,20 +510,16 @@ __global__ void k_rope_kv(const typename T::S *x, typename T::S *q, typename T::
       cs = (C)cos(th), sn = (C)sin(th);
     }
     C a = (C)T::ld(xr[ia * xs3]), bb = (C)T::ld(xr[ib * xs3]);
-    orow[ia] = T::st(a * cs - bb * sn);
-    orow[ib] = T::st(a * sn + bb * cs);
+    orow[ia] = T::st(mx__rot_x(a, bb, cs, sn));
+    orow[ib] = T::st(mx__rot_y(a, bb, cs, sn));
   }
 }
 
-static int k_rope_kv_op(mx_array *out, mx_array **in) {
-  const mx__rope_kv_params *kp = MX__PARAMS(out, mx__rope_kv_params);
+/* rope_kv's launch with the rotated queries written to out (allocated). */
+static int rope_kv_run(const mx__rope_kv_params *kp, mx_array *out, mx_array **in) {
   const mx__rope_params *p = &kp->rope;
   mx_array *x = in[0], *kc = in[1], *vc = in[2];
-  if (!mx_dtype_is_float(x->dtype)) return mx__cuda_no_dtype(out, x->dtype);
   mx_array *fr = p->has_freqs ? in[4] : NULL;
-  if (fr && !mx_dtype_is_float(fr->dtype)) return mx__cuda_no_dtype(out, fr->dtype);
-  int st = mx__array_alloc_data(out);
-  if (st) return st;
   kc->buf->valid = 1u << MX_GPU; /* written on the device below */
   vc->buf->valid = 1u << MX_GPU;
   kc->buf->wepoch = vc->buf->wepoch = mx__gpu_epoch();
@@ -570,8 +568,51 @@ static int k_rope_kv_op(mx_array *out, mx_array **in) {
   return mx__cuda_launched("rope_kv");
 }
 
+static int k_rope_kv_op(mx_array *out, mx_array **in) {
+  const mx__rope_kv_params *kp = MX__PARAMS(out, mx__rope_kv_params);
+  mx_array *x = in[0], *fr = kp->rope.has_freqs ? in[4] : NULL;
+  if (!mx_dtype_is_float(x->dtype)) return mx__cuda_no_dtype(out, x->dtype);
+  if (fr && !mx_dtype_is_float(fr->dtype)) return mx__cuda_no_dtype(out, fr->dtype);
+  int st = mx__array_alloc_data(out);
+  return st ? st : rope_kv_run(kp, out, in);
+}
+
+/* rope_sdpa: one kernel when flash_attn.cu's cluster attention takes it,
+ * else rope_kv into a temporary and the attention (whose params come
+ * first in mx__rope_sdpa_params, so k_sdpa_op reads them from out). */
+int mx__cuda_rope_sdpa_cl(mx_array *out, mx_array **in);
+static int k_rope_sdpa_op(mx_array *out, mx_array **in) {
+  const mx__rope_sdpa_params *p = MX__PARAMS(out, mx__rope_sdpa_params);
+  mx_array *x = in[0], *kc = in[1], *vc = in[2], *fr = p->rk.rope.has_freqs ? in[4] : NULL;
+  if (!mx_dtype_is_float(x->dtype)) return mx__cuda_no_dtype(out, x->dtype);
+  if (fr && !mx_dtype_is_float(fr->dtype)) return mx__cuda_no_dtype(out, fr->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st) return st;
+  int r = mx__cuda_rope_sdpa_cl(out, in);
+  if (r < 0) return mx_last_status();
+  if (r > 0) {
+    kc->buf->valid = 1u << MX_GPU; /* written on the device */
+    vc->buf->valid = 1u << MX_GPU;
+    kc->buf->wepoch = vc->buf->wepoch = mx__gpu_epoch();
+    mx__rope_sdpa_fused_runs++;
+    return mx__cuda_launched("rope_sdpa");
+  }
+  mx_array *q = mx__array_alloc_struct(out->dtype, out->shape, out->ndim);
+  if (!q) return mx_last_status();
+  q->device = out->device;
+  st = mx__array_alloc_data(q);
+  if (!st) st = rope_kv_run(&p->rk, q, in);
+  if (!st) {
+    mx_array *ins[4] = {q, kc, vc, in[3]};
+    st = k_sdpa_op(out, ins);
+  }
+  mx_array_free(q);
+  return st;
+}
+
 void mx__cuda_register_rope_sdpa(mx__kernel_fn *k) {
   k[MX_OP_ROPE_KV] = k_rope_kv_op;
+  k[MX_OP_ROPE_SDPA] = k_rope_sdpa_op;
   k[MX_OP_ROPE] = k_rope_op;
   k[MX_OP_SDPA] = k_sdpa_op;
   k[MX_OP_SDPA_LSE] = k_sdpa_lse_op;

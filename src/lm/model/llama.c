@@ -33,19 +33,32 @@ typedef struct {
 
 static const mx_lm_config *cfg_of(mx_nn_module *m) { return &((lm_mod *)m)->cfg; }
 
+/* An A/B switch: on unless the environment variable is "0" (read once
+ * into *cache). */
+static bool env_on(const char *name, int *cache) {
+  int r = __atomic_load_n(cache, __ATOMIC_RELAXED);
+  if (r < 0) {
+    const char *e = getenv(name);
+    r = !(e && !strcmp(e, "0"));
+    __atomic_store_n(cache, r, __ATOMIC_RELAXED);
+  }
+  return r;
+}
+
+/* A decode step's rope_kv and attention as one op (rope_sdpa: one kernel
+ * on the GPU, the same bits); MXC_ROPE_SDPA=0 keeps them apart (A/B). */
+static bool rope_sdpa_fuse(void) {
+  static int v = -1;
+  return env_on("MXC_ROPE_SDPA", &v);
+}
+
 /* A decode step over static caches (mx__lm_forward_static) runs its
  * residual adds with the RMSNorm after them (add_rms_norm) and the rope of
  * q and k with the cache writes (rope_kv) as one kernel each: the same
  * bits as the separate ops. MXC_DECODE_FUSE=0 keeps them apart (A/B). */
 static bool decode_fuse(void) {
   static int v = -1;
-  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
-  if (r < 0) {
-    const char *e = getenv("MXC_DECODE_FUSE");
-    r = !(e && !strcmp(e, "0"));
-    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
-  }
-  return r;
+  return env_on("MXC_DECODE_FUSE", &v);
 }
 
 /* A decode row's gate/up projection and swiglu as one kernel
@@ -53,13 +66,7 @@ static bool decode_fuse(void) {
  * MXC_SWIGLU_LINEAR=0 runs the stacked GEMV and swiglu (A/B). */
 static bool swiglu_linear_on(void) {
   static int v = -1;
-  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
-  if (r < 0) {
-    const char *e = getenv("MXC_SWIGLU_LINEAR");
-    r = !(e && !strcmp(e, "0"));
-    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
-  }
-  return r;
+  return env_on("MXC_SWIGLU_LINEAR", &v);
 }
 
 static int64_t rotary_dim(const mx_lm_config *c) { return c->rotary_dim ? c->rotary_dim : c->head_dim; }
@@ -460,6 +467,13 @@ static mx_array *attention(mx_nn_module *self, mx_array *x, fwd_ctx *f, int laye
     double scale = c->rope_scaling == MX_LM_ROPE_LINEAR ? 1.0 / c->rope_factor : 1.0;
     mx_array *fr = c->rope_scaling == MX_LM_ROPE_LLAMA3 ? freqs : NULL;
     mx_array *hx = heads(sqkv, H + 2 * KV, c->head_dim, NULL);
+    if (hx && rope_sdpa_fuse()) { /* both in one op (one kernel on the GPU) */
+      o = mx__fast_rope_sdpa(hx, H, KV, f->skeys[layer], f->svalues[layer], (int)rotary_dim(c),
+                             c->rope_traditional, c->rope_theta, scale, f->pos, fr,
+                             attn_scale(c));
+      mx_array_free(hx);
+      goto project;
+    }
     q = hx ? mx__fast_rope_kv(hx, H, KV, f->skeys[layer], f->svalues[layer],
                               (int)rotary_dim(c), c->rope_traditional, c->rope_theta, scale,
                               f->pos, fr)
