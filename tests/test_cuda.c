@@ -1109,6 +1109,85 @@ TEST(rope_sdpa_has_the_bits_of_rope_kv_and_sdpa_upto) {
   if (!(e && !strcmp(e, "0")) && !(c && !strcmp(c, "0"))) ASSERT(mx__rope_sdpa_fused_runs > runs);
 }
 
+/* Attention's output stored as (B, T, H, D) (mx__fast_sdpa_prefer_blhd):
+ * the same values as the row-major output, strides that make the usual
+ * transpose + reshape a view, and through a VJP (the training path) the
+ * same gradients. */
+typedef struct {
+  bool blhd, causal;
+} blhd_call;
+
+static int blhd_fn(void *payload, mx_array **in, int n, mx_list *out) {
+  (void)n;
+  const blhd_call *c = payload;
+  mx_array *o = mx_fast_scaled_dot_product_attention(in[0], in[1], in[2], 0.125, NULL, c->causal);
+  if (o && c->blhd) mx__fast_sdpa_prefer_blhd(o);
+  const int64_t *s = o ? mx_array_shape(o) : NULL;
+  mx_array *t = o ? mx_transpose(o, (int[]){0, 2, 1, 3}, 4) : NULL;
+  mx_array *r = t ? mx_reshape(t, (int64_t[]){s[0], s[2], s[1] * s[3]}, 3) : NULL;
+  mx_array_free(o);
+  mx_array_free(t);
+  return mx_list_push(out, r);
+}
+
+static int64_t bits_differ(mx_array *a, mx_array *b, const char *what) {
+  int64_t n = mx_array_size(a);
+  float *x = malloc(sizeof(float) * (size_t)(n ? n : 1)), *y = malloc(sizeof(float) * (size_t)(n ? n : 1));
+  int64_t bad = -1;
+  if (x && y && !mx_array_copy_to(a, MX_FLOAT32, x, n) && !mx_array_copy_to(b, MX_FLOAT32, y, n))
+    bad = memcmp(x, y, sizeof(float) * (size_t)n) ? 1 : 0;
+  if (bad) printf("    %s: not the same bits\n", what);
+  free(x);
+  free(y);
+  return bad;
+}
+
+TEST(sdpa_blhd_output_has_the_same_values_and_gradients) {
+  NEED_GPU();
+  const mx_dtype dts[] = {MX_BFLOAT16, MX_FLOAT16, MX_FLOAT32};
+  for (int d = 0; d < 3; d++)
+    for (int causal = 0; causal < 2; causal++) {
+      mx_array *q = normal_dt((int64_t[]){2, 4, 70, 64}, 4, 1, 90, dts[d]);
+      mx_array *k = normal_dt((int64_t[]){2, 2, 70, 64}, 4, 1, 91, dts[d]);
+      mx_array *v = normal_dt((int64_t[]){2, 2, 70, 64}, 4, 1, 92, dts[d]);
+      mx_array *cot = normal_dt((int64_t[]){2, 70, 256}, 3, 1, 93, dts[d]);
+      mx_array *in[3] = {q, k, v};
+      mx_set_default_device(MX_GPU);
+      /* the forward alone: values and layout */
+      mx_array *o = mx_fast_scaled_dot_product_attention(q, k, v, 0.125, NULL, causal);
+      mx_array *ob = mx_fast_scaled_dot_product_attention(q, k, v, 0.125, NULL, causal);
+      mx__fast_sdpa_prefer_blhd(ob);
+      ASSERT_OK(mx_array_eval(o));
+      ASSERT_OK(mx_array_eval(ob));
+      char what[96];
+      snprintf(what, sizeof what, "sdpa blhd %s causal %d", mx_dtype_name(dts[d]), causal);
+      ASSERT_EQ_INT(bits_differ(o, ob, what), 0);
+      if (dts[d] != MX_FLOAT32) { /* the tensor-core kernel takes 16-bit heads of 64 */
+        const int64_t *st = mx_array_strides(ob);
+        ASSERT_EQ_INT(st[2], 4 * 64);
+        ASSERT_EQ_INT(st[1], 64);
+      }
+      /* through the VJP */
+      mx_list g[2] = {MX_LIST_INIT, MX_LIST_INIT}, y[2] = {MX_LIST_INIT, MX_LIST_INIT};
+      for (int b = 0; b < 2; b++) {
+        blhd_call c = {.blhd = b, .causal = causal};
+        mx_closure *f = mx_closure_new(blhd_fn, &c, NULL);
+        ASSERT_OK(mx_vjp(f, in, 3, &cot, 1, &y[b], &g[b]));
+        mx_closure_free(f);
+        ASSERT_OK(mx_eval(g[b].items, 3));
+      }
+      mx_set_default_device(MX_CPU);
+      ASSERT_EQ_INT(bits_differ(y[0].items[0], y[1].items[0], what), 0);
+      for (int i = 0; i < 3; i++) ASSERT_EQ_INT(bits_differ(g[0].items[i], g[1].items[i], what), 0);
+      for (int b = 0; b < 2; b++) {
+        mx_list_clear(&g[b]);
+        mx_list_clear(&y[b]);
+      }
+      mx_array *all[] = {q, k, v, cot, o, ob};
+      mx_array_free_n(all, 6);
+    }
+}
+
 /* add_norm_linear on the GPU: the bits of add_rms_norm then the GEMV (or
  * swiglu_linear) for 16-bit rows of D <= 2048 in vectors (the kernel with
  * the norm in its prologue); near the CPU everywhere (the fallback too). */

@@ -878,6 +878,11 @@ mx_array *mx_fast_scaled_dot_product_attention(mx_array *q, mx_array *k, mx_arra
   return r;
 }
 
+void mx__fast_sdpa_prefer_blhd(mx_array *o) {
+  if (o && o->op == &def_SDPA && !o->buf && o->params)
+    ((mx__sdpa_params *)o->params)->out_blhd = true;
+}
+
 uint64_t mx__sdpa_cluster_runs;
 uint64_t mx__rope_sdpa_fused_runs;
 

@@ -90,7 +90,17 @@ typedef struct {
    * scores. A kernel that cannot leaves the buffer at the output's size,
    * and the copy falls back to computing. Never changes the output. */
   bool keep_lse;
+  /* Set by mx__fast_sdpa_prefer_blhd on a node that has not run: a kernel
+   * that can stores the output as (B, Tq, Hq, Dv) — the array's strides
+   * say so — so that the usual transpose to (B, Tq, Hq * Dv) is a view.
+   * Never changes the values. */
+  bool out_blhd;
 } mx__sdpa_params;
+/* Asks an attention node (mx_fast_scaled_dot_product_attention's result,
+ * not evaluated yet) to store its output in (B, Tq, Hq, Dv) order where a
+ * kernel can (the GPU's tensor-core prefill and training forward); a
+ * no-op for other arrays. */
+void mx__fast_sdpa_prefer_blhd(mx_array *o);
 
 /* Byte offset of the kept log-sum-exp in an attention output's buffer:
  * the output's bytes rounded up to 16. */

@@ -1647,7 +1647,9 @@ int mx__cuda_sdpa_fast(mx_array *out, mx_array **in, bool *done) {
     fa2_on = !(e && !strcmp(e, "0"));
   }
   if (fa2_on && !mask && g.Tq > 4 && mx__cuda_fa2_ok(dt, g.D, g.Dv, g.Tq, g.Tk, g.causal)) {
+    mx__cuda_sdpa_layout(out, p->out_blhd); /* the layout asked for (strides) */
     int r2 = mx__cuda_fa2_forward(out, NULL, q, k, v, g.scale, g.causal);
+    if (r2 != 0) mx__cuda_sdpa_layout(out, false); /* the other kernels write rows */
     if (r2 < 0) return mx_last_status();
     if (r2 == 0) {
       *done = true;

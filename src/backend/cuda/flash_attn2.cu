@@ -127,6 +127,7 @@ struct fa2_geo {
   const uint16_t *q, *k, *v, *dout;
   const float *lse_in, *delta;
   uint16_t *o;   /* (B, Hq, Tq, D) contiguous, or the packed dk|dv, or dq */
+  int64_t os[3]; /* the forward's output strides of dims b, h, t (features contiguous) */
   float *lse;    /* (B, Hq, Tq) contiguous */
   int64_t qs[3], ks[3], vs[3], ds[3]; /* strides (elements) of dims b, h, t */
   int Hq, Hkv, G, Tq, Tk, off;
@@ -353,13 +354,13 @@ __global__ void __launch_bounds__(NT * KS, MINB) k_fa2_fwd(const fa2_geo g) {
     const int64_t row0 = (int64_t)bh * g.Tq + r;
     if (wo) {
       const float i0 = 1.f / l0, i1 = 1.f / l1;
+      uint16_t *op = g.o + (int64_t)b * g.os[0] + (int64_t)h * g.os[1] + (int64_t)r * g.os[2];
 #pragma unroll
       for (int i = 0; i < D / 8; i++) {
         if (r < g.Tq)
-          *(uint32_t *)(g.o + row0 * D + i * 8 + 2 * tg) =
-              pack2<BF>(o[t][i][0] * i0, o[t][i][1] * i0);
+          *(uint32_t *)(op + i * 8 + 2 * tg) = pack2<BF>(o[t][i][0] * i0, o[t][i][1] * i0);
         if (r + 8 < g.Tq)
-          *(uint32_t *)(g.o + (row0 + 8) * D + i * 8 + 2 * tg) =
+          *(uint32_t *)(op + 8 * g.os[2] + i * 8 + 2 * tg) =
               pack2<BF>(o[t][i][2] * i1, o[t][i][3] * i1);
       }
     }
@@ -840,7 +841,8 @@ extern "C" bool mx__cuda_fa2_ok(mx_dtype dt, int64_t D, int64_t Dv, int64_t Tq, 
 extern "C" int mx__cuda_fa2_forward(mx_array *o, float *lse, mx_array *q, mx_array *k,
                                     mx_array *v, float scale, bool causal) {
   const int64_t D = q->shape[3];
-  if ((!o && !lse) || (o && !v) ||
+  if ((!o && !lse) || (o && !v) || (o && (o->strides[3] != 1 || ((uintptr_t)mx__ddata(o) & 3) ||
+                                          (o->strides[2] | o->strides[1] | o->strides[0]) & 1)) ||
       !mx__cuda_fa2_ok(q->dtype, D, v ? v->shape[3] : D, q->shape[2], k->shape[2], causal) ||
       !sizes_fit(q, k))
     return 1;
@@ -849,6 +851,8 @@ extern "C" int mx__cuda_fa2_forward(mx_array *o, float *lse, mx_array *q, mx_arr
   int st = setup(&g, q, k, o ? v : NULL, NULL, NULL, NULL, scale, tmp);
   if (!st) {
     g.o = o ? (uint16_t *)mx__ddata(o) : NULL;
+    if (o) /* the output's layout as its strides say (rows of D contiguous) */
+      for (int d = 0; d < 3; d++) g.os[d] = o->strides[d];
     g.lse = lse;
     st = run(FWD, q->dtype, (int)D, causal, g, (int)q->shape[0]);
   }

@@ -25,6 +25,22 @@ extern "C" {
  * and 16-byte aligned are copied first. */
 bool mx__cuda_fa2_ok(mx_dtype dt, int64_t D, int64_t Dv, int64_t Tq, int64_t Tk, bool causal);
 
+/* An attention output's (B, Hq, Tq, Dv) buffer laid out as (B, Tq, Hq, Dv)
+ * (blhd, mx__sdpa_params.out_blhd) or row-contiguous: sets its strides.
+ * The forward below writes the layout the strides give. */
+static inline void mx__cuda_sdpa_layout(mx_array *out, bool blhd) {
+  if (blhd && out->ndim == 4) {
+    const int64_t *s = out->shape;
+    out->strides[0] = s[1] * s[2] * s[3];
+    out->strides[1] = s[3];
+    out->strides[2] = s[1] * s[3];
+    out->strides[3] = 1;
+  } else {
+    mx__compute_row_strides(out->shape, out->ndim, out->strides);
+  }
+  out->row_contiguous = mx__strides_row_contiguous(out->shape, out->strides, out->ndim);
+}
+
 /* o (B, Hq, Tq, D) of q's dtype (may be NULL) and lse, a device pointer
  * to float32 (B, Hq, Tq) rows (may be NULL); at least one of them. */
 int mx__cuda_fa2_forward(mx_array *o, float *lse, mx_array *q, mx_array *k, mx_array *v,

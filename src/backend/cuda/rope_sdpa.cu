@@ -319,9 +319,10 @@ static int sdpa_keep_lse(mx_array *out, mx_array *q, mx_array *k, mx_array *v,
   const size_t tail = mx__sdpa_lse_tail(out->size, mx_dtype_size(out->dtype));
   const size_t rows = (size_t)(q->shape[0] * q->shape[1] * q->shape[2]);
   if (mx__array_alloc_data_bytes(out, tail + rows * sizeof(float))) return -1;
+  mx__cuda_sdpa_layout(out, p->out_blhd);
   int r = mx__cuda_fa2_forward(out, (float *)((char *)out->buf->dptr + tail), q, k, v,
                                (float)p->scale, p->causal);
-  if (r == 1 && mx__array_alloc_data(out)) return -1; /* back to the output's size */
+  if (r == 1 && mx__array_alloc_data(out)) return -1; /* back to the output's size and rows */
   return r;
 }
 

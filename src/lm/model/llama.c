@@ -52,6 +52,14 @@ static bool rope_sdpa_fuse(void) {
   return env_on("MXC_ROPE_SDPA", &v);
 }
 
+/* Prompts and training: attention's output stored as (B, L, H, D) where
+ * the kernel can, so o_proj reads it without a transposing copy;
+ * MXC_SDPA_BLHD=0 keeps (B, H, L, D) (A/B). */
+static bool sdpa_blhd_on(void) {
+  static int v = -1;
+  return env_on("MXC_SDPA_BLHD", &v);
+}
+
 /* A decode step over static caches (mx__lm_forward_static) runs its
  * residual adds with the RMSNorm after them (add_rms_norm) and the rope of
  * q and k with the cache writes (rope_kv) as one kernel each: the same
@@ -556,8 +564,9 @@ rotated:
   }
   if (!plain || c->attn_logit_softcapping > 0)
     o = attend(c, q, k, v, mask);
-  else
-    o = mx_fast_scaled_dot_product_attention(q, k, v, attn_scale(c), NULL, L > 1);
+  else if ((o = mx_fast_scaled_dot_product_attention(q, k, v, attn_scale(c), NULL, L > 1)) &&
+           L > 1 && sdpa_blhd_on())
+    mx__fast_sdpa_prefer_blhd(o); /* then the transpose below is a view */
 project:
   if (!o) goto done;
   mx_array *ot = mx_transpose(o, (int[]){0, 2, 1, 3}, 4);
