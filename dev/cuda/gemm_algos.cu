@@ -19,14 +19,8 @@
 #include <cstdlib>
 #include <vector>
 
-#define CK(x)                                                                  \
-  do {                                                                         \
-    auto s_ = (x);                                                             \
-    if ((int)s_ != 0) {                                                        \
-      fprintf(stderr, "%s:%d: %s -> %d\n", __FILE__, __LINE__, #x, (int)s_); \
-      exit(1);                                                                 \
-    }                                                                          \
-  } while (0)
+#include "dev_check.h"
+
 
 struct Shape {
   const char *name;
