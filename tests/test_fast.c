@@ -1362,6 +1362,17 @@ TEST(decode_fused_ops_errors) {
                "value cache");
   expect_error(mx__fast_rope_kv(hx, 2, 2, kc, kc, 8, false, 1e4, 1, w, NULL), MX_ERR_INVALID_ARG,
                "position");
+  /* rope_sdpa: the same checks, and query heads a multiple of the kv heads */
+  expect_error(mx__fast_rope_sdpa(hx, 4, 2, kc, kc, 8, false, 1e4, 1, pos, NULL, 0.3),
+               MX_ERR_SHAPE, "rope_sdpa: x");
+  expect_error(mx__fast_rope_sdpa(hx, 2, 2, kc, k16, 8, false, 1e4, 1, pos, NULL, 0.3),
+               MX_ERR_SHAPE, "rope_sdpa: value cache");
+  expect_error(mx__fast_rope_sdpa(hx, 2, 2, kc, kc, 8, false, 1e4, 1, w, NULL, 0.3),
+               MX_ERR_INVALID_ARG, "position");
+  mx_array *hx7 = RND(MX_FLOAT32, -1, 1, 1, 7, 1, 8);
+  expect_error(mx__fast_rope_sdpa(hx7, 3, 2, kc, kc, 8, false, 1e4, 1, pos, NULL, 0.3),
+               MX_ERR_SHAPE, "not a multiple");
+  mx_array_free(hx7);
   /* add_norm_linear: residual, norm weight, projection shapes */
   mx_array *W = RND(MX_FLOAT32, -1, 1, 6, 8), *W7 = RND(MX_FLOAT32, -1, 1, 6, 7);
   mx_array *W5 = RND(MX_FLOAT32, -1, 1, 5, 8), *e0 = RND(MX_FLOAT32, -1, 1, 2, 0);
