@@ -31,6 +31,17 @@ cudaStream_t mx__cuda_stream(void) { return g_stream; }
 static bool g_pdl; /* programmatic dependent launches (cuda_common.cuh) */
 bool mx__cuda_pdl(void) { return g_pdl; }
 
+bool mx__cuda_pdl_small(void) {
+  static int v = -1;
+  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
+  if (r < 0) {
+    const char *e = getenv("MXC_PDL_SMALL");
+    r = !(e && !strcmp(e, "0"));
+    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
+  }
+  return r && g_pdl;
+}
+
 int mx__cuda_check(cudaError_t e, const char *what) {
   if (e == cudaSuccess) return MX_OK;
   cudaGetLastError(); /* clear a sticky-free error so later calls can proceed */

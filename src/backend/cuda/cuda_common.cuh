@@ -40,6 +40,9 @@ static inline int mx__cuda_launched(const char *what) {
  * kernel launch early; both are no-ops for a kernel launched plainly.
  * MXC_PDL=0 turns it off (A/B); off on devices before compute 9.0. */
 bool mx__cuda_pdl(void);
+/* The generic strided map (copies) and rope's angle table launched with
+ * PDL too (they wait at entry): MXC_PDL_SMALL=0 launches them plainly (A/B). */
+bool mx__cuda_pdl_small(void);
 __device__ __forceinline__ void mx__pdl_wait(void) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -50,7 +53,6 @@ __device__ __forceinline__ void mx__pdl_trigger(void) {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
-/* The kernel's entry: wait for the previous kernel, let the next one launch. */
 /* rope's rotation of the pair (a, b) by the angle with cosine cs and sine
  * sn, with the roundings spelled out (no contraction left to the
  * compiler), so that every GPU rope kernel — rope, rope_kv, rope_sdpa —
@@ -68,6 +70,7 @@ __device__ __forceinline__ double mx__rot_y(double a, double b, double cs, doubl
   return __fma_rn(a, sn, __dmul_rn(b, cs));
 }
 
+/* The kernel's entry: wait for the previous kernel, let the next one launch. */
 #define MX_PDL_ENTRY()  \
   do {                  \
     mx__pdl_wait();     \

@@ -12,6 +12,7 @@
 /* ---- the generic strided map kernel ---------------------------------------------- */
 template <int N, class F>
 __global__ void k_map(mx__nd<N> ix, int64_t n, F f) {
+  MX_PDL_ENTRY();
   if (ix.ndim == 1) {
     MX_CUDA_LOOP(i, n) {
       int64_t off[N];
@@ -31,7 +32,10 @@ __global__ void k_map(mx__nd<N> ix, int64_t n, F f) {
 template <int N, class F>
 static int launch_map(const mx__nd<N> &ix, int64_t n, F f, const char *what) {
   if (n == 0) return MX_OK;
-  k_map<N, F><<<mx__cuda_blocks(n), MX_CUDA_THREADS, 0, mx__cuda_stream()>>>(ix, n, f);
+  if (mx__cuda_pdl_small()) /* launched while the kernel before ends (it waits first) */
+    mx__cuda_launch_pdl(k_map<N, F>, mx__cuda_blocks(n), MX_CUDA_THREADS, 0, ix, n, f);
+  else
+    k_map<N, F><<<mx__cuda_blocks(n), MX_CUDA_THREADS, 0, mx__cuda_stream()>>>(ix, n, f);
   return mx__cuda_launched(what);
 }
 

@@ -51,6 +51,7 @@ template <class C>
 __global__ void k_rope_tab(C *tab, int64_t T_, int half, const double *inv, const float *f32,
                            int64_t fs, double lb, double offset, const int32_t *posp,
                            double scale, bool forward) {
+  MX_PDL_ENTRY();
   if (posp) offset += (double)*posp;
   MX_CUDA_LOOP(i, T_ * half) {
     int64_t t = i / half;
@@ -180,9 +181,14 @@ static int k_rope_op(mx_array *out, mx_array **in) {
              half % 8 == 0 && x->strides[nd - 1] == 1 && !((uintptr_t)mx__ddata(x) & 15);
   for (int d = 0; d < nd - 1 && vec; d++) vec = x->shape[d] == 1 || x->strides[d] % 8 == 0;
   if (vec) {
-    k_rope_tab<float><<<mx__cuda_blocks(T_ * half), MX_CUDA_THREADS, 0, s>>>(
-        (float *)tb->dptr, T_, half, inv, f32, fs, lb, (double)p->offset, posp, p->scale,
-        p->forward);
+    if (mx__cuda_pdl_small())
+      mx__cuda_launch_pdl(k_rope_tab<float>, mx__cuda_blocks(T_ * half), MX_CUDA_THREADS, 0,
+                          (float *)tb->dptr, (int64_t)T_, half, (const double *)inv, f32, fs, lb,
+                          (double)p->offset, posp, p->scale, (bool)p->forward);
+    else
+      k_rope_tab<float><<<mx__cuda_blocks(T_ * half), MX_CUDA_THREADS, 0, s>>>(
+          (float *)tb->dptr, T_, half, inv, f32, fs, lb, (double)p->offset, posp, p->scale,
+          p->forward);
     const uint16_t *xp = (const uint16_t *)mx__ddata(x);
     uint16_t *op = (uint16_t *)out->buf->dptr;
     unsigned nbv = mx__cuda_blocks(rows * (half / 8));
