@@ -409,6 +409,55 @@ TEST(rope_vector_kernel_equals_cpu) {
   mx_array_free(x0);
 }
 
+/* The vector rope kernel (angles per position in shared memory) has the
+ * bits of the element kernel (a last axis of stride 2 takes that one), for
+ * a prompt's stacked q/k/v heads (rope_heads: the last heads copied), for
+ * plain rope over several positions and for one position; bf16 and f16,
+ * head sizes 64 and 128, float32 frequencies. */
+TEST(rope_heads_vector_kernel_has_the_bits_of_the_element_kernel) {
+  NEED_GPU();
+  const mx_dtype dts[2] = {MX_BFLOAT16, MX_FLOAT16};
+  const int64_t Ts[3] = {24, 1, 300};
+  float frq[64];
+  for (int i = 0; i < 64; i++) frq[i] = (float)(1.0 + 0.37 * i + 0.01 * i * i);
+  mx_array *fr = mx_array_from_data(frq, (int64_t[]){64}, 1, MX_FLOAT32);
+  for (int di = 0; di < 2; di++)
+    for (int ti = 0; ti < 3; ti++)
+      for (int hd = 64; hd <= 128; hd += 64) {
+        const int64_t T = Ts[ti], N = 6, rot = ti == 1 ? 6 : 4;
+        /* (1, T, N, 2 D): every other feature is the head (stride 2) */
+        mx_array *w = normal_dt((int64_t[]){1, T, N, 2 * hd}, 4, 1, 80 + ti, dts[di]);
+        mx_array *ws = mx_slice_axis(w, 3, 0, 2 * hd, 2);
+        mx_array *xs = mx_transpose(ws, (int[]){0, 2, 1, 3}, 4); /* last stride 2 */
+        mx_array *xc = mx_copy(ws);
+        mx_array *xv = mx_transpose(xc, (int[]){0, 2, 1, 3}, 4); /* last stride 1 */
+        ASSERT_OK(mx_eval((mx_array *[]){xs, xv, fr}, 3));
+        mx_set_default_device(MX_GPU);
+        mx_array *f = hd == 128 ? fr : NULL;
+        mx_array *a = mx__fast_rope_heads(xs, hd, false, 10000, 0.5, 3, f, rot);
+        mx_array *b = mx__fast_rope_heads(xv, hd, false, 10000, 0.5, 3, f, rot);
+        mx_set_default_device(MX_CPU);
+        ASSERT(a && b);
+        const int64_t n = mx_array_size(a);
+        float *fa = malloc(sizeof(float) * (size_t)n), *fb = malloc(sizeof(float) * (size_t)n);
+        float *fx = malloc(sizeof(float) * (size_t)n);
+        ASSERT_OK(mx_array_copy_to(a, MX_FLOAT32, fa, n));
+        ASSERT_OK(mx_array_copy_to(b, MX_FLOAT32, fb, n));
+        ASSERT_OK(mx_array_copy_to(xv, MX_FLOAT32, fx, n));
+        ASSERT_MSG(!memcmp(fa, fb, sizeof(float) * (size_t)n), "%s T=%lld D=%d: not the bits",
+                   mx_dtype_name(dts[di]), (long long)T, hd);
+        /* copied heads equal the input; rotated ones moved */
+        const int64_t per = T * hd, from = rot * per;
+        ASSERT(!memcmp(fb + from, fx + from, sizeof(float) * (size_t)(n - from)));
+        ASSERT(memcmp(fb + per, fx + per, sizeof(float) * (size_t)per));
+        free(fa);
+        free(fb);
+        free(fx);
+        mx_array_free_n((mx_array *[]){w, ws, xs, xc, xv, a, b}, 7);
+      }
+  mx_array_free(fr);
+}
+
 /* addmm with a row-major c (the whole result, or a row range of a larger
  * matrix at an offset) hands c to cuBLASLt as its C; a transposed c is
  * copied into the result first. Both equal the CPU (bf16 and f32; the

@@ -344,6 +344,48 @@ TEST(static_cache_steps_equal_plain_cache) {
   ASSERT_MSG(worst < 1e-6, "static cache steps vs plain cache: %g", worst);
 }
 
+/* Prompts with stacked q/k/v projections (what prompts on the GPU run):
+ * one rope over the stacked heads with the values copied through, the
+ * cache keeping k and v as blocks of that result; chunks after the first
+ * and decode steps append to it. The logits and the cache match the
+ * separate projections (MXC_ROPE_HEADS=0 gives the older stacked path). */
+TEST(stacked_prompt_equals_separate_projections) {
+  const int T = 20, sched[] = {7, 5, 1};
+  float *ref = malloc(sizeof(float) * T * VOCAB), *got = malloc(sizeof(float) * T * VOCAB);
+  mx_lm_model *a = llama(), *b = llama();
+  mx_lm_cache *ca = mx_lm_cache_new(a), *cb = mx_lm_cache_new(b);
+  run_schedule(a, ca, ids(), T, sched, 3, ref);
+  ASSERT_OK(mx__lm_stack_projections(b));
+  ASSERT(b->stacks && b->stacks[0].n == 3);
+  run_schedule(b, cb, ids(), T, sched, 3, got);
+  double d = max_rel_diff(ref, got, (int64_t)T * VOCAB);
+  ASSERT_MSG(d < 1e-6, "stacked prompt vs separate projections: %g", d);
+  int n = (int)mx_lm_get_config(a)->num_hidden_layers;
+  for (int l = 0; l < n; l++) {
+    mx_array *kv[2][2] = {{ca->keys[l], cb->keys[l]}, {ca->values[l], cb->values[l]}};
+    for (int j = 0; j < 2; j++) {
+      mx_array *x = mx_slice_axis(kv[j][0], 2, 0, T, 1), *y = mx_slice_axis(kv[j][1], 2, 0, T, 1);
+      ASSERT(x && y && mx_array_size(x) == mx_array_size(y));
+      int64_t nn = mx_array_size(x);
+      float *fx = malloc(sizeof(float) * (size_t)nn), *fy = malloc(sizeof(float) * (size_t)nn);
+      ASSERT_OK(mx_array_copy_to(x, MX_FLOAT32, fx, nn));
+      ASSERT_OK(mx_array_copy_to(y, MX_FLOAT32, fy, nn));
+      double v = max_rel_diff(fx, fy, nn);
+      ASSERT_MSG(v < 1e-6, "layer %d %s cache differs by %g", l, j ? "value" : "key", v);
+      free(fx);
+      free(fy);
+      mx_array_free(x);
+      mx_array_free(y);
+    }
+  }
+  mx_lm_cache_free(ca);
+  mx_lm_cache_free(cb);
+  mx_lm_free(a);
+  mx_lm_free(b);
+  free(ref);
+  free(got);
+}
+
 TEST(rotating_decode_past_max_size) {
   mx_lm_model *m = llama();
   check_rotating(m, 40, 12, 4, (int[]){5, 1}, 2, "prefill 5, decode to 40, max 12 keep 4");

@@ -671,6 +671,24 @@ mx_array *mx__fast_rope_at(mx_array *x, int dims, bool traditional, double base,
   return rope_node(x, freqs, pos, &p);
 }
 
+mx_array *mx__fast_rope_heads(mx_array *x, int dims, bool traditional, double base,
+                              double scale, int64_t offset, mx_array *freqs, int64_t rot_heads) {
+  char sx[256];
+  MX__CHECK_IN("rope", x);
+  if (check_rope(x, dims, freqs)) return NULL;
+  if (x->ndim < 3 || rot_heads <= 0 || rot_heads > x->shape[x->ndim - 3]) {
+    mx__set_error(MX_ERR_INVALID_ARG, "rope: rotated heads %lld must be in [1, N] for x "
+                  "(..., N, T, D), got shape %s", (long long)rot_heads,
+                  mx__shape_str(x->shape, x->ndim, sx, sizeof sx));
+    return NULL;
+  }
+  mx__rope_params p = {.dims = dims, .traditional = traditional, .forward = true,
+                       .has_freqs = freqs != NULL, .base = base, .scale = scale,
+                       .offset = offset,
+                       .rot_heads = rot_heads == x->shape[x->ndim - 3] ? 0 : rot_heads};
+  return rope_node(x, freqs, NULL, &p);
+}
+
 /* The two rotated halves of x along the last axis: (x[:h], x[h:dims]) or,
  * traditional, (x[0:dims:2], x[1:dims:2]). */
 static int rope_halves(mx_array *x, int dims, bool traditional, mx_array **a, mx_array **b) {
@@ -709,6 +727,10 @@ static mx_array *rope_freqs_grad(mx_array *out, mx_array *cot, const mx__rope_pa
   int64_t T = out->shape[out->ndim - 2];
   mx__tmp t = {0};
   mx_array *of = mx__keep(&t, mx_astype(out, cdt)), *gf = mx__keep(&t, mx_astype(cot, cdt));
+  if (p->rot_heads) { /* the copied heads do not depend on the frequencies */
+    of = mx__keep(&t, mx_slice_axis(of, -3, 0, p->rot_heads, 1));
+    gf = mx__keep(&t, mx_slice_axis(gf, -3, 0, p->rot_heads, 1));
+  }
   mx_array *oa = NULL, *ob = NULL, *ga = NULL, *gb = NULL, *r = NULL;
   if (rope_halves(of, p->dims, p->traditional, &oa, &ob) ||
       rope_halves(gf, p->dims, p->traditional, &ga, &gb)) {

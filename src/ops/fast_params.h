@@ -25,7 +25,9 @@ typedef struct {
  * inv_freq[i] = base^(-2i/dims) or 1/freqs[i]; pos is read from the
  * array's memory when the kernel runs (has_pos: the position of a decode
  * step replayed from a captured GPU graph, see mx__fast_rope_at), else 0.
- * forward == false rotates by -theta (the VJP, which is rope's inverse). */
+ * forward == false rotates by -theta (the VJP, which is rope's inverse).
+ * rot_heads > 0 (mx__fast_rope_heads): only rows whose index along axis
+ * -3 is below rot_heads are rotated; the others are copied unchanged. */
 typedef struct {
   int dims;
   bool traditional;
@@ -34,6 +36,7 @@ typedef struct {
   bool has_pos;
   double base, scale;
   int64_t offset;
+  int64_t rot_heads;
 } mx__rope_params;
 
 /* rms_norm_backward (rms_norm's VJP, one pass per row). With n =
@@ -155,6 +158,14 @@ mx_array *mx__fast_sdpa_bwd_kv(mx_array *q, mx_array *k, mx_array *v, mx_array *
  * the GPU kernel reads them while that kernel still runs. */
 mx_array *mx__fast_rope_at(mx_array *x, int dims, bool traditional, double base, double scale,
                            mx_array *pos, mx_array *freqs);
+
+/* A prompt's stacked q/k/v heads in one pass: x (..., N, T, D) with N >=
+ * rot_heads > 0; rows of heads [0, rot_heads) are rotated as mx_fast_rope
+ * rotates them, the rows of the other heads (the values) are copied, so
+ * the result holds q, k and v contiguous per head without a copy of its
+ * own. Differentiable (the VJP rotates the same heads back). */
+mx_array *mx__fast_rope_heads(mx_array *x, int dims, bool traditional, double base,
+                              double scale, int64_t offset, mx_array *freqs, int64_t rot_heads);
 mx_array *mx__fast_sdpa_upto(mx_array *q, mx_array *k, mx_array *v, double scale,
                              mx_array *pos);
 /* Decode attentions the GPU ran with the thread-block cluster kernel

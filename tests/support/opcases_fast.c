@@ -54,7 +54,9 @@ static mx_array *b_rope(const mx_opcase *c, mx_array **in) {
     f = mx_add_scalar(a, 1.0);
     mx_array_free(a);
   }
-  mx_array *r = mx_fast_rope(in[0], c->ip[0], c->ip[1], c->dp[0], c->dp[1], c->ip[2], f);
+  mx_array *r = c->ip[4] ? mx__fast_rope_heads(in[0], c->ip[0], c->ip[1], c->dp[0], c->dp[1],
+                                                c->ip[2], f, c->ip[4])
+                         : mx_fast_rope(in[0], c->ip[0], c->ip[1], c->dp[0], c->dp[1], c->ip[2], f);
   mx_array_free(f);
   return r;
 }
@@ -66,10 +68,16 @@ static int f_rope(const mx_opcase *c, const double *const *in, double *out, int6
   int64_t T = c->shape[0][nd - 2], D = c->shape[0][nd - 1], n = oc_size(c->shape[0], nd);
   memcpy(oshape, c->shape[0], sizeof(int64_t) * (size_t)nd);
   *ond = nd;
+  /* ip[4] > 0: heads (axis -3) from ip[4] on are copied (rope_heads) */
+  int64_t nh = nd >= 3 ? c->shape[0][nd - 3] : 1;
   for (int64_t r = 0; D && r < n / D; r++) {
     int64_t t = r % T;
     const double *x = in[0] + r * D;
     double *o = out + r * D;
+    if (c->ip[4] && (r / T) % nh >= c->ip[4]) {
+      memcpy(o, x, sizeof(double) * (size_t)D);
+      continue;
+    }
     for (int64_t i = dims; i < D; i++) o[i] = x[i];
     for (int i = 0; i < half; i++) {
       /* freqs = 1 + |f| is computed in float32 by the build function */
@@ -628,6 +636,10 @@ static int f_add_norm_lin(const mx_opcase *c, const double *const *in, double *o
   {.op = "rope", .desc = d, .nin = nin_, .ndim = nd_, .shape = shapes, .kind = {0, OC_IN_F32}, \
    .lo = -2, .hi = 2, OC_FLOATS, .flags = OC_NONCONTIG, .ip = {dims, trad, offset, freqs},     \
    .dp = {base, scale}, .build = b_rope, .ref = f_rope}
+#define ROPE_HEADS(d, nin_, nd_, shapes, dims, trad, offset, freqs, base, rot)                 \
+  {.op = "rope", .desc = d, .nin = nin_, .ndim = nd_, .shape = shapes, .kind = {0, OC_IN_F32}, \
+   .lo = -2, .hi = 2, OC_FLOATS, .flags = OC_NONCONTIG, .ip = {dims, trad, offset, freqs, rot},\
+   .dp = {base, 1}, .build = b_rope, .ref = f_rope}
 #define SDPA(d, nin_, mnd, shapes, kinds, causal, mask, scale)                                  \
   {.op = "scaled_dot_product_attention", .desc = d, .nin = nin_, .ndim = {4, 4, 4, mnd},       \
    .shape = shapes, .kind = kinds, .lo = -1.5, .hi = 1.5, OC_FLOATS, .flags = OC_NONCONTIG,    \
@@ -842,6 +854,13 @@ static const mx_opcase cases[] = {
     ROPE("heads share positions, halves, custom freqs, D = 16", 2, ARR(4, 1),
          ARR(ARR(1, 5, 16, 16), ARR(8)), 16, 0, 1, 1, 0, 1),
     ROPE("0-size batch", 1, ARR(4), ARR(ARR(0, 2, 3, 8)), 8, 0, 0, 0, 10000, 1),
+    /* rope_heads (internal): a prompt's stacked q/k/v heads, values copied */
+    ROPE_HEADS("rope_heads: 6 heads, 4 rotated, D = 64, offset", 1, ARR(4),
+               ARR(ARR(1, 6, 24, 64)), 64, 0, 3, 0, 10000, 4),
+    ROPE_HEADS("rope_heads: batch 2, D = 16, custom freqs", 2, ARR(4, 1),
+               ARR(ARR(2, 5, 17, 16), ARR(8)), 16, 0, 1, 1, 0, 3),
+    ROPE_HEADS("rope_heads: traditional, dims < D, 3-d", 1, ARR(3), ARR(ARR(3, 9, 20)), 8, 1,
+               0, 0, 500, 1),
     /* scaled_dot_product_attention */
     SDPA("no mask", 3, 4, ARR(ARR(2, 2, 5, 8), ARR(2, 2, 7, 8), ARR(2, 2, 7, 8)), ARR(0), 0, 0, 0),
     SDPA("Dv != D, scale", 3, 4, ARR(ARR(1, 3, 4, 8), ARR(1, 3, 6, 8), ARR(1, 3, 6, 5)), ARR(0), 0,

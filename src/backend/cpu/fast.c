@@ -480,6 +480,7 @@ typedef struct {
   mx_array *out, *x;
   const mx__rope_params *p;
   int64_t T, D, rows;
+  int64_t nh; /* heads (axis -3) when p->rot_heads: rows of later heads are copied */
   const float *c32, *s32;
   const double *c64, *s64;
   int failed;
@@ -519,7 +520,10 @@ static void rope_rows_f32(void *c_, int64_t r0, int64_t r1) {
     int64_t t = r % T;
     const float *x = row_f32(c->x, row_offset(c->x, nlead, r), st, D, buf);
     float *o = odt == MX_FLOAT32 ? (float *)mx__data(c->out) + r * D : buf + D;
-    rope_row_f32(x, o, c->c32 + t * half, c->s32 + t * half, half, D, c->p->traditional);
+    if (c->p->rot_heads && (r / T) % c->nh >= c->p->rot_heads)
+      memmove(o, x, sizeof(float) * (size_t)D);
+    else
+      rope_row_f32(x, o, c->c32 + t * half, c->s32 + t * half, half, D, c->p->traditional);
     if (o == buf + D)
       store_f32((char *)mx__data(c->out) + r * D * (int64_t)mx_dtype_size(odt), odt, o, D);
   }
@@ -536,6 +540,10 @@ static void rope_rows_f64(void *c_, int64_t r0, int64_t r1) {
     const double *x = (const double *)mx__data(c->x) + row_offset(c->x, nlead, r);
     double *o = (double *)mx__data(c->out) + r * D;
     const double *cs = c->c64 + t * half, *sn = c->s64 + t * half;
+    if (c->p->rot_heads && (r / T) % c->nh >= c->p->rot_heads) {
+      for (int64_t i = 0; i < D; i++) o[i] = x[i * st];
+      continue;
+    }
     for (int i = 0; i < half; i++) {
       int64_t ia = trad ? 2 * i : i, ib = trad ? 2 * i + 1 : i + half;
       double a = x[ia * st], b = x[ib * st];
@@ -581,6 +589,7 @@ static int k_rope(mx_array *out, mx_array **in) {
   int64_t nblk = (T + ROPE_SEED - 1) / ROPE_SEED;
   mx__parallel_for(nblk, MX_MAX(1, 4096 / (ROPE_SEED * half)), rope_table_rows, &tcx);
   rope_ctx c = {.out = out, .x = x, .p = p, .T = T, .D = D, .rows = out->size / D,
+                .nh = x->ndim >= 3 ? x->shape[x->ndim - 3] : 1,
                 .c32 = tc, .s32 = ts, .c64 = tc, .s64 = ts};
   int64_t grain = MX_MAX(1, 16384 / D);
   mx__parallel_for(c.rows, grain, f64 ? rope_rows_f64 : rope_rows_f32, &c);

@@ -68,7 +68,7 @@ __global__ void k_rope(const typename T::S *x, typename T::S *o, mx__nd<1> rnd, 
                        int64_t T_, int64_t D, int64_t xs, int half, const double *inv,
                        const float *f32, int64_t fs, double lb, double offset,
                        const int32_t *posp, double scale, bool forward, bool trad,
-                       const C *tab) {
+                       const C *tab, int64_t nh, int64_t rot) {
   int64_t per = half + (D - 2 * half); /* pairs then copied features */
   MX_PDL_ENTRY();
   if (posp) offset += (double)*posp;
@@ -85,6 +85,12 @@ __global__ void k_rope(const typename T::S *x, typename T::S *o, mx__nd<1> rnd, 
       continue;
     }
     int64_t t = r % T_;
+    int64_t ia = trad ? 2 * k : k, ib = trad ? 2 * k + 1 : k + half;
+    if (rot && (r / T_) % nh >= rot) { /* a copied head (rot_heads) */
+      orow[ia] = xr[ia * xs];
+      orow[ib] = xr[ib * xs];
+      continue;
+    }
     C cs, sn;
     if (tab) {
       cs = tab[2 * (t * half + k)];
@@ -95,45 +101,74 @@ __global__ void k_rope(const typename T::S *x, typename T::S *o, mx__nd<1> rnd, 
       if (!forward) sd = -sd;
       cs = (C)cd, sn = (C)sd;
     }
-    int64_t ia = trad ? 2 * k : k, ib = trad ? 2 * k + 1 : k + half;
     C a = (C)T::ld(xr[ia * xs]), b = (C)T::ld(xr[ib * xs]);
     orow[ia] = T::st(mx__rot_x(a, b, cs, sn));
     orow[ib] = T::st(mx__rot_y(a, b, cs, sn));
   }
 }
 
-/* A prompt's common case in 16-byte vectors: f16/bf16, pairs split by
- * halves over the whole head (dims == D), half a multiple of 8, the last
- * axis contiguous and rows 16-byte aligned, the angles from the table. A
- * thread rotates 8 pairs of one row; the arithmetic is k_rope's. */
+/* The common case in 16-byte vectors: f16/bf16, pairs split by halves
+ * over the whole head (dims == D), half a multiple of 8 (at most 256), the
+ * last axis contiguous and rows 16-byte aligned. A block serves one
+ * position t for a range of the rows that share it (batch x heads): its
+ * threads first compute the position's cos / sin into shared memory (the
+ * values k_rope computes in place, so the same bits; before the PDL wait
+ * when they depend on nothing a kernel writes), then each rotates 8 pairs
+ * of one row; rows of heads >= rot (rot_heads) are copied. */
 template <class T>
-__global__ void k_rope_vec(const uint16_t *__restrict__ x, uint16_t *__restrict__ o,
-                           mx__nd<1> rnd, int64_t rows, int64_t T_, int half,
-                           const float *__restrict__ tab) {
-  const int nv = half / 8;
+__global__ void __launch_bounds__(256)
+    k_rope_pos(const uint16_t *__restrict__ x, uint16_t *__restrict__ o, mx__nd<1> rnd,
+               int64_t G, int64_t T_, int half, const double *inv, const float *f32,
+               int64_t fs, double lb, double offset, const int32_t *posp, double scale,
+               bool forward, int64_t nh, int64_t rot, bool early) {
+  __shared__ float2 cs[256];
+  const int64_t t = blockIdx.x;
+  if (early) {
+    for (int k = threadIdx.x; k < half; k += blockDim.x) {
+      const double th = (offset + (double)t) * (scale * rope_inv(inv, f32, fs, lb, k));
+      const double sd = sin(th);
+      cs[k] = make_float2((float)cos(th), (float)(forward ? sd : -sd));
+    }
+  }
   MX_PDL_ENTRY();
-  MX_CUDA_LOOP(e, rows * nv) {
-    const int64_t r = e / nv;
-    const int k0 = (int)(e - r * nv) * 8;
+  if (!early) {
+    if (posp) offset += (double)*posp;
+    for (int k = threadIdx.x; k < half; k += blockDim.x) {
+      const double th = (offset + (double)t) * (scale * rope_inv(inv, f32, fs, lb, k));
+      const double sd = sin(th);
+      cs[k] = make_float2((float)cos(th), (float)(forward ? sd : -sd));
+    }
+  }
+  __syncthreads();
+  const int nv = half / 8;
+  const int64_t items = G * nv;
+  for (int64_t i = (int64_t)blockIdx.y * blockDim.x + threadIdx.x; i < items;
+       i += (int64_t)gridDim.y * blockDim.x) {
+    const int64_t g = i / nv;
+    const int k0 = (int)(i - g * nv) * 8;
+    const int64_t r = g * T_ + t;
     int64_t base;
     mx__nd_offsets<1>(rnd, r, &base);
-    const int64_t t = r % T_;
     const uint4 ua = __ldg((const uint4 *)(x + base + k0));
     const uint4 ub = __ldg((const uint4 *)(x + base + half + k0));
-    const float4 *tb = (const float4 *)(tab + 2 * (t * half + k0));
+    uint16_t *orow = o + r * 2 * half;
+    if (rot && g % nh >= rot) { /* a copied head (rot_heads) */
+      *(uint4 *)(orow + k0) = ua;
+      *(uint4 *)(orow + half + k0) = ub;
+      continue;
+    }
     const uint32_t wa[4] = {ua.x, ua.y, ua.z, ua.w}, wb[4] = {ub.x, ub.y, ub.z, ub.w};
     uint32_t oa[4], ob[4];
 #pragma unroll
     for (int j = 0; j < 4; j++) { /* pairs k0 + 2j, k0 + 2j + 1 */
-      const float4 cs = __ldg(tb + j); /* cos, sin, cos, sin */
+      const float2 c0 = cs[k0 + 2 * j], c1 = cs[k0 + 2 * j + 1];
       float a0 = T::ld((uint16_t)(wa[j] & 0xffffu)), a1 = T::ld((uint16_t)(wa[j] >> 16));
       float b0 = T::ld((uint16_t)(wb[j] & 0xffffu)), b1 = T::ld((uint16_t)(wb[j] >> 16));
-      oa[j] = (uint32_t)T::st(mx__rot_x(a0, b0, cs.x, cs.y)) |
-              ((uint32_t)T::st(mx__rot_x(a1, b1, cs.z, cs.w)) << 16);
-      ob[j] = (uint32_t)T::st(mx__rot_y(a0, b0, cs.x, cs.y)) |
-              ((uint32_t)T::st(mx__rot_y(a1, b1, cs.z, cs.w)) << 16);
+      oa[j] = (uint32_t)T::st(mx__rot_x(a0, b0, c0.x, c0.y)) |
+              ((uint32_t)T::st(mx__rot_x(a1, b1, c1.x, c1.y)) << 16);
+      ob[j] = (uint32_t)T::st(mx__rot_y(a0, b0, c0.x, c0.y)) |
+              ((uint32_t)T::st(mx__rot_y(a1, b1, c1.x, c1.y)) << 16);
     }
-    uint16_t *orow = o + r * 2 * half;
     *(uint4 *)(orow + k0) = make_uint4(oa[0], oa[1], oa[2], oa[3]);
     *(uint4 *)(orow + half + k0) = make_uint4(ob[0], ob[1], ob[2], ob[3]);
   }
@@ -167,37 +202,39 @@ static int k_rope_op(mx_array *out, mx_array **in) {
   int64_t n = rows * (half + (D - 2 * half));
   unsigned nb = mx__cuda_blocks(n);
   const int32_t *posp = p->has_pos ? (const int32_t *)mx__ddata(in[p->has_freqs ? 2 : 1]) : NULL;
-  /* a table of the angles when at least 4 rows share each position (not
-   * for a decode step's single position: one launch more for nothing) */
-  const bool use_tab = half > 0 && T_ >= 16 && rows >= 4 * T_;
+  const int64_t nh = nd >= 3 ? x->shape[nd - 3] : 1, rot = p->rot_heads;
+  /* the vector kernel: rows (their offsets) and the pair halves 16-byte aligned */
+  bool vec = half > 0 && half <= 256 && !p->traditional &&
+             (x->dtype == MX_FLOAT16 || x->dtype == MX_BFLOAT16) && 2 * half == D && half % 8 == 0 && x->strides[nd - 1] == 1 &&
+             !((uintptr_t)mx__ddata(x) & 15);
+  for (int d = 0; d < nd - 1 && vec; d++) vec = x->shape[d] == 1 || x->strides[d] % 8 == 0;
+  /* else a table of the angles when at least 4 rows share each position
+   * (not for a decode step's single position: one launch more for nothing) */
+  const bool use_tab = !vec && half > 0 && T_ >= 16 && rows >= 4 * T_;
   const size_t ces = x->dtype == MX_FLOAT64 ? sizeof(double) : sizeof(float);
   mx__buffer *tb = use_tab ? mx__cuda_tmp((size_t)(2 * T_ * half) * ces) : NULL;
   if (use_tab && !tb) {
     if (ib) mx__buffer_release(ib);
     return mx_last_status();
   }
-  /* the vector kernel: rows (their offsets) and the pair halves 16-byte aligned */
-  bool vec = tb && (x->dtype == MX_FLOAT16 || x->dtype == MX_BFLOAT16) && 2 * half == D &&
-             half % 8 == 0 && x->strides[nd - 1] == 1 && !((uintptr_t)mx__ddata(x) & 15);
-  for (int d = 0; d < nd - 1 && vec; d++) vec = x->shape[d] == 1 || x->strides[d] % 8 == 0;
   if (vec) {
-    if (mx__cuda_pdl_small())
-      mx__cuda_launch_pdl(k_rope_tab<float>, mx__cuda_blocks(T_ * half), MX_CUDA_THREADS, 0,
-                          (float *)tb->dptr, (int64_t)T_, half, (const double *)inv, f32, fs, lb,
-                          (double)p->offset, posp, p->scale, (bool)p->forward);
-    else
-      k_rope_tab<float><<<mx__cuda_blocks(T_ * half), MX_CUDA_THREADS, 0, s>>>(
-          (float *)tb->dptr, T_, half, inv, f32, fs, lb, (double)p->offset, posp, p->scale,
-          p->forward);
+    const int64_t G = rows / T_, items = G * (half / 8);
+    const int threads = items >= 256 ? 256 : (int)((items + 31) / 32 * 32);
+    int64_t gy = (items + 4 * threads - 1) / (4 * threads); /* ~4 items a thread */
+    if (gy > 65535) gy = 65535;
+    /* angles before the PDL wait unless they read what a kernel may still write */
+    const bool early = !posp && !inv && (!f32 || mx__cuda_settled(fr));
     const uint16_t *xp = (const uint16_t *)mx__ddata(x);
     uint16_t *op = (uint16_t *)out->buf->dptr;
-    unsigned nbv = mx__cuda_blocks(rows * (half / 8));
+    dim3 grid((unsigned)T_, (unsigned)gy);
     if (x->dtype == MX_FLOAT16)
-      mx__cuda_launch_pdl(k_rope_vec<TF16>, nbv, MX_CUDA_THREADS, 0, xp, op, rnd, rows, T_, half,
-                          (const float *)tb->dptr);
+      mx__cuda_launch_pdl(k_rope_pos<TF16>, grid, threads, 0, xp, op, rnd, G, T_, half,
+                          (const double *)inv, f32, fs, lb, (double)p->offset, posp, p->scale,
+                          (bool)p->forward, nh, rot, early);
     else
-      mx__cuda_launch_pdl(k_rope_vec<TBF16>, nbv, MX_CUDA_THREADS, 0, xp, op, rnd, rows, T_, half,
-                          (const float *)tb->dptr);
+      mx__cuda_launch_pdl(k_rope_pos<TBF16>, grid, threads, 0, xp, op, rnd, G, T_, half,
+                          (const double *)inv, f32, fs, lb, (double)p->offset, posp, p->scale,
+                          (bool)p->forward, nh, rot, early);
   } else
   switch (x->dtype) {
 #define C(DT, TAG, CT)                                                                        \
@@ -209,7 +246,7 @@ static int k_rope_op(mx_array *out, mx_array **in) {
     mx__cuda_launch_pdl(k_rope<TAG, CT>, nb, MX_CUDA_THREADS, 0,                              \
         (const TAG::S *)mx__ddata(x), (TAG::S *)out->buf->dptr, rnd, rows, T_, D,             \
         x->strides[nd - 1], half, inv, f32, fs, lb, (double)p->offset, posp, p->scale,       \
-        p->forward, p->traditional, (const CT *)tab);                                         \
+        p->forward, p->traditional, (const CT *)tab, nh, rot);                                \
   } break;
     C(MX_FLOAT16, TF16, float) C(MX_BFLOAT16, TBF16, float) C(MX_FLOAT32, TF32, float)
     C(MX_FLOAT64, TF64, double)

@@ -60,6 +60,14 @@ static bool sdpa_blhd_on(void) {
   return env_on("MXC_SDPA_BLHD", &v);
 }
 
+/* Prompts with stacked q/k/v: one rope over all the heads with the values
+ * copied through (mx__fast_rope_heads), so the cache keeps k and v without
+ * copying them; MXC_ROPE_HEADS=0 rotates q and k and copies (A/B). */
+static bool rope_heads_on(void) {
+  static int v = -1;
+  return env_on("MXC_ROPE_HEADS", &v);
+}
+
 /* A decode step over static caches (mx__lm_forward_static) runs its
  * residual adds with the RMSNorm after them (add_rms_norm) and the rope of
  * q and k with the cache writes (rope_kv) as one kernel each: the same
@@ -192,6 +200,15 @@ static mx_array *rope(const mx_lm_config *c, mx_array *x, int64_t offset, mx_arr
                             fr);
   return mx_fast_rope(x, (int)rotary_dim(c), c->rope_traditional, c->rope_theta, scale, offset,
                       fr);
+}
+
+/* rope over heads [0, rot) of x (..., N, T, D), the others copied */
+static mx_array *rope_heads(const mx_lm_config *c, mx_array *x, int64_t offset, mx_array *freqs,
+                            int64_t rot) {
+  double scale = c->rope_scaling == MX_LM_ROPE_LINEAR ? 1.0 / c->rope_factor : 1.0;
+  mx_array *fr = c->rope_scaling == MX_LM_ROPE_LLAMA3 ? freqs : NULL;
+  return mx__fast_rope_heads(x, (int)rotary_dim(c), c->rope_traditional, c->rope_theta, scale,
+                             offset, fr, rot);
 }
 
 /* phi3's longrope: per-pair factors (long ones once offset + L exceeds the
@@ -435,7 +452,9 @@ static mx_array *attention(mx_nn_module *self, mx_array *x, fwd_ctx *f, int laye
   int64_t offset = cache ? cache->offset : 0;
   mx_array *q = NULL, *k = NULL, *v = NULL, *o = NULL, *out = NULL, *mask = NULL;
   mx_array *pq = NULL, *pk = NULL, *pv = NULL, *sqkv = NULL;
-  /* whether k and v span all of their storage (a cache may keep them) */
+  /* whether a cache may keep k and v as they are: they span their storage,
+   * or they are blocks of a prompt's rope output (its q rows then live
+   * until the cache grows at the next step) */
   bool kown = true, vown = !c->fused_qkv;
   if (c->fused_qkv) {
     int64_t nq = c->num_attention_heads * c->head_dim, nkv = c->num_key_value_heads * c->head_dim;
@@ -496,6 +515,21 @@ static mx_array *attention(mx_nn_module *self, mx_array *x, fwd_ctx *f, int laye
      * rope (the same positions) rotates both (a decode step's position on
      * the device, or a prompt's offset) */
     int64_t H = c->num_attention_heads, KV = c->num_key_value_heads;
+    if (!f->pos && rope_heads_on()) {
+      /* a prompt: q, k and v rotated / copied in one pass, each a block of
+       * r (contiguous for one sequence: the cache keeps k and v as they
+       * are, until it grows) */
+      mx_array *hx = heads(sqkv, H + 2 * KV, c->head_dim, NULL);
+      mx_array *r = hx ? rope_heads(c, hx, offset, freqs, H + KV) : NULL;
+      mx_array_free(hx);
+      mx_array_free(v);
+      q = r ? mx_slice_axis(r, 1, 0, H, 1) : NULL;
+      k = r ? mx_slice_axis(r, 1, H, H + KV, 1) : NULL;
+      v = r ? mx_slice_axis(r, 1, H + KV, H + 2 * KV, 1) : NULL;
+      kown = vown = B == 1;
+      mx_array_free(r);
+      goto rotated;
+    }
     mx_array *pqk = mx_slice_axis(sqkv, 2, 0, (H + KV) * c->head_dim, 1);
     mx_array *hqk = pqk ? heads(pqk, H + KV, c->head_dim, NULL) : NULL;
     mx_array *r = hqk ? rope(c, hqk, offset, f->pos, freqs) : NULL;
