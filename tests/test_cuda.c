@@ -1191,6 +1191,34 @@ static int64_t bits_differ(mx_array *a, mx_array *b, const char *what) {
   return bad;
 }
 
+/* swiglu_backward's stacked form (which 2, one read of the inputs) has the
+ * bits of which 0 and which 1 on the GPU: 16-bit and float32 rows in
+ * 16-byte vectors (gate and up as the row-strided halves of one product),
+ * and a cotangent with a last axis of stride 2 (the element kernels). */
+TEST(swiglu_backward_both_has_the_bits_of_each_form) {
+  NEED_GPU();
+  const mx_dtype dts[3] = {MX_BFLOAT16, MX_FLOAT16, MX_FLOAT32};
+  for (int di = 0; di < 3; di++)
+    for (int strided = 0; strided < 2; strided++) {
+      mx_array *gu = normal_dt((int64_t[]){40, 272}, 2, 3, 90 + di, dts[di]);
+      mx_array *w = normal_dt((int64_t[]){40, 272}, 2, 1, 95 + di, dts[di]);
+      mx_array *g = mx_slice_axis(gu, 1, 0, 136, 1), *u = mx_slice_axis(gu, 1, 136, 272, 1);
+      mx_array *c = strided ? mx_slice_axis(w, 1, 0, 272, 2) : mx_slice_axis(w, 1, 0, 136, 1);
+      ASSERT_OK(mx_eval((mx_array *[]){g, u, c}, 3));
+      mx_set_default_device(MX_GPU);
+      mx_array *both = mx__fast_swiglu_grad(2, g, u, c);
+      mx_array *dg = mx__fast_swiglu_grad(0, g, u, c), *du = mx__fast_swiglu_grad(1, g, c, NULL);
+      mx_set_default_device(MX_CPU);
+      ASSERT(both && dg && du);
+      mx_array *b0 = mx_slice_axis(both, 0, 0, 1, 1), *b1 = mx_slice_axis(both, 0, 1, 2, 1);
+      mx_array *r0 = mx_reshape(b0, (int64_t[]){40, 136}, 2);
+      mx_array *r1 = mx_reshape(b1, (int64_t[]){40, 136}, 2);
+      ASSERT_EQ_INT(bits_differ(r0, dg, "swiglu_backward d gate"), 0);
+      ASSERT_EQ_INT(bits_differ(r1, du, "swiglu_backward d up"), 0);
+      mx_array_free_n((mx_array *[]){gu, w, g, u, c, both, dg, du, b0, b1, r0, r1}, 12);
+    }
+}
+
 TEST(sdpa_blhd_output_has_the_same_values_and_gradients) {
   NEED_GPU();
   const mx_dtype dts[] = {MX_BFLOAT16, MX_FLOAT16, MX_FLOAT32};

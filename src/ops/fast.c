@@ -321,9 +321,38 @@ mx_array *mx_fast_swiglu(mx_array *gate, mx_array *up) {
 
 /* y = g s u with s = sigmoid(g):
  *   dg = cot * u * s * (1 + g (1 - s)),  du = cot * g * s */
+/* Both gradients from one pass (swiglu_backward which 2); MXC_SWIGLU_BWD2=0
+ * runs the two forms apart (A/B). */
+static bool swiglu_bwd2_on(void) {
+  static int v = -1;
+  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
+  if (r < 0) {
+    const char *e = getenv("MXC_SWIGLU_BWD2");
+    r = !(e && !strcmp(e, "0"));
+    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
+  }
+  return r;
+}
+
+/* Part k of a (2, ...) array, a view. */
+static mx_array *part_of(mx_array *a, int k) {
+  mx_array *s = mx_slice_axis(a, 0, k, k + 1, 1);
+  mx_array *r = s ? mx_reshape(s, a->shape + 1, a->ndim - 1) : NULL;
+  mx_array_free(s);
+  return r;
+}
+
 static int vjp_swiglu(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {
   mx_array *x = out->inputs[0], *u = out->inputs[1];
   int st = MX_OK;
+  if (need[0] && need[1] && swiglu_bwd2_on()) {
+    mx_array *both = mx__fast_swiglu_grad(2, x, u, cot);
+    if (!both) return mx_last_status();
+    st = set_grad(&g[0], part_of(both, 0), x);
+    if (!st) st = set_grad(&g[1], part_of(both, 1), u);
+    mx_array_free(both);
+    return st;
+  }
   if (need[0]) st = set_grad(&g[0], mx__fast_swiglu_grad(0, x, u, cot), x);
   if (!st && need[1]) st = set_grad(&g[1], mx__fast_swiglu_grad(1, x, cot, NULL), u);
   return st;
@@ -332,11 +361,11 @@ static int vjp_swiglu(mx_array *out, mx_array *cot, mx_array **g, const bool *ne
 mx_array *mx__fast_swiglu_grad(int which, mx_array *gate, mx_array *b, mx_array *c) {
   MX__CHECK_IN("swiglu_backward", gate);
   MX__CHECK_IN("swiglu_backward", b);
-  if (which != 0 && which != 1)
+  if (which < 0 || which > 2)
     return mx__set_error(MX_ERR_INVALID_ARG, "swiglu_backward: unknown form %d", which), NULL;
-  if (which == 0) MX__CHECK_IN("swiglu_backward", c);
+  if (which != 1) MX__CHECK_IN("swiglu_backward", c);
   mx_array *ins[3] = {gate, b, c};
-  int n = which == 0 ? 3 : 2;
+  int n = which == 1 ? 2 : 3;
   mx_dtype dt = gate->dtype;
   for (int i = 0; i < n; i++) {
     if (i) dt = mx_promote_types(dt, ins[i]->dtype);
@@ -352,6 +381,15 @@ mx_array *mx__fast_swiglu_grad(int which, mx_array *gate, mx_array *b, mx_array 
     return mx__set_error(MX_ERR_DTYPE, "swiglu_backward: unsupported dtype %s",
                          mx_dtype_name(dt)), NULL;
   mx__swiglu_grad_params p = {.which = which};
+  if (which == 2) {
+    if (gate->ndim + 1 > MX_MAX_NDIM)
+      return mx__set_error(MX_ERR_SHAPE, "swiglu_backward: %d dimensions are too many for the "
+                           "stacked form", gate->ndim), NULL;
+    int64_t shape[MX_MAX_NDIM];
+    shape[0] = 2;
+    memcpy(shape + 1, gate->shape, sizeof(int64_t) * (size_t)gate->ndim);
+    return node_cast(&def_SWIGLU_GRAD, dt, shape, gate->ndim + 1, ins, n, &p, sizeof p);
+  }
   return node_cast(&def_SWIGLU_GRAD, dt, gate->shape, gate->ndim, ins, n, &p, sizeof p);
 }
 
@@ -362,6 +400,30 @@ static int vjp_swiglu_grad(mx_array *out, mx_array *h, mx_array **g, const bool 
   const mx__swiglu_grad_params *p = MX__PARAMS(out, mx__swiglu_grad_params);
   mx_array *x = out->inputs[0];
   int st = MX_OK;
+  if (p->which == 2) {
+    /* [d gate, d up]: the VJP of which 0 with h[0] plus that of which 1
+     * (inputs gate, cot) with h[1] */
+    mx_array *u = out->inputs[1], *c = out->inputs[2];
+    mx__tmp t = {0};
+    mx_array *h0 = mx__keep(&t, part_of(h, 0)), *h1 = mx__keep(&t, part_of(h, 1));
+    mx_array *p0 = mx__keep(&t, mx__fast_swiglu_grad(0, x, u, c));
+    mx_array *p1 = mx__keep(&t, mx__fast_swiglu_grad(1, x, c, NULL));
+    if (!h0 || !h1 || !p0 || !p1) {
+      mx__tmp_free(&t);
+      return mx_last_status();
+    }
+    mx_array *g0[3] = {NULL, NULL, NULL}, *g1[2] = {NULL, NULL};
+    bool n0[3] = {need[0], need[1], need[2]}, n1[2] = {need[0], need[2]};
+    st = vjp_swiglu_grad(p0, h0, g0, n0);
+    if (!st) st = vjp_swiglu_grad(p1, h1, g1, n1);
+    if (!st && need[0]) st = set_grad(&g[0], g0[0] && g1[0] ? mx_add(g0[0], g1[0]) : NULL, x);
+    if (!st && need[1]) st = set_grad(&g[1], g0[1] ? mx_array_retain(g0[1]) : NULL, u);
+    if (!st && need[2]) st = set_grad(&g[2], g0[2] && g1[1] ? mx_add(g0[2], g1[1]) : NULL, c);
+    for (int i = 0; i < 3; i++) mx_array_free(g0[i]);
+    for (int i = 0; i < 2; i++) mx_array_free(g1[i]);
+    mx__tmp_free(&t);
+    return st;
+  }
   if (p->which == 1) {
     mx_array *c = out->inputs[1];
     if (need[0]) st = set_grad(&g[0], mx__fast_swiglu_grad(0, x, c, h), x);

@@ -62,7 +62,9 @@ mx_array *mx__fast_rms_norm_grad_add(mx_array *x, mx_array *g, mx_array *w, doub
 
 /* swiglu_backward (the VJP of swiglu in one pass): which 0 -> d gate =
  * cot * up * silu'(gate), inputs (gate, up, cot); which 1 -> d up =
- * cot * silu(gate), inputs (gate, cot); silu'(g) = s (1 + g (1 - s)),
+ * cot * silu(gate), inputs (gate, cot); which 2 -> both, inputs (gate, up,
+ * cot), output (2, ...gate.shape) = [d gate, d up] with the bits of
+ * which 0 and 1 (one read of the inputs); silu'(g) = s (1 + g (1 - s)),
  * s = sigmoid(g). One float dtype; computed in the compute type (f32 for
  * f16/bf16) and rounded once. */
 typedef struct {

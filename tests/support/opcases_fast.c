@@ -326,18 +326,26 @@ static int f_rms_grad(const mx_opcase *c, const double *const *in, double *out,
 
 /* ---- swiglu_backward (internal: swiglu's VJP in one pass) --------------------- */
 static mx_array *b_swiglu_grad(const mx_opcase *c, mx_array **in) {
-  return mx__fast_swiglu_grad(c->ip[0], in[0], in[1], c->ip[0] == 0 ? in[2] : NULL);
+  return mx__fast_swiglu_grad(c->ip[0], in[0], in[1], c->ip[0] != 1 ? in[2] : NULL);
 }
 
 static int f_swiglu_grad(const mx_opcase *c, const double *const *in, double *out,
                          int64_t *oshape, int *ond) {
   int nd = c->ndim[0];
   int64_t n = oc_size(c->shape[0], nd);
-  memcpy(oshape, c->shape[0], sizeof(int64_t) * (size_t)nd);
-  *ond = nd;
+  /* which 2: (2, ...) = [d gate, d up] */
+  const bool both = c->ip[0] == 2;
+  if (both) oshape[0] = 2;
+  memcpy(oshape + both, c->shape[0], sizeof(int64_t) * (size_t)nd);
+  *ond = nd + both;
   for (int64_t i = 0; i < n; i++) {
     double x = in[0][i], s = 1.0 / (1.0 + exp(-x));
-    out[i] = c->ip[0] == 0 ? in[2][i] * in[1][i] * s * (1 + x * (1 - s)) : in[1][i] * x * s;
+    if (both) {
+      out[i] = in[2][i] * in[1][i] * s * (1 + x * (1 - s));
+      out[n + i] = in[2][i] * x * s;
+    } else {
+      out[i] = c->ip[0] == 0 ? in[2][i] * in[1][i] * s * (1 + x * (1 - s)) : in[1][i] * x * s;
+    }
   }
   return 0;
 }
@@ -666,7 +674,7 @@ static int f_add_norm_lin(const mx_opcase *c, const double *const *in, double *o
    .lo = lo_, .hi = hi_, OC_FLOATS, .flags = OC_NONCONTIG, .build = b_swiglu, .ref = f_swiglu}
 
 #define SWIGLU_GRAD(d, which, nd_, shape_, lo_, hi_)                                           \
-  {.op = "swiglu_backward", .desc = d, .nin = which == 0 ? 3 : 2, .ndim = {nd_, nd_, nd_},     \
+  {.op = "swiglu_backward", .desc = d, .nin = which == 1 ? 2 : 3, .ndim = {nd_, nd_, nd_},     \
    .shape = {shape_, shape_, shape_}, .lo = lo_, .hi = hi_, OC_FLOATS, .flags = OC_NONCONTIG,  \
    .ip = {which}, .build = b_swiglu_grad, .ref = f_swiglu_grad}
 
@@ -801,6 +809,9 @@ static const mx_opcase cases[] = {
     SWIGLU_GRAD("d gate, 3-d, large values", 0, 3, ARR(2, 3, 64), -20, 20),
     SWIGLU_GRAD("d up, 1-d", 1, 1, ARR(1000), -3, 3),
     SWIGLU_GRAD("0-size", 0, 2, ARR(0, 8), -1, 1),
+    SWIGLU_GRAD("both (which 2), 16-byte rows", 2, 2, ARR(6, 64), -4, 4),
+    SWIGLU_GRAD("both (which 2), 3-d, odd rows", 2, 3, ARR(2, 3, 37), -6, 6),
+    SWIGLU_GRAD("both (which 2), 0-size", 2, 2, ARR(0, 8), -1, 1),
     /* swiglu */
     SWIGLU("rows", 2, ARR(5, 37), -4, 4),
     SWIGLU("3-d, large values", 3, ARR(2, 3, 64), -20, 20),

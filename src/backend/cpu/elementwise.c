@@ -252,25 +252,32 @@ static int no_kernel(mx_array *out, mx_dtype dt) {
                        mx__op_names[out->op->id], mx_dtype_name(dt));
 }
 
-static int run_nary(mx_array *out, mx_array **in, int nin, mx__inner_fn f) {
-  int st = mx__array_alloc_data(out);
-  if (st) return st;
+/* f over a row-contiguous output at obase (dtype odt, shape/nd) and the
+ * inputs broadcast to that shape. */
+static void run_nary_into(char *obase, mx_dtype odt, const int64_t *shape, int nd, mx_array **in,
+                          int nin, mx__inner_fn f) {
   char *base[MX__MAX_OPERANDS];
   size_t el[MX__MAX_OPERANDS];
   int64_t strides[MX__MAX_OPERANDS][MX_MAX_NDIM];
   const int64_t *sp[MX__MAX_OPERANDS];
-  base[0] = out->buf->ptr;
-  el[0] = mx_dtype_size(out->dtype);
+  base[0] = obase;
+  el[0] = mx_dtype_size(odt);
   sp[0] = NULL;
   for (int i = 0; i < nin; i++) {
     base[i + 1] = mx__data(in[i]);
     el[i + 1] = mx_dtype_size(in[i]->dtype);
-    bcast_strides(in[i], out->shape, out->ndim, strides[i + 1]);
+    bcast_strides(in[i], shape, nd, strides[i + 1]);
     sp[i + 1] = strides[i + 1];
   }
   mx__nd_iter it;
-  mx__iter_init(&it, out->shape, out->ndim, nin + 1, base, el, sp);
+  mx__iter_init(&it, shape, nd, nin + 1, base, el, sp);
   mx__iter_run(&it, f, NULL);
+}
+
+static int run_nary(mx_array *out, mx_array **in, int nin, mx__inner_fn f) {
+  int st = mx__array_alloc_data(out);
+  if (st) return st;
+  run_nary_into(out->buf->ptr, out->dtype, out->shape, out->ndim, in, nin, f);
   return MX_OK;
 }
 
@@ -349,19 +356,28 @@ static int k_swiglu(mx_array *out, mx_array **in) {
 MX_FLOAT_TAGS(SWIGLU_GRAD_LOOP, 0)
 
 static int k_swiglu_grad(mx_array *out, mx_array **in) {
-  int which = MX__PARAMS(out, mx__swiglu_grad_params)->which, nin = which == 0 ? 3 : 2;
-  mx__inner_fn f = NULL;
+  int which = MX__PARAMS(out, mx__swiglu_grad_params)->which, nin = which == 1 ? 2 : 3;
+  mx__inner_fn dg = NULL, du = NULL;
   switch (out->dtype) {
-    case MX_FLOAT16: f = which ? swiglu_du_F16 : swiglu_dg_F16; break;
-    case MX_BFLOAT16: f = which ? swiglu_du_BF16 : swiglu_dg_BF16; break;
-    case MX_FLOAT32: f = which ? swiglu_du_F32 : swiglu_dg_F32; break;
-    case MX_FLOAT64: f = which ? swiglu_du_F64 : swiglu_dg_F64; break;
+    case MX_FLOAT16: dg = swiglu_dg_F16, du = swiglu_du_F16; break;
+    case MX_BFLOAT16: dg = swiglu_dg_BF16, du = swiglu_du_BF16; break;
+    case MX_FLOAT32: dg = swiglu_dg_F32, du = swiglu_du_F32; break;
+    case MX_FLOAT64: dg = swiglu_dg_F64, du = swiglu_du_F64; break;
     default: break;
   }
   for (int i = 0; i < nin; i++)
-    if (in[i]->dtype != out->dtype) f = NULL;
-  if (!f) return no_kernel(out, in[0]->dtype);
-  return run_nary(out, in, nin, f);
+    if (in[i]->dtype != out->dtype) dg = du = NULL;
+  if (!dg) return no_kernel(out, in[0]->dtype);
+  if (which != 2) return run_nary(out, in, nin, which ? du : dg);
+  /* both: d gate into the first half, d up (inputs gate, cot) the second */
+  int st = mx__array_alloc_data(out);
+  if (st) return st;
+  char *o = out->buf->ptr;
+  const size_t half = (size_t)(out->size / 2) * mx_dtype_size(out->dtype);
+  mx_array *gc[2] = {in[0], in[2]};
+  run_nary_into(o, out->dtype, out->shape + 1, out->ndim - 1, in, 3, dg);
+  run_nary_into(o + half, out->dtype, out->shape + 1, out->ndim - 1, gc, 2, du);
+  return MX_OK;
 }
 
 /* adam_update (src/ops/optim_params.h): float32 / float64 */

@@ -502,11 +502,89 @@ struct SwigluGradF {
   }
 };
 
+/* which 2: both gradients from one read of gate, up and cot (rows of row
+ * stride rg / ru / rc, nvr 16-byte vectors a row; the outputs contiguous),
+ * each with the functor of its own form (the same bits). */
+template <class T>
+__global__ void k_swiglu_grad2(typename T::S *o0, typename T::S *o1, const typename T::S *g,
+                               const typename T::S *u, const typename T::S *c, int64_t rows,
+                               int64_t nvr, int64_t rg, int64_t ru, int64_t rc) {
+  typedef typename T::C X;
+  constexpr int N = 16 / sizeof(typename T::S);
+  MX_PDL_ENTRY();
+  MX_CUDA_LOOP(i, rows * nvr) {
+    const int64_t r = i / nvr, cv = (i - r * nvr) * N;
+    X vg[N], vu[N], vc[N], d0[N], d1[N];
+    vld<T>(g, r * rg + cv, vg);
+    vld<T>(u, r * ru + cv, vu);
+    vld<T>(c, r * rc + cv, vc);
+#pragma unroll
+    for (int e = 0; e < N; e++) {
+      d0[e] = VSwigluDG<T>()(vg[e], vu[e], vc[e]);
+      d1[e] = VSwigluDU<T>()(vg[e], vc[e], X(0));
+    }
+    vst<T>(o0, i * N, d0);
+    vst<T>(o1, i * N, d1);
+  }
+}
+
+static int swiglu_grad_both(mx_array *out, mx_array **in) {
+  const mx_dtype dt = out->dtype;
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  const int64_t half = out->size / 2;
+  mx_array *h[2] = {NULL, NULL};
+  for (int k = 0; k < 2; k++) {
+    if (!(h[k] = mx__array_alloc_struct(dt, out->shape + 1, out->ndim - 1))) {
+      mx_array_free(h[0]);
+      return mx_last_status();
+    }
+    h[k]->device = out->device;
+    mx__array_set_view(h[k], out, out->strides + 1, out->offset + k * half);
+  }
+  mx_array *in3[3] = {in[0], in[1], in[2]}, *gc[3] = {in[0], in[2], in[2]};
+  bool rows;
+  int64_t rs[3];
+  const int64_t cols = h[0]->shape[h[0]->ndim - 1];
+  const int N = 16 / (int)mx_dtype_size(dt);
+  if ((dt == MX_FLOAT16 || dt == MX_BFLOAT16 || dt == MX_FLOAT32) && cols % N == 0 &&
+      vec_ok(h[0], in3, 3, &rows, rs) && !((uintptr_t)mx__ddata(h[0]) & 15) &&
+      !((uintptr_t)mx__ddata(h[1]) & 15)) {
+    const int64_t nr = half / cols, nvr = cols / N;
+    unsigned nb = mx__cuda_blocks(nr * nvr);
+#define SG2(TAG)                                                                             \
+  mx__cuda_launch_pdl(k_swiglu_grad2<TAG>, nb, MX_CUDA_THREADS, 0, (TAG::S *)mx__ddata(h[0]), \
+                      (TAG::S *)mx__ddata(h[1]), (const TAG::S *)mx__ddata(in[0]),           \
+                      (const TAG::S *)mx__ddata(in[1]), (const TAG::S *)mx__ddata(in[2]), nr,  \
+                      nvr, rs[0], rs[1], rs[2]);
+    if (dt == MX_FLOAT16) SG2(TF16)
+    else if (dt == MX_BFLOAT16) SG2(TBF16)
+    else SG2(TF32)
+#undef SG2
+    st = mx__cuda_launched(mx__opname(out));
+  } else {
+    st = MX_ERR_NO_KERNEL;
+    MX_CUDA_DISPATCH_FLOAT(dt, {
+      SwigluGradF<T> f0 = {(T::S *)mx__ddata(h[0]), (const T::S *)mx__ddata(in[0]),
+                           (const T::S *)mx__ddata(in[1]), (const T::S *)mx__ddata(in[2]), 0};
+      SwigluGradF<T> f1 = {(T::S *)mx__ddata(h[1]), (const T::S *)mx__ddata(in[0]),
+                           (const T::S *)mx__ddata(in[2]), (const T::S *)mx__ddata(in[2]), 1};
+      st = launch_map<4>(out_nd<4>(h[0], in3), half, f0, mx__opname(out));
+      if (!st) st = launch_map<4>(out_nd<4>(h[1], gc), half, f1, mx__opname(out));
+    })
+    if (st == MX_ERR_NO_KERNEL) st = mx__cuda_no_dtype(out, dt);
+  }
+  mx_array_free(h[0]);
+  mx_array_free(h[1]);
+  return st;
+}
+
 static int k_swiglu_grad(mx_array *out, mx_array **in) {
-  int which = MX__PARAMS(out, mx__swiglu_grad_params)->which, nin = which == 0 ? 3 : 2;
+  int which = MX__PARAMS(out, mx__swiglu_grad_params)->which, nin = which == 1 ? 2 : 3;
   mx_dtype dt = out->dtype;
   for (int i = 0; i < nin; i++)
     if (in[i]->dtype != dt || !mx_dtype_is_float(dt)) return mx__cuda_no_dtype(out, in[i]->dtype);
+  if (which == 2) return swiglu_grad_both(out, in);
   int st = mx__array_alloc_data(out);
   if (st) return st;
   mx_array *in3[3] = {in[0], in[1], nin == 3 ? in[2] : in[1]};
