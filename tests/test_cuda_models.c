@@ -252,6 +252,55 @@ TEST(greedy_graph_replay_equals_step_by_step) {
   ASSERT_EQ_INT(differ, 0);
 }
 
+static int collect_upto(void *ctx, int32_t id) {
+  int32_t *v = ctx;
+  v[1 + v[0]++] = id;
+  return v[0] >= 11; /* stops after 11 ids */
+}
+
+/* Greedy replays are queued one token ahead of the host (the next replay
+ * before the id is read): a stop in the middle (the callback returning
+ * nonzero) discards the replays queued past it, and the ids, for this and
+ * a second generation on the same model, are those of the step-by-step
+ * path. */
+TEST(greedy_replay_ahead_stops_cleanly) {
+  NEED_GPU();
+  const char *prev = getenv("MXC_CUDA_GRAPH");
+  char *saved = prev ? strdup(prev) : NULL;
+  mx_lm_model *m = load("llama", W_BF16);
+  ASSERT(m);
+  int32_t prompt[] = {1, 5, 9, 3, 7, 2};
+  int32_t got[2][2][72] = {{{0}}};
+  mx_lm_generate_options o = MX_LM_GENERATE_DEFAULTS;
+  o.max_tokens = 40;
+  o.stop_on_eos = false;
+  uint64_t r0 = mx__lm_replayed_steps();
+  for (int g = 0; g < 2; g++) {
+    if (g) unsetenv("MXC_CUDA_GRAPH");
+    else setenv("MXC_CUDA_GRAPH", "0", 1);
+    mx_set_default_device(MX_GPU);
+    for (int run = 0; run < 2; run++) {
+      int st = mx_lm_generate(m, prompt, 6 - run, &o, collect_upto, got[g][run], NULL);
+      ASSERT_OK(st);
+    }
+    mx_set_default_device(MX_CPU);
+  }
+  uint64_t replays = mx__lm_replayed_steps() - r0;
+  if (saved) setenv("MXC_CUDA_GRAPH", saved, 1);
+  else unsetenv("MXC_CUDA_GRAPH");
+  free(saved);
+  for (int run = 0; run < 2; run++) {
+    ASSERT_EQ_INT(got[0][run][0], 11);
+    ASSERT_EQ_INT(got[1][run][0], 11);
+    ASSERT_MSG(!memcmp(got[0][run], got[1][run], sizeof got[0][run]),
+               "run %d: greedy ids differ with replays queued ahead", run);
+  }
+  /* 10 replays a run make its 11 ids; the replay for the 12th id and the
+   * one queued behind it were already queued when the callback stopped */
+  ASSERT_MSG(replays >= 20 && replays <= 24, "%llu replays", (unsigned long long)replays);
+  mx_lm_free(m);
+}
+
 static mx_array *lazy_sample(void *ctx, mx_array *logits) {
   return mx_sampler_sample(ctx, logits, NULL, 0);
 }

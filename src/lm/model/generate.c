@@ -257,23 +257,41 @@ static int replay_decode(mx_lm_model *m, mx_lm_cache *c, mx_array *y, int32_t id
   }
   *used = true;
   int status = MX_OK;
+  /* Replay i computes id i + 1. With greedy decoding the next replay is
+   * queued before id i + 1 is read, so the device never waits for the
+   * host between tokens; steps queued past a stop are discarded (they only
+   * write the static caches, which are dropped). A sampler's key
+   * advances with every replay, so sampled decoding queues one replay at
+   * a time (the key after generate is the step-by-step path's).
+   * MXC_REPLAY_AHEAD=0: one at a time always (A/B). */
+  const char *ae = getenv("MXC_REPLAY_AHEAD");
+  const bool ahead = !o->lazy_sampler && !(ae && !strcmp(ae, "0"));
+  void *pend[2] = {NULL, NULL};
+  int32_t nowv[2] = {-1, -1};
+  bool busy[2] = {false, false};
   for (int i = 0; id >= 0; i++) {
     if (o->stop_on_eos && mx_lm_is_eos(m, id)) {
       st->stopped_on_eos = true;
       break;
     }
-    void *pending = NULL;
-    int32_t now = -1;
+    const int k = i & 1;
     bool more = i + 1 < o->max_tokens;
-    if (more && (status = replay_step(&r, &pending, &now))) break;
+    if (more && !busy[k]) { /* replay i (not queued ahead) */
+      if ((status = replay_step(&r, &pend[k], &nowv[k]))) break;
+      busy[k] = true;
+    }
+    if (ahead && i + 2 < o->max_tokens) { /* replay i + 1, behind it */
+      if ((status = replay_step(&r, &pend[k ^ 1], &nowv[k ^ 1]))) break;
+      busy[k ^ 1] = true;
+    }
     st->generation_tokens++;
     int stop = on_token && on_token(ctx, id);
-    if (stop || !more) {
-      mx__buffer_read_end(pending, NULL, sizeof now);
-      break;
-    }
-    id = replay_read(m, pending, now);
+    if (stop || !more) break;
+    busy[k] = false;
+    id = replay_read(m, pend[k], nowv[k]);
   }
+  for (int k = 0; k < 2; k++)
+    if (busy[k]) mx__buffer_read_end(pend[k], NULL, sizeof(int32_t));
   if (id < 0 && !status) status = id;
   replay_free(&r);
   return status;
