@@ -1219,6 +1219,37 @@ TEST(swiglu_backward_both_has_the_bits_of_each_form) {
     }
 }
 
+/* Long row-strided rows (a stacked product's halves: the 2-D grid of
+ * k_vec_rows) have the bits of the element kernel (a last axis of stride
+ * 2): swiglu and add, bf16 and float32, rows of 4,096 and 8,200 values
+ * (a partial last block). */
+TEST(vector_rows_kernel_has_the_bits_of_the_element_kernel) {
+  NEED_GPU();
+  const mx_dtype dts[2] = {MX_BFLOAT16, MX_FLOAT32};
+  const int64_t cols[2] = {4096, 8200};
+  for (int di = 0; di < 2; di++)
+    for (int ci = 0; ci < 2; ci++) {
+      const int64_t C = cols[ci];
+      mx_array *a0 = normal_dt((int64_t[]){3, C, 2}, 3, 2, 110 + ci, dts[di]);
+      mx_array *gs = mx_slice_axis(a0, 2, 0, 1, 1), *us = mx_slice_axis(a0, 2, 1, 2, 1);
+      mx_array *g2 = mx_reshape(gs, (int64_t[]){3, C}, 2);
+      mx_array *u2 = mx_reshape(us, (int64_t[]){3, C}, 2);
+      mx_array *gc = mx_copy(g2), *uc = mx_copy(u2);
+      mx_array *gu = mx_concatenate((mx_array *[]){gc, uc}, 2, 1);
+      mx_array *gh = mx_slice_axis(gu, 1, 0, C, 1), *uh = mx_slice_axis(gu, 1, C, 2 * C, 1);
+      ASSERT_OK(mx_eval((mx_array *[]){g2, u2, gh, uh}, 4));
+      mx_set_default_device(MX_GPU);
+      mx_array *s_el = mx_fast_swiglu(g2, u2), *s_row = mx_fast_swiglu(gh, uh);
+      mx_array *a_el = mx_add(g2, u2), *a_row = mx_add(gh, uh);
+      mx_set_default_device(MX_CPU);
+      ASSERT(s_el && s_row && a_el && a_row);
+      ASSERT_EQ_INT(bits_differ(s_el, s_row, "swiglu rows"), 0);
+      ASSERT_EQ_INT(bits_differ(a_el, a_row, "add rows"), 0);
+      mx_array_free_n((mx_array *[]){a0, gs, us, g2, u2, gc, uc, gu, gh, uh, s_el, s_row, a_el,
+                                     a_row}, 14);
+    }
+}
+
 TEST(sdpa_blhd_output_has_the_same_values_and_gradients) {
   NEED_GPU();
   const mx_dtype dts[] = {MX_BFLOAT16, MX_FLOAT16, MX_FLOAT32};

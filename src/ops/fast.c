@@ -325,13 +325,7 @@ mx_array *mx_fast_swiglu(mx_array *gate, mx_array *up) {
  * runs the two forms apart (A/B). */
 static bool swiglu_bwd2_on(void) {
   static int v = -1;
-  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
-  if (r < 0) {
-    const char *e = getenv("MXC_SWIGLU_BWD2");
-    r = !(e && !strcmp(e, "0"));
-    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
-  }
-  return r;
+  return mx__env_on("MXC_SWIGLU_BWD2", &v);
 }
 
 /* Part k of a (2, ...) array, a view. */

@@ -123,22 +123,17 @@ __global__ void __launch_bounds__(256)
                bool forward, int64_t nh, int64_t rot, bool early) {
   __shared__ float2 cs[256];
   const int64_t t = blockIdx.x;
-  if (early) {
+  /* cos / sin of each pair at position offset + t, as k_rope_tab */
+  auto angles = [&](double at) {
     for (int k = threadIdx.x; k < half; k += blockDim.x) {
-      const double th = (offset + (double)t) * (scale * rope_inv(inv, f32, fs, lb, k));
+      const double th = at * (scale * rope_inv(inv, f32, fs, lb, k));
       const double sd = sin(th);
       cs[k] = make_float2((float)cos(th), (float)(forward ? sd : -sd));
     }
-  }
+  };
+  if (early) angles(offset + (double)t);
   MX_PDL_ENTRY();
-  if (!early) {
-    if (posp) offset += (double)*posp;
-    for (int k = threadIdx.x; k < half; k += blockDim.x) {
-      const double th = (offset + (double)t) * (scale * rope_inv(inv, f32, fs, lb, k));
-      const double sd = sin(th);
-      cs[k] = make_float2((float)cos(th), (float)(forward ? sd : -sd));
-    }
-  }
+  if (!early) angles(offset + (posp ? (double)*posp : 0.0) + (double)t);
   __syncthreads();
   const int nv = half / 8;
   const int64_t items = G * nv;

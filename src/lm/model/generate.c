@@ -264,8 +264,8 @@ static int replay_decode(mx_lm_model *m, mx_lm_cache *c, mx_array *y, int32_t id
    * advances with every replay, so sampled decoding queues one replay at
    * a time (the key after generate is the step-by-step path's).
    * MXC_REPLAY_AHEAD=0: one at a time always (A/B). */
-  const char *ae = getenv("MXC_REPLAY_AHEAD");
-  const bool ahead = !o->lazy_sampler && !(ae && !strcmp(ae, "0"));
+  static int ahead_env = -1;
+  const bool ahead = !o->lazy_sampler && mx__env_on("MXC_REPLAY_AHEAD", &ahead_env);
   void *pend[2] = {NULL, NULL};
   int32_t nowv[2] = {-1, -1};
   bool busy[2] = {false, false};

@@ -33,23 +33,11 @@ typedef struct {
 
 static const mx_lm_config *cfg_of(mx_nn_module *m) { return &((lm_mod *)m)->cfg; }
 
-/* An A/B switch: on unless the environment variable is "0" (read once
- * into *cache). */
-static bool env_on(const char *name, int *cache) {
-  int r = __atomic_load_n(cache, __ATOMIC_RELAXED);
-  if (r < 0) {
-    const char *e = getenv(name);
-    r = !(e && !strcmp(e, "0"));
-    __atomic_store_n(cache, r, __ATOMIC_RELAXED);
-  }
-  return r;
-}
-
 /* A decode step's rope_kv and attention as one op (rope_sdpa: one kernel
  * on the GPU, the same bits); MXC_ROPE_SDPA=0 keeps them apart (A/B). */
 static bool rope_sdpa_fuse(void) {
   static int v = -1;
-  return env_on("MXC_ROPE_SDPA", &v);
+  return mx__env_on("MXC_ROPE_SDPA", &v);
 }
 
 /* Prompts and training: attention's output stored as (B, L, H, D) where
@@ -57,7 +45,7 @@ static bool rope_sdpa_fuse(void) {
  * MXC_SDPA_BLHD=0 keeps (B, H, L, D) (A/B). */
 static bool sdpa_blhd_on(void) {
   static int v = -1;
-  return env_on("MXC_SDPA_BLHD", &v);
+  return mx__env_on("MXC_SDPA_BLHD", &v);
 }
 
 /* Prompts with stacked q/k/v: one rope over all the heads with the values
@@ -65,7 +53,7 @@ static bool sdpa_blhd_on(void) {
  * copying them; MXC_ROPE_HEADS=0 rotates q and k and copies (A/B). */
 static bool rope_heads_on(void) {
   static int v = -1;
-  return env_on("MXC_ROPE_HEADS", &v);
+  return mx__env_on("MXC_ROPE_HEADS", &v);
 }
 
 /* A decode step over static caches (mx__lm_forward_static) runs its
@@ -74,7 +62,7 @@ static bool rope_heads_on(void) {
  * bits as the separate ops. MXC_DECODE_FUSE=0 keeps them apart (A/B). */
 static bool decode_fuse(void) {
   static int v = -1;
-  return env_on("MXC_DECODE_FUSE", &v);
+  return mx__env_on("MXC_DECODE_FUSE", &v);
 }
 
 /* A decode row's gate/up projection and swiglu as one kernel
@@ -82,7 +70,7 @@ static bool decode_fuse(void) {
  * MXC_SWIGLU_LINEAR=0 runs the stacked GEMV and swiglu (A/B). */
 static bool swiglu_linear_on(void) {
   static int v = -1;
-  return env_on("MXC_SWIGLU_LINEAR", &v);
+  return mx__env_on("MXC_SWIGLU_LINEAR", &v);
 }
 
 static int64_t rotary_dim(const mx_lm_config *c) { return c->rotary_dim ? c->rotary_dim : c->head_dim; }
