@@ -8,7 +8,8 @@
 #
 # Model: dim 768, 12 layers, 12 heads, MLP 2048, seq 1024, batch 32, the
 # tokenizer's vocabulary (default: a byte-level BPE of 32768 trained by
-# `mxc tokenizer-train`... or the tokenizer dir given). PEER=0 runs mxc only
+# `mxc tokenizer-train`... or the tokenizer dir given; mxc's model pads it
+# to a multiple of 8, PAD_VOCAB=N sets --pad-vocab N). PEER=0 runs mxc only
 # (with MXC_PROFILE=1 its op profile ends $OUT/mxc-train.log). The corpus is this
 # repository's docs repeated. Prints tokens/s and MFU (989 TFLOP/s bf16).
 set -u
@@ -31,7 +32,7 @@ rm -rf "$W/out"
 "$B/mxc" train --device gpu --dtype bfloat16 --data "$W/corpus.txt" --out "$W/out" \
   --tokenizer "$TOK" --dim 768 --layers 12 --heads 12 --kv-heads 12 --hidden 2048 \
   --seq 1024 --batch 32 --iters "$STEPS" --warmup 2 --eval-every 100000 --save-every 100000 \
-  --val-batches 1 --log-every 1 > "$LOG/mxc-train.log" 2>&1 || tail -5 "$LOG/mxc-train.log"
+  --val-batches 1 --log-every 1 ${PAD_VOCAB:+--pad-vocab "$PAD_VOCAB"} > "$LOG/mxc-train.log" 2>&1 || tail -5 "$LOG/mxc-train.log"
 [ "${PEER:-1}" = 0 ] && exit 0
 python3 "$ROOT/bench/peers/torch_train_gpu.py" --vocab "$V" --steps "$STEPS" ${COMPILE:+--compile} \
   > "$LOG/torch-train.json" 2>"$LOG/torch-train.err" || tail -5 "$LOG/torch-train.err"

@@ -1,5 +1,6 @@
 /* test_train.c — mxc train as a library: the byte tokenizer, data windows,
  * loss falling, determinism, exact resume, errors. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,9 +164,29 @@ TEST(loss_falls_and_model_loads) {
   ASSERT(mx_lm_is_eos(m, MX_TRAIN_EOS_ID));
   const mx_lm_config *cfg = mx_lm_get_config(m);
   ASSERT(cfg->tie_word_embeddings);
-  ASSERT_EQ_INT((int)cfg->vocab_size, MX_TRAIN_BYTE_VOCAB);
+  /* the byte tokenizer's 258 ids, the model's rounded up to a multiple of 8 */
+  ASSERT_EQ_INT((int)mx_tokenizer_vocab_size(mx_lm_tokenizer(m)), MX_TRAIN_BYTE_VOCAB);
+  ASSERT_EQ_INT((int)cfg->vocab_size, 264);
   ASSERT_EQ_INT((int)cfg->num_key_value_heads, 1);
   ASSERT(mx_nn_get_param(mx_lm_module(m), "model.layers.0.self_attn.q_proj.weight") != NULL);
+  /* the pad ids are never targets: training moves their probability to the
+   * corpus' bytes (uniform at the start: 6 / 264 = 0.023) */
+  const int32_t ids[8] = {'t', 'h', 'e', ' ', 'c', 'a', 't', ' '};
+  mx_array *t = mx_array_from_data(ids, (int64_t[]){1, 8}, 2, MX_INT32);
+  mx_array *l = mx_lm_forward(m, t, NULL);
+  float lg[8 * 264];
+  ASSERT_OK(mx_array_copy_to(l, MX_FLOAT32, lg, 8 * 264));
+  double pad_mass = 0;
+  for (int r = 0; r < 8; r++) {
+    double mx = -INFINITY, z = 0, zp = 0;
+    for (int j = 0; j < 264; j++) mx = fmax(mx, lg[r * 264 + j]);
+    for (int j = 0; j < 264; j++) z += exp(lg[r * 264 + j] - mx);
+    for (int j = MX_TRAIN_BYTE_VOCAB; j < 264; j++) zp += exp(lg[r * 264 + j] - mx);
+    pad_mass += zp / z / 8;
+  }
+  ASSERT_MSG(pad_mass < 0.005, "probability of the pad ids %g", pad_mass);
+  mx_array_free(t);
+  mx_array_free(l);
   mx_lm_free(m);
   char p[200];
   snprintf(p, sizeof p, "%s/metrics.jsonl", out);
@@ -267,6 +288,10 @@ TEST(bad_inputs_give_clear_errors) {
   o.seq = 4096; /* the corpus is one line */
   ASSERT(mx_train_run(&o, NULL, NULL) != MX_OK);
   ASSERT(strstr(mx_last_error(), "--seq") != NULL);
+  o = tiny(dir, data, out, "x");
+  o.vocab_multiple = -1;
+  ASSERT(mx_train_run(&o, NULL, NULL) != MX_OK);
+  ASSERT(strstr(mx_last_error(), "--pad-vocab") != NULL);
   o = tiny(dir, data, out, "x");
   o.lr = -1;
   ASSERT(mx_train_run(&o, NULL, NULL) != MX_OK);
@@ -540,9 +565,9 @@ TEST(train_with_a_bpe_tokenizer) {
   ASSERT_MSG(m != NULL, "%s", mx_last_error());
   const mx_tokenizer *tok = mx_lm_tokenizer(m);
   ASSERT_NOT_NULL(tok);
-  int64_t v = mx_lm_get_config(m)->vocab_size;
-  ASSERT_EQ_INT(mx_tokenizer_vocab_size(tok), v); /* <= 300: the small corpus runs out of pairs */
+  int64_t v = (int64_t)mx_tokenizer_vocab_size(tok); /* <= 300: the small corpus runs out of pairs */
   ASSERT(v > 258 && v <= 300);
+  ASSERT_EQ_INT(mx_lm_get_config(m)->vocab_size, (v + 7) / 8 * 8);
   ASSERT_EQ_INT(mx_tokenizer_eos_id(tok), 1);
   ASSERT(mx_lm_is_eos(m, 1));
   int32_t *ids;
@@ -556,10 +581,12 @@ TEST(train_with_a_bpe_tokenizer) {
   p.tokenizer_dir = out;
   p.iters = 3;
   p.seq = 8;
+  p.vocab_multiple = 1; /* the tokenizer's vocabulary exactly */
   ASSERT_OK(mx_train_run(&p, NULL, NULL));
   m = mx_lm_load(out2, NULL);
   ASSERT_MSG(m != NULL, "%s", mx_last_error());
   ASSERT_EQ_INT(mx_lm_get_config(m)->vocab_size, v);
+  ASSERT_EQ_INT(mx_tokenizer_vocab_size(mx_lm_tokenizer(m)), v);
   mx_lm_free(m);
   /* errors */
   p.vocab_size = 300;

@@ -14,9 +14,10 @@
  *
  * Tokens: the byte tokenizer maps byte b to id b (token text: GPT-2's
  * bytes_to_unicode of b) and adds the special tokens <|bos|> (256) and
- * <|eos|> (257); vocabulary 258. Training reads the corpus as raw bytes —
- * unless options.vocab_size trains a byte-level BPE tokenizer on it first
- * (mxc/tokenizer_train.h) or options.tokenizer_dir names one to use.
+ * <|eos|> (257); vocabulary 258 (the model's 264: see vocab_multiple).
+ * Training reads the corpus as raw bytes — unless options.vocab_size trains
+ * a byte-level BPE tokenizer on it first (mxc/tokenizer_train.h) or
+ * options.tokenizer_dir names one to use.
  *
  * Memory: options.memory_limit plans the step to fit (micro-batches with
  * gradient accumulation, then per-layer gradient checkpointing) or stops
@@ -129,6 +130,15 @@ typedef struct {
    * copied / written to out_dir and the corpus is encoded with it. */
   const char *tokenizer_dir;
   int64_t vocab_size;
+  /* The model's vocabulary (embedding rows, logits) is the tokenizer's
+   * rounded up to a multiple of this (0 or 1: exactly the tokenizer's).
+   * The extra ids are never inputs or targets, so training pushes their
+   * logits down like any unused token's; config.json records the padded
+   * size (as Megatron's and nanoGPT's models do). Default 8: every row of
+   * the LM head's products and of the loss is then 16-byte aligned, so the
+   * GPU's matrix products take the vocabulary in place (an odd one is
+   * copied into padded buffers around each of the head's products). */
+  int64_t vocab_multiple;
   /* Memory budget in bytes (0: none): see mx_train_plan_memory. The run
    * follows the plan and sets mx_set_memory_limit(memory_limit) while it
    * trains (restored after), so an overshoot is an MX_ERR_OOM status. */
@@ -146,7 +156,7 @@ typedef struct {
                       .seq = 128, .batch = 16, .iters = 1000, .lr = 3e-3, .min_lr = 3e-4,     \
                       .weight_decay = 0.01, .grad_clip = 1.0, .val_frac = 0.05, .warmup = 100, \
                       .grad_accum = 1, .eval_every = 100, .save_every = 200, .val_batches = 8, \
-                      .log_every = 10})
+                      .log_every = 10, .vocab_multiple = 8})
 
 typedef enum {
   MX_TRAIN_EV_STEP = 0,

@@ -5,7 +5,7 @@
  *             --lr 3e-3 --warmup 100 --min-lr 3e-4 --grad-clip 1.0
  *             --grad-accum 1 --val-frac 0.05 --eval-every 100
  *             --save-every 200 --seed 0 --resume]
- *             [--tokenizer DIR | --vocab-size N] [--memory-limit 2GB]
+ *             [--tokenizer DIR | --vocab-size N] [--pad-vocab 8] [--memory-limit 2GB]
  *             [--grad-checkpoint]
  *
  * Writes DIR in Hugging Face layout (config.json, model.safetensors,
@@ -32,7 +32,8 @@ static int usage(FILE *f, int rc) {
           "          --seed 0 --resume (continue from DIR/checkpoint)\n"
           "  tokens: --tokenizer DIR (its tokenizer.json) or --vocab-size N (train a byte-level\n"
           "          BPE tokenizer of N tokens on the corpus first, as mxc tokenizer-train);\n"
-          "          default: the corpus as bytes (vocabulary 258)\n"
+          "          default: the corpus as bytes (vocabulary 258); --pad-vocab 8: the model's\n"
+          "          vocabulary rounded up to a multiple of 8 (aligned GPU products; 1: exact)\n"
           "  memory: --memory-limit BYTES (e.g. 2GB, 512MiB): fit a step into it with smaller\n"
           "          micro-batches + gradient accumulation, else gradient checkpointing, or stop\n"
           "          before step 1 naming the bytes needed; --grad-checkpoint forces checkpointing\n"
@@ -154,7 +155,7 @@ int mxc_cmd_train(int argc, char **argv) {
     I("--hidden", hidden) I("--seq", seq) I("--batch", batch) I("--iters", iters)
     I("--warmup", warmup) I("--grad-accum", grad_accum) I("--eval-every", eval_every)
     I("--save-every", save_every) I("--val-batches", val_batches) I("--log-every", log_every)
-    I("--vocab-size", vocab_size)
+    I("--vocab-size", vocab_size) I("--pad-vocab", vocab_multiple)
     F("--lr", lr) F("--min-lr", min_lr) F("--weight-decay", weight_decay)
     F("--grad-clip", grad_clip) F("--val-frac", val_frac)
 #undef I

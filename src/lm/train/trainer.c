@@ -529,6 +529,9 @@ int mx_train_check_options(const mx_train_options *o) {
     return mx__set_error(MX_ERR_INVALID_ARG,
                          "train: --vocab-size must be >= %d (256 bytes + <|bos|>, <|eos|>), got %lld",
                          MX_TRAIN_BYTE_VOCAB, (long long)o->vocab_size);
+  if (o->vocab_multiple < 0 || o->vocab_multiple > 4096)
+    return mx__set_error(MX_ERR_INVALID_ARG, "train: --pad-vocab must be in [0, 4096] (0, 1: none), got %lld",
+                         (long long)o->vocab_multiple);
   mx_lm_config c;
   return mx_train_llama_config(&c, o->dim, o->layers, o->heads, o->kv_heads, o->hidden,
                                MX_TRAIN_BYTE_VOCAB, o->seq);
@@ -775,6 +778,7 @@ int mx_train_run(const mx_train_options *o, mx_train_event_fn on_event, void *ct
   if ((st = prepare_tokens(o, &d, &vocab, &bos, &eos))) return st;
   bool have_val = mx_train_data_size(d, true) > 0;
   mx_lm_config cfg;
+  if (o->vocab_multiple > 1) vocab = (vocab + o->vocab_multiple - 1) / o->vocab_multiple * o->vocab_multiple;
   mx_train_llama_config(&cfg, o->dim, o->layers, o->heads, o->kv_heads, o->hidden, vocab, o->seq);
   cfg.bos_token_id = bos;
   cfg.eos_token_ids[0] = eos;
