@@ -7,8 +7,8 @@
  *
  *   bench_cuda_kernels [REPEATS]          (default 20)
  *
- * MXC_BENCH_ONLY=attention-train, embedding-grad, head, train-gemm, ce or rope prints that
- * table only.
+ * MXC_BENCH_ONLY=attention-train, embedding-grad, head, train-gemm, ce, rope or sumsq prints
+ * that table only.
  *
  * Each row: REPEATS evaluations queued on the GPU stream back to back, then
  * one wait (reading a one-element sum of the last result); the time is
@@ -24,6 +24,7 @@
 
 #include "mxc/mxc.h"
 #include "ops/fast_params.h"
+#include "ops/optim_params.h"
 
 static double now(void) {
   struct timespec t;
@@ -468,6 +469,40 @@ static mx_array *s_run(void *c) {
   return j->arg ? mx_argsort(j->a, -1) : mx_sort(j->a, -1);
 }
 
+/* sum_squares over the gradients of bench/run-gpu-train.sh's model (bf16,
+ * dim 768, 12 layers, MLP 2048, vocabulary 8,952): the gradient norm of
+ * one training step, one op. */
+typedef struct {
+  mx_array **g;
+  int n;
+} sqjob;
+static mx_array *sq_run(void *c) {
+  sqjob *j = c;
+  return mx__sum_squares(j->g, j->n);
+}
+
+static void bench_sumsq(int reps) {
+  printf("\n## sum_squares over a training step's gradients (bf16, 12 layers, dim 768)\n\n");
+  printf("| inputs | values | time (us) | GB/s |\n|---|---|---|---|\n");
+  enum { L = 12, NG = 2 + 9 * L };
+  mx_array *g[NG];
+  int n = 0;
+  double vals = 0;
+  g[n++] = rnd((int64_t[]){8952, 768}, 2, MX_BFLOAT16, 1e-3, 100);
+  for (int l = 0; l < L; l++) {
+    const int64_t sh[9][2] = {{768, 768}, {768, 768}, {768, 768}, {768, 768}, {2048, 768},
+                              {2048, 768}, {768, 2048}, {768, 1}, {768, 1}};
+    for (int k = 0; k < 9; k++, n++)
+      g[n] = rnd(sh[k], sh[k][1] == 1 ? 1 : 2, MX_BFLOAT16, 1e-3, (uint64_t)(101 + n));
+  }
+  g[n++] = rnd((int64_t[]){768}, 1, MX_BFLOAT16, 1e-3, 999);
+  for (int i = 0; i < n; i++) vals += (double)mx_array_size(g[i]);
+  sqjob j = {g, n};
+  double t = gpu_time(sq_run, &j, reps);
+  printf("| %d | %.0f | %.1f | %.0f |\n", n, vals, t * 1e6, vals * 2 / t * 1e-9);
+  mx_array_free_n(g, n);
+}
+
 static void bench_sort(int reps) {
   printf("\n## sort / argsort along the last axis (float32)\n\n");
   printf("| rows | len | op | time (us) | Melem/s |\n|---|---|---|---|---|\n");
@@ -520,6 +555,10 @@ int main(int argc, char **argv) {
     bench_rope(reps);
     return 0;
   }
+  if (only && !strcmp(only, "sumsq")) {
+    bench_sumsq(reps);
+    return 0;
+  }
   bench_floor(reps);
   bench_gemv(reps);
   bench_qmm(reps);
@@ -530,6 +569,7 @@ int main(int argc, char **argv) {
   bench_train_gemm(reps);
   bench_ce(reps);
   bench_rope(reps);
+  bench_sumsq(reps);
   bench_sort(reps);
   return 0;
 }

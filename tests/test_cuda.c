@@ -931,37 +931,44 @@ TEST(put_along_long_axis_equals_cpu) {
  * gradient: the (index, position) pairs sorted, a block per run of one
  * destination row): the same additions in the same order as the CPU, so
  * f32 results are equal; a hot row longer than a block's stage (429 hits),
- * negative indices, rows of more columns than a block has threads */
+ * negative indices, rows of more columns than a block has threads; bf16
+ * rows of a run that spans several segments of the sorted list (partial
+ * sums of several blocks, added in order) within bf16's tolerance */
 TEST(scatter_add_long_index_lists_equal_cpu) {
   NEED_GPU();
   const int64_t V = 517, N = 3001, Ds[2] = {96, 700};
   int32_t *ix = malloc(sizeof(int32_t) * (size_t)N);
-  uint64_t h = 88172645463325252ull;
-  for (int64_t i = 0; i < N; i++) {
-    h ^= h << 13, h ^= h >> 7, h ^= h << 17;
-    ix[i] = i % 7 == 0 ? 3 : (int32_t)(h % (uint64_t)(V + 40)) - 40; /* hot row, negatives */
-  }
-  mx_array *idx = mx_array_from_data(ix, (int64_t[]){1, N, 1}, 3, MX_INT32);
-  for (int di = 0; di < 2; di++) {
-    const int64_t D = Ds[di];
-    mx_array *v = normal((int64_t[]){1, N, D}, 3, 1, 77);
-    const mx_dtype dts[] = {MX_FLOAT32, MX_BFLOAT16};
-    for (int d = 0; d < 2; d++) {
-      mx_array *z = mx_zeros((int64_t[]){1, V, D}, 3, dts[d]);
-      mx_array *vd = mx_astype(v, dts[d]);
-      mx_array *r[2];
-      for (int dev = 0; dev < 2; dev++) {
-        mx_set_default_device(dev ? MX_GPU : MX_CPU);
-        r[dev] = mx_scatter_add_axis(z, idx, vd, 1);
-      }
-      mx_set_default_device(MX_CPU);
-      ASSERT_EQ_INT(mismatches(r[0], r[1], d ? dtype_tol(dts[d]) : 0, "scatter_add_axis long"),
-                    0);
-      mx_array_free_n((mx_array *[]){z, vd, r[0], r[1]}, 4);
+  /* pattern 1: one row with half the hits (16-bit rows: a run over many of
+   * the sorted list's segments, summed by several blocks) */
+  for (int pat = 0; pat < 2; pat++) {
+    uint64_t h = 88172645463325252ull;
+    for (int64_t i = 0; i < N; i++) {
+      h ^= h << 13, h ^= h >> 7, h ^= h << 17;
+      if (pat == 1) ix[i] = h % 2 ? 11 : (int32_t)(h % (uint64_t)V);
+      else ix[i] = i % 7 == 0 ? 3 : (int32_t)(h % (uint64_t)(V + 40)) - 40; /* hot row, negatives */
     }
-    mx_array_free(v);
+    mx_array *idx = mx_array_from_data(ix, (int64_t[]){1, N, 1}, 3, MX_INT32);
+    for (int di = 0; di < 2; di++) {
+      const int64_t D = Ds[di];
+      mx_array *v = normal((int64_t[]){1, N, D}, 3, 1, 77);
+      const mx_dtype dts[] = {MX_FLOAT32, MX_BFLOAT16};
+      for (int d = 0; d < 2; d++) {
+        mx_array *z = mx_zeros((int64_t[]){1, V, D}, 3, dts[d]);
+        mx_array *vd = mx_astype(v, dts[d]);
+        mx_array *r[2];
+        for (int dev = 0; dev < 2; dev++) {
+          mx_set_default_device(dev ? MX_GPU : MX_CPU);
+          r[dev] = mx_scatter_add_axis(z, idx, vd, 1);
+        }
+        mx_set_default_device(MX_CPU);
+        ASSERT_EQ_INT(mismatches(r[0], r[1], d ? dtype_tol(dts[d]) : 0, "scatter_add_axis long"),
+                      0);
+        mx_array_free_n((mx_array *[]){z, vd, r[0], r[1]}, 4);
+      }
+      mx_array_free(v);
+    }
+    mx_array_free(idx);
   }
-  mx_array_free(idx);
   free(ix);
 }
 

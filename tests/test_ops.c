@@ -73,9 +73,8 @@ TEST(all_cases_gpu) {
           bool no_kernel = strstr(r.msg, "no kernel on the") || strstr(r.msg, "no CUDA kernel");
           if (no_kernel) missing++;
           else failed++;
-          if (!no_kernel)
-            printf("    FAIL %s [%s] %s%s: %s\n", c->op, c->desc, mx_dtype_name(c->dtypes[d]),
-                   nc ? " (views)" : "", r.msg);
+          printf("    %s %s [%s] %s%s: %s\n", no_kernel ? "MISSING" : "FAIL", c->op, c->desc,
+                 mx_dtype_name(c->dtypes[d]), nc ? " (views)" : "", r.msg);
         }
     }
   printf("    gpu: %d runs, %d failed, %d missing a kernel\n", run, failed, missing);

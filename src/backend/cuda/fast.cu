@@ -358,6 +358,86 @@ __global__ void __launch_bounds__(128)
   for (int j = 0; j < V; j++) pk[j] = acc[j];
 }
 
+/* k_rms_rown_vec and k_rms_dw_part_vec in one pass, for rows of up to 128
+ * vectors (D <= 1024 16-bit values): block k takes the chunk k of rows, a
+ * warp a row at a time (rows r0 + w, r0 + w + 8, ...), each lane keeping
+ * its NV vectors of x and g in registers to compute the row's n and then
+ * add g x n into its columns' sums; the 8 warps' sums are added in warp
+ * order into the chunk's partial. x and g are read once (the two kernels
+ * read x twice), and there is one launch fewer. Deterministic. */
+template <class T, int V, int NV>
+__global__ void __launch_bounds__(256)
+    k_rms_dw_fused_vec(const typename T::S *x, const typename T::S *g, mx__nd<2> rnd,
+                       int64_t rows, int nv, float eps, int64_t chunk, float *part) {
+  __shared__ float red[8 * 1024];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t r0 = (int64_t)blockIdx.x * chunk, r1 = rows < r0 + chunk ? rows : r0 + chunk;
+  const int W = nv * V;
+  const float D = (float)W;
+  float acc[NV][V];
+#pragma unroll
+  for (int k = 0; k < NV; k++)
+#pragma unroll
+    for (int j = 0; j < V; j++) acc[k][j] = 0.f;
+  MX_PDL_ENTRY();
+  for (int64_t r = r0 + warp; r < r1; r += 8) {
+    int64_t off[2];
+    mx__nd_offsets<2>(rnd, r, off);
+    const uint4 *xr = (const uint4 *)(x + off[0]), *gr = (const uint4 *)(g + off[1]);
+    uint4 xv[NV], gv[NV];
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+      const int i = lane + 32 * k;
+      xv[k] = gv[k] = make_uint4(0, 0, 0, 0);
+      if (i < nv) xv[k] = __ldg(xr + i), gv[k] = __ldg(gr + i);
+    }
+    float ss = 0.f;
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+      if (lane + 32 * k < nv) {
+        float a[V];
+        norm_unpack<T, V>(xv[k], a);
+#pragma unroll
+        for (int j = 0; j < V; j++) ss += a[j] * a[j];
+      }
+    }
+#pragma unroll
+    for (int o2 = 16; o2 > 0; o2 >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o2);
+    const float n = 1.f / sqrtf(ss / D + eps);
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+      if (lane + 32 * k < nv) {
+        float a[V], b[V];
+        norm_unpack<T, V>(xv[k], a);
+        norm_unpack<T, V>(gv[k], b);
+#pragma unroll
+        for (int j = 0; j < V; j++) acc[k][j] += b[j] * a[j] * n;
+      }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < NV; k++) {
+    const int i = lane + 32 * k;
+    if (i < nv) {
+#pragma unroll
+      for (int j = 0; j < V; j++) red[warp * W + i * V + j] = acc[k][j];
+    }
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < W; c += 256) {
+    float t = red[c];
+#pragma unroll
+    for (int w = 1; w < 8; w++) t += red[w * W + c];
+    part[(int64_t)blockIdx.x * W + c] = t;
+  }
+}
+
+/* MXC_RMS_DW_FUSED=0: the row norms and the partial sums in two kernels (A/B) */
+static bool rms_dw_fused_on(void) {
+  static int on = -1;
+  return mx__env_on("MXC_RMS_DW_FUSED", &on);
+}
+
 /* which 2, the weight gradient sum(g x n) over the rows: each row's n (one
  * warp a row), then per fixed chunk of rows each column's partial sum (a
  * thread a column: coalesced across the row), then the chunks added in
@@ -428,6 +508,26 @@ static void rms_dw_part_vec(dim3 grid, cudaStream_t s, const mx_array *x, const 
                             mx__nd<2> rnd, int64_t rows, int nv, typename T::C *n,
                             int64_t chunk, typename T::C *part, double eps) {
   if constexpr (sizeof(typename T::C) == sizeof(float)) {
+    constexpr int V = sizeof(typename T::S) == 2 ? 8 : 4;
+    if (nv <= 128 && rms_dw_fused_on()) {
+      const typename T::S *xp = (const typename T::S *)mx__ddata(x),
+                          *gp = (const typename T::S *)mx__ddata(g);
+      const float e = (float)eps;
+      const unsigned nk = grid.y;
+      if (nv <= 32)
+        mx__cuda_launch_pdl(k_rms_dw_fused_vec<T, V, 1>, nk, 256, 0, xp, gp, rnd, rows, nv, e,
+                            chunk, part);
+      else if (nv <= 64)
+        mx__cuda_launch_pdl(k_rms_dw_fused_vec<T, V, 2>, nk, 256, 0, xp, gp, rnd, rows, nv, e,
+                            chunk, part);
+      else if (nv <= 96)
+        mx__cuda_launch_pdl(k_rms_dw_fused_vec<T, V, 3>, nk, 256, 0, xp, gp, rnd, rows, nv, e,
+                            chunk, part);
+      else
+        mx__cuda_launch_pdl(k_rms_dw_fused_vec<T, V, 4>, nk, 256, 0, xp, gp, rnd, rows, nv, e,
+                            chunk, part);
+      return;
+    }
     const unsigned gw = (unsigned)MX_MIN((rows + 7) / 8, (int64_t)65535 * 8);
     k_rms_rown_vec<T, sizeof(typename T::S) == 2 ? 8 : 4><<<gw, 256, 0, s>>>(
         (const typename T::S *)mx__ddata(x), rnd, rows, nv, (float)eps, n);

@@ -290,6 +290,112 @@ __global__ void __launch_bounds__(RV_THREADS)
   }
 }
 
+/* 16-bit rows: runs cut at every RV_SEG-th entry of the sorted list, so a
+ * frequent token's hits (a text's most frequent id has ~10% of them) are
+ * summed by several blocks at once instead of one block's ~200 dependent
+ * batches. A run within one segment is k_rows_run_vec's (the same bits);
+ * a run that crosses a segment boundary leaves float32 partials: its first
+ * block's (the row's value and its first entries) in slot 1 of its
+ * segment, the block of each boundary it crosses (from zero) in slot 0 of
+ * the segment that starts there; k_rows_seg_combine then adds them in
+ * entry order and rounds once. Deterministic (MXC_SCATTER_SEG=0: one block
+ * a run, for A/B). */
+constexpr int RV_SEG = 256;
+
+template <class T>
+__global__ void __launch_bounds__(RV_THREADS)
+    k_rows_seg_vec(typename T::S *o, const int32_t *keys, const int32_t *ks,
+                   const typename T::S *v, int64_t n, int64_t ostride, int64_t vstep, int nv,
+                   float *part) {
+  constexpr int V = 8;
+  __shared__ int32_t sk[RV_THREADS];
+  const int64_t e0 = blockIdx.x;
+  const int32_t j = keys[e0];
+  const bool start = e0 == 0 || keys[e0 - 1] != j;
+  if (!start && e0 % RV_SEG) return; /* neither a run's first entry nor a boundary */
+  const int64_t seg = e0 / RV_SEG, lim = MX_MIN(n, (seg + 1) * RV_SEG);
+  const int t = threadIdx.x;
+  const bool act = t < nv;
+  typename T::S *orow = o + (int64_t)j * ostride;
+  float acc[V];
+  if (start) rv_unpack<T, V>(act ? *((const uint4 *)orow + t) : make_uint4(0, 0, 0, 0), acc);
+  else
+#pragma unroll
+    for (int i = 0; i < V; i++) acc[i] = 0.f;
+  for (int64_t base = e0; base < lim; base += RV_THREADS) {
+    __syncthreads(); /* the previous stage is consumed */
+    const int64_t e = base + t;
+    const bool in = e < lim && keys[e] == j; /* the run is a prefix of the stage */
+    sk[t] = in ? ks[e] : -1;
+    const int len = __syncthreads_count(in);
+    for (int m = 0; m < len; m += RV_U) {
+      uint4 val[RV_U];
+#pragma unroll
+      for (int u = 0; u < RV_U; u++) {
+        const int32_t k = m + u < len ? sk[m + u] : -1;
+        val[u] = k >= 0 && act ? __ldg((const uint4 *)(v + (int64_t)k * vstep) + t)
+                               : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < RV_U; u++) {
+        if (m + u >= len) break;
+        float f[V];
+        rv_unpack<T, V>(val[u], f);
+#pragma unroll
+        for (int i = 0; i < V; i++) acc[i] += f[i];
+      }
+    }
+    if (len < RV_THREADS) break; /* the run ended in this stage */
+  }
+  if (!act) return;
+  const bool crosses = lim < n && keys[lim] == j && keys[lim - 1] == j;
+  if (start && !crosses) {
+    uint32_t w[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+      w[i] = (uint32_t)T::st(acc[2 * i]) | ((uint32_t)T::st(acc[2 * i + 1]) << 16);
+    *((uint4 *)orow + t) = make_uint4(w[0], w[1], w[2], w[3]);
+    return;
+  }
+  float4 *pp = (float4 *)(part + ((seg * 2 + (start ? 1 : 0)) * (int64_t)nv + t) * V);
+  pp[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+  pp[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
+}
+
+/* Block b (b >= 1): the run crossing boundary b * RV_SEG, if it began in
+ * segment b - 1: its first block's partial, then each boundary's, in order. */
+template <class T>
+__global__ void __launch_bounds__(RV_THREADS)
+    k_rows_seg_combine(typename T::S *o, const int32_t *keys, int64_t n, int64_t ostride,
+                       int nv, const float *part) {
+  constexpr int V = 8;
+  const int64_t b = (int64_t)blockIdx.x + 1, e = b * RV_SEG;
+  const int t = threadIdx.x;
+  if (e >= n || t >= nv) return;
+  const int32_t j = keys[e];
+  if (keys[e - 1] != j) return;                                /* no run crosses here */
+  if ((b - 1) * RV_SEG > 0 && keys[(b - 1) * RV_SEG - 1] == j) return; /* began earlier */
+  const float4 *p1 = (const float4 *)(part + (((b - 1) * 2 + 1) * (int64_t)nv + t) * V);
+  float4 lo = p1[0], hi = p1[1];
+  for (int64_t c = b; c * RV_SEG < n && keys[c * RV_SEG - 1] == j && keys[c * RV_SEG] == j; c++) {
+    const float4 *p0 = (const float4 *)(part + ((c * 2) * (int64_t)nv + t) * V);
+    const float4 a = p0[0], d = p0[1];
+    lo.x += a.x, lo.y += a.y, lo.z += a.z, lo.w += a.w;
+    hi.x += d.x, hi.y += d.y, hi.z += d.z, hi.w += d.w;
+  }
+  const float acc[V] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+  uint32_t w[4];
+#pragma unroll
+  for (int i = 0; i < 4; i++)
+    w[i] = (uint32_t)T::st(acc[2 * i]) | ((uint32_t)T::st(acc[2 * i + 1]) << 16);
+  *((uint4 *)(o + (int64_t)j * ostride) + t) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+static bool scatter_seg_on(void) {
+  static int on = -1;
+  return mx__env_on("MXC_SCATTER_SEG", &on);
+}
+
 /* Whether rows_scatter may read the rows as 16-byte vectors: every
  * non-indexed axis but the last has size 1 (the positions are the last
  * axis, after the indexed one), contiguous in the values and 16-byte
@@ -321,7 +427,10 @@ static int rows_scatter(mx_array *out, const TI *ix, const typename T::S *v, sca
   int st = mx__cuda_check(e, mx__opname(out));
   if (st) return st;
   const size_t ab = ((size_t)n * sizeof(int32_t) + 255) & ~(size_t)255;
-  mx__buffer *tb = mx__cuda_tmp(4 * ab + cub_bytes);
+  const bool seg = vec && sizeof(typename T::S) == 2 && n > RV_SEG && scatter_seg_on();
+  const int64_t nseg = ((int64_t)n + RV_SEG - 1) / RV_SEG;
+  const size_t pb = seg ? (size_t)(2 * nseg * count) * sizeof(float) : 0;
+  mx__buffer *tb = mx__cuda_tmp(4 * ab + pb + cub_bytes);
   if (!tb) return mx_last_status();
   char *b = (char *)tb->dptr;
   int32_t *k0 = (int32_t *)b, *k1 = (int32_t *)(b + ab), *p0 = (int32_t *)(b + 2 * ab),
@@ -329,20 +438,34 @@ static int rows_scatter(mx_array *out, const TI *ix, const typename T::S *v, sca
   k_rows_keys<TI><<<mx__cuda_blocks(n), MX_CUDA_THREADS, 0, s>>>(ix, g, k0, p0);
   st = mx__cuda_launched(mx__opname(out));
   if (!st)
-    st = mx__cuda_check(cub::DeviceRadixSort::SortPairs(b + 4 * ab, cub_bytes, k0, k1, p0, p1,
-                                                        n, 0, bits, s),
+    st = mx__cuda_check(cub::DeviceRadixSort::SortPairs(b + 4 * ab + pb, cub_bytes, k0, k1, p0,
+                                                        p1, n, 0, bits, s),
                         mx__opname(out));
   if (!st) {
     typename T::S *o = (typename T::S *)out->buf->dptr;
     constexpr int V = 16 / sizeof(typename T::S);
-    if constexpr (sizeof(typename T::S) == 2 || sizeof(typename T::S) == 4) {
-      if (vec)
-        k_rows_run_vec<T, V><<<(unsigned)n, RV_THREADS, 0, s>>>(o, k1, p1, v, g.n, g.ostride,
-                                                                g.vstep, (int)(count / V));
-      else
+    bool done = false;
+    if constexpr (sizeof(typename T::S) == 2) {
+      if (seg) {
+        float *part = (float *)(b + 4 * ab);
+        const int nv = (int)(count / V);
+        k_rows_seg_vec<T><<<(unsigned)n, RV_THREADS, 0, s>>>(o, k1, p1, v, g.n, g.ostride,
+                                                             g.vstep, nv, part);
+        k_rows_seg_combine<T><<<(unsigned)(nseg - 1), RV_THREADS, 0, s>>>(o, k1, g.n, g.ostride,
+                                                                         nv, part);
+        done = true;
+      }
+    }
+    if (!done) {
+      if constexpr (sizeof(typename T::S) == 2 || sizeof(typename T::S) == 4) {
+        if (vec)
+          k_rows_run_vec<T, V><<<(unsigned)n, RV_THREADS, 0, s>>>(o, k1, p1, v, g.n, g.ostride,
+                                                                  g.vstep, (int)(count / V));
+        else
+          k_rows_run<T, A><<<(unsigned)n, RS_THREADS, 0, s>>>(o, k1, p1, v, g, count);
+      } else {
         k_rows_run<T, A><<<(unsigned)n, RS_THREADS, 0, s>>>(o, k1, p1, v, g, count);
-    } else {
-      k_rows_run<T, A><<<(unsigned)n, RS_THREADS, 0, s>>>(o, k1, p1, v, g, count);
+      }
     }
     st = mx__cuda_launched(mx__opname(out));
   }

@@ -260,6 +260,7 @@ struct sdpa_geo {
   int kind;
   bool causal;
   double scale;
+  const int32_t *lenp; /* has_len: keys [0, *lenp + Tq) exist (read by the kernel) */
 };
 
 template <class C>
@@ -282,6 +283,11 @@ template <class T, class C, class MT>
 __global__ void k_sdpa(const typename T::S *q, const typename T::S *k, const typename T::S *v,
                        const typename MT::S *mask, typename T::S *o, sdpa_geo g, C low) {
   extern __shared__ unsigned char smem_raw[];
+  if (g.lenp) { /* a static cache's filled part, as the CPU kernel clamps it */
+    const int64_t n = (int64_t)*g.lenp + g.Tq;
+    g.Tk = n < 0 ? 0 : n < g.Tk ? n : g.Tk;
+    g.off = g.Tk - g.Tq;
+  }
   C *red = (C *)smem_raw;             /* blockDim */
   C *pj = red + blockDim.x;           /* blockDim */
   C *acc = pj + blockDim.x;           /* Dv */
@@ -381,10 +387,8 @@ static int k_sdpa_op(mx_array *out, mx_array **in) {
   bool done = false;
   st = mx__cuda_sdpa_fast(out, in, &done);
   if (st || done) return st;
-  if (p->has_len)
-    return mx__set_error(MX_ERR_NO_KERNEL, "scaled_dot_product_attention: no CUDA kernel for a "
-                         "device-side key length outside the split-KV decode path");
   sdpa_geo g;
+  g.lenp = p->has_len ? (const int32_t *)mx__ddata(in[mask ? 4 : 3]) : NULL;
   g.B = q->shape[0];
   g.Hq = q->shape[1];
   g.Hkv = k->shape[1];
