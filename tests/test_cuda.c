@@ -1303,6 +1303,63 @@ TEST(sdpa_blhd_output_has_the_same_values_and_gradients) {
     }
 }
 
+/* rope over attention's heads, (B, T, H * D) -> (B, T, H, D) -> (B, H, T,
+ * D); with `copy` the transposed heads are copied first, so rope's input
+ * is not a transpose and its VJP keeps the row order */
+typedef struct {
+  int64_t H, D;
+  bool copy;
+} rope_heads_call;
+
+static int rope_heads_fn(void *payload, mx_array **in, int n, mx_list *out) {
+  (void)n;
+  const rope_heads_call *c = payload;
+  const int64_t *s = mx_array_shape(in[0]);
+  mx_array *r4 = mx_reshape(in[0], (int64_t[]){s[0], s[1], c->H, c->D}, 4);
+  mx_array *t = r4 ? mx_transpose(r4, (int[]){0, 2, 1, 3}, 4) : NULL;
+  mx_array *tc = t && c->copy ? mx_contiguous(t) : mx_array_retain(t);
+  mx_array *y = tc ? mx_fast_rope(tc, (int)c->D, false, 10000, 1.0, 3, NULL) : NULL;
+  mx_array_free_n((mx_array *[]){r4, t, tc}, 3);
+  return mx_list_push(out, y);
+}
+
+/* rope's VJP stores its result in (B, T, H, D) order when rope's input was
+ * the transposed heads (the gradient's way back to (B, T, H * D) is then
+ * views): the same bits as the row-ordered result, near the CPU's */
+TEST(rope_vjp_over_transposed_heads_has_the_bits_of_the_row_order) {
+  NEED_GPU();
+  const mx_dtype dts[] = {MX_BFLOAT16, MX_FLOAT16};
+  const int64_t shapes[][4] = {{2, 70, 3, 64}, {1, 33, 4, 128}}; /* B, T, H, D */
+  for (int d = 0; d < 2; d++)
+    for (int sh = 0; sh < 2; sh++) {
+      const int64_t B = shapes[sh][0], T = shapes[sh][1], H = shapes[sh][2], D = shapes[sh][3];
+      mx_array *x = normal_dt((int64_t[]){B, T, H * D}, 3, 1, 300 + (uint64_t)sh, dts[d]);
+      mx_array *cot = normal_dt((int64_t[]){B, H, T, D}, 4, 1, 310 + (uint64_t)sh, dts[d]);
+      mx_list g[3] = {MX_LIST_INIT, MX_LIST_INIT, MX_LIST_INIT};
+      mx_list y[3] = {MX_LIST_INIT, MX_LIST_INIT, MX_LIST_INIT};
+      for (int k = 0; k < 3; k++) { /* GPU transposed, GPU copied, CPU transposed */
+        rope_heads_call c = {.H = H, .D = D, .copy = k == 1};
+        mx_set_default_device(k == 2 ? MX_CPU : MX_GPU);
+        mx_closure *f = mx_closure_new(rope_heads_fn, &c, NULL);
+        ASSERT_OK(mx_vjp(f, &x, 1, &cot, 1, &y[k], &g[k]));
+        mx_closure_free(f);
+        ASSERT_OK(mx_eval(g[k].items, 1));
+      }
+      mx_set_default_device(MX_CPU);
+      char what[96];
+      snprintf(what, sizeof what, "rope vjp heads %s D %lld", mx_dtype_name(dts[d]),
+               (long long)D);
+      ASSERT_EQ_INT(bits_differ(g[0].items[0], g[1].items[0], what), 0);
+      ASSERT_EQ_INT(mismatches(g[2].items[0], g[0].items[0], dtype_tol(dts[d]), what), 0);
+      for (int k = 0; k < 3; k++) {
+        mx_list_clear(&g[k]);
+        mx_list_clear(&y[k]);
+      }
+      mx_array_free(x);
+      mx_array_free(cot);
+    }
+}
+
 /* add_norm_linear on the GPU: the bits of add_rms_norm then the GEMV (or
  * swiglu_linear) for 16-bit rows of D <= 2048 in vectors (the kernel with
  * the norm in its prologue); near the CPU everywhere (the fallback too). */

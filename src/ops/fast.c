@@ -13,6 +13,7 @@
 
 #include "fast_params.h"
 #include "quantized_params.h"
+#include "shape_params.h"
 #include "ops_internal.h"
 
 /* Norms and attention compute in float32 for f16/bf16/f32 (as MLX), in
@@ -815,6 +816,13 @@ static mx_array *rope_freqs_grad(mx_array *out, mx_array *cot, const mx__rope_pa
 }
 
 /* Rope is a rotation: its VJP is the inverse rotation of the cotangent. */
+/* a is a (B, T, H, D) array transposed to (B, H, T, D) (attention's heads) */
+static bool bthd_transposed(const mx_array *a) {
+  if (!a || a->ndim != 4 || !a->op || a->op->id != MX_OP_TRANSPOSE || !a->params) return false;
+  const int *pm = ((const mx__transpose_params *)a->params)->perm;
+  return pm[0] == 0 && pm[1] == 2 && pm[2] == 1 && pm[3] == 3;
+}
+
 static int vjp_rope(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {
   const mx__rope_params *p = MX__PARAMS(out, mx__rope_params);
   int st = MX_OK;
@@ -823,6 +831,7 @@ static int vjp_rope(mx_array *out, mx_array *cot, mx_array **g, const bool *need
   if (need[0]) {
     mx__rope_params q = *p;
     q.forward = !p->forward;
+    q.out_blhd = bthd_transposed(out->inputs[0]);
     mx_array *c = mx_astype(cot, out->dtype);
     st = set_grad(&g[0], c ? rope_node(c, p->has_freqs ? out->inputs[1] : NULL, NULL, &q) : NULL,
                   out->inputs[0]);

@@ -27,7 +27,12 @@ typedef struct {
  * step replayed from a captured GPU graph, see mx__fast_rope_at), else 0.
  * forward == false rotates by -theta (the VJP, which is rope's inverse).
  * rot_heads > 0 (mx__fast_rope_heads): only rows whose index along axis
- * -3 is below rot_heads are rotated; the others are copied unchanged. */
+ * -3 is below rot_heads are rotated; the others are copied unchanged.
+ * out_blhd (set by rope's VJP when rope's input was a (B, T, H, D) array
+ * transposed to (B, H, T, D), as attention's heads are): a 4-d result is
+ * stored in (B, T, H, D) order where a kernel can — the array's strides
+ * say so — so that the gradient's transpose back and reshape to (B, T,
+ * H * D) are views, not copies. Never changes the values. */
 typedef struct {
   int dims;
   bool traditional;
@@ -37,6 +42,7 @@ typedef struct {
   double base, scale;
   int64_t offset;
   int64_t rot_heads;
+  bool out_blhd;
 } mx__rope_params;
 
 /* rms_norm_backward (rms_norm's VJP, one pass per row). With n =

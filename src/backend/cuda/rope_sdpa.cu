@@ -120,7 +120,7 @@ __global__ void __launch_bounds__(256)
     k_rope_pos(const uint16_t *__restrict__ x, uint16_t *__restrict__ o, mx__nd<1> rnd,
                int64_t G, int64_t T_, int half, const double *inv, const float *f32,
                int64_t fs, double lb, double offset, const int32_t *posp, double scale,
-               bool forward, int64_t nh, int64_t rot, bool early) {
+               bool forward, int64_t nh, int64_t rot, bool early, bool blhd) {
   __shared__ float2 cs[256];
   const int64_t t = blockIdx.x;
   /* cos / sin of each pair at position offset + t, as k_rope_tab */
@@ -146,7 +146,8 @@ __global__ void __launch_bounds__(256)
     mx__nd_offsets<1>(rnd, r, &base);
     const uint4 ua = __ldg((const uint4 *)(x + base + k0));
     const uint4 ub = __ldg((const uint4 *)(x + base + half + k0));
-    uint16_t *orow = o + r * 2 * half;
+    /* blhd: row (b, h, t) of the (B, H, T, D) result stored at (b, t, h) */
+    uint16_t *orow = o + (blhd ? ((g / nh) * T_ + t) * nh + g % nh : r) * 2 * half;
     if (rot && g % nh >= rot) { /* a copied head (rot_heads) */
       *(uint4 *)(orow + k0) = ua;
       *(uint4 *)(orow + half + k0) = ub;
@@ -167,6 +168,12 @@ __global__ void __launch_bounds__(256)
     *(uint4 *)(orow + k0) = make_uint4(oa[0], oa[1], oa[2], oa[3]);
     *(uint4 *)(orow + half + k0) = make_uint4(ob[0], ob[1], ob[2], ob[3]);
   }
+}
+
+/* MXC_ROPE_BLHD=0: rope's VJP writes rows in (B, H, T, D) order (A/B) */
+static bool rope_blhd_on(void) {
+  static int on = -1;
+  return mx__env_on("MXC_ROPE_BLHD", &on);
 }
 
 static int k_rope_op(mx_array *out, mx_array **in) {
@@ -222,14 +229,16 @@ static int k_rope_op(mx_array *out, mx_array **in) {
     const uint16_t *xp = (const uint16_t *)mx__ddata(x);
     uint16_t *op = (uint16_t *)out->buf->dptr;
     dim3 grid((unsigned)T_, (unsigned)gy);
+    const bool blhd = p->out_blhd && nd == 4 && rope_blhd_on();
+    mx__cuda_sdpa_layout(out, blhd); /* the layout asked for (strides) */
     if (x->dtype == MX_FLOAT16)
       mx__cuda_launch_pdl(k_rope_pos<TF16>, grid, threads, 0, xp, op, rnd, G, T_, half,
                           (const double *)inv, f32, fs, lb, (double)p->offset, posp, p->scale,
-                          (bool)p->forward, nh, rot, early);
+                          (bool)p->forward, nh, rot, early, blhd);
     else
       mx__cuda_launch_pdl(k_rope_pos<TBF16>, grid, threads, 0, xp, op, rnd, G, T_, half,
                           (const double *)inv, f32, fs, lb, (double)p->offset, posp, p->scale,
-                          (bool)p->forward, nh, rot, early);
+                          (bool)p->forward, nh, rot, early, blhd);
   } else
   switch (x->dtype) {
 #define C(DT, TAG, CT)                                                                        \
