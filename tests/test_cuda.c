@@ -1360,6 +1360,77 @@ TEST(rope_vjp_over_transposed_heads_has_the_bits_of_the_row_order) {
     }
 }
 
+/* attention over projections' heads, (B, T, H * D) -> (B, H, T, D) for q,
+ * k and v; with `copy` the heads are copied first (so the VJP keeps [dk,
+ * dv] in row order); the output back to (B, T, Hq * D) */
+typedef struct {
+  int64_t Hq, Hkv, D;
+  bool copy;
+} sdpa_heads_call;
+
+static mx_array *heads_of(mx_array *x, int64_t H, int64_t D, bool copy) {
+  const int64_t *s = mx_array_shape(x);
+  mx_array *r4 = mx_reshape(x, (int64_t[]){s[0], s[1], H, D}, 4);
+  mx_array *t = r4 ? mx_transpose(r4, (int[]){0, 2, 1, 3}, 4) : NULL;
+  mx_array *r = t && copy ? mx_contiguous(t) : mx_array_retain(t);
+  mx_array_free(r4);
+  mx_array_free(t);
+  return r;
+}
+
+static int sdpa_heads_fn(void *payload, mx_array **in, int n, mx_list *out) {
+  (void)n;
+  const sdpa_heads_call *c = payload;
+  mx_array *q = heads_of(in[0], c->Hq, c->D, c->copy), *k = heads_of(in[1], c->Hkv, c->D, c->copy);
+  mx_array *v = heads_of(in[2], c->Hkv, c->D, c->copy);
+  mx_array *o = q && k && v ? mx_fast_scaled_dot_product_attention(q, k, v, 0.125, NULL, true)
+                            : NULL;
+  if (o) mx__fast_sdpa_prefer_blhd(o);
+  const int64_t *s = o ? mx_array_shape(o) : NULL;
+  mx_array *t = o ? mx_transpose(o, (int[]){0, 2, 1, 3}, 4) : NULL;
+  mx_array *r = t ? mx_reshape(t, (int64_t[]){s[0], s[2], s[1] * s[3]}, 3) : NULL;
+  mx_array_free_n((mx_array *[]){q, k, v, o, t}, 5);
+  return mx_list_push(out, r);
+}
+
+/* The fused attention backward stores [dk, dv] in (B, Tk, 2, Hkv, D)
+ * order when v's heads were a transposed (B, T, H, D) array (so dk and dv
+ * go back to (B, T, H * D) as views): the bits of the row-ordered form */
+TEST(sdpa_vjp_over_transposed_heads_has_the_bits_of_the_row_order) {
+  NEED_GPU();
+  const mx_dtype dts[] = {MX_BFLOAT16, MX_FLOAT16};
+  const int64_t B = 2, T = 70, Hq = 4, Hkv = 2, D = 64;
+  for (int d = 0; d < 2; d++) {
+    mx_array *in[3] = {normal_dt((int64_t[]){B, T, Hq * D}, 3, 1, 400, dts[d]),
+                       normal_dt((int64_t[]){B, T, Hkv * D}, 3, 1, 401, dts[d]),
+                       normal_dt((int64_t[]){B, T, Hkv * D}, 3, 1, 402, dts[d])};
+    mx_array *cot = normal_dt((int64_t[]){B, T, Hq * D}, 3, 1, 403, dts[d]);
+    mx_list g[3] = {MX_LIST_INIT, MX_LIST_INIT, MX_LIST_INIT};
+    mx_list y[3] = {MX_LIST_INIT, MX_LIST_INIT, MX_LIST_INIT};
+    for (int k = 0; k < 3; k++) { /* GPU transposed, GPU copied, CPU transposed */
+      sdpa_heads_call c = {.Hq = Hq, .Hkv = Hkv, .D = D, .copy = k == 1};
+      mx_set_default_device(k == 2 ? MX_CPU : MX_GPU);
+      mx_closure *f = mx_closure_new(sdpa_heads_fn, &c, NULL);
+      ASSERT_OK(mx_vjp(f, in, 3, &cot, 1, &y[k], &g[k]));
+      mx_closure_free(f);
+      ASSERT_OK(mx_eval(g[k].items, 3));
+    }
+    mx_set_default_device(MX_CPU);
+    for (int i = 0; i < 3; i++) {
+      char what[96];
+      snprintf(what, sizeof what, "sdpa vjp heads %s input %d", mx_dtype_name(dts[d]), i);
+      ASSERT_EQ_INT(bits_differ(g[0].items[i], g[1].items[i], what), 0);
+      ASSERT_EQ_INT(mismatches(g[2].items[i], g[0].items[i], 4 * dtype_tol(dts[d]), what), 0);
+    }
+    for (int k = 0; k < 3; k++) {
+      mx_list_clear(&g[k]);
+      mx_list_clear(&y[k]);
+    }
+    mx_array_free_n(in, 3);
+    mx_array_free(cot);
+  }
+}
+
 /* add_norm_linear on the GPU: the bits of add_rms_norm then the GEMV (or
  * swiglu_linear) for 16-bit rows of D <= 2048 in vectors (the kernel with
  * the norm in its prologue); near the CPU everywhere (the fallback too). */

@@ -873,14 +873,15 @@ static void bwd_reference(const bwd_cfg *s, double scale, const double *q, const
         lse[row] = n ? mx + log(sum) : -INFINITY;
         for (int64_t j = 0; j < n; j++) {
           const double *kj = k + (kh * s->Tk + j) * D, *vj = v + (kh * s->Tk + j) * D;
-          double *dkj = dkv + (kh * s->Tk + j) * 2 * D;
+          /* dkv (2, B, Hkv, Tk, D): [dk, dv] */
+          double *dkj = dkv + (kh * s->Tk + j) * D, *dvj = dkj + s->B * s->Hkv * s->Tk * D;
           double p = exp(sc[j] - lse_in[row]), dp = 0;
           for (int64_t d = 0; d < D; d++) dp += orow[d] * vj[d];
           double ds = p * (dp - delta[row]);
           for (int64_t d = 0; d < D; d++) {
             dq[row * D + d] += scale * ds * kj[d];
             dkj[d] += scale * ds * qr[d];
-            dkj[D + d] += p * orow[d];
+            dvj[d] += p * orow[d];
           }
         }
       }
@@ -936,7 +937,9 @@ TEST(sdpa_fused_backward_ops_match_float64_reference) {
       ASSERT_EQ_INT(mx_array_dtype(r[0]), MX_FLOAT32);
       ASSERT_EQ_INT(mx_array_dtype(r[1]), dt);
       ASSERT_EQ_INT(mx_array_dtype(r[2]), dt);
-      ASSERT_EQ_INT(mx_array_shape(r[2])[3], 2 * s->D);
+      ASSERT_EQ_INT(mx_array_ndim(r[2]), 5);
+      ASSERT_EQ_INT(mx_array_shape(r[2])[0], 2);
+      ASSERT_EQ_INT(mx_array_shape(r[2])[4], s->D);
       double e[3] = {err_vs(r[0], lse), err_vs(r[1], dq), err_vs(r[2], dkv)};
       const char *names[3] = {"lse", "dq", "dkv"};
       for (int i = 0; i < 3; i++)

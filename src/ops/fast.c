@@ -1265,14 +1265,18 @@ static mx_array *sdpa_bwd_node(const mx__op_def *def, const char *op, mx_array *
   MX__CHECK_IN(op, q, k, v, dout, lse, delta);
   if (check_sdpa_bwd(op, q, k, v, dout, lse, delta, causal)) return NULL;
   mx__sdpa_params p = {.scale = scale, .causal = causal};
-  int64_t shape[4] = {q->shape[0], q->shape[1], q->shape[2], q->shape[3]};
+  int64_t shape[5] = {q->shape[0], q->shape[1], q->shape[2], q->shape[3], 0};
+  int nd = 4;
   if (def->id == MX_OP_SDPA_BWD_KV) {
-    shape[1] = k->shape[1];
-    shape[2] = k->shape[2];
-    shape[3] = k->shape[3] + v->shape[3];
+    if (v->shape[3] != k->shape[3])
+      return mx__set_error(MX_ERR_SHAPE, "%s: needs v's head size Dv = %lld equal to D = %lld", op,
+                           (long long)v->shape[3], (long long)k->shape[3]), NULL;
+    int64_t kv[5] = {2, k->shape[0], k->shape[1], k->shape[2], k->shape[3]};
+    memcpy(shape, kv, sizeof kv);
+    nd = 5;
   }
   mx_array *ins[6] = {q, k, v, dout, lse, delta};
-  return mx__node_new(def, q->dtype, shape, 4, ins, 6, &p, sizeof p);
+  return mx__node_new(def, q->dtype, shape, nd, ins, 6, &p, sizeof p);
 }
 
 mx_array *mx__fast_sdpa_bwd_q(mx_array *q, mx_array *k, mx_array *v, mx_array *dout,
@@ -1309,11 +1313,10 @@ static bool sdpa_fused_bwd(const mx__sdpa_params *p, const mx_array *q, const mx
 }
 
 /* The fused backward: delta = sum(dout * out, -1) in float32 (row_dot),
- * lse of the scores, then dq and (dk | dv) from the two backward ops. */
+ * lse of the scores, then dq and [dk, dv] from the two backward ops. */
 static int vjp_sdpa_fused_path(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {
   const mx__sdpa_params *p = MX__PARAMS(out, mx__sdpa_params);
   mx_array *q = out->inputs[0], *k = out->inputs[1], *v = out->inputs[2];
-  int64_t D = q->shape[3], Dv = v->shape[3];
   int st = MX_OK;
   mx__tmp t = {0};
   mx_array *dout = mx__keep(&t, mx_astype(cot, q->dtype));
@@ -1332,8 +1335,16 @@ static int vjp_sdpa_fused_path(mx_array *out, mx_array *cot, mx_array **g, const
   if (!st && (need[1] || need[2])) {
     mx_array *dkv =
         mx__keep(&t, mx__fast_sdpa_bwd_kv(q, k, v, dout, lse, delta, p->scale, p->causal));
-    if (need[1]) st = set_grad(&g[1], mx_slice_axis(dkv, -1, 0, D, 1), k);
-    if (!st && need[2]) st = set_grad(&g[2], mx_slice_axis(dkv, -1, D, D + Dv, 1), v);
+    /* v's heads were a transposed (B, T, H, D) array: [dk, dv] stored so
+     * that both go back there as views (MXC_SDPA_KV_BLHD=0: rows, A/B) */
+    static int kvb = -1;
+    if (dkv && bthd_transposed(v) && mx__env_on("MXC_SDPA_KV_BLHD", &kvb))
+      ((mx__sdpa_params *)dkv->params)->out_blhd = true;
+    for (int i = 0; i < 2 && !st; i++) {
+      if (!need[1 + i]) continue;
+      mx_array *part = mx__keep(&t, mx_slice_axis(dkv, 0, i, i + 1, 1));
+      st = set_grad(&g[1 + i], part ? mx_reshape(part, k->shape, 4) : NULL, i ? v : k);
+    }
   }
   mx__tmp_free(&t);
   return st;

@@ -135,9 +135,13 @@ static inline size_t mx__sdpa_lse_tail(int64_t out_size, size_t itemsize) {
  *   dout_t . out_t. With p_tj = exp(s_tj - lse_t) (0 for keys not seen),
  *   dp_tj = dout_t . v_j and ds_tj = p_tj (dp_tj - delta_t): output
  *   dq_t = scale sum_j ds_tj k_j, q's dtype and shape.
- * sdpa_backward_kv: the same inputs; output of q's dtype (B, Hkv, Tk,
- *   D + Dv): [..., :D] = dk_j = scale sum_{h in j's group, t} ds_htj q_ht,
- *   [..., D:] = dv_j = sum_{h, t} p_htj dout_ht.
+ * sdpa_backward_kv: the same inputs with Dv == D; output of q's dtype
+ *   (2, B, Hkv, Tk, D): [0] = dk_j = scale sum_{h in j's group, t} ds_htj
+ *   q_ht, [1] = dv_j = sum_{h, t} p_htj dout_ht. With out_blhd (set by the
+ *   VJP when v was a (B, T, H, D) array transposed to (B, H, T, D)) a
+ *   kernel that can stores it in (B, Tk, 2, Hkv, D) order — its strides
+ *   say so — so that dk and dv go back to (B, Tk, Hkv * D) as views (dv a
+ *   matrix whose rows are 2 Hkv D apart). Never changes the values.
  * The builders check shapes and dtypes (errors name the op). */
 /* row_dot: sum(a * b) over the last axis in the compute type — float32
  * for f16/bf16/f32 (no rounding of the products to the inputs' dtype),

@@ -209,9 +209,9 @@ static int f_sdpa_bwd(const mx_opcase *c, const double *const *in, double *out, 
   int64_t G = Hq / Hkv, off = Tk - Tq, which = c->ip[1] == 3 ? 0 : c->ip[1];
   double scale = 1.0 / sqrt((double)D);
   bool causal = c->ip[0];
-  *ond = which == 0 ? 3 : 4;
-  int64_t os[3][4] = {{B, Hq, Tq, 0}, {B, Hq, Tq, D}, {B, Hkv, Tk, 2 * D}};
-  memcpy(oshape, os[which], sizeof(int64_t) * 4);
+  *ond = which == 0 ? 3 : which == 1 ? 4 : 5;
+  int64_t os[3][5] = {{B, Hq, Tq, 0, 0}, {B, Hq, Tq, D, 0}, {2, B, Hkv, Tk, D}};
+  memcpy(oshape, os[which], sizeof(int64_t) * 5);
   if (which == 1) memset(out, 0, sizeof(double) * (size_t)(B * Hq * Tq * D));
   if (which == 2) memset(out, 0, sizeof(double) * (size_t)(B * Hkv * Tk * 2 * D));
   double *s = malloc(sizeof(double) * (size_t)(2 * Tk + D + 1));
@@ -252,10 +252,11 @@ static int f_sdpa_bwd(const mx_opcase *c, const double *const *in, double *out, 
           if (which == 1) {
             for (int64_t d = 0; d < D; d++) out[row * D + d] += scale * ds * kj[d];
           } else {
-            double *dkv = out + (kh * Tk + j) * 2 * D;
+            /* (2, B, Hkv, Tk, D): [dk, dv] */
+            double *dk = out + (kh * Tk + j) * D, *dvp = dk + B * Hkv * Tk * D;
             for (int64_t d = 0; d < D; d++) {
-              dkv[d] += scale * ds * q[d];
-              dkv[D + d] += p[j] * g[d];
+              dk[d] += scale * ds * q[d];
+              dvp[d] += p[j] * g[d];
             }
           }
         }

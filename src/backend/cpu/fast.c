@@ -1471,11 +1471,13 @@ static void dkv_tasks(void *c_, int64_t t0, int64_t t1) {
         pv_block(dPT, nk, BWD_QB, nq, Qs, D, D, dK, D);
       }
     }
+    /* out (2, B, Hkv, Tk, D): [0] dk, [1] dv (Dv == D, see fast_params.h) */
     char *dst = (char *)mx__data(c->out);
+    const int64_t half = c->B * c->Hkv * c->Tk * D;
     for (int64_t j = 0; j < nk; j++) {
-      int64_t orow = ((b * c->Hkv + hk) * c->Tk + j0 + j) * (D + Dv);
+      int64_t orow = ((b * c->Hkv + hk) * c->Tk + j0 + j) * D;
       store_f32(dst + orow * oes, odt, dK + j * D, D);
-      store_f32(dst + (orow + D) * oes, odt, dV + j * Dv, Dv);
+      store_f32(dst + (half + orow) * oes, odt, dV + j * Dv, Dv);
     }
   }
   free(buf);

@@ -126,8 +126,9 @@ __device__ __forceinline__ void load_tile(uint16_t *s, const uint16_t *base, int
 struct fa2_geo {
   const uint16_t *q, *k, *v, *dout;
   const float *lse_in, *delta;
-  uint16_t *o;   /* (B, Hq, Tq, D) contiguous, or the packed dk|dv, or dq */
+  uint16_t *o;   /* the forward's output (strides os), [dk, dv] (strides kvs), or dq */
   int64_t os[3]; /* the forward's output strides of dims b, h, t (features contiguous) */
+  int64_t kvs[4]; /* [dk, dv]'s strides of dims part, b, h, t (features contiguous) */
   float *lse;    /* (B, Hq, Tq) contiguous */
   int64_t qs[3], ks[3], vs[3], ds[3]; /* strides (elements) of dims b, h, t */
   int Hq, Hkv, G, Tq, Tk, off;
@@ -617,18 +618,19 @@ __global__ void __launch_bounds__(NT, MINB) k_fa2_bwd_kv(const fa2_geo g) {
       }
     }
   }
-  const int64_t rowk = (int64_t)bh * g.Tk + kr;
+  /* out (2, B, Hkv, Tk, D) = [dk, dv], in the order its strides say */
+  uint16_t *ob = g.o + (int64_t)b * g.kvs[1] + (int64_t)hk * g.kvs[2] + (int64_t)kr * g.kvs[3];
 #pragma unroll
   for (int i = 0; i < D / 8; i++) {
     if (kr < g.Tk) {
-      uint16_t *p = g.o + rowk * (2 * D) + i * 8 + 2 * tg;
+      uint16_t *p = ob + i * 8 + 2 * tg;
       *(uint32_t *)p = pack2<BF>(dk[i][0] * g.scale, dk[i][1] * g.scale);
-      *(uint32_t *)(p + D) = pack2<BF>(dv[i][0], dv[i][1]);
+      *(uint32_t *)(p + g.kvs[0]) = pack2<BF>(dv[i][0], dv[i][1]);
     }
     if (kr + 8 < g.Tk) {
-      uint16_t *p = g.o + (rowk + 8) * (2 * D) + i * 8 + 2 * tg;
+      uint16_t *p = ob + 8 * g.kvs[3] + i * 8 + 2 * tg;
       *(uint32_t *)p = pack2<BF>(dk[i][2] * g.scale, dk[i][3] * g.scale);
-      *(uint32_t *)(p + D) = pack2<BF>(dv[i][2], dv[i][3]);
+      *(uint32_t *)(p + g.kvs[0]) = pack2<BF>(dv[i][2], dv[i][3]);
     }
   }
 }
@@ -872,6 +874,8 @@ static int backward(int which, mx_array *out, mx_array *q, mx_array *k, mx_array
   int st = setup(&g, q, k, v, dout, lse, delta, scale, tmp);
   if (!st) {
     g.o = (uint16_t *)mx__ddata(out);
+    if (which == BWD_KV) /* (2, B, Hkv, Tk, D) as its strides say */
+      for (int d = 0; d < 4; d++) g.kvs[d] = out->strides[d];
     st = run(which, q->dtype, (int)D, causal, g, (int)q->shape[0]);
   }
   release(tmp);

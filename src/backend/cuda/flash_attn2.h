@@ -51,8 +51,9 @@ int mx__cuda_fa2_backward_q(mx_array *dq, mx_array *q, mx_array *k, mx_array *v,
                             mx_array *dout, mx_array *lse, mx_array *delta, float scale,
                             bool causal);
 
-/* dkv (B, Hkv, Tk, 2 D) of q's dtype: dk in [..., :D], dv in [..., D:],
- * each summed over the query heads that share the kv head. */
+/* dkv (2, B, Hkv, Tk, D) of q's dtype, [dk, dv], each summed over the
+ * query heads that share the kv head; written where dkv's strides say
+ * (features contiguous). */
 int mx__cuda_fa2_backward_kv(mx_array *dkv, mx_array *q, mx_array *k, mx_array *v,
                              mx_array *dout, mx_array *lse, mx_array *delta, float scale,
                              bool causal);

@@ -492,6 +492,15 @@ static int k_sdpa_bwd_op(mx_array *out, mx_array **in) {
   int st = mx__array_alloc_data(out);
   if (st || out->size == 0) return st;
   bool q_op = out->op->id == MX_OP_SDPA_BWD_Q;
+  if (!q_op && p->out_blhd && out->ndim == 5) { /* [dk, dv] stored (B, Tk, 2, Hkv, D) */
+    const int64_t *s = out->shape; /* (2, B, Hkv, Tk, D) */
+    out->strides[0] = s[2] * s[4];
+    out->strides[1] = s[3] * 2 * s[2] * s[4];
+    out->strides[2] = s[4];
+    out->strides[3] = 2 * s[2] * s[4];
+    out->strides[4] = 1;
+    out->row_contiguous = mx__strides_row_contiguous(out->shape, out->strides, out->ndim);
+  }
   int r = (q_op ? mx__cuda_fa2_backward_q : mx__cuda_fa2_backward_kv)(
       out, in[0], in[1], in[2], in[3], in[4], in[5], (float)p->scale, p->causal);
   return fa2_result(r, out, in[0], in[1], in[2]);
