@@ -84,6 +84,52 @@ TEST(cpu_array_moves_once_and_result_moves_back_once) {
   mx_array_free_n(all, 5);
 }
 
+/* Uploads are queued without waiting for the stream (staged in pinned
+ * slots): the host buffer may change right after, behind long queued work,
+ * through more uploads than there are slots, and for a large array (the
+ * synchronous path) too. */
+TEST(uploads_are_staged_and_the_host_buffer_may_change_at_once) {
+  NEED_GPU();
+  const int64_t n = 4096, big = 600 * 1024; /* 16 KB (staged), 2.4 MB (waits) */
+  float *v = malloc(sizeof(float) * (size_t)big);
+  ASSERT_NOT_NULL(v);
+  mx_array *m = ramp(512 * 512, 0.01);
+  mx_array *mm = mx_reshape(m, (int64_t[]){512, 512}, 2);
+  mx_array *res[24] = {0};
+  mx_set_default_device(MX_GPU);
+  for (int r = 0; r < 24; r++) {
+    const int64_t len = r == 5 ? big : n;
+    /* a queue of work ahead of the upload */
+    mx_array *p = mx_matmul(mm, mm);
+    for (int k = 0; k < 3 && p; k++) {
+      mx_array *q = mx_matmul(p, mm);
+      mx_array_free(p);
+      p = q;
+    }
+    ASSERT_OK(mx_array_eval(p));
+    for (int64_t i = 0; i < len; i++) v[i] = (float)(r * 1000 + (i % 977));
+    mx_array *h = mx_array_from_data_nocopy(v, (int64_t[]){len}, 1, MX_FLOAT32, NULL, NULL);
+    res[r] = mx_add(h, h);
+    ASSERT_OK(mx_array_eval(res[r]));
+    mx_array_free(h);
+    for (int64_t i = 0; i < len; i++) v[i] = -1.0f; /* the host side changes at once */
+    mx_array_free(p);
+  }
+  mx_set_default_device(MX_CPU);
+  for (int r = 0; r < 24; r++) {
+    const int64_t len = r == 5 ? big : n;
+    const float *o = mx_array_data(res[r]);
+    ASSERT_NOT_NULL(o);
+    for (int64_t i = 0; i < len; i++)
+      ASSERT_MSG(o[i] == 2.0f * (float)(r * 1000 + (i % 977)), "upload %d, element %lld: %g", r,
+                 (long long)i, (double)o[i]);
+    mx_array_free(res[r]);
+  }
+  mx_array_free(mm);
+  mx_array_free(m);
+  free(v);
+}
+
 TEST(views_do_not_move_data) {
   NEED_GPU();
   mx_array *x = ramp(64, 1.0);

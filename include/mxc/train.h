@@ -98,6 +98,21 @@ typedef struct {
 MX_API int mx_train_step(mx_nn_module *model, mx_optimizer *opt, mx_nn_loss_fn loss_fn,
                          void *payload, mx_array **inputs, int ninputs, int accum,
                          double grad_clip, mx_train_step_stats *stats);
+/* As mx_train_step, but nothing waits for the device: the step is queued
+ * and *loss (the mean over the micro-batches) and *grad_norm come back as
+ * 0-d float32 arrays (the caller frees them) already on their way to the
+ * host (mx_async_eval). Reading them waits for this step alone, so a loop
+ * that reads step n's values after queuing step n + 1 keeps a GPU busy
+ * while the host builds the next step:
+ *
+ *     mx_train_step_async(m, opt, fn, p, in0, 2, 1, 1.0, &l0, &g0);
+ *     mx_train_step_async(m, opt, fn, p, in1, 2, 1, 1.0, &l1, &g1);
+ *     mx_array_item(l0, &loss0);  // step 1 may still be running
+ *
+ * loss or grad_norm may be NULL. */
+MX_API int mx_train_step_async(mx_nn_module *model, mx_optimizer *opt, mx_nn_loss_fn loss_fn,
+                               void *payload, mx_array **inputs, int ninputs, int accum,
+                               double grad_clip, mx_array **loss, mx_array **grad_norm);
 /* Mixed precision around another loss: payload is an mx_train_mixed (fn,
  * its payload, the compute dtype). The model's (float32) trainable
  * parameters are cast to dtype for the call of fn and restored after, so
@@ -172,7 +187,13 @@ typedef struct {
   size_t peak_memory;
   const struct mx_train_memory_plan_s *plan; /* MX_TRAIN_EV_PLAN only */
 } mx_train_event;
-/* Called after each step, validation and checkpoint; non-zero stops. */
+/* Called after each step, validation and checkpoint; non-zero stops. A
+ * step's event comes when the next step has been queued (its loss is read
+ * then, so a GPU never waits for the host between steps), or at once before
+ * a validation, a checkpoint and the last step: a stop asked at step n
+ * ends the run after step n + 1, which is already under way, and the final
+ * checkpoint holds n + 1 steps. MXC_TRAIN_PIPELINE=0 in the environment
+ * reports each step before the next is built (a stop at n ends at n). */
 typedef int (*mx_train_event_fn)(void *ctx, const mx_train_event *ev);
 
 /* ---- memory budget -------------------------------------------------------------- */

@@ -294,6 +294,8 @@ mx__buffer *mx__buffer_wrap(void *ptr, size_t nbytes, void (*deleter)(void *, vo
 static uint32_t g_gpu_epoch = 1;
 uint32_t mx__gpu_epoch(void) { return __atomic_load_n(&g_gpu_epoch, __ATOMIC_ACQUIRE); }
 void mx__gpu_epoch_bump(void) { __atomic_add_fetch(&g_gpu_epoch, 1, __ATOMIC_ACQ_REL); }
+static _Thread_local bool tl_upload_queued;
+void mx__gpu_upload_queued(void) { tl_upload_queued = true; }
 
 int mx__device_sync(int device) {
   if (device < 0 || device >= MX_DEVICE_COUNT || !g_dev_ops[device].sync) return MX_OK;
@@ -358,9 +360,12 @@ int mx__buffer_ensure(mx__buffer *b, int device) {
     if (!p) return mx_last_status();
     b->dptr = p;
   }
+  tl_upload_queued = false;
   int st = device == MX_CPU ? ops->copy(b->ptr, MX_CPU, b->dptr, src, b->size)
                             : ops->copy(b->dptr, device, b->ptr, MX_CPU, b->size);
   if (st) return st;
+  /* an upload still in flight: kernels must not read it before their wait */
+  if (device != MX_CPU && tl_upload_queued) b->wepoch = mx__gpu_epoch();
   pthread_mutex_lock(&A.mu);
   if (device == MX_CPU) g_xfer.d2h_bytes += b->size;
   else g_xfer.h2d_bytes += b->size;

@@ -40,6 +40,11 @@ typedef struct mx__buffer {
  * wepoch of each GPU op's output buffer (views and in-place writes too). */
 uint32_t mx__gpu_epoch(void);
 void mx__gpu_epoch_bump(void); /* called by the GPU backend after a full sync */
+/* called by the GPU backend when a host-to-device copy was only queued (no
+ * synchronisation): the buffer then counts as written in this epoch */
+void mx__gpu_upload_queued(void);
+/* clears the MXC_PROFILE tables gathered so far (eval.c) */
+void mx__profile_reset(void);
 
 /* Make the copy on `device` current, allocating and copying as needed
  * (counted in the transfer stats). Buffers are immutable once written, so

@@ -356,6 +356,22 @@ static bool touches_no_data(const mx_array *a) {
   }
 }
 
+/* Forgets what the profiles gathered so far (the timeline's queued marks
+ * are resolved first): a trainer calls it after its warm-up steps
+ * (MXC_PROFILE_FROM_STEP), so first-step allocations and plan searches do
+ * not weigh in the per-op averages. */
+void mx__profile_reset(void) {
+  pthread_mutex_lock(&g_prof_mu);
+  if (g_nrec) tl_drain(0);
+  memset(g_prof_s, 0, sizeof g_prof_s);
+  memset(g_prof_n, 0, sizeof g_prof_n);
+  memset(g_busy_s, 0, sizeof g_busy_s);
+  memset(g_idle_s, 0, sizeof g_idle_s);
+  memset(g_busy_n, 0, sizeof g_busy_n);
+  g_nmm = 0;
+  pthread_mutex_unlock(&g_prof_mu);
+}
+
 int mx_eval(mx_array **arrays, int n) {
   if (n < 0 || (n > 0 && !arrays))
     return mx__set_error(MX_ERR_INVALID_ARG, "eval: invalid array list");

@@ -367,6 +367,19 @@ static bool norm_fold_on(void) {
   return r != 0;
 }
 
+/* MXC_VJP_EARLY_FREE=0: a node's cotangent is held until its inputs'
+ * cotangents are summed (A/B). */
+static bool early_free_on(void) {
+  static int v = -1;
+  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
+  if (r < 0) {
+    const char *e = getenv("MXC_VJP_EARLY_FREE");
+    r = !(e && !strcmp(e, "0"));
+    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
+  }
+  return r != 0;
+}
+
 /* acc + g as one rms_norm_backward with a residual when g is a lone dx of
  * rms_norm_backward (no residual yet) of acc's shape and dtype: a residual
  * stream's gradient (the skip path plus the norm's dx) in the norm
@@ -605,6 +618,14 @@ int mx__backprop(mx_array **outs, mx_array **cots, int nout, mx_array **targets,
                            "vjp: op '%s' is not differentiable (it has no VJP)", name);
       } else if ((st = x->op->vjp(x, c, g, needp))) {
         mx__prefix_error("vjp of '%s'", name);
+      }
+      /* the cotangent goes before the input cotangents are summed: held
+       * here, it would keep a product the VJP wrapped (a reshape of it)
+       * from counting as lone, and the sum from folding into an addmm
+       * (MXC_VJP_EARLY_FREE=0 keeps it to the end, for A/B) */
+      if (early_free_on()) {
+        mx_array_free(c);
+        c = NULL;
       }
       for (int j = 0; j < x->ninputs; j++) {
         mx_array *gj = g[j];

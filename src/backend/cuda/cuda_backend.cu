@@ -71,6 +71,68 @@ static void dev_free(void *p) {
 
 static bool g_capturing; /* a graph capture is in progress on g_stream */
 
+/* ---- uploads without a stream synchronisation -------------------------------------
+ * A host-to-device copy of up to UP_BYTES goes through a ring of pinned
+ * staging slots: the host bytes are copied into a free slot, the upload is
+ * queued on the stream and an event marks when the slot may be reused. The
+ * host buffer can then change or go at once, and the host does not wait for
+ * the work queued before (a training step's token batch no longer waits for
+ * the previous step to finish). Larger uploads (weights) wait as before.
+ * MXC_ASYNC_UPLOAD=0 turns it off (A/B). */
+#define UP_SLOTS 8
+#define UP_BYTES (1u << 20)
+typedef struct {
+  void *host; /* pinned, UP_BYTES */
+  cudaEvent_t ev;
+  bool used; /* ev was recorded */
+} up_slot;
+static up_slot g_up[UP_SLOTS];
+static int g_up_next;
+static pthread_mutex_t g_up_mu = PTHREAD_MUTEX_INITIALIZER;
+static int g_async_upload = -1;
+
+/* 1: queued; 0: declined (the caller copies synchronously); <0: error */
+static int upload_async(void *dst, const void *src, size_t n) {
+  if (g_async_upload < 0) {
+    const char *e = getenv("MXC_ASYNC_UPLOAD");
+    g_async_upload = !(e && !strcmp(e, "0"));
+  }
+  if (!g_async_upload || n > UP_BYTES) return 0;
+  pthread_mutex_lock(&g_up_mu);
+  up_slot *s = &g_up[g_up_next];
+  int r = 1;
+  if (!s->host) {
+    if (cudaMallocHost(&s->host, UP_BYTES) != cudaSuccess) {
+      cudaGetLastError();
+      s->host = NULL;
+      r = 0;
+    } else if (cudaEventCreateWithFlags(&s->ev, cudaEventDisableTiming) != cudaSuccess) {
+      cudaGetLastError();
+      cudaFreeHost(s->host);
+      s->host = NULL;
+      r = 0;
+    }
+  }
+  /* the slot's previous upload must have left it (queued 8 uploads ago) */
+  if (r == 1 && s->used &&
+      mx__cuda_check(cudaEventSynchronize(s->ev), "upload to the device"))
+    r = -1;
+  if (r == 1) {
+    memcpy(s->host, src, n);
+    if (mx__cuda_check(cudaMemcpyAsync(dst, s->host, n, cudaMemcpyHostToDevice, g_stream),
+                       "upload to the device") ||
+        mx__cuda_check(cudaEventRecord(s->ev, g_stream), "upload to the device"))
+      r = -1;
+    else {
+      s->used = true;
+      g_up_next = (g_up_next + 1) % UP_SLOTS;
+      mx__gpu_upload_queued();
+    }
+  }
+  pthread_mutex_unlock(&g_up_mu);
+  return r < 0 ? mx_last_status() : r;
+}
+
 static int dev_copy(void *dst, int dst_device, const void *src, int src_device, size_t n) {
   if (n == 0) return MX_OK;
   cudaMemcpyKind kind = dst_device == MX_CPU ? cudaMemcpyDeviceToHost
@@ -83,6 +145,10 @@ static int dev_copy(void *dst, int dst_device, const void *src, int src_device, 
       return mx__set_error(MX_ERR_UNSUPPORTED, "memcpy: reading GPU data while a graph is being "
                            "captured");
     return mx__cuda_check(cudaMemcpy(dst, src, n, kind), "memcpy");
+  }
+  if (kind == cudaMemcpyHostToDevice) {
+    int r = upload_async(dst, src, n);
+    if (r) return r < 0 ? r : MX_OK;
   }
   int st = mx__cuda_check(cudaMemcpyAsync(dst, src, n, kind, g_stream), "memcpy");
   /* wait: the host side may be read (D2H) or freed (H2D) right after */

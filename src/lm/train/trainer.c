@@ -200,18 +200,15 @@ static bool fused_grads(void) {
   return r != 0;
 }
 
-int mx_train_step(mx_nn_module *model, mx_optimizer *opt, mx_nn_loss_fn fn, void *payload,
-                  mx_array **inputs, int ninputs, int accum, double grad_clip,
-                  mx_train_step_stats *stats) {
+int mx_train_step_async(mx_nn_module *model, mx_optimizer *opt, mx_nn_loss_fn fn, void *payload,
+                        mx_array **inputs, int ninputs, int accum, double grad_clip,
+                        mx_array **loss_out, mx_array **norm_out) {
+  if (loss_out) *loss_out = NULL;
+  if (norm_out) *norm_out = NULL;
   if (!model || !opt || !fn || !inputs || ninputs < 1 || accum < 1)
     return mx__set_error(MX_ERR_INVALID_ARG, "train step: bad arguments");
   mx_map *grads = mx_map_new(), *acc = accum > 1 ? mx_map_new() : NULL, *params = NULL;
-  mx_array *norm = NULL;
-  /* the micro-batches' losses, read after the update is queued: reading one
-   * waits for the device, which would then idle while the host builds the
-   * clipping and optimizer graphs */
-  mx_list losses = MX_LIST_INIT;
-  double total = 0;
+  mx_array *norm = NULL, *loss = NULL;
   int st = grads && (accum == 1 || acc) ? MX_OK : mx__set_error(MX_ERR_OOM, "train step: out of memory");
   for (int j = 0; j < accum && !st; j++) {
     mx_list vals = MX_LIST_INIT;
@@ -237,7 +234,15 @@ int mx_train_step(mx_nn_module *model, mx_optimizer *opt, mx_nn_loss_fn fn, void
         free(all);
       }
     }
-    if (!st) st = mx_list_push(&losses, mx_array_retain(vals.items[0]));
+    /* the micro-batches' losses summed on the device: nothing here waits */
+    if (!st) {
+      mx_array *l = mx_astype(vals.items[0], MX_FLOAT32);
+      mx_array *s = l && loss ? mx_add(loss, l) : (l ? mx_array_retain(l) : NULL);
+      mx_array_free(l);
+      mx_array_free(loss);
+      loss = s;
+      if (!loss) st = mx_last_status();
+    }
     mx_list_clear(&vals);
     if (!st && acc) {
       st = mx_grads_accumulate(acc, grads);
@@ -246,6 +251,11 @@ int mx_train_step(mx_nn_module *model, mx_optimizer *opt, mx_nn_loss_fn fn, void
   }
   mx_map *g = acc ? acc : grads;
   if (!st && acc) st = mx_grads_scale(g, 1.0 / accum);
+  if (!st && accum > 1) {
+    mx_array *m = mx_multiply_scalar(loss, 1.0 / accum);
+    mx_array_free(loss);
+    if (!(loss = m)) st = mx_last_status();
+  }
   /* clipping as the optimizer's gradient scale: Adam's kernel applies it,
    * no pass over the gradients */
   mx_array *factor = NULL;
@@ -257,22 +267,43 @@ int mx_train_step(mx_nn_module *model, mx_optimizer *opt, mx_nn_loss_fn fn, void
   mx_array_free(factor);
   if (!st) st = mx_optimizer_eval(opt, params);
   if (!st) st = mx_nn_update(model, params, MX_NN_UPDATE_PARTIAL);
-  for (int j = 0; j < losses.size && !st; j++) {
-    double l = 0;
-    st = mx_array_item(losses.items[j], &l);
-    total += l;
+  /* the loss and the norm start for the host now (queued after the update:
+   * reading them waits for this step only, not for work queued later) */
+  if (!st) {
+    mx_array *both[2] = {loss, norm};
+    st = mx_async_eval(both, 2);
   }
-  mx_list_clear(&losses);
-  double gn = 0;
-  if (!st) st = mx_array_item(norm, &gn);
-  if (!st && stats) {
-    stats->loss = total / accum;
-    stats->grad_norm = gn;
+  if (!st && loss_out) {
+    *loss_out = loss;
+    loss = NULL;
   }
+  if (!st && norm_out) {
+    *norm_out = norm;
+    norm = NULL;
+  }
+  mx_array_free(loss);
   mx_array_free(norm);
   mx_map_free(params);
   mx_map_free(grads);
   mx_map_free(acc);
+  return st;
+}
+
+int mx_train_step(mx_nn_module *model, mx_optimizer *opt, mx_nn_loss_fn fn, void *payload,
+                  mx_array **inputs, int ninputs, int accum, double grad_clip,
+                  mx_train_step_stats *stats) {
+  mx_array *loss = NULL, *norm = NULL;
+  int st = mx_train_step_async(model, opt, fn, payload, inputs, ninputs, accum, grad_clip, &loss,
+                               &norm);
+  double l = 0, gn = 0;
+  if (!st) st = mx_array_item(loss, &l);
+  if (!st) st = mx_array_item(norm, &gn);
+  if (!st && stats) {
+    stats->loss = l;
+    stats->grad_norm = gn;
+  }
+  mx_array_free(loss);
+  mx_array_free(norm);
   return st;
 }
 
@@ -763,6 +794,74 @@ static int prepare_tokens(const mx_train_options *o, mx_train_data **d, int64_t 
   return st;
 }
 
+/* ---- the step loop's log ------------------------------------------------------------
+ * A step's loss and gradient norm are read after the next step is queued
+ * (MXC_TRAIN_PIPELINE=0: right away), so the device does not idle while
+ * the host builds a step; the log line and the event of step n come when
+ * step n + 1 is queued, or at once before a validation, a checkpoint and
+ * the last step. */
+static bool train_pipeline(void) {
+  const char *e = getenv("MXC_TRAIN_PIPELINE");
+  return !(e && !strcmp(e, "0"));
+}
+
+typedef struct {
+  mx_array *loss, *norm; /* 0-d float32, on their way to the host */
+  double lr;
+  int64_t step;
+} step_pending;
+
+typedef struct {
+  const mx_train_options *o;
+  FILE *metrics;
+  mx_train_event_fn on_event;
+  void *ctx;
+  double t0;
+  int64_t start;
+  double tokens_per_step;
+  double log_loss;
+  int64_t log_n;
+  bool stop;         /* the callback asked to stop */
+  mx_train_event ev; /* the last step's event */
+} step_log;
+
+/* Reads p's values (waiting for that step only), writes the metrics line
+ * and calls the callback; empties p. */
+static int step_report(step_log *lg, step_pending *p) {
+  double loss = 0, gn = 0;
+  int st = mx_array_item(p->loss, &loss);
+  if (!st) st = mx_array_item(p->norm, &gn);
+  mx_array_free(p->loss);
+  mx_array_free(p->norm);
+  const int64_t step = p->step;
+  const double lr = p->lr;
+  *p = (step_pending){0};
+  if (st) return st;
+  const mx_train_options *o = lg->o;
+  lg->log_loss += loss;
+  lg->log_n++;
+  double el = now_sec() - lg->t0;
+  const double done = (double)(step - lg->start);
+  lg->ev = (mx_train_event){.kind = MX_TRAIN_EV_STEP, .step = step, .iters = o->iters,
+                            .loss = loss, .val_loss = NAN, .lr = lr, .grad_norm = gn,
+                            .tokens_per_sec = lg->tokens_per_step * done / (el > 0 ? el : 1e-9),
+                            .elapsed_sec = el,
+                            .eta_sec = el / done * (double)(o->iters - step),
+                            .peak_memory = mx_get_peak_memory()};
+  if (step % o->log_every == 0 || step == o->iters) {
+    fprintf(lg->metrics,
+            "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.4f, "
+            "\"tokens_per_sec\": %.1f, \"peak_memory\": %zu, \"elapsed\": %.4f}\n",
+            (long long)step, lg->log_loss / (double)lg->log_n, lr, gn, lg->ev.tokens_per_sec,
+            lg->ev.peak_memory, el);
+    fflush(lg->metrics);
+    lg->log_loss = 0;
+    lg->log_n = 0;
+  }
+  if (lg->on_event && lg->on_event(lg->ctx, &lg->ev)) lg->stop = true;
+  return MX_OK;
+}
+
 static const char *plan_name(mx_train_plan_kind k) {
   return k == MX_TRAIN_PLAN_FULL ? "full" : k == MX_TRAIN_PLAN_ACCUMULATE ? "accumulate" : "checkpoint";
 }
@@ -856,10 +955,19 @@ int mx_train_run(const mx_train_options *o, mx_train_event_fn on_event, void *ct
   const int64_t start = step;
   const double t0 = now_sec();
   const double tokens_per_step = (double)(o->batch * o->seq * A);
-  double log_loss = 0;
-  int64_t log_n = 0;
+  step_log lg = {.o = o, .metrics = metrics, .on_event = on_event, .ctx = ctx, .t0 = t0,
+                 .start = start, .tokens_per_step = tokens_per_step};
+  step_pending pend = {0};
+  const bool pipeline = train_pipeline();
+  const char *tenv = getenv("MXC_TRAIN_TIMES");
+  const bool times = tenv && !strcmp(tenv, "1");
   while (step < o->iters && !st) {
     double lr = mx_optimizer_learning_rate(opt);
+    /* MXC_PROFILE_FROM_STEP=n: the op profile counts steps n and later
+     * (the queued marks of the steps before are resolved first) */
+    const char *pf = getenv("MXC_PROFILE_FROM_STEP");
+    if (pf && atoll(pf) == step + 1) mx__profile_reset();
+    const double ta = times ? now_sec() : 0;
     for (int64_t j = 0; j < A && !st; j++) {
       mx_array *x = NULL, *y = NULL;
       st = mx_train_data_batch(d, false, o->seed, step, (int)j, o->batch, o->seq, &x, &y);
@@ -867,50 +975,56 @@ int mx_train_run(const mx_train_options *o, mx_train_event_fn on_event, void *ct
       mx_array_free(x);
       mx_array_free(y);
     }
-    mx_train_step_stats ss = {0, 0};
+    mx_array *loss = NULL, *norm = NULL;
     if (!st)
-      st = mx_train_step(model, opt, loss_fn, loss_payload, inputs, 2, (int)MA, o->grad_clip, &ss);
+      st = mx_train_step_async(model, opt, loss_fn, loss_payload, inputs, 2, (int)MA, o->grad_clip,
+                               &loss, &norm);
     for (int64_t j = 0; j < 2 * MA; j++) {
       mx_array_free(inputs[j]);
       inputs[j] = NULL;
     }
-    if (st) break;
-    step++;
-    log_loss += ss.loss;
-    log_n++;
-    double el = now_sec() - t0;
-    mx_train_event ev = {.kind = MX_TRAIN_EV_STEP, .step = step, .iters = o->iters, .loss = ss.loss,
-                         .val_loss = NAN, .lr = lr, .grad_norm = ss.grad_norm,
-                         .tokens_per_sec = tokens_per_step * (double)(step - start) / (el > 0 ? el : 1e-9),
-                         .elapsed_sec = el,
-                         .eta_sec = el / (double)(step - start) * (double)(o->iters - step),
-                         .peak_memory = mx_get_peak_memory()};
-    if (step % o->log_every == 0 || step == o->iters) {
-      fprintf(metrics,
-              "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.4f, "
-              "\"tokens_per_sec\": %.1f, \"peak_memory\": %zu, \"elapsed\": %.4f}\n",
-              (long long)step, log_loss / (double)log_n, lr, ss.grad_norm, ev.tokens_per_sec,
-              ev.peak_memory, el);
-      fflush(metrics);
-      log_loss = 0;
-      log_n = 0;
+    if (st) {
+      mx_array_free(loss);
+      mx_array_free(norm);
+      break;
     }
-    if (on_event && on_event(ctx, &ev)) break;
+    step++;
+    const double tb = times ? now_sec() : 0;
+    /* the previous step's loss is read now that this step is queued: the
+     * device works on while the host waits for the value and logs it */
+    if (pend.loss) st = step_report(&lg, &pend);
+    if (times) /* MXC_TRAIN_TIMES=1: the host's time to build and queue a step, and its wait */
+      fprintf(stderr, "train times: step %lld queued in %.2f ms, then waited %.2f ms\n",
+              (long long)step, 1e3 * (tb - ta), 1e3 * (now_sec() - tb));
+    pend = (step_pending){loss, norm, lr, step};
+    const bool boundary = !pipeline || lg.stop || step == o->iters ||
+                          (have_val && step % o->eval_every == 0) ||
+                          step % o->save_every == 0;
+    if (!st && boundary) st = step_report(&lg, &pend);
+    if (st) break;
+    if (lg.stop) {
+      if (pend.loss && (st = step_report(&lg, &pend))) break;
+      break;
+    }
     if (have_val && (step % o->eval_every == 0 || step == o->iters)) {
       double vl = 0;
       if ((st = validate(o, d, model, plan.micro_batch, &vl))) break;
       fprintf(metrics, "{\"step\": %lld, \"val_loss\": %.6f}\n", (long long)step, vl);
       fflush(metrics);
+      mx_train_event ev = lg.ev;
       ev.kind = MX_TRAIN_EV_VAL;
       ev.val_loss = vl;
       if (on_event && on_event(ctx, &ev)) break;
     }
     if (step % o->save_every == 0 || step == o->iters) {
       if ((st = save_checkpoint(o, model, opt, step))) break;
+      mx_train_event ev = lg.ev;
       ev.kind = MX_TRAIN_EV_SAVE;
       if (on_event && on_event(ctx, &ev)) break;
     }
   }
+  mx_array_free(pend.loss);
+  mx_array_free(pend.norm);
   if (!st && step < o->iters && step > start)
     st = save_checkpoint(o, model, opt, step); /* stopped by the callback */
 done:
