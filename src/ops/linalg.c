@@ -186,6 +186,28 @@ static mx_array *scaled(mx__tmp *t, mx_array *x, double s) {
   return mx__keep(t, mx_multiply_scalar(x, s));
 }
 
+/* b is a 2-d matrix held in column-major order (a transposed view: the
+ * nn.Linear weight W^T): known from its op before evaluation, from its
+ * strides after */
+static bool col_major_2d(const mx_array *b) {
+  if (b->ndim != 2 || b->shape[0] < 2 || b->shape[1] < 2) return false;
+  if (b->op) return b->op->id == MX_OP_TRANSPOSE;
+  return b->buf && b->strides[0] == 1 && b->strides[1] == b->shape[0];
+}
+
+/* MXC_WGRAD_ROWMAJOR=0: the weight gradient of y = x W^T stays the
+ * transpose of x^T dy (A/B) */
+static bool wgrad_rowmajor(void) {
+  static int v = -1;
+  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
+  if (r < 0) {
+    const char *e = getenv("MXC_WGRAD_ROWMAJOR");
+    r = !(e && !strcmp(e, "0"));
+    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
+  }
+  return r != 0;
+}
+
 static int vjp_matmul(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {
   const mx__matmul_params *p = MX__PARAMS(out, mx__matmul_params);
   mx_array *a = out->inputs[0], *b = out->inputs[1];
@@ -196,6 +218,15 @@ static int vjp_matmul(mx_array *out, mx_array *cot, mx_array **g, const bool *ne
     if (i == 0) {
       mx_array *bt = mx__keep(&t, mx_swapaxes(b, -1, -2));
       r = scaled(&t, mx__keep(&t, mx_matmul(cot, bt)), p->alpha);
+    } else if (i == 1 && out->ndim == 2 && a->ndim == 2 && col_major_2d(b) &&
+               wgrad_rowmajor()) {
+      /* b = W^T: its gradient a^T cot computed as (cot^T a)^T, so W's
+       * gradient (the transpose of this one) is row-major: the optimizer
+       * and the gradient norm read it in order, with no strided pass */
+      mx_array *ct = mx__keep(&t, mx_swapaxes(cot, -1, -2));
+      mx_array *gw = ct ? mx__keep(&t, mx_matmul(ct, a)) : NULL;
+      mx_array *gt = gw ? mx__keep(&t, mx_swapaxes(gw, -1, -2)) : NULL;
+      r = scaled(&t, gt, p->alpha);
     } else if (i == 1) {
       mx_array *at = mx__keep(&t, mx_swapaxes(a, -1, -2));
       r = scaled(&t, mx__keep(&t, mx_matmul(at, cot)), p->alpha);

@@ -809,6 +809,7 @@ typedef struct {
   mx_array *loss, *norm; /* 0-d float32, on their way to the host */
   double lr;
   int64_t step;
+  void *mark; /* GPU: a timing mark queued after the step */
 } step_pending;
 
 typedef struct {
@@ -822,6 +823,11 @@ typedef struct {
   double log_loss;
   int64_t log_n;
   bool stop;         /* the callback asked to stop */
+  /* GPU: the device's own clock times the steps (from m0, queued at t0 on
+   * an idle device to each step's mark): a step reported late, after the
+   * next one was queued, still gets the time it finished */
+  const mx__device_ops *dops;
+  void *m0;
   mx_train_event ev; /* the last step's event */
 } step_log;
 
@@ -835,12 +841,18 @@ static int step_report(step_log *lg, step_pending *p) {
   mx_array_free(p->norm);
   const int64_t step = p->step;
   const double lr = p->lr;
+  double el = now_sec() - lg->t0;
+  if (p->mark) {
+    float ms = 0;
+    if (!st && lg->m0 && !lg->dops->mark_elapsed(lg->m0, p->mark, &ms)) el = 1e-3 * ms;
+    mx_clear_error();
+    lg->dops->mark_free(p->mark);
+  }
   *p = (step_pending){0};
   if (st) return st;
   const mx_train_options *o = lg->o;
   lg->log_loss += loss;
   lg->log_n++;
-  double el = now_sec() - lg->t0;
   const double done = (double)(step - lg->start);
   lg->ev = (mx_train_event){.kind = MX_TRAIN_EV_STEP, .step = step, .iters = o->iters,
                             .loss = loss, .val_loss = NAN, .lr = lr, .grad_norm = gn,
@@ -957,6 +969,12 @@ int mx_train_run(const mx_train_options *o, mx_train_event_fn on_event, void *ct
   const double tokens_per_step = (double)(o->batch * o->seq * A);
   step_log lg = {.o = o, .metrics = metrics, .on_event = on_event, .ctx = ctx, .t0 = t0,
                  .start = start, .tokens_per_step = tokens_per_step};
+  if (mx_default_device() != MX_CPU && !mx__device_sync(mx_default_device())) {
+    lg.dops = mx__device_ops_of(mx_default_device());
+    lg.m0 = lg.dops && lg.dops->mark ? lg.dops->mark() : NULL;
+    lg.t0 = now_sec();
+  }
+  mx_clear_error();
   step_pending pend = {0};
   const bool pipeline = train_pipeline();
   const char *tenv = getenv("MXC_TRAIN_TIMES");
@@ -996,7 +1014,7 @@ int mx_train_run(const mx_train_options *o, mx_train_event_fn on_event, void *ct
     if (times) /* MXC_TRAIN_TIMES=1: the host's time to build and queue a step, and its wait */
       fprintf(stderr, "train times: step %lld queued in %.2f ms, then waited %.2f ms\n",
               (long long)step, 1e3 * (tb - ta), 1e3 * (now_sec() - tb));
-    pend = (step_pending){loss, norm, lr, step};
+    pend = (step_pending){loss, norm, lr, step, lg.m0 ? lg.dops->mark() : NULL};
     const bool boundary = !pipeline || lg.stop || step == o->iters ||
                           (have_val && step % o->eval_every == 0) ||
                           step % o->save_every == 0;
@@ -1025,6 +1043,8 @@ int mx_train_run(const mx_train_options *o, mx_train_event_fn on_event, void *ct
   }
   mx_array_free(pend.loss);
   mx_array_free(pend.norm);
+  if (pend.mark) lg.dops->mark_free(pend.mark);
+  if (lg.m0) lg.dops->mark_free(lg.m0);
   if (!st && step < o->iters && step > start)
     st = save_checkpoint(o, model, opt, step); /* stopped by the callback */
 done:
