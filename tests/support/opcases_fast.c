@@ -764,6 +764,12 @@ static const mx_opcase cases[] = {
     CE("backward, rows", 1, 2, ARR(6, 37), ARR(6), 37),
     CE("backward, 3-d, wide rows", 1, 3, ARR(2, 3, 3000), ARR(2, 3), 3000),
     CE("backward, one row (1-d)", 1, 1, ARR(50), ARR(1), 50),
+    /* rows a multiple of 8 long: 16-bit rows read once into registers */
+    CE("rows of 8968 (a padded vocabulary)", 0, 2, ARR(3, 8968), ARR(3), 8968),
+    CE("backward, rows of 8968", 1, 2, ARR(3, 8968), ARR(3), 8968),
+    CE("backward, 3-d, rows of 4104", 1, 3, ARR(2, 2, 4104), ARR(2, 2), 4104),
+    CE("rows of 20000", 0, 2, ARR(2, 20000), ARR(2), 20000),
+    CE("backward, rows of 20000", 1, 2, ARR(2, 20000), ARR(2), 20000),
     /* add_rms_norm (internal) */
     ADD_NORM("decode row, D = 64", 3, ARR(1, 1, 64), ARR(64), 1e-5),
     ADD_NORM("rows of 40 (not 16-byte vectors)", 2, ARR(3, 40), ARR(40), 1e-6),

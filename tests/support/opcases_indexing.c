@@ -167,6 +167,9 @@ static const mx_opcase cases[] = {
     TK("take", "middle axis, uint8 idx", OC_IN_INT, 3, S(3, 10, 4), 2, S(2, 2), 1, 3, 0, 12,
        OC_DT(MX_FLOAT64, MX_INT32)),
     TK("take", "0-d index", OC_IN_INT, 2, S(4, 6), 0, S(0), 1, 0, -6, 6, OC_DT(MX_FLOAT32)),
+    /* rows of 16-byte vectors: an embedding lookup */
+    TK("take", "rows of an embedding table, wrap+clamp", OC_IN_INT, 2, S(50, 24), 2, S(3, 7), 0,
+       0, -60, 60, OC_DT(MX_FLOAT32, MX_FLOAT16, MX_BFLOAT16, MX_INT64)),
     TK("take", "empty indices", OC_IN_INT, 2, S(3, 4), 1, S(0), 1, 0, 0, 4, OC_DT(MX_FLOAT32)),
     TK("take", "empty leading axis", OC_IN_INT, 2, S(0, 5), 1, S(3), 1, 0, 0, 5,
        OC_DT(MX_FLOAT32)),

@@ -950,6 +950,145 @@ __global__ void __launch_bounds__(256)
   }
 }
 
+/* k_ce_rows for 16-bit logits whose rows are 16-byte aligned (V a multiple
+ * of 8, as a padded vocabulary is) and fit NV 16-byte vectors a thread:
+ * the row is read once into registers (one 16-byte load per 8 logits
+ * instead of one 2-byte load per logit per pass), its maximum and sum of
+ * 2^(x log2 e - max log2 e) come from the registers, and the backward
+ * writes its row from them as 16-byte vectors. The same arithmetic per
+ * logit as k_ce_rows; the sums run in another (fixed) order. */
+template <class T, int NV>
+__global__ void __launch_bounds__(256)
+    k_ce_vec(const uint16_t *x, const int32_t *tg, const float *cot, void *out, mx__nd<1> xr,
+             mx__nd<1> tr, mx__nd<1> cr, int64_t rows, int V) {
+  __shared__ float red[8];
+  constexpr float L2E = 1.4426950408889634f;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nvec = V >> 3;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    int64_t xo, to, co = 0;
+    mx__nd_offsets<1>(xr, r, &xo);
+    mx__nd_offsets<1>(tr, r, &to);
+    if (cot) mx__nd_offsets<1>(cr, r, &co);
+    const uint4 *row = (const uint4 *)(x + xo);
+    uint4 b[NV];
+    float m = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+      const int j = threadIdx.x + k * 256;
+      b[k] = j < nvec ? __ldg(row + j) : make_uint4(0, 0, 0, 0);
+      if (j < nvec) {
+        const uint32_t w[4] = {b[k].x, b[k].y, b[k].z, b[k].w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+          m = fmaxf(m, (float)T::ld((uint16_t)(w[i] & 0xffffu)));
+          m = fmaxf(m, (float)T::ld((uint16_t)(w[i] >> 16)));
+        }
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (lane == 0) red[warp] = m;
+    __syncthreads();
+    m = red[0];
+#pragma unroll
+    for (int i = 1; i < 8; i++) m = fmaxf(m, red[i]);
+    __syncthreads(); /* red is rewritten below */
+    float lse;
+    if (m == INFINITY || m == -INFINITY) {
+      lse = m;
+    } else {
+      const float mb = m * L2E;
+      float sm = 0.f;
+#pragma unroll
+      for (int k = 0; k < NV; k++) {
+        if (threadIdx.x + k * 256 >= nvec) break;
+        const uint32_t w[4] = {b[k].x, b[k].y, b[k].z, b[k].w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+          sm += ce_ex2(fmaf((float)T::ld((uint16_t)(w[i] & 0xffffu)), L2E, -mb));
+          sm += ce_ex2(fmaf((float)T::ld((uint16_t)(w[i] >> 16)), L2E, -mb));
+        }
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) sm += __shfl_xor_sync(0xffffffffu, sm, o);
+      if (lane == 0) red[warp] = sm;
+      __syncthreads();
+      sm = red[0];
+#pragma unroll
+      for (int i = 1; i < 8; i++) sm += red[i];
+      __syncthreads(); /* red is rewritten by the next row */
+      lse = m + logf(sm);
+    }
+    const int64_t t = tg[to];
+    const bool ok = t >= 0 && t < V;
+    const uint16_t *xrow = x + xo;
+    if (!cot) {
+      if (threadIdx.x == 0) ((float *)out)[r] = ok ? lse - (float)T::ld(xrow[t]) : NAN;
+      continue;
+    }
+    const float g = cot[co], lb = lse * L2E;
+    const bool fast = ok && lse < INFINITY;
+    uint4 *y = (uint4 *)((uint16_t *)out + r * (int64_t)V);
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+      const int j = threadIdx.x + k * 256;
+      if (j >= nvec) break;
+      const uint32_t w[4] = {b[k].x, b[k].y, b[k].z, b[k].w};
+      uint32_t o4[4];
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        uint16_t h[2];
+#pragma unroll
+        for (int q = 0; q < 2; q++) {
+          const float v = (float)T::ld((uint16_t)(q ? w[i] >> 16 : w[i] & 0xffffu));
+          const int e = 8 * j + 2 * i + q;
+          const float d = e == t ? 1.f : 0.f;
+          h[q] = T::st(fast ? g * (ce_ex2(fmaf(v, L2E, -lb)) - d)
+                            : ok ? g * (expf(v - lse) - d) : NAN);
+        }
+        o4[i] = (uint32_t)h[0] | ((uint32_t)h[1] << 16);
+      }
+      y[j] = make_uint4(o4[0], o4[1], o4[2], o4[3]);
+    }
+  }
+}
+
+/* MXC_CE_VEC=0: 16-bit rows in two scalar passes (k_ce_rows), for A/B */
+static bool ce_vec_on(void) {
+  static int on = -1;
+  return mx__env_on("MXC_CE_VEC", &on);
+}
+
+/* k_ce_vec when it applies; false (nothing launched) otherwise */
+template <class T>
+static bool ce_vec_launch(unsigned g, cudaStream_t s, const mx_array *x, const mx_array *t,
+                          const mx_array *c, mx_array *out, mx__nd<1> xr, mx__nd<1> tr,
+                          mx__nd<1> cr, int64_t rows, int64_t V) {
+  if constexpr (sizeof(typename T::S) == 2) {
+    if (!ce_vec_on() || V % 8 || V > 256 * 8 * 16 || ((uintptr_t)mx__ddata(x) & 15) ||
+        (c && ((uintptr_t)out->buf->dptr & 15)))
+      return false;
+    /* every row 16-byte aligned: rows V apart (a multiple of 8) or strided
+     * by a multiple of 8 elements */
+    for (int d = 0; d < x->ndim - 1; d++)
+      if (x->shape[d] > 1 && x->strides[d] % 8) return false;
+    const int nvec = (int)(V / 8);
+    const uint16_t *xp = (const uint16_t *)mx__ddata(x);
+    const int32_t *tp = (const int32_t *)mx__ddata(t);
+    const float *cp = c ? (const float *)mx__ddata(c) : NULL;
+    void *op = out->buf->dptr;
+    if (nvec <= 256 * 2) k_ce_vec<T, 2><<<g, 256, 0, s>>>(xp, tp, cp, op, xr, tr, cr, rows, (int)V);
+    else if (nvec <= 256 * 4) k_ce_vec<T, 4><<<g, 256, 0, s>>>(xp, tp, cp, op, xr, tr, cr, rows, (int)V);
+    else if (nvec <= 256 * 8) k_ce_vec<T, 8><<<g, 256, 0, s>>>(xp, tp, cp, op, xr, tr, cr, rows, (int)V);
+    else k_ce_vec<T, 16><<<g, 256, 0, s>>>(xp, tp, cp, op, xr, tr, cr, rows, (int)V);
+    return true;
+  } else {
+    (void)g, (void)s, (void)x, (void)t, (void)c, (void)out, (void)xr, (void)tr, (void)cr;
+    (void)rows, (void)V;
+    return false;
+  }
+}
+
 /* k_ce_rows for float compute; false (nothing launched) otherwise */
 template <class T>
 static bool ce_rows_launch(unsigned g, cudaStream_t s, const mx_array *x, const mx_array *t,
@@ -990,7 +1129,8 @@ static int ce_launch(mx_array *out, mx_array **in, bool grad) {
   const bool fast = x->dtype != MX_FLOAT64 && x->strides[nd - 1] == 1 && V < INT32_MAX &&
                     !(e_ce_fast && !strcmp(e_ce_fast, "0"));
   MX_CUDA_DISPATCH_FLOAT(x->dtype, {
-    if (!(fast && ce_rows_launch<T>(g, s, x, t, c, out, xr, tr, cr, rows, V)))
+    if (!(fast && (ce_vec_launch<T>(g, s, x, t, c, out, xr, tr, cr, rows, V) ||
+                   ce_rows_launch<T>(g, s, x, t, c, out, xr, tr, cr, rows, V))))
       k_ce<T><<<g, 256, 0, s>>>((const T::S *)mx__ddata(x), (const int32_t *)mx__ddata(t),
                                 c ? (const T::C *)mx__ddata(c) : NULL, out->buf->dptr, xr, tr, cr,
                                 rows, V, x->strides[nd - 1]);

@@ -56,10 +56,54 @@ static int run_gather(mx_array *out, mx_array *src, mx_array *idx, const int64_t
   }
 }
 
+/* Rows of a table (take along axis 0 of a row-contiguous array whose rows
+ * are whole 16-byte vectors: an embedding lookup): a warp a row, 16-byte
+ * copies, the same index wrapping and clamping as k_gather. */
+template <class TI>
+__global__ void k_gather_rows(uint4 *o, const TI *ix, const uint4 *a, int64_t nrows, int64_t dim,
+                              int64_t nv) {
+  const int lane = threadIdx.x & 31;
+  const int64_t nw = (int64_t)gridDim.x * (blockDim.x >> 5);
+  for (int64_t r = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; r < nrows; r += nw) {
+    const uint4 *src = a + norm_index((int64_t)ix[r], dim) * nv;
+    uint4 *dst = o + r * nv;
+    for (int64_t v = lane; v < nv; v += 32) dst[v] = __ldg(src + v);
+  }
+}
+
+/* k_gather_rows when it applies (MXC_TAKE_ROWS=0: never, for A/B) */
+static bool take_rows(mx_array *out, mx_array *a, mx_array *idx, int ax, int *st) {
+  static int on = -1;
+  if (ax != 0 || a->ndim < 1 || !a->row_contiguous || !idx->row_contiguous || a->shape[0] < 1 ||
+      !mx__env_on("MXC_TAKE_ROWS", &on))
+    return false;
+  const int64_t rowb = (a->shape[0] ? a->size / a->shape[0] : 0) * (int64_t)mx_dtype_size(a->dtype);
+  if (rowb <= 0 || rowb % 16 || ((uintptr_t)mx__ddata(a) & 15)) return false;
+  if (idx->dtype != MX_INT32 && idx->dtype != MX_INT64 && idx->dtype != MX_UINT32) return false;
+  if ((*st = mx__array_alloc_data(out))) return true;
+  if (out->size == 0) return true;
+  const int64_t nrows = idx->size, nv = rowb / 16;
+  const unsigned nb = (unsigned)MX_MIN((nrows + 7) / 8, (int64_t)65535 * 8);
+  cudaStream_t s = mx__cuda_stream();
+  uint4 *o = (uint4 *)out->buf->dptr;
+  const uint4 *ap = (const uint4 *)mx__ddata(a);
+  const char *ix = mx__ddata(idx);
+  if (idx->dtype == MX_INT32)
+    k_gather_rows<int32_t><<<nb, 256, 0, s>>>(o, (const int32_t *)ix, ap, nrows, a->shape[0], nv);
+  else if (idx->dtype == MX_INT64)
+    k_gather_rows<int64_t><<<nb, 256, 0, s>>>(o, (const int64_t *)ix, ap, nrows, a->shape[0], nv);
+  else
+    k_gather_rows<uint32_t><<<nb, 256, 0, s>>>(o, (const uint32_t *)ix, ap, nrows, a->shape[0], nv);
+  *st = mx__cuda_launched(mx__opname(out));
+  return true;
+}
+
 /* out (pre, I..., post) = a (pre, A, post)[.., idx[I...], ..] */
 static int k_take(mx_array *out, mx_array **in) {
   mx_array *a = in[0], *idx = in[1];
   int ax = MX__PARAMS(out, mx__index_params)->axis;
+  int rst = MX_OK;
+  if (take_rows(out, a, idx, ax, &rst)) return rst;
   int64_t istr[MX_MAX_NDIM] = {0}, astr[MX_MAX_NDIM] = {0};
   int d = 0;
   for (int i = 0; i < ax; i++, d++) astr[d] = a->strides[i];
