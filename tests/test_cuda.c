@@ -90,7 +90,7 @@ TEST(cpu_array_moves_once_and_result_moves_back_once) {
  * synchronous path) too. */
 TEST(uploads_are_staged_and_the_host_buffer_may_change_at_once) {
   NEED_GPU();
-  const int64_t n = 4096, big = 600 * 1024; /* 16 KB (staged), 2.4 MB (waits) */
+  const int64_t n = 8192, big = 600 * 1024; /* 32 KB (staged), 2.4 MB (waits) */
   float *v = malloc(sizeof(float) * (size_t)big);
   ASSERT_NOT_NULL(v);
   mx_array *m = ramp(512 * 512, 0.01);
