@@ -311,13 +311,7 @@ int mx__graph_postorder(mx_array **roots, int nroots, void *stop, bool skip_zero
 /* MXC_GRAD_ADDMM=0: cotangent sums stay plain additions (A/B). */
 static bool addmm_fold_on(void) {
   static int v = -1;
-  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
-  if (r < 0) {
-    const char *e = getenv("MXC_GRAD_ADDMM");
-    r = !(e && !strcmp(e, "0"));
-    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
-  }
-  return r != 0;
+  return mx__env_on("MXC_GRAD_ADDMM", &v);
 }
 
 /* The 2-d product behind p when p is a matrix product that nothing else
@@ -358,26 +352,14 @@ static int fold_sum(mx_array *acc, mx_array *g, mx_array **out) {
  * after rms_norm_backward (A/B). */
 static bool norm_fold_on(void) {
   static int v = -1;
-  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
-  if (r < 0) {
-    const char *e = getenv("MXC_GRAD_NORM_ADD");
-    r = !(e && !strcmp(e, "0"));
-    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
-  }
-  return r != 0;
+  return mx__env_on("MXC_GRAD_NORM_ADD", &v);
 }
 
 /* MXC_VJP_EARLY_FREE=0: a node's cotangent is held until its inputs'
  * cotangents are summed (A/B). */
 static bool early_free_on(void) {
   static int v = -1;
-  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
-  if (r < 0) {
-    const char *e = getenv("MXC_VJP_EARLY_FREE");
-    r = !(e && !strcmp(e, "0"));
-    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
-  }
-  return r != 0;
+  return mx__env_on("MXC_VJP_EARLY_FREE", &v);
 }
 
 /* acc + g as one rms_norm_backward with a residual when g is a lone dx of

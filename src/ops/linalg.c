@@ -199,13 +199,7 @@ static bool col_major_2d(const mx_array *b) {
  * transpose of x^T dy (A/B) */
 static bool wgrad_rowmajor(void) {
   static int v = -1;
-  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
-  if (r < 0) {
-    const char *e = getenv("MXC_WGRAD_ROWMAJOR");
-    r = !(e && !strcmp(e, "0"));
-    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
-  }
-  return r != 0;
+  return mx__env_on("MXC_WGRAD_ROWMAJOR", &v);
 }
 
 static int vjp_matmul(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {

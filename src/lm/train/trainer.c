@@ -191,13 +191,7 @@ int mx_train_eval_loss(mx_nn_module *model, mx_nn_loss_fn fn, void *payload, mx_
  * their own ops before the update (A/B) */
 static bool fused_grads(void) {
   static int v = -1;
-  int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
-  if (r < 0) {
-    const char *e = getenv("MXC_TRAIN_FUSED_GRADS");
-    r = !(e && !strcmp(e, "0"));
-    __atomic_store_n(&v, r, __ATOMIC_RELAXED);
-  }
-  return r != 0;
+  return mx__env_on("MXC_TRAIN_FUSED_GRADS", &v);
 }
 
 int mx_train_step_async(mx_nn_module *model, mx_optimizer *opt, mx_nn_loss_fn fn, void *payload,
@@ -801,7 +795,7 @@ static int prepare_tokens(const mx_train_options *o, mx_train_data **d, int64_t 
  * step n + 1 is queued, or at once before a validation, a checkpoint and
  * the last step. */
 static bool train_pipeline(void) {
-  const char *e = getenv("MXC_TRAIN_PIPELINE");
+  const char *e = getenv("MXC_TRAIN_PIPELINE"); /* read each run: tests set it */
   return !(e && !strcmp(e, "0"));
 }
 
