@@ -1272,6 +1272,53 @@ TEST(swiglu_backward_both_has_the_bits_of_each_form) {
     }
 }
 
+/* softmax_cross_entropy_backward given the forward's loss (16-bit rows a
+ * multiple of 8 long: lse = loss + x[target], one pass): within a
+ * rounding of the two-pass result for finite rows; rows whose loss is not
+ * finite (a target logit of -inf, a row holding +inf) take the two passes
+ * and have their bits exactly. */
+TEST(cross_entropy_backward_given_the_loss) {
+  NEED_GPU();
+  enum { R = 5, V = 8968 };
+  float *x = malloc(sizeof(float) * R * V);
+  ASSERT(x);
+  for (int64_t i = 0; i < (int64_t)R * V; i++) x[i] = (float)(3 * sin((double)i * 0.731));
+  const int32_t tv[R] = {7, 100, 8967, 0, 4000};
+  x[1 * V + 100] = -INFINITY; /* row 1: the target's logit -inf: loss +inf */
+  x[2 * V + 5] = INFINITY;    /* row 2: lse +inf */
+  x[3 * V + 0] = 40;          /* row 3: the target holds nearly all the mass */
+  mx_array *xf = mx_array_from_data(x, (int64_t[]){R, V}, 2, MX_FLOAT32);
+  mx_array *t = mx_array_from_data(tv, (int64_t[]){R}, 1, MX_INT32);
+  free(x);
+  mx_set_default_device(MX_GPU);
+  mx_array *xb = mx_astype(xf, MX_BFLOAT16);
+  mx_array *c = mx_full((int64_t[]){R}, 1, 0.25, MX_FLOAT32);
+  mx_array *l = mx__fast_softmax_ce(xb, t);
+  mx_array *g1 = mx__fast_softmax_ce_grad_loss(xb, t, c, l);
+  mx_array *g0 = mx__fast_softmax_ce_grad(xb, t, c);
+  mx_set_default_device(MX_CPU);
+  ASSERT(g0 && g1);
+  float *a = malloc(sizeof(float) * R * V), *b = malloc(sizeof(float) * R * V);
+  ASSERT(a && b);
+  ASSERT_OK(mx_array_copy_to(g1, MX_FLOAT32, a, (int64_t)R * V));
+  ASSERT_OK(mx_array_copy_to(g0, MX_FLOAT32, b, (int64_t)R * V));
+  int64_t far = 0, nonbits = 0;
+  for (int r = 0; r < R; r++)
+    for (int j = 0; j < V; j++) {
+      const float p = a[r * V + j], q = b[r * V + j];
+      if (r == 1 || r == 2) {
+        if (memcmp(&p, &q, sizeof p)) nonbits++;
+      } else if (!(fabsf(p - q) <= fabsf(q) * (1.f / 128) + 1e-9f)) {
+        if (far++ < 3) printf("    row %d, %d: %g vs %g\n", r, j, p, q);
+      }
+    }
+  ASSERT_EQ_INT(far, 0);
+  ASSERT_EQ_INT(nonbits, 0);
+  free(a);
+  free(b);
+  mx_array_free_n((mx_array *[]){xf, t, xb, c, l, g0, g1}, 7);
+}
+
 /* Long row-strided rows (a stacked product's halves: the 2-D grid of
  * k_vec_rows) have the bits of the element kernel (a last axis of stride
  * 2): swiglu and add, bf16 and float32, rows of 4,096 and 8,200 values

@@ -3,6 +3,7 @@
  * tests/gen/gen_optim_golden.py from PyTorch, or from a NumPy
  * implementation of mlx.optimizers where PyTorch differs). */
 #include <math.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "mxc/mxc.h"
@@ -392,6 +393,54 @@ TEST(scaled_update_with_16bit_grads_equals_clip_then_update) {
   ASSERT(mx__lone_cast_source(c) == NULL); /* already run */
   mx_array_free(c);
   mx_array_free(h);
+}
+
+/* cast_concat: the 16-bit weight copies of a training step in one op. Its
+ * VJP gives each input its part of the cotangent, reshaped and cast back;
+ * bad inputs are errors. (Values are covered by the op-parity cases.) */
+static int castcat_fn(void *payload, mx_array **in, int n, mx_list *out) {
+  (void)payload;
+  mx_array *r = mx__cast_concat(in, n, MX_FLOAT32);
+  return r ? mx_list_push(out, r) : mx_last_status();
+}
+
+TEST(cast_concat_vjp_and_errors) {
+  const float av[6] = {1, 2, 3, 4, 5, 6};
+  const double bv[4] = {-1, -2, -3, -4};
+  float cv[10];
+  for (int i = 0; i < 10; i++) cv[i] = 0.5f * (float)i - 1;
+  mx_array *a = mx_array_from_data(av, (int64_t[]){2, 3}, 2, MX_FLOAT32);
+  mx_array *b = mx_array_from_data(bv, (int64_t[]){4}, 1, MX_FLOAT64);
+  mx_array *cot = mx_array_from_data(cv, (int64_t[]){10}, 1, MX_FLOAT32);
+  mx_closure *f = mx_closure_new(castcat_fn, NULL, NULL);
+  mx_list outs = MX_LIST_INIT, vjps = MX_LIST_INIT;
+  ASSERT_OK(mx_vjp(f, (mx_array *[]){a, b}, 2, &cot, 1, &outs, &vjps));
+  ASSERT(outs.size == 1 && vjps.size == 2);
+  float o[10];
+  ASSERT_OK(mx_array_copy_to(outs.items[0], MX_FLOAT32, o, 10));
+  for (int i = 0; i < 10; i++) ASSERT(o[i] == (i < 6 ? av[i] : (float)bv[i - 6]));
+  mx_array *ga = vjps.items[0], *gb = vjps.items[1];
+  ASSERT(mx_array_dtype(ga) == MX_FLOAT32 && mx_array_ndim(ga) == 2 &&
+         mx_array_shape(ga)[0] == 2 && mx_array_shape(ga)[1] == 3);
+  ASSERT(mx_array_dtype(gb) == MX_FLOAT64 && mx_array_ndim(gb) == 1 && mx_array_shape(gb)[0] == 4);
+  float x[6];
+  double y[4];
+  ASSERT_OK(mx_array_copy_to(ga, MX_FLOAT32, x, 6));
+  ASSERT_OK(mx_array_copy_to(gb, MX_FLOAT64, y, 4));
+  for (int i = 0; i < 6; i++) ASSERT(x[i] == cv[i]);
+  for (int i = 0; i < 4; i++) ASSERT(y[i] == (double)cv[6 + i]);
+  mx_list_clear(&outs);
+  mx_list_clear(&vjps);
+  mx_closure_free(f);
+  /* errors */
+  ASSERT(mx__cast_concat((mx_array *[]){a}, 0, MX_BFLOAT16) == NULL);
+  ASSERT(mx_last_status() == MX_ERR_INVALID_ARG);
+  ASSERT(mx__cast_concat((mx_array *[]){a}, 1, MX_INT32) == NULL);
+  ASSERT(mx_last_status() == MX_ERR_DTYPE);
+  mx_array *i32 = mx_astype(a, MX_INT32);
+  ASSERT(mx__cast_concat((mx_array *[]){a, i32}, 2, MX_BFLOAT16) == NULL);
+  ASSERT(mx_last_status() == MX_ERR_DTYPE && strstr(mx_last_error(), "input 1"));
+  mx_array_free_n((mx_array *[]){a, b, cot, i32}, 4);
 }
 
 /* loss = mean((x @ w - y)^2) over the rows of a batch */

@@ -11,6 +11,7 @@
 #include "mxc/memory.h"
 #include "mxc/ops.h"
 #include "mxc/tokenizer.h"
+#include "lm/train/train_internal.h" /* mx__train_low_steps */
 #include "mxc/train.h"
 #include "test.h"
 
@@ -227,6 +228,34 @@ TEST(bf16_mixed_precision_tracks_float32) {
   o2.compute_dtype = MX_INT32;
   ASSERT(mx_train_run(&o2, record, &b) != 0);
   ASSERT(strstr(mx_last_error(), "--dtype"));
+  rm_tmp(dir);
+}
+
+/* The mixed-precision step's 16-bit weight copies come from one
+ * cast_concat and the step is differentiated at them: the same losses, bit
+ * for bit, as casting each weight inside the loss (MXC_TRAIN_CAST_CONCAT=0). */
+TEST(bf16_weight_copies_in_one_op_same_bits) {
+  char *dir = make_tmp(40);
+  ASSERT_NOT_NULL(dir);
+  char data[128], out1[128], out2[128];
+  mx_train_options o1 = tiny(dir, data, out1, "one");
+  mx_train_options o2 = tiny(dir, data, out2, "each");
+  o1.iters = o2.iters = 12;
+  o1.compute_dtype = o2.compute_dtype = MX_BFLOAT16;
+  curve a = {.n = 0}, b = {.n = 0};
+  const uint64_t before = mx__train_low_steps;
+  ASSERT_OK(mx_train_run(&o1, record, &a));
+  ASSERT_MSG(mx__train_low_steps - before >= 12, "%llu steps at the copies",
+             (unsigned long long)(mx__train_low_steps - before));
+  setenv("MXC_TRAIN_CAST_CONCAT", "0", 1);
+  const uint64_t mid = mx__train_low_steps;
+  ASSERT_OK(mx_train_run(&o2, record, &b));
+  unsetenv("MXC_TRAIN_CAST_CONCAT");
+  ASSERT(mx__train_low_steps == mid);
+  ASSERT_EQ_INT(a.n, 12);
+  ASSERT_EQ_INT(b.n, 12);
+  for (int i = 0; i < 12; i++)
+    ASSERT_MSG(a.loss[i] == b.loss[i], "step %d: %.17g vs %.17g", i + 1, a.loss[i], b.loss[i]);
   rm_tmp(dir);
 }
 

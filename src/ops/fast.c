@@ -1388,6 +1388,11 @@ mx_array *mx__fast_softmax_ce(mx_array *logits, mx_array *targets) {
 }
 
 mx_array *mx__fast_softmax_ce_grad(mx_array *logits, mx_array *targets, mx_array *cot) {
+  return mx__fast_softmax_ce_grad_loss(logits, targets, cot, NULL);
+}
+
+mx_array *mx__fast_softmax_ce_grad_loss(mx_array *logits, mx_array *targets, mx_array *cot,
+                                        mx_array *loss) {
   MX__CHECK_IN("softmax_cross_entropy_backward", logits, targets);
   MX__CHECK_IN("softmax_cross_entropy_backward", cot);
   if (check_ce("softmax_cross_entropy_backward", logits, targets)) return NULL;
@@ -1398,10 +1403,16 @@ mx_array *mx__fast_softmax_ce_grad(mx_array *logits, mx_array *targets, mx_array
                          mx__shape_str(cot->shape, cot->ndim, sa, sizeof sa),
                          mx__shape_str(targets->shape, targets->ndim, sb, sizeof sb)), NULL;
   }
+  if (loss && (loss->dtype != ce_loss_dtype(logits->dtype) || loss->ndim != targets->ndim ||
+               memcmp(loss->shape, targets->shape, sizeof(int64_t) * (size_t)loss->ndim)))
+    return mx__set_error(MX_ERR_SHAPE, "softmax_cross_entropy_backward: the loss given must "
+                         "be the forward's (%s, the targets' shape)",
+                         mx_dtype_name(ce_loss_dtype(logits->dtype))), NULL;
   mx_array *t = mx_astype(targets, MX_INT32);
   mx_array *c = mx_astype(cot, ce_loss_dtype(logits->dtype));
   mx_array *r = t && c ? mx__node_new(&def_SOFTMAX_CE_GRAD, logits->dtype, logits->shape,
-                                      logits->ndim, (mx_array *[]){logits, t, c}, 3, NULL, 0)
+                                      logits->ndim, (mx_array *[]){logits, t, c, loss},
+                                      loss ? 4 : 3, NULL, 0)
                        : NULL;
   mx_array_free(t);
   mx_array_free(c);
@@ -1412,7 +1423,11 @@ mx_array *mx__fast_softmax_ce_grad(mx_array *logits, mx_array *targets, mx_array
 static int vjp_softmax_ce(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {
   if (!need[0]) return MX_OK;
   mx_array *x = out->inputs[0];
-  return set_grad(&g[0], mx__fast_softmax_ce_grad(x, out->inputs[1], cot), x);
+  static int hint = -1; /* MXC_CE_LOSS_HINT=0: the backward without the loss (A/B) */
+  return set_grad(&g[0],
+                  mx__fast_softmax_ce_grad_loss(x, out->inputs[1], cot,
+                                                mx__env_on("MXC_CE_LOSS_HINT", &hint) ? out : NULL),
+                  x);
 }
 
 /* y = c (p - onehot(t)), p = softmax(x); with cotangent h (x's shape):

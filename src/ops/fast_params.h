@@ -198,6 +198,14 @@ extern uint64_t mx__sdpa_cluster_runs;
  * with a VJP of its own written with ops (second order). */
 mx_array *mx__fast_softmax_ce(mx_array *logits, mx_array *targets);
 mx_array *mx__fast_softmax_ce_grad(mx_array *logits, mx_array *targets, mx_array *cot);
+/* The same with the forward's loss as a fourth input (the forward's VJP
+ * passes it): a kernel may take a row's log-sum-exp as loss +
+ * logits[target] instead of reducing the row again (CUDA does for finite
+ * losses: one pass over the logits instead of two; the result differs from
+ * the recomputed one only in the roundings of that sum). The loss gets no
+ * gradient. NULL: the three-input form. */
+mx_array *mx__fast_softmax_ce_grad_loss(mx_array *logits, mx_array *targets, mx_array *cot,
+                                        mx_array *loss);
 
 /* add_rms_norm (internal, a decode step's residual add and the RMSNorm
  * after it in one kernel): inputs x, r (same shape (..., D)), weight (D);

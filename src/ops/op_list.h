@@ -93,6 +93,7 @@
   /* optimizers (fused update steps) */                                     \
   X(ADAM_UPDATE, "adam_update")                                             \
   X(SUM_SQUARES, "sum_squares")                                             \
+  X(CAST_CONCAT, "cast_concat")                                             \
   /* fast LLM ops */                                                        \
   X(RMS_NORM, "rms_norm")                                                   \
   X(RMS_NORM_GRAD, "rms_norm_backward")                                     \

@@ -1,4 +1,5 @@
 /* optim_ops.c — the fused optimizer op adam_update (see optim_params.h). */
+#include <stdint.h>
 #include <string.h>
 
 #include "optim_params.h"
@@ -110,4 +111,44 @@ mx_array *mx__sum_squares(mx_array **a, int n) {
   }
   const int64_t none[1] = {1};
   return mx__node_new(&def_SUM_SQUARES, dt, none, 0, a, n, NULL, 0);
+}
+
+/* input i's cotangent: its part of cot, reshaped, cast back to its dtype */
+static int vjp_cast_concat(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {
+  int64_t off = 0;
+  int st = MX_OK;
+  for (int i = 0; i < out->ninputs && !st; i++) {
+    mx_array *a = out->inputs[i];
+    if (need[i]) {
+      mx_array *s = mx_slice_axis(cot, 0, off, off + a->size, 1);
+      mx_array *r = s ? mx_reshape(s, a->shape, a->ndim) : NULL;
+      g[i] = r ? mx_astype(r, a->dtype) : NULL;
+      if (!g[i]) st = mx_last_status();
+      mx_array_free(r);
+      mx_array_free(s);
+    }
+    off += a->size;
+  }
+  return st;
+}
+
+static const mx__op_def def_CAST_CONCAT = {.id = MX_OP_CAST_CONCAT, .vjp = vjp_cast_concat};
+
+mx_array *mx__cast_concat(mx_array **a, int n, mx_dtype dt) {
+  if (!a || n < 1)
+    return mx__set_error(MX_ERR_INVALID_ARG, "cast_concat: no arrays given"), NULL;
+  if (!mx_dtype_is_float(dt))
+    return mx__set_error(MX_ERR_DTYPE, "cast_concat: the result must be a float type, not %s",
+                         mx_dtype_name(dt)), NULL;
+  int64_t total = 0;
+  for (int i = 0; i < n; i++) {
+    MX__CHECK_IN("cast_concat", a[i]);
+    if (!mx_dtype_is_float(a[i]->dtype))
+      return mx__set_error(MX_ERR_DTYPE, "cast_concat: input %d is %s, not a float type", i,
+                           mx_dtype_name(a[i]->dtype)), NULL;
+    if (a[i]->size > INT64_MAX - total)
+      return mx__set_error(MX_ERR_SHAPE, "cast_concat: the total size overflows"), NULL;
+    total += a[i]->size;
+  }
+  return mx__node_new(&def_CAST_CONCAT, dt, &total, 1, a, n, NULL, 0);
 }

@@ -49,6 +49,15 @@ mx_array *mx__adam_update_all(const mx__adam_params *p, mx_array *pm, mx_array *
  * in a fixed order; the result float32 (float64 when an input is). */
 mx_array *mx__sum_squares(mx_array **a, int n);
 
+/* cast_concat: the inputs flattened (row-major), cast to dt and laid end to
+ * end in one 1-D array of the sum of their sizes — one op (one launch on
+ * the GPU) for the 16-bit copies of a model's float32 master weights,
+ * whose parts are then views (slice + reshape). Each element has the bits
+ * of mx_astype to dt. Inputs: n >= 1 arrays of float dtypes, any shapes
+ * and strides; dt a float dtype. Differentiable: input i's cotangent is
+ * its part of the output's, reshaped and cast back to its dtype. */
+mx_array *mx__cast_concat(mx_array **a, int n, mx_dtype dt);
+
 /* mx_optimizer_update with every gradient scaled by `scale` (a 0-d float
  * array; NULL: none), and gradients of a 16-bit dtype for float32
  * parameters taken as they are: Adam's one-pass kernel reads both (no

@@ -327,6 +327,38 @@ static int f_sumsq(const mx_opcase *c, const double *const *in, double *out, int
   {.op = "sum_squares", .desc = d, .nin = nin_, .ndim = nds, .shape = shapes, .lo = -2,      \
    .hi = 2, FL, .flags = OC_NONCONTIG, .build = b_sumsq, .ref = f_sumsq}
 
+/* ---- cast_concat (internal: a model's 16-bit weight copies in one launch) ---------- */
+/* ip[0]: the target, an index into astype_targets (5-8: the float types) */
+static mx_array *b_castcat(const mx_opcase *c, mx_array **in) {
+  mx_array *x = mx__cast_concat(in, c->nin, astype_targets[c->ip[0]]);
+  mx_array *y = x ? mx_astype(x, MX_FLOAT64) : NULL;
+  mx_array_free(x);
+  return y;
+}
+
+static int f_castcat(const mx_opcase *c, const double *const *in, double *out, int64_t *oshape,
+                     int *ond) {
+  const mx_dtype t = astype_targets[c->ip[0]];
+  int64_t k = 0;
+  for (int i = 0; i < c->nin; i++) {
+    const int64_t n = oc_size(c->shape[i], c->ndim[i]);
+    for (int64_t j = 0; j < n; j++) {
+      double x = in[i][j];
+      if (t == MX_FLOAT16) x = mx__f16_to_f32(mx__f32_to_f16((float)x));
+      else if (t == MX_BFLOAT16) x = mx__bf16_to_f32(mx__f32_to_bf16((float)x));
+      else if (t == MX_FLOAT32) x = (float)x;
+      out[k++] = x;
+    }
+  }
+  oshape[0] = k;
+  *ond = 1;
+  return 0;
+}
+
+#define CASTCAT(d, target, nin_, nds, shapes)                                                 \
+  {.op = "cast_concat", .desc = d, .nin = nin_, .ndim = nds, .shape = shapes, .lo = -3,       \
+   .hi = 3, FL, .flags = NG, .ip = {target}, .build = b_castcat, .ref = f_castcat}
+
 static mx_opcase cases[] = {
     UN(0, -3, 3, OC_DT(MX_FLOAT32, MX_FLOAT64, MX_FLOAT16, MX_BFLOAT16, MX_INT32, MX_INT64)),
     UN(1, -3, 3, OC_DT(MX_FLOAT32, MX_FLOAT64, MX_FLOAT16, MX_BFLOAT16, MX_INT32, MX_UINT8)),
@@ -395,6 +427,14 @@ static mx_opcase cases[] = {
     SUMSQ("arrays of several shapes, a scalar", 4, ARR4(2, 1, 3, 0), ARR4S({5, 7}, {129}, {2, 3, 4}, {0})),
     SUMSQ("several blocks a launch (20000 values), a 0-size array", 2, ARR4(1, 2, 0, 0),
           ARR4S({20000}, {0, 3})),
+    /* cast_concat (internal) */
+    CASTCAT("to bfloat16: aligned parts, an odd one, a 3-d one", 6, 3, ARR4(2, 1, 3),
+            ARR4S({33, 64}, {7}, {2, 3, 40})),
+    CASTCAT("to float16, a 0-size part", 5, 3, ARR4(1, 2, 2), ARR4S({24}, {0, 5}, {9, 8})),
+    CASTCAT("to float32", 7, 2, ARR4(2, 1), ARR4S({16, 16}, {5})),
+    CASTCAT("to float64", 8, 2, ARR4(1, 2), ARR4S({3}, {8, 8})),
+    CASTCAT("several blocks a part (40000 values), many parts", 6, 6, ARR4(1, 1, 2, 1, 1, 2),
+            ARR4S({40000}, {1}, {64, 8}, {17}, {0}, {3, 5})),
     ADAM("one pass, packed [m', v', p'] (vectors of 4)", MX__ADAM_ALL, 4, 2, 0.99997, 0.0031,
          1.37, 1e-8, 33, 64),
     ADAM("one pass, odd size", MX__ADAM_ALL, 4, 3, 1, 0.01, 1, 1e-3, 3, 5, 7),

@@ -524,6 +524,12 @@ static int f_rope_sdpa(const mx_opcase *c, const double *const *in, double *out,
 /* softmax_cross_entropy (internal): logits (..., V), targets (...) in [0, V);
  * the backward takes a cotangent (...) too */
 static mx_array *b_ce(const mx_opcase *c, mx_array **in) {
+  if (c->ip[0] == 2) { /* the backward given the forward's loss */
+    mx_array *l = mx__fast_softmax_ce(in[0], in[1]);
+    mx_array *r = l ? mx__fast_softmax_ce_grad_loss(in[0], in[1], in[2], l) : NULL;
+    mx_array_free(l);
+    return r;
+  }
   return c->ip[0] ? mx__fast_softmax_ce_grad(in[0], in[1], in[2])
                   : mx__fast_softmax_ce(in[0], in[1]);
 }
@@ -768,6 +774,10 @@ static const mx_opcase cases[] = {
     CE("rows of 8968 (a padded vocabulary)", 0, 2, ARR(3, 8968), ARR(3), 8968),
     CE("backward, rows of 8968", 1, 2, ARR(3, 8968), ARR(3), 8968),
     CE("backward, 3-d, rows of 4104", 1, 3, ARR(2, 2, 4104), ARR(2, 2), 4104),
+    CE("backward given the forward's loss, rows of 8968", 2, 2, ARR(3, 8968), ARR(3), 8968),
+    CE("backward given the forward's loss, 3-d, rows of 4104", 2, 3, ARR(2, 2, 4104), ARR(2, 2),
+       4104),
+    CE("backward given the forward's loss, rows of 37", 2, 2, ARR(6, 37), ARR(6), 37),
     CE("rows of 20000", 0, 2, ARR(2, 20000), ARR(2), 20000),
     CE("backward, rows of 20000", 1, 2, ARR(2, 20000), ARR(2), 20000),
     /* add_rms_norm (internal) */

@@ -533,6 +533,37 @@ static int k_sum_squares(mx_array *out, mx_array **in) {
   return MX_OK;
 }
 
+/* cast_concat (src/ops/optim_params.h): each input converted into its part */
+static int k_cast_concat(mx_array *out, mx_array **in) {
+  const int n = out->ninputs;
+  for (int i = 0; i < n; i++)
+    if (!mx_dtype_is_float(in[i]->dtype)) return no_kernel(out, in[i]->dtype);
+  if (!mx_dtype_is_float(out->dtype)) return no_kernel(out, out->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st) return st;
+  const size_t eo = mx_dtype_size(out->dtype);
+  char *dst = out->buf->ptr;
+  for (int i = 0; i < n; i++) {
+    mx_array *a = in[i];
+    const size_t es = mx_dtype_size(a->dtype);
+    if (a->size == 0) continue;
+    void *tmp = NULL;
+    const char *base = mx__data(a);
+    if (!a->row_contiguous) {
+      tmp = malloc(es * (size_t)a->size);
+      if (!tmp)
+        return mx__set_error(MX_ERR_OOM, "cast_concat: out of memory (%zu bytes)",
+                             es * (size_t)a->size);
+      mx__cpu_copy_to_contiguous(a, tmp);
+      base = tmp;
+    }
+    mx__cpu_convert(base, a->dtype, dst, out->dtype, a->size);
+    dst += eo * (size_t)a->size;
+    free(tmp);
+  }
+  return MX_OK;
+}
+
 static int k_adam_update(mx_array *out, mx_array **in) {
   const mx__adam_params *a = MX__PARAMS(out, mx__adam_params);
   if (a->which == MX__ADAM_ALL) return k_adam_all(out, in);
@@ -669,6 +700,7 @@ void mx__cpu_register_elementwise(mx__kernel_fn *k) {
   k[MX_OP_SWIGLU] = k_swiglu;
   k[MX_OP_ADAM_UPDATE] = k_adam_update;
   k[MX_OP_SUM_SQUARES] = k_sum_squares;
+  k[MX_OP_CAST_CONCAT] = k_cast_concat;
   k[MX_OP_SWIGLU_GRAD] = k_swiglu_grad;
   k[MX_OP_COPY] = k_copy;
   k[MX_OP_FULL] = k_copy;

@@ -989,6 +989,125 @@ static int k_sum_squares(mx_array *out, mx_array **in) {
   return st;
 }
 
+/* ---- cast_concat (src/ops/optim_params.h) -------------------------------------------
+ * Up to CC_TAB inputs a launch; block b converts CC_CH elements of one
+ * input (the one whose block range holds b) into its part of the output.
+ * Parts whose source and destination are 16-byte aligned go 8 elements at
+ * a time (16-byte loads and stores); the rest one element at a time. Each
+ * element as astype converts it (TO::st(TI::ld(x))). */
+enum { CC_TAB = 32, CC_CH = 16384, CC_THREADS = 256 };
+struct CcTab {
+  const void *p[CC_TAB];
+  int64_t off[CC_TAB], n[CC_TAB];
+  int64_t blk0[CC_TAB + 1]; /* first block of each input in this launch */
+  int dt[CC_TAB];
+  bool vec[CC_TAB];
+  int cnt;
+};
+
+template <class TI, class TO>
+__device__ __forceinline__ void cc_part(const typename TI::S *__restrict__ a,
+                                        typename TO::S *__restrict__ o, int64_t j0, int64_t j1,
+                                        bool vec) {
+  typedef typename TI::S SI;
+  typedef typename TO::S SO;
+  int64_t j = j0;
+  if (vec) {
+    struct alignas(16) VI { SI v[8]; };
+    struct alignas(16) VO { SO v[8]; };
+    const int64_t nv = (j1 - j0) / 8;
+    const VI *vi = (const VI *)(a + j0);
+    VO *vo = (VO *)(o + j0);
+#pragma unroll 4
+    for (int64_t v = threadIdx.x; v < nv; v += CC_THREADS) {
+      const VI x = vi[v];
+      VO y;
+#pragma unroll
+      for (int e = 0; e < 8; e++) y.v[e] = TO::st(TI::ld(x.v[e]));
+      vo[v] = y;
+    }
+    j = j0 + nv * 8;
+  }
+  for (j += threadIdx.x; j < j1; j += CC_THREADS) o[j] = TO::st(TI::ld(a[j]));
+}
+
+template <class TO>
+__global__ void __launch_bounds__(CC_THREADS) k_cast_concat(CcTab t, typename TO::S *o) {
+  MX_PDL_ENTRY();
+  const int64_t b = blockIdx.x;
+  int i = 0;
+  while (i + 1 < t.cnt && b >= t.blk0[i + 1]) i++;
+  const int64_t j0 = (b - t.blk0[i]) * CC_CH, j1 = MX_MIN(j0 + CC_CH, t.n[i]);
+  typename TO::S *oi = o + t.off[i];
+  switch (t.dt[i]) {
+    case MX_FLOAT16: cc_part<TF16, TO>((const uint16_t *)t.p[i], oi, j0, j1, t.vec[i]); break;
+    case MX_BFLOAT16: cc_part<TBF16, TO>((const uint16_t *)t.p[i], oi, j0, j1, t.vec[i]); break;
+    case MX_FLOAT32: cc_part<TF32, TO>((const float *)t.p[i], oi, j0, j1, t.vec[i]); break;
+    default: cc_part<TF64, TO>((const double *)t.p[i], oi, j0, j1, t.vec[i]); break;
+  }
+}
+
+template <class TO>
+static int cast_concat_launch(mx_array *out, mx_array **in, char *scratch) {
+  const int n = out->ninputs;
+  typename TO::S *o = (typename TO::S *)out->buf->dptr;
+  cudaStream_t s = mx__cuda_stream();
+  CcTab t;
+  t.cnt = 0;
+  t.blk0[0] = 0;
+  int64_t off = 0;
+  int st = MX_OK;
+  for (int i = 0; i < n && !st; i++) {
+    mx_array *a = in[i];
+    const int64_t size = a->size;
+    if (size > 0) {
+      const void *p = mx__ddata(a);
+      if (!a->row_contiguous) { /* a contiguous copy in its own dtype first */
+        int64_t row[MX_MAX_NDIM];
+        mx__compute_row_strides(a->shape, a->ndim, row);
+        st = mx__cuda_strided_copy(scratch, row, a->shape, a->ndim, a, "cast_concat");
+        p = scratch;
+        scratch += ((size_t)size * mx_dtype_size(a->dtype) + 255) & ~(size_t)255;
+      }
+      const int k = t.cnt++;
+      t.p[k] = p, t.off[k] = off, t.n[k] = size, t.dt[k] = (int)a->dtype;
+      t.vec[k] = !((uintptr_t)p & 15) && !((uintptr_t)(o + off) & 15);
+      t.blk0[k + 1] = t.blk0[k] + (size + CC_CH - 1) / CC_CH;
+    }
+    off += size;
+    if (!st && t.cnt && (t.cnt == CC_TAB || i == n - 1)) {
+      k_cast_concat<TO><<<(unsigned)t.blk0[t.cnt], CC_THREADS, 0, s>>>(t, o);
+      st = mx__cuda_launched("cast_concat");
+      t.cnt = 0;
+    }
+  }
+  return st;
+}
+
+static int k_cast_concat_op(mx_array *out, mx_array **in) {
+  const int n = out->ninputs;
+  for (int i = 0; i < n; i++)
+    if (!mx_dtype_is_float(in[i]->dtype)) return mx__cuda_no_dtype(out, in[i]->dtype);
+  if (!mx_dtype_is_float(out->dtype)) return mx__cuda_no_dtype(out, out->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  size_t extra = 0;
+  for (int i = 0; i < n; i++)
+    if (!in[i]->row_contiguous && in[i]->size > 0)
+      extra += ((size_t)in[i]->size * mx_dtype_size(in[i]->dtype) + 255) & ~(size_t)255;
+  mx__buffer *tb = extra ? mx__cuda_tmp(extra) : NULL;
+  if (extra && !tb) return mx_last_status();
+  char *scratch = tb ? (char *)tb->dptr : NULL;
+  switch (out->dtype) {
+    case MX_FLOAT16: st = cast_concat_launch<TF16>(out, in, scratch); break;
+    case MX_BFLOAT16: st = cast_concat_launch<TBF16>(out, in, scratch); break;
+    case MX_FLOAT32: st = cast_concat_launch<TF32>(out, in, scratch); break;
+    default: st = cast_concat_launch<TF64>(out, in, scratch); break;
+  }
+  if (tb) mx__buffer_release(tb); /* reused only by later work of the stream */
+  return st;
+}
+
 /* ---- astype ------------------------------------------------------------------------- */
 template <class TI, class TO>
 struct AstypeF {
@@ -1161,6 +1280,7 @@ void mx__cuda_register_elementwise(mx__kernel_fn *k) {
       MX_OP_LOGICAL_OR};
   for (size_t i = 0; i < sizeof binary_ops / sizeof *binary_ops; i++) k[binary_ops[i]] = k_binary;
   k[MX_OP_SWIGLU] = k_swiglu;
+  k[MX_OP_CAST_CONCAT] = k_cast_concat_op;
   k[MX_OP_ADAM_UPDATE] = k_adam_update;
   k[MX_OP_SUM_SQUARES] = k_sum_squares;
   k[MX_OP_SWIGLU_GRAD] = k_swiglu_grad;

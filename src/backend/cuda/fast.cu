@@ -960,7 +960,8 @@ __global__ void __launch_bounds__(256)
 template <class T, int NV>
 __global__ void __launch_bounds__(256)
     k_ce_vec(const uint16_t *x, const int32_t *tg, const float *cot, void *out, mx__nd<1> xr,
-             mx__nd<1> tr, mx__nd<1> cr, int64_t rows, int V) {
+             mx__nd<1> tr, mx__nd<1> cr, int64_t rows, int V, const float *hint,
+             mx__nd<1> hr) {
   __shared__ float red[8];
   constexpr float L2E = 1.4426950408889634f;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nvec = V >> 3;
@@ -985,39 +986,55 @@ __global__ void __launch_bounds__(256)
         }
       }
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    if (lane == 0) red[warp] = m;
-    __syncthreads();
-    m = red[0];
-#pragma unroll
-    for (int i = 1; i < 8; i++) m = fmaxf(m, red[i]);
-    __syncthreads(); /* red is rewritten below */
-    float lse;
-    if (m == INFINITY || m == -INFINITY) {
-      lse = m;
-    } else {
-      const float mb = m * L2E;
-      float sm = 0.f;
-#pragma unroll
-      for (int k = 0; k < NV; k++) {
-        if (threadIdx.x + k * 256 >= nvec) break;
-        const uint32_t w[4] = {b[k].x, b[k].y, b[k].z, b[k].w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-          sm += ce_ex2(fmaf((float)T::ld((uint16_t)(w[i] & 0xffffu)), L2E, -mb));
-          sm += ce_ex2(fmaf((float)T::ld((uint16_t)(w[i] >> 16)), L2E, -mb));
-        }
+    /* the backward given the forward's loss: lse = loss + x[target] when
+     * both are finite (uniform over the block: one row a block), no
+     * reductions */
+    float lse = 0.f;
+    bool have = false;
+    if (hint) {
+      int64_t ho;
+      mx__nd_offsets<1>(hr, r, &ho);
+      const float l = hint[ho];
+      const int64_t t = tg[to];
+      if (t >= 0 && t < V && isfinite(l)) {
+        lse = l + (float)T::ld(x[xo + t]);
+        have = isfinite(lse);
       }
+    }
+    if (!have) {
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1) sm += __shfl_xor_sync(0xffffffffu, sm, o);
-      if (lane == 0) red[warp] = sm;
+      for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+      if (lane == 0) red[warp] = m;
       __syncthreads();
-      sm = red[0];
+      m = red[0];
 #pragma unroll
-      for (int i = 1; i < 8; i++) sm += red[i];
-      __syncthreads(); /* red is rewritten by the next row */
-      lse = m + logf(sm);
+      for (int i = 1; i < 8; i++) m = fmaxf(m, red[i]);
+      __syncthreads(); /* red is rewritten below */
+      if (m == INFINITY || m == -INFINITY) {
+        lse = m;
+      } else {
+        const float mb = m * L2E;
+        float sm = 0.f;
+#pragma unroll
+        for (int k = 0; k < NV; k++) {
+          if (threadIdx.x + k * 256 >= nvec) break;
+          const uint32_t w[4] = {b[k].x, b[k].y, b[k].z, b[k].w};
+#pragma unroll
+          for (int i = 0; i < 4; i++) {
+            sm += ce_ex2(fmaf((float)T::ld((uint16_t)(w[i] & 0xffffu)), L2E, -mb));
+            sm += ce_ex2(fmaf((float)T::ld((uint16_t)(w[i] >> 16)), L2E, -mb));
+          }
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) sm += __shfl_xor_sync(0xffffffffu, sm, o);
+        if (lane == 0) red[warp] = sm;
+        __syncthreads();
+        sm = red[0];
+#pragma unroll
+        for (int i = 1; i < 8; i++) sm += red[i];
+        __syncthreads(); /* red is rewritten by the next row */
+        lse = m + logf(sm);
+      }
     }
     const int64_t t = tg[to];
     const bool ok = t >= 0 && t < V;
@@ -1063,7 +1080,7 @@ static bool ce_vec_on(void) {
 template <class T>
 static bool ce_vec_launch(unsigned g, cudaStream_t s, const mx_array *x, const mx_array *t,
                           const mx_array *c, mx_array *out, mx__nd<1> xr, mx__nd<1> tr,
-                          mx__nd<1> cr, int64_t rows, int64_t V) {
+                          mx__nd<1> cr, int64_t rows, int64_t V, const mx_array *h) {
   if constexpr (sizeof(typename T::S) == 2) {
     if (!ce_vec_on() || V % 8 || V > 256 * 8 * 16 || ((uintptr_t)mx__ddata(x) & 15) ||
         (c && ((uintptr_t)out->buf->dptr & 15)))
@@ -1077,14 +1094,22 @@ static bool ce_vec_launch(unsigned g, cudaStream_t s, const mx_array *x, const m
     const int32_t *tp = (const int32_t *)mx__ddata(t);
     const float *cp = c ? (const float *)mx__ddata(c) : NULL;
     void *op = out->buf->dptr;
-    if (nvec <= 256 * 2) k_ce_vec<T, 2><<<g, 256, 0, s>>>(xp, tp, cp, op, xr, tr, cr, rows, (int)V);
-    else if (nvec <= 256 * 4) k_ce_vec<T, 4><<<g, 256, 0, s>>>(xp, tp, cp, op, xr, tr, cr, rows, (int)V);
-    else if (nvec <= 256 * 8) k_ce_vec<T, 8><<<g, 256, 0, s>>>(xp, tp, cp, op, xr, tr, cr, rows, (int)V);
-    else k_ce_vec<T, 16><<<g, 256, 0, s>>>(xp, tp, cp, op, xr, tr, cr, rows, (int)V);
+    const float *hp = h ? (const float *)mx__ddata(h) : NULL;
+    mx__nd<1> hr = tr;
+    if (h) {
+      const int64_t *hsp[1] = {h->strides};
+      hr = mx__nd_make<1>(h->shape, h->ndim, hsp);
+    }
+#define CE_VEC(NV) k_ce_vec<T, NV><<<g, 256, 0, s>>>(xp, tp, cp, op, xr, tr, cr, rows, (int)V, hp, hr)
+    if (nvec <= 256 * 2) CE_VEC(2);
+    else if (nvec <= 256 * 4) CE_VEC(4);
+    else if (nvec <= 256 * 8) CE_VEC(8);
+    else CE_VEC(16);
+#undef CE_VEC
     return true;
   } else {
     (void)g, (void)s, (void)x, (void)t, (void)c, (void)out, (void)xr, (void)tr, (void)cr;
-    (void)rows, (void)V;
+    (void)rows, (void)V, (void)h;
     return false;
   }
 }
@@ -1109,6 +1134,8 @@ static bool ce_rows_launch(unsigned g, cudaStream_t s, const mx_array *x, const 
 
 static int ce_launch(mx_array *out, mx_array **in, bool grad) {
   mx_array *x = in[0], *t = in[1], *c = grad ? in[2] : NULL;
+  /* the forward's loss, given to the backward (fast_params.h) */
+  mx_array *h = grad && out->ninputs > 3 ? in[3] : NULL;
   if (!mx_dtype_is_float(x->dtype)) return mx__cuda_no_dtype(out, x->dtype);
   int st = mx__array_alloc_data(out);
   if (st || out->size == 0) return st;
@@ -1129,7 +1156,7 @@ static int ce_launch(mx_array *out, mx_array **in, bool grad) {
   const bool fast = x->dtype != MX_FLOAT64 && x->strides[nd - 1] == 1 && V < INT32_MAX &&
                     !(e_ce_fast && !strcmp(e_ce_fast, "0"));
   MX_CUDA_DISPATCH_FLOAT(x->dtype, {
-    if (!(fast && (ce_vec_launch<T>(g, s, x, t, c, out, xr, tr, cr, rows, V) ||
+    if (!(fast && (ce_vec_launch<T>(g, s, x, t, c, out, xr, tr, cr, rows, V, h) ||
                    ce_rows_launch<T>(g, s, x, t, c, out, xr, tr, cr, rows, V))))
       k_ce<T><<<g, 256, 0, s>>>((const T::S *)mx__ddata(x), (const int32_t *)mx__ddata(t),
                                 c ? (const T::C *)mx__ddata(c) : NULL, out->buf->dptr, xr, tr, cr,

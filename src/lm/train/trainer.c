@@ -194,6 +194,68 @@ static bool fused_grads(void) {
   return mx__env_on("MXC_TRAIN_FUSED_GRADS", &v);
 }
 
+/* MXC_TRAIN_CAST_CONCAT=0: each float32 master weight cast by its own op
+ * inside the differentiated loss (A/B) */
+static bool cast_concat_on(void) {
+  const char *e = getenv("MXC_TRAIN_CAST_CONCAT"); /* read each step: tests set it */
+  return !(e && !strcmp(e, "0"));
+}
+
+uint64_t mx__train_low_steps;
+
+/* A mixed-precision loss's value and gradients with the model holding
+ * 16-bit copies of its float32 master weights made by one op (cast_concat:
+ * one launch, not one a weight; the copies are views of its result),
+ * differentiated at those copies: the gradients come out 16-bit, with the
+ * bits of the ones under the mixed loss's casts (which the step would take
+ * from behind those casts anyway). */
+static int low_value_and_grad(mx_nn_module *model, const mx_train_mixed *mp, mx_array **inputs,
+                              int ninputs, mx_list *vals, mx_map *grads) {
+  mx_map *master = NULL, *low = NULL;
+  mx_array **src = NULL, *cat = NULL;
+  int st = mx_nn_trainable_parameters(model, &master);
+  const int n = st ? 0 : mx_map_size(master);
+  int k = 0;
+  if (!st) {
+    low = mx_map_new();
+    src = malloc(sizeof *src * (size_t)(n ? n : 1));
+    if (!low || !src) st = mx__set_error(MX_ERR_OOM, "train step: out of memory");
+  }
+  for (int i = 0; !st && i < n; i++) {
+    mx_array *v = mx_map_value(master, i);
+    if (mx_dtype_is_float(mx_array_dtype(v)) && mx_array_dtype(v) != mp->dtype) src[k++] = v;
+  }
+  if (!st && k && !(cat = mx__cast_concat(src, k, mp->dtype))) st = mx_last_status();
+  int64_t off = 0;
+  for (int i = 0, j = 0; !st && i < n; i++) {
+    mx_array *v = mx_map_value(master, i), *c;
+    if (j < k && src[j] == v) {
+      const int64_t sz = mx_array_size(v);
+      mx_array *part = mx_slice_axis(cat, 0, off, off + sz, 1);
+      c = part ? mx_reshape(part, mx_array_shape(v), mx_array_ndim(v)) : NULL;
+      mx_array_free(part);
+      off += sz;
+      j++;
+    } else {
+      c = mx_array_retain(v);
+    }
+    st = c ? mx_map_set(low, mx_map_key(master, i), c) : mx_last_status();
+    mx_array_free(c);
+  }
+  mx_array_free(cat);
+  if (!st) st = mx_nn_update(model, low, MX_NN_UPDATE_LOOSE);
+  if (!st) {
+    __atomic_add_fetch(&mx__train_low_steps, 1, __ATOMIC_RELAXED);
+    st = mx_nn_value_and_grad(model, mp->fn, mp->payload, inputs, ninputs, vals, grads);
+    int rs = mx_nn_update(model, master, MX_NN_UPDATE_LOOSE); /* the float32 masters back */
+    if (!st) st = rs;
+  }
+  free(src);
+  mx_map_free(low);
+  mx_map_free(master);
+  return st;
+}
+
 int mx_train_step_async(mx_nn_module *model, mx_optimizer *opt, mx_nn_loss_fn fn, void *payload,
                         mx_array **inputs, int ninputs, int accum, double grad_clip,
                         mx_array **loss_out, mx_array **norm_out) {
@@ -206,8 +268,13 @@ int mx_train_step_async(mx_nn_module *model, mx_optimizer *opt, mx_nn_loss_fn fn
   int st = grads && (accum == 1 || acc) ? MX_OK : mx__set_error(MX_ERR_OOM, "train step: out of memory");
   for (int j = 0; j < accum && !st; j++) {
     mx_list vals = MX_LIST_INIT;
-    st = mx_nn_value_and_grad(model, fn, payload, inputs + (size_t)j * ninputs, ninputs, &vals,
-                              grads);
+    const mx_train_mixed *mp = fn == mx_train_mixed_loss ? payload : NULL;
+    if (mp && mp->fn && accum == 1 && fused_grads() && cast_concat_on() &&
+        (mp->dtype == MX_BFLOAT16 || mp->dtype == MX_FLOAT16))
+      st = low_value_and_grad(model, mp, inputs, ninputs, &vals, grads);
+    else
+      st = mx_nn_value_and_grad(model, fn, payload, inputs + (size_t)j * ninputs, ninputs, &vals,
+                                grads);
     if (!st && vals.size < 1) st = mx__set_error(MX_ERR_INVALID_ARG, "train step: no loss");
     /* mixed precision: a 16-bit gradient reaches its float32 parameter
      * through a cast (the VJP of the loss's cast); with one micro-batch the
