@@ -368,6 +368,12 @@ static bool early_free_on(void) {
  * backward's own pass. *out NULL: it does not apply. */
 static int fold_norm(mx_array *acc, mx_array *g, mx_array **out) {
   *out = NULL;
+  bool folded = false; /* g a view of the packed dx and dw (rms_norm's VJP) */
+  int st = mx__fast_rms_norm_grad_fold(g, acc, &folded);
+  if (st || folded) {
+    if (folded) *out = mx_array_retain(g);
+    return st;
+  }
   if (g->refcount != 1 || g->buf || !g->op || g->op->id != MX_OP_RMS_NORM_GRAD) return MX_OK;
   const mx__rms_norm_grad_params *p = MX__PARAMS(g, mx__rms_norm_grad_params);
   if (p->which != 0 || p->has_resid || acc->dtype != g->dtype || !same_shape(acc, g))

@@ -138,10 +138,30 @@ mx_array *mx_fast_layer_norm(mx_array *x, mx_array *weight, mx_array *bias, doub
 /* d/dx of x * n * w with n = rsqrt(mean(x^2) + eps):
  *   dx = n * gw - x * n^3 * mean(gw * x),  gw = g * w
  *   dw = sum over leading axes of g * x * n */
+static mx_array *rms_grad_build(int which, mx_array *x, mx_array *g, mx_array *w, double eps,
+                                mx_array *r);
+
+/* MXC_RMS_BWD_PACKED=0: dx and dw by two nodes (two passes over x and the
+ * cotangent), for A/B */
+static bool rms_bwd_packed_on(void) {
+  static int v = -1;
+  return mx__env_on("MXC_RMS_BWD_PACKED", &v);
+}
+
 static int vjp_rms_norm(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {
   const mx__rms_norm_params *p = MX__PARAMS(out, mx__rms_norm_params);
   mx_array *x = out->inputs[0], *w = p->has_weight ? out->inputs[1] : NULL;
   int st = MX_OK;
+  /* dx by a node that leaves dw's partial sums behind its output (which
+   * 3) and dw by a node that adds them up (which 4): one pass over x and
+   * the cotangent instead of two */
+  if (need[0] && w && need[1] && rms_bwd_packed_on()) {
+    mx_array *dw = NULL, *dx = mx__fast_rms_norm_grad_both(x, cot, w, p->eps, NULL, &dw);
+    st = set_grad(&g[0], dx, x);
+    if (!st) st = set_grad(&g[1], dw, w);
+    else mx_array_free(dw);
+    return st;
+  }
   if (need[0]) st = set_grad(&g[0], mx__fast_rms_norm_grad(0, x, cot, w, p->eps), x);
   if (!st && w && need[1]) st = set_grad(&g[1], mx__fast_rms_norm_grad(2, x, cot, NULL, p->eps), w);
   return st;
@@ -152,6 +172,17 @@ static mx_array *rms_grad_build(int which, mx_array *x, mx_array *g, mx_array *w
 
 mx_array *mx__fast_rms_norm_grad(int which, mx_array *x, mx_array *g, mx_array *w, double eps) {
   return rms_grad_build(which, x, g, w, eps, NULL);
+}
+
+mx_array *mx__fast_rms_norm_grad_both(mx_array *x, mx_array *g, mx_array *w, double eps,
+                                      mx_array *r, mx_array **dw) {
+  *dw = NULL;
+  mx_array *dx = rms_grad_build(3, x, g, w, eps, r);
+  if (dx && !(*dw = rms_grad_build(4, x, g, NULL, eps, dx))) {
+    mx_array_free(dx);
+    return NULL;
+  }
+  return dx;
 }
 
 mx_array *mx__fast_rms_norm_grad_add(mx_array *x, mx_array *g, mx_array *w, double eps,
@@ -171,9 +202,17 @@ static mx_array *rms_grad_build(int which, mx_array *x, mx_array *g, mx_array *w
                                 mx_array *r) {
   MX__CHECK_IN("rms_norm_backward", x);
   MX__CHECK_IN("rms_norm_backward", g);
-  if (which < 0 || which > 2)
+  if (which < 0)
     return mx__set_error(MX_ERR_INVALID_ARG, "rms_norm_backward: unknown form %d", which), NULL;
-  if (which) w = NULL;
+  if (which > 4)
+    return mx__set_error(MX_ERR_INVALID_ARG, "rms_norm_backward: unknown form %d", which), NULL;
+  /* which 4: r carries the which-3 node whose partial sums it may add */
+  mx_array *src3 = which == 4 ? r : NULL;
+  if (which == 4 && (!src3 || !src3->op || src3->op->id != MX_OP_RMS_NORM_GRAD ||
+                     MX__PARAMS(src3, mx__rms_norm_grad_params)->which != 3))
+    return mx__set_error(MX_ERR_INVALID_ARG, "rms_norm_backward: form 4 takes the dx node of "
+                         "form 3"), NULL;
+  if (which == 1 || which == 2 || which == 4) w = NULL, r = NULL;
   mx_dtype dt;
   if (check_norm("rms_norm_backward", x, w, NULL, &dt)) return NULL;
   dt = mx_promote_types(dt, g->dtype);
@@ -193,11 +232,14 @@ static mx_array *rms_grad_build(int which, mx_array *x, mx_array *g, mx_array *w
   int n = 2 + (w != NULL) + (r != NULL), ok = 1;
   for (int i = 0; i < n; i++)
     if (!(c[i] = mx_astype(ins[i], dt))) ok = 0;
-  /* which 2: the sum over the leading axes, (D) (check_norm: x->ndim >= 1) */
-  const int64_t *osh = which == 2 ? x->shape + x->ndim - 1 : x->shape;
-  int ond = which == 2 ? 1 : x->ndim;
-  mx_array *res = ok ? mx__node_new(&def_RMS_NORM_GRAD, which ? compute_dtype(dt) : dt, osh, ond,
-                                    c, n, &p, sizeof p)
+  if (src3) c[n++] = mx_array_retain(src3); /* which 4: (x, g, the which-3 node) */
+  /* which 2 and 4: the sum over the leading axes, (D) (check_norm: x->ndim >= 1) */
+  const bool sum = which == 2 || which == 4;
+  const int64_t *osh = sum ? x->shape + x->ndim - 1 : x->shape;
+  int ond = sum ? 1 : x->ndim;
+  mx_array *res = ok ? mx__node_new(&def_RMS_NORM_GRAD,
+                                    which == 1 || sum ? compute_dtype(dt) : dt, osh, ond, c, n,
+                                    &p, sizeof p)
                      : NULL;
   for (int i = 0; i < n; i++) mx_array_free(c[i]);
   return res;
@@ -223,12 +265,14 @@ static int vjp_rms_norm_grad(mx_array *out, mx_array *h, mx_array **gr, const bo
   mx__tmp t = {0};
 #define KP(e) mx__keep(&t, (e))
   mx_array *xf = KP(mx_astype(x, cdt)), *gf = KP(mx_astype(g, cdt)), *hf = KP(mx_astype(h, cdt));
-  /* which 2 sums which 1 over the leading axes: its cotangent, broadcast */
-  if (p->which == 2) hf = KP(mx_broadcast_to(hf, x->shape, x->ndim));
+  /* which 2 (and 4) sums which 1 over the leading axes: its cotangent,
+   * broadcast; which 3 is which 0 (the partial sums it leaves are data) */
+  const int which = p->which == 3 ? 0 : p->which == 4 ? 2 : p->which;
+  if (which == 2) hf = KP(mx_broadcast_to(hf, x->shape, x->ndim));
   mx_array *n = KP(mx_rsqrt(KP(mx_add_scalar(KP(mx_mean(KP(mx_square(xf)), &ax, 1, true)),
                                              p->eps))));
   mx_array *n3 = KP(mx_multiply(n, KP(mx_square(n))));
-  if (p->which >= 1) {
+  if (which >= 1) {
     if (need[1]) st = set_grad(&gr[1], mx_multiply(hf, KP(mx_multiply(xf, n))), g);
     if (!st && need[0]) {
       mx_array *mhgx = KP(mx_mean(KP(mx_multiply(KP(mx_multiply(hf, gf)), xf)), &ax, 1, true));
@@ -260,6 +304,25 @@ static int vjp_rms_norm_grad(mx_array *out, mx_array *h, mx_array **gr, const bo
 #undef KP
   mx__tmp_free(&t);
   return st;
+}
+
+int mx__fast_rms_norm_grad_fold(mx_array *dx, mx_array *r, bool *folded) {
+  *folded = false;
+  if (dx->buf || !dx->op || dx->op->id != MX_OP_RMS_NORM_GRAD || dx->refcount > 2) return MX_OK;
+  const mx__rms_norm_grad_params *p = MX__PARAMS(dx, mx__rms_norm_grad_params);
+  if (p->which != 3 || p->has_resid || r->dtype != dx->dtype || r->ndim != dx->ndim ||
+      memcmp(r->shape, dx->shape, sizeof(int64_t) * (size_t)r->ndim))
+    return MX_OK;
+  /* not run, held only by the sum being made and its which-4 node (which
+   * reads its partial sums, not its values): dx + r in its pass changes
+   * what nothing else reads */
+  mx_array **in = realloc(dx->inputs, sizeof *in * (size_t)(dx->ninputs + 1));
+  if (!in) return mx__set_error(MX_ERR_OOM, "rms_norm_backward: out of memory");
+  dx->inputs = in;
+  in[dx->ninputs++] = mx_array_retain(r);
+  ((mx__rms_norm_grad_params *)dx->params)->has_resid = true;
+  *folded = true;
+  return MX_OK;
 }
 
 /* With xh = (x - mean) * n, n = rsqrt(var + eps), y = xh * w + b:

@@ -51,7 +51,14 @@ typedef struct {
  * which 1 -> g x n in the compute type (f32; f64 for f64), inputs (x, g),
  * whose sum over the leading axes is dw; which 2 -> that sum itself, (D)
  * in the compute type (the weight gradient without the (..., D) float32
- * intermediate; summed in a fixed order, whatever the thread count). */
+ * intermediate; summed in a fixed order, whatever the thread count);
+ * which 3 -> which 0's dx (inputs and output alike), whose kernel may
+ * also leave dw's partial sums after its output (CUDA: one pass over x
+ * and g for both gradients); which 4 -> which 2's dw from inputs (x, g,
+ * that which-3 node): its kernel adds the partial sums up when the
+ * which-3 node left them, else computes dw from x and g. rms_norm's VJP
+ * uses 3 and 4 when both gradients are needed (MXC_RMS_BWD_PACKED=0: 0
+ * and 2). */
 typedef struct {
   double eps;
   int which;
@@ -65,6 +72,16 @@ mx_array *mx__fast_rms_norm_grad(int which, mx_array *x, mx_array *g, mx_array *
  * r). */
 mx_array *mx__fast_rms_norm_grad_add(mx_array *x, mx_array *g, mx_array *w, double eps,
                                      mx_array *r);
+/* which 3 (dx, plus r when given) and the which 4 reading it (*dw): both
+ * gradients of rms_norm (w required). NULL (and *dw NULL) on error. */
+mx_array *mx__fast_rms_norm_grad_both(mx_array *x, mx_array *g, mx_array *w, double eps,
+                                      mx_array *r, mx_array **dw);
+/* The reverse sweep's fold of r into a which-3 backward: when dx is one
+ * (no residual yet, not run, held by at most the sum being made and its
+ * which-4 node) and r has its shape and dtype, r becomes the node's
+ * residual input, so dx now reads dx + r (*folded true; the caller takes
+ * dx for the sum). Otherwise nothing changes. */
+int mx__fast_rms_norm_grad_fold(mx_array *dx, mx_array *r, bool *folded);
 
 /* swiglu_backward (the VJP of swiglu in one pass): which 0 -> d gate =
  * cot * up * silu'(gate), inputs (gate, up, cot); which 1 -> d up =

@@ -285,6 +285,14 @@ static int f_swiglu(const mx_opcase *c, const double *const *in, double *out, in
 /* ip = {which, has_weight}, dp = {eps} */
 /* ip[2]: the residual form (dx + r, r the last input) */
 static mx_array *b_rms_grad(const mx_opcase *c, mx_array **in) {
+  if (c->ip[0] >= 3) { /* dx (3) or dw (4) of the pair that shares one pass */
+    mx_array *dw = NULL;
+    mx_array *dx = mx__fast_rms_norm_grad_both(in[0], in[1], in[2], c->dp[0],
+                                               c->ip[2] ? in[c->nin - 1] : NULL, &dw);
+    mx_array *keep = c->ip[0] == 3 ? dx : dw;
+    mx_array_free(keep == dx ? dw : dx);
+    return keep;
+  }
   if (c->ip[2])
     return mx__fast_rms_norm_grad_add(in[0], in[1], c->ip[1] ? in[2] : NULL, c->dp[0],
                                       in[c->nin - 1]);
@@ -297,7 +305,8 @@ static int f_rms_grad(const mx_opcase *c, const double *const *in, double *out,
   int64_t n = oc_size(c->shape[0], nd), D = c->shape[0][nd - 1];
   memcpy(oshape, c->shape[0], sizeof(int64_t) * (size_t)nd);
   *ond = nd;
-  if (c->ip[0] == 2) { /* the weight gradient: (D), summed over the rows */
+  const bool dw = c->ip[0] == 2 || c->ip[0] == 4;
+  if (dw) { /* the weight gradient: (D), summed over the rows */
     oshape[0] = D;
     *ond = 1;
     for (int64_t i = 0; i < D; i++) out[i] = 0;
@@ -312,7 +321,7 @@ static int f_rms_grad(const mx_opcase *c, const double *const *in, double *out,
     }
     double nn = 1.0 / sqrt(ss / (double)D + c->dp[0]);
     m /= (double)D;
-    if (c->ip[0] == 2) {
+    if (dw) {
       for (int64_t i = 0; i < D; i++) out[i] += g[i] * x[i] * nn;
       continue;
     }
@@ -820,6 +829,21 @@ static const mx_opcase cases[] = {
     RMS_GRAD_ADD0("dx + residual, no weight, rows of 33", 2, ARR(4, 33), 1e-5),
     RMS_GRAD_ADDW("dx + residual, weight, long rows", 2, ARR(3, 1500), ARR(1500), 1e-5),
     RMS_GRAD("dw, no rows", 2, 0, 2, ARR(0, 8), ARR(8), 1e-5),
+    /* dx and dw from one pass (3: dx, leaving dw's partial sums; 4: dw) */
+    RMS_GRAD("one pass: dx, rows of 768 (vectors)", 3, 1, 3, ARR(2, 5, 768), ARR(768), 1e-5),
+    RMS_GRAD("one pass: dw, rows of 768 (vectors)", 4, 1, 3, ARR(2, 5, 768), ARR(768), 1e-5),
+    RMS_GRAD("one pass: dw, 100 rows of 64", 4, 1, 2, ARR(100, 64), ARR(64), 1e-5),
+    RMS_GRAD("one pass: dx, rows of 33 (no vectors)", 3, 1, 2, ARR(4, 33), ARR(33), 1e-5),
+    RMS_GRAD("one pass: dw, rows of 33 (no vectors)", 4, 1, 2, ARR(4, 33), ARR(33), 1e-5),
+    RMS_GRAD("one pass: dw, no rows", 4, 1, 2, ARR(0, 8), ARR(8), 1e-5),
+    {.op = "rms_norm_backward", .desc = "one pass: dx + residual, rows of 768", .nin = 4,
+     .ndim = {3, 3, 1, 3}, .shape = {ARR(2, 5, 768), ARR(2, 5, 768), ARR(768), ARR(2, 5, 768)},
+     .lo = -2, .hi = 2, OC_FLOATS, .flags = OC_NONCONTIG, .ip = {3, 1, 1}, .dp = {1e-5},
+     .build = b_rms_grad, .ref = f_rms_grad},
+    {.op = "rms_norm_backward", .desc = "one pass: dw with a residual, rows of 768", .nin = 4,
+     .ndim = {3, 3, 1, 3}, .shape = {ARR(2, 5, 768), ARR(2, 5, 768), ARR(768), ARR(2, 5, 768)},
+     .lo = -2, .hi = 2, OC_FLOATS, .flags = OC_NONCONTIG, .ip = {4, 1, 1}, .dp = {1e-5},
+     .build = b_rms_grad, .ref = f_rms_grad},
     /* swiglu_backward (its own VJP is checked by finite differences too) */
     SWIGLU_GRAD("d gate", 0, 2, ARR(5, 37), -4, 4),
     SWIGLU_GRAD("d up", 1, 2, ARR(5, 37), -4, 4),

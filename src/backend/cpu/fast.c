@@ -379,20 +379,23 @@ static void rms_dw_chunks(void *c_, int64_t k0, int64_t k1) {
   free(buf);
 }
 
-static int rms_norm_dw(mx_array *out, mx_array *x, mx_array *g, double eps) {
-  const int64_t D = out->size, rows = D ? x->size / D : 0;
+/* dw (D values of dtype odt) at dst */
+static int rms_norm_dw(void *dst, mx_dtype odt, int64_t D, mx_array *x, mx_array *g,
+                       double eps) {
+  const int64_t rows = D ? x->size / D : 0;
   const int64_t chunk = MX_MAX(64, (rows + 255) / 256), nk = (rows + chunk - 1) / chunk;
   rms_dw_ctx c = {.x = x, .g = g, .eps = eps, .D = D, .rows = rows, .chunk = chunk};
-  c.part = malloc(sizeof(double) * (size_t)MX_MAX(1, nk * D));
+  c.part = malloc(sizeof(double) * (size_t)MX_MAX(1, MX_MAX(nk, 1) * D)); /* row 0: the sums */
   if (!c.part) return oom("rms_norm_backward", sizeof(double) * (size_t)(nk * D));
   mx__parallel_for(nk, 1, rms_dw_chunks, &c);
-  if (!c.failed)
+  if (!c.failed) { /* the chunks' sums into chunk 0's row, then converted */
     for (int64_t i = 0; i < D; i++) {
       double t = 0;
       for (int64_t k = 0; k < nk; k++) t += c.part[k * D + i];
-      if (out->dtype == MX_FLOAT64) ((double *)mx__data(out))[i] = t;
-      else ((float *)mx__data(out))[i] = (float)t;
+      c.part[i] = t;
     }
+    mx__cpu_convert(c.part, MX_FLOAT64, dst, odt, D);
+  }
   free(c.part);
   return c.failed ? oom("rms_norm_backward", sizeof(float) * 2 * (size_t)D) : MX_OK;
 }
@@ -401,10 +404,14 @@ static int k_rms_norm_grad(mx_array *out, mx_array **in) {
   const mx__rms_norm_grad_params *p = MX__PARAMS(out, mx__rms_norm_grad_params);
   int s = mx__array_alloc_data(out);
   if (s || out->size == 0) return s;
-  if (p->which == 2) return rms_norm_dw(out, in[0], in[1], p->eps);
+  /* which 3 and 4 (dx that leaves dw's partial sums, and their sum): the
+   * CPU leaves none, so they are which 0 and which 2 */
+  if (p->which == 2 || p->which == 4)
+    return rms_norm_dw(mx__data(out), out->dtype, out->size, in[0], in[1], p->eps);
   mx_array *x = in[0], *w = p->has_weight ? in[2] : NULL;
-  mx_array *rr = p->which == 0 && p->has_resid ? in[p->has_weight ? 3 : 2] : NULL;
-  rms_grad_ctx c = {.out = out, .x = x, .g = in[1], .r = rr, .which = p->which, .eps = p->eps,
+  const int which = p->which == 3 ? 0 : p->which;
+  mx_array *rr = which == 0 && p->has_resid ? in[p->has_weight ? 3 : 2] : NULL;
+  rms_grad_ctx c = {.out = out, .x = x, .g = in[1], .r = rr, .which = which, .eps = p->eps,
                     .D = x->shape[x->ndim - 1]};
   int64_t rows = out->size / c.D, grain = MX_MAX(1, 16384 / c.D);
   if (x->dtype == MX_FLOAT64) {

@@ -237,13 +237,23 @@ static bool rows_vec_ok(const mx_array *a, int V) {
  * its NV packed vectors of x and g in registers between the two passes —
  * one read of each from memory. The same arithmetic as k_rms_grad_warp,
  * summed in another order. */
-template <class T, int V, int NV>
+template <class T, int V, int NV, bool DW = false>
 __global__ void __launch_bounds__(256)
     k_rms_grad_vec(const typename T::S *x, const typename T::S *g, const uint4 *__restrict__ w,
                    uint4 *__restrict__ o, mx__nd<2> rnd, int64_t rows, int nv, float eps,
-                   const uint4 *__restrict__ res) {
+                   const uint4 *__restrict__ res, float *__restrict__ part = nullptr) {
   const int lane = threadIdx.x & 31;
   const float D = (float)nv * V;
+  /* DW (the packed form): each lane also adds g x n of its columns over
+   * the warp's rows; the block's 8 warps are added in order into its
+   * partial row (part, gridDim.x x D), summed over blocks by k_rms_dw_sum */
+  float acc[DW ? NV : 1][DW ? V : 1];
+  if constexpr (DW) {
+#pragma unroll
+    for (int k = 0; k < NV; k++)
+#pragma unroll
+      for (int j = 0; j < V; j++) acc[k][j] = 0.f;
+  }
   MX_PDL_ENTRY();
   for (int64_t r = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5); r < rows;
        r += (int64_t)gridDim.x * 8) {
@@ -287,6 +297,7 @@ __global__ void __launch_bounds__(256)
         if (w) norm_unpack<T, V>(__ldg(w + i), c);
 #pragma unroll
         for (int j = 0; j < V; j++) {
+          if constexpr (DW) acc[k][j] += b[j] * a[j] * n;
           const float gj = w ? b[j] * c[j] : b[j];
           b[j] = n * gj - a[j] * n3m;
         }
@@ -297,6 +308,25 @@ __global__ void __launch_bounds__(256)
         }
         orow[i] = norm_pack<T, V>(b);
       }
+    }
+  }
+  if constexpr (DW) {
+    __shared__ float red[8 * 1024];
+    const int warp = threadIdx.x >> 5, W = nv * V;
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+      const int i = lane + 32 * k;
+      if (i < nv) {
+#pragma unroll
+        for (int j = 0; j < V; j++) red[warp * W + i * V + j] = acc[k][j];
+      }
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < W; c += 256) {
+      float t = red[c];
+#pragma unroll
+      for (int q = 1; q < 8; q++) t += red[q * W + c];
+      part[(int64_t)blockIdx.x * W + c] = t;
     }
   }
 }
@@ -483,8 +513,9 @@ __global__ void k_rms_dw_part(const typename T::S *x, const typename T::S *g, mx
  * independent chains of loads instead of one; 32 consecutive columns a
  * load), then the 8 sums are added in warp order — a fixed order,
  * deterministic. */
-template <class C>
-__global__ void __launch_bounds__(256) k_rms_dw_sum(const C *part, int64_t nk, int64_t D, C *out) {
+template <class C, class TO>
+__global__ void __launch_bounds__(256)
+    k_rms_dw_sum(const C *part, int64_t nk, int64_t D, typename TO::S *out) {
   __shared__ C red[8][33];
   const int l = threadIdx.x & 31, w = threadIdx.x >> 5;
   const int64_t i = (int64_t)blockIdx.x * 32 + l;
@@ -499,7 +530,7 @@ __global__ void __launch_bounds__(256) k_rms_dw_sum(const C *part, int64_t nk, i
     C r = red[0][l];
 #pragma unroll
     for (int j = 1; j < 8; j++) r += red[j][l];
-    out[i] = r;
+    out[i] = TO::st(r);
   }
 }
 
@@ -537,14 +568,15 @@ static void rms_dw_part_vec(dim3 grid, cudaStream_t s, const mx_array *x, const 
   }
 }
 
-static int rms_dw(mx_array *out, mx_array *x, mx_array *g, double eps) {
+/* dw (D values of the compute type) at dst */
+static int rms_dw(void *dst, int64_t D, mx_array *x, mx_array *g, double eps) {
   const int nd = x->ndim;
-  const int64_t D = out->size, rows = x->size / D;
+  const int64_t rows = x->size / D;
   const int64_t chunk = MX_MAX(32, (rows + 1023) / 1024), nk = (rows + chunk - 1) / chunk;
   const bool f64 = x->dtype == MX_FLOAT64;
   const size_t cs = f64 ? sizeof(double) : sizeof(float);
   if (rows == 0)
-    return mx__cuda_check(cudaMemsetAsync(out->buf->dptr, 0, (size_t)D * cs, mx__cuda_stream()),
+    return mx__cuda_check(cudaMemsetAsync(dst, 0, (size_t)D * cs, mx__cuda_stream()),
                           "rms_norm_backward");
   mx__buffer *tb = mx__cuda_tmp(cs * (size_t)(rows + nk * D));
   if (!tb) return mx_last_status();
@@ -573,12 +605,15 @@ static int rms_dw(mx_array *out, mx_array *x, mx_array *g, double eps) {
                                               x->strides[nd - 1], g->strides[nd - 1], nb, chunk,
                                               part);
     }
-    k_rms_dw_sum<CT><<<(unsigned)((D + 31) / 32), 256, 0, s>>>(part, nk, D,
-                                                              (CT *)out->buf->dptr);
+    typedef std::conditional<sizeof(CT) == 8, TF64, TF32>::type TC;
+    k_rms_dw_sum<CT, TC><<<(unsigned)((D + 31) / 32), 256, 0, s>>>(part, nk, D, (CT *)dst);
     st = mx__cuda_launched("rms_norm_backward");
   })
   mx__buffer_release(tb); /* reused only by later work of the stream */
-  return st == MX_ERR_NO_KERNEL ? mx__cuda_no_dtype(out, x->dtype) : st;
+  return st == MX_ERR_NO_KERNEL
+             ? mx__set_error(MX_ERR_NO_KERNEL, "rms_norm_backward: no CUDA kernel for dtype %s",
+                             mx_dtype_name(x->dtype))
+             : st;
 }
 
 /* o += r elementwise (both contiguous, n values): the residual of
@@ -591,16 +626,44 @@ __global__ void k_add_inplace(typename T::S *o, const typename T::S *r, int64_t 
 static int rms_grad_rows(mx_array *out, mx_array **in, const mx__rms_norm_grad_params *p,
                          const void *res);
 
+/* which 3's partial sums of dw behind dx: one row of D floats for each
+ * block of its (fixed: deterministic) grid, from a 256-byte aligned
+ * offset after dx */
+static unsigned rms_tail_blocks(int64_t rows) {
+  return (unsigned)MX_MAX((int64_t)1, MX_MIN((rows + 7) / 8, (int64_t)1024));
+}
+static size_t rms_tail_offset(const mx_array *dx) {
+  return ((size_t)dx->size * mx_dtype_size(dx->dtype) + 255) & ~(size_t)255;
+}
+/* the partial sums a which-3 array left (NULL: none) */
+static const float *rms_tail(const mx_array *dx, int64_t rows, int64_t D) {
+  if (!dx->buf || !dx->buf->dptr || dx->offset != 0 || dx->dtype == MX_FLOAT64) return NULL;
+  const size_t need = rms_tail_offset(dx) + sizeof(float) * rms_tail_blocks(rows) * (size_t)D;
+  return dx->buf->size >= need ? (const float *)((const char *)dx->buf->dptr + rms_tail_offset(dx))
+                               : NULL;
+}
+
 static int k_rms_norm_grad(mx_array *out, mx_array **in) {
   const mx__rms_norm_grad_params *p = MX__PARAMS(out, mx__rms_norm_grad_params);
   mx_array *x = in[0], *g = in[1], *w = p->has_weight ? in[2] : NULL;
-  mx_array *rr = p->which == 0 && p->has_resid ? in[p->has_weight ? 3 : 2] : NULL;
+  mx_array *rr = (p->which == 0 || p->which == 3) && p->has_resid ? in[p->has_weight ? 3 : 2]
+                                                                    : NULL;
   mx_dtype dt = x->dtype;
   if (!mx_dtype_is_float(dt) || g->dtype != dt || (w && w->dtype != dt) || (rr && rr->dtype != dt))
     return mx__cuda_no_dtype(out, g->dtype);
-  int st = mx__array_alloc_data(out);
+  /* which 3 allocates in rms_grad_rows (room for the partial sums) */
+  int st = p->which == 3 && out->size > 0 ? MX_OK : mx__array_alloc_data(out);
   if (st || out->size == 0) return st;
-  if (p->which == 2) return rms_dw(out, x, g, p->eps);
+  if (p->which == 4) { /* the partial sums which 3 left, else from x and g */
+    const int64_t D = out->size, rows = x->size / D;
+    const float *part = rms_tail(in[2], rows, D);
+    if (part && out->dtype == MX_FLOAT32) {
+      k_rms_dw_sum<float, TF32><<<(unsigned)((D + 31) / 32), 256, 0, mx__cuda_stream()>>>(
+          part, rms_tail_blocks(rows), D, (float *)out->buf->dptr);
+      return mx__cuda_launched(mx__opname(out));
+    }
+  }
+  if (p->which == 2 || p->which == 4) return rms_dw(out->buf->dptr, out->size, x, g, p->eps);
   if (!rr) return rms_grad_rows(out, in, p, NULL);
   /* the residual, row-contiguous like the output */
   mx__buffer *tb = NULL;
@@ -625,7 +688,7 @@ static int rms_grad_rows(mx_array *out, mx_array **in, const mx__rms_norm_grad_p
   mx_array *x = in[0], *g = in[1], *w = p->has_weight ? in[2] : NULL;
   mx_dtype dt = x->dtype;
   int nd = x->ndim;
-  int64_t D = x->shape[nd - 1], rows = out->size / D;
+  int64_t D = x->shape[nd - 1], rows = x->size / D;
   int64_t xst[MX_MAX_NDIM], gst[MX_MAX_NDIM];
   for (int d = 0; d < nd; d++) xst[d] = x->strides[d], gst[d] = g->strides[d];
   const int64_t *sp[2] = {xst, gst};
@@ -633,7 +696,9 @@ static int rms_grad_rows(mx_array *out, mx_array **in, const mx__rms_norm_grad_p
   unsigned gr = (unsigned)(rows < 65535 * 8 ? rows : 65535 * 8);
   int64_t ws = w ? w->strides[w->ndim - 1] : 0;
   cudaStream_t s = mx__cuda_stream();
-  const int which = p->which;
+  /* which 3: which 0, and dw's partial sums behind dx on the vector path */
+  const bool packed = p->which == 3;
+  const int which = packed ? 0 : p->which;
   const bool warp = D <= 1024;
   const unsigned gw = (unsigned)MX_MIN((rows + 7) / 8, (int64_t)65535 * 8);
   const int V = dt == MX_FLOAT32 ? 4 : 8;
@@ -641,11 +706,23 @@ static int rms_grad_rows(mx_array *out, mx_array **in, const mx__rms_norm_grad_p
       (!w || (w->ndim == 1 && rows_vec_ok(w, V))) && !((uintptr_t)res & 15)) {
     const int nv = (int)(D / V), NV = (nv + 31) / 32;
     const uint4 *wv = w ? (const uint4 *)mx__ddata(w) : NULL;
+    const unsigned gp = rms_tail_blocks(rows);
+    if (packed) {
+      int a = mx__array_alloc_data_bytes(out, rms_tail_offset(out) +
+                                                  sizeof(float) * (size_t)gp * (size_t)D);
+      if (a) return a;
+    }
     uint4 *o = (uint4 *)out->buf->dptr;
-#define RV(TAG, VV, K)                                                                       \
-  mx__cuda_launch_pdl(k_rms_grad_vec<TAG, VV, K>, dim3(gw), dim3(256), 0,                    \
-                      (const TAG::S *)mx__ddata(x), (const TAG::S *)mx__ddata(g), wv, o, rnd, \
-                      rows, nv, (float)p->eps, (const uint4 *)res)
+    float *part = packed ? (float *)((char *)out->buf->dptr + rms_tail_offset(out)) : NULL;
+#define RV(TAG, VV, K)                                                                        \
+  if (packed)                                                                                 \
+    mx__cuda_launch_pdl(k_rms_grad_vec<TAG, VV, K, true>, dim3(gp), dim3(256), 0,             \
+                        (const TAG::S *)mx__ddata(x), (const TAG::S *)mx__ddata(g), wv, o,    \
+                        rnd, rows, nv, (float)p->eps, (const uint4 *)res, part);              \
+  else                                                                                        \
+    mx__cuda_launch_pdl(k_rms_grad_vec<TAG, VV, K>, dim3(gw), dim3(256), 0,                   \
+                        (const TAG::S *)mx__ddata(x), (const TAG::S *)mx__ddata(g), wv, o,    \
+                        rnd, rows, nv, (float)p->eps, (const uint4 *)res, (float *)NULL)
 #define RVD(TAG, VV)                                                                         \
   switch (NV) {                                                                              \
     case 1: RV(TAG, VV, 1); break;                                                           \
@@ -659,6 +736,10 @@ static int rms_grad_rows(mx_array *out, mx_array **in, const mx__rms_norm_grad_p
 #undef RVD
 #undef RV
     return mx__cuda_launched(mx__opname(out));
+  }
+  if (packed) { /* no partial sums: which 4 computes dw from x and g */
+    int a = mx__array_alloc_data(out);
+    if (a || out->size == 0) return a;
   }
 #define RG(TAG, CT, TOUT)                                                                    \
   if (warp)                                                                                  \
@@ -686,9 +767,9 @@ static int rms_grad_rows(mx_array *out, mx_array **in, const mx__rms_norm_grad_p
   }
 #undef RG
   if (res) {
-    unsigned nb = mx__cuda_blocks(out->size);
+    unsigned nb = mx__cuda_blocks(x->size);
     MX_CUDA_DISPATCH_FLOAT(dt, k_add_inplace<T><<<nb, MX_CUDA_THREADS, 0, s>>>(
-                                   (T::S *)out->buf->dptr, (const T::S *)res, out->size))
+                                   (T::S *)out->buf->dptr, (const T::S *)res, x->size))
   }
   return mx__cuda_launched(mx__opname(out));
 }
