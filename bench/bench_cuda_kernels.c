@@ -7,8 +7,8 @@
  *
  *   bench_cuda_kernels [REPEATS]          (default 20)
  *
- * MXC_BENCH_ONLY=attention-train, embedding-grad, head, train-gemm, ce, rope or sumsq prints
- * that table only.
+ * MXC_BENCH_ONLY=attention-train, embedding-grad, head, train-gemm, ce, rope, sumsq or adam
+ * prints that table only.
  *
  * Each row: REPEATS evaluations queued on the GPU stream back to back, then
  * one wait (reading a one-element sum of the last result); the time is
@@ -503,6 +503,66 @@ static void bench_sumsq(int reps) {
   mx_array_free_n(g, n);
 }
 
+/* One AdamW step over the same model's float32 master weights with bf16
+ * gradients and a gradient scale, as the trainer calls it
+ * (mx__optimizer_update_scaled, then the evaluation of the parameters and
+ * the state): one adam_update a parameter (MXC_ADAM_MANY=0) next to one
+ * ADAM_MANY op for all. GB/s counts p, m, v and g read and m', v', p'
+ * written. */
+static void bench_adam(int reps) {
+  printf("\n## AdamW step over a training step's parameters (float32, bf16 gradients, "
+         "12 layers, dim 768)\n\n");
+  printf("| path | params | values | time (us) | GB/s |\n|---|---|---|---|---|\n");
+  enum { L = 12 };
+  mx_map *params = mx_map_new(), *grads = mx_map_new();
+  double vals = 0;
+  for (int n = 0; n < 2 + 9 * L; n++) {
+    const int64_t sh[9][2] = {{768, 768}, {768, 768}, {768, 768}, {768, 768}, {2048, 768},
+                              {2048, 768}, {768, 2048}, {768, 1}, {768, 1}};
+    const int64_t *s = n == 0 ? (const int64_t[]){8952, 768}
+                     : n == 1 + 9 * L ? (const int64_t[]){768, 1} : sh[(n - 1) % 9];
+    const int nd = s[1] == 1 ? 1 : 2;
+    char k[32];
+    snprintf(k, sizeof k, "p%d", n);
+    mx_map_set_take(params, k, rnd(s, nd, MX_FLOAT32, 0.02, (uint64_t)(300 + n)));
+    mx_map_set_take(grads, k, rnd(s, nd, MX_BFLOAT16, 1e-3, (uint64_t)(700 + n)));
+    vals += (double)(s[0] * s[1]);
+  }
+  mx_array *scale = mx_array_scalar(0.5, MX_FLOAT32);
+  for (int many = 0; many < 2; many++) {
+    if (many) unsetenv("MXC_ADAM_MANY");
+    else setenv("MXC_ADAM_MANY", "0", 1);
+    mx_adam_options ao = MX_ADAMW_OPTIONS(1e-3);
+    mx_optimizer *o = mx_optimizer_adamw(&ao);
+    mx_map *p = mx_map_copy(params);
+    double t[5];
+    mx_set_default_device(MX_GPU);
+    for (int b = -1; b < 5; b++) {
+      double t0 = now();
+      for (int r = 0; r < reps; r++)
+        if (mx__optimizer_update_scaled(o, p, grads, scale) || mx_optimizer_eval(o, p))
+          die("adam step");
+      mx_array *flat = mx_flatten(mx_map_value(p, 0), 0, -1);
+      mx_array *one = mx_slice(flat, (int64_t[]){0}, (int64_t[]){1}, NULL, 1);
+      mx_array *sum = mx_sum(one, NULL, 0, false);
+      double v = 0;
+      if (!sum || mx_array_item(sum, &v)) die("sync");
+      mx_array_free_n((mx_array *[]){flat, one, sum}, 3);
+      if (b >= 0) t[b] = (now() - t0) / reps;
+    }
+    mx_set_default_device(MX_CPU);
+    qsort(t, 5, sizeof *t, cmp);
+    printf("| %s | %d | %.0f | %.1f | %.0f |\n", many ? "one op (ADAM_MANY)" : "one a parameter",
+           mx_map_size(p), vals, t[2] * 1e6, vals * 26 / t[2] * 1e-9);
+    mx_map_free(p);
+    mx_optimizer_free(o);
+  }
+  unsetenv("MXC_ADAM_MANY");
+  mx_array_free(scale);
+  mx_map_free(params);
+  mx_map_free(grads);
+}
+
 static void bench_sort(int reps) {
   printf("\n## sort / argsort along the last axis (float32)\n\n");
   printf("| rows | len | op | time (us) | Melem/s |\n|---|---|---|---|---|\n");
@@ -559,6 +619,10 @@ int main(int argc, char **argv) {
     bench_sumsq(reps);
     return 0;
   }
+  if (only && !strcmp(only, "adam")) {
+    bench_adam(reps);
+    return 0;
+  }
   bench_floor(reps);
   bench_gemv(reps);
   bench_qmm(reps);
@@ -570,6 +634,7 @@ int main(int argc, char **argv) {
   bench_ce(reps);
   bench_rope(reps);
   bench_sumsq(reps);
+  bench_adam(reps);
   bench_sort(reps);
   return 0;
 }

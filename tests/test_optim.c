@@ -3,6 +3,7 @@
  * tests/gen/gen_optim_golden.py from PyTorch, or from a NumPy
  * implementation of mlx.optimizers where PyTorch differs). */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -393,6 +394,225 @@ TEST(scaled_update_with_16bit_grads_equals_clip_then_update) {
   ASSERT(mx__lone_cast_source(c) == NULL); /* already run */
   mx_array_free(c);
   mx_array_free(h);
+}
+
+/* ---- Adam over many parameters in one op (ADAM_MANY) ------------------------------ */
+/* Parameters of several shapes (a scalar, an odd size, a frozen one, one
+ * the multi-tensor op does not take), gradients of which one a strided
+ * view and (bf16) some 16-bit; the optimizer after `steps` steps. */
+typedef struct {
+  int kind;   /* 0 Adam, 1 AdamW */
+  mx_dtype dt; /* the parameters' dtype (float32 or float64) */
+  bool low_g; /* some gradients bfloat16 (float32 parameters) */
+  bool scale; /* through mx__optimizer_update_scaled */
+} many_cfg;
+
+static const char *const many_keys[6] = {"emb", "w", "frozen", "b", "s", "h"};
+
+static void many_run(const many_cfg *c, int steps, mx_map **params_out, mx_optimizer **opt_out) {
+  mx_adam_options ao = c->kind ? MX_ADAMW_OPTIONS(1e-2) : MX_ADAM_OPTIONS(1e-2);
+  ao.bias_correction = true;
+  if (c->kind) ao.weight_decay = 0.1;
+  mx_optimizer *o = c->kind ? mx_optimizer_adamw(&ao) : mx_optimizer_adam(&ao);
+  ASSERT(o);
+  const int64_t shapes[6][3] = {{37, 16}, {3, 5, 7}, {4}, {9}, {0}, {6, 2}};
+  const int nds[6] = {2, 3, 1, 1, 0, 2};
+  mx_map *p = mx_map_new();
+  for (int i = 0; i < 6; i++) /* "h": bfloat16, Adam composed of ops */
+    mx_map_set_take(p, many_keys[i], rnd_arr(shapes[i], nds[i], i == 5 ? MX_BFLOAT16 : c->dt,
+                                             40 + (uint64_t)i, 1));
+  for (int t = 0; t < steps; t++) {
+    mx_map *g = mx_map_new();
+    for (int i = 0; i < 6; i++) {
+      if (i == 2) continue; /* frozen: no gradient */
+      const uint64_t seed = 100 + 10 * (uint64_t)t + (uint64_t)i;
+      mx_dtype gt = i == 5 ? MX_BFLOAT16 : c->low_g && (i == 0 || i == 3) ? MX_BFLOAT16 : c->dt;
+      if (i == 0) { /* the transpose of a (16, 37) array: strided */
+        mx_array *a = rnd_arr((int64_t[]){16, 37}, 2, gt, seed, 2);
+        mx_map_set_take(g, many_keys[i], mx_swapaxes(a, 0, 1));
+        mx_array_free(a);
+      } else {
+        mx_map_set_take(g, many_keys[i], rnd_arr(shapes[i], nds[i], gt, seed, 2));
+      }
+    }
+    if (c->scale) {
+      mx_array *sc = mx_array_scalar(0.37, MX_FLOAT32);
+      ASSERT_OK(mx__optimizer_update_scaled(o, p, g, sc));
+      mx_array_free(sc);
+    } else {
+      ASSERT_OK(mx_optimizer_update(o, p, g));
+    }
+    ASSERT_OK(mx_optimizer_eval(o, p));
+    mx_map_free(g);
+  }
+  *params_out = p;
+  *opt_out = o;
+}
+
+/* The multi-tensor path (default) against one adam_update a parameter
+ * (MXC_ADAM_MANY=0): the same bits in every parameter and state slot, the
+ * state's keys in the same order; on each device. */
+TEST(adam_many_params_equal_one_update_a_parameter) {
+  const many_cfg cfgs[] = {
+      {.kind = 0, .dt = MX_FLOAT32},
+      {.kind = 1, .dt = MX_FLOAT32, .low_g = true, .scale = true},
+      {.kind = 1, .dt = MX_FLOAT64, .scale = true},
+      {.kind = 0, .dt = MX_FLOAT64},
+  };
+  const mx_device devs[2] = {MX_CPU, MX_GPU};
+  for (int d = 0; d < 2; d++) {
+    if (!mx_device_available(devs[d])) continue;
+    const int prev = mx_set_default_device(devs[d]);
+    for (size_t ci = 0; ci < sizeof cfgs / sizeof *cfgs; ci++) {
+      mx_map *p[2];
+      mx_optimizer *o[2];
+      setenv("MXC_ADAM_MANY", "0", 1);
+      uint64_t r0 = mx__adam_many_runs;
+      many_run(&cfgs[ci], 3, &p[0], &o[0]);
+      ASSERT_MSG(mx__adam_many_runs == r0, "cfg %zu: the multi-tensor path ran while off", ci);
+      unsetenv("MXC_ADAM_MANY");
+      r0 = mx__adam_many_runs;
+      many_run(&cfgs[ci], 3, &p[1], &o[1]);
+      ASSERT_MSG(mx__adam_many_runs == r0 + 3, "cfg %zu: %llu multi-tensor updates, not 3", ci,
+                 (unsigned long long)(mx__adam_many_runs - r0));
+      for (int i = 0; i < 6; i++) {
+        mx_array *a = mx_map_get(p[0], many_keys[i]), *b = mx_map_get(p[1], many_keys[i]);
+        ASSERT(a && b);
+        ASSERT_MSG(bit_equal(a, b), "dev %d cfg %zu: parameter %s differs", d, ci, many_keys[i]);
+      }
+      mx_map *s0 = mx_optimizer_state(o[0]), *s1 = mx_optimizer_state(o[1]);
+      ASSERT_EQ_INT(mx_map_size(s0), mx_map_size(s1));
+      ASSERT_EQ_INT(mx_map_size(s0), 2 + 2 * 5); /* step, learning_rate, m and v of 5 */
+      for (int i = 0; i < mx_map_size(s0); i++) {
+        ASSERT_STR_EQ(mx_map_key(s0, i), mx_map_key(s1, i));
+        ASSERT_MSG(bit_equal(mx_map_value(s0, i), mx_map_value(s1, i)),
+                   "dev %d cfg %zu: state %s differs", d, ci, mx_map_key(s0, i));
+      }
+      for (int j = 0; j < 2; j++) {
+        mx_map_free(p[j]);
+        mx_optimizer_free(o[j]);
+      }
+    }
+    mx_set_default_device((mx_device)prev);
+  }
+}
+
+/* The op itself: each part of every row has the bits of ADAM_ALL over that
+ * parameter (a 16-bit gradient, a scale, strided inputs, a 0-size one). */
+TEST(adam_many_op_equals_adam_all_per_parameter) {
+  const mx_device devs[2] = {MX_CPU, MX_GPU};
+  for (int d = 0; d < 2; d++) {
+    if (!mx_device_available(devs[d])) continue;
+    const int prev = mx_set_default_device(devs[d]);
+    const int64_t shapes[4][2] = {{40000, 1}, {5, 7}, {0, 3}, {3, 6}};
+    enum { N = 4 };
+    mx_array *in[4][N];
+    for (int i = 0; i < N; i++)
+      for (int k = 0; k < 4; k++) {
+        const mx_dtype dt = k == 3 && i == 0 ? MX_BFLOAT16 : k == 3 && i == 3 ? MX_FLOAT16
+                                                                             : MX_FLOAT32;
+        const uint64_t seed = 7 + 4 * (uint64_t)i + (uint64_t)k;
+        if (i == 1) { /* strided: the transpose of a (7, 5) array */
+          mx_array *a = rnd_arr((int64_t[]){7, 5}, 2, dt, seed, 1);
+          in[k][i] = mx_swapaxes(a, 0, 1);
+          mx_array_free(a);
+        } else {
+          in[k][i] = rnd_arr(shapes[i], 2, dt, seed, 1);
+        }
+        if (k == 2) { /* v >= 0 */
+          mx_array *sq = mx_square(in[k][i]);
+          mx_array_free(in[k][i]);
+          in[k][i] = sq;
+        }
+      }
+    mx_array *sc = mx_array_scalar(0.61, MX_FLOAT32);
+    mx__adam_params ap = {.which = MX__ADAM_MANY, .beta1 = 0.9, .beta2 = 0.999, .c1 = 3e-3,
+                          .c2 = 1.2, .eps = 1e-8, .decay = 0.9995};
+    mx_array *all = mx__adam_update_many(&ap, in[0], in[1], in[2], in[3], N, sc);
+    ASSERT_NOT_NULL(all);
+    ASSERT_OK(mx_array_eval(all));
+    const int64_t total = 40000 + 35 + 0 + 18;
+    ASSERT(mx_array_ndim(all) == 2 && mx_array_shape(all)[0] == 3 &&
+           mx_array_shape(all)[1] == total);
+    float *got = malloc(sizeof(float) * 3 * (size_t)total);
+    float *ref = malloc(sizeof(float) * 3 * 40000);
+    ASSERT_OK(mx_array_copy_to(all, MX_FLOAT32, got, 3 * total));
+    ap.which = MX__ADAM_ALL;
+    int64_t off = 0;
+    for (int i = 0; i < N; i++) {
+      mx_array *one = mx__adam_update_all(&ap, in[0][i], in[1][i], in[2][i], in[3][i], sc);
+      ASSERT_NOT_NULL(one);
+      const int64_t n = mx_array_size(in[0][i]);
+      ASSERT_OK(mx_array_copy_to(one, MX_FLOAT32, ref, 3 * n));
+      for (int r = 0; r < 3; r++)
+        ASSERT_MSG(!memcmp(got + r * total + off, ref + r * n, sizeof(float) * (size_t)n),
+                   "dev %d: parameter %d, row %d differs", d, i, r);
+      off += n;
+      mx_array_free(one);
+    }
+    free(got);
+    free(ref);
+    mx_array_free(all);
+    mx_array_free(sc);
+    for (int k = 0; k < 4; k++) mx_array_free_n(in[k], N);
+    mx_set_default_device((mx_device)prev);
+  }
+}
+
+TEST(adam_many_errors) {
+  mx__adam_params ap = {.which = MX__ADAM_MANY, .beta1 = 0.9, .beta2 = 0.999, .c1 = 1e-3,
+                        .c2 = 1, .eps = 1e-8, .decay = 1};
+  mx_array *a = mx_ones((int64_t[]){2, 3}, 2, MX_FLOAT32);
+  mx_array *b = mx_ones((int64_t[]){4}, 1, MX_FLOAT32);
+  mx_array *b3 = mx_ones((int64_t[]){3}, 1, MX_FLOAT32);
+  mx_array *d = mx_ones((int64_t[]){4}, 1, MX_FLOAT64);
+  mx_array *h = mx_ones((int64_t[]){4}, 1, MX_BFLOAT16);
+  mx_array *i32 = mx_ones((int64_t[]){4}, 1, MX_INT32);
+  mx_array *s64 = mx_array_scalar(1.0, MX_FLOAT64);
+  /* n < 1, no arrays */
+  ASSERT(mx__adam_update_many(&ap, (mx_array *[]){a}, (mx_array *[]){a}, (mx_array *[]){a},
+                              (mx_array *[]){a}, 0, NULL) == NULL);
+  ASSERT(mx_last_status() == MX_ERR_INVALID_ARG);
+  ASSERT(mx__adam_update_many(&ap, NULL, NULL, NULL, NULL, 2, NULL) == NULL);
+  ASSERT(mx_last_status() == MX_ERR_INVALID_ARG);
+  /* not the MANY form */
+  mx__adam_params all = ap;
+  all.which = MX__ADAM_ALL;
+  ASSERT(mx__adam_update_many(&all, (mx_array *[]){a}, (mx_array *[]){a}, (mx_array *[]){a},
+                              (mx_array *[]){a}, 1, NULL) == NULL);
+  ASSERT(mx_last_status() == MX_ERR_INVALID_ARG);
+  /* mismatched shapes: parameter 1's m */
+  ASSERT(mx__adam_update_many(&ap, (mx_array *[]){a, b}, (mx_array *[]){a, b3},
+                              (mx_array *[]){a, b}, (mx_array *[]){a, b}, 2, NULL) == NULL);
+  ASSERT(mx_last_status() == MX_ERR_SHAPE && strstr(mx_last_error(), "parameter 1"));
+  /* mixed dtypes: a float64 parameter after a float32 one */
+  ASSERT(mx__adam_update_many(&ap, (mx_array *[]){a, d}, (mx_array *[]){a, d},
+                              (mx_array *[]){a, d}, (mx_array *[]){a, d}, 2, NULL) == NULL);
+  ASSERT(mx_last_status() == MX_ERR_DTYPE && strstr(mx_last_error(), "parameter 1"));
+  /* a bfloat16 gradient of a float64 parameter; integer parameters */
+  ASSERT(mx__adam_update_many(&ap, (mx_array *[]){d}, (mx_array *[]){d}, (mx_array *[]){d},
+                              (mx_array *[]){h}, 1, NULL) == NULL);
+  ASSERT(mx_last_status() == MX_ERR_DTYPE);
+  ASSERT(mx__adam_update_many(&ap, (mx_array *[]){i32}, (mx_array *[]){i32},
+                              (mx_array *[]){i32}, (mx_array *[]){i32}, 1, NULL) == NULL);
+  ASSERT(mx_last_status() == MX_ERR_DTYPE);
+  /* a NULL input (no earlier error): named */
+  mx_clear_error();
+  ASSERT(mx__adam_update_many(&ap, (mx_array *[]){a, b}, (mx_array *[]){a, NULL},
+                              (mx_array *[]){a, b}, (mx_array *[]){a, b}, 2, NULL) == NULL);
+  ASSERT(mx_last_status() == MX_ERR_INVALID_ARG && strstr(mx_last_error(), "parameter 1"));
+  /* a scale of another dtype */
+  ASSERT(mx__adam_update_many(&ap, (mx_array *[]){b}, (mx_array *[]){b}, (mx_array *[]){b},
+                              (mx_array *[]){h}, 1, s64) == NULL);
+  ASSERT(mx_last_status() == MX_ERR_SHAPE);
+  /* one parameter, float32 with a bfloat16 gradient: fine */
+  mx_array *ok = mx__adam_update_many(&ap, (mx_array *[]){b}, (mx_array *[]){b},
+                                      (mx_array *[]){b}, (mx_array *[]){h}, 1, NULL);
+  ASSERT_NOT_NULL(ok);
+  ASSERT(mx_array_ndim(ok) == 2 && mx_array_shape(ok)[0] == 3 && mx_array_shape(ok)[1] == 4);
+  ASSERT_OK(mx_array_eval(ok));
+  mx_clear_error();
+  mx_array_free_n((mx_array *[]){a, b, b3, d, h, i32, s64, ok}, 8);
 }
 
 /* cast_concat: the 16-bit weight copies of a training step in one op. Its

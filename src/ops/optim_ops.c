@@ -1,5 +1,7 @@
 /* optim_ops.c — the fused optimizer op adam_update (see optim_params.h). */
+#include <limits.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "optim_params.h"
@@ -33,6 +35,7 @@ mx_array *mx__adam_update(const mx__adam_params *p, mx_array *a, mx_array *b, mx
   if (p->which != MX__ADAM_ALL) {
     mx__adam_params q = *p;
     q.has_scale = false;
+    q.count = 0;
     return mx__node_new(&def_ADAM_UPDATE, dt, a->shape, a->ndim, in, n, &q, sizeof q);
   }
   return mx__adam_update_all(p, a, b, c, d, NULL);
@@ -72,10 +75,74 @@ mx_array *mx__adam_update_all(const mx__adam_params *p, mx_array *pm, mx_array *
                          "axis", pm->ndim), NULL;
   mx__adam_params q = *p;
   q.has_scale = s != NULL;
+  q.count = 0;
   int64_t shape[MX_MAX_NDIM];
   shape[0] = 3;
   memcpy(shape + 1, pm->shape, sizeof(int64_t) * (size_t)pm->ndim);
   return mx__node_new(&def_ADAM_UPDATE, dt, shape, pm->ndim + 1, in, n, &q, sizeof q);
+}
+
+/* ADAM_MANY: ADAM_ALL's checks for each parameter, and one dtype for all */
+mx_array *mx__adam_update_many(const mx__adam_params *p, mx_array **pm, mx_array **m,
+                               mx_array **v, mx_array **g, int n, mx_array *s) {
+  static const char *const role[4] = {"p", "m", "v", "g"};
+  if (p->which != MX__ADAM_MANY)
+    return mx__set_error(MX_ERR_INVALID_ARG, "adam_update: form %d is not the multi-tensor one",
+                         p->which), NULL;
+  if (n < 1 || !pm || !m || !v || !g)
+    return mx__set_error(MX_ERR_INVALID_ARG, "adam_update: no parameters given (n = %d)", n),
+           NULL;
+  if (n > (INT_MAX - 1) / 4)
+    return mx__set_error(MX_ERR_INVALID_ARG, "adam_update: too many parameters (%d)", n), NULL;
+  mx_dtype dt = MX_FLOAT32;
+  int64_t total = 0;
+  for (int i = 0; i < n; i++) {
+    mx_array *x[4] = {pm[i], m[i], v[i], g[i]};
+    for (int k = 0; k < 4; k++)
+      if (!x[k]) {
+        if (!mx_last_status())
+          mx__set_error(MX_ERR_INVALID_ARG, "adam_update: parameter %d: %s is NULL", i, role[k]);
+        return NULL;
+      }
+    if (i == 0) dt = pm[0]->dtype;
+    if (dt != MX_FLOAT32 && dt != MX_FLOAT64)
+      return mx__set_error(MX_ERR_DTYPE, "adam_update: float32 or float64 needed, not %s",
+                           mx_dtype_name(dt)), NULL;
+    for (int k = 0; k < 4; k++) {
+      const mx_dtype t = x[k]->dtype;
+      const bool low_g = k == 3 && dt == MX_FLOAT32 && (t == MX_BFLOAT16 || t == MX_FLOAT16);
+      if (t != dt && !low_g)
+        return mx__set_error(MX_ERR_DTYPE, "adam_update: parameter %d: %s is %s, not %s%s", i,
+                             role[k], mx_dtype_name(t), mx_dtype_name(dt),
+                             k == 0 ? " (one dtype for every parameter)" : ""), NULL;
+      if (k && (x[k]->ndim != pm[i]->ndim ||
+                memcmp(x[k]->shape, pm[i]->shape, sizeof(int64_t) * (size_t)pm[i]->ndim))) {
+        char s1[96], s2[96];
+        return mx__set_error(MX_ERR_SHAPE, "adam_update: parameter %d: %s of shape %s, not %s",
+                             i, role[k], mx__shape_str(x[k]->shape, x[k]->ndim, s1, sizeof s1),
+                             mx__shape_str(pm[i]->shape, pm[i]->ndim, s2, sizeof s2)), NULL;
+      }
+    }
+    if (pm[i]->size > INT64_MAX / 3 - total)
+      return mx__set_error(MX_ERR_SHAPE, "adam_update: the total size overflows"), NULL;
+    total += pm[i]->size;
+  }
+  if (s && (s->ndim != 0 || s->dtype != dt))
+    return mx__set_error(MX_ERR_SHAPE, "adam_update: the gradient scale must be a 0-d %s array",
+                         mx_dtype_name(dt)), NULL;
+  const int nin = 4 * n + (s != NULL);
+  mx_array **in = malloc(sizeof *in * (size_t)nin);
+  if (!in) return mx__set_error(MX_ERR_OOM, "adam_update: out of memory"), NULL;
+  for (int i = 0; i < n; i++)
+    in[i] = pm[i], in[n + i] = m[i], in[2 * n + i] = v[i], in[3 * n + i] = g[i];
+  if (s) in[4 * n] = s;
+  mx__adam_params q = *p;
+  q.has_scale = s != NULL;
+  q.count = n;
+  const int64_t shape[2] = {3, total};
+  mx_array *r = mx__node_new(&def_ADAM_UPDATE, dt, shape, 2, in, nin, &q, sizeof q);
+  free(in);
+  return r;
 }
 
 /* d a_i = 2 cot a_i (in the compute type, rounded to a_i's dtype) */

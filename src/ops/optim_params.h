@@ -2,7 +2,7 @@
  * builder in src/ops/optim_ops.c, its kernels (src/backend/<backend>/
  * elementwise.*) and the optimizers (src/optim/optimizers.c).
  *
- * One elementwise op, four forms (which), each one pass over memory in
+ * One elementwise op, five forms (which), each one pass over memory in
  * place of the 4-6 ops of its composition:
  *   ADAM_M: inputs (m, g)      -> beta1 m + (1 - beta1) g
  *   ADAM_V: inputs (v, g)      -> beta2 v + (1 - beta2) g^2
@@ -12,6 +12,13 @@
  *     value rounded as the separate forms round it: one pass and one
  *     launch for a parameter's whole step (the optimizers take views of
  *     the three parts).
+ *   ADAM_MANY: inputs (p_0..p_{n-1}, m_0.., v_0.., g_0.., [s]) -> (3, total),
+ *     ADAM_ALL for n parameters at once (count = n, total = the sum of
+ *     their sizes): row 0 holds every m'_i flattened (row-major) and laid
+ *     end to end in order, row 1 the v'_i, row 2 the p'_i, each value with
+ *     the bits ADAM_ALL gives it: one launch for a model's whole step in
+ *     place of one a parameter (the optimizers take views of the parts:
+ *     slice + reshape).
  * computed in the dtype's compute type (float32 or float64 only; the
  * optimizers compose ops for other dtypes). With bias correction at step
  * t: c1 = lr / (1 - beta1^t), c2 = 1 / sqrt(1 - beta2^t), else c1 = lr,
@@ -22,12 +29,13 @@
 #include "array_impl.h"
 #include "mxc/optim.h"
 
-enum { MX__ADAM_M = 0, MX__ADAM_V = 1, MX__ADAM_P = 2, MX__ADAM_ALL = 3 };
+enum { MX__ADAM_M = 0, MX__ADAM_V = 1, MX__ADAM_P = 2, MX__ADAM_ALL = 3, MX__ADAM_MANY = 4 };
 
 typedef struct {
   int which; /* MX__ADAM_* */
   double beta1, beta2, c1, c2, eps, decay;
-  bool has_scale; /* ADAM_ALL: a fifth input, the gradient's scale (set by the builder) */
+  bool has_scale; /* ADAM_ALL / MANY: a last input, the gradient's scale (set by the builder) */
+  int count;      /* ADAM_MANY: the number of parameters n (set by the builder); 0 otherwise */
 } mx__adam_params;
 
 /* ADAM_M / ADAM_V: a, b (c, d NULL); ADAM_P: a, b, c; ADAM_ALL: a, b, c, d. */
@@ -41,6 +49,18 @@ mx_array *mx__adam_update(const mx__adam_params *p, mx_array *a, mx_array *b, mx
  * ADAM_ALL in turn. */
 mx_array *mx__adam_update_all(const mx__adam_params *p, mx_array *pm, mx_array *m, mx_array *v,
                               mx_array *g, mx_array *s);
+/* ADAM_MANY (p->which) over n >= 1 parameters: pm[i], m[i], v[i], g[i] as
+ * ADAM_ALL takes them, every pm/m/v of ONE dtype (float32 or float64), g[i]
+ * of it or 16-bit for float32, shapes equal for each i; s as ADAM_ALL's
+ * (one scale for every gradient). The inputs are laid out [pm.., m.., v..,
+ * g.., (s)]. Element off_i + j of each row (off_i: the sizes of the
+ * parameters before i) has the bits ADAM_ALL(pm[i], m[i], v[i], g[i], s)
+ * gives element j of its part. */
+mx_array *mx__adam_update_many(const mx__adam_params *p, mx_array **pm, mx_array **m,
+                               mx_array **v, mx_array **g, int n, mx_array *s);
+/* Times mx_optimizer_update built an ADAM_MANY node (its tests check that
+ * the multi-tensor path ran; MXC_ADAM_MANY=0 turns that path off). */
+extern uint64_t mx__adam_many_runs;
 
 /* sum_squares: sum over every element of every input of x^2, a scalar —
  * one op (two launches on the GPU) for a gradient norm over any number of

@@ -193,6 +193,20 @@ static bool adam_fused_ok(const mx_optimizer *o, mx_array *p, mx_array *g) {
          !memcmp(mx_array_shape(g), mx_array_shape(p), sizeof(int64_t) * (size_t)mx_array_ndim(p));
 }
 
+/* adam_update's coefficients at this step (form ADAM_M; callers set which) */
+static mx__adam_params adam_coefs(const mx_optimizer *o, double lr) {
+  const mx_adam_options *a = &o->o.adam;
+  mx__adam_params ap = {.which = MX__ADAM_M, .beta1 = a->beta1, .beta2 = a->beta2,
+                        .c1 = lr, .c2 = 1, .eps = a->eps,
+                        .decay = o->kind == O_ADAMW ? 1.0 - lr * a->weight_decay : 1.0};
+  if (a->bias_correction) {
+    double t = (double)o->step;
+    ap.c1 = lr / (1.0 - pow(a->beta1, t));
+    ap.c2 = 1.0 / sqrt(1.0 - pow(a->beta2, t));
+  }
+  return ap;
+}
+
 static int apply_adam(mx_optimizer *o, const char *key, mx_array *p, mx_array *g, double lr,
                       pool *P, mx_array **out) {
   const mx_adam_options *a = &o->o.adam;
@@ -201,14 +215,7 @@ static int apply_adam(mx_optimizer *o, const char *key, mx_array *p, mx_array *g
     /* three fused passes (adam_update) instead of ~14 ops; the same math */
     mx_array *m0 = slot_like(o, key, "m", p), *v0 = m0 ? slot_like(o, key, "v", p) : NULL;
     if (!v0) return mx_last_status();
-    mx__adam_params ap = {.which = MX__ADAM_M, .beta1 = a->beta1, .beta2 = a->beta2,
-                          .c1 = lr, .c2 = 1, .eps = a->eps,
-                          .decay = o->kind == O_ADAMW ? 1.0 - lr * a->weight_decay : 1.0};
-    if (a->bias_correction) {
-      double t = (double)o->step;
-      ap.c1 = lr / (1.0 - pow(a->beta1, t));
-      ap.c2 = 1.0 / sqrt(1.0 - pow(a->beta2, t));
-    }
+    mx__adam_params ap = adam_coefs(o, lr);
     if (!adam_fused_ok(o, p, g)) {
       mx_array *m = K(P, mx__adam_update(&ap, m0, g, NULL, NULL));
       ap.which = MX__ADAM_V;
@@ -337,6 +344,126 @@ static int apply_adafactor(mx_optimizer *o, const char *key, mx_array *p, mx_arr
   return *out ? MX_OK : mx_last_status();
 }
 
+/* ---- Adam over many parameters at once -------------------------------------------------- */
+uint64_t mx__adam_many_runs;
+
+/* MXC_ADAM_MANY=0: one adam_update a parameter (A/B). Read at each update,
+ * not cached: the tests compare both paths in one process. */
+static bool adam_many_on(void) {
+  const char *e = getenv("MXC_ADAM_MANY");
+  return !(e && !strcmp(e, "0"));
+}
+
+/* The parameters of dtype dt that Adam's one-pass kernel takes (indices
+ * into params, in order) in idx; their count. */
+static int adam_many_members(const mx_optimizer *o, const mx_map *params, const mx_map *grads,
+                             mx_dtype dt, int *idx) {
+  int n = 0;
+  for (int i = 0; i < mx_map_size(params); i++) {
+    const char *k = mx_map_key(params, i);
+    mx_array *p = mx_map_value(params, i);
+    if (mx_array_dtype(p) == dt && mx_map_has(grads, k) &&
+        adam_fused_ok(o, p, mx_map_get(grads, k)))
+      idx[n++] = i;
+  }
+  return n;
+}
+
+/* One ADAM_MANY node for the n parameters idx[0..n) (of one dtype); the
+ * state slots "m", "v" and the parameters become views of its rows
+ * (slice + reshape), the values ADAM_ALL would give each. */
+static int adam_many_group(mx_optimizer *o, mx_map *params, const mx_map *grads, double lr,
+                           const int *idx, int n) {
+  mx_array **ins = malloc(sizeof *ins * (size_t)(4 * n));
+  if (!ins) return mx__set_error(MX_ERR_OOM, "%s update: out of memory", mx_optimizer_name(o));
+  mx_array **pm = ins, **m = ins + n, **v = ins + 2 * n, **g = ins + 3 * n;
+  int st = MX_OK;
+  for (int j = 0; j < n && !st; j++) {
+    const char *k = mx_map_key(params, idx[j]);
+    pm[j] = mx_map_value(params, idx[j]);
+    g[j] = mx_map_get(grads, k);
+    m[j] = slot_like(o, k, "m", pm[j]);
+    v[j] = m[j] ? slot_like(o, k, "v", pm[j]) : NULL;
+    if (!v[j]) st = mx_last_status() ? mx_last_status() : MX_ERR_INTERNAL;
+  }
+  mx_array *all = NULL, *sc = NULL, *row[3] = {NULL, NULL, NULL};
+  if (!st) {
+    const mx_dtype dt = mx_array_dtype(pm[0]);
+    mx__adam_params ap = adam_coefs(o, lr);
+    ap.which = MX__ADAM_MANY;
+    sc = o->gscale ? mx_astype(o->gscale, dt) : NULL;
+    all = !o->gscale || sc ? mx__adam_update_many(&ap, pm, m, v, g, n, sc) : NULL;
+    int ax0 = 0;
+    for (int r = 0; r < 3 && all; r++) {
+      mx_array *s = mx_slice_axis(all, 0, r, r + 1, 1);
+      row[r] = mx_squeeze(s, &ax0, 1);
+      mx_array_free(s);
+      if (!row[r]) break;
+    }
+    if (!row[2]) st = mx_last_status() ? mx_last_status() : MX_ERR_INTERNAL;
+  }
+  /* no parameter nor slot value has changed before this point */
+  int64_t off = 0;
+  for (int j = 0; j < n && !st; j++) {
+    const char *k = mx_map_key(params, idx[j]);
+    const int64_t size = mx_array_size(pm[j]);
+    mx_array *part[3] = {NULL, NULL, NULL};
+    for (int r = 0; r < 3; r++) {
+      mx_array *s = mx_slice_axis(row[r], 0, off, off + size, 1);
+      part[r] = mx_reshape(s, mx_array_shape(pm[j]), mx_array_ndim(pm[j]));
+      mx_array_free(s);
+      if (!part[r]) break;
+    }
+    if (!part[2] || slot_set(o, k, "m", part[0]) || slot_set(o, k, "v", part[1])) {
+      st = mx_last_status() ? mx_last_status() : MX_ERR_INTERNAL;
+      mx_array_free_n(part, 3);
+      break;
+    }
+    mx_array_free(part[0]);
+    mx_array_free(part[1]);
+    /* pm[j] is the map's reference, dropped here: not used past this point */
+    st = mx_map_set_take(params, k, part[2]);
+    off += size;
+  }
+  if (!st) __atomic_fetch_add(&mx__adam_many_runs, 1, __ATOMIC_RELAXED);
+  mx_array_free_n(row, 3);
+  mx_array_free(all);
+  mx_array_free(sc);
+  free(ins);
+  return st;
+}
+
+/* Adam / AdamW: the parameters of each of float32 and float64 that the
+ * one-pass kernel takes, when at least two, in one ADAM_MANY node (one
+ * launch for the lot, not one a parameter); done[i] set for each. */
+static int adam_many(mx_optimizer *o, mx_map *params, const mx_map *grads, double lr,
+                     bool *done) {
+  if ((o->kind != O_ADAM && o->kind != O_ADAMW) || !adam_many_on()) return MX_OK;
+  const int np = mx_map_size(params);
+  int *idx = malloc(sizeof *idx * (size_t)(np ? np : 1));
+  if (!idx) return mx__set_error(MX_ERR_OOM, "%s update: out of memory", mx_optimizer_name(o));
+  int st = MX_OK;
+  bool slots = false;
+  static const mx_dtype dts[2] = {MX_FLOAT32, MX_FLOAT64};
+  for (int d = 0; d < 2 && !st; d++) {
+    const int n = adam_many_members(o, params, grads, dts[d], idx);
+    if (n < 2) continue;
+    /* every parameter's slots first, in the parameters' order: the state
+     * map's order as one update a parameter makes it */
+    for (int i = 0; i < np && !slots && !st; i++) {
+      const char *k = mx_map_key(params, i);
+      mx_array *p = mx_map_value(params, i);
+      if (mx_map_has(grads, k) && (!slot_like(o, k, "m", p) || !slot_like(o, k, "v", p)))
+        st = mx_last_status() ? mx_last_status() : MX_ERR_INTERNAL;
+    }
+    slots = true;
+    if (!st) st = adam_many_group(o, params, grads, lr, idx, n);
+    for (int j = 0; j < n && !st; j++) done[idx[j]] = true;
+  }
+  free(idx);
+  return st;
+}
+
 /* ---- update ------------------------------------------------------------------------------ */
 int mx_optimizer_update(mx_optimizer *o, mx_map *params, const mx_map *grads) {
   if (!o || !params || !grads)
@@ -363,9 +490,12 @@ int mx_optimizer_update(mx_optimizer *o, mx_map *params, const mx_map *grads) {
   if (mx_map_set_take(o->state, "step", mx_array_scalar_int(o->step, MX_INT64)) ||
       mx_map_set_take(o->state, "learning_rate", mx_array_scalar(lr, MX_FLOAT32)))
     return mx_last_status();
-  for (int i = 0; i < mx_map_size(params); i++) {
+  bool *done = calloc((size_t)mx_map_size(params) + 1, sizeof *done);
+  if (!done) return mx__set_error(MX_ERR_OOM, "%s update: out of memory", mx_optimizer_name(o));
+  int rc = adam_many(o, params, grads, lr, done);
+  for (int i = 0; i < mx_map_size(params) && !rc; i++) {
     const char *k = mx_map_key(params, i);
-    if (!mx_map_has(grads, k)) continue;
+    if (done[i] || !mx_map_has(grads, k)) continue;
     mx_array *p = mx_map_value(params, i), *g = mx_map_get(grads, k);
     pool P = {0};
     mx_array *np = NULL;
@@ -377,19 +507,21 @@ int mx_optimizer_update(mx_optimizer *o, mx_map *params, const mx_map *grads) {
         g = sc ? K(&P, mx_multiply(g, sc)) : NULL;
       }
     }
-    int rc = !g ? mx_last_status()
-           : o->kind == O_SGD ? apply_sgd(o, k, p, g, lr, &P, &np)
-           : o->kind == O_LION ? apply_lion(o, k, p, g, lr, &P, &np)
-           : o->kind == O_ADAFACTOR ? apply_adafactor(o, k, p, g, lr, &P, &np)
-                                    : apply_adam(o, k, p, g, lr, &P, &np);
+    rc = !g ? mx_last_status()
+       : o->kind == O_SGD ? apply_sgd(o, k, p, g, lr, &P, &np)
+       : o->kind == O_LION ? apply_lion(o, k, p, g, lr, &P, &np)
+       : o->kind == O_ADAFACTOR ? apply_adafactor(o, k, p, g, lr, &P, &np)
+                                : apply_adam(o, k, p, g, lr, &P, &np);
     pool_free(&P);
     if (rc || !np) {
       mx_array_free(np);
-      return rc ? rc : (mx_last_status() ? mx_last_status() : MX_ERR_INTERNAL);
+      rc = rc ? rc : (mx_last_status() ? mx_last_status() : MX_ERR_INTERNAL);
+      break;
     }
-    if ((rc = mx_map_set_take(params, k, np))) return rc;
+    rc = mx_map_set_take(params, k, np);
   }
-  return MX_OK;
+  free(done);
+  return rc;
 }
 
 int mx__optimizer_update_scaled(mx_optimizer *o, mx_map *params, const mx_map *grads,

@@ -263,7 +263,43 @@ static int f_create(const mx_opcase *c, const double *const *in, double *out, in
 /* ADAM_ALL (4 inputs p, m, v, g): beta1 0.9, beta2 0.999, dp[0] the decay */
 #define ALL_B1 0.9
 #define ALL_B2 0.999
+/* ADAM_MANY: ip[1] = K, ip[2..2+K) = row bounds: the (R, C) inputs cut
+ * into K + 1 parameters of rows [0, b_0), [b_0, b_1), ..., [b_{K-1}, R),
+ * each a view: one row as (C), the last one, of an even number of rows r,
+ * as (2, r / 2, C), any other as (r, C). Input 4 (nin 5): the gradient
+ * scale. The packed rows hold the parts in order: the output is ADAM_ALL's
+ * over the whole inputs, (3, R C). */
+static mx_array *b_adam_many(const mx_opcase *c, mx_array **in) {
+  enum { MAXP = 6 };
+  mx_array *part[4][MAXP] = {{NULL}};
+  const int np = c->ip[1] + 1;
+  const int64_t R = c->shape[0][0], C = c->shape[0][1];
+  int64_t r0 = 0;
+  for (int j = 0; j < np && j < MAXP; j++) {
+    const int64_t r1 = j + 1 < np ? c->ip[2 + j] : R, rows = r1 - r0;
+    int64_t shape[3] = {rows, C, 0};
+    int nd = 2;
+    if (rows == 1) shape[0] = C, nd = 1;
+    else if (j == np - 1 && rows >= 2 && rows % 2 == 0)
+      shape[0] = 2, shape[1] = rows / 2, shape[2] = C, nd = 3;
+    for (int k = 0; k < 4; k++) {
+      mx_array *sl = mx_slice_axis(in[k], 0, r0, r1, 1);
+      part[k][j] = mx_reshape(sl, shape, nd);
+      mx_array_free(sl);
+    }
+    r0 = r1;
+  }
+  mx__adam_params p = {.which = MX__ADAM_MANY, .beta1 = ALL_B1, .beta2 = ALL_B2,
+                       .decay = c->dp[0], .c1 = c->dp[1], .c2 = c->dp[2], .eps = c->dp[3]};
+  mx_array *r = np <= MAXP ? mx__adam_update_many(&p, part[0], part[1], part[2], part[3], np,
+                                                  c->nin == 5 ? in[4] : NULL)
+                           : NULL;
+  for (int k = 0; k < 4; k++) mx_array_free_n(part[k], MAXP);
+  return r;
+}
+
 static mx_array *b_adam(const mx_opcase *c, mx_array **in) {
+  if (c->ip[0] == MX__ADAM_MANY) return b_adam_many(c, in);
   mx__adam_params p = {.which = c->ip[0], .beta1 = c->dp[0], .beta2 = c->dp[0],
                        .decay = c->dp[0], .c1 = c->dp[1], .c2 = c->dp[2], .eps = c->dp[3]};
   if (c->ip[0] == MX__ADAM_ALL) p.beta1 = ALL_B1, p.beta2 = ALL_B2;
@@ -277,12 +313,14 @@ static int f_adam(const mx_opcase *c, const double *const *in, double *out, int6
   memcpy(oshape, c->shape[0], sizeof(int64_t) * (size_t)nd);
   *ond = nd;
   const double k = c->dp[0];
-  if (c->ip[0] == MX__ADAM_ALL) {
+  if (c->ip[0] == MX__ADAM_ALL || c->ip[0] == MX__ADAM_MANY) {
     oshape[0] = 3;
     memcpy(oshape + 1, c->shape[0], sizeof(int64_t) * (size_t)nd);
     *ond = nd + 1;
+    if (c->ip[0] == MX__ADAM_MANY) oshape[1] = n, *ond = 2;
+    const double sc = c->nin == 5 ? in[4][0] : 1;
     for (int64_t i = 0; i < n; i++) {
-      const double g = in[3][i], m = ALL_B1 * in[1][i] + (1 - ALL_B1) * g;
+      const double g = in[3][i] * sc, m = ALL_B1 * in[1][i] + (1 - ALL_B1) * g;
       const double v = ALL_B2 * in[2][i] + (1 - ALL_B2) * g * g;
       out[i] = m, out[n + i] = v;
       out[2 * n + i] = k * in[0][i] - c->dp[1] * m / (c->dp[2] * sqrt(v) + c->dp[3]);
@@ -304,6 +342,13 @@ static int f_adam(const mx_opcase *c, const double *const *in, double *out, int6
    OC_F32_F64,                                                                               \
    .flags = OC_NONCONTIG | OC_NO_GRAD, .ip = {form}, .dp = {k, c1, c2, eps}, .build = b_adam, \
    .ref = f_adam}
+
+/* ADAM_MANY over (R, C) inputs cut into parts (see b_adam_many); nin 5: a scale */
+#define ADAM_MANY(d, nin_, k, c1, c2, eps, R, C, ...)                                        \
+  {.op = "adam_update", .desc = d, .nin = nin_, .ndim = {2, 2, 2, 2, 0},                     \
+   .shape = {{R, C}, {R, C}, {R, C}, {R, C}}, .lo = 0, .hi = 2, OC_F32_F64,                  \
+   .flags = OC_NONCONTIG | OC_NO_GRAD, .ip = {MX__ADAM_MANY, __VA_ARGS__},                   \
+   .dp = {k, c1, c2, eps}, .build = b_adam, .ref = f_adam}
 
 /* ---- sum_squares (internal: the gradient norm) ------------------------------------ */
 static mx_array *b_sumsq(const mx_opcase *c, mx_array **in) { return mx__sum_squares(in, c->nin); }
@@ -440,6 +485,11 @@ static mx_opcase cases[] = {
     ADAM("one pass, odd size", MX__ADAM_ALL, 4, 3, 1, 0.01, 1, 1e-3, 3, 5, 7),
     ADAM("one pass, scalar parameter", MX__ADAM_ALL, 4, 0, 0.999, 0.1, 2, 1e-8, 0),
     ADAM("one pass, 0-size", MX__ADAM_ALL, 4, 2, 1, 0.1, 1, 1e-8, 0, 4),
+    ADAM_MANY("many: 4 parameters (31, 0 x 31, 1290 x 31: several blocks, 2 x 23 x 31)", 4,
+              0.99997, 0.0031, 1.37, 1e-8, 1337, 31, 3, 1, 1, 1291),
+    ADAM_MANY("many, a gradient scale, parts of multiples of 4 (vectors)", 5, 0.999, 0.01, 1,
+              1e-3, 1337, 32, 2, 1, 1291),
+    ADAM_MANY("many, one parameter", 4, 1, 0.1, 2, 1e-8, 6, 7, 0),
 };
 
 static int fill_names(void) {

@@ -434,26 +434,30 @@ typedef struct {
 ADAM_ALL_LOOP(adam_all_f32, float)
 ADAM_ALL_LOOP(adam_all_f64, double)
 
-static int k_adam_all(mx_array *out, mx_array **in) {
-  const mx__adam_params *a = MX__PARAMS(out, mx__adam_params);
-  mx__inner_fn f = out->dtype == MX_FLOAT32 ? adam_all_f32 : out->dtype == MX_FLOAT64 ? adam_all_f64 : NULL;
+/* The ADAM_ALL loop for p, m, v, g = in4[0..3] and an output of dtype dt,
+ * or NULL when the dtypes have none (f32 / f64; a 16-bit g for f32). */
+static mx__inner_fn adam_all_fn(mx_dtype dt, mx_array *const *in4) {
+  mx__inner_fn f = dt == MX_FLOAT32 ? adam_all_f32 : dt == MX_FLOAT64 ? adam_all_f64 : NULL;
   for (int i = 0; i < 3; i++)
-    if (in[i]->dtype != out->dtype) f = NULL;
-  /* a 16-bit gradient of a float32 parameter: read as float32 (exact) */
-  const bool low_g = in[3]->dtype != out->dtype;
-  if (low_g && (out->dtype != MX_FLOAT32 ||
-                (in[3]->dtype != MX_BFLOAT16 && in[3]->dtype != MX_FLOAT16)))
-    f = NULL;
-  if (a->has_scale && (out->ninputs < 5 || in[4]->dtype != out->dtype)) f = NULL;
-  if (!f) return no_kernel(out, in[0]->dtype);
-  int st = mx__array_alloc_data(out);
-  if (st || out->size == 0) return st;
-  const int64_t *shape = out->shape + 1;
-  const int nd = out->ndim - 1;
-  const int64_t n = out->size / 3;
+    if (in4[i]->dtype != dt) f = NULL;
+  const mx_dtype gt = in4[3]->dtype;
+  if (gt != dt && (dt != MX_FLOAT32 || (gt != MX_BFLOAT16 && gt != MX_FLOAT16))) f = NULL;
+  return f;
+}
+
+/* One parameter's step: in4 = (p, m, v, g) of one shape, m' written
+ * row-contiguous at o, v' and p' c->total elements after it (ADAM_ALL: the
+ * parameter's size; ADAM_MANY: the sum of every size, o at the
+ * parameter's offset). Both forms run this loop: the same bits. */
+static int adam_all_part(char *o, mx_dtype dt, mx_array *const *in4, mx__inner_fn f,
+                         const adam_all_ctx *c) {
+  const int64_t *shape = in4[0]->shape;
+  const int nd = in4[0]->ndim;
+  const int64_t n = in4[0]->size;
+  if (n == 0) return MX_OK;
   float *g32 = NULL;
-  if (low_g) {
-    mx_array *g = in[3];
+  if (in4[3]->dtype != dt) { /* a 16-bit gradient of a float32 parameter: read as float32 (exact) */
+    mx_array *g = in4[3];
     const size_t es = mx_dtype_size(g->dtype);
     void *tmp = g->row_contiguous ? NULL : malloc(es * (size_t)n);
     g32 = malloc(sizeof(float) * (size_t)n);
@@ -471,8 +475,8 @@ static int k_adam_all(mx_array *out, mx_array **in) {
   size_t el[MX__MAX_OPERANDS];
   int64_t strides[MX__MAX_OPERANDS][MX_MAX_NDIM];
   const int64_t *sp[MX__MAX_OPERANDS];
-  base[0] = out->buf->ptr;
-  el[0] = mx_dtype_size(out->dtype);
+  base[0] = o;
+  el[0] = mx_dtype_size(dt);
   sp[0] = NULL;
   for (int i = 0; i < 4; i++) {
     if (i == 3 && g32) {
@@ -480,21 +484,63 @@ static int k_adam_all(mx_array *out, mx_array **in) {
       el[4] = sizeof(float);
       mx__compute_row_strides(shape, nd, strides[4]);
     } else {
-      base[i + 1] = mx__data(in[i]);
-      el[i + 1] = mx_dtype_size(in[i]->dtype);
-      bcast_strides(in[i], shape, nd, strides[i + 1]);
+      base[i + 1] = mx__data(in4[i]);
+      el[i + 1] = mx_dtype_size(in4[i]->dtype);
+      bcast_strides(in4[i], shape, nd, strides[i + 1]);
     }
     sp[i + 1] = strides[i + 1];
   }
-  adam_all_ctx c = {.a = a, .total = n, .has_s = a->has_scale};
-  if (a->has_scale)
-    c.s = out->dtype == MX_FLOAT32 ? (double)*(const float *)mx__data(in[4])
-                                   : *(const double *)mx__data(in[4]);
   mx__nd_iter it;
   mx__iter_init(&it, shape, nd, 5, base, el, sp);
-  mx__iter_run(&it, f, &c);
+  mx__iter_run(&it, f, c);
   free(g32);
   return MX_OK;
+}
+
+/* The gradient scale of ADAM_ALL / ADAM_MANY (input sin, of dtype dt) */
+static double adam_scale(mx_dtype dt, mx_array *sin) {
+  return dt == MX_FLOAT32 ? (double)*(const float *)mx__data(sin) : *(const double *)mx__data(sin);
+}
+
+static int k_adam_all(mx_array *out, mx_array **in) {
+  const mx__adam_params *a = MX__PARAMS(out, mx__adam_params);
+  mx__inner_fn f = adam_all_fn(out->dtype, in);
+  if (a->has_scale && (out->ninputs < 5 || in[4]->dtype != out->dtype)) f = NULL;
+  if (!f) return no_kernel(out, in[0]->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  adam_all_ctx c = {.a = a, .total = out->size / 3, .has_s = a->has_scale};
+  if (a->has_scale) c.s = adam_scale(out->dtype, in[4]);
+  return adam_all_part((char *)out->buf->ptr, out->dtype, in, f, &c);
+}
+
+/* ADAM_MANY: inputs [p.., m.., v.., g.., (s)]; parameter i's part at
+ * off_i of each of the three rows */
+static int k_adam_many(mx_array *out, mx_array **in) {
+  const mx__adam_params *a = MX__PARAMS(out, mx__adam_params);
+  const int n = a->count;
+  if (n < 1 || out->ninputs != 4 * n + (a->has_scale ? 1 : 0))
+    return mx__set_error(MX_ERR_INTERNAL, "adam_update: %d inputs for %d parameters",
+                         out->ninputs, n);
+  mx__inner_fn f = NULL; /* the dtype's loop (a 16-bit g goes through float32 first) */
+  for (int i = 0; i < n; i++) {
+    mx_array *q[4] = {in[i], in[n + i], in[2 * n + i], in[3 * n + i]};
+    if (!(f = adam_all_fn(out->dtype, q)))
+      return no_kernel(out, q[0]->dtype != out->dtype ? q[0]->dtype : q[3]->dtype);
+  }
+  if (a->has_scale && in[4 * n]->dtype != out->dtype) return no_kernel(out, in[4 * n]->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  adam_all_ctx c = {.a = a, .total = out->size / 3, .has_s = a->has_scale};
+  if (a->has_scale) c.s = adam_scale(out->dtype, in[4 * n]);
+  const size_t es = mx_dtype_size(out->dtype);
+  int64_t off = 0;
+  for (int i = 0; i < n && !st; i++) {
+    mx_array *q[4] = {in[i], in[n + i], in[2 * n + i], in[3 * n + i]};
+    st = adam_all_part((char *)out->buf->ptr + (size_t)off * es, out->dtype, q, f, &c);
+    off += q[0]->size;
+  }
+  return st;
 }
 
 /* sum_squares (src/ops/optim_params.h): float64 sums, inputs in order */
@@ -567,6 +613,7 @@ static int k_cast_concat(mx_array *out, mx_array **in) {
 static int k_adam_update(mx_array *out, mx_array **in) {
   const mx__adam_params *a = MX__PARAMS(out, mx__adam_params);
   if (a->which == MX__ADAM_ALL) return k_adam_all(out, in);
+  if (a->which == MX__ADAM_MANY) return k_adam_many(out, in);
   int nin = a->which == MX__ADAM_P ? 3 : 2;
   mx__inner_fn f = out->dtype == MX_FLOAT32 ? adam_f32 : out->dtype == MX_FLOAT64 ? adam_f64 : NULL;
   for (int i = 0; i < nin; i++)

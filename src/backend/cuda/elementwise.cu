@@ -661,6 +661,14 @@ static int adam_launch(mx_array *out, mx_array **in3, const mx__adam_params *p) 
   return launch_map<4>(ix, out->size, f, mx__opname(out));
 }
 
+/* Gradient i as X: g of X, or (GK 1 / 2) bfloat16 / float16 (exact in float) */
+template <class X, int GK>
+__device__ __forceinline__ X adam_ldg(const void *g, int64_t i) {
+  if constexpr (GK == 1) return (X)__bfloat162float(((const __nv_bfloat16 *)g)[i]);
+  else if constexpr (GK == 2) return (X)__half2float(((const __half *)g)[i]);
+  else return ((const X *)g)[i];
+}
+
 /* ADAM_ALL: [m', v', p'] at o, o + n, o + 2 n (off[0] over the inputs' shape).
  * g of X, or (GK 1 / 2) bfloat16 / float16 read as float; sc, when not
  * NULL, the gradient's scale (a device scalar), applied as its own
@@ -672,11 +680,7 @@ struct AdamAll {
   const X *p, *m, *v, *sc;
   const void *g;
   X b1, nb1, b2, nb2, decay, c1, c2, eps;
-  __device__ __forceinline__ X ldg(int64_t i) const {
-    if constexpr (GK == 1) return (X)__bfloat162float(((const __nv_bfloat16 *)g)[i]);
-    else if constexpr (GK == 2) return (X)__half2float(((const __half *)g)[i]);
-    else return ((const X *)g)[i];
-  }
+  __device__ __forceinline__ X ldg(int64_t i) const { return adam_ldg<X, GK>(g, i); }
   __device__ __forceinline__ void step(X pi, X mi, X vi, X gi, X s, X &m2, X &v2, X &p2) const {
     if (sc) gi = r_mul(gi, s);
     m2 = r_add(r_mul(b1, mi), r_mul(nb1, gi));
@@ -766,8 +770,173 @@ static int adam_all_launch(mx_array *out, mx_array **in, const mx__adam_params *
   return launch_map<5>(ix, f.n, f, mx__opname(out));
 }
 
+/* ---- adam_update, ADAM_MANY ----------------------------------------------------------
+ * Up to AM_TAB parameters a launch (the table is a kernel argument, ~3.3 KB);
+ * block b updates AM_CH elements of one parameter (the one whose block
+ * range holds b, found by a binary search) with AdamAll::step: the bits of
+ * ADAM_ALL. A float32 parameter whose p, m, v, g and three destinations are
+ * 16-byte aligned (8 for a 16-bit g) goes 4 elements a thread at a time
+ * (float4 loads and stores, as k_adam_all_vec); the rest, the tail of each
+ * chunk and float64 one element at a time. Strided inputs are copied
+ * contiguous first. The gradient's kind (GK) is chosen per parameter. */
+enum { AM_TAB = 64, AM_CH = 16384, AM_THREADS = 256 };
+struct AmTab {
+  const void *p[AM_TAB], *m[AM_TAB], *v[AM_TAB], *g[AM_TAB];
+  int64_t off[AM_TAB + 1];  /* each parameter's place in the rows; its size: off[i + 1] - off[i] */
+  int64_t blk0[AM_TAB + 1]; /* first block of each parameter in this launch */
+  int8_t gk[AM_TAB];        /* the gradient: 0 of X, 1 bfloat16, 2 float16 */
+  bool vec[AM_TAB];
+  int cnt;
+};
+/* the kernel's arguments (the table and AdamAll) within the classic 4 KB */
+static_assert(sizeof(AmTab) + sizeof(AdamAll<double, 0>) <= 4096,
+              "adam_update: the ADAM_MANY table is too large");
+
+/* Elements [j0, j1) of one parameter; o: its m' (v' and p' f.n and 2 f.n
+ * further). f holds the coefficients and the scale (f.o, f.p, ... unused). */
+template <class X, int GK>
+__device__ __forceinline__ void am_part(const AdamAll<X, 0> &f, const X *__restrict__ p,
+                                        const X *__restrict__ m, const X *__restrict__ v,
+                                        const void *__restrict__ g, X *__restrict__ o,
+                                        int64_t j0, int64_t j1, bool vec, X s) {
+  int64_t j = j0;
+  if constexpr (sizeof(X) == 4) {
+    if (vec) { /* j0 is a multiple of 4 (AM_CH is) */
+      const int64_t nv = (j1 - j0) / 4;
+      const float4 *p4 = (const float4 *)(p + j0), *m4 = (const float4 *)(m + j0);
+      const float4 *v4 = (const float4 *)(v + j0);
+      float4 *om = (float4 *)(o + j0), *ov = (float4 *)(o + f.n + j0);
+      float4 *op = (float4 *)(o + 2 * f.n + j0);
+#pragma unroll 4
+      for (int64_t k = threadIdx.x; k < nv; k += AM_THREADS) {
+        const float4 a = __ldg(p4 + k), b = __ldg(m4 + k), c = __ldg(v4 + k);
+        const float4 d = ld_g4<GK>(g, j0 / 4 + k);
+        float4 m2, v2, p2;
+        f.step(a.x, b.x, c.x, d.x, s, m2.x, v2.x, p2.x);
+        f.step(a.y, b.y, c.y, d.y, s, m2.y, v2.y, p2.y);
+        f.step(a.z, b.z, c.z, d.z, s, m2.z, v2.z, p2.z);
+        f.step(a.w, b.w, c.w, d.w, s, m2.w, v2.w, p2.w);
+        om[k] = m2, ov[k] = v2, op[k] = p2;
+      }
+      j = j0 + nv * 4;
+    }
+  }
+  for (j += threadIdx.x; j < j1; j += AM_THREADS) {
+    X m2, v2, p2;
+    f.step(p[j], m[j], v[j], adam_ldg<X, GK>(g, j), s, m2, v2, p2);
+    o[j] = m2, o[f.n + j] = v2, o[2 * f.n + j] = p2;
+  }
+}
+
+template <class X>
+__global__ void __launch_bounds__(AM_THREADS) k_adam_many(AmTab t, AdamAll<X, 0> f) {
+  MX_PDL_ENTRY();
+  const int64_t b = blockIdx.x;
+  int lo = 0, hi = t.cnt - 1; /* the last parameter whose first block is <= b */
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (t.blk0[mid] <= b) lo = mid;
+    else hi = mid - 1;
+  }
+  const int i = lo;
+  const int64_t j0 = (b - t.blk0[i]) * AM_CH, j1 = MX_MIN(j0 + AM_CH, t.off[i + 1] - t.off[i]);
+  const X s = f.sc ? *f.sc : (X)1;
+  const X *p = (const X *)t.p[i], *m = (const X *)t.m[i], *v = (const X *)t.v[i];
+  X *o = f.o + t.off[i];
+  if constexpr (sizeof(X) == 4) {
+    if (t.gk[i] == 1) return am_part<X, 1>(f, p, m, v, t.g[i], o, j0, j1, t.vec[i], s);
+    if (t.gk[i] == 2) return am_part<X, 2>(f, p, m, v, t.g[i], o, j0, j1, t.vec[i], s);
+  }
+  am_part<X, 0>(f, p, m, v, t.g[i], o, j0, j1, t.vec[i], s);
+}
+
+static size_t am_round(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
+
+template <class X>
+static int adam_many_launch(mx_array *out, mx_array **in, const mx__adam_params *pp,
+                            char *scratch) {
+  const int n = pp->count;
+  AdamAll<X, 0> f = {};
+  f.o = (X *)out->buf->dptr;
+  f.n = out->size / 3;
+  f.sc = pp->has_scale ? (const X *)mx__ddata(in[4 * n]) : NULL;
+  f.b1 = (X)pp->beta1, f.nb1 = (X)(1.0 - pp->beta1);
+  f.b2 = (X)pp->beta2, f.nb2 = (X)(1.0 - pp->beta2);
+  f.decay = (X)pp->decay, f.c1 = (X)pp->c1, f.c2 = (X)pp->c2, f.eps = (X)pp->eps;
+  AmTab t;
+  t.cnt = 0;
+  t.blk0[0] = 0;
+  int64_t off = 0;
+  int st = MX_OK;
+  for (int i = 0; i < n && !st; i++) {
+    mx_array *q[4] = {in[i], in[n + i], in[2 * n + i], in[3 * n + i]};
+    const int64_t size = q[0]->size;
+    if (size > 0) {
+      const void *ptr[4];
+      for (int k = 0; k < 4 && !st; k++) {
+        ptr[k] = mx__ddata(q[k]);
+        if (!q[k]->row_contiguous) { /* a contiguous copy in its own dtype first */
+          int64_t row[MX_MAX_NDIM];
+          mx__compute_row_strides(q[k]->shape, q[k]->ndim, row);
+          st = mx__cuda_strided_copy(scratch, row, q[k]->shape, q[k]->ndim, q[k],
+                                     mx__opname(out));
+          ptr[k] = scratch;
+          scratch += am_round((size_t)size * mx_dtype_size(q[k]->dtype));
+        }
+      }
+      if (st) break;
+      const mx_dtype gt = q[3]->dtype;
+      const int k = t.cnt++;
+      t.p[k] = ptr[0], t.m[k] = ptr[1], t.v[k] = ptr[2], t.g[k] = ptr[3];
+      t.off[k] = off, t.off[k + 1] = off + size; /* zero-size parameters are left out */
+      t.gk[k] = (int8_t)(gt == MX_BFLOAT16 ? 1 : gt == MX_FLOAT16 ? 2 : 0);
+      bool vec = sizeof(X) == 4;
+      for (int r = 0; r < 3; r++)
+        vec = vec && !((uintptr_t)ptr[r] & 15) && !((uintptr_t)(f.o + r * f.n + off) & 15);
+      t.vec[k] = vec && !((uintptr_t)ptr[3] & (t.gk[k] ? 7 : 15));
+      t.blk0[k + 1] = t.blk0[k] + (size + AM_CH - 1) / AM_CH;
+    }
+    off += size;
+    if (t.cnt && (t.cnt == AM_TAB || i == n - 1)) {
+      mx__cuda_launch_pdl(k_adam_many<X>, dim3((unsigned)t.blk0[t.cnt]), dim3(AM_THREADS), 0,
+                          t, f);
+      st = mx__cuda_launched(mx__opname(out));
+      t.cnt = 0;
+    }
+  }
+  return st;
+}
+
+static int k_adam_many_op(mx_array *out, mx_array **in, const mx__adam_params *p) {
+  const int n = p->count;
+  if (n < 1 || out->ninputs != 4 * n + (p->has_scale ? 1 : 0))
+    return mx__set_error(MX_ERR_INTERNAL, "adam_update: %d inputs for %d parameters",
+                         out->ninputs, n);
+  const mx_dtype dt = out->dtype;
+  if (dt != MX_FLOAT32 && dt != MX_FLOAT64) return mx__cuda_no_dtype(out, dt);
+  size_t extra = 0; /* contiguous copies of strided inputs */
+  for (int i = 0; i < 4 * n; i++) {
+    const mx_dtype t = in[i]->dtype;
+    const bool low_g = i >= 3 * n && dt == MX_FLOAT32 && (t == MX_BFLOAT16 || t == MX_FLOAT16);
+    if (t != dt && !low_g) return mx__cuda_no_dtype(out, t);
+    if (!in[i]->row_contiguous && in[i]->size > 0)
+      extra += am_round((size_t)in[i]->size * mx_dtype_size(t));
+  }
+  if (p->has_scale && in[4 * n]->dtype != dt) return mx__cuda_no_dtype(out, in[4 * n]->dtype);
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
+  mx__buffer *tb = extra ? mx__cuda_tmp(extra) : NULL;
+  if (extra && !tb) return mx_last_status();
+  char *scratch = tb ? (char *)tb->dptr : NULL;
+  st = dt == MX_FLOAT64 ? adam_many_launch<double>(out, in, p, scratch)
+                        : adam_many_launch<float>(out, in, p, scratch);
+  if (tb) mx__buffer_release(tb); /* reused only by later work of the stream */
+  return st;
+}
+
 static int k_adam_update(mx_array *out, mx_array **in) {
   const mx__adam_params *p = MX__PARAMS(out, mx__adam_params);
+  if (p->which == MX__ADAM_MANY) return k_adam_many_op(out, in, p);
   if (p->which == MX__ADAM_ALL) {
     mx_dtype dt = out->dtype, gt = in[3]->dtype;
     for (int i = 0; i < 3; i++)
