@@ -7,7 +7,8 @@
  *
  *   bench_cuda_kernels [REPEATS]          (default 20)
  *
- * MXC_BENCH_ONLY=attention-train, embedding-grad, head, train-gemm, ce, rope, sumsq or adam
+ * MXC_BENCH_ONLY=attention-train, embedding-grad, head, train-gemm, ce, rope, norm, sumsq or
+ * adam
  * prints that table only.
  *
  * Each row: REPEATS evaluations queued on the GPU stream back to back, then
@@ -458,6 +459,40 @@ static void bench_rope(int reps) {
   }
 }
 
+/* rms_norm over a training step's rows (32 x 1024 x 768 bf16, a weight):
+ * the forward, and the backward as the training step runs it (dx plus the
+ * residual stream's gradient in one pass, dw from the same pass's partial
+ * sums). */
+typedef struct {
+  mx_array *x, *g, *w, *r;
+} njob;
+static mx_array *n_fwd(void *c) {
+  njob *j = c;
+  return mx_fast_rms_norm(j->x, j->w, 1e-5);
+}
+static mx_array *n_bwd(void *c) {
+  njob *j = c;
+  mx_array *dw = NULL, *dx = mx__fast_rms_norm_grad_both(j->x, j->g, j->w, 1e-5, j->r, &dw);
+  mx_array_free(dx); /* dw's graph holds it */
+  return dw;
+}
+
+static void bench_norm(int reps) {
+  printf("\n## rms_norm (bf16 32 x 1024 x 768, a weight)\n\n");
+  printf("| op | time (us) | GB/s |\n|---|---|---|\n");
+  const int64_t sh[3] = {32, 1024, 768};
+  njob j = {rnd(sh, 3, MX_BFLOAT16, 1, 61), rnd(sh, 3, MX_BFLOAT16, 1, 62),
+            rnd((int64_t[]){768}, 1, MX_BFLOAT16, 1, 63), rnd(sh, 3, MX_BFLOAT16, 1, 64)};
+  const double bytes = 32.0 * 1024 * 768 * 2;
+  double t = gpu_time(n_fwd, &j, reps);
+  printf("| forward | %.1f | %.0f |\n", t * 1e6, 2 * bytes / t * 1e-9);
+  t = gpu_time(n_bwd, &j, reps);
+  printf("| backward: dx + residual, dw (reads x, g, r; writes dx) | %.1f | %.0f |\n", t * 1e6,
+         4 * bytes / t * 1e-9);
+  mx_array *all[] = {j.x, j.g, j.w, j.r};
+  mx_array_free_n(all, 4);
+}
+
 /* ---- sort ------------------------------------------------------------------------------ */
 typedef struct {
   mx_array *a;
@@ -615,6 +650,10 @@ int main(int argc, char **argv) {
     bench_rope(reps);
     return 0;
   }
+  if (only && !strcmp(only, "norm")) {
+    bench_norm(reps);
+    return 0;
+  }
   if (only && !strcmp(only, "sumsq")) {
     bench_sumsq(reps);
     return 0;
@@ -633,6 +672,7 @@ int main(int argc, char **argv) {
   bench_train_gemm(reps);
   bench_ce(reps);
   bench_rope(reps);
+  bench_norm(reps);
   bench_sumsq(reps);
   bench_adam(reps);
   bench_sort(reps);

@@ -1320,33 +1320,78 @@ TEST(cross_entropy_backward_given_the_loss) {
 }
 
 /* Long row-strided rows (a stacked product's halves: the 2-D grid of
- * k_vec_rows) have the bits of the element kernel (a last axis of stride
- * 2): swiglu and add, bf16 and float32, rows of 4,096 and 8,200 values
- * (a partial last block). */
+ * k_vec_rows) and large contiguous operands (k_vec, a tail past the last
+ * whole vector) have the bits of the element kernel (a last axis of
+ * stride 2):
+ * swiglu and add, bf16 and float32, 3 and 37 rows of 4,096, 8,200 and
+ * 4,101 values (a partial last block; an odd row length). */
 TEST(vector_rows_kernel_has_the_bits_of_the_element_kernel) {
   NEED_GPU();
   const mx_dtype dts[2] = {MX_BFLOAT16, MX_FLOAT32};
-  const int64_t cols[2] = {4096, 8200};
+  const int64_t cols[3] = {4096, 8200, 4101}, rows[2] = {3, 37};
   for (int di = 0; di < 2; di++)
-    for (int ci = 0; ci < 2; ci++) {
-      const int64_t C = cols[ci];
-      mx_array *a0 = normal_dt((int64_t[]){3, C, 2}, 3, 2, 110 + ci, dts[di]);
-      mx_array *gs = mx_slice_axis(a0, 2, 0, 1, 1), *us = mx_slice_axis(a0, 2, 1, 2, 1);
-      mx_array *g2 = mx_reshape(gs, (int64_t[]){3, C}, 2);
-      mx_array *u2 = mx_reshape(us, (int64_t[]){3, C}, 2);
-      mx_array *gc = mx_copy(g2), *uc = mx_copy(u2);
-      mx_array *gu = mx_concatenate((mx_array *[]){gc, uc}, 2, 1);
-      mx_array *gh = mx_slice_axis(gu, 1, 0, C, 1), *uh = mx_slice_axis(gu, 1, C, 2 * C, 1);
-      ASSERT_OK(mx_eval((mx_array *[]){g2, u2, gh, uh}, 4));
-      mx_set_default_device(MX_GPU);
-      mx_array *s_el = mx_fast_swiglu(g2, u2), *s_row = mx_fast_swiglu(gh, uh);
-      mx_array *a_el = mx_add(g2, u2), *a_row = mx_add(gh, uh);
-      mx_set_default_device(MX_CPU);
-      ASSERT(s_el && s_row && a_el && a_row);
-      ASSERT_EQ_INT(bits_differ(s_el, s_row, "swiglu rows"), 0);
-      ASSERT_EQ_INT(bits_differ(a_el, a_row, "add rows"), 0);
-      mx_array_free_n((mx_array *[]){a0, gs, us, g2, u2, gc, uc, gu, gh, uh, s_el, s_row, a_el,
-                                     a_row}, 14);
+    for (int ci = 0; ci < 3; ci++)
+      for (int ri = 0; ri < 2; ri++) {
+        const int64_t C = cols[ci], R = rows[ri];
+        mx_array *a0 = normal_dt((int64_t[]){R, C, 2}, 3, 2, 110 + ci, dts[di]);
+        mx_array *gs = mx_slice_axis(a0, 2, 0, 1, 1), *us = mx_slice_axis(a0, 2, 1, 2, 1);
+        mx_array *g2 = mx_reshape(gs, (int64_t[]){R, C}, 2);
+        mx_array *u2 = mx_reshape(us, (int64_t[]){R, C}, 2);
+        mx_array *gc = mx_copy(g2), *uc = mx_copy(u2);
+        mx_array *gu = mx_concatenate((mx_array *[]){gc, uc}, 2, 1);
+        mx_array *gh = mx_slice_axis(gu, 1, 0, C, 1), *uh = mx_slice_axis(gu, 1, C, 2 * C, 1);
+        ASSERT_OK(mx_eval((mx_array *[]){g2, u2, gc, uc, gh, uh}, 6));
+        mx_set_default_device(MX_GPU);
+        mx_array *s_el = mx_fast_swiglu(g2, u2), *s_row = mx_fast_swiglu(gh, uh);
+        mx_array *a_el = mx_add(g2, u2), *a_row = mx_add(gh, uh);
+        mx_array *s_ct = mx_fast_swiglu(gc, uc), *a_ct = mx_add(gc, uc);
+        mx_set_default_device(MX_CPU);
+        ASSERT(s_el && s_row && a_el && a_row && s_ct && a_ct);
+        ASSERT_EQ_INT(bits_differ(s_el, s_row, "swiglu rows"), 0);
+        ASSERT_EQ_INT(bits_differ(a_el, a_row, "add rows"), 0);
+        ASSERT_EQ_INT(bits_differ(s_el, s_ct, "swiglu contiguous"), 0);
+        ASSERT_EQ_INT(bits_differ(a_el, a_ct, "add contiguous"), 0);
+        mx_array_free_n((mx_array *[]){a0, gs, us, g2, u2, gc, uc, gu, gh, uh, s_el, s_row, a_el,
+                                       a_row, s_ct, a_ct}, 16);
+      }
+}
+
+/* Many rows of up to 128 16-byte vectors take one warp a row
+ * (k_norm_vec_warp), a single row one block (k_norm_vec): each row of a
+ * batch has the bits of that row normalised alone — rms_norm and
+ * layer_norm, bf16 and float32, rows of 1 to 4 vectors a lane. */
+TEST(norm_warp_rows_have_the_bits_of_a_row_alone) {
+  NEED_GPU();
+  const mx_dtype dts[2] = {MX_BFLOAT16, MX_FLOAT32};
+  const int64_t Ds[4] = {40, 264, 768, 1000};
+  enum { R = 37 };
+  for (int di = 0; di < 2; di++)
+    for (int k = 0; k < 4; k++) {
+      const int64_t D = Ds[k];
+      mx_array *x = normal_dt((int64_t[]){R, D}, 2, 2, 130 + k, dts[di]);
+      mx_array *w = normal_dt((int64_t[]){D}, 1, 1, 140 + k, dts[di]);
+      mx_array *b = normal_dt((int64_t[]){D}, 1, 1, 150 + k, dts[di]);
+      ASSERT_OK(mx_eval((mx_array *[]){x, w, b}, 3));
+      for (int layer = 0; layer < 2; layer++) {
+        mx_set_default_device(MX_GPU);
+        mx_array *all = layer ? mx_fast_layer_norm(x, w, b, 1e-5) : mx_fast_rms_norm(x, w, 1e-5);
+        mx_set_default_device(MX_CPU);
+        ASSERT(all);
+        const int64_t pick[3] = {0, 17, R - 1};
+        for (int i = 0; i < 3; i++) {
+          mx_array *xr = mx_slice_axis(x, 0, pick[i], pick[i] + 1, 1);
+          mx_array *xc = mx_copy(xr);
+          mx_set_default_device(MX_GPU);
+          mx_array *one = layer ? mx_fast_layer_norm(xc, w, b, 1e-5) : mx_fast_rms_norm(xc, w, 1e-5);
+          mx_set_default_device(MX_CPU);
+          mx_array *ar = mx_slice_axis(all, 0, pick[i], pick[i] + 1, 1);
+          ASSERT(one && ar);
+          ASSERT_EQ_INT(bits_differ(ar, one, layer ? "layer_norm row" : "rms_norm row"), 0);
+          mx_array_free_n((mx_array *[]){xr, xc, one, ar}, 4);
+        }
+        mx_array_free(all);
+      }
+      mx_array_free_n((mx_array *[]){x, w, b}, 3);
     }
 }
 

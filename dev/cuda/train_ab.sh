@@ -15,7 +15,7 @@ W=${WORK:-/tmp/mxc-train-ab}
 ROUNDS=${ROUNDS:-2}
 STEPS=${STEPS:-8}
 mkdir -p "$W"
-TOK=""
+TOK=${TOK:-} # a trained tokenizer to reuse (else one is trained in $W/tok)
 r=0
 while [ $r -lt "$ROUNDS" ]; do
   IFS=';'

@@ -368,6 +368,7 @@ void mx__profile_reset(void) {
   memset(g_busy_s, 0, sizeof g_busy_s);
   memset(g_idle_s, 0, sizeof g_idle_s);
   memset(g_busy_n, 0, sizeof g_busy_n);
+  memset(g_mm, 0, sizeof g_mm); /* a row reused for a shape starts at zero */
   g_nmm = 0;
   pthread_mutex_unlock(&g_prof_mu);
 }

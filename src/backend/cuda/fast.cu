@@ -8,7 +8,9 @@
  * loads its vector of x (and of w and b) once, keeps it in registers over
  * the block sums, and stores 16 bytes — one pass over the row, every load
  * in flight at once. A decode step's norm (one row of 2048) was ~10 us with
- * the general kernel's dependent 2-byte loads, mostly DRAM latency. */
+ * the general kernel's dependent 2-byte loads, mostly DRAM latency. Many
+ * rows of at most 128 vectors take k_norm_vec_warp (a warp a row, the same
+ * bits). */
 #include "cuda_common.cuh"
 #include "norm_row.cuh"
 #include "ops/fast_params.h"
@@ -87,6 +89,83 @@ __global__ void __launch_bounds__(1024)
   }
 }
 
+/* k_norm_vec for rows of at most 128 vectors (NV a lane): one warp a row,
+ * 8 rows a block, no barriers. Lane l holds vectors l + 32 k, the ones
+ * thread 32 k + l holds in k_norm_vec; each k's lane sums go through the
+ * same butterfly as that kernel's warp k and the NV results are added in
+ * order from 0, as block_sum adds its warps: the same bits. A block a row
+ * of 96 threads (D = 768) kept ~32 KB in flight an SM and waited at two
+ * barriers a row. */
+template <class T, int V, int NV>
+__global__ void __launch_bounds__(256)
+    k_norm_vec_warp(const uint4 *__restrict__ x, uint4 *__restrict__ o, int nv, int64_t rows,
+                    const uint4 *__restrict__ w, const uint4 *__restrict__ b, float eps,
+                    bool layer) {
+  const int lane = threadIdx.x & 31;
+  const float D = (float)nv * V;
+  MX_PDL_ENTRY();
+  for (int64_t row = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5); row < rows;
+       row += (int64_t)gridDim.x * 8) {
+    float v[NV][V];
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+      const int i = lane + 32 * k;
+      norm_unpack<T, V>(i < nv ? __ldg(x + row * nv + i) : make_uint4(0, 0, 0, 0), v[k]);
+    }
+    float mu = 0.f;
+    if (layer) {
+      float tot = 0.f;
+#pragma unroll
+      for (int k = 0; k < NV; k++) {
+        float s = 0.f;
+#pragma unroll
+        for (int i = 0; i < V; i++) s += v[k][i];
+#pragma unroll
+        for (int o2 = 16; o2 > 0; o2 >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o2);
+        tot += s;
+      }
+      mu = tot / D;
+    }
+    float tot = 0.f;
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+      const bool on = lane + 32 * k < nv;
+      float ss = 0.f;
+#pragma unroll
+      for (int i = 0; i < V; i++) {
+        v[k][i] -= mu;
+        ss += on ? v[k][i] * v[k][i] : 0.f;
+      }
+#pragma unroll
+      for (int o2 = 16; o2 > 0; o2 >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o2);
+      tot += ss;
+    }
+    const float n = 1.f / sqrtf(tot / D + eps);
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+      const int i = lane + 32 * k;
+      if (i >= nv) continue;
+      float wv[V], bv[V];
+      norm_unpack<T, V>(w ? __ldg(w + i) : make_uint4(0, 0, 0, 0), wv);
+      norm_unpack<T, V>(b ? __ldg(b + i) : make_uint4(0, 0, 0, 0), bv);
+#pragma unroll
+      for (int j = 0; j < V; j++) {
+        v[k][j] *= n;
+        if (w) v[k][j] *= wv[j];
+        if (b) v[k][j] += bv[j];
+      }
+      o[row * nv + i] = norm_pack<T, V>(v[k]);
+    }
+  }
+}
+
+/* MXC_NORM_WARP=0: rows of up to 128 vectors a block each (k_norm_vec),
+ * for A/B */
+static bool norm_warp_on(void) {
+  static int on = -1;
+  return mx__env_on("MXC_NORM_WARP", &on);
+}
+
 /* The vectorized case, or false. */
 static bool norm_vec(mx_array *out, mx_array *x, bool layer, double eps, mx_array *w,
                      mx_array *b, int64_t D, int64_t rows, int *st) {
@@ -105,6 +184,26 @@ static bool norm_vec(mx_array *out, mx_array *x, bool layer, double eps, mx_arra
   const uint4 *xp = (const uint4 *)mx__ddata(x);
   uint4 *op = (uint4 *)out->buf->dptr;
   const uint4 *wp = w ? (const uint4 *)mx__ddata(w) : NULL, *bp = b ? (const uint4 *)mx__ddata(b) : NULL;
+  if (nv <= 128 && rows > 1 && norm_warp_on()) {
+    const unsigned gw = (unsigned)MX_MIN((rows + 7) / 8, (int64_t)65535 * 8);
+#define NW(TAG, VV, K)                                                                        \
+  mx__cuda_launch_pdl(k_norm_vec_warp<TAG, VV, K>, dim3(gw), dim3(256), 0, xp, op, nv, rows, wp, \
+                      bp, (float)eps, layer)
+#define NWD(TAG, VV)                                                                         \
+  switch ((nv + 31) / 32) {                                                                  \
+    case 1: NW(TAG, VV, 1); break;                                                           \
+    case 2: NW(TAG, VV, 2); break;                                                           \
+    case 3: NW(TAG, VV, 3); break;                                                           \
+    default: NW(TAG, VV, 4); break;                                                          \
+  }
+    if (dt == MX_FLOAT16) NWD(TF16, 8)
+    else if (dt == MX_BFLOAT16) NWD(TBF16, 8)
+    else NWD(TF32, 4)
+#undef NWD
+#undef NW
+    *st = mx__cuda_launched(mx__opname(out));
+    return true;
+  }
   if (dt == MX_FLOAT16)
     mx__cuda_launch_pdl(k_norm_vec<TF16, 8>, g, threads, 0, xp, op, nv, rows, wp, bp, (float)eps, layer);
   else if (dt == MX_BFLOAT16)
@@ -238,35 +337,43 @@ static bool rows_vec_ok(const mx_array *a, int V) {
  * one read of each from memory. The same arithmetic as k_rms_grad_warp,
  * summed in another order. */
 template <class T, int V, int NV, bool DW = false>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(256, NV <= 3 ? 3 : 2) /* 3: 80 registers, no spills */
     k_rms_grad_vec(const typename T::S *x, const typename T::S *g, const uint4 *__restrict__ w,
                    uint4 *__restrict__ o, mx__nd<2> rnd, int64_t rows, int nv, float eps,
                    const uint4 *__restrict__ res, float *__restrict__ part = nullptr) {
-  const int lane = threadIdx.x & 31;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const float D = (float)nv * V;
   /* DW (the packed form): each lane also adds g x n of its columns over
-   * the warp's rows; the block's 8 warps are added in order into its
-   * partial row (part, gridDim.x x D), summed over blocks by k_rms_dw_sum */
-  float acc[DW ? NV : 1][DW ? V : 1];
+   * the warp's rows, in the warp's row of shared memory (dynamic, 8 x D
+   * floats, value j of vector i at j nv + i: no bank conflicts) rather
+   * than in registers (96 -> fewer a thread: more warps an SM); the
+   * block's 8 warps are added in order into its partial row (part,
+   * gridDim.x x D), summed over blocks by k_rms_dw_sum */
+  extern __shared__ float red[];
+  float *acc = red + (DW ? warp * nv * V : 0);
   if constexpr (DW) {
-#pragma unroll
-    for (int k = 0; k < NV; k++)
-#pragma unroll
-      for (int j = 0; j < V; j++) acc[k][j] = 0.f;
+    for (int c = lane; c < nv * V; c += 32) acc[c] = 0.f;
   }
   MX_PDL_ENTRY();
-  for (int64_t r = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5); r < rows;
-       r += (int64_t)gridDim.x * 8) {
+  for (int64_t r = (int64_t)blockIdx.x * 8 + warp; r < rows; r += (int64_t)gridDim.x * 8) {
     int64_t off[2];
     mx__nd_offsets<2>(rnd, r, off);
     const uint4 *xr = (const uint4 *)(x + off[0]), *gr = (const uint4 *)(g + off[1]);
-    uint4 xv[NV], gv[NV];
-    float ss = 0.f, m = 0.f;
+    uint4 xv[NV], gv[NV], rv[NV];
+    /* every load of the row in flight at once, the residual's too */
 #pragma unroll
     for (int k = 0; k < NV; k++) {
       const int i = lane + 32 * k;
       if (i < nv) {
         xv[k] = __ldg(xr + i), gv[k] = __ldg(gr + i);
+        if (res) rv[k] = __ldg(res + r * nv + i);
+      }
+    }
+    float ss = 0.f, m = 0.f;
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+      const int i = lane + 32 * k;
+      if (i < nv) {
         float a[V], b[V], c[V];
         norm_unpack<T, V>(xv[k], a);
         norm_unpack<T, V>(gv[k], b);
@@ -297,12 +404,12 @@ __global__ void __launch_bounds__(256)
         if (w) norm_unpack<T, V>(__ldg(w + i), c);
 #pragma unroll
         for (int j = 0; j < V; j++) {
-          if constexpr (DW) acc[k][j] += b[j] * a[j] * n;
+          if constexpr (DW) acc[j * nv + i] += b[j] * a[j] * n;
           const float gj = w ? b[j] * c[j] : b[j];
           b[j] = n * gj - a[j] * n3m;
         }
         if (res) { /* the residual's gradient, added before the one rounding */
-          norm_unpack<T, V>(__ldg(res + r * nv + i), c);
+          norm_unpack<T, V>(rv[k], c);
 #pragma unroll
           for (int j = 0; j < V; j++) b[j] += c[j];
         }
@@ -311,21 +418,13 @@ __global__ void __launch_bounds__(256)
     }
   }
   if constexpr (DW) {
-    __shared__ float red[8 * 1024];
-    const int warp = threadIdx.x >> 5, W = nv * V;
-#pragma unroll
-    for (int k = 0; k < NV; k++) {
-      const int i = lane + 32 * k;
-      if (i < nv) {
-#pragma unroll
-        for (int j = 0; j < V; j++) red[warp * W + i * V + j] = acc[k][j];
-      }
-    }
+    const int W = nv * V;
     __syncthreads();
     for (int c = threadIdx.x; c < W; c += 256) {
-      float t = red[c];
+      const int sc = (c % V) * nv + c / V; /* column c = i V + j */
+      float t = red[sc];
 #pragma unroll
-      for (int q = 1; q < 8; q++) t += red[q * W + c];
+      for (int q = 1; q < 8; q++) t += red[q * W + sc];
       part[(int64_t)blockIdx.x * W + c] = t;
     }
   }
@@ -716,7 +815,8 @@ static int rms_grad_rows(mx_array *out, mx_array **in, const mx__rms_norm_grad_p
     float *part = packed ? (float *)((char *)out->buf->dptr + rms_tail_offset(out)) : NULL;
 #define RV(TAG, VV, K)                                                                        \
   if (packed)                                                                                 \
-    mx__cuda_launch_pdl(k_rms_grad_vec<TAG, VV, K, true>, dim3(gp), dim3(256), 0,             \
+    mx__cuda_launch_pdl(k_rms_grad_vec<TAG, VV, K, true>, dim3(gp), dim3(256),             \
+                        sizeof(float) * 8 * (size_t)D,                                        \
                         (const TAG::S *)mx__ddata(x), (const TAG::S *)mx__ddata(g), wv, o,    \
                         rnd, rows, nv, (float)p->eps, (const uint4 *)res, part);              \
   else                                                                                        \
@@ -1039,7 +1139,7 @@ __global__ void __launch_bounds__(256)
  * writes its row from them as 16-byte vectors. The same arithmetic per
  * logit as k_ce_rows; the sums run in another (fixed) order. */
 template <class T, int NV>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(256, NV <= 6 ? 4 : NV <= 8 ? 3 : 1) /* rows in flight */
     k_ce_vec(const uint16_t *x, const int32_t *tg, const float *cot, void *out, mx__nd<1> xr,
              mx__nd<1> tr, mx__nd<1> cr, int64_t rows, int V, const float *hint,
              mx__nd<1> hr) {
@@ -1182,10 +1282,20 @@ static bool ce_vec_launch(unsigned g, cudaStream_t s, const mx_array *x, const m
       hr = mx__nd_make<1>(h->shape, h->ndim, hsp);
     }
 #define CE_VEC(NV) k_ce_vec<T, NV><<<g, 256, 0, s>>>(xp, tp, cp, op, xr, tr, cr, rows, (int)V, hp, hr)
-    if (nvec <= 256 * 2) CE_VEC(2);
-    else if (nvec <= 256 * 4) CE_VEC(4);
-    else if (nvec <= 256 * 8) CE_VEC(8);
-    else CE_VEC(16);
+    /* as many vectors a thread as the row needs: registers for fewer
+     * leave room for more rows an SM (vocabulary 9,024: 5, 64 registers,
+     * 4 blocks an SM; 8 took 80, 3 blocks) */
+    switch ((nvec + 255) / 256) {
+      case 1:
+      case 2: CE_VEC(2); break;
+      case 3: CE_VEC(3); break;
+      case 4: CE_VEC(4); break;
+      case 5: CE_VEC(5); break;
+      case 6: CE_VEC(6); break;
+      case 7:
+      case 8: CE_VEC(8); break;
+      default: CE_VEC(16); break;
+    }
 #undef CE_VEC
     return true;
   } else {
