@@ -1244,6 +1244,42 @@ static int64_t bits_differ(mx_array *a, mx_array *b, const char *what) {
   return bad;
 }
 
+/* Heads of many positions (8 x 1024, enough blocks) take k_rope_seq
+ * (TP positions of a batch row a block): from a transposed (B, T, H, D)
+ * array and from a (B, H, T, D) one, the bits of the element kernel (a
+ * last axis of stride 2); head sizes 64 and 128 (given freqs), all heads
+ * or one rotated. */
+TEST(rope_seq_kernel_has_the_bits_of_the_element_kernel) {
+  NEED_GPU();
+  float frq[64];
+  for (int i = 0; i < 64; i++) frq[i] = (float)(1.0 + 0.37 * i + 0.01 * i * i);
+  mx_array *fr = mx_array_from_data(frq, (int64_t[]){64}, 1, MX_FLOAT32);
+  const int64_t B = 8, T = 1024, H = 2;
+  for (int hd = 64; hd <= 128; hd += 64)
+    for (int rot = 1; rot <= 2; rot++) {
+      mx_array *w = normal_dt((int64_t[]){B, T, H, 2 * hd}, 4, 1, 170 + hd + rot, MX_BFLOAT16);
+      mx_array *ws = mx_slice_axis(w, 3, 0, 2 * hd, 2);
+      mx_array *xs = mx_transpose(ws, (int[]){0, 2, 1, 3}, 4); /* last stride 2 */
+      mx_array *xc = mx_copy(ws);
+      mx_array *xv = mx_transpose(xc, (int[]){0, 2, 1, 3}, 4); /* (B, T, H, D) memory */
+      mx_array *xb = mx_copy(xv);                               /* (B, H, T, D) memory */
+      ASSERT_OK(mx_eval((mx_array *[]){xs, xv, xb, fr}, 4));
+      mx_set_default_device(MX_GPU);
+      mx_array *f = hd == 128 ? fr : NULL;
+      mx_array *a = mx__fast_rope_heads(xs, hd, false, 10000, 0.5, 3, f, rot);
+      mx_array *b = mx__fast_rope_heads(xv, hd, false, 10000, 0.5, 3, f, rot);
+      mx_array *c = mx__fast_rope_heads(xb, hd, false, 10000, 0.5, 3, f, rot);
+      mx_set_default_device(MX_CPU);
+      ASSERT(a && b && c);
+      char what[64];
+      snprintf(what, sizeof what, "rope seq D %d rot %d", hd, rot);
+      ASSERT_EQ_INT(bits_differ(a, b, what), 0);
+      ASSERT_EQ_INT(bits_differ(a, c, what), 0);
+      mx_array_free_n((mx_array *[]){w, ws, xs, xc, xv, xb, a, b, c}, 9);
+    }
+  mx_array_free(fr);
+}
+
 /* swiglu_backward's stacked form (which 2, one read of the inputs) has the
  * bits of which 0 and which 1 on the GPU: 16-bit and float32 rows in
  * 16-byte vectors (gate and up as the row-strided halves of one product),

@@ -170,6 +170,76 @@ __global__ void __launch_bounds__(256)
   }
 }
 
+/* k_rope_pos for 4-d (B, H, T, D) heads of many positions: a block serves
+ * TP consecutive positions of one batch row, every head, so with heads laid
+ * out as (B, T, H, D) in memory (attention's heads viewed as (B, H, T, D))
+ * it reads TP H D contiguous values (TP = 16, H = 12, D = 64: 24 KB), and
+ * H runs of TP D values in (B, H, T, D) order, instead of H D values of
+ * each of the 32 batch rows at one position (runs 1.5 MB apart); its
+ * threads first compute the TP positions' angles (the values k_rope_pos
+ * computes: the same bits) into shared memory. Rows go to (B, T, H, D)
+ * order (blhd) or (B, H, T, D). */
+template <class T>
+__global__ void __launch_bounds__(256)
+    k_rope_seq(const uint16_t *__restrict__ x, uint16_t *__restrict__ o, int64_t xs0,
+               int64_t xs1, int64_t xs2, int64_t H, int64_t T_, int half, int TP, const double *inv, const float *f32,
+               int64_t fs, double lb, double offset, const int32_t *posp, double scale,
+               bool forward, int64_t rot, bool early, bool blhd) {
+  __shared__ float2 cs[1024];
+  const int64_t b = blockIdx.y, t0 = (int64_t)blockIdx.x * TP;
+  const int tn = (int)(T_ - t0 < TP ? T_ - t0 : TP);
+  auto angles = [&](double at0) { /* at0: offset (+ pos) */
+    for (int e = threadIdx.x; e < tn * half; e += blockDim.x) {
+      const int tp = e / half, k = e - tp * half;
+      const double th = (at0 + (double)(t0 + tp)) * (scale * rope_inv(inv, f32, fs, lb, k));
+      const double sd = sin(th);
+      cs[e] = make_float2((float)cos(th), (float)(forward ? sd : -sd));
+    }
+  };
+  if (early) angles(offset);
+  MX_PDL_ENTRY();
+  if (!early) angles(offset + (posp ? (double)*posp : 0.0));
+  __syncthreads();
+  const int nv = half / 8;
+  const int64_t D = 2 * half, items = (int64_t)tn * H * nv;
+  for (int64_t i = threadIdx.x; i < items; i += blockDim.x) {
+    const int64_t rest = i / nv, h = rest % H;
+    const int tp = (int)(rest / H), k0 = (int)(i - rest * nv) * 8;
+    const int64_t t = t0 + tp;
+    const uint16_t *xr = x + b * xs0 + h * xs1 + t * xs2;
+    const uint4 ua = __ldg((const uint4 *)(xr + k0));
+    const uint4 ub = __ldg((const uint4 *)(xr + half + k0));
+    uint16_t *orow = o + (blhd ? (b * T_ + t) * H + h : (b * H + h) * T_ + t) * D;
+    if (rot && h >= rot) { /* a copied head (rot_heads) */
+      *(uint4 *)(orow + k0) = ua;
+      *(uint4 *)(orow + half + k0) = ub;
+      continue;
+    }
+    const float2 *c = cs + tp * half;
+    const uint32_t wa[4] = {ua.x, ua.y, ua.z, ua.w}, wb[4] = {ub.x, ub.y, ub.z, ub.w};
+    uint32_t oa[4], ob[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) { /* pairs k0 + 2j, k0 + 2j + 1 */
+      const float2 c0 = c[k0 + 2 * j], c1 = c[k0 + 2 * j + 1];
+      float a0 = T::ld((uint16_t)(wa[j] & 0xffffu)), a1 = T::ld((uint16_t)(wa[j] >> 16));
+      float b0 = T::ld((uint16_t)(wb[j] & 0xffffu)), b1 = T::ld((uint16_t)(wb[j] >> 16));
+      oa[j] = (uint32_t)T::st(mx__rot_x(a0, b0, c0.x, c0.y)) |
+              ((uint32_t)T::st(mx__rot_x(a1, b1, c1.x, c1.y)) << 16);
+      ob[j] = (uint32_t)T::st(mx__rot_y(a0, b0, c0.x, c0.y)) |
+              ((uint32_t)T::st(mx__rot_y(a1, b1, c1.x, c1.y)) << 16);
+    }
+    *(uint4 *)(orow + k0) = make_uint4(oa[0], oa[1], oa[2], oa[3]);
+    *(uint4 *)(orow + half + k0) = make_uint4(ob[0], ob[1], ob[2], ob[3]);
+  }
+}
+
+/* MXC_ROPE_SEQ=0: heads laid out as (B, T, H, D) take k_rope_pos (a block
+ * a position) instead of k_rope_seq, for A/B */
+static bool rope_seq_on(void) {
+  static int on = -1;
+  return mx__env_on("MXC_ROPE_SEQ", &on);
+}
+
 /* MXC_ROPE_BLHD=0: rope's VJP writes rows in (B, H, T, D) order (A/B) */
 static bool rope_blhd_on(void) {
   static int on = -1;
@@ -231,7 +301,25 @@ static int k_rope_op(mx_array *out, mx_array **in) {
     dim3 grid((unsigned)T_, (unsigned)gy);
     const bool blhd = p->out_blhd && nd == 4 && rope_blhd_on();
     mx__cuda_sdpa_layout(out, blhd); /* the layout asked for (strides) */
-    if (x->dtype == MX_FLOAT16)
+    /* 4-d heads of many positions: k_rope_seq (TP positions a block, ~768
+     * 16-byte items; at least 256 blocks) */
+    const int64_t H4 = nd == 4 ? x->shape[1] : 0;
+    const int TP = H4 > 0 ? (int)MX_MAX((int64_t)1, MX_MIN((int64_t)1024 / half,
+                                                          (768 + H4 * (half / 8) - 1) /
+                                                              (H4 * (half / 8))))
+                          : 1;
+    if (nd == 4 && T_ >= 16 && rope_seq_on() && x->shape[0] <= 65535 &&
+        (T_ + TP - 1) / TP * x->shape[0] >= 256) {
+      dim3 gs((unsigned)((T_ + TP - 1) / TP), (unsigned)x->shape[0]);
+#define RS(TAG)                                                                                \
+  mx__cuda_launch_pdl(k_rope_seq<TAG>, gs, 256, 0, xp, op, x->strides[0], x->strides[1],       \
+                      x->strides[2], H4, T_, half, TP,                                        \
+                      (const double *)inv, f32, fs, lb, (double)p->offset, posp, p->scale,    \
+                      (bool)p->forward, rot, early, blhd)
+      if (x->dtype == MX_FLOAT16) RS(TF16);
+      else RS(TBF16);
+#undef RS
+    } else if (x->dtype == MX_FLOAT16)
       mx__cuda_launch_pdl(k_rope_pos<TF16>, grid, threads, 0, xp, op, rnd, G, T_, half,
                           (const double *)inv, f32, fs, lb, (double)p->offset, posp, p->scale,
                           (bool)p->forward, nh, rot, early, blhd);
