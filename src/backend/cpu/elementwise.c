@@ -543,6 +543,20 @@ static int k_adam_many(mx_array *out, mx_array **in) {
   return st;
 }
 
+/* a's values in row order: its data, or a contiguous copy in *tmp (the
+ * caller frees it); NULL with the error set when the copy finds no memory */
+static const char *row_data(mx_array *a, void **tmp, const char *what) {
+  *tmp = NULL;
+  if (a->row_contiguous) return mx__data(a);
+  const size_t bytes = mx_dtype_size(a->dtype) * (size_t)a->size;
+  if (!(*tmp = malloc(bytes))) {
+    mx__set_error(MX_ERR_OOM, "%s: out of memory (%zu bytes)", what, bytes);
+    return NULL;
+  }
+  mx__cpu_copy_to_contiguous(a, *tmp);
+  return *tmp;
+}
+
 /* sum_squares (src/ops/optim_params.h): float64 sums, inputs in order */
 static int k_sum_squares(mx_array *out, mx_array **in) {
   const int n = out->ninputs;
@@ -557,16 +571,9 @@ static int k_sum_squares(mx_array *out, mx_array **in) {
     mx_array *a = in[i];
     const size_t es = mx_dtype_size(a->dtype);
     if (a->size == 0) continue;
-    void *tmp = NULL;
-    const char *base = mx__data(a);
-    if (!a->row_contiguous) {
-      tmp = malloc(es * (size_t)a->size);
-      if (!tmp)
-        return mx__set_error(MX_ERR_OOM, "sum_squares: out of memory (%zu bytes)",
-                             es * (size_t)a->size);
-      mx__cpu_copy_to_contiguous(a, tmp);
-      base = tmp;
-    }
+    void *tmp;
+    const char *base = row_data(a, &tmp, "sum_squares");
+    if (!base) return mx_last_status();
     for (int64_t j = 0; j < a->size; j += CH) {
       const int64_t m = MX_MIN((int64_t)CH, a->size - j);
       mx__cpu_convert(base + (size_t)j * es, a->dtype, buf, MX_FLOAT64, m);
@@ -591,18 +598,10 @@ static int k_cast_concat(mx_array *out, mx_array **in) {
   char *dst = out->buf->ptr;
   for (int i = 0; i < n; i++) {
     mx_array *a = in[i];
-    const size_t es = mx_dtype_size(a->dtype);
     if (a->size == 0) continue;
-    void *tmp = NULL;
-    const char *base = mx__data(a);
-    if (!a->row_contiguous) {
-      tmp = malloc(es * (size_t)a->size);
-      if (!tmp)
-        return mx__set_error(MX_ERR_OOM, "cast_concat: out of memory (%zu bytes)",
-                             es * (size_t)a->size);
-      mx__cpu_copy_to_contiguous(a, tmp);
-      base = tmp;
-    }
+    void *tmp;
+    const char *base = row_data(a, &tmp, "cast_concat");
+    if (!base) return mx_last_status();
     mx__cpu_convert(base, a->dtype, dst, out->dtype, a->size);
     dst += eo * (size_t)a->size;
     free(tmp);

@@ -107,6 +107,28 @@ __global__ void k_rope(const typename T::S *x, typename T::S *o, mx__nd<1> rnd, 
   }
 }
 
+/* 8 rotation pairs of 16-bit values: a (8 first-half values) and b (the
+ * 8 second-half values they pair with) rotated by angles c[0..8) (cos,
+ * sin), each result rounded once, stored as 16 bytes at oa and ob */
+template <class T>
+__device__ __forceinline__ void rope_rot8(uint4 ua, uint4 ub, const float2 *c, uint16_t *oa_p,
+                                          uint16_t *ob_p) {
+  const uint32_t wa[4] = {ua.x, ua.y, ua.z, ua.w}, wb[4] = {ub.x, ub.y, ub.z, ub.w};
+  uint32_t oa[4], ob[4];
+#pragma unroll
+  for (int j = 0; j < 4; j++) { /* pairs 2j, 2j + 1 */
+    const float2 c0 = c[2 * j], c1 = c[2 * j + 1];
+    float a0 = T::ld((uint16_t)(wa[j] & 0xffffu)), a1 = T::ld((uint16_t)(wa[j] >> 16));
+    float b0 = T::ld((uint16_t)(wb[j] & 0xffffu)), b1 = T::ld((uint16_t)(wb[j] >> 16));
+    oa[j] = (uint32_t)T::st(mx__rot_x(a0, b0, c0.x, c0.y)) |
+            ((uint32_t)T::st(mx__rot_x(a1, b1, c1.x, c1.y)) << 16);
+    ob[j] = (uint32_t)T::st(mx__rot_y(a0, b0, c0.x, c0.y)) |
+            ((uint32_t)T::st(mx__rot_y(a1, b1, c1.x, c1.y)) << 16);
+  }
+  *(uint4 *)oa_p = make_uint4(oa[0], oa[1], oa[2], oa[3]);
+  *(uint4 *)ob_p = make_uint4(ob[0], ob[1], ob[2], ob[3]);
+}
+
 /* The common case in 16-byte vectors: f16/bf16, pairs split by halves
  * over the whole head (dims == D), half a multiple of 8 (at most 256), the
  * last axis contiguous and rows 16-byte aligned. A block serves one
@@ -153,20 +175,7 @@ __global__ void __launch_bounds__(256)
       *(uint4 *)(orow + half + k0) = ub;
       continue;
     }
-    const uint32_t wa[4] = {ua.x, ua.y, ua.z, ua.w}, wb[4] = {ub.x, ub.y, ub.z, ub.w};
-    uint32_t oa[4], ob[4];
-#pragma unroll
-    for (int j = 0; j < 4; j++) { /* pairs k0 + 2j, k0 + 2j + 1 */
-      const float2 c0 = cs[k0 + 2 * j], c1 = cs[k0 + 2 * j + 1];
-      float a0 = T::ld((uint16_t)(wa[j] & 0xffffu)), a1 = T::ld((uint16_t)(wa[j] >> 16));
-      float b0 = T::ld((uint16_t)(wb[j] & 0xffffu)), b1 = T::ld((uint16_t)(wb[j] >> 16));
-      oa[j] = (uint32_t)T::st(mx__rot_x(a0, b0, c0.x, c0.y)) |
-              ((uint32_t)T::st(mx__rot_x(a1, b1, c1.x, c1.y)) << 16);
-      ob[j] = (uint32_t)T::st(mx__rot_y(a0, b0, c0.x, c0.y)) |
-              ((uint32_t)T::st(mx__rot_y(a1, b1, c1.x, c1.y)) << 16);
-    }
-    *(uint4 *)(orow + k0) = make_uint4(oa[0], oa[1], oa[2], oa[3]);
-    *(uint4 *)(orow + half + k0) = make_uint4(ob[0], ob[1], ob[2], ob[3]);
+    rope_rot8<T>(ua, ub, cs + k0, orow + k0, orow + half + k0);
   }
 }
 
@@ -215,21 +224,7 @@ __global__ void __launch_bounds__(256)
       *(uint4 *)(orow + half + k0) = ub;
       continue;
     }
-    const float2 *c = cs + tp * half;
-    const uint32_t wa[4] = {ua.x, ua.y, ua.z, ua.w}, wb[4] = {ub.x, ub.y, ub.z, ub.w};
-    uint32_t oa[4], ob[4];
-#pragma unroll
-    for (int j = 0; j < 4; j++) { /* pairs k0 + 2j, k0 + 2j + 1 */
-      const float2 c0 = c[k0 + 2 * j], c1 = c[k0 + 2 * j + 1];
-      float a0 = T::ld((uint16_t)(wa[j] & 0xffffu)), a1 = T::ld((uint16_t)(wa[j] >> 16));
-      float b0 = T::ld((uint16_t)(wb[j] & 0xffffu)), b1 = T::ld((uint16_t)(wb[j] >> 16));
-      oa[j] = (uint32_t)T::st(mx__rot_x(a0, b0, c0.x, c0.y)) |
-              ((uint32_t)T::st(mx__rot_x(a1, b1, c1.x, c1.y)) << 16);
-      ob[j] = (uint32_t)T::st(mx__rot_y(a0, b0, c0.x, c0.y)) |
-              ((uint32_t)T::st(mx__rot_y(a1, b1, c1.x, c1.y)) << 16);
-    }
-    *(uint4 *)(orow + k0) = make_uint4(oa[0], oa[1], oa[2], oa[3]);
-    *(uint4 *)(orow + half + k0) = make_uint4(ob[0], ob[1], ob[2], ob[3]);
+    rope_rot8<T>(ua, ub, cs + tp * half + k0, orow + k0, orow + half + k0);
   }
 }
 
