@@ -1215,6 +1215,136 @@ TEST(sdpa_fused_vjp_keeps_the_forward_lse) {
   mx_set_default_device((mx_device)prev);
 }
 
+/* rms_norm's VJP with a 16-bit weight: the weight gradient comes out in
+ * the weight's dtype from the node that sums it (no cast after it), with
+ * the bits of the float32 sums cast once (MXC_RMS_DW_DTYPE=0). */
+TEST(rms_norm_weight_gradient_in_the_weight_dtype) {
+  const bool gpu = mx_device_available(MX_GPU);
+  for (int dev = 0; dev <= gpu; dev++) {
+    int prev = mx_set_default_device(dev ? MX_GPU : MX_CPU);
+    const mx_dtype dts[2] = {MX_BFLOAT16, MX_FLOAT16};
+    for (int di = 0; di < 2; di++) {
+      mx_dtype dt = dts[di];
+      mx_array *x = RND(dt, -2, 2, 3, 70, 96), *w = RND(dt, 0.5, 1.5, 96);
+      mx_array *cot = RND(dt, -1, 1, 3, 70, 96);
+      mx_array *in[2] = {x, w};
+      fcall c = {.op = RMS, .eps = 1e-5, .has_w = true};
+      mx_list g[2] = {MX_LIST_INIT, MX_LIST_INIT};
+      for (int k = 0; k < 2; k++) {
+        if (k) setenv("MXC_RMS_DW_DTYPE", "0", 1);
+        mx_closure *f = mx_closure_new(fcall_fn, &c, NULL);
+        int st = mx_vjp(f, in, 2, &cot, 1, NULL, &g[k]);
+        mx_closure_free(f);
+        unsetenv("MXC_RMS_DW_DTYPE");
+        ASSERT_MSG(st == MX_OK, "vjp: %s", mx_last_error());
+      }
+      mx_array *dw = g[0].items[1], *dw1 = g[1].items[1];
+      ASSERT(dw->op && dw->op->id == MX_OP_RMS_NORM_GRAD && dw->dtype == dt);
+      ASSERT(dw1->op && dw1->op->id != MX_OP_RMS_NORM_GRAD); /* float32, then a cast */
+      ASSERT_OK(mx_eval(g[0].items, 2));
+      ASSERT_OK(mx_eval(g[1].items, 2));
+      for (int i = 0; i < 2; i++)
+        ASSERT_MSG(max_err(g[0].items[i], g[1].items[i]) == 0, "%s %s: grad %d differs",
+                   dev ? "gpu" : "cpu", mx_dtype_name(dt), i);
+      mx_list_clear(&g[0]);
+      mx_list_clear(&g[1]);
+      mx_array *arr[] = {x, w, cot};
+      mx_array_free_n(arr, 3);
+    }
+    mx_set_default_device((mx_device)prev);
+  }
+}
+
+/* The fused VJP forms delta inside sdpa_backward_q (delta_of_out) and
+ * [dk, dv] reads it through row_dot's third input. On the CPU the rows are
+ * row_dot's own (the bits of MXC_SDPA_DQ_DELTA=0); on a GPU the dq kernel
+ * sums them in another order, and row_dot shares them as a view of dq's
+ * buffer (no copy). */
+TEST(sdpa_fused_vjp_forms_delta_in_dq) {
+  const bool gpu = mx_device_available(MX_GPU);
+  int prev = mx_set_default_device(gpu ? MX_GPU : MX_CPU);
+  const mx_dtype dts[2] = {MX_FLOAT32, MX_BFLOAT16};
+  const char *env = gpu ? NULL : "1";
+  for (int di = gpu; di < 2; di++)
+    for (int ci = 0; ci < 2; ci++) {
+      const mx_dtype dt = dts[di];
+      mx_array *q = RND(dt, -1, 1, 2, 4, 70, 64), *k = RND(dt, -1, 1, 2, 2, 90, 64);
+      mx_array *v = RND(dt, -1, 1, 2, 2, 90, 64), *cot = RND(dt, -1, 1, 2, 4, 70, 64);
+      mx_array *in[3] = {q, k, v};
+      fcall c = {.op = SDPA, .scale = 0.125, .causal = ci == 0};
+      mx_list g[2] = {MX_LIST_INIT, MX_LIST_INIT};
+      bool fused[2];
+      setenv("MXC_SDPA_DQ_DELTA", "0", 1);
+      sdpa_vjp_with(env, &c, in, cot, &g[1], &fused[1]);
+      unsetenv("MXC_SDPA_DQ_DELTA");
+      sdpa_vjp_with(env, &c, in, cot, &g[0], &fused[0]);
+      ASSERT(fused[0] && fused[1]);
+      mx_array *rd1 = graph_find(g[1].items[1], MX_OP_ROW_DOT, 0);
+      ASSERT(rd1 && rd1->ninputs == 2);
+      mx_array *dq = graph_find(g[0].items[0], MX_OP_SDPA_BWD_Q, 0);
+      mx_array *rd = graph_find(g[0].items[1], MX_OP_ROW_DOT, 0);
+      ASSERT(dq && dq->ninputs == 6 && MX__PARAMS(dq, mx__sdpa_params)->delta_of_out);
+      ASSERT(dq->inputs[5]->op && dq->inputs[5]->op->id == MX_OP_SDPA);
+      ASSERT(rd && rd->ninputs == 3 && rd->inputs[2] == dq);
+      ASSERT(!graph_find(g[0].items[0], MX_OP_ROW_DOT, 0)); /* dq needs no row_dot */
+      mx_array_retain(dq);
+      mx_array_retain(rd);
+      ASSERT_OK(mx_eval(g[0].items, 3));
+      ASSERT_OK(mx_eval(g[1].items, 3));
+      if (gpu) /* delta shared from dq's buffer */
+        ASSERT(rd->buf && rd->buf == dq->buf &&
+               rd->offset * 4 == (int64_t)mx__sdpa_delta_tail(mx_array_size(dq), 2));
+      for (int i = 0; i < 3; i++) {
+        double e = max_err(g[0].items[i], g[1].items[i]);
+        ASSERT_MSG(e >= 0 && (gpu ? e <= 2e-2 : e == 0), "%s causal %d grad %d: err %g (%s)",
+                   mx_dtype_name(dt), ci == 0, i, e, mx_last_error());
+      }
+      mx_array_free(dq);
+      mx_array_free(rd);
+      mx_list_clear(&g[0]);
+      mx_list_clear(&g[1]);
+      mx_array *arr[] = {q, k, v, cot};
+      mx_array_free_n(arr, 4);
+    }
+  mx_set_default_device((mx_device)prev);
+}
+
+/* sdpa_backward_q given out (delta_of_out) equals it given delta =
+ * row_dot(dout, out) in float32, bit for bit on the CPU; errors name what
+ * is wrong. */
+TEST(sdpa_backward_q_given_out_equals_given_delta) {
+  const mx_dtype dts[3] = {MX_FLOAT32, MX_FLOAT64, MX_BFLOAT16};
+  for (int di = 0; di < 3; di++) {
+    const mx_dtype dt = dts[di];
+    mx_array *q = RND(dt, -1, 1, 1, 4, 33, 16), *k = RND(dt, -1, 1, 1, 2, 40, 16);
+    mx_array *v = RND(dt, -1, 1, 1, 2, 40, 16), *dout = RND(dt, -1, 1, 1, 4, 33, 16);
+    mx_array *o = RND(dt, -1, 1, 1, 4, 33, 16);
+    mx_array *lse = mx__fast_sdpa_lse(q, k, 0.25, true);
+    mx_array *rd = mx__fast_row_dot(dout, o), *delta = mx_astype(rd, MX_FLOAT32);
+    mx_array *a = mx__fast_sdpa_bwd_q(q, k, v, dout, lse, delta, 0.25, true);
+    mx_array *b = mx__fast_sdpa_bwd_q_delta(q, k, v, dout, lse, o, 0.25, true);
+    ASSERT_MSG(a && b, "build: %s", mx_last_error());
+    mx_array *rb = mx__fast_row_dot_of(dout, o, b);
+    ASSERT_MSG(rb, "build: %s", mx_last_error());
+    double e = max_err(a, b), e2 = max_err(rd, rb);
+    ASSERT_MSG(e == 0 && e2 == 0, "%s: dq err %g, delta err %g (%s)", mx_dtype_name(dt), e, e2,
+               mx_last_error());
+    if (di == 0) {
+      mx_array *o3 = RND(dt, -1, 1, 1, 4, 33, 8), *ob = RND(MX_BFLOAT16, -1, 1, 1, 4, 33, 16);
+      expect_error(mx__fast_sdpa_bwd_q_delta(q, k, v, dout, lse, o3, 1, true), MX_ERR_SHAPE,
+                   "out of shape");
+      expect_error(mx__fast_sdpa_bwd_q_delta(q, k, v, dout, lse, ob, 1, true), MX_ERR_DTYPE,
+                   "q's dtype");
+      expect_error(mx__fast_row_dot_of(dout, o, a), MX_ERR_INVALID_ARG, "third input");
+      expect_error(mx__fast_row_dot_of(o, dout, b), MX_ERR_INVALID_ARG, "third input");
+      mx_array *arr2[] = {o3, ob};
+      mx_array_free_n(arr2, 2);
+    }
+    mx_array *arr[] = {q, k, v, dout, o, lse, rd, delta, a, b, rb};
+    mx_array_free_n(arr, 11);
+  }
+}
+
 /* The fused VJP called directly: gradients against central differences
  * (float64 inputs, computed in float32 by the fused ops), and only the
  * requested gradients built. */

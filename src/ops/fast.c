@@ -138,8 +138,12 @@ mx_array *mx_fast_layer_norm(mx_array *x, mx_array *weight, mx_array *bias, doub
 /* d/dx of x * n * w with n = rsqrt(mean(x^2) + eps):
  *   dx = n * gw - x * n^3 * mean(gw * x),  gw = g * w
  *   dw = sum over leading axes of g * x * n */
+static mx_array *rms_grad_build_dt(int which, mx_array *x, mx_array *g, mx_array *w, double eps,
+                                   mx_array *r, int odt);
 static mx_array *rms_grad_build(int which, mx_array *x, mx_array *g, mx_array *w, double eps,
-                                mx_array *r);
+                                mx_array *r) {
+  return rms_grad_build_dt(which, x, g, w, eps, r, -1);
+}
 
 /* MXC_RMS_BWD_PACKED=0: dx and dw by two nodes (two passes over x and the
  * cotangent), for A/B */
@@ -167,9 +171,6 @@ static int vjp_rms_norm(mx_array *out, mx_array *cot, mx_array **g, const bool *
   return st;
 }
 
-static mx_array *rms_grad_build(int which, mx_array *x, mx_array *g, mx_array *w, double eps,
-                                mx_array *r);
-
 mx_array *mx__fast_rms_norm_grad(int which, mx_array *x, mx_array *g, mx_array *w, double eps) {
   return rms_grad_build(which, x, g, w, eps, NULL);
 }
@@ -178,7 +179,15 @@ mx_array *mx__fast_rms_norm_grad_both(mx_array *x, mx_array *g, mx_array *w, dou
                                       mx_array *r, mx_array **dw) {
   *dw = NULL;
   mx_array *dx = rms_grad_build(3, x, g, w, eps, r);
-  if (dx && !(*dw = rms_grad_build(4, x, g, NULL, eps, dx))) {
+  /* dw in w's 16-bit dtype: the float32 sums rounded once, as the cast the
+   * gradient would take (MXC_RMS_DW_DTYPE=0: float32 and a cast, A/B) */
+  const char *dwd = getenv("MXC_RMS_DW_DTYPE");
+  int odt = w && (w->dtype == MX_BFLOAT16 || w->dtype == MX_FLOAT16) &&
+                    (x->dtype == MX_BFLOAT16 || x->dtype == MX_FLOAT16 || x->dtype == MX_FLOAT32) &&
+                    !(dwd && !strcmp(dwd, "0"))
+                ? (int)w->dtype
+                : -1;
+  if (dx && !(*dw = rms_grad_build_dt(4, x, g, NULL, eps, dx, odt))) {
     mx_array_free(dx);
     return NULL;
   }
@@ -198,8 +207,10 @@ mx_array *mx__fast_rms_norm_grad_add(mx_array *x, mx_array *g, mx_array *w, doub
   return rms_grad_build(0, x, g, w, eps, r);
 }
 
-static mx_array *rms_grad_build(int which, mx_array *x, mx_array *g, mx_array *w, double eps,
-                                mx_array *r) {
+/* odt (which 4 only, -1: none): the output's dtype, 16-bit, in place of
+ * the compute type float32 — the sums rounded once */
+static mx_array *rms_grad_build_dt(int which, mx_array *x, mx_array *g, mx_array *w, double eps,
+                                   mx_array *r, int odt) {
   MX__CHECK_IN("rms_norm_backward", x);
   MX__CHECK_IN("rms_norm_backward", g);
   if (which < 0)
@@ -237,9 +248,9 @@ static mx_array *rms_grad_build(int which, mx_array *x, mx_array *g, mx_array *w
   const bool sum = which == 2 || which == 4;
   const int64_t *osh = sum ? x->shape + x->ndim - 1 : x->shape;
   int ond = sum ? 1 : x->ndim;
-  mx_array *res = ok ? mx__node_new(&def_RMS_NORM_GRAD,
-                                    which == 1 || sum ? compute_dtype(dt) : dt, osh, ond, c, n,
-                                    &p, sizeof p)
+  mx_dtype rdt = which == 1 || sum ? compute_dtype(dt) : dt;
+  if (which == 4 && odt >= 0 && rdt == MX_FLOAT32) rdt = (mx_dtype)odt;
+  mx_array *res = ok ? mx__node_new(&def_RMS_NORM_GRAD, rdt, osh, ond, c, n, &p, sizeof p)
                      : NULL;
   for (int i = 0; i < n; i++) mx_array_free(c[i]);
   return res;
@@ -1230,6 +1241,21 @@ mx_array *mx__fast_row_dot(mx_array *a, mx_array *b) {
   return mx__node_new(&def_ROW_DOT, dt, a->shape, a->ndim - 1, (mx_array *[]){a, b}, 2, NULL, 0);
 }
 
+mx_array *mx__fast_row_dot_of(mx_array *a, mx_array *b, mx_array *src) {
+  MX__CHECK_IN("row_dot", a, b, src);
+  if (!src->op || src->op->id != MX_OP_SDPA_BWD_Q || src->ninputs != 6 || !src->params ||
+      !MX__PARAMS(src, mx__sdpa_params)->delta_of_out || src->inputs[3] != a ||
+      src->inputs[5] != b)
+    return mx__set_error(MX_ERR_INVALID_ARG, "row_dot: the third input must be the "
+                         "sdpa_backward_q node given delta's operands (dout, out)"), NULL;
+  mx_array *r = mx__fast_row_dot(a, b);
+  if (!r) return NULL;
+  mx_array *res = mx__node_new(&def_ROW_DOT, r->dtype, r->shape, r->ndim,
+                               (mx_array *[]){a, b, src}, 3, NULL, 0);
+  mx_array_free(r);
+  return res;
+}
+
 /* ======================================================================
  * the fused attention backward: sdpa_logsumexp, sdpa_backward_q,
  * sdpa_backward_kv (semantics in fast_params.h; kernels in
@@ -1354,6 +1380,26 @@ mx_array *mx__fast_sdpa_bwd_kv(mx_array *q, mx_array *k, mx_array *v, mx_array *
                        causal);
 }
 
+mx_array *mx__fast_sdpa_bwd_q_delta(mx_array *q, mx_array *k, mx_array *v, mx_array *dout,
+                                    mx_array *lse, mx_array *out, double scale, bool causal) {
+  const char *op = "sdpa_backward_q";
+  MX__CHECK_IN(op, q, k, v, dout, lse, out);
+  /* lse stands in for delta in the shared checks; out is checked here */
+  if (check_sdpa_bwd(op, q, k, v, dout, lse, lse, causal)) return NULL;
+  if (out->ndim != 4 || memcmp(out->shape, dout->shape, 4 * sizeof(int64_t))) {
+    char s1[256], s2[256];
+    return mx__set_error(MX_ERR_SHAPE, "%s: out of shape %s, expected dout's %s", op,
+                         mx__shape_str(out->shape, out->ndim, s1, sizeof s1),
+                         mx__shape_str(dout->shape, 4, s2, sizeof s2)), NULL;
+  }
+  if (out->dtype != q->dtype)
+    return mx__set_error(MX_ERR_DTYPE, "%s: out must have q's dtype %s, got %s", op,
+                         mx_dtype_name(q->dtype), mx_dtype_name(out->dtype)), NULL;
+  mx__sdpa_params p = {.scale = scale, .causal = causal, .delta_of_out = true};
+  mx_array *ins[6] = {q, k, v, dout, lse, out};
+  return mx__node_new(&def_SDPA_BWD_Q, q->dtype, q->shape, 4, ins, 6, &p, sizeof p);
+}
+
 /* Whether vjp_sdpa takes the fused backward. MXC_SDPA_FUSED_BWD: "0"
  * never, "1" whenever the op allows it (any device and float dtype: the
  * tests use it on the CPU), otherwise (unset, "auto") when the gradient
@@ -1383,18 +1429,31 @@ static int vjp_sdpa_fused_path(mx_array *out, mx_array *cot, mx_array **g, const
   int st = MX_OK;
   mx__tmp t = {0};
   mx_array *dout = mx__keep(&t, mx_astype(cot, q->dtype));
-  mx_array *delta = mx__keep(&t, mx__fast_row_dot(dout, out));
-  if (delta && delta->dtype != MX_FLOAT32) delta = mx__keep(&t, mx_astype(delta, MX_FLOAT32));
+  /* dq first, forming delta itself and keeping it for [dk, dv] (one pass
+   * less over dout and out; MXC_SDPA_DQ_DELTA=0: row_dot first, for A/B) */
+  const char *dqd = getenv("MXC_SDPA_DQ_DELTA");
+  const bool dq_delta = need[0] && (need[1] || need[2]) && q->dtype != MX_FLOAT64 &&
+                        !(dqd && !strcmp(dqd, "0"));
+  mx_array *delta = NULL;
+  if (!dq_delta) {
+    delta = mx__keep(&t, mx__fast_row_dot(dout, out));
+    if (delta && delta->dtype != MX_FLOAT32) delta = mx__keep(&t, mx_astype(delta, MX_FLOAT32));
+  }
   /* the forward has not run yet (transforms build the backward before
    * anything is evaluated): ask it to keep each row's log-sum-exp, which
-   * sdpa_logsumexp then copies (MXC_SDPA_KEEP_LSE=0: recompute, for A/B) */
+   * sdpa_logsumexp then shares (MXC_SDPA_KEEP_LSE=0: recompute, for A/B) */
   const char *kl = getenv("MXC_SDPA_KEEP_LSE");
   bool keep = !out->buf && out->params && !(kl && !strcmp(kl, "0"));
   if (keep) ((mx__sdpa_params *)out->params)->keep_lse = true;
   mx_array *lse = mx__keep(&t, keep ? mx__fast_sdpa_lse_of(q, k, out, p->scale, p->causal)
                                     : mx__fast_sdpa_lse(q, k, p->scale, p->causal));
-  if (need[0])
+  if (dq_delta) {
+    mx_array *dq = mx__fast_sdpa_bwd_q_delta(q, k, v, dout, lse, out, p->scale, p->causal);
+    delta = dq ? mx__keep(&t, mx__fast_row_dot_of(dout, out, dq)) : NULL;
+    st = set_grad(&g[0], dq, q);
+  } else if (need[0]) {
     st = set_grad(&g[0], mx__fast_sdpa_bwd_q(q, k, v, dout, lse, delta, p->scale, p->causal), q);
+  }
   if (!st && (need[1] || need[2])) {
     mx_array *dkv =
         mx__keep(&t, mx__fast_sdpa_bwd_kv(q, k, v, dout, lse, delta, p->scale, p->causal));

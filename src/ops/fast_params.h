@@ -114,15 +114,23 @@ typedef struct {
    * that has not run yet: a kernel that can also writes each row's
    * log-sum-exp, float32 (B, Hq, Tq), into the output's buffer after the
    * output (at mx__sdpa_lse_tail bytes), and sdpa_logsumexp built with
-   * that node as its third input copies it instead of recomputing the
-   * scores. A kernel that cannot leaves the buffer at the output's size,
-   * and the copy falls back to computing. Never changes the output. */
+   * that node as its third input shares it (a float32 view of that
+   * buffer) instead of recomputing the scores. A kernel that cannot leaves
+   * the buffer at the output's size, and sdpa_logsumexp then computes the
+   * rows. Never changes the output. */
   bool keep_lse;
   /* Set by mx__fast_sdpa_prefer_blhd on a node that has not run: a kernel
    * that can stores the output as (B, Tq, Hq, Dv) — the array's strides
    * say so — so that the usual transpose to (B, Tq, Hq * Dv) is a view.
    * Never changes the values. */
   bool out_blhd;
+  /* sdpa_backward_q only (mx__fast_sdpa_bwd_q_delta): the sixth input is
+   * the forward's output (B, Hq, Tq, Dv), of q's dtype, in place of
+   * delta; the kernel forms delta = row_dot(dout, out) itself and, where
+   * it can, keeps those float32 rows after dq in its buffer (at
+   * mx__sdpa_delta_tail bytes) for row_dot built with this node as its
+   * third input (mx__fast_row_dot_of). */
+  bool delta_of_out;
 } mx__sdpa_params;
 /* Asks an attention node (mx_fast_scaled_dot_product_attention's result,
  * not evaluated yet) to store its output in (B, Tq, Hq, Dv) order where a
@@ -165,17 +173,34 @@ static inline size_t mx__sdpa_lse_tail(int64_t out_size, size_t itemsize) {
  * float64 for f64. a and b: one float dtype and one shape (..., D); the
  * result (...). The fused attention backward's delta = sum(dO * O). */
 mx_array *mx__fast_row_dot(mx_array *a, mx_array *b);
+/* The same value, with src — an sdpa_backward_q node built by
+ * mx__fast_sdpa_bwd_q_delta from this a (dout) and b (out) — as a third
+ * input: a kernel that finds the rows src kept after its output shares
+ * them (a float32 view of src's buffer, no work) instead of summing. The
+ * kept rows were summed by another kernel, so they may differ from this
+ * op's own sums in the last bits (float32 sums in another order). */
+mx_array *mx__fast_row_dot_of(mx_array *a, mx_array *b, mx_array *src);
+/* Byte offset of the delta rows an sdpa_backward_q node with
+ * delta_of_out keeps in its buffer: dq's bytes rounded up to 256. */
+static inline size_t mx__sdpa_delta_tail(int64_t out_size, size_t itemsize) {
+  return ((size_t)out_size * itemsize + 255) & ~(size_t)255;
+}
 
 mx_array *mx__fast_sdpa_lse(mx_array *q, mx_array *k, double scale, bool causal);
 /* The same, with the attention output fwd = sdpa(q, k, ...) as a third
- * input: its kept log-sum-exp (keep_lse above) is copied when its buffer
- * holds one. */
+ * input: its kept log-sum-exp (keep_lse above) is shared (a view) when
+ * its buffer holds one. */
 mx_array *mx__fast_sdpa_lse_of(mx_array *q, mx_array *k, mx_array *fwd, double scale,
                                bool causal);
 mx_array *mx__fast_sdpa_bwd_q(mx_array *q, mx_array *k, mx_array *v, mx_array *dout,
                               mx_array *lse, mx_array *delta, double scale, bool causal);
 mx_array *mx__fast_sdpa_bwd_kv(mx_array *q, mx_array *k, mx_array *v, mx_array *dout,
                                mx_array *lse, mx_array *delta, double scale, bool causal);
+/* sdpa_backward_q given the forward's output out (B, Hq, Tq, Dv) of q's
+ * dtype instead of delta (delta_of_out above): the same dq as
+ * mx__fast_sdpa_bwd_q with delta = row_dot(dout, out) rounded to float32. */
+mx_array *mx__fast_sdpa_bwd_q_delta(mx_array *q, mx_array *k, mx_array *v, mx_array *dout,
+                                    mx_array *lse, mx_array *out, double scale, bool causal);
 
 /* Decode steps over a static KV cache (replayable as a captured GPU graph:
  * the position lives in device memory, so the launches never change):

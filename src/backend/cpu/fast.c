@@ -394,7 +394,15 @@ static int rms_norm_dw(void *dst, mx_dtype odt, int64_t D, mx_array *x, mx_array
       for (int64_t k = 0; k < nk; k++) t += c.part[k * D + i];
       c.part[i] = t;
     }
-    mx__cpu_convert(c.part, MX_FLOAT64, dst, odt, D);
+    if (odt == MX_BFLOAT16 || odt == MX_FLOAT16) { /* via float32: the compute type's bits */
+      float *f = malloc(sizeof(float) * (size_t)MX_MAX(D, 1));
+      if (!f) c.failed = 1;
+      for (int64_t i = 0; f && i < D; i++) f[i] = (float)c.part[i];
+      if (f) mx__cpu_convert(f, MX_FLOAT32, dst, odt, D);
+      free(f);
+    } else {
+      mx__cpu_convert(c.part, MX_FLOAT64, dst, odt, D);
+    }
   }
   free(c.part);
   return c.failed ? oom("rms_norm_backward", sizeof(float) * 2 * (size_t)D) : MX_OK;
@@ -1490,6 +1498,32 @@ static void dkv_tasks(void *c_, int64_t t0, int64_t t1) {
   free(buf);
 }
 
+static int k_row_dot(mx_array *out, mx_array **in);
+
+/* delta_of_out's rows: row_dot(dout, out) rounded to float32, a new CPU
+ * array in *res */
+static int delta_rows(mx_array *dout, mx_array *o, mx_array **res) {
+  *res = NULL;
+  mx_dtype dt = dout->dtype == MX_FLOAT64 ? MX_FLOAT64 : MX_FLOAT32;
+  mx_array *d = mx__array_alloc_struct(dt, dout->shape, 3);
+  if (!d) return mx_last_status();
+  d->device = MX_CPU;
+  int s = k_row_dot(d, (mx_array *[]){dout, o});
+  if (!s && dt == MX_FLOAT64) {
+    mx_array *f = mx__array_alloc_struct(MX_FLOAT32, dout->shape, 3);
+    if (f) f->device = MX_CPU;
+    s = f ? mx__array_alloc_data(f) : mx_last_status();
+    if (!s)
+      for (int64_t i = 0; i < f->size; i++)
+        ((float *)mx__data(f))[i] = (float)((const double *)mx__data(d))[i];
+    mx_array_free(d);
+    d = f;
+  }
+  if (s) mx_array_free(d);
+  else *res = d;
+  return s;
+}
+
 /* One kernel for the three ops: which = MX_OP_SDPA_LSE, _BWD_Q or _BWD_KV. */
 static int sdpa_bwd_kernel(mx_array *out, mx_array **in, int which) {
   const mx__sdpa_params *p = MX__PARAMS(out, mx__sdpa_params);
@@ -1503,9 +1537,14 @@ static int sdpa_bwd_kernel(mx_array *out, mx_array **in, int which) {
                .D = q->shape[3], .Dv = lse_op ? 0 : in[2]->shape[3]};
   c.G = c.Hq / c.Hkv;
   c.off = c.Tk - c.Tq;
+  mx_array *dtmp = NULL; /* delta_of_out: the rows from dout and out */
   if (!lse_op) {
     c.lse = in[4];
     c.delta = in[5];
+    if (which == MX_OP_SDPA_BWD_Q && p->delta_of_out) {
+      if ((s = delta_rows(in[3], in[5], &dtmp))) return s;
+      c.delta = dtmp;
+    }
   }
   if (which == MX_OP_SDPA_BWD_KV) {
     if (c.Tq == 0) { /* no rows: dk = dv = 0 */
@@ -1533,6 +1572,7 @@ static int sdpa_bwd_kernel(mx_array *out, mx_array **in, int which) {
   kv_view *views[4] = {&c.q, &c.k, &c.v, &c.o};
   for (int i = 0; i < 4; i++)
     if (views[i]->owned) mx__buffer_release(views[i]->owned);
+  mx_array_free(dtmp);
   if (!s && c.failed) s = oom(op, 0);
   return s;
 }

@@ -668,14 +668,36 @@ static void rms_dw_part_vec(dim3 grid, cudaStream_t s, const mx_array *x, const 
 }
 
 /* dw (D values of the compute type) at dst */
-static int rms_dw(void *dst, int64_t D, mx_array *x, mx_array *g, double eps) {
+/* k_rms_dw_sum into dst of dtype odt: the compute type, or (float32
+ * sums) a 16-bit dtype */
+static void rms_dw_sum_to(const double *part, int64_t nk, int64_t D, void *dst, mx_dtype odt,
+                          cudaStream_t s) {
+  (void)odt;
+  k_rms_dw_sum<double, TF64><<<(unsigned)((D + 31) / 32), 256, 0, s>>>(part, nk, D,
+                                                                        (double *)dst);
+}
+static void rms_dw_sum_to(const float *part, int64_t nk, int64_t D, void *dst, mx_dtype odt,
+                          cudaStream_t s) {
+  const unsigned gs = (unsigned)((D + 31) / 32);
+  if (odt == MX_BFLOAT16)
+    k_rms_dw_sum<float, TBF16><<<gs, 256, 0, s>>>(part, nk, D, (TBF16::S *)dst);
+  else if (odt == MX_FLOAT16)
+    k_rms_dw_sum<float, TF16><<<gs, 256, 0, s>>>(part, nk, D, (TF16::S *)dst);
+  else
+    k_rms_dw_sum<float, TF32><<<gs, 256, 0, s>>>(part, nk, D, (float *)dst);
+}
+
+/* dw (D values) at dst in odt: the compute type, or a 16-bit dtype (the
+ * float32 sums rounded once) */
+static int rms_dw(void *dst, mx_dtype odt, int64_t D, mx_array *x, mx_array *g, double eps) {
   const int nd = x->ndim;
   const int64_t rows = x->size / D;
   const int64_t chunk = MX_MAX(32, (rows + 1023) / 1024), nk = (rows + chunk - 1) / chunk;
   const bool f64 = x->dtype == MX_FLOAT64;
   const size_t cs = f64 ? sizeof(double) : sizeof(float);
   if (rows == 0)
-    return mx__cuda_check(cudaMemsetAsync(dst, 0, (size_t)D * cs, mx__cuda_stream()),
+    return mx__cuda_check(cudaMemsetAsync(dst, 0, (size_t)D * mx_dtype_size(odt),
+                                          mx__cuda_stream()),
                           "rms_norm_backward");
   mx__buffer *tb = mx__cuda_tmp(cs * (size_t)(rows + nk * D));
   if (!tb) return mx_last_status();
@@ -704,8 +726,7 @@ static int rms_dw(void *dst, int64_t D, mx_array *x, mx_array *g, double eps) {
                                               x->strides[nd - 1], g->strides[nd - 1], nb, chunk,
                                               part);
     }
-    typedef std::conditional<sizeof(CT) == 8, TF64, TF32>::type TC;
-    k_rms_dw_sum<CT, TC><<<(unsigned)((D + 31) / 32), 256, 0, s>>>(part, nk, D, (CT *)dst);
+    rms_dw_sum_to(part, nk, D, dst, odt, s);
     st = mx__cuda_launched("rms_norm_backward");
   })
   mx__buffer_release(tb); /* reused only by later work of the stream */
@@ -756,13 +777,23 @@ static int k_rms_norm_grad(mx_array *out, mx_array **in) {
   if (p->which == 4) { /* the partial sums which 3 left, else from x and g */
     const int64_t D = out->size, rows = x->size / D;
     const float *part = rms_tail(in[2], rows, D);
+    const unsigned gs = (unsigned)((D + 31) / 32), nb = rms_tail_blocks(rows);
+    cudaStream_t s = mx__cuda_stream();
     if (part && out->dtype == MX_FLOAT32) {
-      k_rms_dw_sum<float, TF32><<<(unsigned)((D + 31) / 32), 256, 0, mx__cuda_stream()>>>(
-          part, rms_tail_blocks(rows), D, (float *)out->buf->dptr);
+      k_rms_dw_sum<float, TF32><<<gs, 256, 0, s>>>(part, nb, D, (float *)out->buf->dptr);
+      return mx__cuda_launched(mx__opname(out));
+    }
+    if (part && out->dtype == MX_BFLOAT16) {
+      k_rms_dw_sum<float, TBF16><<<gs, 256, 0, s>>>(part, nb, D, (TBF16::S *)out->buf->dptr);
+      return mx__cuda_launched(mx__opname(out));
+    }
+    if (part && out->dtype == MX_FLOAT16) {
+      k_rms_dw_sum<float, TF16><<<gs, 256, 0, s>>>(part, nb, D, (TF16::S *)out->buf->dptr);
       return mx__cuda_launched(mx__opname(out));
     }
   }
-  if (p->which == 2 || p->which == 4) return rms_dw(out->buf->dptr, out->size, x, g, p->eps);
+  if (p->which == 2 || p->which == 4)
+    return rms_dw(out->buf->dptr, out->dtype, out->size, x, g, p->eps);
   if (!rr) return rms_grad_rows(out, in, p, NULL);
   /* the residual, row-contiguous like the output */
   mx__buffer *tb = NULL;
@@ -1411,6 +1442,18 @@ __global__ void __launch_bounds__(256)
 static int k_row_dot_launch(mx_array *out, mx_array **in) {
   mx_array *a = in[0], *b = in[1];
   if (!mx_dtype_is_float(a->dtype) || b->dtype != a->dtype) return mx__cuda_no_dtype(out, a->dtype);
+  if (out->ninputs == 3 && out->dtype == MX_FLOAT32 && out->size > 0) {
+    /* mx__fast_row_dot_of: the rows sdpa_backward_q kept after dq, shared */
+    const mx_array *src = in[2];
+    const size_t tail = mx__sdpa_delta_tail(src->size, mx_dtype_size(src->dtype));
+    if (src->buf && src->buf->dptr && src->offset == 0 &&
+        src->buf->size >= tail + sizeof(float) * (size_t)out->size) {
+      int64_t st[MX_MAX_NDIM];
+      mx__compute_row_strides(out->shape, out->ndim, st);
+      mx__array_set_view(out, in[2], st, (int64_t)(tail / sizeof(float)));
+      return MX_OK;
+    }
+  }
   int st = mx__array_alloc_data(out);
   if (st || out->size == 0) return st;
   const int nd = a->ndim;

@@ -130,6 +130,9 @@ struct fa2_geo {
   int64_t os[3]; /* the forward's output strides of dims b, h, t (features contiguous) */
   int64_t kvs[4]; /* [dk, dv]'s strides of dims part, b, h, t (features contiguous) */
   float *lse;    /* (B, Hq, Tq) contiguous */
+  const uint16_t *fo; /* dq given the forward's output: delta formed from dout and fo */
+  int64_t fos[3];     /* fo's strides of dims b, h, t (features contiguous) */
+  float *dl;          /* ... and written here, (B, Hq, Tq) contiguous */
   int64_t qs[3], ks[3], vs[3], ds[3]; /* strides (elements) of dims b, h, t */
   int Hq, Hkv, G, Tq, Tk, off;
   float sl2;   /* scale * log2 e */
@@ -375,8 +378,46 @@ __global__ void __launch_bounds__(NT * KS, MINB) k_fa2_fwd(const fa2_geo g) {
 /* ---- backward: dq --------------------------------------------------------------- */
 constexpr int Q_BQ = 64, Q_BK = 32;
 
-/* MINB: blocks an SM the registers must allow (bwd_minb below). */
-template <bool BF, int D, bool CAUSAL, int MINB>
+/* delta of one of the block's 64 rows from the forward's output and dout:
+ * two threads a row, D / 2 features each (16-byte loads, float32 products
+ * and sums), the halves joined by a shuffle; written to g.dl and to dls */
+template <bool BF, int D>
+__device__ __forceinline__ void dq_delta_rows(const fa2_geo &g, int b, int h, int bh, int q0,
+                                              float *dls) {
+  const int rr = threadIdx.x / 2, half = threadIdx.x % 2, t = q0 + rr;
+  float acc = 0.f;
+  if (t < g.Tq) {
+    const uint16_t *op = g.fo + b * g.fos[0] + h * g.fos[1] + (int64_t)t * g.fos[2] + half * (D / 2);
+    const uint16_t *dp = g.dout + b * g.ds[0] + h * g.ds[1] + (int64_t)t * g.ds[2] + half * (D / 2);
+#pragma unroll
+    for (int c = 0; c < D / 2; c += 8) {
+      const uint4 ov = *(const uint4 *)(op + c), dv = *(const uint4 *)(dp + c);
+      const uint32_t ow[4] = {ov.x, ov.y, ov.z, ov.w}, dw[4] = {dv.x, dv.y, dv.z, dv.w};
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        float2 of, df;
+        if constexpr (BF) {
+          of = __bfloat1622float2(*(const __nv_bfloat162 *)&ow[j]);
+          df = __bfloat1622float2(*(const __nv_bfloat162 *)&dw[j]);
+        } else {
+          of = __half22float2(*(const __half2 *)&ow[j]);
+          df = __half22float2(*(const __half2 *)&dw[j]);
+        }
+        acc = fmaf(df.x, of.x, acc);
+        acc = fmaf(df.y, of.y, acc);
+      }
+    }
+  }
+  acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+  if (!half) {
+    dls[rr] = acc;
+    if (t < g.Tq) g.dl[(int64_t)bh * g.Tq + t] = acc;
+  }
+}
+
+/* MINB: blocks an SM the registers must allow (bwd_minb below). DL: delta
+ * formed here from the forward's output (g.fo) and written to g.dl. */
+template <bool BF, int D, bool CAUSAL, int MINB, bool DL = false>
 __global__ void __launch_bounds__(NT, MINB) k_fa2_bwd_q(const fa2_geo g) {
   extern __shared__ __align__(16) uint16_t sm[];
   constexpr int P = D + 8;
@@ -403,8 +444,17 @@ __global__ void __launch_bounds__(NT, MINB) k_fa2_bwd_q(const fa2_geo g) {
   /* rows past Tq: lse +inf gives P = 0 */
   const float lse0 = r0 < g.Tq ? g.lse_in[row0] * LOG2E : INFINITY;
   const float lse1 = r0 + 8 < g.Tq ? g.lse_in[row0 + 8] * LOG2E : INFINITY;
-  const float dl0 = r0 < g.Tq ? g.delta[row0] : 0.f;
-  const float dl1 = r0 + 8 < g.Tq ? g.delta[row0 + 8] : 0.f;
+  float dl0, dl1;
+  if constexpr (DL) { /* rows past Tq: p is 0 there, any delta will do */
+    __shared__ float dls[Q_BQ];
+    dq_delta_rows<BF, D>(g, b, h, bh, q0, dls);
+    __syncthreads();
+    dl0 = dls[warp * 16 + gr];
+    dl1 = dls[warp * 16 + gr + 8];
+  } else {
+    dl0 = r0 < g.Tq ? g.delta[row0] : 0.f;
+    dl1 = r0 + 8 < g.Tq ? g.delta[row0 + 8] : 0.f;
+  }
 
   uint32_t qf[D / 16][4], of[D / 16][4];
   float dq[D / 8][4];
@@ -773,6 +823,12 @@ static int dispatch(int which, const fa2_geo &g, int B) {
   if (which == BWD_Q) {
     dim3 grid((unsigned)(B * g.Hq), (unsigned)((g.Tq + Q_BQ - 1) / Q_BQ));
     size_t smem = 2 * (size_t)P * (2 * Q_BQ + 4 * Q_BK);
+    if (g.fo) {
+      if constexpr (D == 64)
+        if (bwd_minb() == 4)
+          return launch(k_fa2_bwd_q<BF, D, CAUSAL, 4, true>, grid, smem, g, "sdpa_backward_q");
+      return launch(k_fa2_bwd_q<BF, D, CAUSAL, 2, true>, grid, smem, g, "sdpa_backward_q");
+    }
     if constexpr (D == 64)
       if (bwd_minb() == 4)
         return launch(k_fa2_bwd_q<BF, D, CAUSAL, 4>, grid, smem, g, "sdpa_backward_q");
@@ -886,6 +942,28 @@ extern "C" int mx__cuda_fa2_backward_q(mx_array *dq, mx_array *q, mx_array *k, m
                                        mx_array *dout, mx_array *lse, mx_array *delta,
                                        float scale, bool causal) {
   return backward(BWD_Q, dq, q, k, v, dout, lse, delta, scale, causal);
+}
+
+extern "C" int mx__cuda_fa2_backward_q_delta(mx_array *dq, float *dl, mx_array *q, mx_array *k,
+                                             mx_array *v, mx_array *dout, mx_array *lse,
+                                             mx_array *fout, float scale, bool causal) {
+  const int64_t D = q->shape[3];
+  if (!mx__cuda_fa2_ok(q->dtype, D, v->shape[3], q->shape[2], k->shape[2], causal) ||
+      !sizes_fit(q, k) || k->dtype != q->dtype || v->dtype != q->dtype ||
+      dout->dtype != q->dtype || fout->dtype != q->dtype || lse->dtype != MX_FLOAT32)
+    return 1;
+  mx__buffer *tmp[7] = {0};
+  fa2_geo g;
+  int st = setup(&g, q, k, v, dout, lse, NULL, scale, tmp);
+  if (!st) st = operand(fout, &g.fo, g.fos, &tmp[6]);
+  if (!st) {
+    g.o = (uint16_t *)mx__ddata(dq);
+    g.dl = dl;
+    st = run(BWD_Q, q->dtype, (int)D, causal, g, (int)q->shape[0]);
+  }
+  release(tmp);
+  if (tmp[6]) mx__buffer_release(tmp[6]);
+  return st;
 }
 
 extern "C" int mx__cuda_fa2_backward_kv(mx_array *dkv, mx_array *q, mx_array *k, mx_array *v,

@@ -51,6 +51,13 @@ int mx__cuda_fa2_backward_q(mx_array *dq, mx_array *q, mx_array *k, mx_array *v,
                             mx_array *dout, mx_array *lse, mx_array *delta, float scale,
                             bool causal);
 
+/* The same given the forward's output fout (B, Hq, Tq, D) of q's dtype in
+ * place of delta: the kernel forms delta = sum(dout * fout, -1) in
+ * float32 and writes it to dl, a device pointer to (B, Hq, Tq) rows. */
+int mx__cuda_fa2_backward_q_delta(mx_array *dq, float *dl, mx_array *q, mx_array *k,
+                                  mx_array *v, mx_array *dout, mx_array *lse, mx_array *fout,
+                                  float scale, bool causal);
+
 /* dkv (2, B, Hkv, Tk, D) of q's dtype, [dk, dv], each summed over the
  * query heads that share the kv head; written where dkv's strides say
  * (features contiguous). */

@@ -554,17 +554,19 @@ static int fa2_result(int r, const mx_array *out, const mx_array *q, const mx_ar
 
 static int k_sdpa_lse_op(mx_array *out, mx_array **in) {
   const mx__sdpa_params *p = MX__PARAMS(out, mx__sdpa_params);
-  int st = mx__array_alloc_data(out);
-  if (st || out->size == 0) return st;
-  if (out->ninputs == 3) { /* the forward's output: copy its kept rows when it has them */
+  if (out->ninputs == 3 && out->size > 0) { /* the forward's output: share its kept rows */
     const mx_array *f = in[2];
     const size_t tail = mx__sdpa_lse_tail(f->size, mx_dtype_size(f->dtype));
     const size_t n = (size_t)out->size * sizeof(float);
-    if (f->buf && f->buf->dptr && f->offset == 0 && f->buf->size >= tail + n)
-      return mx__cuda_check(cudaMemcpyAsync(out->buf->dptr, (const char *)f->buf->dptr + tail, n,
-                                            cudaMemcpyDeviceToDevice, mx__cuda_stream()),
-                            "sdpa_logsumexp");
+    if (f->buf && f->buf->dptr && f->offset == 0 && f->buf->size >= tail + n) {
+      int64_t st[3];
+      mx__compute_row_strides(out->shape, out->ndim, st);
+      mx__array_set_view(out, in[2], st, (int64_t)(tail / sizeof(float)));
+      return MX_OK;
+    }
   }
+  int st = mx__array_alloc_data(out);
+  if (st || out->size == 0) return st;
   int r = mx__cuda_fa2_forward(NULL, (float *)mx__ddata(out), in[0], in[1], NULL,
                                (float)p->scale, p->causal);
   return fa2_result(r, out, in[0], in[1], NULL);
@@ -572,9 +574,19 @@ static int k_sdpa_lse_op(mx_array *out, mx_array **in) {
 
 static int k_sdpa_bwd_op(mx_array *out, mx_array **in) {
   const mx__sdpa_params *p = MX__PARAMS(out, mx__sdpa_params);
+  bool q_op = out->op->id == MX_OP_SDPA_BWD_Q;
+  if (q_op && p->delta_of_out) { /* delta formed by the kernel, kept after dq */
+    const size_t tail = mx__sdpa_delta_tail(out->size, mx_dtype_size(out->dtype));
+    const int64_t rows = out->size / MX_MAX(out->shape[3], (int64_t)1);
+    int st = mx__array_alloc_data_bytes(out, tail + sizeof(float) * (size_t)rows);
+    if (st || out->size == 0) return st;
+    int r = mx__cuda_fa2_backward_q_delta(out, (float *)((char *)out->buf->dptr + tail), in[0],
+                                          in[1], in[2], in[3], in[4], in[5], (float)p->scale,
+                                          p->causal);
+    return fa2_result(r, out, in[0], in[1], in[2]);
+  }
   int st = mx__array_alloc_data(out);
   if (st || out->size == 0) return st;
-  bool q_op = out->op->id == MX_OP_SDPA_BWD_Q;
   if (!q_op && p->out_blhd && out->ndim == 5) { /* [dk, dv] stored (B, Tk, 2, Hkv, D) */
     const int64_t *s = out->shape; /* (2, B, Hkv, Tk, D) */
     out->strides[0] = s[2] * s[4];
