@@ -1309,6 +1309,84 @@ TEST(sdpa_fused_vjp_forms_delta_in_dq) {
   mx_set_default_device((mx_device)prev);
 }
 
+/* sdpa(rope(q), k, v), q given as (B, H, T, D) or as (B, T, H, D)
+ * transposed to heads (attention's layout in the models) */
+typedef struct {
+  bool bthd, causal;
+} rope_attn_cfg;
+
+static int rope_attn_fn(void *payload, mx_array **in, int n, mx_list *out) {
+  MX_UNUSED(n);
+  const rope_attn_cfg *c = payload;
+  const int perm[4] = {0, 2, 1, 3};
+  mx_array *qh = c->bthd ? mx_transpose(in[0], perm, 4) : mx_array_retain(in[0]);
+  mx_array *qr = qh ? mx_fast_rope(qh, 64, false, 10000.0, 0.5, 3, NULL) : NULL;
+  mx_array *o = qr ? mx_fast_scaled_dot_product_attention(qr, in[1], in[2], 0.125, NULL,
+                                                           c->causal)
+                   : NULL;
+  mx_array_free(qh);
+  mx_array_free(qr);
+  return mx_list_push(out, o);
+}
+
+/* nodes of a graph that are inverse ropes (rope's VJP as a node) */
+static int inverse_ropes(mx_array *a, int depth) {
+  if (!a || !a->op || depth > 40) return 0;
+  int n = a->op->id == MX_OP_ROPE && !MX__PARAMS(a, mx__rope_params)->forward;
+  for (int i = 0; i < a->ninputs; i++) n += inverse_ropes(a->inputs[i], depth + 1);
+  return n;
+}
+
+/* rope's VJP taken by the attention backward's dq (rope_dq): no rope node
+ * after dq, and the bits of the rope op given dq (MXC_SDPA_ROPE_DQ=0), on
+ * the CPU and on a GPU (where (B, T, H, D) inputs get dq stored in that
+ * order, as the rope VJP's result would be). */
+TEST(sdpa_dq_takes_the_rope_vjp) {
+  const bool gpu = mx_device_available(MX_GPU);
+  for (int dev = 0; dev <= gpu; dev++) {
+    int prev = mx_set_default_device(dev ? MX_GPU : MX_CPU);
+    const mx_dtype dt = dev ? MX_BFLOAT16 : MX_FLOAT32;
+    for (int ci = 0; ci < 4; ci++) {
+      rope_attn_cfg c = {.bthd = ci & 1, .causal = ci < 2};
+      mx_array *q = c.bthd ? RND(dt, -1, 1, 2, 70, 4, 64) : RND(dt, -1, 1, 2, 4, 70, 64);
+      mx_array *k = RND(dt, -1, 1, 2, 2, 90, 64), *v = RND(dt, -1, 1, 2, 2, 90, 64);
+      mx_array *cot = RND(dt, -1, 1, 2, 4, 70, 64);
+      mx_array *in[3] = {q, k, v};
+      mx_list g[2] = {MX_LIST_INIT, MX_LIST_INIT};
+      if (!dev) fused_env("1");
+      for (int m = 0; m < 2; m++) {
+        if (m) setenv("MXC_SDPA_ROPE_DQ", "0", 1);
+        mx_closure *f = mx_closure_new(rope_attn_fn, &c, NULL);
+        int st = mx_vjp(f, in, 3, &cot, 1, NULL, &g[m]);
+        mx_closure_free(f);
+        unsetenv("MXC_SDPA_ROPE_DQ");
+        ASSERT_MSG(st == MX_OK, "vjp: %s", mx_last_error());
+      }
+      fused_env(NULL);
+      mx_array *dq = graph_find(g[0].items[0], MX_OP_SDPA_BWD_Q, 0);
+      ASSERT(dq && MX__PARAMS(dq, mx__sdpa_params)->rope_dq);
+      ASSERT_EQ_INT(inverse_ropes(g[0].items[0], 0), 0);
+      ASSERT_EQ_INT(inverse_ropes(g[1].items[0], 0), 1);
+      mx_array_retain(dq);
+      ASSERT_OK(mx_eval(g[0].items, 3));
+      ASSERT_OK(mx_eval(g[1].items, 3));
+      if (dev && c.bthd) /* stored (B, T, H, D): the transpose back is a view */
+        ASSERT(dq->strides[1] == 64 && dq->strides[2] == 4 * 64);
+      for (int i = 0; i < 3; i++) {
+        double e = max_err(g[0].items[i], g[1].items[i]);
+        ASSERT_MSG(e == 0, "%s case %d grad %d: err %g (%s)", dev ? "gpu" : "cpu", ci, i, e,
+                   mx_last_error());
+      }
+      mx_array_free(dq);
+      mx_list_clear(&g[0]);
+      mx_list_clear(&g[1]);
+      mx_array *arr[] = {q, k, v, cot};
+      mx_array_free_n(arr, 4);
+    }
+    mx_set_default_device((mx_device)prev);
+  }
+}
+
 /* sdpa_backward_q given out (delta_of_out) equals it given delta =
  * row_dot(dout, out) in float32, bit for bit on the CPU; errors name what
  * is wrong. */

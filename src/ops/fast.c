@@ -902,6 +902,25 @@ static int vjp_rope(mx_array *out, mx_array *cot, mx_array **g, const bool *need
   int st = MX_OK;
   if (p->has_pos)
     return mx__set_error(MX_ERR_UNSUPPORTED, "rope: no gradient at a device-side position");
+  mx_array *x = out->inputs[0];
+  /* the cotangent is an attention backward's dq that has not run: it
+   * applies this VJP as it stores dq (one pass less; MXC_SDPA_ROPE_DQ=0:
+   * a rope node after it, for A/B) */
+  const char *rdq = getenv("MXC_SDPA_ROPE_DQ");
+  if (need[0] && !p->has_freqs && !p->traditional && !p->rot_heads && x->ndim == 4 &&
+      p->dims == x->shape[3] && cot->op && cot->op->id == MX_OP_SDPA_BWD_Q && !cot->buf &&
+      cot->params && cot->dtype == out->dtype && cot->ndim == 4 &&
+      !memcmp(cot->shape, out->shape, 4 * sizeof(int64_t)) &&
+      !MX__PARAMS(cot, mx__sdpa_params)->rope_dq && !(rdq && !strcmp(rdq, "0"))) {
+    mx__sdpa_params *sp = (mx__sdpa_params *)cot->params;
+    sp->rope_dq = true;
+    sp->rope_fwd = !p->forward;
+    sp->rope_base = p->base;
+    sp->rope_scale = p->scale;
+    sp->rope_offset = p->offset;
+    sp->out_blhd = bthd_transposed(x);
+    return set_grad(&g[0], mx_array_retain(cot), x);
+  }
   if (need[0]) {
     mx__rope_params q = *p;
     q.forward = !p->forward;

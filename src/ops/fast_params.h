@@ -131,6 +131,17 @@ typedef struct {
    * mx__sdpa_delta_tail bytes) for row_dot built with this node as its
    * third input (mx__fast_row_dot_of). */
   bool delta_of_out;
+  /* sdpa_backward_q only: set by rope's VJP (vjp_rope in src/ops/fast.c)
+   * on a dq node that has not run, when dq is the cotangent of a rope
+   * (dims == D, halves, no freqs, no device position) — the node's result
+   * becomes that rope's VJP of dq: dq rounded to the dtype, each pair
+   * (c, c + D / 2) of row t rotated by the angle (rope_offset + t)
+   * rope_scale base^(-2c / D), backwards unless rope_fwd, the results
+   * rounded once (the bits of the rope op given dq). out_blhd then asks
+   * for (B, Tq, Hq, D) storage, as rope's VJP would. */
+  bool rope_dq, rope_fwd;
+  double rope_base, rope_scale;
+  int64_t rope_offset;
 } mx__sdpa_params;
 /* Asks an attention node (mx_fast_scaled_dot_product_attention's result,
  * not evaluated yet) to store its output in (B, Tq, Hq, Dv) order where a

@@ -1524,6 +1524,29 @@ static int delta_rows(mx_array *dout, mx_array *o, mx_array **res) {
   return s;
 }
 
+/* rope_dq (fast_params.h): out, holding dq, replaced by the rope of it
+ * (the rope op's own kernel; row-contiguous: out_blhd is only a hint) */
+static int rope_dq_cpu(mx_array *out, const mx__sdpa_params *p) {
+  mx__rope_params rp = {.dims = (int)out->shape[3], .forward = p->rope_fwd,
+                        .base = p->rope_base, .scale = p->rope_scale,
+                        .offset = p->rope_offset};
+  mx_array *dq = mx__array_alloc_struct(out->dtype, out->shape, out->ndim);
+  mx_array *r = mx__array_alloc_struct(out->dtype, out->shape, out->ndim);
+  int s = dq && r ? MX_OK : mx_last_status();
+  if (!s) {
+    dq->device = r->device = MX_CPU;
+    mx__array_set_same(dq, out);
+    r->params = &rp;
+    r->params_size = sizeof rp;
+    s = k_rope(r, (mx_array *[]){dq});
+    r->params = NULL;
+    if (!s) mx__array_set_same(out, r);
+  }
+  mx_array_free(r);
+  mx_array_free(dq);
+  return s;
+}
+
 /* One kernel for the three ops: which = MX_OP_SDPA_LSE, _BWD_Q or _BWD_KV. */
 static int sdpa_bwd_kernel(mx_array *out, mx_array **in, int which) {
   const mx__sdpa_params *p = MX__PARAMS(out, mx__sdpa_params);
@@ -1574,6 +1597,7 @@ static int sdpa_bwd_kernel(mx_array *out, mx_array **in, int which) {
     if (views[i]->owned) mx__buffer_release(views[i]->owned);
   mx_array_free(dtmp);
   if (!s && c.failed) s = oom(op, 0);
+  if (!s && which == MX_OP_SDPA_BWD_Q && p->rope_dq) s = rope_dq_cpu(out, p);
   return s;
 }
 

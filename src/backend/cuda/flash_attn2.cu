@@ -133,6 +133,8 @@ struct fa2_geo {
   const uint16_t *fo; /* dq given the forward's output: delta formed from dout and fo */
   int64_t fos[3];     /* fo's strides of dims b, h, t (features contiguous) */
   float *dl;          /* ... and written here, (B, Hq, Tq) contiguous */
+  const float2 *rtab; /* dq: rope's (cos, sin) of each (t, pair), (Tq, D / 2): dq rotated */
+  bool oblhd;         /* ... and stored (B, Tq, Hq, D) */
   int64_t qs[3], ks[3], vs[3], ds[3]; /* strides (elements) of dims b, h, t */
   int Hq, Hkv, G, Tq, Tk, off;
   float sl2;   /* scale * log2 e */
@@ -415,9 +417,19 @@ __device__ __forceinline__ void dq_delta_rows(const fa2_geo &g, int b, int h, in
   }
 }
 
+/* 16-bit rounding of a float, back as a float */
+template <bool BF>
+__device__ __forceinline__ float round16(float x) {
+  if constexpr (BF) return __bfloat162float(__float2bfloat16_rn(x));
+  else return __half2float(__float2half_rn(x));
+}
+
 /* MINB: blocks an SM the registers must allow (bwd_minb below). DL: delta
- * formed here from the forward's output (g.fo) and written to g.dl. */
-template <bool BF, int D, bool CAUSAL, int MINB, bool DL = false>
+ * formed here from the forward's output (g.fo) and written to g.dl. RO:
+ * dq rounded, then rotated by g.rtab's angles as rope does (pairs c and
+ * c + D / 2: the same thread's fragments i and i + D / 16), each result
+ * rounded once, rows stored where g.oblhd says. */
+template <bool BF, int D, bool CAUSAL, int MINB, bool DL = false, bool RO = false>
 __global__ void __launch_bounds__(NT, MINB) k_fa2_bwd_q(const fa2_geo g) {
   extern __shared__ __align__(16) uint16_t sm[];
   constexpr int P = D + 8;
@@ -532,6 +544,29 @@ __global__ void __launch_bounds__(NT, MINB) k_fa2_bwd_q(const fa2_geo g) {
     }
     __syncthreads();
   }
+  if constexpr (RO) {
+    constexpr int HALF = D / 2;
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+      const int t = r0 + 8 * hr;
+      if (t >= g.Tq) continue;
+      uint16_t *orow = g.o + (g.oblhd ? ((int64_t)b * g.Tq + t) * g.Hq + h : row0 + 8 * hr) * D;
+      const float2 *cs = g.rtab + (int64_t)t * HALF;
+#pragma unroll
+      for (int i = 0; i < D / 16; i++) {
+        const int c = i * 8 + 2 * tg;
+        const float2 c0 = cs[c], c1 = cs[c + 1];
+        const float a0 = round16<BF>(dq[i][2 * hr] * g.scale);
+        const float a1 = round16<BF>(dq[i][2 * hr + 1] * g.scale);
+        const float b0 = round16<BF>(dq[i + D / 16][2 * hr] * g.scale);
+        const float b1 = round16<BF>(dq[i + D / 16][2 * hr + 1] * g.scale);
+        *(uint32_t *)(orow + c) = pack2<BF>(mx__rot_x(a0, b0, c0.x, c0.y),
+                                            mx__rot_x(a1, b1, c1.x, c1.y));
+        *(uint32_t *)(orow + HALF + c) = pack2<BF>(mx__rot_y(a0, b0, c0.x, c0.y),
+                                                   mx__rot_y(a1, b1, c1.x, c1.y));
+      }
+    }
+  } else {
 #pragma unroll
   for (int i = 0; i < D / 8; i++) {
     if (r0 < g.Tq)
@@ -540,6 +575,7 @@ __global__ void __launch_bounds__(NT, MINB) k_fa2_bwd_q(const fa2_geo g) {
     if (r0 + 8 < g.Tq)
       *(uint32_t *)(g.o + (row0 + 8) * D + i * 8 + 2 * tg) =
           pack2<BF>(dq[i][2] * g.scale, dq[i][3] * g.scale);
+  }
   }
 }
 
@@ -823,16 +859,19 @@ static int dispatch(int which, const fa2_geo &g, int B) {
   if (which == BWD_Q) {
     dim3 grid((unsigned)(B * g.Hq), (unsigned)((g.Tq + Q_BQ - 1) / Q_BQ));
     size_t smem = 2 * (size_t)P * (2 * Q_BQ + 4 * Q_BK);
-    if (g.fo) {
-      if constexpr (D == 64)
-        if (bwd_minb() == 4)
-          return launch(k_fa2_bwd_q<BF, D, CAUSAL, 4, true>, grid, smem, g, "sdpa_backward_q");
-      return launch(k_fa2_bwd_q<BF, D, CAUSAL, 2, true>, grid, smem, g, "sdpa_backward_q");
-    }
-    if constexpr (D == 64)
-      if (bwd_minb() == 4)
-        return launch(k_fa2_bwd_q<BF, D, CAUSAL, 4>, grid, smem, g, "sdpa_backward_q");
-    return launch(k_fa2_bwd_q<BF, D, CAUSAL, 2>, grid, smem, g, "sdpa_backward_q");
+    const bool m4 = D == 64 && bwd_minb() == 4;
+#define FA2_Q(DLV, ROV)                                                                        \
+  if (!!g.fo == DLV && !!g.rtab == ROV)                                                        \
+    return m4 ? launch(k_fa2_bwd_q<BF, D, CAUSAL, (D == 64 ? 4 : 2), DLV, ROV>, grid, smem, g,  \
+                       "sdpa_backward_q")                                                      \
+              : launch(k_fa2_bwd_q<BF, D, CAUSAL, 2, DLV, ROV>, grid, smem, g,                 \
+                       "sdpa_backward_q");
+    FA2_Q(true, true)
+    FA2_Q(true, false)
+    FA2_Q(false, true)
+    FA2_Q(false, false)
+#undef FA2_Q
+    return 1;
   }
   dim3 grid((unsigned)(B * g.Hkv), (unsigned)((g.Tk + KV_BK - 1) / KV_BK));
   size_t smem = 2 * (size_t)P * (2 * KV_BK + 4 * KV_BQ) + 4 * (size_t)(4 * KV_BQ);
@@ -919,7 +958,8 @@ extern "C" int mx__cuda_fa2_forward(mx_array *o, float *lse, mx_array *q, mx_arr
 }
 
 static int backward(int which, mx_array *out, mx_array *q, mx_array *k, mx_array *v,
-                    mx_array *dout, mx_array *lse, mx_array *delta, float scale, bool causal) {
+                    mx_array *dout, mx_array *lse, mx_array *delta, float scale, bool causal,
+                    const float *rtab, bool blhd) {
   const int64_t D = q->shape[3];
   if (!mx__cuda_fa2_ok(q->dtype, D, v->shape[3], q->shape[2], k->shape[2], causal) ||
       !sizes_fit(q, k) || k->dtype != q->dtype || v->dtype != q->dtype ||
@@ -930,6 +970,8 @@ static int backward(int which, mx_array *out, mx_array *q, mx_array *k, mx_array
   int st = setup(&g, q, k, v, dout, lse, delta, scale, tmp);
   if (!st) {
     g.o = (uint16_t *)mx__ddata(out);
+    g.rtab = (const float2 *)rtab;
+    g.oblhd = blhd;
     if (which == BWD_KV) /* (2, B, Hkv, Tk, D) as its strides say */
       for (int d = 0; d < 4; d++) g.kvs[d] = out->strides[d];
     st = run(which, q->dtype, (int)D, causal, g, (int)q->shape[0]);
@@ -940,13 +982,14 @@ static int backward(int which, mx_array *out, mx_array *q, mx_array *k, mx_array
 
 extern "C" int mx__cuda_fa2_backward_q(mx_array *dq, mx_array *q, mx_array *k, mx_array *v,
                                        mx_array *dout, mx_array *lse, mx_array *delta,
-                                       float scale, bool causal) {
-  return backward(BWD_Q, dq, q, k, v, dout, lse, delta, scale, causal);
+                                       float scale, bool causal, const float *rtab, bool blhd) {
+  return backward(BWD_Q, dq, q, k, v, dout, lse, delta, scale, causal, rtab, blhd);
 }
 
 extern "C" int mx__cuda_fa2_backward_q_delta(mx_array *dq, float *dl, mx_array *q, mx_array *k,
                                              mx_array *v, mx_array *dout, mx_array *lse,
-                                             mx_array *fout, float scale, bool causal) {
+                                             mx_array *fout, float scale, bool causal,
+                                             const float *rtab, bool blhd) {
   const int64_t D = q->shape[3];
   if (!mx__cuda_fa2_ok(q->dtype, D, v->shape[3], q->shape[2], k->shape[2], causal) ||
       !sizes_fit(q, k) || k->dtype != q->dtype || v->dtype != q->dtype ||
@@ -959,6 +1002,8 @@ extern "C" int mx__cuda_fa2_backward_q_delta(mx_array *dq, float *dl, mx_array *
   if (!st) {
     g.o = (uint16_t *)mx__ddata(dq);
     g.dl = dl;
+    g.rtab = (const float2 *)rtab;
+    g.oblhd = blhd;
     st = run(BWD_Q, q->dtype, (int)D, causal, g, (int)q->shape[0]);
   }
   release(tmp);
@@ -969,5 +1014,5 @@ extern "C" int mx__cuda_fa2_backward_q_delta(mx_array *dq, float *dl, mx_array *
 extern "C" int mx__cuda_fa2_backward_kv(mx_array *dkv, mx_array *q, mx_array *k, mx_array *v,
                                         mx_array *dout, mx_array *lse, mx_array *delta,
                                         float scale, bool causal) {
-  return backward(BWD_KV, dkv, q, k, v, dout, lse, delta, scale, causal);
+  return backward(BWD_KV, dkv, q, k, v, dout, lse, delta, scale, causal, NULL, false);
 }

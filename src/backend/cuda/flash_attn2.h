@@ -46,17 +46,21 @@ static inline void mx__cuda_sdpa_layout(mx_array *out, bool blhd) {
 int mx__cuda_fa2_forward(mx_array *o, float *lse, mx_array *q, mx_array *k, mx_array *v,
                          float scale, bool causal);
 
-/* dq (B, Hq, Tq, D) of q's dtype. */
+/* dq (B, Hq, Tq, D) of q's dtype. rtab (may be NULL): a device table of
+ * rope's (cos, sin) for each (t, pair), float32 (Tq, D / 2, 2) — dq is
+ * rounded, rotated by those angles (pairs c, c + D / 2), rounded again and
+ * stored (B, Tq, Hq, D) when blhd (dq's strides must say so), else as
+ * rows; the bits of the rope op given dq. */
 int mx__cuda_fa2_backward_q(mx_array *dq, mx_array *q, mx_array *k, mx_array *v,
                             mx_array *dout, mx_array *lse, mx_array *delta, float scale,
-                            bool causal);
+                            bool causal, const float *rtab, bool blhd);
 
 /* The same given the forward's output fout (B, Hq, Tq, D) of q's dtype in
  * place of delta: the kernel forms delta = sum(dout * fout, -1) in
  * float32 and writes it to dl, a device pointer to (B, Hq, Tq) rows. */
 int mx__cuda_fa2_backward_q_delta(mx_array *dq, float *dl, mx_array *q, mx_array *k,
                                   mx_array *v, mx_array *dout, mx_array *lse, mx_array *fout,
-                                  float scale, bool causal);
+                                  float scale, bool causal, const float *rtab, bool blhd);
 
 /* dkv (2, B, Hkv, Tk, D) of q's dtype, [dk, dv], each summed over the
  * query heads that share the kv head; written where dkv's strides say

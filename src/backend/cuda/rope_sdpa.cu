@@ -572,17 +572,41 @@ static int k_sdpa_lse_op(mx_array *out, mx_array **in) {
   return fa2_result(r, out, in[0], in[1], NULL);
 }
 
+/* rope_dq (fast_params.h): the (cos, sin) table of dq's rope in a
+ * temporary buffer (*tb), k_rope_tab's values: the rope op's bits */
+static int rope_dq_table(const mx__sdpa_params *p, int64_t T_, int half, mx__buffer **tb) {
+  if (!(*tb = mx__cuda_tmp(sizeof(float) * 2 * (size_t)(T_ * half)))) return mx_last_status();
+  const double lb = log(p->rope_base) / half;
+  k_rope_tab<float><<<mx__cuda_blocks(T_ * half), MX_CUDA_THREADS, 0, mx__cuda_stream()>>>(
+      (float *)(*tb)->dptr, T_, half, NULL, NULL, 0, lb, (double)p->rope_offset, NULL,
+      p->rope_scale, p->rope_fwd);
+  return mx__cuda_launched("sdpa_backward_q");
+}
+
 static int k_sdpa_bwd_op(mx_array *out, mx_array **in) {
   const mx__sdpa_params *p = MX__PARAMS(out, mx__sdpa_params);
   bool q_op = out->op->id == MX_OP_SDPA_BWD_Q;
-  if (q_op && p->delta_of_out) { /* delta formed by the kernel, kept after dq */
+  if (q_op) {
+    /* delta_of_out: delta formed by the kernel, kept after dq */
     const size_t tail = mx__sdpa_delta_tail(out->size, mx_dtype_size(out->dtype));
     const int64_t rows = out->size / MX_MAX(out->shape[3], (int64_t)1);
-    int st = mx__array_alloc_data_bytes(out, tail + sizeof(float) * (size_t)rows);
+    int st = p->delta_of_out
+                 ? mx__array_alloc_data_bytes(out, tail + sizeof(float) * (size_t)rows)
+                 : mx__array_alloc_data(out);
     if (st || out->size == 0) return st;
-    int r = mx__cuda_fa2_backward_q_delta(out, (float *)((char *)out->buf->dptr + tail), in[0],
-                                          in[1], in[2], in[3], in[4], in[5], (float)p->scale,
-                                          p->causal);
+    mx__buffer *tb = NULL;
+    const bool ro = p->rope_dq && out->ndim == 4 && out->shape[3] % 2 == 0;
+    if (ro && (st = rope_dq_table(p, out->shape[2], (int)(out->shape[3] / 2), &tb))) return st;
+    const bool blhd = ro && p->out_blhd;
+    if (blhd) mx__cuda_sdpa_layout(out, true); /* the rope VJP's (B, Tq, Hq, D) order */
+    const float *rt = tb ? (const float *)tb->dptr : NULL;
+    int r = p->delta_of_out
+                ? mx__cuda_fa2_backward_q_delta(out, (float *)((char *)out->buf->dptr + tail),
+                                                in[0], in[1], in[2], in[3], in[4], in[5],
+                                                (float)p->scale, p->causal, rt, blhd)
+                : mx__cuda_fa2_backward_q(out, in[0], in[1], in[2], in[3], in[4], in[5],
+                                          (float)p->scale, p->causal, rt, blhd);
+    if (tb) mx__buffer_release(tb); /* reused only by later work of the stream */
     return fa2_result(r, out, in[0], in[1], in[2]);
   }
   int st = mx__array_alloc_data(out);
@@ -596,8 +620,8 @@ static int k_sdpa_bwd_op(mx_array *out, mx_array **in) {
     out->strides[4] = 1;
     out->row_contiguous = mx__strides_row_contiguous(out->shape, out->strides, out->ndim);
   }
-  int r = (q_op ? mx__cuda_fa2_backward_q : mx__cuda_fa2_backward_kv)(
-      out, in[0], in[1], in[2], in[3], in[4], in[5], (float)p->scale, p->causal);
+  int r = mx__cuda_fa2_backward_kv(out, in[0], in[1], in[2], in[3], in[4], in[5],
+                                   (float)p->scale, p->causal);
   return fa2_result(r, out, in[0], in[1], in[2]);
 }
 
