@@ -1309,8 +1309,8 @@ TEST(sdpa_fused_vjp_forms_delta_in_dq) {
   mx_set_default_device((mx_device)prev);
 }
 
-/* sdpa(rope(q), k, v), q given as (B, H, T, D) or as (B, T, H, D)
- * transposed to heads (attention's layout in the models) */
+/* sdpa(rope(q), rope(k), v), q and k given as (B, H, T, D) or as
+ * (B, T, H, D) transposed to heads (attention's layout in the models) */
 typedef struct {
   bool bthd, causal;
 } rope_attn_cfg;
@@ -1320,12 +1320,14 @@ static int rope_attn_fn(void *payload, mx_array **in, int n, mx_list *out) {
   const rope_attn_cfg *c = payload;
   const int perm[4] = {0, 2, 1, 3};
   mx_array *qh = c->bthd ? mx_transpose(in[0], perm, 4) : mx_array_retain(in[0]);
+  mx_array *kh = c->bthd ? mx_transpose(in[1], perm, 4) : mx_array_retain(in[1]);
   mx_array *qr = qh ? mx_fast_rope(qh, 64, false, 10000.0, 0.5, 3, NULL) : NULL;
-  mx_array *o = qr ? mx_fast_scaled_dot_product_attention(qr, in[1], in[2], 0.125, NULL,
-                                                           c->causal)
-                   : NULL;
-  mx_array_free(qh);
-  mx_array_free(qr);
+  mx_array *kr = kh ? mx_fast_rope(kh, 64, false, 10000.0, 0.5, 3, NULL) : NULL;
+  mx_array *o = qr && kr ? mx_fast_scaled_dot_product_attention(qr, kr, in[2], 0.125, NULL,
+                                                                 c->causal)
+                         : NULL;
+  mx_array *arr[] = {qh, kh, qr, kr};
+  mx_array_free_n(arr, 4);
   return mx_list_push(out, o);
 }
 
@@ -1337,10 +1339,11 @@ static int inverse_ropes(mx_array *a, int depth) {
   return n;
 }
 
-/* rope's VJP taken by the attention backward's dq (rope_dq): no rope node
- * after dq, and the bits of the rope op given dq (MXC_SDPA_ROPE_DQ=0), on
- * the CPU and on a GPU (where (B, T, H, D) inputs get dq stored in that
- * order, as the rope VJP's result would be). */
+/* rope's VJPs taken by the attention backward (rope_dq, rope_dk): no rope
+ * node after dq or [dk, dv], and the bits of the rope ops given dq and dk
+ * (MXC_SDPA_ROPE_DQ=0), on the CPU and on a GPU (where (B, T, H, D)
+ * inputs get dq stored in that order, as the rope VJP's result would
+ * be). */
 TEST(sdpa_dq_takes_the_rope_vjp) {
   const bool gpu = mx_device_available(MX_GPU);
   for (int dev = 0; dev <= gpu; dev++) {
@@ -1349,7 +1352,8 @@ TEST(sdpa_dq_takes_the_rope_vjp) {
     for (int ci = 0; ci < 4; ci++) {
       rope_attn_cfg c = {.bthd = ci & 1, .causal = ci < 2};
       mx_array *q = c.bthd ? RND(dt, -1, 1, 2, 70, 4, 64) : RND(dt, -1, 1, 2, 4, 70, 64);
-      mx_array *k = RND(dt, -1, 1, 2, 2, 90, 64), *v = RND(dt, -1, 1, 2, 2, 90, 64);
+      mx_array *k = c.bthd ? RND(dt, -1, 1, 2, 90, 2, 64) : RND(dt, -1, 1, 2, 2, 90, 64);
+      mx_array *v = RND(dt, -1, 1, 2, 2, 90, 64);
       mx_array *cot = RND(dt, -1, 1, 2, 4, 70, 64);
       mx_array *in[3] = {q, k, v};
       mx_list g[2] = {MX_LIST_INIT, MX_LIST_INIT};
@@ -1364,9 +1368,13 @@ TEST(sdpa_dq_takes_the_rope_vjp) {
       }
       fused_env(NULL);
       mx_array *dq = graph_find(g[0].items[0], MX_OP_SDPA_BWD_Q, 0);
+      mx_array *dkv = graph_find(g[0].items[1], MX_OP_SDPA_BWD_KV, 0);
       ASSERT(dq && MX__PARAMS(dq, mx__sdpa_params)->rope_dq);
-      ASSERT_EQ_INT(inverse_ropes(g[0].items[0], 0), 0);
-      ASSERT_EQ_INT(inverse_ropes(g[1].items[0], 0), 1);
+      ASSERT(dkv && MX__PARAMS(dkv, mx__sdpa_params)->rope_dk);
+      for (int i = 0; i < 2; i++) {
+        ASSERT_EQ_INT(inverse_ropes(g[0].items[i], 0), 0);
+        ASSERT_EQ_INT(inverse_ropes(g[1].items[i], 0), 1);
+      }
       mx_array_retain(dq);
       ASSERT_OK(mx_eval(g[0].items, 3));
       ASSERT_OK(mx_eval(g[1].items, 3));

@@ -897,6 +897,25 @@ static bool bthd_transposed(const mx_array *a) {
   return pm[0] == 0 && pm[1] == 2 && pm[2] == 1 && pm[3] == 3;
 }
 
+/* The sdpa_backward_kv node (not run, no rope marked) whose dk part,
+ * reshaped to (B, Hkv, Tk, D), is c: reshape(slice(kv, axis 0, [0, 1))).
+ * NULL otherwise. */
+static mx_array *rope_dk_source(mx_array *c) {
+  if (!c || !c->op || c->op->id != MX_OP_RESHAPE || c->ninputs != 1 || c->buf) return NULL;
+  mx_array *sl = c->inputs[0];
+  if (!sl->op || sl->op->id != MX_OP_SLICE || sl->ninputs != 1 || sl->buf || !sl->params)
+    return NULL;
+  mx_array *kv = sl->inputs[0];
+  if (!kv->op || kv->op->id != MX_OP_SDPA_BWD_KV || kv->buf || !kv->params || kv->ndim != 5 ||
+      MX__PARAMS(kv, mx__sdpa_params)->rope_dk)
+    return NULL;
+  const mx__slice_params *s = MX__PARAMS(sl, mx__slice_params);
+  if (s->start[0] != 0 || s->len[0] != 1 || sl->ndim != 5) return NULL;
+  for (int d = 1; d < 5; d++)
+    if (s->start[d] != 0 || s->step[d] != 1 || s->len[d] != kv->shape[d]) return NULL;
+  return kv;
+}
+
 static int vjp_rope(mx_array *out, mx_array *cot, mx_array **g, const bool *need) {
   const mx__rope_params *p = MX__PARAMS(out, mx__rope_params);
   int st = MX_OK;
@@ -907,18 +926,26 @@ static int vjp_rope(mx_array *out, mx_array *cot, mx_array **g, const bool *need
    * applies this VJP as it stores dq (one pass less; MXC_SDPA_ROPE_DQ=0:
    * a rope node after it, for A/B) */
   const char *rdq = getenv("MXC_SDPA_ROPE_DQ");
+  /* ... or the dk part of an attention backward's [dk, dv] (reshaped)
+   * that has not run */
+  mx_array *kvn = rope_dk_source(cot);
   if (need[0] && !p->has_freqs && !p->traditional && !p->rot_heads && x->ndim == 4 &&
-      p->dims == x->shape[3] && cot->op && cot->op->id == MX_OP_SDPA_BWD_Q && !cot->buf &&
-      cot->params && cot->dtype == out->dtype && cot->ndim == 4 &&
-      !memcmp(cot->shape, out->shape, 4 * sizeof(int64_t)) &&
-      !MX__PARAMS(cot, mx__sdpa_params)->rope_dq && !(rdq && !strcmp(rdq, "0"))) {
-    mx__sdpa_params *sp = (mx__sdpa_params *)cot->params;
-    sp->rope_dq = true;
+      p->dims == x->shape[3] && cot->dtype == out->dtype && cot->ndim == 4 &&
+      !memcmp(cot->shape, out->shape, 4 * sizeof(int64_t)) && !(rdq && !strcmp(rdq, "0")) &&
+      ((cot->op && cot->op->id == MX_OP_SDPA_BWD_Q && !cot->buf && cot->params &&
+        !MX__PARAMS(cot, mx__sdpa_params)->rope_dq) ||
+       kvn)) {
+    mx__sdpa_params *sp = (mx__sdpa_params *)(kvn ? kvn : cot)->params;
+    if (kvn) {
+      sp->rope_dk = true;
+    } else {
+      sp->rope_dq = true;
+      sp->out_blhd = bthd_transposed(x);
+    }
     sp->rope_fwd = !p->forward;
     sp->rope_base = p->base;
     sp->rope_scale = p->scale;
     sp->rope_offset = p->offset;
-    sp->out_blhd = bthd_transposed(x);
     return set_grad(&g[0], mx_array_retain(cot), x);
   }
   if (need[0]) {

@@ -138,8 +138,11 @@ typedef struct {
    * (c, c + D / 2) of row t rotated by the angle (rope_offset + t)
    * rope_scale base^(-2c / D), backwards unless rope_fwd, the results
    * rounded once (the bits of the rope op given dq). out_blhd then asks
-   * for (B, Tq, Hq, D) storage, as rope's VJP would. */
-  bool rope_dq, rope_fwd;
+   * for (B, Tq, Hq, D) storage, as rope's VJP would. sdpa_backward_kv
+   * likewise (rope_dk, set when [dk, dv]'s dk part, reshaped, is the
+   * cotangent of a rope of k): the dk part is rope's VJP of dk, rows t
+   * being key positions; dv is unchanged. */
+  bool rope_dq, rope_dk, rope_fwd;
   double rope_base, rope_scale;
   int64_t rope_offset;
 } mx__sdpa_params;

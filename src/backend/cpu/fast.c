@@ -1524,26 +1524,30 @@ static int delta_rows(mx_array *dout, mx_array *o, mx_array **res) {
   return s;
 }
 
-/* rope_dq (fast_params.h): out, holding dq, replaced by the rope of it
- * (the rope op's own kernel; row-contiguous: out_blhd is only a hint) */
-static int rope_dq_cpu(mx_array *out, const mx__sdpa_params *p) {
-  mx__rope_params rp = {.dims = (int)out->shape[3], .forward = p->rope_fwd,
+/* rope_dq / rope_dk (fast_params.h): the first (B, H, T, D) block of
+ * out (row-contiguous: dq, or [dk, dv]'s dk) replaced by the rope of it,
+ * by the rope op's own kernel (out_blhd is only a hint) */
+static int rope_part_cpu(mx_array *out, const int64_t *shape, const mx__sdpa_params *p) {
+  mx__rope_params rp = {.dims = (int)shape[3], .forward = p->rope_fwd,
                         .base = p->rope_base, .scale = p->rope_scale,
                         .offset = p->rope_offset};
-  mx_array *dq = mx__array_alloc_struct(out->dtype, out->shape, out->ndim);
-  mx_array *r = mx__array_alloc_struct(out->dtype, out->shape, out->ndim);
-  int s = dq && r ? MX_OK : mx_last_status();
+  mx_array *part = mx__array_alloc_struct(out->dtype, shape, 4);
+  mx_array *r = mx__array_alloc_struct(out->dtype, shape, 4);
+  int s = part && r ? MX_OK : mx_last_status();
   if (!s) {
-    dq->device = r->device = MX_CPU;
-    mx__array_set_same(dq, out);
+    int64_t st[4];
+    mx__compute_row_strides(shape, 4, st);
+    part->device = r->device = MX_CPU;
+    mx__array_set_view(part, out, st, 0);
     r->params = &rp;
     r->params_size = sizeof rp;
-    s = k_rope(r, (mx_array *[]){dq});
+    s = k_rope(r, (mx_array *[]){part});
     r->params = NULL;
-    if (!s) mx__array_set_same(out, r);
+    if (!s)
+      memcpy(mx__data(out), mx__data(r), (size_t)r->size * mx_dtype_size(r->dtype));
   }
   mx_array_free(r);
-  mx_array_free(dq);
+  mx_array_free(part);
   return s;
 }
 
@@ -1597,7 +1601,8 @@ static int sdpa_bwd_kernel(mx_array *out, mx_array **in, int which) {
     if (views[i]->owned) mx__buffer_release(views[i]->owned);
   mx_array_free(dtmp);
   if (!s && c.failed) s = oom(op, 0);
-  if (!s && which == MX_OP_SDPA_BWD_Q && p->rope_dq) s = rope_dq_cpu(out, p);
+  if (!s && which == MX_OP_SDPA_BWD_Q && p->rope_dq) s = rope_part_cpu(out, out->shape, p);
+  if (!s && which == MX_OP_SDPA_BWD_KV && p->rope_dk) s = rope_part_cpu(out, out->shape + 1, p);
   return s;
 }
 

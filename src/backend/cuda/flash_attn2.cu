@@ -582,7 +582,9 @@ __global__ void __launch_bounds__(NT, MINB) k_fa2_bwd_q(const fa2_geo g) {
 /* ---- backward: dk, dv ----------------------------------------------------------- */
 constexpr int KV_BK = 64, KV_BQ = 32;
 
-template <bool BF, int D, bool CAUSAL, int MINB>
+/* RO: dk rounded, then rotated by g.rtab's angles (key positions), as
+ * k_fa2_bwd_q's RO does for dq; dv as it is. */
+template <bool BF, int D, bool CAUSAL, int MINB, bool RO = false>
 __global__ void __launch_bounds__(NT, MINB) k_fa2_bwd_kv(const fa2_geo g) {
   extern __shared__ __align__(16) uint16_t sm[];
   constexpr int P = D + 8;
@@ -706,6 +708,33 @@ __global__ void __launch_bounds__(NT, MINB) k_fa2_bwd_kv(const fa2_geo g) {
   }
   /* out (2, B, Hkv, Tk, D) = [dk, dv], in the order its strides say */
   uint16_t *ob = g.o + (int64_t)b * g.kvs[1] + (int64_t)hk * g.kvs[2] + (int64_t)kr * g.kvs[3];
+  if constexpr (RO) {
+    constexpr int HALF = D / 2;
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+      const int t = kr + 8 * hr;
+      if (t >= g.Tk) continue;
+      uint16_t *orow = ob + 8 * hr * g.kvs[3];
+      const float2 *cs = g.rtab + (int64_t)t * HALF;
+#pragma unroll
+      for (int i = 0; i < D / 16; i++) {
+        const int c = i * 8 + 2 * tg;
+        const float2 c0 = cs[c], c1 = cs[c + 1];
+        const float a0 = round16<BF>(dk[i][2 * hr] * g.scale);
+        const float a1 = round16<BF>(dk[i][2 * hr + 1] * g.scale);
+        const float b0 = round16<BF>(dk[i + D / 16][2 * hr] * g.scale);
+        const float b1 = round16<BF>(dk[i + D / 16][2 * hr + 1] * g.scale);
+        *(uint32_t *)(orow + c) = pack2<BF>(mx__rot_x(a0, b0, c0.x, c0.y),
+                                            mx__rot_x(a1, b1, c1.x, c1.y));
+        *(uint32_t *)(orow + HALF + c) = pack2<BF>(mx__rot_y(a0, b0, c0.x, c0.y),
+                                                   mx__rot_y(a1, b1, c1.x, c1.y));
+      }
+#pragma unroll
+      for (int i = 0; i < D / 8; i++)
+        *(uint32_t *)(orow + g.kvs[0] + i * 8 + 2 * tg) =
+            pack2<BF>(dv[i][2 * hr], dv[i][2 * hr + 1]);
+    }
+  } else {
 #pragma unroll
   for (int i = 0; i < D / 8; i++) {
     if (kr < g.Tk) {
@@ -718,6 +747,7 @@ __global__ void __launch_bounds__(NT, MINB) k_fa2_bwd_kv(const fa2_geo g) {
       *(uint32_t *)p = pack2<BF>(dk[i][2] * g.scale, dk[i][3] * g.scale);
       *(uint32_t *)(p + g.kvs[0]) = pack2<BF>(dv[i][2], dv[i][3]);
     }
+  }
   }
 }
 
@@ -875,6 +905,12 @@ static int dispatch(int which, const fa2_geo &g, int B) {
   }
   dim3 grid((unsigned)(B * g.Hkv), (unsigned)((g.Tk + KV_BK - 1) / KV_BK));
   size_t smem = 2 * (size_t)P * (2 * KV_BK + 4 * KV_BQ) + 4 * (size_t)(4 * KV_BQ);
+  if (g.rtab) {
+    if constexpr (D == 64)
+      if (bwd_minb() == 4)
+        return launch(k_fa2_bwd_kv<BF, D, CAUSAL, 4, true>, grid, smem, g, "sdpa_backward_kv");
+    return launch(k_fa2_bwd_kv<BF, D, CAUSAL, 2, true>, grid, smem, g, "sdpa_backward_kv");
+  }
   if constexpr (D == 64)
     if (bwd_minb() == 4)
       return launch(k_fa2_bwd_kv<BF, D, CAUSAL, 4>, grid, smem, g, "sdpa_backward_kv");
@@ -1013,6 +1049,6 @@ extern "C" int mx__cuda_fa2_backward_q_delta(mx_array *dq, float *dl, mx_array *
 
 extern "C" int mx__cuda_fa2_backward_kv(mx_array *dkv, mx_array *q, mx_array *k, mx_array *v,
                                         mx_array *dout, mx_array *lse, mx_array *delta,
-                                        float scale, bool causal) {
-  return backward(BWD_KV, dkv, q, k, v, dout, lse, delta, scale, causal, NULL, false);
+                                        float scale, bool causal, const float *rtab) {
+  return backward(BWD_KV, dkv, q, k, v, dout, lse, delta, scale, causal, rtab, false);
 }

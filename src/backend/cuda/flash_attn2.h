@@ -64,10 +64,11 @@ int mx__cuda_fa2_backward_q_delta(mx_array *dq, float *dl, mx_array *q, mx_array
 
 /* dkv (2, B, Hkv, Tk, D) of q's dtype, [dk, dv], each summed over the
  * query heads that share the kv head; written where dkv's strides say
- * (features contiguous). */
+ * (features contiguous). rtab (may be NULL): as for dq, (Tk, D / 2, 2),
+ * applied to dk (key positions). */
 int mx__cuda_fa2_backward_kv(mx_array *dkv, mx_array *q, mx_array *k, mx_array *v,
                              mx_array *dout, mx_array *lse, mx_array *delta, float scale,
-                             bool causal);
+                             bool causal, const float *rtab);
 
 #ifdef __cplusplus
 }

@@ -572,8 +572,8 @@ static int k_sdpa_lse_op(mx_array *out, mx_array **in) {
   return fa2_result(r, out, in[0], in[1], NULL);
 }
 
-/* rope_dq (fast_params.h): the (cos, sin) table of dq's rope in a
- * temporary buffer (*tb), k_rope_tab's values: the rope op's bits */
+/* rope_dq / rope_dk (fast_params.h): the (cos, sin) table of the rope in
+ * a temporary buffer (*tb), k_rope_tab's values: the rope op's bits */
 static int rope_dq_table(const mx__sdpa_params *p, int64_t T_, int half, mx__buffer **tb) {
   if (!(*tb = mx__cuda_tmp(sizeof(float) * 2 * (size_t)(T_ * half)))) return mx_last_status();
   const double lb = log(p->rope_base) / half;
@@ -620,8 +620,14 @@ static int k_sdpa_bwd_op(mx_array *out, mx_array **in) {
     out->strides[4] = 1;
     out->row_contiguous = mx__strides_row_contiguous(out->shape, out->strides, out->ndim);
   }
+  mx__buffer *tb = NULL;
+  if (p->rope_dk && out->ndim == 5 && out->shape[4] % 2 == 0 &&
+      (st = rope_dq_table(p, out->shape[3], (int)(out->shape[4] / 2), &tb)))
+    return st;
   int r = mx__cuda_fa2_backward_kv(out, in[0], in[1], in[2], in[3], in[4], in[5],
-                                   (float)p->scale, p->causal);
+                                   (float)p->scale, p->causal,
+                                   tb ? (const float *)tb->dptr : NULL);
+  if (tb) mx__buffer_release(tb); /* reused only by later work of the stream */
   return fa2_result(r, out, in[0], in[1], in[2]);
 }
 
