@@ -424,6 +424,28 @@ __device__ __forceinline__ float round16(float x) {
   else return __half2float(__float2half_rn(x));
 }
 
+/* One row (hr: the fragments' row r or r + 8) of a warp's accumulators
+ * as rope's VJP stores it: acc times scale rounded to 16 bits, each pair
+ * (c, c + D / 2) — fragments i and i + D / 16 of the same thread — rotated
+ * by cs[c] (cos, sin), each result rounded once, written at orow. */
+template <bool BF, int D>
+__device__ __forceinline__ void rope_store_row(const float (&acc)[D / 8][4], int hr, float scale,
+                                               const float2 *cs, int tg, uint16_t *orow) {
+#pragma unroll
+  for (int i = 0; i < D / 16; i++) {
+    const int c = i * 8 + 2 * tg;
+    const float2 c0 = cs[c], c1 = cs[c + 1];
+    const float a0 = round16<BF>(acc[i][2 * hr] * scale);
+    const float a1 = round16<BF>(acc[i][2 * hr + 1] * scale);
+    const float b0 = round16<BF>(acc[i + D / 16][2 * hr] * scale);
+    const float b1 = round16<BF>(acc[i + D / 16][2 * hr + 1] * scale);
+    *(uint32_t *)(orow + c) =
+        pack2<BF>(mx__rot_x(a0, b0, c0.x, c0.y), mx__rot_x(a1, b1, c1.x, c1.y));
+    *(uint32_t *)(orow + D / 2 + c) =
+        pack2<BF>(mx__rot_y(a0, b0, c0.x, c0.y), mx__rot_y(a1, b1, c1.x, c1.y));
+  }
+}
+
 /* MINB: blocks an SM the registers must allow (bwd_minb below). DL: delta
  * formed here from the forward's output (g.fo) and written to g.dl. RO:
  * dq rounded, then rotated by g.rtab's angles as rope does (pairs c and
@@ -545,26 +567,13 @@ __global__ void __launch_bounds__(NT, MINB) k_fa2_bwd_q(const fa2_geo g) {
     __syncthreads();
   }
   if constexpr (RO) {
-    constexpr int HALF = D / 2;
 #pragma unroll
     for (int hr = 0; hr < 2; hr++) {
       const int t = r0 + 8 * hr;
       if (t >= g.Tq) continue;
       uint16_t *orow = g.o + (g.oblhd ? ((int64_t)b * g.Tq + t) * g.Hq + h : row0 + 8 * hr) * D;
-      const float2 *cs = g.rtab + (int64_t)t * HALF;
-#pragma unroll
-      for (int i = 0; i < D / 16; i++) {
-        const int c = i * 8 + 2 * tg;
-        const float2 c0 = cs[c], c1 = cs[c + 1];
-        const float a0 = round16<BF>(dq[i][2 * hr] * g.scale);
-        const float a1 = round16<BF>(dq[i][2 * hr + 1] * g.scale);
-        const float b0 = round16<BF>(dq[i + D / 16][2 * hr] * g.scale);
-        const float b1 = round16<BF>(dq[i + D / 16][2 * hr + 1] * g.scale);
-        *(uint32_t *)(orow + c) = pack2<BF>(mx__rot_x(a0, b0, c0.x, c0.y),
-                                            mx__rot_x(a1, b1, c1.x, c1.y));
-        *(uint32_t *)(orow + HALF + c) = pack2<BF>(mx__rot_y(a0, b0, c0.x, c0.y),
-                                                   mx__rot_y(a1, b1, c1.x, c1.y));
-      }
+      const float2 *cs = g.rtab + (int64_t)t * (D / 2);
+      rope_store_row<BF, D>(dq, hr, g.scale, cs, tg, orow);
     }
   } else {
 #pragma unroll
@@ -709,26 +718,13 @@ __global__ void __launch_bounds__(NT, MINB) k_fa2_bwd_kv(const fa2_geo g) {
   /* out (2, B, Hkv, Tk, D) = [dk, dv], in the order its strides say */
   uint16_t *ob = g.o + (int64_t)b * g.kvs[1] + (int64_t)hk * g.kvs[2] + (int64_t)kr * g.kvs[3];
   if constexpr (RO) {
-    constexpr int HALF = D / 2;
 #pragma unroll
     for (int hr = 0; hr < 2; hr++) {
       const int t = kr + 8 * hr;
       if (t >= g.Tk) continue;
       uint16_t *orow = ob + 8 * hr * g.kvs[3];
-      const float2 *cs = g.rtab + (int64_t)t * HALF;
-#pragma unroll
-      for (int i = 0; i < D / 16; i++) {
-        const int c = i * 8 + 2 * tg;
-        const float2 c0 = cs[c], c1 = cs[c + 1];
-        const float a0 = round16<BF>(dk[i][2 * hr] * g.scale);
-        const float a1 = round16<BF>(dk[i][2 * hr + 1] * g.scale);
-        const float b0 = round16<BF>(dk[i + D / 16][2 * hr] * g.scale);
-        const float b1 = round16<BF>(dk[i + D / 16][2 * hr + 1] * g.scale);
-        *(uint32_t *)(orow + c) = pack2<BF>(mx__rot_x(a0, b0, c0.x, c0.y),
-                                            mx__rot_x(a1, b1, c1.x, c1.y));
-        *(uint32_t *)(orow + HALF + c) = pack2<BF>(mx__rot_y(a0, b0, c0.x, c0.y),
-                                                   mx__rot_y(a1, b1, c1.x, c1.y));
-      }
+      const float2 *cs = g.rtab + (int64_t)t * (D / 2);
+      rope_store_row<BF, D>(dk, hr, g.scale, cs, tg, orow);
 #pragma unroll
       for (int i = 0; i < D / 8; i++)
         *(uint32_t *)(orow + g.kvs[0] + i * 8 + 2 * tg) =
